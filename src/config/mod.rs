@@ -1,0 +1,399 @@
+//! The rule file: loading (figment: TOML plus `SQSCALE_` environment), validation into
+//! domain types, and the resolved form `sqscale check` prints.
+//!
+//! Two stages, as ripgrep does with its flags: [`raw`] mirrors the file with every key
+//! optional, and [`validate`] turns it into a [`Config`] or a list of *every* problem,
+//! each naming its rule and key. Unknown keys are problems too (a typo must not fall
+//! back to a default silently). Nothing here touches the network.
+
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+
+use crate::engine::Policy;
+pub use validate::queue_name_from_url;
+
+/// The default rule file, after `--config` and `$SQSCALE_CONFIG`.
+pub const DEFAULT_PATH: &str = "/etc/sqscale/sqscale.toml";
+
+/// Top-level tables that `SQSCALE_` environment variables may override. Other
+/// `SQSCALE_*` variables (`SQSCALE_CONFIG`, `SQSCALE_LOG`) are the CLI's.
+const ENV_SECTIONS: [&str; 5] = ["kubernetes", "aws", "server", "leader_election", "defaults"];
+
+/// A validated rule file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub kubernetes: KubernetesSettings,
+    pub aws: AwsSettings,
+    pub server: ServerSettings,
+    pub leader_election: LeaderElection,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KubernetesSettings {
+    /// Explicit kubeconfig path; `None` means `$KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Context to use; `None` means the kubeconfig's current-context.
+    pub context: Option<String>,
+    /// Mint EKS tokens in-process for this cluster name.
+    pub eks_cluster: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerSettings {
+    /// `None` disables the HTTP listener (`listen = ""`).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaderElection {
+    pub enabled: bool,
+    pub namespace: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// One validated `[[rule]]`: which target to size, from which queues, and the numbers
+/// the engine decides with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub target: TargetRef,
+    /// Kube context for this rule's target; `None` uses `[kubernetes] context`.
+    pub context: Option<String>,
+    pub polling_interval: Duration,
+    /// `paused = true`: the rule polls and reports but never patches.
+    pub paused: bool,
+    pub policy: Policy,
+    /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
+    pub triggers: Vec<QueueSource>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetRef {
+    pub kind: TargetKind,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetKind {
+    Deployment,
+    StatefulSet,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Deployment => "Deployment",
+            TargetKind::StatefulSet => "StatefulSet",
+        }
+    }
+}
+
+/// Where one trigger reads its counts, and with which AWS settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueueSource {
+    /// The queue URL as written, or `None` when only a name was given (resolved once
+    /// with GetQueueUrl).
+    pub url: Option<String>,
+    /// The queue name: the URL's last path segment, or the name as written.
+    pub name: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+}
+
+impl QueueSource {
+    /// The queue as people name it: its URL if known, else its name.
+    pub fn display(&self) -> &str {
+        self.url.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Every problem found in a rule file, and where the file came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors {
+    /// The file path, or a description of the source (`"<string>"`).
+    pub origin: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {} problem{}",
+            self.origin,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, merges with the `SQSCALE_` environment and validates the rule file at `path`.
+///
+/// A missing or unreadable file is an error, never an empty configuration.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(env_overrides());
+    extract(figment, origin)
+}
+
+/// Validates a rule file given as a string (no environment): what tests call.
+pub fn from_str(toml: &str) -> Result<Config, ConfigErrors> {
+    extract(
+        Figment::new().merge(Toml::string(toml)),
+        "<string>".to_owned(),
+    )
+}
+
+fn env_overrides() -> Env {
+    Env::prefixed("SQSCALE_").split("__").filter(|key| {
+        let section = key.as_str().split('.').next().unwrap_or_default();
+        ENV_SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+    })
+}
+
+/// Deserializes through serde_ignored so every unknown key is collected, not just the
+/// first one `deny_unknown_fields` would stop at.
+struct Checked {
+    raw: raw::RawConfig,
+    unknown: Vec<String>,
+}
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut unknown = Vec::new();
+        let raw = serde_ignored::deserialize(d, |path| unknown.push(path.to_string()))?;
+        Ok(Checked { raw, unknown })
+    }
+}
+
+fn extract(figment: Figment, origin: String) -> Result<Config, ConfigErrors> {
+    let checked: Checked = figment.extract().map_err(|e| ConfigErrors {
+        origin: origin.clone(),
+        problems: e.into_iter().map(describe_figment_error).collect(),
+    })?;
+    let mut problems: Vec<String> = checked
+        .unknown
+        .iter()
+        .map(|p| describe_unknown_key(&checked.raw, p))
+        .collect();
+    match validate::validate(&checked.raw) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors { origin, problems }),
+        Err(more) => {
+            problems.extend(more);
+            Err(ConfigErrors { origin, problems })
+        }
+    }
+}
+
+/// `rule.0.min_replica` -> `rule "orders": unknown key min_replica`.
+fn describe_unknown_key(raw: &raw::RawConfig, path: &str) -> String {
+    let mut parts = path.split('.');
+    if parts.next() == Some("rule")
+        && let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok())
+    {
+        let rest: Vec<_> = parts.collect();
+        return format!(
+            "{}: unknown key {}",
+            validate::rule_label(raw, i),
+            render_path(&rest)
+        );
+    }
+    format!(
+        "unknown key {}",
+        render_path(&path.split('.').collect::<Vec<_>>())
+    )
+}
+
+/// Renders key segments with array indices as `trigger[0].queue_url`.
+fn render_path(parts: &[&str]) -> String {
+    let mut out = String::new();
+    // serde_ignored marks an `Option` layer with `?`; it means nothing to a user.
+    for p in parts.iter().filter(|p| **p != "?") {
+        if p.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{p}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(p);
+        }
+    }
+    out
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let key = render_path(&e.path.iter().map(String::as_str).collect::<Vec<_>>());
+    let source = match &e.metadata {
+        Some(md) if md.name.contains("environment") => format!(" (from {})", md.name),
+        _ => String::new(),
+    };
+    if key.is_empty() {
+        format!("{}{source}", e.kind)
+    } else {
+        format!("{key}: {}{source}", e.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+// === the resolved form ===
+
+impl Config {
+    /// The configuration with every default filled in, as a rule file: what
+    /// `sqscale check` prints. Reading it back gives the same `Config`.
+    pub fn resolved_toml(&self) -> String {
+        use raw::*;
+        let secs = |d: Duration| Some(RawDuration::Text(validate::fmt_duration(d)));
+        let ms = |m: i64| secs(Duration::from_millis(m as u64));
+        let rules_of = |r: &crate::engine::hpa::ScalingRules, tol: f64| RawScalingRules {
+            stabilization_window: ms(r.stabilization_window_ms),
+            select_policy: Some(format!("{:?}", r.select_policy)),
+            tolerance: Some(tol),
+            policies: Some(
+                r.policies
+                    .iter()
+                    .map(|p| RawPolicy {
+                        kind: Some(format!("{:?}", p.kind)),
+                        value: Some(i64::from(p.value)),
+                        period: ms(p.period_ms),
+                    })
+                    .collect(),
+            ),
+        };
+        let raw = RawConfig {
+            kubernetes: Some(RawKubernetes {
+                kubeconfig: self
+                    .kubernetes
+                    .kubeconfig
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                context: self.kubernetes.context.clone(),
+                eks_cluster: self.kubernetes.eks_cluster.clone(),
+            }),
+            aws: Some(RawAws {
+                region: self.aws.region.clone(),
+                endpoint_url: self.aws.endpoint_url.clone(),
+                profile: self.aws.profile.clone(),
+                role_arn: self.aws.role_arn.clone(),
+            }),
+            server: Some(RawServer {
+                listen: Some(
+                    self.server
+                        .listen
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                ),
+            }),
+            leader_election: Some(RawLeaderElection {
+                enabled: Some(self.leader_election.enabled),
+                namespace: Some(self.leader_election.namespace.clone()),
+                lease_name: Some(self.leader_election.lease_name.clone()),
+                lease_duration: secs(self.leader_election.lease_duration),
+                renew_deadline: secs(self.leader_election.renew_deadline),
+                retry_period: secs(self.leader_election.retry_period),
+            }),
+            defaults: None,
+            rule: self
+                .rules
+                .iter()
+                .map(|r| RawRule {
+                    name: Some(r.name.clone()),
+                    target: Some(RawTarget {
+                        kind: Some(r.target.kind.as_str().to_owned()),
+                        name: Some(r.target.name.clone()),
+                        namespace: Some(r.target.namespace.clone()),
+                    }),
+                    context: r.context.clone(),
+                    polling_interval: secs(r.polling_interval),
+                    cooldown_period: secs(r.policy.cooldown),
+                    initial_cooldown_period: secs(r.policy.initial_cooldown),
+                    min_replica_count: Some(i64::from(r.policy.min)),
+                    max_replica_count: Some(i64::from(r.policy.max)),
+                    idle_replica_count: r.policy.idle.map(i64::from),
+                    paused: Some(r.paused),
+                    fallback: r.policy.fallback.map(|f| RawFallback {
+                        failure_threshold: Some(i64::from(f.failure_threshold)),
+                        replicas: Some(i64::from(f.replicas)),
+                        behavior: Some(fallback_behavior_name(f.behavior).to_owned()),
+                    }),
+                    behavior: r.policy.behavior.as_ref().map(|b| RawBehavior {
+                        scale_up: Some(rules_of(&b.scale_up, r.policy.tolerances.up)),
+                        scale_down: Some(rules_of(&b.scale_down, r.policy.tolerances.down)),
+                    }),
+                    trigger: Some(
+                        r.policy
+                            .triggers
+                            .iter()
+                            .zip(&r.triggers)
+                            .map(|(t, q)| RawTrigger {
+                                kind: Some("aws-sqs-queue".to_owned()),
+                                queue_url: Some(q.display().to_owned()),
+                                queue_length: Some(t.queue_length as i64),
+                                activation_queue_length: Some(t.activation_queue_length),
+                                scale_on_in_flight: Some(t.scale_on_in_flight),
+                                scale_on_delayed: Some(t.scale_on_delayed),
+                                aws_region: Some(q.region.clone()),
+                                aws_endpoint: q.endpoint.clone(),
+                                role_arn: q.role_arn.clone(),
+                            })
+                            .collect(),
+                    ),
+                })
+                .collect(),
+        };
+        // Serializing plain structs of strings, numbers and tables cannot fail.
+        toml::to_string(&raw)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+fn fallback_behavior_name(b: crate::engine::FallbackBehavior) -> &'static str {
+    use crate::engine::FallbackBehavior::*;
+    match b {
+        Static => "static",
+        CurrentReplicas => "currentReplicas",
+        CurrentReplicasIfHigher => "currentReplicasIfHigher",
+        CurrentReplicasIfLower => "currentReplicasIfLower",
+    }
+}

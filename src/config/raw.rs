@@ -1,0 +1,179 @@
+//! The rule file as written: every key optional, every value loosely typed, so that
+//! validation can see the whole file and report every problem at once.
+//!
+//! The same structs serialize the *resolved* configuration for `sqscale check`, with
+//! every default filled in; that output is itself a valid rule file.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<RawKubernetes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws: Option<RawAws>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<RawServer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_election: Option<RawLeaderElection>,
+    /// Defaults for every rule. Same shape as a rule; `name`, `target` and `trigger`
+    /// are rejected here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<RawRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule: Vec<RawRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawKubernetes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eks_cluster: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawAws {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawServer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawLeaderElection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_duration: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_deadline: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_period: Option<RawDuration>,
+}
+
+/// A duration as KEDA writes it (whole seconds) or as a person does (`"30s"`, `"5m"`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(i64),
+    Text(String),
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<RawTarget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_period: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cooldown_period: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<RawFallback>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<RawBehavior>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Vec<RawTrigger>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawTarget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawFallback {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawBehavior {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<RawScalingRules>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<RawScalingRules>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawScalingRules {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stabilization_window: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<RawPolicy>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawPolicy {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<RawDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RawTrigger {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_length: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_queue_length: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_on_in_flight: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_on_delayed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}

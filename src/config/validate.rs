@@ -1,0 +1,784 @@
+//! Raw rule file -> [`Config`]: KEDA's defaults and KEDA's validation, every problem
+//! collected with the rule and key it belongs to.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawDuration, RawRule, RawScalingRules, RawTrigger};
+use super::*;
+use crate::engine::hpa::{
+    Behavior, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy, Tolerances,
+};
+use crate::engine::{Fallback, FallbackBehavior, TriggerPolicy};
+
+/// KEDA's defaults (`../shared/spec/keda.md` §2.6).
+pub(super) mod defaults {
+    use std::time::Duration;
+    pub const POLLING_INTERVAL: Duration = Duration::from_secs(30);
+    pub const COOLDOWN_PERIOD: Duration = Duration::from_secs(300);
+    pub const INITIAL_COOLDOWN_PERIOD: Duration = Duration::ZERO;
+    pub const MIN_REPLICA_COUNT: i64 = 0;
+    pub const MAX_REPLICA_COUNT: i64 = 100;
+    pub const QUEUE_LENGTH: i64 = 5;
+    pub const ACTIVATION_QUEUE_LENGTH: i64 = 0;
+    /// The HPA controller's `--horizontal-pod-autoscaler-downscale-stabilization`.
+    pub const DOWNSCALE_STABILIZATION: Duration = Duration::from_secs(300);
+    pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+    pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+    pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+}
+
+/// `rule "orders"`, or `rule #3` when the rule has no usable name.
+pub(super) fn rule_label(raw: &RawConfig, index: usize) -> String {
+    match raw.rule.get(index).and_then(|r| r.name.as_deref()) {
+        Some(name) if !name.is_empty() => format!("rule {name:?}"),
+        _ => format!("rule #{}", index + 1),
+    }
+}
+
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn add(&mut self, at: &str, msg: impl fmt::Display) {
+        self.0.push(format!("{at}: {msg}"));
+    }
+}
+
+pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
+    let mut p = Problems(Vec::new());
+
+    let kubernetes = raw.kubernetes.clone().unwrap_or_default();
+    let kubernetes = KubernetesSettings {
+        kubeconfig: kubernetes.kubeconfig.map(PathBuf::from),
+        context: non_empty(&mut p, "[kubernetes]", "context", kubernetes.context),
+        eks_cluster: non_empty(
+            &mut p,
+            "[kubernetes]",
+            "eks_cluster",
+            kubernetes.eks_cluster,
+        ),
+    };
+
+    let aws = raw.aws.clone().unwrap_or_default();
+    if let Some(e) = &aws.endpoint_url {
+        check_endpoint(&mut p, "[aws]", "endpoint_url", e);
+    }
+    if let Some(arn) = &aws.role_arn {
+        check_role_arn(&mut p, "[aws]", "role_arn", arn);
+    }
+    let aws = AwsSettings {
+        region: non_empty(&mut p, "[aws]", "region", aws.region),
+        endpoint_url: aws.endpoint_url,
+        profile: non_empty(&mut p, "[aws]", "profile", aws.profile),
+        role_arn: aws.role_arn,
+    };
+
+    let listen = raw
+        .server
+        .as_ref()
+        .and_then(|s| s.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let server = ServerSettings {
+        listen: if listen.is_empty() {
+            None
+        } else {
+            match listen.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    p.add("[server]", format!("listen ({listen:?}) is not an address like \"127.0.0.1:9464\" (\"\" disables the listener)"));
+                    None
+                }
+            }
+        },
+    };
+
+    let leader_election = validate_leader_election(&mut p, raw);
+
+    let defaults = raw.defaults.clone().unwrap_or_default();
+    for (key, set) in [
+        ("name", defaults.name.is_some()),
+        ("target", defaults.target.is_some()),
+        ("trigger", defaults.trigger.is_some()),
+    ] {
+        if set {
+            p.add(
+                "[defaults]",
+                format!("{key} cannot have a default; set it in each [[rule]]"),
+            );
+        }
+    }
+
+    if raw.rule.is_empty() {
+        p.0.push("no [[rule]] defined: the file must define at least one rule".to_owned());
+    }
+    let mut rules = Vec::new();
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut targets: HashMap<(Option<String>, TargetRef), String> = HashMap::new();
+    for (i, rule) in raw.rule.iter().enumerate() {
+        let label = rule_label(raw, i);
+        if let Some(name) = rule.name.as_deref() {
+            match names.entry(name) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    p.add(
+                        &label,
+                        format!(
+                            "name is already used by rule #{}; rule names must be unique",
+                            first.get() + 1
+                        ),
+                    );
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+        if let Some(rule) = validate_rule(&mut p, &label, rule, &defaults, &aws) {
+            let key = (
+                rule.context.clone().or_else(|| kubernetes.context.clone()),
+                rule.target.clone(),
+            );
+            if let Some(other) = targets.insert(key, rule.name.clone()) {
+                p.add(&label, format!("target {} is already scaled by rule {other:?}; two rules would fight over it", rule.target));
+            }
+            rules.push(rule);
+        }
+    }
+
+    if p.0.is_empty() {
+        Ok(Config {
+            kubernetes,
+            aws,
+            server,
+            leader_election,
+            rules,
+        })
+    } else {
+        Err(p.0)
+    }
+}
+
+fn non_empty(p: &mut Problems, at: &str, key: &str, v: Option<String>) -> Option<String> {
+    if v.as_deref() == Some("") {
+        p.add(at, format!("{key} is empty; remove it or give a value"));
+    }
+    v.filter(|s| !s.is_empty())
+}
+
+fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection {
+    let le = raw.leader_election.clone().unwrap_or_default();
+    let at = "[leader_election]";
+    let lease_duration = duration(
+        p,
+        at,
+        "lease_duration",
+        le.lease_duration.as_ref(),
+        defaults::LEASE_DURATION,
+    );
+    let renew_deadline = duration(
+        p,
+        at,
+        "renew_deadline",
+        le.renew_deadline.as_ref(),
+        defaults::RENEW_DEADLINE,
+    );
+    let retry_period = duration(
+        p,
+        at,
+        "retry_period",
+        le.retry_period.as_ref(),
+        defaults::RETRY_PERIOD,
+    );
+    if lease_duration <= renew_deadline {
+        p.add(
+            at,
+            format!(
+                "lease_duration ({}) must be greater than renew_deadline ({})",
+                fmt_duration(lease_duration),
+                fmt_duration(renew_deadline)
+            ),
+        );
+    }
+    if renew_deadline <= retry_period {
+        p.add(
+            at,
+            format!(
+                "renew_deadline ({}) must be greater than retry_period ({})",
+                fmt_duration(renew_deadline),
+                fmt_duration(retry_period)
+            ),
+        );
+    }
+    if retry_period.is_zero() {
+        p.add(at, "retry_period must be greater than 0");
+    }
+    LeaderElection {
+        enabled: le.enabled.unwrap_or(false),
+        namespace: le.namespace.unwrap_or_else(|| "default".to_owned()),
+        lease_name: le.lease_name.unwrap_or_else(|| "sqscale".to_owned()),
+        lease_duration,
+        renew_deadline,
+        retry_period,
+    }
+}
+
+/// Formats a duration the way the rule file accepts it back (`"30s"`, `"5m"`).
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+fn duration(
+    p: &mut Problems,
+    at: &str,
+    key: &str,
+    raw: Option<&RawDuration>,
+    default: Duration,
+) -> Duration {
+    match raw {
+        None => default,
+        Some(RawDuration::Seconds(s)) if *s >= 0 => Duration::from_secs(*s as u64),
+        Some(RawDuration::Seconds(s)) => {
+            p.add(at, format!("{key} ({s}) must not be negative"));
+            default
+        }
+        Some(RawDuration::Text(t)) => {
+            let parsed = match t.trim().parse::<u64>() {
+                Ok(secs) => Ok(Duration::from_secs(secs)),
+                Err(_) => humantime::parse_duration(t.trim()),
+            };
+            parsed.unwrap_or_else(|e| {
+                p.add(at, format!("{key} ({t:?}) is not a duration: {e}; use whole seconds or a string like \"30s\" or \"5m\""));
+                default
+            })
+        }
+    }
+}
+
+/// A Kubernetes DNS label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A DNS subdomain: dot-separated labels, at most 253 characters (object names).
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn validate_rule(
+    p: &mut Problems,
+    at: &str,
+    rule: &RawRule,
+    d: &RawRule,
+    aws: &AwsSettings,
+) -> Option<Rule> {
+    let before = p.0.len();
+
+    let name = match rule.name.as_deref() {
+        None => {
+            p.add(at, "name is required");
+            String::new()
+        }
+        Some(n) if !is_dns_label(n) => {
+            p.add(at, "name must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters");
+            n.to_owned()
+        }
+        Some(n) => n.to_owned(),
+    };
+
+    let target = match &rule.target {
+        None => {
+            p.add(at, "target is required, e.g. target = { kind = \"Deployment\", name = \"worker\", namespace = \"default\" }");
+            None
+        }
+        Some(t) => {
+            let kind = match t.kind.as_deref().unwrap_or("Deployment") {
+                "Deployment" => Some(TargetKind::Deployment),
+                "StatefulSet" => Some(TargetKind::StatefulSet),
+                other => {
+                    p.add(
+                        at,
+                        format!(
+                            "target.kind ({other:?}) must be \"Deployment\" or \"StatefulSet\""
+                        ),
+                    );
+                    None
+                }
+            };
+            let tname = match t.name.as_deref() {
+                None => {
+                    p.add(at, "target.name is required");
+                    None
+                }
+                Some(n) if !is_dns_subdomain(n) => {
+                    p.add(
+                        at,
+                        format!("target.name ({n:?}) is not a valid Kubernetes object name"),
+                    );
+                    None
+                }
+                Some(n) => Some(n.to_owned()),
+            };
+            let namespace = t.namespace.clone().unwrap_or_else(|| "default".to_owned());
+            if !is_dns_label(&namespace) {
+                p.add(
+                    at,
+                    format!("target.namespace ({namespace:?}) is not a valid namespace name"),
+                );
+            }
+            match (kind, tname) {
+                (Some(kind), Some(name)) => Some(TargetRef {
+                    kind,
+                    name,
+                    namespace,
+                }),
+                _ => None,
+            }
+        }
+    };
+
+    let context = rule.context.clone().or_else(|| d.context.clone());
+    if context.as_deref() == Some("") {
+        p.add(
+            at,
+            "context is empty; remove it to use the kubeconfig's current context",
+        );
+    }
+    let pick = |f: fn(&RawRule) -> Option<RawDuration>| f(rule).or_else(|| f(d));
+    let polling_interval = duration(
+        p,
+        at,
+        "polling_interval",
+        pick(|r| r.polling_interval.clone()).as_ref(),
+        defaults::POLLING_INTERVAL,
+    );
+    if polling_interval < Duration::from_secs(1) {
+        p.add(
+            at,
+            format!(
+                "polling_interval ({}) must be at least 1s",
+                fmt_duration(polling_interval)
+            ),
+        );
+    }
+    let cooldown = duration(
+        p,
+        at,
+        "cooldown_period",
+        pick(|r| r.cooldown_period.clone()).as_ref(),
+        defaults::COOLDOWN_PERIOD,
+    );
+    let initial_cooldown = duration(
+        p,
+        at,
+        "initial_cooldown_period",
+        pick(|r| r.initial_cooldown_period.clone()).as_ref(),
+        defaults::INITIAL_COOLDOWN_PERIOD,
+    );
+
+    let min = rule
+        .min_replica_count
+        .or(d.min_replica_count)
+        .unwrap_or(defaults::MIN_REPLICA_COUNT);
+    let max = rule
+        .max_replica_count
+        .or(d.max_replica_count)
+        .unwrap_or(defaults::MAX_REPLICA_COUNT);
+    let idle = rule.idle_replica_count.or(d.idle_replica_count);
+    let count = |p: &mut Problems, key: &str, v: i64| -> u32 {
+        u32::try_from(v).unwrap_or_else(|_| {
+            p.add(
+                at,
+                format!("{key} ({v}) must be between 0 and {}", u32::MAX),
+            );
+            0
+        })
+    };
+    let (min_u, max_u) = (
+        count(p, "min_replica_count", min),
+        count(p, "max_replica_count", max),
+    );
+    if min > max {
+        p.add(
+            at,
+            format!("min_replica_count ({min}) is greater than max_replica_count ({max})"),
+        );
+    }
+    if max < 1 {
+        p.add(at, format!("max_replica_count ({max}) must be at least 1"));
+    }
+    let idle_u = idle.map(|i| {
+        let v = count(p, "idle_replica_count", i);
+        if i >= min {
+            p.add(
+                at,
+                format!("idle_replica_count ({i}) must be less than min_replica_count ({min})"),
+            );
+        }
+        v
+    });
+
+    let fallback = rule.fallback.as_ref().or(d.fallback.as_ref()).and_then(|f| {
+        let threshold = f.failure_threshold.or_else(|| {
+            p.add(at, "fallback.failure_threshold is required when fallback is set");
+            None
+        });
+        let replicas = f.replicas.or_else(|| {
+            p.add(at, "fallback.replicas is required when fallback is set");
+            None
+        });
+        if let Some(t) = threshold.filter(|t| *t < 0) {
+            p.add(at, format!("fallback.failure_threshold ({t}) must not be negative"));
+        }
+        if let Some(r) = replicas.filter(|r| *r < 1) {
+            p.add(at, format!("fallback.replicas ({r}) must be at least 1: a failed poll never scales to zero (remove fallback to hold the replicas instead)"));
+        }
+        let behavior = match f.behavior.as_deref().unwrap_or("static") {
+            "static" => Some(FallbackBehavior::Static),
+            "currentReplicas" => Some(FallbackBehavior::CurrentReplicas),
+            "currentReplicasIfHigher" => Some(FallbackBehavior::CurrentReplicasIfHigher),
+            "currentReplicasIfLower" => Some(FallbackBehavior::CurrentReplicasIfLower),
+            other => {
+                p.add(at, format!("fallback.behavior ({other:?}) must be one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower"));
+                None
+            }
+        };
+        Some(Fallback {
+            failure_threshold: u32::try_from(threshold?).ok()?,
+            replicas: u32::try_from(replicas?).ok().filter(|r| *r >= 1)?,
+            behavior: behavior?,
+        })
+    });
+
+    let raw_behavior = rule.behavior.as_ref().or(d.behavior.as_ref());
+    let mut tolerances = Tolerances::default();
+    let behavior = raw_behavior.map(|b| {
+        let up = scaling_rules(
+            p,
+            at,
+            "behavior.scale_up",
+            b.scale_up.as_ref(),
+            ScalingRules::default_scale_up(),
+            &mut tolerances.up,
+        );
+        let down_default =
+            ScalingRules::default_scale_down(defaults::DOWNSCALE_STABILIZATION.as_millis() as i64);
+        let down = scaling_rules(
+            p,
+            at,
+            "behavior.scale_down",
+            b.scale_down.as_ref(),
+            down_default,
+            &mut tolerances.down,
+        );
+        Behavior {
+            scale_up: up,
+            scale_down: down,
+        }
+    });
+
+    let raw_triggers = rule.trigger.as_deref().unwrap_or_default();
+    if raw_triggers.is_empty() {
+        p.add(at, "at least one [[rule.trigger]] is required");
+    }
+    let mut triggers = Vec::new();
+    let mut sources = Vec::new();
+    for (i, t) in raw_triggers.iter().enumerate() {
+        let tat = format!("{at}: trigger {}", i + 1);
+        if let Some((policy, source)) = validate_trigger(p, &tat, t, aws) {
+            triggers.push(policy);
+            sources.push(source);
+        }
+    }
+
+    if p.0.len() > before {
+        return None;
+    }
+    Some(Rule {
+        name,
+        target: target?,
+        context: context.filter(|c| !c.is_empty()),
+        polling_interval,
+        paused: rule.paused.or(d.paused).unwrap_or(false),
+        policy: Policy {
+            min: min_u,
+            max: max_u,
+            idle: idle_u,
+            cooldown,
+            initial_cooldown,
+            fallback,
+            behavior,
+            legacy_downscale_window: defaults::DOWNSCALE_STABILIZATION,
+            tolerances,
+            triggers,
+        },
+        triggers: sources,
+    })
+}
+
+fn scaling_rules(
+    p: &mut Problems,
+    at: &str,
+    key: &str,
+    raw: Option<&RawScalingRules>,
+    default: ScalingRules,
+    tolerance: &mut f64,
+) -> ScalingRules {
+    let Some(raw) = raw else { return default };
+    let window = duration(
+        p,
+        at,
+        &format!("{key}.stabilization_window"),
+        raw.stabilization_window.as_ref(),
+        Duration::from_millis(default.stabilization_window_ms as u64),
+    );
+    if window > Duration::from_secs(3600) {
+        p.add(
+            at,
+            format!(
+                "{key}.stabilization_window ({}) must be at most 1h",
+                fmt_duration(window)
+            ),
+        );
+    }
+    let select_policy = match raw.select_policy.as_deref() {
+        None => default.select_policy,
+        Some("Max") => SelectPolicy::Max,
+        Some("Min") => SelectPolicy::Min,
+        Some("Disabled") => SelectPolicy::Disabled,
+        Some(other) => {
+            p.add(
+                at,
+                format!("{key}.select_policy ({other:?}) must be \"Max\", \"Min\" or \"Disabled\""),
+            );
+            default.select_policy
+        }
+    };
+    if let Some(t) = raw.tolerance {
+        if !(t >= 0.0 && t.is_finite()) {
+            p.add(at, format!("{key}.tolerance ({t}) must be a number >= 0"));
+        } else {
+            *tolerance = t;
+        }
+    }
+    let policies = match &raw.policies {
+        None => default.policies,
+        Some(list) if list.is_empty() => {
+            p.add(at, format!("{key}.policies is empty; give at least one policy or remove the key for the defaults"));
+            default.policies
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, pol)| {
+                let pat = format!("{key}.policies[{i}]");
+                let kind = match pol.kind.as_deref() {
+                    Some("Pods") => Some(PolicyKind::Pods),
+                    Some("Percent") => Some(PolicyKind::Percent),
+                    Some(other) => {
+                        p.add(
+                            at,
+                            format!("{pat}.type ({other:?}) must be \"Pods\" or \"Percent\""),
+                        );
+                        None
+                    }
+                    None => {
+                        p.add(
+                            at,
+                            format!("{pat}.type is required (\"Pods\" or \"Percent\")"),
+                        );
+                        None
+                    }
+                };
+                let value = match pol.value {
+                    Some(v) if v > 0 && v <= i64::from(i32::MAX) => Some(v as u32),
+                    Some(v) => {
+                        p.add(at, format!("{pat}.value ({v}) must be greater than 0"));
+                        None
+                    }
+                    None => {
+                        p.add(at, format!("{pat}.value is required"));
+                        None
+                    }
+                };
+                let period = match &pol.period {
+                    None => {
+                        p.add(at, format!("{pat}.period is required"));
+                        None
+                    }
+                    Some(raw) => {
+                        let d = duration(
+                            p,
+                            at,
+                            &format!("{pat}.period"),
+                            Some(raw),
+                            Duration::from_secs(15),
+                        );
+                        if d < Duration::from_secs(1) || d > Duration::from_secs(1800) {
+                            p.add(
+                                at,
+                                format!(
+                                    "{pat}.period ({}) must be between 1s and 30m",
+                                    fmt_duration(d)
+                                ),
+                            );
+                        }
+                        Some(d)
+                    }
+                };
+                Some(ScalingPolicy {
+                    kind: kind?,
+                    value: value?,
+                    period_ms: period?.as_millis() as i64,
+                })
+            })
+            .collect(),
+    };
+    ScalingRules {
+        stabilization_window_ms: window.as_millis() as i64,
+        select_policy,
+        policies,
+    }
+}
+
+fn validate_trigger(
+    p: &mut Problems,
+    at: &str,
+    t: &RawTrigger,
+    aws: &AwsSettings,
+) -> Option<(TriggerPolicy, QueueSource)> {
+    let before = p.0.len();
+    if let Some(kind) = t.kind.as_deref().filter(|k| *k != "aws-sqs-queue") {
+        p.add(
+            at,
+            format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""),
+        );
+    }
+    let queue_length = t.queue_length.unwrap_or(defaults::QUEUE_LENGTH);
+    if queue_length <= 0 {
+        p.add(
+            at,
+            format!("queue_length ({queue_length}) must be greater than 0"),
+        );
+    }
+    let (url, name) = match t.queue_url.as_deref().map(str::trim) {
+        None | Some("") => {
+            p.add(at, "queue_url is required: a queue URL (https://sqs.<region>.amazonaws.com/<account>/<name>) or a queue name");
+            (None, String::new())
+        }
+        Some(q) if q.contains("://") || q.starts_with('/') => match queue_name_from_url(q) {
+            Ok(name) => (Some(q.to_owned()), name),
+            Err(e) => {
+                p.add(at, format!("queue_url ({q:?}): {e}"));
+                (None, String::new())
+            }
+        },
+        Some(q) => {
+            if !is_queue_name(q) {
+                p.add(at, format!("queue_url ({q:?}) is neither a URL nor a valid queue name (letters, digits, '-' and '_', at most 80, optional \".fifo\")"));
+            }
+            (None, q.to_owned())
+        }
+    };
+    let endpoint = t.aws_endpoint.clone().or_else(|| aws.endpoint_url.clone());
+    if let Some(e) = &t.aws_endpoint {
+        check_endpoint(p, at, "aws_endpoint", e);
+    }
+    let role_arn = t.role_arn.clone().or_else(|| aws.role_arn.clone());
+    if let Some(arn) = &t.role_arn {
+        check_role_arn(p, at, "role_arn", arn);
+    }
+    let region = t
+        .aws_region
+        .clone()
+        .filter(|r| !r.is_empty())
+        .or_else(|| aws.region.clone())
+        .or_else(|| url.as_deref().and_then(region_from_url));
+    if region.is_none() && p.0.len() == before {
+        p.add(at, "no AWS region: set aws_region here or region in [aws], or use a queue URL like https://sqs.<region>.amazonaws.com/<account>/<name>");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some((
+        TriggerPolicy {
+            queue_length: queue_length as u64,
+            activation_queue_length: t
+                .activation_queue_length
+                .unwrap_or(defaults::ACTIVATION_QUEUE_LENGTH),
+            scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
+            scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
+        },
+        QueueSource {
+            url,
+            name,
+            region: region?,
+            endpoint,
+            profile: aws.profile.clone(),
+            role_arn,
+        },
+    ))
+}
+
+/// KEDA's rule: the URL path must be exactly `/<account>/<name>`.
+pub fn queue_name_from_url(q: &str) -> Result<String, String> {
+    let path = if q.starts_with('/') {
+        q.to_owned()
+    } else {
+        url::Url::parse(q)
+            .map_err(|e| format!("not a valid URL: {e}"))?
+            .path()
+            .to_owned()
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["", account, name] if !account.is_empty() && !name.is_empty() => Ok((*name).to_owned()),
+        _ => Err("cannot get the queue name: the path must be /<account>/<name>".to_owned()),
+    }
+}
+
+fn is_queue_name(q: &str) -> bool {
+    let base = q.strip_suffix(".fifo").unwrap_or(q);
+    !base.is_empty()
+        && q.len() <= 80
+        && base
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+}
+
+/// `sqs.<region>.amazonaws.com[.cn]` or the legacy `<region>.queue.amazonaws.com`.
+fn region_from_url(q: &str) -> Option<String> {
+    let host = url::Url::parse(q).ok()?.host_str()?.to_owned();
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        ["sqs", region, "amazonaws", "com", ..] => Some((*region).to_owned()),
+        [region, "queue", "amazonaws", "com", ..] => Some((*region).to_owned()),
+        _ => None,
+    }
+}
+
+fn check_endpoint(p: &mut Problems, at: &str, key: &str, e: &str) {
+    match url::Url::parse(e) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        _ => p.add(
+            at,
+            format!("{key} ({e:?}) must be an http:// or https:// URL"),
+        ),
+    }
+}
+
+fn check_role_arn(p: &mut Problems, at: &str, key: &str, arn: &str) {
+    let ok = arn.starts_with("arn:") && arn.contains(":iam::") && arn.contains(":role/");
+    if !ok {
+        p.add(
+            at,
+            format!(
+                "{key} ({arn:?}) is not an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
+            ),
+        );
+    }
+}

@@ -1,0 +1,603 @@
+//! The decision engine: KEDA's ScaledObject executor plus the HPA it drives, as one pure
+//! function of (policy, state, observation, now).
+//!
+//! No I/O, no clock reads, no logging: the daemon and `simulate` both call [`decide`],
+//! the first with Unix time, the second with a virtual clock, and get the same answers.
+//! The references are `../shared/spec/keda.md` (phase K) and `../shared/spec/hpa.md`
+//! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
+
+pub mod hpa;
+
+use std::time::Duration;
+
+use hpa::{Behavior, Limit, Recommendation, ScaleEvent, Tolerances};
+
+/// A point in time in milliseconds. The daemon uses Unix time, so `last_active` can be
+/// kept on the target as RFC 3339; `simulate` counts from the start of the trace. The
+/// engine only subtracts and compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub i64);
+
+impl Time {
+    pub fn from_secs(secs: i64) -> Time {
+        Time(secs * 1000)
+    }
+
+    /// Milliseconds from `earlier` to `self` (negative if `earlier` is later).
+    pub fn since(self, earlier: Time) -> i64 {
+        self.0 - earlier.0
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What the engine needs of a rule: the validated numbers, nothing about where the
+/// queue or the target live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// `min_replica_count`; KEDA's own floor. The HPA phase uses `max(min, 1)`.
+    pub min: u32,
+    /// `max_replica_count`.
+    pub max: u32,
+    /// `idle_replica_count`: where an inactive target rests after the cooldown.
+    pub idle: Option<u32>,
+    /// `cooldown_period`: from the last active poll to the scale to zero or idle.
+    pub cooldown: Duration,
+    /// `initial_cooldown_period`: applies while the rule has never been active.
+    pub initial_cooldown: Duration,
+    pub fallback: Option<Fallback>,
+    /// `behavior` from the rule, defaults filled in; `None` selects the HPA's legacy path.
+    pub behavior: Option<Behavior>,
+    /// The HPA controller's `--horizontal-pod-autoscaler-downscale-stabilization`
+    /// (300 s). Not a rule-file key; the KEDA vectors use 0 unless they say otherwise.
+    pub legacy_downscale_window: Duration,
+    pub tolerances: Tolerances,
+    /// One entry per trigger, in rule order; observations use the same order.
+    pub triggers: Vec<TriggerPolicy>,
+}
+
+/// The per-trigger numbers of an `aws-sqs-queue` trigger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TriggerPolicy {
+    /// `queue_length`: messages per replica (the HPA AverageValue target), > 0.
+    pub queue_length: u64,
+    /// `activation_queue_length`: active when the backlog is strictly above it.
+    pub activation_queue_length: i64,
+    pub scale_on_in_flight: bool,
+    pub scale_on_delayed: bool,
+}
+
+impl TriggerPolicy {
+    /// KEDA's queue length: visible + in flight (if counted) + delayed (if counted).
+    pub fn backlog(&self, c: &Counts) -> u64 {
+        let mut q = c.visible;
+        if self.scale_on_in_flight {
+            q = q.saturating_add(c.in_flight);
+        }
+        if self.scale_on_delayed {
+            q = q.saturating_add(c.delayed);
+        }
+        q
+    }
+}
+
+/// KEDA's `fallback`: what to do after `failure_threshold` consecutive failed polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub failure_threshold: u32,
+    pub replicas: u32,
+    pub behavior: FallbackBehavior,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FallbackBehavior {
+    #[default]
+    Static,
+    CurrentReplicas,
+    CurrentReplicasIfHigher,
+    CurrentReplicasIfLower,
+}
+
+impl Fallback {
+    fn replicas_for(&self, current: u32) -> u32 {
+        match self.behavior {
+            FallbackBehavior::Static => self.replicas,
+            FallbackBehavior::CurrentReplicas => current,
+            FallbackBehavior::CurrentReplicasIfHigher => current.max(self.replicas),
+            FallbackBehavior::CurrentReplicasIfLower => current.min(self.replicas),
+        }
+    }
+}
+
+/// The three SQS counts of one queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// `ApproximateNumberOfMessages`.
+    pub visible: u64,
+    /// `ApproximateNumberOfMessagesNotVisible`.
+    pub in_flight: u64,
+    /// `ApproximateNumberOfMessagesDelayed`.
+    pub delayed: u64,
+}
+
+/// The pause state of a target, from the rule and the target's annotations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pause {
+    #[default]
+    No,
+    /// `paused = true` in the rule or `sqscale.io/paused` truthy: replicas frozen.
+    Frozen,
+    /// `sqscale.io/paused-replicas: "N"`: pinned to N (wins over `paused`).
+    Replicas(u32),
+    /// `sqscale.io/paused-replicas` present but not a count: paused, nothing written.
+    InvalidReplicas,
+}
+
+impl Pause {
+    /// Reads the two annotations the way KEDA reads its own: `paused` absent is false,
+    /// unparseable is true (`"yes"` pauses); `paused-replicas` pauses by its presence.
+    pub fn from_annotations(paused: Option<&str>, paused_replicas: Option<&str>) -> Pause {
+        if let Some(v) = paused_replicas {
+            return match v.trim().parse::<u32>() {
+                Ok(n) => Pause::Replicas(n),
+                Err(_) => Pause::InvalidReplicas,
+            };
+        }
+        match paused {
+            Some(v) if go_parse_bool(v) != Some(false) => Pause::Frozen,
+            _ => Pause::No,
+        }
+    }
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// What one poll saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The target's `spec.replicas`.
+    pub replicas: u32,
+    /// The target's `status.replicas`, used only for the tolerance ratio (the HPA does
+    /// the same); `None` means "same as `replicas`".
+    pub status_replicas: Option<u32>,
+    pub pause: Pause,
+    /// One entry per trigger, in rule order: the counts, or `None` if the poll failed.
+    pub queues: Vec<Option<Counts>>,
+}
+
+/// What one rule remembers between polls. Small and plain: the worker owns it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// When the rule was first seen; `initial_cooldown` counts from here.
+    pub created_at: Time,
+    /// Start of the last poll that was active (KEDA's `lastActiveTime`). Persisted on
+    /// the target by the daemon so a restart does not scale to zero early.
+    pub last_active: Option<Time>,
+    /// Consecutive failed polls, per trigger (KEDA counts per metric).
+    pub failures: Vec<u32>,
+    /// The HPA recommendation history; seeded with the current replicas at first sight.
+    pub recommendations: Vec<Recommendation>,
+    /// Successful scale-ups and scale-downs, for `behavior` policies only.
+    pub scale_up_events: Vec<ScaleEvent>,
+    pub scale_down_events: Vec<ScaleEvent>,
+    /// Whether the recommendation history has been seeded.
+    pub seeded: bool,
+}
+
+impl State {
+    pub fn new(created_at: Time) -> State {
+        State {
+            created_at,
+            ..State::default()
+        }
+    }
+
+    /// Records a rescale the target confirmed. The HPA stores scale events only after the
+    /// update succeeded, so a failed patch never counts against the rate limits.
+    pub fn record_scale(&mut self, policy: &Policy, from: u32, to: u32, now: Time) {
+        if let Some(b) = &policy.behavior
+            && from != to
+        {
+            hpa::store_scale_event(
+                b,
+                &mut self.scale_up_events,
+                &mut self.scale_down_events,
+                from,
+                to,
+                now,
+            );
+        }
+    }
+}
+
+/// Why the engine decided what it did: a stable snake_case token for logs, metrics,
+/// the simulation timeline and Kubernetes events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// From zero (or from idle) to `max(min, 1)` (or min) because a trigger is active.
+    Activated,
+    ScaledUp,
+    ScaledDown,
+    /// The cooldown after the last active poll ran out.
+    ScaledToZero,
+    ScaledToIdle,
+    /// Below `min`: raised at once.
+    ScaledToMin,
+    /// Above `max`: lowered at once.
+    ScaledToMax,
+    /// Inactive, waiting for `cooldown_period` before scaling to zero or idle.
+    Cooldown,
+    /// A stabilization window held the replicas.
+    Stabilized,
+    /// The scale-up limit (`max(2r, 4)` or a behavior policy) or a scale-down policy
+    /// limited the step.
+    RateLimited,
+    /// The queue asks for more than `max_replica_count`.
+    AtMax,
+    /// The queue asks for fewer than the floor.
+    AtMin,
+    /// Fallback replicas are in effect after too many failed polls.
+    Fallback,
+    /// A trigger failed: nothing scales in, nothing changes until the fallback threshold.
+    PollFailed,
+    Paused,
+    PausedReplicas,
+    /// Holding at `idle_replica_count` while inactive.
+    Idle,
+    Unchanged,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Activated => "activated",
+            Reason::ScaledUp => "scaled_up",
+            Reason::ScaledDown => "scaled_down",
+            Reason::ScaledToZero => "scaled_to_zero",
+            Reason::ScaledToIdle => "scaled_to_idle",
+            Reason::ScaledToMin => "scaled_to_min",
+            Reason::ScaledToMax => "scaled_to_max",
+            Reason::Cooldown => "cooldown",
+            Reason::Stabilized => "stabilized",
+            Reason::RateLimited => "rate_limited",
+            Reason::AtMax => "at_max",
+            Reason::AtMin => "at_min",
+            Reason::Fallback => "fallback",
+            Reason::PollFailed => "poll_failed",
+            Reason::Paused => "paused",
+            Reason::PausedReplicas => "paused_replicas",
+            Reason::Idle => "idle",
+            Reason::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of one poll.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The target's replicas when the poll started.
+    pub current: u32,
+    /// The replica count to write, if it differs from `current`.
+    pub write: Option<u32>,
+    pub reason: Reason,
+    /// Whether any trigger was active (KEDA's `isActive`).
+    pub active: bool,
+    /// Sum of the backlogs the poll read; `None` if every trigger failed.
+    pub backlog: Option<u64>,
+    /// What the queues ask for: the largest `ceil(backlog / queue_length)` over the
+    /// triggers (after the tolerance), before stabilization, limits and clamps.
+    pub proposal: Option<u32>,
+}
+
+impl Decision {
+    /// The replica count after this poll if the write (if any) succeeds.
+    pub fn replicas(&self) -> u32 {
+        self.write.unwrap_or(self.current)
+    }
+}
+
+/// Decides what one rule does at `now`, given what it remembers and what it just saw.
+///
+/// Each poll runs:
+/// 1. **Pause**: a paused target is left alone, or pinned to `paused-replicas`.
+/// 2. **Triggers**: each trigger's backlog and activity; failures are counted per
+///    trigger, and after more than `failure_threshold` of them the fallback replaces the
+///    failed trigger's metric with `queue_length * R` (KEDA's synthetic metric).
+/// 3. **Phase K** (KEDA's executor): from zero to `max(min, 1)` on activation; to idle,
+///    min or zero once `now - last_active >= cooldown_period`; up to min at once.
+/// 4. **Phase H** (the HPA), only when phase K wrote nothing and replicas > 0: the
+///    precheck clamps, `ceil(backlog / queue_length)` with the 0.1 tolerance, the
+///    maximum over triggers (no scale-in on partial data), then the legacy or the
+///    `behavior` normalization.
+///
+/// A failed trigger never makes the rule scale in before the fallback applies.
+pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (State, Decision) {
+    let mut next = state.clone();
+    let r = obs.replicas;
+    let mut decision = Decision {
+        current: r,
+        write: None,
+        reason: Reason::Unchanged,
+        active: false,
+        backlog: None,
+        proposal: None,
+    };
+
+    // The HPA seeds its history at first sight of the target, whatever the replicas. It
+    // does so earlier in the same reconcile than its stabilization reads the clock, so
+    // the seed is a hair older than `now`: a zero window must not see it.
+    if !next.seeded {
+        next.recommendations.push(Recommendation {
+            replicas: r,
+            at: Time(now.0 - 1),
+        });
+        next.seeded = true;
+    }
+
+    // 1. Pause.
+    match obs.pause {
+        Pause::No => {}
+        Pause::Replicas(n) => {
+            decision.reason = Reason::PausedReplicas;
+            decision.write = (n != r).then_some(n);
+            return (next, decision);
+        }
+        Pause::Frozen | Pause::InvalidReplicas => {
+            decision.reason = Reason::Paused;
+            return (next, decision);
+        }
+    }
+
+    // 2. Triggers.
+    let triggers = evaluate_triggers(policy, &mut next, obs);
+    let is_active = triggers.iter().any(|t| t.active);
+    let is_error = triggers.iter().any(|t| t.failed);
+    let fallback_active = triggers.iter().any(|t| t.fallback);
+    decision.active = is_active;
+    decision.backlog = triggers
+        .iter()
+        .filter(|t| !t.failed && !t.fallback)
+        .map(|t| t.backlog)
+        .reduce(u64::saturating_add);
+
+    // 3. Phase K.
+    let mut cooling_down = false;
+    let keda = if is_active {
+        if (policy.idle.is_some() && r < policy.min) || r == 0 {
+            Some((policy.min.max(1), Reason::Activated))
+        } else {
+            if !is_error {
+                next.last_active = Some(now);
+            }
+            None
+        }
+    } else if is_error {
+        None
+    } else if (policy.idle.is_some_and(|idle| r > idle)) || (r > 0 && policy.min == 0) {
+        if cooldown_expired(policy, &next, now) {
+            let to = policy.idle.unwrap_or(policy.min);
+            Some((
+                to,
+                if to == 0 {
+                    Reason::ScaledToZero
+                } else {
+                    Reason::ScaledToIdle
+                },
+            ))
+        } else {
+            cooling_down = true;
+            None
+        }
+    } else if policy.idle.is_none() && r < policy.min {
+        Some((policy.min, Reason::ScaledToMin))
+    } else {
+        None
+    };
+    if let Some((to, reason)) = keda {
+        if reason == Reason::Activated {
+            next.last_active = Some(now);
+        }
+        decision.write = (to != r).then_some(to);
+        decision.reason = if to == r { Reason::Unchanged } else { reason };
+        decision.proposal = proposal(&triggers);
+        return (next, decision);
+    }
+
+    // 4. Phase H. The HPA is "disabled" at zero; at idle there is no HPA to pull the
+    // target back up to min (KEDA+HPA flap there, vector TV-14).
+    let at_idle = policy.idle.is_some_and(|idle| r <= idle) && !is_active;
+    if r == 0 || at_idle {
+        decision.reason = if at_idle && r > 0 {
+            Reason::Idle
+        } else if is_error {
+            Reason::PollFailed
+        } else {
+            Reason::Unchanged
+        };
+        decision.proposal = proposal(&triggers);
+        return (next, decision);
+    }
+    let (to, reason) = phase_h(policy, &mut next, obs, &triggers, now, &mut decision);
+    decision.write = (to != r).then_some(to);
+    decision.reason = if fallback_active {
+        Reason::Fallback
+    } else if decision.write.is_none() && cooling_down {
+        Reason::Cooldown
+    } else {
+        reason
+    };
+    (next, decision)
+}
+
+/// One trigger's part of a poll.
+struct TriggerResult {
+    /// The backlog, real or (with the fallback) synthetic.
+    backlog: u64,
+    active: bool,
+    /// Failed with no fallback in effect: its metric is invalid.
+    failed: bool,
+    /// Failed, and the fallback's synthetic metric stands in.
+    fallback: bool,
+    /// The HPA's proposal for this trigger; `None` when the metric is invalid.
+    proposal: Option<u32>,
+}
+
+fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Vec<TriggerResult> {
+    next.failures.resize(policy.triggers.len(), 0);
+    let status = obs.status_replicas.unwrap_or(obs.replicas);
+    policy
+        .triggers
+        .iter()
+        .zip(&obs.queues)
+        .zip(next.failures.iter_mut())
+        .map(|((trigger, counts), failures)| {
+            let propose = |q: u64| {
+                let usage = i64::try_from(q)
+                    .unwrap_or(i64::MAX / 1000)
+                    .saturating_mul(1000);
+                let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
+                hpa::average_value_replicas(usage, target, status, policy.tolerances)
+            };
+            match counts {
+                Some(c) => {
+                    *failures = 0;
+                    let q = trigger.backlog(c);
+                    TriggerResult {
+                        backlog: q,
+                        active: i128::from(q) > i128::from(trigger.activation_queue_length),
+                        failed: false,
+                        fallback: false,
+                        proposal: Some(propose(q)),
+                    }
+                }
+                None => {
+                    *failures = failures.saturating_add(1);
+                    match policy.fallback {
+                        Some(fb) if *failures > fb.failure_threshold => {
+                            let q = trigger
+                                .queue_length
+                                .saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
+                            TriggerResult {
+                                backlog: q,
+                                active: true,
+                                failed: false,
+                                fallback: true,
+                                proposal: Some(propose(q)),
+                            }
+                        }
+                        _ => TriggerResult {
+                            backlog: 0,
+                            active: false,
+                            failed: true,
+                            fallback: false,
+                            proposal: None,
+                        },
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+fn proposal(triggers: &[TriggerResult]) -> Option<u32> {
+    triggers.iter().filter_map(|t| t.proposal).max()
+}
+
+/// KEDA's `scaleToZeroOrIdle` test, with `>=` measured from the start of the last active
+/// poll (`../shared/spec/keda.md` §2.4: what users see, and what the vectors use).
+fn cooldown_expired(policy: &Policy, state: &State, now: Time) -> bool {
+    match state.last_active {
+        Some(at) => now.since(at) >= millis(policy.cooldown),
+        None => now.since(state.created_at) >= millis(policy.initial_cooldown),
+    }
+}
+
+/// The HPA's reconcile for a target with replicas > 0. Returns the new count and why.
+fn phase_h(
+    policy: &Policy,
+    next: &mut State,
+    obs: &Observation,
+    triggers: &[TriggerResult],
+    now: Time,
+    decision: &mut Decision,
+) -> (u32, Reason) {
+    let r = obs.replicas;
+    let min = policy.min.max(1);
+    let max = policy.max;
+
+    // Precheck: outside [min, max] the HPA moves without reading metrics.
+    if r > max {
+        decision.proposal = proposal(triggers);
+        return (max, Reason::ScaledToMax);
+    }
+    if r < min {
+        decision.proposal = proposal(triggers);
+        return (min, Reason::ScaledToMin);
+    }
+
+    // computeReplicasForMetrics: max over valid metrics; no scaling at all if every
+    // metric is invalid, no scale-in if any is.
+    let invalid = triggers.iter().filter(|t| t.proposal.is_none()).count();
+    let Some(desired) = proposal(triggers) else {
+        return (r, Reason::PollFailed);
+    };
+    decision.proposal = Some(desired);
+    if invalid > 0 && desired < r {
+        return (r, Reason::PollFailed);
+    }
+
+    let (stabilized, (to, limit)) = match &policy.behavior {
+        None => {
+            let s = hpa::stabilize_legacy(
+                &mut next.recommendations,
+                desired,
+                now,
+                millis(policy.legacy_downscale_window),
+            );
+            (s, hpa::limit_legacy(r, s, min, max))
+        }
+        Some(b) => {
+            let s = hpa::stabilize_with_behavior(&mut next.recommendations, r, desired, now, b);
+            let limited = hpa::limit_with_behavior(
+                r,
+                s,
+                min,
+                max,
+                &next.scale_up_events,
+                &next.scale_down_events,
+                b,
+                now,
+            );
+            (s, limited)
+        }
+    };
+    let reason = match limit {
+        Limit::ScaleUpLimit | Limit::ScaleDownLimit => Reason::RateLimited,
+        Limit::TooManyReplicas => Reason::AtMax,
+        Limit::TooFewReplicas => Reason::AtMin,
+        Limit::DesiredWithinRange if to > r => Reason::ScaledUp,
+        Limit::DesiredWithinRange if to < r => Reason::ScaledDown,
+        Limit::DesiredWithinRange if stabilized != desired => Reason::Stabilized,
+        Limit::DesiredWithinRange => Reason::Unchanged,
+    };
+    (to, reason)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! sqscale: KEDA's `aws-sqs-queue` scaling, from outside the cluster.
+//!
+//! One process reads a TOML rule file, polls each SQS queue's attributes on its rule's
+//! polling interval, runs KEDA's activation and cooldown state machine and the HPA's
+//! replica arithmetic, and patches the `/scale` subresource of Deployments and
+//! StatefulSets over a kubeconfig. Nothing is installed in the cluster.
+//!
+//! # Layout
+//!
+//! - [`config`]: the rule file. `raw` mirrors the TOML; `validate` turns it into
+//!   [`config::Config`], collecting every problem with its rule and key.
+//! - [`engine`]: the decision engine, a pure function of (policy, state, observation,
+//!   now). No I/O, no clock reads, no logging. `engine::hpa` is the HPA's arithmetic.
+//! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock
+//!   (`sqscale simulate`), and draws the chart.
+//! - [`cli`]: the command line; `main.rs` only calls it.
+//!
+//! Data flows one way: config -> engine policy; observation -> engine -> decision; the
+//! callers (simulate, the daemon) own all I/O and time.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod simulate;

@@ -1,0 +1,280 @@
+//! `sqscale simulate`: replay a queue-length trace through the same engine as the
+//! daemon, on a virtual clock, and print the timeline.
+//!
+//! The trace is a step function per queue: the last row at or before a poll's time is in
+//! effect (no row yet means an empty queue). Each rule polls at 0, P, 2P, ... like the
+//! daemon, and every write succeeds at once.
+
+pub mod chart;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use crate::config::Rule;
+use crate::engine::{self, Counts, Observation, Pause, Reason, State, Time};
+
+/// One queue's reading at a point of the trace.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sample {
+    Counts(Counts),
+    /// `visible = error`: polls of this queue fail until its next row.
+    Error,
+}
+
+/// A parsed trace: per queue name, its rows sorted by time.
+#[derive(Debug, Default)]
+pub struct Trace {
+    queues: HashMap<String, Vec<(Time, Sample)>>,
+}
+
+/// A bad trace row, with the line it is on.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct TraceError {
+    pub line: u64,
+    pub message: String,
+}
+
+const HEADER: [&str; 5] = ["time", "queue", "visible", "in_flight", "delayed"];
+
+/// The queue key used for matching: a URL's last path segment, or the name as given.
+fn queue_key(q: &str) -> &str {
+    q.trim_end_matches('/').rsplit('/').next().unwrap_or(q)
+}
+
+impl Trace {
+    /// Parses `time,queue,visible,in_flight,delayed` (header required).
+    pub fn parse<R: Read>(input: R) -> Result<Trace, TraceError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(true)
+            .from_reader(input);
+        let header = reader.headers().map_err(|e| TraceError {
+            line: 1,
+            message: e.to_string(),
+        })?;
+        if header.iter().collect::<Vec<_>>() != HEADER {
+            return Err(TraceError {
+                line: 1,
+                message: format!(
+                    "the header must be {:?}, found {:?}",
+                    HEADER.join(","),
+                    header.iter().collect::<Vec<_>>().join(",")
+                ),
+            });
+        }
+        let mut trace = Trace::default();
+        for record in reader.records() {
+            let record = record.map_err(|e| TraceError {
+                line: e.position().map_or(0, |p| p.line()),
+                message: e.to_string(),
+            })?;
+            let line = record.position().map_or(0, |p| p.line());
+            let bad = |message: String| TraceError { line, message };
+            if record.len() != HEADER.len() {
+                return Err(bad(format!(
+                    "expected {} fields, found {}",
+                    HEADER.len(),
+                    record.len()
+                )));
+            }
+            let time: f64 = record[0].parse().map_err(|_| {
+                bad(format!(
+                    "time ({:?}) is not a number of seconds",
+                    &record[0]
+                ))
+            })?;
+            if !time.is_finite() || time < 0.0 {
+                return Err(bad(format!(
+                    "time ({}) must be a number of seconds >= 0",
+                    &record[0]
+                )));
+            }
+            let queue = &record[1];
+            if queue.is_empty() {
+                return Err(bad("queue is empty".to_owned()));
+            }
+            let count = |i: usize, empty_ok: bool| -> Result<u64, TraceError> {
+                let v = &record[i];
+                if v.is_empty() && empty_ok {
+                    return Ok(0);
+                }
+                v.parse()
+                    .map_err(|_| bad(format!("{} ({v:?}) is not a message count", HEADER[i])))
+            };
+            let sample = if record[2].eq_ignore_ascii_case("error") {
+                Sample::Error
+            } else {
+                Sample::Counts(Counts {
+                    visible: count(2, false)?,
+                    in_flight: count(3, true)?,
+                    delayed: count(4, true)?,
+                })
+            };
+            let at = Time((time * 1000.0).round() as i64);
+            trace
+                .queues
+                .entry(queue_key(queue).to_owned())
+                .or_default()
+                .push((at, sample));
+        }
+        for rows in trace.queues.values_mut() {
+            // Stable: two rows at the same time keep file order, the later one wins.
+            rows.sort_by_key(|(t, _)| *t);
+        }
+        Ok(trace)
+    }
+
+    /// The counts of `queue` at `t`, `None` if polls fail then. Before the queue's first
+    /// row it is empty.
+    fn at(&self, queue: &str, t: Time) -> Option<Counts> {
+        let rows = self.queues.get(queue)?;
+        let idx = rows.partition_point(|(at, _)| *at <= t);
+        match idx.checked_sub(1).map(|i| rows[i].1) {
+            None => Some(Counts::default()),
+            Some(Sample::Counts(c)) => Some(c),
+            Some(Sample::Error) => None,
+        }
+    }
+
+    /// Time of the last row of any queue.
+    pub fn end(&self) -> Time {
+        self.queues
+            .values()
+            .filter_map(|rows| rows.last().map(|(t, _)| *t))
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn has(&self, queue: &str) -> bool {
+        self.queues.contains_key(queue)
+    }
+}
+
+/// One row of the timeline: one poll of one rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub time: Time,
+    pub rule: String,
+    pub backlog: Option<u64>,
+    pub active: bool,
+    pub desired: Option<u32>,
+    pub replicas: u32,
+    pub reason: Reason,
+}
+
+/// Options of one simulation run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Last poll time; `None` lets each run settle after the trace ends.
+    pub until: Option<Time>,
+    /// Replicas before the first poll; `None` starts each target at its min.
+    pub initial_replicas: Option<u32>,
+}
+
+/// Replays `trace` through every rule in `rules`. Fails if a rule reads a queue the
+/// trace never mentions (a typo there would silently read as an empty queue).
+pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>, String> {
+    for rule in rules {
+        for q in &rule.triggers {
+            if !trace.has(&q.name) {
+                return Err(format!(
+                    "rule {:?} reads queue {:?}, which has no row in the trace (select other rules with --rule)",
+                    rule.name, q.name
+                ));
+            }
+        }
+    }
+    let until = options.until.unwrap_or_else(|| {
+        let settle = rules
+            .iter()
+            .map(|r| settle_time(r))
+            .max()
+            .unwrap_or_default();
+        Time(trace.end().0 + settle)
+    });
+
+    let mut rows = Vec::new();
+    for rule in rules {
+        let mut state = State::new(Time(0));
+        let mut replicas = options.initial_replicas.unwrap_or(rule.policy.min);
+        let step = rule.polling_interval.as_millis() as i64;
+        let mut t = Time(0);
+        while t <= until {
+            let obs = Observation {
+                replicas,
+                status_replicas: None,
+                pause: if rule.paused {
+                    Pause::Frozen
+                } else {
+                    Pause::No
+                },
+                queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
+            };
+            let (mut next, d) = engine::decide(&rule.policy, &state, &obs, t);
+            if let Some(to) = d.write {
+                next.record_scale(&rule.policy, replicas, to, t);
+                replicas = to;
+            }
+            state = next;
+            rows.push(Row {
+                time: t,
+                rule: rule.name.clone(),
+                backlog: d.backlog,
+                active: d.active,
+                desired: d.proposal,
+                replicas,
+                reason: d.reason,
+            });
+            t = Time(t.0 + step);
+        }
+    }
+    rows.sort_by_key(|r| r.time);
+    Ok(rows)
+}
+
+/// How long after the trace ends a rule needs to settle: its cooldown (to zero or idle),
+/// or the scale-down window (down to min), plus two polls.
+fn settle_time(rule: &Rule) -> i64 {
+    let p = &rule.policy;
+    let to_zero = p.cooldown.max(p.initial_cooldown).as_millis() as i64;
+    let down_window = match &p.behavior {
+        Some(b) => b.scale_down.stabilization_window_ms,
+        None => p.legacy_downscale_window.as_millis() as i64,
+    };
+    let settle = if p.min == 0 || p.idle.is_some() {
+        to_zero
+    } else {
+        down_window
+    };
+    settle + 2 * rule.polling_interval.as_millis() as i64
+}
+
+/// Seconds with as many decimals as needed: `10`, `10.5`, `0.25`.
+pub fn format_time(t: Time) -> String {
+    let s = format!("{}.{:03}", t.0.div_euclid(1000), t.0.rem_euclid(1000));
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Writes the timeline CSV: `time,rule,backlog,active,desired,replicas,reason`.
+pub fn write_csv<W: Write>(rows: &[Row], out: W) -> std::io::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "time", "rule", "backlog", "active", "desired", "replicas", "reason",
+    ])?;
+    for r in rows {
+        w.write_record([
+            format_time(r.time),
+            r.rule.clone(),
+            r.backlog.map(|b| b.to_string()).unwrap_or_default(),
+            r.active.to_string(),
+            r.desired.map(|d| d.to_string()).unwrap_or_default(),
+            r.replicas.to_string(),
+            r.reason.as_str().to_owned(),
+        ])?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests;
