@@ -8,8 +8,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::config::{self, Config};
 use crate::simulate;
+use crate::source::{Shared, sqs::Sqs};
+use crate::target::kube::Kube;
+use crate::telemetry::{self, LogFormat};
+use crate::worker::{Clock, Deps};
+use crate::{signals, supervisor};
+
+/// Bound on every remote call of a poll (SQS, Kubernetes).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
@@ -22,6 +33,10 @@ pub const EX_CONFIG: u8 = 78;
     about = "Queue-driven autoscaling for Kubernetes from outside the cluster"
 )]
 struct Cli {
+    /// Log format: plain, json, or auto (plain on a terminal, json otherwise). The
+    /// filter comes from SQSCALE_LOG (EnvFilter syntax), default info.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +50,20 @@ struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: poll, decide, patch /scale, until SIGTERM or SIGINT; SIGHUP reloads.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Kubeconfig to use instead of [kubernetes] kubeconfig, $KUBECONFIG or ~/.kube/config.
+        #[arg(long, value_name = "PATH")]
+        kubeconfig: Option<PathBuf>,
+        /// Decide and log what would be done; never patch anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long polls in flight may take to finish after SIGTERM.
+        #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+        shutdown_grace: Duration,
+    },
     /// Validate the rule file and print every rule with its defaults filled in.
     Check {
         #[command(flatten)]
@@ -66,6 +95,18 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            config,
+            kubeconfig,
+            dry_run,
+            shutdown_grace,
+        } => run(
+            &config.config,
+            kubeconfig,
+            dry_run,
+            shutdown_grace,
+            cli.log_format,
+        ),
         Command::Check { config } => check(&config.config),
         Command::Simulate {
             config,
@@ -176,4 +217,86 @@ fn simulate(
         }
     }
     ExitCode::SUCCESS
+}
+
+fn run(
+    path: &Path,
+    kubeconfig: Option<PathBuf>,
+    dry_run: bool,
+    grace: Duration,
+    log_format: LogFormat,
+) -> ExitCode {
+    if let Err(e) = telemetry::init(log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for problem in &e.problems {
+                tracing::error!(file = %e.origin, problem = %problem, "rule file invalid");
+            }
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let control = match signals::forward() {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
+        let kube = Kube::new(
+            kubeconfig.or_else(|| config.kubernetes.kubeconfig.clone()),
+            config.kubernetes.context.clone(),
+            CALL_TIMEOUT,
+        );
+        // Build every context's client now: a broken kubeconfig is a start-up error,
+        // not a warning on every poll.
+        let mut contexts: Vec<Option<&str>> =
+            config.rules.iter().map(|r| r.context.as_deref()).collect();
+        contexts.dedup();
+        for context in contexts {
+            if let Err(e) = kube.client(context).await {
+                tracing::error!(error = %e, "cannot reach Kubernetes");
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let deps = Deps {
+            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
+            targets: Arc::new(kube),
+            clock: Clock::system(),
+            dry_run,
+            call_timeout: CALL_TIMEOUT,
+        };
+        let reload_path = path.to_owned();
+        match supervisor::run(
+            config,
+            deps,
+            control,
+            move || config::load(&reload_path),
+            grace,
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "shutdown aborted");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

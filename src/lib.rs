@@ -23,4 +23,10 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod signals;
 pub mod simulate;
+pub mod source;
+pub mod supervisor;
+pub mod target;
+pub mod telemetry;
+pub mod worker;

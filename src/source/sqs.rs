@@ -1,0 +1,276 @@
+//! The SQS adapter: `GetQueueAttributes` through aws-sdk-sqs, asking only for the
+//! attributes the rules need. One client per (region, endpoint, profile, role), built
+//! on first use and reused; queue names are resolved once with `GetQueueUrl`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use super::{Attrs, QueueReader, SourceError, lock};
+use crate::config::QueueSource;
+use crate::engine::Counts;
+
+/// What makes two triggers need different clients.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    region: String,
+    endpoint: Option<String>,
+    profile: Option<String>,
+    role_arn: Option<String>,
+}
+
+/// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
+pub struct Sqs {
+    clients: tokio::sync::Mutex<HashMap<ClientKey, Client>>,
+    urls: Mutex<HashMap<QueueSource, String>>,
+    fifo_noted: Mutex<HashSet<String>>,
+    timeout: Duration,
+}
+
+impl Sqs {
+    /// `timeout` bounds each SQS operation, retries included.
+    pub fn new(timeout: Duration) -> Sqs {
+        Sqs {
+            clients: Default::default(),
+            urls: Default::default(),
+            fifo_noted: Default::default(),
+            timeout,
+        }
+    }
+
+    async fn client(&self, q: &QueueSource) -> Client {
+        let key = ClientKey {
+            region: q.region.clone(),
+            endpoint: q.endpoint.clone(),
+            profile: q.profile.clone(),
+            role_arn: q.role_arn.clone(),
+        };
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&key) {
+            return c.clone();
+        }
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(key.region.clone()))
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(self.timeout)
+                    .build(),
+            );
+        if let Some(p) = &key.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(e) = &key.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let base = loader.load().await;
+        let mut builder = aws_sdk_sqs::config::Builder::from(&base);
+        if let Some(arn) = &key.role_arn {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+                .session_name("sqscale")
+                .configure(&base)
+                .build()
+                .await;
+            builder = builder.credentials_provider(provider);
+        }
+        let client = Client::from_conf(builder.build());
+        clients.insert(key, client.clone());
+        client
+    }
+
+    async fn url(&self, client: &Client, q: &QueueSource) -> Result<String, SourceError> {
+        if let Some(url) = &q.url {
+            return Ok(url.clone());
+        }
+        if let Some(url) = lock(&self.urls).get(q) {
+            return Ok(url.clone());
+        }
+        let out = client
+            .get_queue_url()
+            .queue_name(&q.name)
+            .send()
+            .await
+            .map_err(|e| error(q, e))?;
+        let url = out.queue_url().ok_or_else(|| SourceError {
+            queue: q.name.clone(),
+            kind: "bad_response",
+            message: "GetQueueUrl answered without a QueueUrl".to_owned(),
+        })?;
+        tracing::info!(queue = %q.name, url, "resolved queue name");
+        lock(&self.urls).insert(q.clone(), url.to_owned());
+        Ok(url.to_owned())
+    }
+
+    fn note_fifo(&self, q: &QueueSource) {
+        if q.name.ends_with(".fifo") && lock(&self.fifo_noted).insert(q.name.clone()) {
+            tracing::info!(
+                queue = %q.display(),
+                "FIFO queue: useful parallelism is bounded by the number of active message groups, \
+                 which SQS does not report; cap it with max_replica_count"
+            );
+        }
+    }
+}
+
+impl QueueReader for Sqs {
+    async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
+        self.note_fifo(q);
+        let client = self.client(q).await;
+        let url = self.url(&client, q).await?;
+        let mut req = client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages);
+        if attrs.in_flight {
+            req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        }
+        if attrs.delayed {
+            req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        }
+        let out = req.send().await.map_err(|e| error(q, e))?;
+        parse_counts(out.attributes(), attrs).map_err(|message| SourceError {
+            queue: q.display().to_owned(),
+            kind: "bad_response",
+            message,
+        })
+    }
+}
+
+/// Reads the requested counts out of a GetQueueAttributes answer. A missing or
+/// unparsable attribute is an error, never 0 (KEDA does the same).
+pub fn parse_counts(
+    attributes: Option<&HashMap<QueueAttributeName, String>>,
+    attrs: Attrs,
+) -> Result<Counts, String> {
+    let get = |name: QueueAttributeName| -> Result<u64, String> {
+        let v = attributes
+            .and_then(|a| a.get(&name))
+            .ok_or_else(|| format!("attribute {} is missing from the answer", name.as_str()))?;
+        v.trim()
+            .parse()
+            .map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
+    };
+    Ok(Counts {
+        visible: get(QueueAttributeName::ApproximateNumberOfMessages)?,
+        in_flight: if attrs.in_flight {
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?
+        } else {
+            0
+        },
+        delayed: if attrs.delayed {
+            get(QueueAttributeName::ApproximateNumberOfMessagesDelayed)?
+        } else {
+            0
+        },
+    })
+}
+
+/// Classifies an SDK error into a [`SourceError`] with a stable kind.
+fn error<E, R>(q: &QueueSource, e: SdkError<E, R>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let message = DisplayErrorContext(&e).to_string();
+    let kind = match &e {
+        SdkError::TimeoutError(_) => "timeout",
+        SdkError::DispatchFailure(d) if d.is_timeout() => "timeout",
+        SdkError::DispatchFailure(d) if d.is_io() => "unreachable",
+        _ if message.contains("credentials") => "credentials",
+        SdkError::ServiceError(s) => match s.err().code().unwrap_or_default() {
+            "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => "not_found",
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch" => "forbidden",
+            "RequestThrottled" | "ThrottlingException" | "Throttling" => "throttled",
+            _ => "other",
+        },
+        _ => "other",
+    };
+    SourceError {
+        queue: q.display().to_owned(),
+        kind,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(pairs: &[(QueueAttributeName, &str)]) -> HashMap<QueueAttributeName, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn counts_are_read_for_the_requested_attributes_only() {
+        let a = answer(&[
+            (QueueAttributeName::ApproximateNumberOfMessages, "22"),
+            (
+                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+                "8",
+            ),
+        ]);
+        let c = parse_counts(
+            Some(&a),
+            Attrs {
+                in_flight: true,
+                delayed: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Counts {
+                visible: 22,
+                in_flight: 8,
+                delayed: 0
+            }
+        );
+        // Values above 2^31 are fine.
+        let a = answer(&[(
+            QueueAttributeName::ApproximateNumberOfMessages,
+            "4294967296",
+        )]);
+        assert_eq!(
+            parse_counts(Some(&a), Attrs::default()).unwrap().visible,
+            4_294_967_296
+        );
+    }
+
+    /// TV-37: a missing or unparsable attribute is an error, never 0.
+    #[test]
+    fn tv37_missing_or_bad_attribute_is_an_error() {
+        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "3")]);
+        let err = parse_counts(
+            Some(&a),
+            Attrs {
+                in_flight: true,
+                delayed: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer"
+        );
+        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "NotInt")]);
+        assert!(
+            parse_counts(Some(&a), Attrs::default())
+                .unwrap_err()
+                .contains("is not a count")
+        );
+        assert!(parse_counts(None, Attrs::default()).is_err());
+    }
+}

@@ -1,0 +1,213 @@
+//! The supervisor: starts one worker per rule, applies reloads as a diff, and drains on
+//! shutdown. It never sees a signal; it consumes [`Control`] messages, so tests drive it
+//! exactly as SIGHUP and SIGTERM do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigErrors, Rule};
+use crate::signals::Control;
+use crate::source::QueueReader;
+use crate::target::ScaleTarget;
+use crate::worker::{self, Deps};
+
+/// How a reload went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new rules run: counts of rules added, removed, changed (restarted with fresh
+    /// state) and unchanged (kept running with their state).
+    Applied {
+        added: usize,
+        removed: usize,
+        changed: usize,
+        unchanged: usize,
+    },
+    /// The new file was invalid; the old rules run untouched.
+    Rejected(Vec<String>),
+}
+
+/// Why shutdown did not drain cleanly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Aborted {
+    #[error("a second shutdown signal arrived while draining")]
+    Signal,
+    #[error("workers were still busy when the drain deadline passed")]
+    Deadline,
+}
+
+struct Running {
+    rule: Arc<Rule>,
+    cancel: CancellationToken,
+}
+
+/// Owns the workers of the current configuration.
+pub struct Supervisor<Q, T> {
+    deps: Deps<Q, T>,
+    config: Config,
+    workers: HashMap<String, Running>,
+    tracker: TaskTracker,
+    root: CancellationToken,
+}
+
+impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
+    /// Starts a worker for every rule of `config`.
+    pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
+        deps.queues.set_needs(&config);
+        let mut s = Supervisor {
+            deps,
+            config: config.clone(),
+            workers: HashMap::new(),
+            tracker: TaskTracker::new(),
+            root: CancellationToken::new(),
+        };
+        for rule in config.rules {
+            s.spawn(rule);
+        }
+        info!(rules = s.workers.len(), dry_run = s.deps.dry_run, "started");
+        s
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn spawn(&mut self, rule: Rule) {
+        let rule = Arc::new(rule);
+        let cancel = self.root.child_token();
+        self.tracker
+            .spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone()));
+        self.workers
+            .insert(rule.name.clone(), Running { rule, cancel });
+    }
+
+    /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
+    ///
+    /// Rules are matched by name: unchanged rules keep running with their state
+    /// (cooldowns, windows, failure counts); changed rules restart with fresh state
+    /// (their last-active comes back from the target's annotation); removed rules stop
+    /// and leave their target as it is; added rules start.
+    pub fn reload(&mut self, loaded: Result<Config, ConfigErrors>) -> ReloadOutcome {
+        let new = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                for problem in &e.problems {
+                    error!(file = %e.origin, problem = %problem, "rule file invalid; keeping the running rules");
+                }
+                return ReloadOutcome::Rejected(e.problems);
+            }
+        };
+        for (what, changed) in [
+            ("[server]", new.server != self.config.server),
+            (
+                "[leader_election]",
+                new.leader_election != self.config.leader_election,
+            ),
+        ] {
+            if changed {
+                warn!(
+                    section = what,
+                    "this section only changes on restart; the running value stays"
+                );
+            }
+        }
+        self.deps.queues.set_needs(&new);
+
+        let (mut added, mut changed, mut unchanged) = (0, 0, 0);
+        let mut keep: HashMap<String, Running> = HashMap::new();
+        for rule in &new.rules {
+            match self.workers.remove(&rule.name) {
+                Some(running) if *running.rule == *rule => {
+                    unchanged += 1;
+                    keep.insert(rule.name.clone(), running);
+                }
+                Some(running) => {
+                    changed += 1;
+                    running.cancel.cancel();
+                }
+                None => added += 1,
+            }
+        }
+        let removed = self.workers.len();
+        for (_, running) in self.workers.drain() {
+            running.cancel.cancel();
+        }
+        self.workers = keep;
+        for rule in &new.rules {
+            if !self.workers.contains_key(&rule.name) {
+                self.spawn(rule.clone());
+            }
+        }
+        // Settings outside the rules stay as they were until a restart.
+        self.config = Config {
+            server: self.config.server.clone(),
+            leader_election: self.config.leader_election.clone(),
+            ..new
+        };
+        info!(added, removed, changed, unchanged, "rules reloaded");
+        ReloadOutcome::Applied {
+            added,
+            removed,
+            changed,
+            unchanged,
+        }
+    }
+
+    /// Stops every worker and waits for polls in flight, at most `grace`, or until
+    /// another [`Control::Shutdown`] arrives.
+    pub async fn shutdown(
+        self,
+        grace: Duration,
+        control: &mut mpsc::Receiver<Control>,
+    ) -> Result<(), Aborted> {
+        info!(rules = self.workers.len(), "shutting down");
+        self.root.cancel();
+        self.tracker.close();
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = self.tracker.wait() => {
+                    info!("stopped cleanly");
+                    return Ok(());
+                }
+                _ = &mut deadline => return Err(Aborted::Deadline),
+                msg = control.recv() => match msg {
+                    Some(Control::Shutdown) => return Err(Aborted::Signal),
+                    // A reload while draining means nothing; a closed channel neither.
+                    Some(Control::Reload) => {}
+                    None => std::future::pending::<()>().await,
+                },
+            }
+        }
+    }
+}
+
+/// Runs the daemon until [`Control::Shutdown`]: starts the rules, reloads on
+/// [`Control::Reload`] with `load`, then drains within `grace`.
+pub async fn run<Q: QueueReader, T: ScaleTarget>(
+    config: Config,
+    deps: Deps<Q, T>,
+    mut control: mpsc::Receiver<Control>,
+    load: impl Fn() -> Result<Config, ConfigErrors>,
+    grace: Duration,
+) -> Result<(), Aborted> {
+    let mut supervisor = Supervisor::start(config, deps);
+    while let Some(Control::Reload) = control.recv().await {
+        // A burst of SIGHUPs is one reload: read the file once, after the burst.
+        let mut shutdown = false;
+        while let Ok(next) = control.try_recv() {
+            shutdown |= next == Control::Shutdown;
+        }
+        if shutdown {
+            break;
+        }
+        supervisor.reload(load());
+    }
+    supervisor.shutdown(grace, &mut control).await
+}

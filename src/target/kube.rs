@@ -1,0 +1,237 @@
+//! The Kubernetes adapter: one client per kube context, built from the kubeconfig the
+//! way kubectl resolves it; Deployments and StatefulSets read as objects and scaled
+//! through their `/scale` subresource with a merge patch.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+
+use super::{
+    FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetView, format_time, view_of,
+};
+use crate::config::{TargetKind, TargetRef};
+use crate::engine::Time;
+
+/// Attempts at a scale patch when the target keeps changing under it.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Kubernetes clients, one per context, created on first use.
+pub struct Kube {
+    /// `None`: `$KUBECONFIG`, then `~/.kube/config`, then in-cluster.
+    kubeconfig: Option<PathBuf>,
+    /// The context of rules that name none; `None` is the current-context.
+    default_context: Option<String>,
+    timeout: Duration,
+    clients: tokio::sync::Mutex<HashMap<Option<String>, Client>>,
+}
+
+impl Kube {
+    pub fn new(
+        kubeconfig: Option<PathBuf>,
+        default_context: Option<String>,
+        timeout: Duration,
+    ) -> Kube {
+        Kube {
+            kubeconfig,
+            default_context,
+            timeout,
+            clients: Default::default(),
+        }
+    }
+
+    /// The client for `context` (`None`: the default context), built on first use.
+    ///
+    /// Building runs exec plugins (`aws eks get-token`) synchronously, so it happens
+    /// on a blocking thread.
+    pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
+        let context = context
+            .map(str::to_owned)
+            .or_else(|| self.default_context.clone());
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(&context) {
+            return Ok(c.clone());
+        }
+        let mut config = self.config(context.as_deref()).await?;
+        config.read_timeout = Some(self.timeout);
+        config.connect_timeout = Some(self.timeout);
+        let client = tokio::task::spawn_blocking(move || Client::try_from(config))
+            .await
+            .map_err(|e| format!("building the Kubernetes client: {e}"))?
+            .map_err(|e| format!("building the Kubernetes client: {e}"))?;
+        clients.insert(context, client.clone());
+        Ok(client)
+    }
+
+    async fn config(&self, context: Option<&str>) -> Result<Config, String> {
+        let options = KubeConfigOptions {
+            context: context.map(str::to_owned),
+            ..Default::default()
+        };
+        let named = |e: &dyn std::fmt::Display| match context {
+            Some(c) => format!("kube context {c:?}: {e}"),
+            None => format!("kubeconfig: {e}"),
+        };
+        match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| named(&e))
+            }
+            None => match Config::from_kubeconfig(&options).await {
+                Ok(c) => Ok(c),
+                // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
+                Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
+                    format!("no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})")
+                }),
+                Err(e) => Err(named(&e)),
+            },
+        }
+    }
+
+    async fn api(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+    ) -> Result<Api<DynamicObject>, TargetError> {
+        let client = self.client(context).await.map_err(|message| TargetError {
+            target: t.to_string(),
+            kind: "config",
+            message,
+        })?;
+        let plural = match t.kind {
+            TargetKind::Deployment => "deployments",
+            TargetKind::StatefulSet => "statefulsets",
+        };
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", t.kind.as_str()),
+            plural,
+        );
+        Ok(Api::namespaced_with(client, &t.namespace, &resource))
+    }
+
+    /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`].
+    async fn call<T>(
+        &self,
+        t: &TargetRef,
+        what: &str,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T, TargetError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(error(t, what, &e)),
+            Err(_) => Err(TargetError {
+                target: t.to_string(),
+                kind: "timeout",
+                message: format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
+            }),
+        }
+    }
+}
+
+impl ScaleTarget for Kube {
+    async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        let api = self.api(context, t).await?;
+        let obj = self.call(t, "reading the target", api.get(&t.name)).await?;
+        let annotations = obj.metadata.annotations.clone().unwrap_or_default();
+        Ok(view_of(
+            &obj.data["spec"],
+            &obj.data["status"],
+            &annotations,
+            obj.metadata.resource_version.clone(),
+        ))
+    }
+
+    async fn scale(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        replicas: u32,
+        resource_version: Option<&str>,
+    ) -> Result<(), TargetError> {
+        let api = self.api(context, t).await?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let mut version = resource_version.map(str::to_owned);
+        for attempt in 1..=CONFLICT_RETRIES {
+            let mut body = json!({ "spec": { "replicas": replicas } });
+            if let Some(v) = &version {
+                body["metadata"] = json!({ "resourceVersion": v });
+            }
+            match self
+                .call(
+                    t,
+                    "patching /scale",
+                    api.patch_scale(&t.name, &params, &Patch::Merge(&body)),
+                )
+                .await
+            {
+                Err(e) if e.kind == "conflict" && attempt < CONFLICT_RETRIES => {
+                    tracing::debug!(
+                        attempt,
+                        "scale patch conflicted; retrying on a fresh version"
+                    );
+                    let scale = self
+                        .call(t, "reading /scale", api.get_scale(&t.name))
+                        .await?;
+                    version = scale.metadata.resource_version;
+                }
+                other => return other.map(drop),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn set_last_active(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        at: Time,
+    ) -> Result<(), TargetError> {
+        let api = self.api(context, t).await?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
+        self.call(
+            t,
+            "annotating last-active",
+            api.patch(&t.name, &params, &Patch::Merge(&body)),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Classifies a kube error with a stable kind; the message keeps the API's own words.
+fn error(t: &TargetRef, what: &str, e: &kube::Error) -> TargetError {
+    let kind = match e {
+        kube::Error::Api(s) => match s.code {
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            429 => "throttled",
+            500..=599 => "server_error",
+            _ => "other",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
+        kube::Error::Auth(_) => "unauthorized",
+        _ => "other",
+    };
+    let message = match e {
+        kube::Error::Api(s) => format!("{what}: {} ({}, {})", s.message, s.reason, s.code),
+        other => format!("{what}: {other}"),
+    };
+    TargetError {
+        target: t.to_string(),
+        kind,
+        message,
+    }
+}

@@ -1,0 +1,152 @@
+//! The scale targets: reading a Deployment or StatefulSet's replicas and annotations,
+//! and patching its `/scale` subresource. [`ScaleTarget`] is the port the workers use;
+//! [`kube`] is the Kubernetes adapter.
+
+pub mod kube;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::config::TargetRef;
+use crate::engine::{Pause, Time};
+
+/// The field manager of every write, so `kubectl` shows who changed the replicas.
+pub const FIELD_MANAGER: &str = "sqscale";
+/// KEDA's `lastActiveTime`, kept on the target so a restart keeps the cooldown.
+pub const LAST_ACTIVE: &str = "sqscale.io/last-active";
+/// `"true"` (or anything but a false value): never patch this target.
+pub const PAUSED: &str = "sqscale.io/paused";
+/// `"N"`: pin the target to N replicas.
+pub const PAUSED_REPLICAS: &str = "sqscale.io/paused-replicas";
+
+/// What a poll needs to know about the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetView {
+    /// `spec.replicas` (an unset value means 1, as the API server defaults it).
+    pub replicas: u32,
+    /// `status.replicas`, when reported.
+    pub status_replicas: Option<u32>,
+    pub pause: Pause,
+    /// The `sqscale.io/last-active` annotation, if present and valid.
+    pub last_active: Option<Time>,
+    /// The object's `metadata.resourceVersion`: the scale patch carries it, so a
+    /// change made since this read makes the patch fail with a conflict.
+    pub resource_version: Option<String>,
+}
+
+/// Builds the view from a Deployment or StatefulSet as JSON (`spec`, `status`) and its
+/// annotations.
+pub fn view_of(
+    spec: &serde_json::Value,
+    status: &serde_json::Value,
+    annotations: &BTreeMap<String, String>,
+    resource_version: Option<String>,
+) -> TargetView {
+    let count = |v: &serde_json::Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+    TargetView {
+        replicas: count(&spec["replicas"]).unwrap_or(1),
+        status_replicas: count(&status["replicas"]),
+        pause: Pause::from_annotations(
+            annotations.get(PAUSED).map(String::as_str),
+            annotations.get(PAUSED_REPLICAS).map(String::as_str),
+        ),
+        last_active: annotations.get(LAST_ACTIVE).and_then(|v| parse_time(v)),
+        resource_version,
+    }
+}
+
+/// Formats a [`Time`] (Unix milliseconds) as RFC 3339 in UTC.
+pub fn format_time(t: Time) -> String {
+    match jiff::Timestamp::from_millisecond(t.0) {
+        Ok(ts) => ts.to_string(),
+        Err(_) => jiff::Timestamp::UNIX_EPOCH.to_string(),
+    }
+}
+
+/// Parses an RFC 3339 timestamp into a [`Time`].
+pub fn parse_time(s: &str) -> Option<Time> {
+    s.trim()
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|ts| Time(ts.as_millisecond()))
+}
+
+/// A failed read or write of a target. `kind` is a stable label for logs and metrics.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{target}: {message}")]
+pub struct TargetError {
+    /// `Kind/namespace/name`.
+    pub target: String,
+    /// `not_found`, `forbidden`, `unauthorized`, `conflict`, `throttled`,
+    /// `server_error`, `timeout`, `unreachable`, `config` or `other`.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// The port: one target, addressed by kube context and reference.
+pub trait ScaleTarget: Send + Sync + 'static {
+    fn read(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+    ) -> impl Future<Output = Result<TargetView, TargetError>> + Send;
+
+    /// Sets `spec.replicas` through `/scale`. `resource_version` is the version the
+    /// decision was made on; on a conflict the write is retried on a fresh version.
+    fn scale(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+        replicas: u32,
+        resource_version: Option<&str>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Writes the `sqscale.io/last-active` annotation (a metadata-only patch).
+    fn set_last_active(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+        at: Time,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn view_reads_replicas_pause_and_last_active() {
+        let mut ann = BTreeMap::new();
+        ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
+        let v = view_of(
+            &json!({"replicas": 3}),
+            &json!({"replicas": 2}),
+            &ann,
+            Some("7".into()),
+        );
+        assert_eq!(
+            (v.replicas, v.status_replicas, v.pause),
+            (3, Some(2), Pause::No)
+        );
+        assert_eq!(
+            v.last_active.map(format_time).as_deref(),
+            Some("2026-11-27T21:00:10Z")
+        );
+
+        ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
+        ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
+        let v = view_of(&json!({}), &json!({}), &ann, None);
+        assert_eq!(
+            (v.replicas, v.status_replicas, v.pause, v.last_active),
+            (1, None, Pause::Replicas(0), None)
+        );
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        let t = Time(1_795_808_487_735);
+        assert_eq!(format_time(t), "2026-11-27T16:21:27.735Z");
+        assert_eq!(parse_time(&format_time(t)), Some(t));
+    }
+}

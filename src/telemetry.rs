@@ -1,0 +1,55 @@
+//! Logging: tracing-subscriber with an `SQSCALE_LOG` filter (EnvFilter syntax, default
+//! `info`) and a plain or JSON format. In JSON every line carries its span fields, so
+//! each line names its rule.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// The log format; `auto` is plain on a terminal and JSON otherwise (journald, docker).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Plain,
+    Json,
+}
+
+/// The default filter keeps the AWS SDK and hyper quiet unless asked.
+const DEFAULT_FILTER: &str =
+    "info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,kube_client=warn";
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(format: LogFormat) -> Result<(), String> {
+    let filter = match std::env::var("SQSCALE_LOG") {
+        Ok(spec) => {
+            EnvFilter::try_new(&spec).map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?
+        }
+        Err(_) => EnvFilter::new(DEFAULT_FILTER),
+    };
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Plain => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_span_list(true)
+                    .with_current_span(false),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init()
+    };
+    result.map_err(|e| e.to_string())
+}

@@ -1,0 +1,367 @@
+//! The supervisor and its workers with in-memory fakes on tokio's paused clock: reload
+//! semantics, shutdown and drain, dry run, failures. Fast and deterministic; the same
+//! behaviours against real protocols are in `tests/daemon.rs`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqscale::config::{self, Config, ConfigErrors};
+use sqscale::signals::Control;
+use sqscale::source::Shared;
+use sqscale::supervisor::{self, Aborted, ReloadOutcome, Supervisor};
+use sqscale::worker::{Clock, Deps};
+use support::fakes::{FakeQueues, FakeTargets};
+use tokio::sync::mpsc;
+use tokio::time::sleep;
+
+/// A rule like the demo's (P=10, C=30, max 5); `extra` adds or overrides keys.
+fn rule(name: &str, queue: &str, extra: &str) -> String {
+    let max = if extra.contains("max_replica_count") {
+        ""
+    } else {
+        "max_replica_count = 5"
+    };
+    format!(
+        "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\npolling_interval = 10\ncooldown_period = 30\n{max}\n{extra}\n[[rule.trigger]]\nqueue_url = \"{queue}\"\n"
+    )
+}
+
+fn config(rules: &[String]) -> Config {
+    config::from_str(&format!(
+        "[aws]\nregion = \"us-east-1\"\n{}",
+        rules.join("\n")
+    ))
+    .unwrap()
+}
+
+struct World {
+    queues: FakeQueues,
+    targets: FakeTargets,
+    /// One clock for every daemon of a test: a restarted daemon must read the same
+    /// (virtual) Unix time as the one before it.
+    clock: Clock,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            queues: FakeQueues::default(),
+            targets: FakeTargets::default(),
+            clock: Clock::system(),
+        }
+    }
+
+    fn deps(&self, dry_run: bool) -> Deps<FakeQueues, FakeTargets> {
+        Deps {
+            queues: Arc::new(Shared::new(self.queues.clone())),
+            targets: Arc::new(self.targets.clone()),
+            clock: self.clock,
+            dry_run,
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Sleeps to just after the poll at `t` seconds (polls run at 0, 10, 20, ... from start).
+async fn after_poll(start: tokio::time::Instant, t: u64) {
+    tokio::time::sleep_until(start + Duration::from_secs(t) + Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_story_then_a_reload_raising_max_gives_six() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    after_poll(start, 30).await;
+    assert_eq!(w.targets.get("demo").writes, [1, 4, 5]);
+
+    let outcome = sup.reload(Ok(config(&[rule("demo", "q", "max_replica_count = 10")])));
+    assert_eq!(
+        outcome,
+        ReloadOutcome::Applied {
+            added: 0,
+            removed: 0,
+            changed: 1,
+            unchanged: 0
+        }
+    );
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        w.targets.replicas("demo"),
+        6,
+        "the changed rule polls at once with max 10"
+    );
+
+    w.queues.set("q", Some(0));
+    after_poll(start, 60).await;
+    assert_eq!(w.targets.replicas("demo"), 6, "cooling down");
+    after_poll(start, 70).await;
+    assert_eq!(
+        w.targets.replicas("demo"),
+        0,
+        "30 s after the last active poll (t=30.1)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_reload_keeps_the_old_rules_running() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    after_poll(start, 0).await;
+    let broken =
+        config::from_str("[[rule]]\nname = \"demo\"\nmax_replica_count = -1\n").unwrap_err();
+    let outcome = sup.reload(Err(broken));
+    assert!(
+        matches!(outcome, ReloadOutcome::Rejected(ref p) if p.len() >= 2),
+        "{outcome:?}"
+    );
+    after_poll(start, 20).await;
+    assert_eq!(
+        w.targets.get("demo").writes,
+        [1, 4, 5],
+        "still scaling with the old rules"
+    );
+    assert_eq!(sup.config().rules[0].policy.max, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unchanged_rules_keep_their_state_and_schedule_across_reloads() {
+    let w = World::new();
+    w.queues.set("qa", None);
+    w.queues.set("qb", Some(0));
+    w.targets.add("a", 3);
+    w.targets.add("b", 0);
+    let fallback = "fallback = { failure_threshold = 2, replicas = 4 }";
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("a", "qa", fallback)]), w.deps(false));
+    after_poll(start, 10).await;
+    assert_eq!(w.queues.reads_of("qa"), 2);
+
+    // Two failures so far; the reload must not reset the count.
+    let outcome = sup.reload(Ok(config(&[
+        rule("a", "qa", fallback),
+        rule("b", "qb", ""),
+    ])));
+    assert_eq!(
+        outcome,
+        ReloadOutcome::Applied {
+            added: 1,
+            removed: 0,
+            changed: 0,
+            unchanged: 1
+        }
+    );
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        w.queues.reads_of("qa"),
+        2,
+        "an unchanged rule keeps its schedule: no extra poll"
+    );
+    assert_eq!(w.queues.reads_of("qb"), 1, "an added rule polls at once");
+
+    after_poll(start, 20).await;
+    assert_eq!(
+        w.targets.replicas("a"),
+        4,
+        "the third failure crosses the threshold: fallback"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_rules_stop_and_leave_their_target_alone() {
+    let w = World::new();
+    w.queues.set("qa", Some(10));
+    w.queues.set("qb", Some(10));
+    w.targets.add("a", 0);
+    w.targets.add("b", 0);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(
+        config(&[rule("a", "qa", ""), rule("b", "qb", "")]),
+        w.deps(false),
+    );
+    after_poll(start, 10).await;
+    let outcome = sup.reload(Ok(config(&[rule("a", "qa", "")])));
+    assert_eq!(
+        outcome,
+        ReloadOutcome::Applied {
+            added: 0,
+            removed: 1,
+            changed: 0,
+            unchanged: 1
+        }
+    );
+    let reads = w.queues.reads_of("qb");
+    let replicas = w.targets.replicas("b");
+    after_poll(start, 60).await;
+    assert_eq!(w.queues.reads_of("qb"), reads);
+    assert_eq!(w.targets.replicas("b"), replicas);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_queue_never_scales_in() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    after_poll(start, 20).await;
+    w.queues.set("q", None);
+    after_poll(start, 600).await;
+    assert_eq!(
+        w.targets.get("demo").writes,
+        [1, 4, 5],
+        "no write at all while SQS fails"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_keeps_last_active_from_the_annotation() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let cfg = config(&[rule("demo", "q", "")]);
+    let (tx, rx) = mpsc::channel(4);
+    let daemon = tokio::spawn(supervisor::run(
+        cfg.clone(),
+        w.deps(false),
+        rx,
+        || unreachable!(),
+        Duration::from_secs(5),
+    ));
+    after_poll(start, 20).await;
+    w.queues.set("q", Some(0));
+    tx.send(Control::Shutdown).await.unwrap();
+    assert_eq!(daemon.await.unwrap(), Ok(()));
+    let last_active = w.targets.get("demo").last_active.expect("annotated");
+
+    // A new daemon 5 s later: its first poll sees an empty queue, but the cooldown counts
+    // from the annotation (t=20), not from "never active".
+    sleep(Duration::from_secs(5)).await;
+    let restart = tokio::time::Instant::now();
+    let _sup = Supervisor::start(cfg, w.deps(false));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.targets.replicas("demo"), 5, "no early scale to zero");
+    assert_eq!(w.targets.get("demo").last_active, Some(last_active));
+    tokio::time::sleep_until(restart + Duration::from_secs(30) + Duration::from_millis(100)).await;
+    assert_eq!(
+        w.targets.replicas("demo"),
+        0,
+        "zero once 30 s have passed since t=20"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_decides_but_never_writes() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(true));
+    after_poll(start, 40).await;
+    let o = w.targets.get("demo");
+    assert!(o.writes.is_empty() && o.last_active.is_none(), "{o:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_patch_in_flight_finish() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(3);
+    let (tx, rx) = mpsc::channel(4);
+    let daemon = tokio::spawn(supervisor::run(
+        config(&[rule("demo", "q", "")]),
+        w.deps(false),
+        rx,
+        || unreachable!(),
+        Duration::from_secs(10),
+    ));
+    sleep(Duration::from_secs(1)).await;
+    tx.send(Control::Shutdown).await.unwrap();
+    assert_eq!(daemon.await.unwrap(), Ok(()));
+    assert_eq!(
+        w.targets.get("demo").writes,
+        [1],
+        "the patch in flight completed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_signal_or_the_deadline_aborts_the_drain() {
+    for (second_signal, expect) in [(true, Aborted::Signal), (false, Aborted::Deadline)] {
+        let w = World::new();
+        w.queues.set("q", Some(30));
+        w.targets.add("demo", 0);
+        *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(60);
+        let (tx, rx) = mpsc::channel(4);
+        let daemon = tokio::spawn(supervisor::run(
+            config(&[rule("demo", "q", "")]),
+            w.deps(false),
+            rx,
+            || unreachable!(),
+            Duration::from_secs(20),
+        ));
+        sleep(Duration::from_secs(1)).await;
+        tx.send(Control::Shutdown).await.unwrap();
+        if second_signal {
+            sleep(Duration::from_secs(1)).await;
+            tx.send(Control::Shutdown).await.unwrap();
+        }
+        assert_eq!(daemon.await.unwrap(), Err(expect));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_reloads_reads_the_file_once() {
+    let w = World::new();
+    w.queues.set("q", Some(0));
+    w.targets.add("demo", 0);
+    let cfg = config(&[rule("demo", "q", "")]);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel(128);
+    for _ in 0..100 {
+        tx.send(Control::Reload).await.unwrap();
+    }
+    let counted = loads.clone();
+    let again = cfg.clone();
+    let load = move || -> Result<Config, ConfigErrors> {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(again.clone())
+    };
+    let daemon = tokio::spawn(supervisor::run(
+        cfg,
+        w.deps(false),
+        rx,
+        load,
+        Duration::from_secs(5),
+    ));
+    sleep(Duration::from_secs(1)).await;
+    tx.send(Control::Shutdown).await.unwrap();
+    assert_eq!(daemon.await.unwrap(), Ok(()));
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_rules_on_one_queue_share_one_read_per_round() {
+    let w = World::new();
+    w.queues.set("shared", Some(10));
+    w.targets.add("a", 0);
+    w.targets.add("b", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(
+        config(&[rule("a", "shared", ""), rule("b", "shared", "")]),
+        w.deps(false),
+    );
+    after_poll(start, 40).await;
+    assert_eq!(w.queues.reads_of("shared"), 5, "five rounds, one read each");
+    assert_eq!((w.targets.replicas("a"), w.targets.replicas("b")), (2, 2));
+}

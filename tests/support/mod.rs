@@ -1,0 +1,6 @@
+//! Test support shared by the integration tests: a real SQS emulator client, and a fake
+//! Kubernetes API server that speaks the real wire format.
+#![allow(dead_code)]
+
+pub mod fakes;
+pub mod sqs;
