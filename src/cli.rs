@@ -14,10 +14,12 @@ use std::time::Duration;
 use crate::config::{self, Config};
 use crate::simulate;
 use crate::source::{Shared, sqs::Sqs};
+use crate::status::Observer;
 use crate::target::kube::Kube;
 use crate::telemetry::{self, LogFormat};
 use crate::worker::{Clock, Deps};
-use crate::{signals, supervisor};
+use crate::{server, signals, supervisor};
+use tokio_util::sync::CancellationToken;
 
 /// Bound on every remote call of a poll (SQS, Kubernetes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,11 +29,7 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sqscale",
-    version,
-    about = "Queue-driven autoscaling for Kubernetes from outside the cluster"
-)]
+#[command(name = "sqscale", version, about = "Queue-driven autoscaling for Kubernetes from outside the cluster")]
 struct Cli {
     /// Log format: plain, json, or auto (plain on a terminal, json otherwise). The
     /// filter comes from SQSCALE_LOG (EnvFilter syntax), default info.
@@ -69,6 +67,15 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Show a running daemon's rules: replicas, backlog, last decision, one line each.
+    Status {
+        /// The daemon's HTTP address (default: [server] listen of the rule file, else
+        /// http://127.0.0.1:9464).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Replay a queue-length trace through the decision engine and print the timeline CSV.
     Simulate {
         #[command(flatten)]
@@ -95,34 +102,14 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            config,
-            kubeconfig,
-            dry_run,
-            shutdown_grace,
-        } => run(
-            &config.config,
-            kubeconfig,
-            dry_run,
-            shutdown_grace,
-            cli.log_format,
-        ),
+        Command::Run { config, kubeconfig, dry_run, shutdown_grace } => {
+            run(&config.config, kubeconfig, dry_run, shutdown_grace, cli.log_format)
+        }
         Command::Check { config } => check(&config.config),
-        Command::Simulate {
-            config,
-            trace,
-            rule,
-            until,
-            initial_replicas,
-            chart,
-        } => simulate(
-            &config.config,
-            &trace,
-            rule.as_deref(),
-            until,
-            initial_replicas,
-            chart.as_deref(),
-        ),
+        Command::Status { server, config } => status(server, &config.config),
+        Command::Simulate { config, trace, rule, until, initial_replicas, chart } => {
+            simulate(&config.config, &trace, rule.as_deref(), until, initial_replicas, chart.as_deref())
+        }
     }
 }
 
@@ -139,12 +126,7 @@ fn check(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     print!("{}", config.resolved_toml());
-    eprintln!(
-        "{}: ok, {} rule{}",
-        path.display(),
-        config.rules.len(),
-        if config.rules.len() == 1 { "" } else { "s" }
-    );
+    eprintln!("{}: ok, {} rule{}", path.display(), config.rules.len(), if config.rules.len() == 1 { "" } else { "s" });
     ExitCode::SUCCESS
 }
 
@@ -160,11 +142,7 @@ fn simulate(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rules: Vec<_> = config
-        .rules
-        .iter()
-        .filter(|r| rule.is_none_or(|n| r.name == n))
-        .collect();
+    let rules: Vec<_> = config.rules.iter().filter(|r| rule.is_none_or(|n| r.name == n)).collect();
     if rules.is_empty() {
         let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
         eprintln!(
@@ -193,10 +171,8 @@ fn simulate(
             return ExitCode::from(EX_DATAERR);
         }
     };
-    let options = simulate::Options {
-        until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)),
-        initial_replicas,
-    };
+    let options =
+        simulate::Options { until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)), initial_replicas };
     let rows = match simulate::run(&rules, &trace, &options) {
         Ok(rows) => rows,
         Err(e) => {
@@ -209,8 +185,8 @@ fn simulate(
         return ExitCode::FAILURE;
     }
     if let Some(out) = chart {
-        let written = simulate::chart::render(&rows)
-            .and_then(|svg| std::fs::write(out, svg).map_err(|e| e.to_string()));
+        let written =
+            simulate::chart::render(&rows).and_then(|svg| std::fs::write(out, svg).map_err(|e| e.to_string()));
         if let Err(e) = written {
             eprintln!("error: {}: {e}", out.display());
             return ExitCode::FAILURE;
@@ -219,13 +195,7 @@ fn simulate(
     ExitCode::SUCCESS
 }
 
-fn run(
-    path: &Path,
-    kubeconfig: Option<PathBuf>,
-    dry_run: bool,
-    grace: Duration,
-    log_format: LogFormat,
-) -> ExitCode {
+fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration, log_format: LogFormat) -> ExitCode {
     if let Err(e) = telemetry::init(log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
@@ -240,10 +210,7 @@ fn run(
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -265,8 +232,7 @@ fn run(
         );
         // Build every context's client now: a broken kubeconfig is a start-up error,
         // not a warning on every poll.
-        let mut contexts: Vec<Option<&str>> =
-            config.rules.iter().map(|r| r.context.as_deref()).collect();
+        let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();
         contexts.dedup();
         for context in contexts {
             if let Err(e) = kube.client(context).await {
@@ -275,23 +241,32 @@ fn run(
                 return ExitCode::FAILURE;
             }
         }
+        let observer = Arc::new(Observer::new());
+        let stop_server = CancellationToken::new();
+        if let Some(addr) = config.server.listen {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, %addr, "cannot listen");
+                    eprintln!("error: [server] listen {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
+            tokio::spawn(server::serve(listener, observer.clone(), stop_server.clone()));
+        }
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
             targets: Arc::new(kube),
             clock: Clock::system(),
             dry_run,
             call_timeout: CALL_TIMEOUT,
+            observer,
         };
         let reload_path = path.to_owned();
-        match supervisor::run(
-            config,
-            deps,
-            control,
-            move || config::load(&reload_path),
-            grace,
-        )
-        .await
-        {
+        let outcome = supervisor::run(config, deps, control, move || config::load(&reload_path), grace).await;
+        stop_server.cancel();
+        match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "shutdown aborted");
@@ -299,4 +274,30 @@ fn run(
             }
         }
     })
+}
+
+fn status(server: Option<String>, path: &Path) -> ExitCode {
+    // Without --server, ask the rule file where the daemon listens; a missing or broken
+    // file is no reason to fail here, so fall back to the default address.
+    let base = server.unwrap_or_else(|| {
+        let listen = config::load(path).ok().and_then(|c| c.server.listen);
+        format!("http://{}", listen.map_or_else(|| config::DEFAULT_LISTEN.to_owned(), |a| a.to_string()))
+    });
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::status::fetch(&base)) {
+        Ok(rules) => {
+            print!("{}", crate::status::table(&rules));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: daemon unreachable: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

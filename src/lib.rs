@@ -23,9 +23,11 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod server;
 pub mod signals;
 pub mod simulate;
 pub mod source;
+pub mod status;
 pub mod supervisor;
 pub mod target;
 pub mod telemetry;

@@ -24,11 +24,7 @@ pub fn forward() -> std::io::Result<mpsc::Receiver<Control>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         while let Some(signal) = signals.next().await {
-            let control = if signal == SIGHUP {
-                Control::Reload
-            } else {
-                Control::Shutdown
-            };
+            let control = if signal == SIGHUP { Control::Reload } else { Control::Shutdown };
             if tx.send(control).await.is_err() {
                 break;
             }

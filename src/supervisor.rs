@@ -22,12 +22,7 @@ use crate::worker::{self, Deps};
 pub enum ReloadOutcome {
     /// The new rules run: counts of rules added, removed, changed (restarted with fresh
     /// state) and unchanged (kept running with their state).
-    Applied {
-        added: usize,
-        removed: usize,
-        changed: usize,
-        unchanged: usize,
-    },
+    Applied { added: usize, removed: usize, changed: usize, unchanged: usize },
     /// The new file was invalid; the old rules run untouched.
     Rejected(Vec<String>),
 }
@@ -59,6 +54,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
     pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
         deps.queues.set_needs(&config);
+        deps.observer.rules_loaded(&config);
         let mut s = Supervisor {
             deps,
             config: config.clone(),
@@ -80,10 +76,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     fn spawn(&mut self, rule: Rule) {
         let rule = Arc::new(rule);
         let cancel = self.root.child_token();
-        self.tracker
-            .spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone()));
-        self.workers
-            .insert(rule.name.clone(), Running { rule, cancel });
+        self.tracker.spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone()));
+        self.workers.insert(rule.name.clone(), Running { rule, cancel });
     }
 
     /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
@@ -99,24 +93,21 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
                 for problem in &e.problems {
                     error!(file = %e.origin, problem = %problem, "rule file invalid; keeping the running rules");
                 }
+                self.deps.observer.reloaded(false);
                 return ReloadOutcome::Rejected(e.problems);
             }
         };
         for (what, changed) in [
             ("[server]", new.server != self.config.server),
-            (
-                "[leader_election]",
-                new.leader_election != self.config.leader_election,
-            ),
+            ("[leader_election]", new.leader_election != self.config.leader_election),
         ] {
             if changed {
-                warn!(
-                    section = what,
-                    "this section only changes on restart; the running value stays"
-                );
+                warn!(section = what, "this section only changes on restart; the running value stays");
             }
         }
         self.deps.queues.set_needs(&new);
+        self.deps.observer.rules_loaded(&new);
+        self.deps.observer.reloaded(true);
 
         let (mut added, mut changed, mut unchanged) = (0, 0, 0);
         let mut keep: HashMap<String, Running> = HashMap::new();
@@ -129,6 +120,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
                 Some(running) => {
                     changed += 1;
                     running.cancel.cancel();
+                    self.deps.observer.rule_restarted(&rule.name);
                 }
                 None => added += 1,
             }
@@ -144,27 +136,15 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         }
         // Settings outside the rules stay as they were until a restart.
-        self.config = Config {
-            server: self.config.server.clone(),
-            leader_election: self.config.leader_election.clone(),
-            ..new
-        };
+        self.config =
+            Config { server: self.config.server.clone(), leader_election: self.config.leader_election.clone(), ..new };
         info!(added, removed, changed, unchanged, "rules reloaded");
-        ReloadOutcome::Applied {
-            added,
-            removed,
-            changed,
-            unchanged,
-        }
+        ReloadOutcome::Applied { added, removed, changed, unchanged }
     }
 
     /// Stops every worker and waits for polls in flight, at most `grace`, or until
     /// another [`Control::Shutdown`] arrives.
-    pub async fn shutdown(
-        self,
-        grace: Duration,
-        control: &mut mpsc::Receiver<Control>,
-    ) -> Result<(), Aborted> {
+    pub async fn shutdown(self, grace: Duration, control: &mut mpsc::Receiver<Control>) -> Result<(), Aborted> {
         info!(rules = self.workers.len(), "shutting down");
         self.root.cancel();
         self.tracker.close();

@@ -15,15 +15,12 @@ pub enum LogFormat {
 }
 
 /// The default filter keeps the AWS SDK and hyper quiet unless asked.
-const DEFAULT_FILTER: &str =
-    "info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,kube_client=warn";
+const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,kube_client=warn";
 
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) -> Result<(), String> {
     let filter = match std::env::var("SQSCALE_LOG") {
-        Ok(spec) => {
-            EnvFilter::try_new(&spec).map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?
-        }
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?,
         Err(_) => EnvFilter::new(DEFAULT_FILTER),
     };
     let json = match format {
@@ -34,22 +31,10 @@ pub fn init(format: LogFormat) -> Result<(), String> {
     let registry = tracing_subscriber::registry().with(filter);
     let result = if json {
         registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_span_list(true)
-                    .with_current_span(false),
-            )
+            .with(fmt::layer().json().with_writer(std::io::stderr).with_span_list(true).with_current_span(false))
             .try_init()
     } else {
-        registry
-            .with(
-                fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .try_init()
+        registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal())).try_init()
     };
     result.map_err(|e| e.to_string())
 }

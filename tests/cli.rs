@@ -29,10 +29,7 @@ fn check_prints_the_resolved_rules() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("name = \"demo-worker\""));
-    assert!(
-        stdout.contains("initial_cooldown_period = \"0s\""),
-        "defaults filled in:\n{stdout}"
-    );
+    assert!(stdout.contains("initial_cooldown_period = \"0s\""), "defaults filled in:\n{stdout}");
     assert!(stdout.contains("scale_on_in_flight = true"));
 }
 
@@ -80,11 +77,7 @@ queue_url = "https://sqs.eu-west-1.amazonaws.com/123"
 fn check_of_a_missing_file_exits_78() {
     let out = sqscale(&["check", "--config", "/nonexistent/sqscale.toml"]);
     assert_eq!(out.status.code(), Some(78));
-    assert!(
-        stderr(&out).contains("/nonexistent/sqscale.toml"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("/nonexistent/sqscale.toml"), "{}", stderr(&out));
 }
 
 #[test]
@@ -102,16 +95,8 @@ fn simulate_the_demo() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let replicas: Vec<&str> = stdout
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(5).unwrap())
-        .collect();
-    assert_eq!(
-        replicas,
-        ["1", "4", "5", "5", "5", "5", "0", "0", "0", "0"],
-        "{stdout}"
-    );
+    let replicas: Vec<&str> = stdout.lines().skip(1).map(|l| l.split(',').nth(5).unwrap()).collect();
+    assert_eq!(replicas, ["1", "4", "5", "5", "5", "5", "0", "0", "0", "0"], "{stdout}");
     assert!(std::fs::read_to_string(chart).unwrap().contains("<svg"));
 }
 
@@ -123,46 +108,19 @@ fn simulate_bad_trace_exits_65_with_the_line() {
         "t.csv",
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,30,0,0\n10,keda-demo-queue,-3,0,0\n",
     );
-    let out = sqscale(&[
-        "simulate",
-        "--config",
-        "config/demo.toml",
-        "--trace",
-        &trace,
-    ]);
+    let out = sqscale(&["simulate", "--config", "config/demo.toml", "--trace", &trace]);
     assert_eq!(out.status.code(), Some(65));
-    assert!(
-        stderr(&out).contains("line 3: visible (\"-3\") is not a message count"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("line 3: visible (\"-3\") is not a message count"), "{}", stderr(&out));
 }
 
 #[test]
 fn simulate_with_an_invalid_config_exits_78_and_unknown_rule_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write(dir.path(), "bad.toml", "[[rule]]\nname = \"x\"\n");
-    let out = sqscale(&[
-        "simulate",
-        "--config",
-        &bad,
-        "--trace",
-        "config/traces/demo.csv",
-    ]);
+    let out = sqscale(&["simulate", "--config", &bad, "--trace", "config/traces/demo.csv"]);
     assert_eq!(out.status.code(), Some(78));
-    let out = sqscale(&[
-        "simulate",
-        "--config",
-        "config/demo.toml",
-        "--trace",
-        "config/traces/demo.csv",
-        "--rule",
-        "nope",
-    ]);
+    let out =
+        sqscale(&["simulate", "--config", "config/demo.toml", "--trace", "config/traces/demo.csv", "--rule", "nope"]);
     assert_eq!(out.status.code(), Some(64));
-    assert!(
-        stderr(&out).contains("rules: demo-worker"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("rules: demo-worker"), "{}", stderr(&out));
 }

@@ -19,22 +19,14 @@ use tokio::time::sleep;
 
 /// A rule like the demo's (P=10, C=30, max 5); `extra` adds or overrides keys.
 fn rule(name: &str, queue: &str, extra: &str) -> String {
-    let max = if extra.contains("max_replica_count") {
-        ""
-    } else {
-        "max_replica_count = 5"
-    };
+    let max = if extra.contains("max_replica_count") { "" } else { "max_replica_count = 5" };
     format!(
         "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\npolling_interval = 10\ncooldown_period = 30\n{max}\n{extra}\n[[rule.trigger]]\nqueue_url = \"{queue}\"\n"
     )
 }
 
 fn config(rules: &[String]) -> Config {
-    config::from_str(&format!(
-        "[aws]\nregion = \"us-east-1\"\n{}",
-        rules.join("\n")
-    ))
-    .unwrap()
+    config::from_str(&format!("[aws]\nregion = \"us-east-1\"\n{}", rules.join("\n"))).unwrap()
 }
 
 struct World {
@@ -47,11 +39,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        World {
-            queues: FakeQueues::default(),
-            targets: FakeTargets::default(),
-            clock: Clock::system(),
-        }
+        World { queues: FakeQueues::default(), targets: FakeTargets::default(), clock: Clock::system() }
     }
 
     fn deps(&self, dry_run: bool) -> Deps<FakeQueues, FakeTargets> {
@@ -61,6 +49,7 @@ impl World {
             clock: self.clock,
             dry_run,
             call_timeout: Duration::from_secs(5),
+            observer: Arc::new(sqscale::status::Observer::new()),
         }
     }
 }
@@ -81,31 +70,15 @@ async fn the_story_then_a_reload_raising_max_gives_six() {
     assert_eq!(w.targets.get("demo").writes, [1, 4, 5]);
 
     let outcome = sup.reload(Ok(config(&[rule("demo", "q", "max_replica_count = 10")])));
-    assert_eq!(
-        outcome,
-        ReloadOutcome::Applied {
-            added: 0,
-            removed: 0,
-            changed: 1,
-            unchanged: 0
-        }
-    );
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 });
     sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        w.targets.replicas("demo"),
-        6,
-        "the changed rule polls at once with max 10"
-    );
+    assert_eq!(w.targets.replicas("demo"), 6, "the changed rule polls at once with max 10");
 
     w.queues.set("q", Some(0));
     after_poll(start, 60).await;
     assert_eq!(w.targets.replicas("demo"), 6, "cooling down");
     after_poll(start, 70).await;
-    assert_eq!(
-        w.targets.replicas("demo"),
-        0,
-        "30 s after the last active poll (t=30.1)"
-    );
+    assert_eq!(w.targets.replicas("demo"), 0, "30 s after the last active poll (t=30.1)");
 }
 
 #[tokio::test(start_paused = true)]
@@ -116,19 +89,11 @@ async fn an_invalid_reload_keeps_the_old_rules_running() {
     let start = tokio::time::Instant::now();
     let mut sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
     after_poll(start, 0).await;
-    let broken =
-        config::from_str("[[rule]]\nname = \"demo\"\nmax_replica_count = -1\n").unwrap_err();
+    let broken = config::from_str("[[rule]]\nname = \"demo\"\nmax_replica_count = -1\n").unwrap_err();
     let outcome = sup.reload(Err(broken));
-    assert!(
-        matches!(outcome, ReloadOutcome::Rejected(ref p) if p.len() >= 2),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, ReloadOutcome::Rejected(ref p) if p.len() >= 2), "{outcome:?}");
     after_poll(start, 20).await;
-    assert_eq!(
-        w.targets.get("demo").writes,
-        [1, 4, 5],
-        "still scaling with the old rules"
-    );
+    assert_eq!(w.targets.get("demo").writes, [1, 4, 5], "still scaling with the old rules");
     assert_eq!(sup.config().rules[0].policy.max, 5);
 }
 
@@ -146,33 +111,14 @@ async fn unchanged_rules_keep_their_state_and_schedule_across_reloads() {
     assert_eq!(w.queues.reads_of("qa"), 2);
 
     // Two failures so far; the reload must not reset the count.
-    let outcome = sup.reload(Ok(config(&[
-        rule("a", "qa", fallback),
-        rule("b", "qb", ""),
-    ])));
-    assert_eq!(
-        outcome,
-        ReloadOutcome::Applied {
-            added: 1,
-            removed: 0,
-            changed: 0,
-            unchanged: 1
-        }
-    );
+    let outcome = sup.reload(Ok(config(&[rule("a", "qa", fallback), rule("b", "qb", "")])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 1, removed: 0, changed: 0, unchanged: 1 });
     sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        w.queues.reads_of("qa"),
-        2,
-        "an unchanged rule keeps its schedule: no extra poll"
-    );
+    assert_eq!(w.queues.reads_of("qa"), 2, "an unchanged rule keeps its schedule: no extra poll");
     assert_eq!(w.queues.reads_of("qb"), 1, "an added rule polls at once");
 
     after_poll(start, 20).await;
-    assert_eq!(
-        w.targets.replicas("a"),
-        4,
-        "the third failure crosses the threshold: fallback"
-    );
+    assert_eq!(w.targets.replicas("a"), 4, "the third failure crosses the threshold: fallback");
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,21 +129,10 @@ async fn removed_rules_stop_and_leave_their_target_alone() {
     w.targets.add("a", 0);
     w.targets.add("b", 0);
     let start = tokio::time::Instant::now();
-    let mut sup = Supervisor::start(
-        config(&[rule("a", "qa", ""), rule("b", "qb", "")]),
-        w.deps(false),
-    );
+    let mut sup = Supervisor::start(config(&[rule("a", "qa", ""), rule("b", "qb", "")]), w.deps(false));
     after_poll(start, 10).await;
     let outcome = sup.reload(Ok(config(&[rule("a", "qa", "")])));
-    assert_eq!(
-        outcome,
-        ReloadOutcome::Applied {
-            added: 0,
-            removed: 1,
-            changed: 0,
-            unchanged: 1
-        }
-    );
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 1, changed: 0, unchanged: 1 });
     let reads = w.queues.reads_of("qb");
     let replicas = w.targets.replicas("b");
     after_poll(start, 60).await;
@@ -215,11 +150,7 @@ async fn a_failing_queue_never_scales_in() {
     after_poll(start, 20).await;
     w.queues.set("q", None);
     after_poll(start, 600).await;
-    assert_eq!(
-        w.targets.get("demo").writes,
-        [1, 4, 5],
-        "no write at all while SQS fails"
-    );
+    assert_eq!(w.targets.get("demo").writes, [1, 4, 5], "no write at all while SQS fails");
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,13 +161,8 @@ async fn a_restart_keeps_last_active_from_the_annotation() {
     let start = tokio::time::Instant::now();
     let cfg = config(&[rule("demo", "q", "")]);
     let (tx, rx) = mpsc::channel(4);
-    let daemon = tokio::spawn(supervisor::run(
-        cfg.clone(),
-        w.deps(false),
-        rx,
-        || unreachable!(),
-        Duration::from_secs(5),
-    ));
+    let daemon =
+        tokio::spawn(supervisor::run(cfg.clone(), w.deps(false), rx, || unreachable!(), Duration::from_secs(5)));
     after_poll(start, 20).await;
     w.queues.set("q", Some(0));
     tx.send(Control::Shutdown).await.unwrap();
@@ -252,11 +178,7 @@ async fn a_restart_keeps_last_active_from_the_annotation() {
     assert_eq!(w.targets.replicas("demo"), 5, "no early scale to zero");
     assert_eq!(w.targets.get("demo").last_active, Some(last_active));
     tokio::time::sleep_until(restart + Duration::from_secs(30) + Duration::from_millis(100)).await;
-    assert_eq!(
-        w.targets.replicas("demo"),
-        0,
-        "zero once 30 s have passed since t=20"
-    );
+    assert_eq!(w.targets.replicas("demo"), 0, "zero once 30 s have passed since t=20");
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,11 +210,7 @@ async fn shutdown_lets_a_patch_in_flight_finish() {
     sleep(Duration::from_secs(1)).await;
     tx.send(Control::Shutdown).await.unwrap();
     assert_eq!(daemon.await.unwrap(), Ok(()));
-    assert_eq!(
-        w.targets.get("demo").writes,
-        [1],
-        "the patch in flight completed"
-    );
+    assert_eq!(w.targets.get("demo").writes, [1], "the patch in flight completed");
 }
 
 #[tokio::test(start_paused = true)]
@@ -337,13 +255,7 @@ async fn a_burst_of_reloads_reads_the_file_once() {
         counted.fetch_add(1, Ordering::SeqCst);
         Ok(again.clone())
     };
-    let daemon = tokio::spawn(supervisor::run(
-        cfg,
-        w.deps(false),
-        rx,
-        load,
-        Duration::from_secs(5),
-    ));
+    let daemon = tokio::spawn(supervisor::run(cfg, w.deps(false), rx, load, Duration::from_secs(5)));
     sleep(Duration::from_secs(1)).await;
     tx.send(Control::Shutdown).await.unwrap();
     assert_eq!(daemon.await.unwrap(), Ok(()));
@@ -357,10 +269,7 @@ async fn two_rules_on_one_queue_share_one_read_per_round() {
     w.targets.add("a", 0);
     w.targets.add("b", 0);
     let start = tokio::time::Instant::now();
-    let _sup = Supervisor::start(
-        config(&[rule("a", "shared", ""), rule("b", "shared", "")]),
-        w.deps(false),
-    );
+    let _sup = Supervisor::start(config(&[rule("a", "shared", ""), rule("b", "shared", "")]), w.deps(false));
     after_poll(start, 40).await;
     assert_eq!(w.queues.reads_of("shared"), 5, "five rounds, one read each");
     assert_eq!((w.targets.replicas("a"), w.targets.replicas("b")), (2, 2));

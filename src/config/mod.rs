@@ -148,13 +148,7 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(
-            f,
-            "{}: {} problem{}",
-            self.origin,
-            n,
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "{}: {} problem{}", self.origin, n, if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
@@ -169,18 +163,13 @@ impl std::error::Error for ConfigErrors {}
 /// A missing or unreadable file is an error, never an empty configuration.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let figment = Figment::new()
-        .merge(Toml::file_exact(path))
-        .merge(env_overrides());
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env_overrides());
     extract(figment, origin)
 }
 
 /// Validates a rule file given as a string (no environment): what tests call.
 pub fn from_str(toml: &str) -> Result<Config, ConfigErrors> {
-    extract(
-        Figment::new().merge(Toml::string(toml)),
-        "<string>".to_owned(),
-    )
+    extract(Figment::new().merge(Toml::string(toml)), "<string>".to_owned())
 }
 
 fn env_overrides() -> Env {
@@ -210,11 +199,7 @@ fn extract(figment: Figment, origin: String) -> Result<Config, ConfigErrors> {
         origin: origin.clone(),
         problems: e.into_iter().map(describe_figment_error).collect(),
     })?;
-    let mut problems: Vec<String> = checked
-        .unknown
-        .iter()
-        .map(|p| describe_unknown_key(&checked.raw, p))
-        .collect();
+    let mut problems: Vec<String> = checked.unknown.iter().map(|p| describe_unknown_key(&checked.raw, p)).collect();
     match validate::validate(&checked.raw) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors { origin, problems }),
@@ -232,16 +217,9 @@ fn describe_unknown_key(raw: &raw::RawConfig, path: &str) -> String {
         && let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok())
     {
         let rest: Vec<_> = parts.collect();
-        return format!(
-            "{}: unknown key {}",
-            validate::rule_label(raw, i),
-            render_path(&rest)
-        );
+        return format!("{}: unknown key {}", validate::rule_label(raw, i), render_path(&rest));
     }
-    format!(
-        "unknown key {}",
-        render_path(&path.split('.').collect::<Vec<_>>())
-    )
+    format!("unknown key {}", render_path(&path.split('.').collect::<Vec<_>>()))
 }
 
 /// Renders key segments with array indices as `trigger[0].queue_url`.
@@ -267,11 +245,7 @@ fn describe_figment_error(e: figment::Error) -> String {
         Some(md) if md.name.contains("environment") => format!(" (from {})", md.name),
         _ => String::new(),
     };
-    if key.is_empty() {
-        format!("{}{source}", e.kind)
-    } else {
-        format!("{key}: {}{source}", e.kind)
-    }
+    if key.is_empty() { format!("{}{source}", e.kind) } else { format!("{key}: {}{source}", e.kind) }
 }
 
 #[cfg(test)]
@@ -303,11 +277,7 @@ impl Config {
         };
         let raw = RawConfig {
             kubernetes: Some(RawKubernetes {
-                kubeconfig: self
-                    .kubernetes
-                    .kubeconfig
-                    .as_ref()
-                    .map(|p| p.display().to_string()),
+                kubeconfig: self.kubernetes.kubeconfig.as_ref().map(|p| p.display().to_string()),
                 context: self.kubernetes.context.clone(),
                 eks_cluster: self.kubernetes.eks_cluster.clone(),
             }),
@@ -317,14 +287,7 @@ impl Config {
                 profile: self.aws.profile.clone(),
                 role_arn: self.aws.role_arn.clone(),
             }),
-            server: Some(RawServer {
-                listen: Some(
-                    self.server
-                        .listen
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
-                ),
-            }),
+            server: Some(RawServer { listen: Some(self.server.listen.map(|a| a.to_string()).unwrap_or_default()) }),
             leader_election: Some(RawLeaderElection {
                 enabled: Some(self.leader_election.enabled),
                 namespace: Some(self.leader_election.namespace.clone()),
@@ -383,8 +346,7 @@ impl Config {
                 .collect(),
         };
         // Serializing plain structs of strings, numbers and tables cannot fail.
-        toml::to_string(&raw)
-            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+        toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 }
 

@@ -12,9 +12,7 @@ queue_url = "https://sqs.eu-west-1.amazonaws.com/123456789012/orders"
 "#;
 
 fn problems(toml: &str) -> Vec<String> {
-    from_str(toml)
-        .expect_err("config should be invalid")
-        .problems
+    from_str(toml).expect_err("config should be invalid").problems
 }
 
 fn one_rule(extra: &str, trigger_extra: &str) -> String {
@@ -33,32 +31,17 @@ fn keda_defaults_fill_a_minimal_rule() {
     assert_eq!((r.policy.min, r.policy.max, r.policy.idle), (0, 100, None));
     assert_eq!(
         r.target,
-        TargetRef {
-            kind: TargetKind::Deployment,
-            name: "orders-worker".into(),
-            namespace: "default".into()
-        }
+        TargetRef { kind: TargetKind::Deployment, name: "orders-worker".into(), namespace: "default".into() }
     );
     let t = &r.policy.triggers[0];
     assert_eq!(
-        (
-            t.queue_length,
-            t.activation_queue_length,
-            t.scale_on_in_flight,
-            t.scale_on_delayed
-        ),
+        (t.queue_length, t.activation_queue_length, t.scale_on_in_flight, t.scale_on_delayed),
         (5, 0, true, false)
     );
-    assert_eq!(
-        r.triggers[0].region, "eu-west-1",
-        "region from the URL host"
-    );
+    assert_eq!(r.triggers[0].region, "eu-west-1", "region from the URL host");
     assert_eq!(r.triggers[0].name, "orders");
     assert_eq!(c.server.listen, Some("127.0.0.1:9464".parse().unwrap()));
-    assert!(
-        r.policy.behavior.is_none(),
-        "no behavior: the HPA legacy path"
-    );
+    assert!(r.policy.behavior.is_none(), "no behavior: the HPA legacy path");
 }
 
 #[test]
@@ -83,46 +66,22 @@ queue_url = "http://127.0.0.1:4566/000000000000/q"
     let p = problems(toml);
     assert_eq!(p.len(), 5, "{p:#?}");
     assert!(
-        p.contains(
-            &r#"rule "orders": min_replica_count (5) is greater than max_replica_count (3)"#
-                .to_owned()
-        ),
+        p.contains(&r#"rule "orders": min_replica_count (5) is greater than max_replica_count (3)"#.to_owned()),
         "{p:#?}"
     );
     assert!(p.iter().any(|m| m.starts_with(r#"rule "orders": polling_interval ("soon") is not a duration"#)), "{p:#?}");
-    assert!(
-        p.contains(
-            &r#"rule "orders": trigger 1: queue_length (0) must be greater than 0"#.to_owned()
-        ),
-        "{p:#?}"
-    );
-    assert!(
-        p.iter()
-            .any(|m| m.contains("name is already used by rule #1")),
-        "{p:#?}"
-    );
-    assert!(
-        p.iter().any(|m| m.contains("trigger 1: no AWS region")),
-        "{p:#?}"
-    );
+    assert!(p.contains(&r#"rule "orders": trigger 1: queue_length (0) must be greater than 0"#.to_owned()), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("name is already used by rule #1")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("trigger 1: no AWS region")), "{p:#?}");
 }
 
 #[test]
 fn every_unknown_key_is_reported_with_its_rule() {
     let toml = one_rule("min_replica = 1\ncooldown = 10", "queueURL = \"x\"");
     let p = problems(&toml);
-    assert!(
-        p.contains(&r#"rule "orders": unknown key min_replica"#.to_owned()),
-        "{p:#?}"
-    );
-    assert!(
-        p.contains(&r#"rule "orders": unknown key cooldown"#.to_owned()),
-        "{p:#?}"
-    );
-    assert!(
-        p.contains(&r#"rule "orders": unknown key trigger[0].queueURL"#.to_owned()),
-        "{p:#?}"
-    );
+    assert!(p.contains(&r#"rule "orders": unknown key min_replica"#.to_owned()), "{p:#?}");
+    assert!(p.contains(&r#"rule "orders": unknown key cooldown"#.to_owned()), "{p:#?}");
+    assert!(p.contains(&r#"rule "orders": unknown key trigger[0].queueURL"#.to_owned()), "{p:#?}");
     let p = problems(&format!("[server]\nlisten = \"\"\nport = 1\n{MINIMAL}"));
     assert_eq!(p, ["unknown key server.port"]);
 }
@@ -150,10 +109,7 @@ fn a_missing_file_is_an_error_not_an_empty_config() {
 
 #[test]
 fn an_empty_file_has_no_rules() {
-    assert_eq!(
-        problems(""),
-        ["no [[rule]] defined: the file must define at least one rule"]
-    );
+    assert_eq!(problems(""), ["no [[rule]] defined: the file must define at least one rule"]);
 }
 
 #[test]
@@ -167,10 +123,7 @@ fn defaults_apply_to_every_rule_and_rules_override_them() {
     assert_eq!((c.rules[0].policy.max, c.rules[1].policy.max), (7, 9));
     assert_eq!(c.rules[1].target.kind, TargetKind::StatefulSet);
     let p = problems(&format!("[defaults]\nname = \"x\"\n{MINIMAL}"));
-    assert_eq!(
-        p,
-        ["[defaults]: name cannot have a default; set it in each [[rule]]"]
-    );
+    assert_eq!(p, ["[defaults]: name cannot have a default; set it in each [[rule]]"]);
 }
 
 #[test]
@@ -181,12 +134,7 @@ fn tv33_validation_vectors() {
         bad("min_replica_count = 5\nmax_replica_count = 3", ""),
         [r#"rule "orders": min_replica_count (5) is greater than max_replica_count (3)"#]
     );
-    assert_eq!(
-        ok("min_replica_count = 3\nmax_replica_count = 3", "").rules[0]
-            .policy
-            .max,
-        3
-    );
+    assert_eq!(ok("min_replica_count = 3\nmax_replica_count = 3", "").rules[0].policy.max, 3);
     assert_eq!(ok("", "").rules[0].policy.max, 100);
     assert_eq!(
         bad("idle_replica_count = 0", ""),
@@ -196,53 +144,31 @@ fn tv33_validation_vectors() {
         bad("min_replica_count = 2\nidle_replica_count = 2", ""),
         [r#"rule "orders": idle_replica_count (2) must be less than min_replica_count (2)"#]
     );
-    assert_eq!(
-        ok("min_replica_count = 2\nidle_replica_count = 0", "").rules[0]
-            .policy
-            .idle,
-        Some(0)
-    );
+    assert_eq!(ok("min_replica_count = 2\nidle_replica_count = 0", "").rules[0].policy.idle, Some(0));
     assert_eq!(
         bad("min_replica_count = 0\nmax_replica_count = 0", ""),
         [r#"rule "orders": max_replica_count (0) must be at least 1"#]
     );
-    assert_eq!(
-        bad("", "queue_length = -1"),
-        [r#"rule "orders": trigger 1: queue_length (-1) must be greater than 0"#]
-    );
-    assert_eq!(
-        ok("", "activation_queue_length = -1").rules[0]
-            .policy
-            .triggers[0]
-            .activation_queue_length,
-        -1
-    );
+    assert_eq!(bad("", "queue_length = -1"), [r#"rule "orders": trigger 1: queue_length (-1) must be greater than 0"#]);
+    assert_eq!(ok("", "activation_queue_length = -1").rules[0].policy.triggers[0].activation_queue_length, -1);
     // queue_length "abc" / 2.5: a type error naming the key.
     assert!(bad("", "queue_length = 2.5")[0].starts_with("rule[0].trigger[0].queue_length: "));
-    assert!(
-        bad("", "scale_on_in_flight = \"yes\"")[0]
-            .starts_with("rule[0].trigger[0].scale_on_in_flight: ")
-    );
+    assert!(bad("", "scale_on_in_flight = \"yes\"")[0].starts_with("rule[0].trigger[0].scale_on_in_flight: "));
     assert!(bad("", "type = \"kafka\"")[0].contains("type (\"kafka\") is not supported"));
 }
 
 #[test]
 fn fallback_replicas_zero_is_rejected() {
-    let p = problems(&one_rule(
-        "fallback = { failure_threshold = 3, replicas = 0 }",
-        "",
-    ));
+    let p = problems(&one_rule("fallback = { failure_threshold = 3, replicas = 0 }", ""));
     assert_eq!(p.len(), 1);
-    assert!(
-        p[0].contains("fallback.replicas (0) must be at least 1"),
-        "{p:?}"
-    );
-    let p = problems(&one_rule(
-        "fallback = { replicas = 2, behavior = \"sometimes\" }",
-        "",
-    ));
+    assert!(p[0].contains("fallback.replicas (0) must be at least 1"), "{p:?}");
+    let p = problems(&one_rule("fallback = { replicas = 2, behavior = \"sometimes\" }", ""));
     assert_eq!(p.len(), 2, "{p:?}");
-    let c = from_str(&one_rule("fallback = { failure_threshold = 3, replicas = 6, behavior = \"currentReplicasIfHigher\" }", "")).unwrap();
+    let c = from_str(&one_rule(
+        "fallback = { failure_threshold = 3, replicas = 6, behavior = \"currentReplicasIfHigher\" }",
+        "",
+    ))
+    .unwrap();
     assert_eq!(
         c.rules[0].policy.fallback,
         Some(crate::engine::Fallback {
@@ -256,14 +182,10 @@ fn fallback_replicas_zero_is_rejected() {
 #[test]
 fn tv34_queue_url_parsing() {
     assert_eq!(
-        queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo")
-            .unwrap(),
+        queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo").unwrap(),
         "orders.fifo"
     );
-    assert_eq!(
-        queue_name_from_url("http://localhost:4566/000000000000/q").unwrap(),
-        "q"
-    );
+    assert_eq!(queue_name_from_url("http://localhost:4566/000000000000/q").unwrap(), "q");
     assert_eq!(queue_name_from_url("/123/q").unwrap(), "q");
     for bad in [
         "https://sqs.eu-west-1.amazonaws.com/123456789012",
@@ -274,29 +196,16 @@ fn tv34_queue_url_parsing() {
     }
     // A bare name is accepted (resolved with GetQueueUrl at run time) once a region is known.
     let c = from_str("[aws]\nregion = \"us-east-2\"\n[[rule]]\nname = \"a\"\ntarget = { name = \"a\" }\n[[rule.trigger]]\nqueue_url = \"orders\"\n").unwrap();
-    assert_eq!(
-        (
-            c.rules[0].triggers[0].url.as_deref(),
-            c.rules[0].triggers[0].name.as_str()
-        ),
-        (None, "orders")
-    );
+    assert_eq!((c.rules[0].triggers[0].url.as_deref(), c.rules[0].triggers[0].name.as_str()), (None, "orders"));
     assert_eq!(c.rules[0].triggers[0].region, "us-east-2");
 }
 
 #[test]
 fn region_precedence_trigger_then_aws_then_url() {
-    let c = from_str(&format!(
-        "[aws]\nregion = \"ap-northeast-2\"\n{}",
-        one_rule("", "aws_region = \"us-west-2\"")
-    ))
-    .unwrap();
+    let c = from_str(&format!("[aws]\nregion = \"ap-northeast-2\"\n{}", one_rule("", "aws_region = \"us-west-2\"")))
+        .unwrap();
     assert_eq!(c.rules[0].triggers[0].region, "us-west-2");
-    let c = from_str(&format!(
-        "[aws]\nregion = \"ap-northeast-2\"\n{}",
-        one_rule("", "")
-    ))
-    .unwrap();
+    let c = from_str(&format!("[aws]\nregion = \"ap-northeast-2\"\n{}", one_rule("", ""))).unwrap();
     assert_eq!(c.rules[0].triggers[0].region, "ap-northeast-2");
     let c = from_str(&one_rule("", "")).unwrap();
     assert_eq!(c.rules[0].triggers[0].region, "eu-west-1");
@@ -320,16 +229,10 @@ fn two_rules_on_one_target_are_rejected() {
 fn behavior_defaults_are_filled_like_the_api_server() {
     let c = from_str(&one_rule("[rule.behavior.scale_down]\nstabilization_window = 60\npolicies = [ { type = \"Pods\", value = 2, period = \"30s\" } ]", "")).unwrap();
     let b = c.rules[0].policy.behavior.as_ref().unwrap();
-    assert_eq!(
-        b.scale_up,
-        crate::engine::hpa::ScalingRules::default_scale_up()
-    );
+    assert_eq!(b.scale_up, crate::engine::hpa::ScalingRules::default_scale_up());
     assert_eq!(b.scale_down.stabilization_window_ms, 60_000);
     assert_eq!(b.scale_down.policies.len(), 1);
-    let p = problems(&one_rule(
-        "[rule.behavior.scale_up]\nselect_policy = \"Sometimes\"\npolicies = []",
-        "",
-    ));
+    let p = problems(&one_rule("[rule.behavior.scale_up]\nselect_policy = \"Sometimes\"\npolicies = []", ""));
     assert_eq!(p.len(), 2, "{p:?}");
 }
 
@@ -339,10 +242,7 @@ fn leader_election_defaults_and_checks() {
     assert!(!c.leader_election.enabled);
     assert_eq!(c.leader_election.lease_duration, Duration::from_secs(15));
     let p = problems(&format!("[leader_election]\nlease_duration = 5\n{MINIMAL}"));
-    assert_eq!(
-        p,
-        ["[leader_election]: lease_duration (5s) must be greater than renew_deadline (10s)"]
-    );
+    assert_eq!(p, ["[leader_election]: lease_duration (5s) must be greater than renew_deadline (10s)"]);
 }
 
 #[test]
@@ -368,10 +268,7 @@ fn environment_overrides_scalars_and_ignores_cli_variables() {
         jail.set_env("SQSCALE_CONFIG", "rules.toml");
         let c = load(Path::new("rules.toml")).map_err(|e| e.to_string())?;
         assert_eq!(c.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
-        assert_eq!(
-            c.rules[0].triggers[0].endpoint.as_deref(),
-            Some("http://127.0.0.1:4566")
-        );
+        assert_eq!(c.rules[0].triggers[0].endpoint.as_deref(), Some("http://127.0.0.1:4566"));
         assert_eq!(c.server.listen, None);
         Ok(())
     });

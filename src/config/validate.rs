@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use super::raw::{RawConfig, RawDuration, RawRule, RawScalingRules, RawTrigger};
 use super::*;
-use crate::engine::hpa::{
-    Behavior, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy, Tolerances,
-};
+use crate::engine::hpa::{Behavior, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy, Tolerances};
 use crate::engine::{Fallback, FallbackBehavior, TriggerPolicy};
 
 /// KEDA's defaults (`../shared/spec/keda.md` §2.6).
@@ -51,12 +49,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
     let kubernetes = KubernetesSettings {
         kubeconfig: kubernetes.kubeconfig.map(PathBuf::from),
         context: non_empty(&mut p, "[kubernetes]", "context", kubernetes.context),
-        eks_cluster: non_empty(
-            &mut p,
-            "[kubernetes]",
-            "eks_cluster",
-            kubernetes.eks_cluster,
-        ),
+        eks_cluster: non_empty(&mut p, "[kubernetes]", "eks_cluster", kubernetes.eks_cluster),
     };
 
     let aws = raw.aws.clone().unwrap_or_default();
@@ -73,11 +66,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         role_arn: aws.role_arn,
     };
 
-    let listen = raw
-        .server
-        .as_ref()
-        .and_then(|s| s.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = raw.server.as_ref().and_then(|s| s.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let server = ServerSettings {
         listen: if listen.is_empty() {
             None
@@ -85,7 +74,12 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
             match listen.parse() {
                 Ok(addr) => Some(addr),
                 Err(_) => {
-                    p.add("[server]", format!("listen ({listen:?}) is not an address like \"127.0.0.1:9464\" (\"\" disables the listener)"));
+                    p.add(
+                        "[server]",
+                        format!(
+                            "listen ({listen:?}) is not an address like \"127.0.0.1:9464\" (\"\" disables the listener)"
+                        ),
+                    );
                     None
                 }
             }
@@ -101,10 +95,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         ("trigger", defaults.trigger.is_some()),
     ] {
         if set {
-            p.add(
-                "[defaults]",
-                format!("{key} cannot have a default; set it in each [[rule]]"),
-            );
+            p.add("[defaults]", format!("{key} cannot have a default; set it in each [[rule]]"));
         }
     }
 
@@ -121,10 +112,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
                 std::collections::hash_map::Entry::Occupied(first) => {
                     p.add(
                         &label,
-                        format!(
-                            "name is already used by rule #{}; rule names must be unique",
-                            first.get() + 1
-                        ),
+                        format!("name is already used by rule #{}; rule names must be unique", first.get() + 1),
                     );
                 }
                 std::collections::hash_map::Entry::Vacant(slot) => {
@@ -133,28 +121,21 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
             }
         }
         if let Some(rule) = validate_rule(&mut p, &label, rule, &defaults, &aws) {
-            let key = (
-                rule.context.clone().or_else(|| kubernetes.context.clone()),
-                rule.target.clone(),
-            );
+            let key = (rule.context.clone().or_else(|| kubernetes.context.clone()), rule.target.clone());
             if let Some(other) = targets.insert(key, rule.name.clone()) {
-                p.add(&label, format!("target {} is already scaled by rule {other:?}; two rules would fight over it", rule.target));
+                p.add(
+                    &label,
+                    format!(
+                        "target {} is already scaled by rule {other:?}; two rules would fight over it",
+                        rule.target
+                    ),
+                );
             }
             rules.push(rule);
         }
     }
 
-    if p.0.is_empty() {
-        Ok(Config {
-            kubernetes,
-            aws,
-            server,
-            leader_election,
-            rules,
-        })
-    } else {
-        Err(p.0)
-    }
+    if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, rules }) } else { Err(p.0) }
 }
 
 fn non_empty(p: &mut Problems, at: &str, key: &str, v: Option<String>) -> Option<String> {
@@ -167,27 +148,9 @@ fn non_empty(p: &mut Problems, at: &str, key: &str, v: Option<String>) -> Option
 fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection {
     let le = raw.leader_election.clone().unwrap_or_default();
     let at = "[leader_election]";
-    let lease_duration = duration(
-        p,
-        at,
-        "lease_duration",
-        le.lease_duration.as_ref(),
-        defaults::LEASE_DURATION,
-    );
-    let renew_deadline = duration(
-        p,
-        at,
-        "renew_deadline",
-        le.renew_deadline.as_ref(),
-        defaults::RENEW_DEADLINE,
-    );
-    let retry_period = duration(
-        p,
-        at,
-        "retry_period",
-        le.retry_period.as_ref(),
-        defaults::RETRY_PERIOD,
-    );
+    let lease_duration = duration(p, at, "lease_duration", le.lease_duration.as_ref(), defaults::LEASE_DURATION);
+    let renew_deadline = duration(p, at, "renew_deadline", le.renew_deadline.as_ref(), defaults::RENEW_DEADLINE);
+    let retry_period = duration(p, at, "retry_period", le.retry_period.as_ref(), defaults::RETRY_PERIOD);
     if lease_duration <= renew_deadline {
         p.add(
             at,
@@ -226,13 +189,7 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string().replace(' ', "")
 }
 
-fn duration(
-    p: &mut Problems,
-    at: &str,
-    key: &str,
-    raw: Option<&RawDuration>,
-    default: Duration,
-) -> Duration {
+fn duration(p: &mut Problems, at: &str, key: &str, raw: Option<&RawDuration>, default: Duration) -> Duration {
     match raw {
         None => default,
         Some(RawDuration::Seconds(s)) if *s >= 0 => Duration::from_secs(*s as u64),
@@ -246,7 +203,12 @@ fn duration(
                 Err(_) => humantime::parse_duration(t.trim()),
             };
             parsed.unwrap_or_else(|e| {
-                p.add(at, format!("{key} ({t:?}) is not a duration: {e}; use whole seconds or a string like \"30s\" or \"5m\""));
+                p.add(
+                    at,
+                    format!(
+                        "{key} ({t:?}) is not a duration: {e}; use whole seconds or a string like \"30s\" or \"5m\""
+                    ),
+                );
                 default
             })
         }
@@ -258,8 +220,7 @@ fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -269,13 +230,7 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn validate_rule(
-    p: &mut Problems,
-    at: &str,
-    rule: &RawRule,
-    d: &RawRule,
-    aws: &AwsSettings,
-) -> Option<Rule> {
+fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &AwsSettings) -> Option<Rule> {
     let before = p.0.len();
 
     let name = match rule.name.as_deref() {
@@ -300,12 +255,7 @@ fn validate_rule(
                 "Deployment" => Some(TargetKind::Deployment),
                 "StatefulSet" => Some(TargetKind::StatefulSet),
                 other => {
-                    p.add(
-                        at,
-                        format!(
-                            "target.kind ({other:?}) must be \"Deployment\" or \"StatefulSet\""
-                        ),
-                    );
+                    p.add(at, format!("target.kind ({other:?}) must be \"Deployment\" or \"StatefulSet\""));
                     None
                 }
             };
@@ -315,27 +265,17 @@ fn validate_rule(
                     None
                 }
                 Some(n) if !is_dns_subdomain(n) => {
-                    p.add(
-                        at,
-                        format!("target.name ({n:?}) is not a valid Kubernetes object name"),
-                    );
+                    p.add(at, format!("target.name ({n:?}) is not a valid Kubernetes object name"));
                     None
                 }
                 Some(n) => Some(n.to_owned()),
             };
             let namespace = t.namespace.clone().unwrap_or_else(|| "default".to_owned());
             if !is_dns_label(&namespace) {
-                p.add(
-                    at,
-                    format!("target.namespace ({namespace:?}) is not a valid namespace name"),
-                );
+                p.add(at, format!("target.namespace ({namespace:?}) is not a valid namespace name"));
             }
             match (kind, tname) {
-                (Some(kind), Some(name)) => Some(TargetRef {
-                    kind,
-                    name,
-                    namespace,
-                }),
+                (Some(kind), Some(name)) => Some(TargetRef { kind, name, namespace }),
                 _ => None,
             }
         }
@@ -343,35 +283,16 @@ fn validate_rule(
 
     let context = rule.context.clone().or_else(|| d.context.clone());
     if context.as_deref() == Some("") {
-        p.add(
-            at,
-            "context is empty; remove it to use the kubeconfig's current context",
-        );
+        p.add(at, "context is empty; remove it to use the kubeconfig's current context");
     }
     let pick = |f: fn(&RawRule) -> Option<RawDuration>| f(rule).or_else(|| f(d));
-    let polling_interval = duration(
-        p,
-        at,
-        "polling_interval",
-        pick(|r| r.polling_interval.clone()).as_ref(),
-        defaults::POLLING_INTERVAL,
-    );
+    let polling_interval =
+        duration(p, at, "polling_interval", pick(|r| r.polling_interval.clone()).as_ref(), defaults::POLLING_INTERVAL);
     if polling_interval < Duration::from_secs(1) {
-        p.add(
-            at,
-            format!(
-                "polling_interval ({}) must be at least 1s",
-                fmt_duration(polling_interval)
-            ),
-        );
+        p.add(at, format!("polling_interval ({}) must be at least 1s", fmt_duration(polling_interval)));
     }
-    let cooldown = duration(
-        p,
-        at,
-        "cooldown_period",
-        pick(|r| r.cooldown_period.clone()).as_ref(),
-        defaults::COOLDOWN_PERIOD,
-    );
+    let cooldown =
+        duration(p, at, "cooldown_period", pick(|r| r.cooldown_period.clone()).as_ref(), defaults::COOLDOWN_PERIOD);
     let initial_cooldown = duration(
         p,
         at,
@@ -380,33 +301,18 @@ fn validate_rule(
         defaults::INITIAL_COOLDOWN_PERIOD,
     );
 
-    let min = rule
-        .min_replica_count
-        .or(d.min_replica_count)
-        .unwrap_or(defaults::MIN_REPLICA_COUNT);
-    let max = rule
-        .max_replica_count
-        .or(d.max_replica_count)
-        .unwrap_or(defaults::MAX_REPLICA_COUNT);
+    let min = rule.min_replica_count.or(d.min_replica_count).unwrap_or(defaults::MIN_REPLICA_COUNT);
+    let max = rule.max_replica_count.or(d.max_replica_count).unwrap_or(defaults::MAX_REPLICA_COUNT);
     let idle = rule.idle_replica_count.or(d.idle_replica_count);
     let count = |p: &mut Problems, key: &str, v: i64| -> u32 {
         u32::try_from(v).unwrap_or_else(|_| {
-            p.add(
-                at,
-                format!("{key} ({v}) must be between 0 and {}", u32::MAX),
-            );
+            p.add(at, format!("{key} ({v}) must be between 0 and {}", u32::MAX));
             0
         })
     };
-    let (min_u, max_u) = (
-        count(p, "min_replica_count", min),
-        count(p, "max_replica_count", max),
-    );
+    let (min_u, max_u) = (count(p, "min_replica_count", min), count(p, "max_replica_count", max));
     if min > max {
-        p.add(
-            at,
-            format!("min_replica_count ({min}) is greater than max_replica_count ({max})"),
-        );
+        p.add(at, format!("min_replica_count ({min}) is greater than max_replica_count ({max})"));
     }
     if max < 1 {
         p.add(at, format!("max_replica_count ({max}) must be at least 1"));
@@ -414,10 +320,7 @@ fn validate_rule(
     let idle_u = idle.map(|i| {
         let v = count(p, "idle_replica_count", i);
         if i >= min {
-            p.add(
-                at,
-                format!("idle_replica_count ({i}) must be less than min_replica_count ({min})"),
-            );
+            p.add(at, format!("idle_replica_count ({i}) must be less than min_replica_count ({min})"));
         }
         v
     });
@@ -465,20 +368,10 @@ fn validate_rule(
             ScalingRules::default_scale_up(),
             &mut tolerances.up,
         );
-        let down_default =
-            ScalingRules::default_scale_down(defaults::DOWNSCALE_STABILIZATION.as_millis() as i64);
-        let down = scaling_rules(
-            p,
-            at,
-            "behavior.scale_down",
-            b.scale_down.as_ref(),
-            down_default,
-            &mut tolerances.down,
-        );
-        Behavior {
-            scale_up: up,
-            scale_down: down,
-        }
+        let down_default = ScalingRules::default_scale_down(defaults::DOWNSCALE_STABILIZATION.as_millis() as i64);
+        let down =
+            scaling_rules(p, at, "behavior.scale_down", b.scale_down.as_ref(), down_default, &mut tolerances.down);
+        Behavior { scale_up: up, scale_down: down }
     });
 
     let raw_triggers = rule.trigger.as_deref().unwrap_or_default();
@@ -537,13 +430,7 @@ fn scaling_rules(
         Duration::from_millis(default.stabilization_window_ms as u64),
     );
     if window > Duration::from_secs(3600) {
-        p.add(
-            at,
-            format!(
-                "{key}.stabilization_window ({}) must be at most 1h",
-                fmt_duration(window)
-            ),
-        );
+        p.add(at, format!("{key}.stabilization_window ({}) must be at most 1h", fmt_duration(window)));
     }
     let select_policy = match raw.select_policy.as_deref() {
         None => default.select_policy,
@@ -551,10 +438,7 @@ fn scaling_rules(
         Some("Min") => SelectPolicy::Min,
         Some("Disabled") => SelectPolicy::Disabled,
         Some(other) => {
-            p.add(
-                at,
-                format!("{key}.select_policy ({other:?}) must be \"Max\", \"Min\" or \"Disabled\""),
-            );
+            p.add(at, format!("{key}.select_policy ({other:?}) must be \"Max\", \"Min\" or \"Disabled\""));
             default.select_policy
         }
     };
@@ -580,17 +464,11 @@ fn scaling_rules(
                     Some("Pods") => Some(PolicyKind::Pods),
                     Some("Percent") => Some(PolicyKind::Percent),
                     Some(other) => {
-                        p.add(
-                            at,
-                            format!("{pat}.type ({other:?}) must be \"Pods\" or \"Percent\""),
-                        );
+                        p.add(at, format!("{pat}.type ({other:?}) must be \"Pods\" or \"Percent\""));
                         None
                     }
                     None => {
-                        p.add(
-                            at,
-                            format!("{pat}.type is required (\"Pods\" or \"Percent\")"),
-                        );
+                        p.add(at, format!("{pat}.type is required (\"Pods\" or \"Percent\")"));
                         None
                     }
                 };
@@ -611,38 +489,18 @@ fn scaling_rules(
                         None
                     }
                     Some(raw) => {
-                        let d = duration(
-                            p,
-                            at,
-                            &format!("{pat}.period"),
-                            Some(raw),
-                            Duration::from_secs(15),
-                        );
+                        let d = duration(p, at, &format!("{pat}.period"), Some(raw), Duration::from_secs(15));
                         if d < Duration::from_secs(1) || d > Duration::from_secs(1800) {
-                            p.add(
-                                at,
-                                format!(
-                                    "{pat}.period ({}) must be between 1s and 30m",
-                                    fmt_duration(d)
-                                ),
-                            );
+                            p.add(at, format!("{pat}.period ({}) must be between 1s and 30m", fmt_duration(d)));
                         }
                         Some(d)
                     }
                 };
-                Some(ScalingPolicy {
-                    kind: kind?,
-                    value: value?,
-                    period_ms: period?.as_millis() as i64,
-                })
+                Some(ScalingPolicy { kind: kind?, value: value?, period_ms: period?.as_millis() as i64 })
             })
             .collect(),
     };
-    ScalingRules {
-        stabilization_window_ms: window.as_millis() as i64,
-        select_policy,
-        policies,
-    }
+    ScalingRules { stabilization_window_ms: window.as_millis() as i64, select_policy, policies }
 }
 
 fn validate_trigger(
@@ -653,17 +511,11 @@ fn validate_trigger(
 ) -> Option<(TriggerPolicy, QueueSource)> {
     let before = p.0.len();
     if let Some(kind) = t.kind.as_deref().filter(|k| *k != "aws-sqs-queue") {
-        p.add(
-            at,
-            format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""),
-        );
+        p.add(at, format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""));
     }
     let queue_length = t.queue_length.unwrap_or(defaults::QUEUE_LENGTH);
     if queue_length <= 0 {
-        p.add(
-            at,
-            format!("queue_length ({queue_length}) must be greater than 0"),
-        );
+        p.add(at, format!("queue_length ({queue_length}) must be greater than 0"));
     }
     let (url, name) = match t.queue_url.as_deref().map(str::trim) {
         None | Some("") => {
@@ -707,20 +559,11 @@ fn validate_trigger(
     Some((
         TriggerPolicy {
             queue_length: queue_length as u64,
-            activation_queue_length: t
-                .activation_queue_length
-                .unwrap_or(defaults::ACTIVATION_QUEUE_LENGTH),
+            activation_queue_length: t.activation_queue_length.unwrap_or(defaults::ACTIVATION_QUEUE_LENGTH),
             scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
             scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
         },
-        QueueSource {
-            url,
-            name,
-            region: region?,
-            endpoint,
-            profile: aws.profile.clone(),
-            role_arn,
-        },
+        QueueSource { url, name, region: region?, endpoint, profile: aws.profile.clone(), role_arn },
     ))
 }
 
@@ -729,10 +572,7 @@ pub fn queue_name_from_url(q: &str) -> Result<String, String> {
     let path = if q.starts_with('/') {
         q.to_owned()
     } else {
-        url::Url::parse(q)
-            .map_err(|e| format!("not a valid URL: {e}"))?
-            .path()
-            .to_owned()
+        url::Url::parse(q).map_err(|e| format!("not a valid URL: {e}"))?.path().to_owned()
     };
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
@@ -743,11 +583,7 @@ pub fn queue_name_from_url(q: &str) -> Result<String, String> {
 
 fn is_queue_name(q: &str) -> bool {
     let base = q.strip_suffix(".fifo").unwrap_or(q);
-    !base.is_empty()
-        && q.len() <= 80
-        && base
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    !base.is_empty() && q.len() <= 80 && base.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
 /// `sqs.<region>.amazonaws.com[.cn]` or the legacy `<region>.queue.amazonaws.com`.
@@ -764,21 +600,13 @@ fn region_from_url(q: &str) -> Option<String> {
 fn check_endpoint(p: &mut Problems, at: &str, key: &str, e: &str) {
     match url::Url::parse(e) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        _ => p.add(
-            at,
-            format!("{key} ({e:?}) must be an http:// or https:// URL"),
-        ),
+        _ => p.add(at, format!("{key} ({e:?}) must be an http:// or https:// URL")),
     }
 }
 
 fn check_role_arn(p: &mut Problems, at: &str, key: &str, arn: &str) {
     let ok = arn.starts_with("arn:") && arn.contains(":iam::") && arn.contains(":role/");
     if !ok {
-        p.add(
-            at,
-            format!(
-                "{key} ({arn:?}) is not an IAM role ARN like arn:aws:iam::123456789012:role/NAME"
-            ),
-        );
+        p.add(at, format!("{key} ({arn:?}) is not an IAM role ARN like arn:aws:iam::123456789012:role/NAME"));
     }
 }

@@ -35,22 +35,13 @@ impl Tolerances {
 ///
 /// `usage` and `target` are in milli-units. The ratio uses the target's *status*
 /// replicas; the proposal outside the tolerance does not depend on them at all.
-pub fn average_value_replicas(
-    usage: i64,
-    target: i64,
-    status_replicas: u32,
-    tol: Tolerances,
-) -> u32 {
+pub fn average_value_replicas(usage: i64, target: i64, status_replicas: u32, tol: Tolerances) -> u32 {
     let ratio = usage as f64 / (target as f64 * f64::from(status_replicas));
     if tol.is_within(ratio) {
         return status_replicas;
     }
     let proposal = (usage as f64 / target as f64).ceil();
-    if proposal > f64::from(i32::MAX) {
-        i32::MAX as u32
-    } else {
-        proposal.max(0.0) as u32
-    }
+    if proposal > f64::from(i32::MAX) { i32::MAX as u32 } else { proposal.max(0.0) as u32 }
 }
 
 /// One entry of the recommendation history (`timestampedRecommendation`).
@@ -84,12 +75,7 @@ pub enum Limit {
 /// `stabilizeRecommendation` (legacy path, `behavior` unset): the maximum over the
 /// downscale window including this proposal. An entry exactly at the cutoff still counts;
 /// the last entry older than the cutoff is overwritten, otherwise the list grows.
-pub fn stabilize_legacy(
-    recs: &mut Vec<Recommendation>,
-    desired: u32,
-    now: Time,
-    window_ms: i64,
-) -> u32 {
+pub fn stabilize_legacy(recs: &mut Vec<Recommendation>, desired: u32, now: Time, window_ms: i64) -> u32 {
     let cutoff = now.0 - window_ms;
     let mut max = desired;
     let mut reuse = None;
@@ -100,14 +86,7 @@ pub fn stabilize_legacy(
             max = rec.replicas;
         }
     }
-    store(
-        recs,
-        reuse,
-        Recommendation {
-            replicas: desired,
-            at: now,
-        },
-    );
+    store(recs, reuse, Recommendation { replicas: desired, at: now });
     max
 }
 
@@ -115,11 +94,8 @@ pub fn stabilize_legacy(
 /// with the scale-up limit `max(2 * current, 4)`.
 pub fn limit_legacy(current: u32, stabilized: u32, min: u32, max: u32) -> (u32, Limit) {
     let scale_up_limit = (2.0 * f64::from(current)).max(4.0) as u32;
-    let (upper, upper_reason) = if max > scale_up_limit {
-        (scale_up_limit, Limit::ScaleUpLimit)
-    } else {
-        (max, Limit::TooManyReplicas)
-    };
+    let (upper, upper_reason) =
+        if max > scale_up_limit { (scale_up_limit, Limit::ScaleUpLimit) } else { (max, Limit::TooManyReplicas) };
     if stabilized < min {
         (min, Limit::TooFewReplicas)
     } else if stabilized > upper {
@@ -168,16 +144,8 @@ impl ScalingRules {
             stabilization_window_ms: 0,
             select_policy: SelectPolicy::Max,
             policies: vec![
-                ScalingPolicy {
-                    kind: PolicyKind::Pods,
-                    value: 4,
-                    period_ms: 15_000,
-                },
-                ScalingPolicy {
-                    kind: PolicyKind::Percent,
-                    value: 100,
-                    period_ms: 15_000,
-                },
+                ScalingPolicy { kind: PolicyKind::Pods, value: 4, period_ms: 15_000 },
+                ScalingPolicy { kind: PolicyKind::Percent, value: 100, period_ms: 15_000 },
             ],
         }
     }
@@ -187,11 +155,7 @@ impl ScalingRules {
         ScalingRules {
             stabilization_window_ms: window_ms,
             select_policy: SelectPolicy::Max,
-            policies: vec![ScalingPolicy {
-                kind: PolicyKind::Percent,
-                value: 100,
-                period_ms: 15_000,
-            }],
+            policies: vec![ScalingPolicy { kind: PolicyKind::Percent, value: 100, period_ms: 15_000 }],
         }
     }
 
@@ -234,14 +198,7 @@ pub fn stabilize_with_behavior(
         }
     }
     let stabilized = current.max(up).min(down);
-    store(
-        recs,
-        reuse,
-        Recommendation {
-            replicas: desired,
-            at: now,
-        },
-    );
+    store(recs, reuse, Recommendation { replicas: desired, at: now });
     stabilized
 }
 
@@ -255,32 +212,15 @@ fn store<T>(list: &mut Vec<T>, reuse: Option<usize>, item: T) {
 /// `getReplicasChangePerPeriod`: the sum of changes strictly newer than `now - period`.
 pub fn change_in_period(events: &[ScaleEvent], period_ms: i64, now: Time) -> i64 {
     let cutoff = now.0 - period_ms;
-    events
-        .iter()
-        .filter(|e| e.at.0 > cutoff)
-        .map(|e| i64::from(e.change))
-        .sum()
+    events.iter().filter(|e| e.at.0 > cutoff).map(|e| i64::from(e.change)).sum()
 }
 
-fn period_start(
-    current: u32,
-    up: &[ScaleEvent],
-    down: &[ScaleEvent],
-    period_ms: i64,
-    now: Time,
-) -> i64 {
-    i64::from(current) - change_in_period(up, period_ms, now)
-        + change_in_period(down, period_ms, now)
+fn period_start(current: u32, up: &[ScaleEvent], down: &[ScaleEvent], period_ms: i64, now: Time) -> i64 {
+    i64::from(current) - change_in_period(up, period_ms, now) + change_in_period(down, period_ms, now)
 }
 
 /// `calculateScaleUpLimitWithScalingRules`.
-pub fn scale_up_limit(
-    current: u32,
-    up: &[ScaleEvent],
-    down: &[ScaleEvent],
-    rules: &ScalingRules,
-    now: Time,
-) -> i64 {
+pub fn scale_up_limit(current: u32, up: &[ScaleEvent], down: &[ScaleEvent], rules: &ScalingRules, now: Time) -> i64 {
     let (mut limit, pick): (i64, fn(i64, i64) -> i64) = match rules.select_policy {
         SelectPolicy::Disabled => return i64::from(current),
         SelectPolicy::Min => (i64::from(i32::MAX), i64::min),
@@ -290,9 +230,7 @@ pub fn scale_up_limit(
         let start = period_start(current, up, down, policy.period_ms, now);
         let proposed = match policy.kind {
             PolicyKind::Pods => start + i64::from(policy.value),
-            PolicyKind::Percent => {
-                (start as f64 * (1.0 + f64::from(policy.value) / 100.0)).ceil() as i64
-            }
+            PolicyKind::Percent => (start as f64 * (1.0 + f64::from(policy.value) / 100.0)).ceil() as i64,
         };
         limit = pick(limit, proposed);
     }
@@ -300,13 +238,7 @@ pub fn scale_up_limit(
 }
 
 /// `calculateScaleDownLimitWithBehaviors`. `Min` means the least change (highest floor).
-pub fn scale_down_limit(
-    current: u32,
-    up: &[ScaleEvent],
-    down: &[ScaleEvent],
-    rules: &ScalingRules,
-    now: Time,
-) -> i64 {
+pub fn scale_down_limit(current: u32, up: &[ScaleEvent], down: &[ScaleEvent], rules: &ScalingRules, now: Time) -> i64 {
     let (mut limit, pick): (i64, fn(i64, i64) -> i64) = match rules.select_policy {
         SelectPolicy::Disabled => return i64::from(current),
         SelectPolicy::Min => (i64::from(i32::MIN), i64::max),
@@ -317,9 +249,7 @@ pub fn scale_down_limit(
         let proposed = match policy.kind {
             PolicyKind::Pods => start - i64::from(policy.value),
             // Go's int32() truncates toward zero.
-            PolicyKind::Percent => {
-                (start as f64 * (1.0 - f64::from(policy.value) / 100.0)).trunc() as i64
-            }
+            PolicyKind::Percent => (start as f64 * (1.0 - f64::from(policy.value) / 100.0)).trunc() as i64,
         };
         limit = pick(limit, proposed);
     }
@@ -376,11 +306,7 @@ pub fn store_scale_event(
     to: u32,
     now: Time,
 ) {
-    let (events, rules) = if to > from {
-        (up, &behavior.scale_up)
-    } else {
-        (down, &behavior.scale_down)
-    };
+    let (events, rules) = if to > from { (up, &behavior.scale_up) } else { (down, &behavior.scale_down) };
     let cutoff = now.0 - rules.longest_period_ms();
     let mut reuse = None;
     for (i, e) in events.iter_mut().enumerate() {
@@ -391,11 +317,7 @@ pub fn store_scale_event(
             reuse = Some(i);
         }
     }
-    let event = ScaleEvent {
-        change: from.abs_diff(to),
-        at: now,
-        outdated: false,
-    };
+    let event = ScaleEvent { change: from.abs_diff(to), at: now, outdated: false };
     store(events, reuse, event);
 }
 

@@ -24,42 +24,23 @@ fn rec(replicas: u32, at: Time) -> Recommendation {
 }
 
 fn ev(change: u32, at: Time) -> ScaleEvent {
-    ScaleEvent {
-        change,
-        at,
-        outdated: false,
-    }
+    ScaleEvent { change, at, outdated: false }
 }
 
 fn pods(value: u32, period: i64) -> ScalingPolicy {
-    ScalingPolicy {
-        kind: PolicyKind::Pods,
-        value,
-        period_ms: period * 1000,
-    }
+    ScalingPolicy { kind: PolicyKind::Pods, value, period_ms: period * 1000 }
 }
 
 fn percent(value: u32, period: i64) -> ScalingPolicy {
-    ScalingPolicy {
-        kind: PolicyKind::Percent,
-        value,
-        period_ms: period * 1000,
-    }
+    ScalingPolicy { kind: PolicyKind::Percent, value, period_ms: period * 1000 }
 }
 
 fn rules(window: i64, select_policy: SelectPolicy, policies: Vec<ScalingPolicy>) -> ScalingRules {
-    ScalingRules {
-        stabilization_window_ms: window * 1000,
-        select_policy,
-        policies,
-    }
+    ScalingRules { stabilization_window_ms: window * 1000, select_policy, policies }
 }
 
 fn default_behavior() -> Behavior {
-    Behavior {
-        scale_up: ScalingRules::default_scale_up(),
-        scale_down: ScalingRules::default_scale_down(300_000),
-    }
+    Behavior { scale_up: ScalingRules::default_scale_up(), scale_down: ScalingRules::default_scale_down(300_000) }
 }
 
 /// The whole behavior path: stabilize, then limit. Returns (stabilized, final, limit).
@@ -95,10 +76,7 @@ fn t2_within_tolerance_holds() {
 
 #[test]
 fn t3_configurable_tolerance() {
-    let tol = Tolerances {
-        up: 0.01,
-        down: 0.1,
-    };
+    let tol = Tolerances { up: 0.01, down: 0.1 };
     assert_eq!(average_value_replicas(8600, 2800, 3, tol), 4);
     assert_eq!(p(8.6, 2.8, 3), 3);
 }
@@ -125,10 +103,7 @@ fn t6_just_outside_then_stabilized() {
 
 #[test]
 fn t7_asymmetric_tolerances() {
-    let tol = Tolerances {
-        up: 0.05,
-        down: 0.5,
-    };
+    let tol = Tolerances { up: 0.05, down: 0.5 };
     let q = |usage: i64, status| average_value_replicas(usage * 1000, 100_000, status, tol);
     assert_eq!(q(3700, 35), 37);
     assert_eq!(q(3800, 37), 37);
@@ -161,10 +136,7 @@ fn t10_sqs_legacy_path() {
 #[test]
 fn t11_sqs_default_behavior() {
     let b = default_behavior();
-    assert_eq!(
-        limit_with_behavior(2, 10, 1, 20, &[], &[], &b, NOW),
-        (6, Limit::ScaleUpLimit)
-    );
+    assert_eq!(limit_with_behavior(2, 10, 1, 20, &[], &[], &b, NOW), (6, Limit::ScaleUpLimit));
     let later = Time(NOW.0 + 15_200);
     let up = [ev(4, NOW)];
     assert_eq!(limit_with_behavior(6, 10, 1, 20, &up, &[], &b, later).0, 10);
@@ -174,18 +146,7 @@ fn t11_sqs_default_behavior() {
 // sqscale scales SQS on AverageValue only, so the Value calculator does not exist here.
 #[test]
 fn t14_average_value_is_the_only_branch() {
-    assert_eq!(
-        average_value_replicas(
-            3_700_000,
-            100_000,
-            35,
-            Tolerances {
-                up: 0.05,
-                down: 0.5
-            }
-        ),
-        37
-    );
+    assert_eq!(average_value_replicas(3_700_000, 100_000, 35, Tolerances { up: 0.05, down: 0.5 }), 37);
 }
 
 // === several metrics, failures, preconditions (through the engine) ===
@@ -218,107 +179,50 @@ fn observe(replicas: u32, queues: &[Option<u64>]) -> crate::engine::Observation 
         replicas,
         status_replicas: None,
         pause: crate::engine::Pause::No,
-        queues: queues
-            .iter()
-            .map(|q| {
-                q.map(|v| crate::engine::Counts {
-                    visible: v,
-                    ..Default::default()
-                })
-            })
-            .collect(),
+        queues: queues.iter().map(|q| q.map(|v| crate::engine::Counts { visible: v, ..Default::default() })).collect(),
     }
 }
 
 #[test]
 fn t15_max_of_metrics() {
     let policy = engine_policy(1, 100, vec![10, 10]);
-    let (_, d) = crate::engine::decide(
-        &policy,
-        &crate::engine::State::new(NOW),
-        &observe(3, &[Some(30), Some(70)]),
-        NOW,
-    );
+    let (_, d) =
+        crate::engine::decide(&policy, &crate::engine::State::new(NOW), &observe(3, &[Some(30), Some(70)]), NOW);
     assert_eq!((d.proposal, d.write), (Some(7), Some(7)));
 }
 
 #[test]
 fn t16_no_scale_down_when_one_metric_fails() {
     let policy = engine_policy(2, 6, vec![10, 10]);
-    let (next, d) = crate::engine::decide(
-        &policy,
-        &crate::engine::State::new(NOW),
-        &observe(5, &[None, Some(10)]),
-        NOW,
-    );
-    assert_eq!(
-        (d.write, d.reason),
-        (None, crate::engine::Reason::PollFailed)
-    );
-    assert_eq!(
-        next.recommendations.len(),
-        1,
-        "only the seed: no recommendation stored"
-    );
+    let (next, d) =
+        crate::engine::decide(&policy, &crate::engine::State::new(NOW), &observe(5, &[None, Some(10)]), NOW);
+    assert_eq!((d.write, d.reason), (None, crate::engine::Reason::PollFailed));
+    assert_eq!(next.recommendations.len(), 1, "only the seed: no recommendation stored");
 }
 
 #[test]
 fn t17_scale_up_with_one_metric_failing() {
     let policy = engine_policy(2, 6, vec![10, 10]);
-    let (_, d) = crate::engine::decide(
-        &policy,
-        &crate::engine::State::new(NOW),
-        &observe(3, &[None, Some(40)]),
-        NOW,
-    );
+    let (_, d) = crate::engine::decide(&policy, &crate::engine::State::new(NOW), &observe(3, &[None, Some(40)]), NOW);
     assert_eq!(d.write, Some(4));
 }
 
 #[test]
 fn t18_all_metrics_fail() {
     let policy = engine_policy(1, 10, vec![10, 10]);
-    let (_, d) = crate::engine::decide(
-        &policy,
-        &crate::engine::State::new(NOW),
-        &observe(3, &[None, None]),
-        NOW,
-    );
-    assert_eq!(
-        (d.write, d.reason),
-        (None, crate::engine::Reason::PollFailed)
-    );
+    let (_, d) = crate::engine::decide(&policy, &crate::engine::State::new(NOW), &observe(3, &[None, None]), NOW);
+    assert_eq!((d.write, d.reason), (None, crate::engine::Reason::PollFailed));
 }
 
 #[test]
 fn t19_preconditions() {
     let state = crate::engine::State::new(NOW);
-    let (_, d) = crate::engine::decide(
-        &engine_policy(1, 10, vec![10]),
-        &state,
-        &observe(0, &[None]),
-        NOW,
-    );
+    let (_, d) = crate::engine::decide(&engine_policy(1, 10, vec![10]), &state, &observe(0, &[None]), NOW);
     assert_eq!(d.write, None, "spec 0: scaling disabled");
-    let (_, d) = crate::engine::decide(
-        &engine_policy(1, 10, vec![10]),
-        &state,
-        &observe(12, &[Some(1)]),
-        NOW,
-    );
-    assert_eq!(
-        (d.write, d.reason),
-        (Some(10), crate::engine::Reason::ScaledToMax)
-    );
-    let (_, d) = crate::engine::decide(
-        &engine_policy(2, 10, vec![10]),
-        &state,
-        &observe(1, &[Some(1)]),
-        NOW,
-    );
-    assert_eq!(
-        (d.write, d.reason),
-        (Some(2), crate::engine::Reason::ScaledToMin)
-    );
+    let (_, d) = crate::engine::decide(&engine_policy(1, 10, vec![10]), &state, &observe(12, &[Some(1)]), NOW);
+    assert_eq!((d.write, d.reason), (Some(10), crate::engine::Reason::ScaledToMax));
+    let (_, d) = crate::engine::decide(&engine_policy(2, 10, vec![10]), &state, &observe(1, &[Some(1)]), NOW);
+    assert_eq!((d.write, d.reason), (Some(2), crate::engine::Reason::ScaledToMin));
 }
 
 // === legacy normalization ===
@@ -328,16 +232,7 @@ fn t20_legacy_pulls_up_to_the_window_maximum() {
     let mut recs = vec![rec(10, ago(60.0))];
     let s = stabilize_legacy(&mut recs, 5, NOW, 300_000);
     assert_eq!(limit_legacy(5, s, 1, 100).0, 10);
-    let (_, f, _) = normalize(
-        &default_behavior(),
-        &mut vec![rec(10, ago(60.0))],
-        5,
-        5,
-        1,
-        100,
-        &[],
-        &[],
-    );
+    let (_, f, _) = normalize(&default_behavior(), &mut vec![rec(10, ago(60.0))], 5, 5, 1, 100, &[], &[]);
     assert_eq!(f, 5);
 }
 
@@ -349,17 +244,9 @@ fn t21_legacy_down_stabilization() {
 
 #[test]
 fn t22_legacy_reuses_the_last_old_slot() {
-    let mut recs = vec![
-        rec(10, ago(600.0)),
-        rec(4, ago(60.0)),
-        rec(5, ago(120.0)),
-        rec(9, ago(540.0)),
-    ];
+    let mut recs = vec![rec(10, ago(600.0)), rec(4, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(540.0))];
     assert_eq!(stabilize_legacy(&mut recs, 3, NOW, 300_000), 5);
-    assert_eq!(
-        recs.iter().map(|r| r.replicas).collect::<Vec<_>>(),
-        [10, 4, 5, 3]
-    );
+    assert_eq!(recs.iter().map(|r| r.replicas).collect::<Vec<_>>(), [10, 4, 5, 3]);
 }
 
 #[test]
@@ -372,135 +259,78 @@ fn t23_legacy_cap() {
 
 fn windows(up: i64, down: i64) -> Behavior {
     Behavior {
-        scale_up: rules(
-            up,
-            SelectPolicy::Max,
-            ScalingRules::default_scale_up().policies,
-        ),
-        scale_down: rules(
-            down,
-            SelectPolicy::Max,
-            ScalingRules::default_scale_down(0).policies,
-        ),
+        scale_up: rules(up, SelectPolicy::Max, ScalingRules::default_scale_up().policies),
+        scale_down: rules(down, SelectPolicy::Max, ScalingRules::default_scale_down(0).policies),
     }
 }
 
 #[test]
 fn t24_scale_up_stabilization() {
     let mut recs = vec![rec(4, ago(120.0)), rec(5, ago(60.0))];
-    assert_eq!(
-        stabilize_with_behavior(&mut recs, 1, 7, NOW, &windows(300, 300)),
-        4
-    );
+    assert_eq!(stabilize_with_behavior(&mut recs, 1, 7, NOW, &windows(300, 300)), 4);
 }
 
 #[test]
 fn t25_scale_down_stabilization() {
     let mut recs = vec![rec(4, ago(120.0)), rec(5, ago(60.0))];
-    assert_eq!(
-        stabilize_with_behavior(&mut recs, 100, 3, NOW, &windows(0, 180)),
-        5
-    );
+    assert_eq!(stabilize_with_behavior(&mut recs, 100, 3, NOW, &windows(0, 180)), 5);
 }
 
 #[test]
 fn t26_no_scale_down_and_no_scale_up() {
     let mut recs = vec![rec(2, ago(6000.0)), rec(3, ago(180.0))];
-    assert_eq!(
-        stabilize_with_behavior(&mut recs, 2, 1, NOW, &windows(300, 300)),
-        2
-    );
+    assert_eq!(stabilize_with_behavior(&mut recs, 2, 1, NOW, &windows(300, 300)), 2);
 }
 
 #[test]
 fn t27_no_scale_up_past_the_window_minimum() {
     let mut recs = vec![rec(2, ago(6000.0)), rec(1, ago(180.0))];
-    assert_eq!(
-        stabilize_with_behavior(&mut recs, 2, 3, NOW, &windows(300, 300)),
-        2
-    );
+    assert_eq!(stabilize_with_behavior(&mut recs, 2, 3, NOW, &windows(300, 300)), 2);
 }
 
 #[test]
 fn t28_reuses_an_obsolete_slot() {
-    let mut recs = vec![
-        rec(10, ago(6000.0)),
-        rec(6, ago(60.0)),
-        rec(5, ago(120.0)),
-        rec(9, ago(180.0)),
-    ];
-    assert_eq!(
-        stabilize_with_behavior(&mut recs, 1, 100, NOW, &windows(300, 0)),
-        5
-    );
-    assert_eq!(
-        recs.iter().map(|r| r.replicas).collect::<Vec<_>>(),
-        [100, 6, 5, 9]
-    );
+    let mut recs = vec![rec(10, ago(6000.0)), rec(6, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(180.0))];
+    assert_eq!(stabilize_with_behavior(&mut recs, 1, 100, NOW, &windows(300, 0)), 5);
+    assert_eq!(recs.iter().map(|r| r.replicas).collect::<Vec<_>>(), [100, 6, 5, 9]);
 }
 
 #[test]
 fn t29_restart_seeding_with_an_up_window() {
     let b = Behavior {
-        scale_up: rules(
-            60,
-            SelectPolicy::Max,
-            ScalingRules::default_scale_up().policies,
-        ),
+        scale_up: rules(60, SelectPolicy::Max, ScalingRules::default_scale_up().policies),
         ..default_behavior()
     };
     let (s, f, _) = normalize(&b, &mut vec![rec(3, ago(5.0))], 3, 8, 1, 100, &[], &[]);
     assert_eq!((s, f), (3, 3));
-    let mut recs = vec![
-        rec(3, ago(65.0)),
-        rec(8, ago(50.0)),
-        rec(8, ago(35.0)),
-        rec(8, ago(20.0)),
-        rec(8, ago(5.0)),
-    ];
+    let mut recs = vec![rec(3, ago(65.0)), rec(8, ago(50.0)), rec(8, ago(35.0)), rec(8, ago(20.0)), rec(8, ago(5.0))];
     let (s, f, limit) = normalize(&b, &mut recs, 3, 8, 1, 100, &[], &[]);
     assert_eq!((s, f, limit), (8, 7, Limit::ScaleUpLimit));
 }
 
 #[test]
 fn t30_exact_period_cutoff() {
-    let up = rules(
-        0,
-        SelectPolicy::Max,
-        ScalingRules::default_scale_up().policies,
-    );
+    let up = rules(0, SelectPolicy::Max, ScalingRules::default_scale_up().policies);
     assert_eq!(scale_up_limit(8, &[ev(4, ago(15.0))], &[], &up, NOW), 16);
     assert_eq!(scale_up_limit(8, &[ev(4, ago(14.999))], &[], &up, NOW), 8);
     let b = default_behavior();
-    assert_eq!(
-        limit_with_behavior(8, 50, 1, 100, &[ev(4, ago(14.999))], &[], &b, NOW).0,
-        8
-    );
+    assert_eq!(limit_with_behavior(8, 50, 1, 100, &[ev(4, ago(14.999))], &[], &b, NOW).0, 8);
 }
 
 // === policies and selectPolicy ===
 
 #[test]
 fn t31_default_scale_up() {
-    assert_eq!(
-        limit_with_behavior(10, 50, 1, 100, &[], &[], &default_behavior(), NOW),
-        (20, Limit::ScaleUpLimit)
-    );
+    assert_eq!(limit_with_behavior(10, 50, 1, 100, &[], &[], &default_behavior(), NOW), (20, Limit::ScaleUpLimit));
 }
 
 #[test]
 fn t32_pods_and_percent_over_60s() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Max, vec![pods(100, 60), percent(100, 60)]);
-    assert_eq!(
-        limit_with_behavior(10, 500, 1, 1000, &[], &[], &b, NOW).0,
-        110
-    );
+    assert_eq!(limit_with_behavior(10, 500, 1, 1000, &[], &[], &b, NOW).0, 110);
     b.scale_up = rules(0, SelectPolicy::Max, vec![pods(2, 60), percent(100, 60)]);
-    assert_eq!(
-        limit_with_behavior(10, 500, 1, 1000, &[], &[], &b, NOW).0,
-        20
-    );
+    assert_eq!(limit_with_behavior(10, 500, 1, 1000, &[], &[], &b, NOW).0, 20);
 }
 
 #[test]
@@ -521,15 +351,9 @@ fn t35_docs_example_scale_down() {
     b.scale_down = rules(0, SelectPolicy::Max, vec![pods(4, 60), percent(10, 60)]);
     assert_eq!(limit_with_behavior(80, 10, 1, 100, &[], &[], &b, NOW).0, 72);
     let later = Time(NOW.0 + 15_000);
-    assert_eq!(
-        limit_with_behavior(72, 10, 1, 100, &[], &[ev(8, NOW)], &b, later).0,
-        72
-    );
+    assert_eq!(limit_with_behavior(72, 10, 1, 100, &[], &[ev(8, NOW)], &b, later).0, 72);
     let much_later = Time(NOW.0 + 60_000);
-    assert_eq!(
-        limit_with_behavior(72, 10, 1, 100, &[], &[ev(8, NOW)], &b, much_later).0,
-        64
-    );
+    assert_eq!(limit_with_behavior(72, 10, 1, 100, &[], &[ev(8, NOW)], &b, much_later).0, 64);
 }
 
 #[test]
@@ -538,10 +362,7 @@ fn t36_scale_from_zero_with_percent_only_is_stuck() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Max, vec![percent(100, 15)]);
     assert_eq!(limit_with_behavior(0, 3, 0, 100, &[], &[], &b, NOW).0, 0);
-    assert_eq!(
-        limit_with_behavior(0, 3, 0, 100, &[], &[], &default_behavior(), NOW).0,
-        3
-    );
+    assert_eq!(limit_with_behavior(0, 3, 0, 100, &[], &[], &default_behavior(), NOW).0, 3);
     assert_eq!(limit_legacy(0, 3, 0, 100).0, 3);
 }
 
@@ -556,10 +377,7 @@ fn t37_select_policy_min_down() {
 fn t38_disabled_scale_down() {
     let mut b = default_behavior();
     b.scale_down = rules(0, SelectPolicy::Disabled, vec![percent(100, 15)]);
-    assert_eq!(
-        limit_with_behavior(10, 2, 1, 100, &[], &[], &b, NOW),
-        (10, Limit::ScaleDownLimit)
-    );
+    assert_eq!(limit_with_behavior(10, 2, 1, 100, &[], &[], &b, NOW), (10, Limit::ScaleDownLimit));
     assert_eq!(limit_with_behavior(10, 12, 1, 100, &[], &[], &b, NOW).0, 12);
 }
 
@@ -567,28 +385,19 @@ fn t38_disabled_scale_down() {
 fn t39_disabled_scale_up() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Disabled, vec![pods(4, 15)]);
-    assert_eq!(
-        limit_with_behavior(3, 8, 1, 100, &[], &[], &b, NOW),
-        (3, Limit::ScaleUpLimit)
-    );
+    assert_eq!(limit_with_behavior(3, 8, 1, 100, &[], &[], &b, NOW), (3, Limit::ScaleUpLimit));
 }
 
 #[test]
 fn t40_percent_300_with_history() {
     let r = rules(0, SelectPolicy::Max, vec![percent(300, 300)]);
-    assert_eq!(
-        scale_up_limit(6, &[ev(4, ago(60.0))], &[ev(2, ago(60.0))], &r, NOW),
-        16
-    );
+    assert_eq!(scale_up_limit(6, &[ev(4, ago(60.0))], &[ev(2, ago(60.0))], &r, NOW), 16);
 }
 
 #[test]
 fn t41_percent_50_down_with_history() {
     let r = rules(0, SelectPolicy::Max, vec![percent(50, 180)]);
-    assert_eq!(
-        scale_down_limit(10, &[ev(2, ago(60.0))], &[ev(4, ago(60.0))], &r, NOW),
-        6
-    );
+    assert_eq!(scale_down_limit(10, &[ev(2, ago(60.0))], &[ev(4, ago(60.0))], &r, NOW), 6);
 }
 
 #[test]
@@ -596,10 +405,7 @@ fn t42_previous_events_prevent_further_scale_down() {
     let mut b = default_behavior();
     b.scale_down = rules(0, SelectPolicy::Max, vec![percent(10, 120)]);
     let down = [ev(10, ago(30.0)), ev(10, ago(60.0)), ev(10, ago(90.0))];
-    assert_eq!(
-        limit_with_behavior(100, 0, 1, 1000, &[], &down, &b, NOW),
-        (100, Limit::ScaleDownLimit)
-    );
+    assert_eq!(limit_with_behavior(100, 0, 1, 1000, &[], &down, &b, NOW), (100, Limit::ScaleDownLimit));
 }
 
 #[test]
@@ -607,78 +413,53 @@ fn t43_limit_raised_to_current() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Max, vec![pods(5, 120)]);
     let up = [ev(1, ago(30.0)), ev(5, ago(60.0)), ev(9, ago(90.0))];
-    assert_eq!(
-        limit_with_behavior(100, 500, 1, 1000, &up, &[], &b, NOW),
-        (100, Limit::ScaleUpLimit)
-    );
+    assert_eq!(limit_with_behavior(100, 500, 1, 1000, &up, &[], &b, NOW), (100, Limit::ScaleUpLimit));
 }
 
 #[test]
 fn t44_f64_artifact_down() {
     let mut b = default_behavior();
     b.scale_down = rules(0, SelectPolicy::Max, vec![percent(80, 60)]);
-    assert_eq!(
-        limit_with_behavior(10, 1, 1, 100, &[], &[], &b, NOW),
-        (1, Limit::DesiredWithinRange)
-    );
+    assert_eq!(limit_with_behavior(10, 1, 1, 100, &[], &[], &b, NOW), (1, Limit::DesiredWithinRange));
 }
 
 #[test]
 fn t45_f64_artifact_up() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Max, vec![percent(12, 60)]);
-    assert_eq!(
-        limit_with_behavior(25, 100, 1, 1000, &[], &[], &b, NOW).0,
-        29
-    );
+    assert_eq!(limit_with_behavior(25, 100, 1, 1000, &[], &[], &b, NOW).0, 29);
 }
 
 // === min/max clamps (behavior) ===
 
 #[test]
 fn t46_max_clamp() {
-    assert_eq!(
-        limit_with_behavior(8, 1000, 1, 10, &[], &[], &default_behavior(), NOW),
-        (10, Limit::TooManyReplicas)
-    );
+    assert_eq!(limit_with_behavior(8, 1000, 1, 10, &[], &[], &default_behavior(), NOW), (10, Limit::TooManyReplicas));
 }
 
 #[test]
 fn t47_min_clamp() {
     let mut b = default_behavior();
     b.scale_down = rules(0, SelectPolicy::Max, vec![percent(100, 60)]);
-    assert_eq!(
-        limit_with_behavior(10, 2, 5, 100, &[], &[], &b, NOW),
-        (5, Limit::TooFewReplicas)
-    );
+    assert_eq!(limit_with_behavior(10, 2, 5, 100, &[], &[], &b, NOW), (5, Limit::TooFewReplicas));
 }
 
 #[test]
 fn t48_min_one() {
     let mut b = default_behavior();
     b.scale_down = rules(0, SelectPolicy::Max, vec![pods(100, 60)]);
-    assert_eq!(
-        limit_with_behavior(10, 0, 1, 100, &[], &[], &b, NOW),
-        (1, Limit::TooFewReplicas)
-    );
+    assert_eq!(limit_with_behavior(10, 0, 1, 100, &[], &[], &b, NOW), (1, Limit::TooFewReplicas));
 }
 
 #[test]
 fn t49_store_scale_events_reuses_the_last_outdated_slot() {
     let mut b = default_behavior();
     b.scale_up = rules(0, SelectPolicy::Max, vec![pods(10, 60), percent(100, 30)]);
-    let mut up = vec![
-        ev(8, ago(29.0)),
-        ev(6, ago(59.0)),
-        ev(7, ago(61.0)),
-        ev(9, ago(61.0)),
-    ];
+    let mut up = vec![ev(8, ago(29.0)), ev(6, ago(59.0)), ev(7, ago(61.0)), ev(9, ago(61.0))];
     assert_eq!(change_in_period(&up, 60_000, NOW), 14);
     store_scale_event(&b, &mut up, &mut vec![], 10, 15, NOW);
     assert_eq!(
-        up.iter()
-            .map(|e| (e.change, e.outdated))
-            .collect::<Vec<_>>(),
+        up.iter().map(|e| (e.change, e.outdated)).collect::<Vec<_>>(),
         [(8, false), (6, false), (7, true), (5, false)]
     );
 }

@@ -195,10 +195,7 @@ pub struct State {
 
 impl State {
     pub fn new(created_at: Time) -> State {
-        State {
-            created_at,
-            ..State::default()
-        }
+        State { created_at, ..State::default() }
     }
 
     /// Records a rescale the target confirmed. The HPA stores scale events only after the
@@ -207,14 +204,7 @@ impl State {
         if let Some(b) = &policy.behavior
             && from != to
         {
-            hpa::store_scale_event(
-                b,
-                &mut self.scale_up_events,
-                &mut self.scale_down_events,
-                from,
-                to,
-                now,
-            );
+            hpa::store_scale_event(b, &mut self.scale_up_events, &mut self.scale_down_events, from, to, now);
         }
     }
 }
@@ -330,23 +320,14 @@ impl Decision {
 pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (State, Decision) {
     let mut next = state.clone();
     let r = obs.replicas;
-    let mut decision = Decision {
-        current: r,
-        write: None,
-        reason: Reason::Unchanged,
-        active: false,
-        backlog: None,
-        proposal: None,
-    };
+    let mut decision =
+        Decision { current: r, write: None, reason: Reason::Unchanged, active: false, backlog: None, proposal: None };
 
     // The HPA seeds its history at first sight of the target, whatever the replicas. It
     // does so earlier in the same reconcile than its stabilization reads the clock, so
     // the seed is a hair older than `now`: a zero window must not see it.
     if !next.seeded {
-        next.recommendations.push(Recommendation {
-            replicas: r,
-            at: Time(now.0 - 1),
-        });
+        next.recommendations.push(Recommendation { replicas: r, at: Time(now.0 - 1) });
         next.seeded = true;
     }
 
@@ -370,11 +351,8 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     let is_error = triggers.iter().any(|t| t.failed);
     let fallback_active = triggers.iter().any(|t| t.fallback);
     decision.active = is_active;
-    decision.backlog = triggers
-        .iter()
-        .filter(|t| !t.failed && !t.fallback)
-        .map(|t| t.backlog)
-        .reduce(u64::saturating_add);
+    decision.backlog =
+        triggers.iter().filter(|t| !t.failed && !t.fallback).map(|t| t.backlog).reduce(u64::saturating_add);
 
     // 3. Phase K.
     let mut cooling_down = false;
@@ -392,14 +370,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     } else if (policy.idle.is_some_and(|idle| r > idle)) || (r > 0 && policy.min == 0) {
         if cooldown_expired(policy, &next, now) {
             let to = policy.idle.unwrap_or(policy.min);
-            Some((
-                to,
-                if to == 0 {
-                    Reason::ScaledToZero
-                } else {
-                    Reason::ScaledToIdle
-                },
-            ))
+            Some((to, if to == 0 { Reason::ScaledToZero } else { Reason::ScaledToIdle }))
         } else {
             cooling_down = true;
             None
@@ -468,9 +439,7 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
         .zip(next.failures.iter_mut())
         .map(|((trigger, counts), failures)| {
             let propose = |q: u64| {
-                let usage = i64::try_from(q)
-                    .unwrap_or(i64::MAX / 1000)
-                    .saturating_mul(1000);
+                let usage = i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
                 let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
                 hpa::average_value_replicas(usage, target, status, policy.tolerances)
             };
@@ -490,9 +459,7 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
                     *failures = failures.saturating_add(1);
                     match policy.fallback {
                         Some(fb) if *failures > fb.failure_threshold => {
-                            let q = trigger
-                                .queue_length
-                                .saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
+                            let q = trigger.queue_length.saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
                             TriggerResult {
                                 backlog: q,
                                 active: true,
@@ -501,13 +468,7 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
                                 proposal: Some(propose(q)),
                             }
                         }
-                        _ => TriggerResult {
-                            backlog: 0,
-                            active: false,
-                            failed: true,
-                            fallback: false,
-                            proposal: None,
-                        },
+                        _ => TriggerResult { backlog: 0, active: false, failed: true, fallback: false, proposal: None },
                     }
                 }
             }
@@ -564,26 +525,14 @@ fn phase_h(
 
     let (stabilized, (to, limit)) = match &policy.behavior {
         None => {
-            let s = hpa::stabilize_legacy(
-                &mut next.recommendations,
-                desired,
-                now,
-                millis(policy.legacy_downscale_window),
-            );
+            let s =
+                hpa::stabilize_legacy(&mut next.recommendations, desired, now, millis(policy.legacy_downscale_window));
             (s, hpa::limit_legacy(r, s, min, max))
         }
         Some(b) => {
             let s = hpa::stabilize_with_behavior(&mut next.recommendations, r, desired, now, b);
-            let limited = hpa::limit_with_behavior(
-                r,
-                s,
-                min,
-                max,
-                &next.scale_up_events,
-                &next.scale_down_events,
-                b,
-                now,
-            );
+            let limited =
+                hpa::limit_with_behavior(r, s, min, max, &next.scale_up_events, &next.scale_down_events, b, now);
             (s, limited)
         }
     };

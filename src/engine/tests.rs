@@ -31,10 +31,7 @@ fn policy() -> Policy {
 }
 
 fn visible(n: u64) -> Option<Counts> {
-    Some(Counts {
-        visible: n,
-        ..Counts::default()
-    })
+    Some(Counts { visible: n, ..Counts::default() })
 }
 
 /// A rule and a target on a virtual clock; every write succeeds.
@@ -47,12 +44,7 @@ struct Sim {
 
 impl Sim {
     fn new(policy: Policy, replicas: u32) -> Sim {
-        Sim {
-            policy,
-            state: State::new(Time(0)),
-            replicas,
-            pause: Pause::No,
-        }
+        Sim { policy, state: State::new(Time(0)), replicas, pause: Pause::No }
     }
 
     fn last_active(mut self, t: i64) -> Sim {
@@ -61,18 +53,12 @@ impl Sim {
     }
 
     fn poll_all(&mut self, t: i64, queues: Vec<Option<Counts>>) -> Decision {
-        let obs = Observation {
-            replicas: self.replicas,
-            status_replicas: None,
-            pause: self.pause,
-            queues,
-        };
+        let obs = Observation { replicas: self.replicas, status_replicas: None, pause: self.pause, queues };
         let now = Time::from_secs(t);
         let (next, d) = decide(&self.policy, &self.state, &obs, now);
         self.state = next;
         if let Some(to) = d.write {
-            self.state
-                .record_scale(&self.policy, self.replicas, to, now);
+            self.state.record_scale(&self.policy, self.replicas, to, now);
             self.replicas = to;
         }
         d
@@ -85,10 +71,7 @@ impl Sim {
 
     /// Polls at each (time, backlog) and returns the replicas after each poll.
     fn run(&mut self, polls: &[(i64, Option<u64>)]) -> Vec<u32> {
-        polls
-            .iter()
-            .map(|&(t, q)| self.poll(t, q).replicas())
-            .collect()
+        polls.iter().map(|&(t, q)| self.poll(t, q).replicas()).collect()
     }
 }
 
@@ -107,22 +90,11 @@ fn tv01_blog_capped_at_max() {
         }),
         0,
     );
-    let got: Vec<_> = [0, 10, 20, 30]
-        .iter()
-        .map(|&t| sim.poll(t, Some(30)))
-        .collect();
-    assert_eq!(
-        got.iter().map(Decision::replicas).collect::<Vec<_>>(),
-        [1, 4, 5, 5]
-    );
+    let got: Vec<_> = [0, 10, 20, 30].iter().map(|&t| sim.poll(t, Some(30))).collect();
+    assert_eq!(got.iter().map(Decision::replicas).collect::<Vec<_>>(), [1, 4, 5, 5]);
     assert_eq!(
         got.iter().map(|d| d.reason).collect::<Vec<_>>(),
-        [
-            Reason::Activated,
-            Reason::RateLimited,
-            Reason::AtMax,
-            Reason::AtMax
-        ]
+        [Reason::Activated, Reason::RateLimited, Reason::AtMax, Reason::AtMax]
     );
 }
 
@@ -139,32 +111,16 @@ fn tv02() -> Sim {
 #[test]
 fn tv02_blog_max_10_settles_at_ceil_30_over_5() {
     let mut sim = tv02();
-    assert_eq!(
-        sim.run(&[
-            (0, Some(30)),
-            (10, Some(30)),
-            (20, Some(30)),
-            (30, Some(30))
-        ]),
-        [1, 4, 6, 6]
-    );
+    assert_eq!(sim.run(&[(0, Some(30)), (10, Some(30)), (20, Some(30)), (30, Some(30))]), [1, 4, 6, 6]);
 }
 
 #[test]
 fn tv03_purge_scales_to_zero_after_cooldown() {
     let mut sim = tv02();
-    sim.run(&[
-        (0, Some(30)),
-        (10, Some(30)),
-        (20, Some(30)),
-        (30, Some(30)),
-    ]);
+    sim.run(&[(0, Some(30)), (10, Some(30)), (20, Some(30)), (30, Some(30))]);
     let d = sim.poll(40, Some(0));
     assert_eq!((d.replicas(), d.reason), (6, Reason::Cooldown));
-    assert_eq!(
-        sim.run(&[(50, Some(0)), (60, Some(0)), (70, Some(0))]),
-        [6, 0, 0]
-    );
+    assert_eq!(sim.run(&[(50, Some(0)), (60, Some(0)), (70, Some(0))]), [6, 0, 0]);
 }
 
 #[test]
@@ -176,12 +132,7 @@ fn tv04_in_flight_keeps_it_active() {
         }),
         6,
     );
-    let in_flight = |n| {
-        Some(Counts {
-            in_flight: n,
-            ..Counts::default()
-        })
-    };
+    let in_flight = |n| Some(Counts { in_flight: n, ..Counts::default() });
     let d = sim.poll_all(0, vec![in_flight(4)]);
     assert!(d.active);
     assert_eq!(d.replicas(), 6);
@@ -207,14 +158,8 @@ fn tv05_scale_on_in_flight_false_ignores_in_flight() {
         2,
     )
     .last_active(-10);
-    let in_flight = Some(Counts {
-        in_flight: 4,
-        ..Counts::default()
-    });
-    let got: Vec<_> = [0, 10, 20]
-        .iter()
-        .map(|&t| sim.poll_all(t, vec![in_flight]).replicas())
-        .collect();
+    let in_flight = Some(Counts { in_flight: 4, ..Counts::default() });
+    let got: Vec<_> = [0, 10, 20].iter().map(|&t| sim.poll_all(t, vec![in_flight]).replicas()).collect();
     assert_eq!(got, [2, 2, 0]);
 }
 
@@ -227,15 +172,7 @@ fn tv06_activation_has_priority_over_target() {
         }),
         0,
     );
-    assert_eq!(
-        sim.run(&[
-            (0, Some(40)),
-            (10, Some(51)),
-            (20, Some(51)),
-            (30, Some(51))
-        ]),
-        [0, 1, 4, 6]
-    );
+    assert_eq!(sim.run(&[(0, Some(40)), (10, Some(51)), (20, Some(51)), (30, Some(51))]), [0, 1, 4, 6]);
 }
 
 #[test]
@@ -248,14 +185,8 @@ fn tv07_activation_and_hpa_disagree() {
         6,
     )
     .last_active(30);
-    let got: Vec<_> = [40, 50, 60, 70]
-        .iter()
-        .map(|&t| sim.poll(t, Some(40)))
-        .collect();
-    assert_eq!(
-        got.iter().map(Decision::replicas).collect::<Vec<_>>(),
-        [4, 4, 0, 0]
-    );
+    let got: Vec<_> = [40, 50, 60, 70].iter().map(|&t| sim.poll(t, Some(40))).collect();
+    assert_eq!(got.iter().map(Decision::replicas).collect::<Vec<_>>(), [4, 4, 0, 0]);
     assert_eq!(got[0].reason, Reason::ScaledDown);
     assert_eq!(got[1].reason, Reason::Cooldown);
 }
@@ -263,15 +194,8 @@ fn tv07_activation_and_hpa_disagree() {
 #[test]
 fn tv08_activation_is_strictly_greater() {
     for (activation, q, want) in [(0, 0, 0), (0, 1, 1), (5, 5, 0), (5, 6, 1)] {
-        let mut sim = Sim::new(
-            with(|p| p.triggers[0].activation_queue_length = activation),
-            0,
-        );
-        assert_eq!(
-            sim.poll(0, Some(q)).replicas(),
-            want,
-            "A={activation} Q={q}"
-        );
+        let mut sim = Sim::new(with(|p| p.triggers[0].activation_queue_length = activation), 0);
+        assert_eq!(sim.poll(0, Some(q)).replicas(), want, "A={activation} Q={q}");
     }
 }
 
@@ -285,10 +209,7 @@ fn tv09_negative_activation_never_scales_to_zero() {
 
 #[test]
 fn tv10_delayed_messages_count_only_when_asked() {
-    let delayed = Some(Counts {
-        delayed: 7,
-        ..Counts::default()
-    });
+    let delayed = Some(Counts { delayed: 7, ..Counts::default() });
     let mut sim = Sim::new(policy(), 0);
     assert_eq!(sim.poll_all(0, vec![delayed]).replicas(), 0);
     let mut sim = Sim::new(with(|p| p.triggers[0].scale_on_delayed = true), 0);
@@ -305,11 +226,7 @@ fn tv11_min_floor() {
     assert_eq!((d.replicas(), d.reason), (2, Reason::ScaledToMin));
     assert_eq!(Sim::new(p.clone(), 6).poll(0, Some(0)).replicas(), 2);
     let mut sim = Sim::new(p.clone(), 2);
-    assert!(
-        sim.run(&(0..40).map(|i| (i * 10, Some(0))).collect::<Vec<_>>())
-            .iter()
-            .all(|&r| r == 2)
-    );
+    assert!(sim.run(&(0..40).map(|i| (i * 10, Some(0))).collect::<Vec<_>>()).iter().all(|&r| r == 2));
     assert_eq!(Sim::new(p, 2).run(&[(0, Some(30)), (10, Some(30))]), [4, 6]);
 }
 
@@ -338,16 +255,7 @@ fn tv13_idle_zero_min_three() {
         }),
         0,
     );
-    assert_eq!(
-        sim.run(&[
-            (0, Some(1)),
-            (10, Some(1)),
-            (20, Some(0)),
-            (30, Some(0)),
-            (40, Some(0))
-        ]),
-        [3, 3, 3, 3, 0]
-    );
+    assert_eq!(sim.run(&[(0, Some(1)), (10, Some(1)), (20, Some(0)), (30, Some(0)), (40, Some(0))]), [3, 3, 3, 3, 0]);
 }
 
 /// TV-14: KEDA plus a real HPA flap between 3 and 1 here (#2314). sqscale has no HPA
@@ -365,11 +273,7 @@ fn tv14_idle_above_zero_holds_instead_of_flapping() {
     )
     .last_active(-1000);
     let got: Vec<_> = (0..5).map(|i| sim.poll(i * 10, Some(0))).collect();
-    assert!(
-        got.iter()
-            .all(|d| d.replicas() == 1 && d.reason == Reason::Idle),
-        "{got:?}"
-    );
+    assert!(got.iter().all(|d| d.replicas() == 1 && d.reason == Reason::Idle), "{got:?}");
     // Activity brings it back to min.
     assert_eq!(sim.poll(50, Some(1)).replicas(), 3);
 }
@@ -385,15 +289,8 @@ fn tv15_initial_cooldown_period() {
     assert_eq!(&got[..12], &[3; 12]);
     assert_eq!(got[12], 0, "t=120");
 
-    let mut sim = Sim::new(
-        with(|p| p.legacy_downscale_window = Duration::from_secs(300)),
-        3,
-    );
-    assert_eq!(
-        sim.poll(0, Some(0)).replicas(),
-        0,
-        "IC=0 scales to zero at the first poll"
-    );
+    let mut sim = Sim::new(with(|p| p.legacy_downscale_window = Duration::from_secs(300)), 3);
+    assert_eq!(sim.poll(0, Some(0)).replicas(), 0, "IC=0 scales to zero at the first poll");
 }
 
 #[test]
@@ -402,26 +299,10 @@ fn tv16_cooldown_reset_by_a_blip() {
     // W=0 lets the HPA take 2 -> 1 in the same polls; the vector tracks KEDA's writes,
     // so keep the HPA at 2 with a long window.
     sim.policy.legacy_downscale_window = Duration::from_secs(300);
-    assert_eq!(
-        sim.run(&[
-            (10, Some(0)),
-            (20, Some(3)),
-            (30, Some(0)),
-            (40, Some(0)),
-            (50, Some(0))
-        ]),
-        [2, 2, 2, 2, 0]
-    );
+    assert_eq!(sim.run(&[(10, Some(0)), (20, Some(3)), (30, Some(0)), (40, Some(0)), (50, Some(0))]), [2, 2, 2, 2, 0]);
 
-    let mut sim = Sim::new(
-        with(|p| p.legacy_downscale_window = Duration::from_secs(300)),
-        2,
-    )
-    .last_active(0);
-    assert_eq!(
-        sim.run(&[(10, Some(0)), (20, Some(0)), (30, Some(0))]),
-        [2, 2, 0]
-    );
+    let mut sim = Sim::new(with(|p| p.legacy_downscale_window = Duration::from_secs(300)), 2).last_active(0);
+    assert_eq!(sim.run(&[(10, Some(0)), (20, Some(0)), (30, Some(0))]), [2, 2, 0]);
 }
 
 #[test]
@@ -447,11 +328,7 @@ fn tv19_error_at_zero_stays_at_zero() {
 }
 
 fn fallback(replicas: u32, behavior: FallbackBehavior) -> Option<Fallback> {
-    Some(Fallback {
-        failure_threshold: 3,
-        replicas,
-        behavior,
-    })
+    Some(Fallback { failure_threshold: 3, replicas, behavior })
 }
 
 #[test]
@@ -485,17 +362,7 @@ fn tv21_fallback_from_zero() {
         }),
         0,
     );
-    assert_eq!(
-        sim.run(&[
-            (0, None),
-            (10, None),
-            (20, None),
-            (30, None),
-            (40, None),
-            (50, None)
-        ]),
-        [0, 0, 0, 1, 4, 6]
-    );
+    assert_eq!(sim.run(&[(0, None), (10, None), (20, None), (30, None), (40, None), (50, None)]), [0, 0, 0, 1, 4, 6]);
 }
 
 #[test]
@@ -511,19 +378,11 @@ fn tv22_fallback_behaviors() {
         let mut sim = Sim::new(
             with(|p| {
                 p.max = 10;
-                p.fallback = Some(Fallback {
-                    failure_threshold: 0,
-                    replicas: 6,
-                    behavior,
-                });
+                p.fallback = Some(Fallback { failure_threshold: 0, replicas: 6, behavior });
             }),
             r,
         );
-        let got = sim.run(
-            &(0..want.len() as i64)
-                .map(|i| (i * 10, None))
-                .collect::<Vec<_>>(),
-        );
+        let got = sim.run(&(0..want.len() as i64).map(|i| (i * 10, None)).collect::<Vec<_>>());
         assert_eq!(got, want, "{behavior:?} from {r}");
     }
     // IfLower with W=300 stays at 8 (the vector's note).
@@ -547,11 +406,7 @@ fn tv22_fallback_behaviors() {
 // poll never scales in. The closest valid configuration holds:
 #[test]
 fn tv23_failed_polls_with_fallback_hold_until_threshold() {
-    let mut sim = Sim::new(
-        with(|p| p.fallback = fallback(1, FallbackBehavior::Static)),
-        3,
-    )
-    .last_active(-1000);
+    let mut sim = Sim::new(with(|p| p.fallback = fallback(1, FallbackBehavior::Static)), 3).last_active(-1000);
     assert_eq!(sim.run(&[(0, None), (10, None), (20, None)]), [3, 3, 3]);
     assert_eq!(sim.poll(30, None).reason, Reason::Fallback);
 }
@@ -576,14 +431,8 @@ fn tv25_annotation_parsing() {
     assert_eq!(Pause::from_annotations(Some("false"), None), Pause::No);
     assert_eq!(Pause::from_annotations(Some("yes"), None), Pause::Frozen);
     assert_eq!(Pause::from_annotations(Some("TRUE"), None), Pause::Frozen);
-    assert_eq!(
-        Pause::from_annotations(None, Some("abc")),
-        Pause::InvalidReplicas
-    );
-    assert_eq!(
-        Pause::from_annotations(Some("true"), Some("2")),
-        Pause::Replicas(2)
-    );
+    assert_eq!(Pause::from_annotations(None, Some("abc")), Pause::InvalidReplicas);
+    assert_eq!(Pause::from_annotations(Some("true"), Some("2")), Pause::Replicas(2));
     assert_eq!(Pause::from_annotations(None, None), Pause::No);
 
     let mut sim = Sim::new(policy(), 5);
@@ -625,17 +474,11 @@ fn tv31_two_triggers() {
     let mut sim = Sim::new(p, 0);
     assert_eq!(sim.poll_all(0, vec![visible(0), visible(0)]).replicas(), 0);
     assert_eq!(sim.poll_all(10, vec![visible(0), visible(1)]).replicas(), 1);
-    assert_eq!(
-        sim.poll_all(20, vec![visible(12), visible(35)]).replicas(),
-        4
-    );
+    assert_eq!(sim.poll_all(20, vec![visible(12), visible(35)]).replicas(), 4);
     let before = sim.state.last_active;
     let d = sim.poll_all(30, vec![None, visible(35)]);
     assert_eq!(d.replicas(), 4);
-    assert_eq!(
-        sim.state.last_active, before,
-        "partial error does not refresh last_active"
-    );
+    assert_eq!(sim.state.last_active, before, "partial error does not refresh last_active");
     let d = sim.poll_all(40, vec![None, visible(20)]);
     assert_eq!((d.replicas(), d.reason), (4, Reason::PollFailed));
 }
@@ -660,15 +503,8 @@ fn tv38_lost_last_active_scales_to_zero_at_once() {
     sim.state.created_at = Time::from_secs(-100_000);
     assert_eq!(sim.poll(0, Some(0)).replicas(), 0);
     // With the persisted last_active (what the daemon restores), it holds until the cooldown.
-    let mut sim = Sim::new(
-        with(|p| p.legacy_downscale_window = Duration::from_secs(300)),
-        5,
-    )
-    .last_active(-10);
-    assert_eq!(
-        sim.run(&[(0, Some(0)), (10, Some(0)), (20, Some(0))]),
-        [5, 5, 0]
-    );
+    let mut sim = Sim::new(with(|p| p.legacy_downscale_window = Duration::from_secs(300)), 5).last_active(-10);
+    assert_eq!(sim.run(&[(0, Some(0)), (10, Some(0)), (20, Some(0))]), [5, 5, 0]);
 }
 
 #[test]
@@ -680,9 +516,7 @@ fn demo_story_goes_0_1_4_5_then_0_after_the_purge() {
         }),
         0,
     );
-    let polls: Vec<_> = (0..10)
-        .map(|i| (i * 10, Some(if i * 10 < 40 { 30 } else { 0 })))
-        .collect();
+    let polls: Vec<_> = (0..10).map(|i| (i * 10, Some(if i * 10 < 40 { 30 } else { 0 }))).collect();
     assert_eq!(sim.run(&polls), [1, 4, 5, 5, 5, 5, 0, 0, 0, 0]);
 }
 
@@ -715,15 +549,8 @@ fn behavior_path_scales_up_by_policy() {
 // === invariants ===
 
 fn arb_policy() -> impl Strategy<Value = Policy> {
-    (
-        0u32..5,
-        1u32..30,
-        1u64..20,
-        -1i64..10,
-        any::<bool>(),
-        0u64..400,
-    )
-        .prop_map(|(min, span, queue_length, activation, behavior, window)| {
+    (0u32..5, 1u32..30, 1u64..20, -1i64..10, any::<bool>(), 0u64..400).prop_map(
+        |(min, span, queue_length, activation, behavior, window)| {
             let mut p = policy();
             p.min = min;
             p.max = min + span;
@@ -736,7 +563,8 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
                 });
             }
             p
-        })
+        },
+    )
 }
 
 fn arb_polls() -> impl Strategy<Value = Vec<Option<u64>>> {

@@ -15,18 +15,11 @@ pub fn render(rows: &[Row]) -> Result<String, String> {
     }
     let secs = |r: &Row| r.time.0 as f64 / 1000.0;
     let x_max = rows.iter().map(secs).fold(1.0, f64::max);
-    let backlog_max = rows
-        .iter()
-        .filter_map(|r| r.backlog)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64
-        * 1.15;
+    let backlog_max = rows.iter().filter_map(|r| r.backlog).max().unwrap_or(0).max(1) as f64 * 1.15;
     let replicas_max = rows.iter().map(|r| r.replicas).max().unwrap_or(0).max(1) as f64 * 1.15;
 
     let mut svg = String::new();
-    draw(&mut svg, &by_rule, x_max, backlog_max, replicas_max)
-        .map_err(|e| format!("cannot draw the chart: {e}"))?;
+    draw(&mut svg, &by_rule, x_max, backlog_max, replicas_max).map_err(|e| format!("cannot draw the chart: {e}"))?;
     Ok(svg)
 }
 
@@ -40,10 +33,7 @@ fn draw(
     let root = SVGBackend::with_string(svg, (960, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "sqscale simulate: queue backlog and replicas",
-            ("sans-serif", 22),
-        )
+        .caption("sqscale simulate: queue backlog and replicas", ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
@@ -59,60 +49,37 @@ fn draw(
         .y_label_formatter(&whole)
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    chart
-        .configure_secondary_axes()
-        .y_desc("replicas")
-        .y_label_formatter(&whole)
-        .draw()?;
+    chart.configure_secondary_axes().y_desc("replicas").y_label_formatter(&whole).draw()?;
 
     for (i, (rule, rows)) in by_rule.iter().enumerate() {
         let backlog_color = Palette99::pick(2 * i + 4).to_rgba();
         let replicas_color = Palette99::pick(2 * i).to_rgba();
         let secs = |r: &Row| r.time.0 as f64 / 1000.0;
-        let suffix = if by_rule.len() > 1 {
-            format!(" ({rule})")
-        } else {
-            String::new()
-        };
+        let suffix = if by_rule.len() > 1 { format!(" ({rule})") } else { String::new() };
 
         // Polls that failed have no backlog: the line breaks there rather than
         // pretending the queue was empty.
-        let backlog = steps(
-            rows.iter().map(|r| (secs(r), r.backlog.map(|b| b as f64))),
-            x_max,
-        );
+        let backlog = steps(rows.iter().map(|r| (secs(r), r.backlog.map(|b| b as f64))), x_max);
         // The backlog is a shaded area and the replicas a thick line, so the two stay
         // apart even where their scales make them meet.
         for segment in backlog {
             chart.draw_series(
-                AreaSeries::new(segment, 0.0, backlog_color.mix(0.25))
-                    .border_style(backlog_color.stroke_width(1)),
+                AreaSeries::new(segment, 0.0, backlog_color.mix(0.25)).border_style(backlog_color.stroke_width(1)),
             )?;
         }
         chart
             .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())?
             .label(format!("backlog{suffix}"))
-            .legend(move |(x, y)| {
-                Rectangle::new(
-                    [(x, y - 5), (x + 20, y + 5)],
-                    backlog_color.mix(0.25).filled(),
-                )
-            });
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], backlog_color.mix(0.25).filled()));
 
-        let replicas = steps(
-            rows.iter().map(|r| (secs(r), Some(f64::from(r.replicas)))),
-            x_max,
-        );
+        let replicas = steps(rows.iter().map(|r| (secs(r), Some(f64::from(r.replicas)))), x_max);
         for segment in replicas {
-            chart
-                .draw_secondary_series(LineSeries::new(segment, replicas_color.stroke_width(3)))?;
+            chart.draw_secondary_series(LineSeries::new(segment, replicas_color.stroke_width(3)))?;
         }
         chart
             .draw_secondary_series(std::iter::empty::<PathElement<(f64, f64)>>())?
             .label(format!("replicas{suffix}"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], replicas_color.stroke_width(3))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], replicas_color.stroke_width(3)));
     }
     chart
         .configure_series_labels()

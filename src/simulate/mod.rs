@@ -45,14 +45,8 @@ fn queue_key(q: &str) -> &str {
 impl Trace {
     /// Parses `time,queue,visible,in_flight,delayed` (header required).
     pub fn parse<R: Read>(input: R) -> Result<Trace, TraceError> {
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .flexible(true)
-            .from_reader(input);
-        let header = reader.headers().map_err(|e| TraceError {
-            line: 1,
-            message: e.to_string(),
-        })?;
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(input);
+        let header = reader.headers().map_err(|e| TraceError { line: 1, message: e.to_string() })?;
         if header.iter().collect::<Vec<_>>() != HEADER {
             return Err(TraceError {
                 line: 1,
@@ -65,30 +59,17 @@ impl Trace {
         }
         let mut trace = Trace::default();
         for record in reader.records() {
-            let record = record.map_err(|e| TraceError {
-                line: e.position().map_or(0, |p| p.line()),
-                message: e.to_string(),
-            })?;
+            let record = record
+                .map_err(|e| TraceError { line: e.position().map_or(0, |p| p.line()), message: e.to_string() })?;
             let line = record.position().map_or(0, |p| p.line());
             let bad = |message: String| TraceError { line, message };
             if record.len() != HEADER.len() {
-                return Err(bad(format!(
-                    "expected {} fields, found {}",
-                    HEADER.len(),
-                    record.len()
-                )));
+                return Err(bad(format!("expected {} fields, found {}", HEADER.len(), record.len())));
             }
-            let time: f64 = record[0].parse().map_err(|_| {
-                bad(format!(
-                    "time ({:?}) is not a number of seconds",
-                    &record[0]
-                ))
-            })?;
+            let time: f64 =
+                record[0].parse().map_err(|_| bad(format!("time ({:?}) is not a number of seconds", &record[0])))?;
             if !time.is_finite() || time < 0.0 {
-                return Err(bad(format!(
-                    "time ({}) must be a number of seconds >= 0",
-                    &record[0]
-                )));
+                return Err(bad(format!("time ({}) must be a number of seconds >= 0", &record[0])));
             }
             let queue = &record[1];
             if queue.is_empty() {
@@ -99,8 +80,7 @@ impl Trace {
                 if v.is_empty() && empty_ok {
                     return Ok(0);
                 }
-                v.parse()
-                    .map_err(|_| bad(format!("{} ({v:?}) is not a message count", HEADER[i])))
+                v.parse().map_err(|_| bad(format!("{} ({v:?}) is not a message count", HEADER[i])))
             };
             let sample = if record[2].eq_ignore_ascii_case("error") {
                 Sample::Error
@@ -112,11 +92,7 @@ impl Trace {
                 })
             };
             let at = Time((time * 1000.0).round() as i64);
-            trace
-                .queues
-                .entry(queue_key(queue).to_owned())
-                .or_default()
-                .push((at, sample));
+            trace.queues.entry(queue_key(queue).to_owned()).or_default().push((at, sample));
         }
         for rows in trace.queues.values_mut() {
             // Stable: two rows at the same time keep file order, the later one wins.
@@ -139,11 +115,7 @@ impl Trace {
 
     /// Time of the last row of any queue.
     pub fn end(&self) -> Time {
-        self.queues
-            .values()
-            .filter_map(|rows| rows.last().map(|(t, _)| *t))
-            .max()
-            .unwrap_or_default()
+        self.queues.values().filter_map(|rows| rows.last().map(|(t, _)| *t)).max().unwrap_or_default()
     }
 
     fn has(&self, queue: &str) -> bool {
@@ -186,11 +158,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
         }
     }
     let until = options.until.unwrap_or_else(|| {
-        let settle = rules
-            .iter()
-            .map(|r| settle_time(r))
-            .max()
-            .unwrap_or_default();
+        let settle = rules.iter().map(|r| settle_time(r)).max().unwrap_or_default();
         Time(trace.end().0 + settle)
     });
 
@@ -204,11 +172,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
             let obs = Observation {
                 replicas,
                 status_replicas: None,
-                pause: if rule.paused {
-                    Pause::Frozen
-                } else {
-                    Pause::No
-                },
+                pause: if rule.paused { Pause::Frozen } else { Pause::No },
                 queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
             };
             let (mut next, d) = engine::decide(&rule.policy, &state, &obs, t);
@@ -242,11 +206,7 @@ fn settle_time(rule: &Rule) -> i64 {
         Some(b) => b.scale_down.stabilization_window_ms,
         None => p.legacy_downscale_window.as_millis() as i64,
     };
-    let settle = if p.min == 0 || p.idle.is_some() {
-        to_zero
-    } else {
-        down_window
-    };
+    let settle = if p.min == 0 || p.idle.is_some() { to_zero } else { down_window };
     settle + 2 * rule.polling_interval.as_millis() as i64
 }
 
@@ -259,9 +219,7 @@ pub fn format_time(t: Time) -> String {
 /// Writes the timeline CSV: `time,rule,backlog,active,desired,replicas,reason`.
 pub fn write_csv<W: Write>(rows: &[Row], out: W) -> std::io::Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
-        "time", "rule", "backlog", "active", "desired", "replicas", "reason",
-    ])?;
+    w.write_record(["time", "rule", "backlog", "active", "desired", "replicas", "reason"])?;
     for r in rows {
         w.write_record([
             format_time(r.time),

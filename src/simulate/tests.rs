@@ -11,25 +11,11 @@ fn demo_trace_goes_0_1_4_5_then_0() {
     let config = demo_rule();
     let trace = Trace::parse(include_str!("../../config/traces/demo.csv").as_bytes()).unwrap();
     let rows = run(&[&config.rules[0]], &trace, &Options::default()).unwrap();
-    let replicas: Vec<_> = rows
+    let replicas: Vec<_> = rows.iter().map(|r| (format_time(r.time), r.replicas)).collect();
+    let expect: Vec<_> = [(0, 1), (10, 4), (20, 5), (30, 5), (40, 5), (50, 5), (60, 0), (70, 0), (80, 0), (90, 0)]
         .iter()
-        .map(|r| (format_time(r.time), r.replicas))
+        .map(|&(t, r)| (t.to_string(), r))
         .collect();
-    let expect: Vec<_> = [
-        (0, 1),
-        (10, 4),
-        (20, 5),
-        (30, 5),
-        (40, 5),
-        (50, 5),
-        (60, 0),
-        (70, 0),
-        (80, 0),
-        (90, 0),
-    ]
-    .iter()
-    .map(|&(t, r)| (t.to_string(), r))
-    .collect();
     assert_eq!(replicas, expect);
     let mut csv = Vec::new();
     write_csv(&rows, &mut csv).unwrap();
@@ -49,36 +35,11 @@ fn step_function_rows_in_any_order_and_errors() {
         "time,queue,visible,in_flight,delayed\n20.5,q,error,,\n10,https://sqs.us-east-1.amazonaws.com/1/q,7,2,\n30,q,1,,3\n".as_bytes(),
     )
     .unwrap();
-    assert_eq!(
-        trace.at("q", Time(0)),
-        Some(Counts::default()),
-        "before the first row"
-    );
-    assert_eq!(
-        trace.at("q", Time(10_000)),
-        Some(Counts {
-            visible: 7,
-            in_flight: 2,
-            delayed: 0
-        })
-    );
-    assert_eq!(
-        trace.at("q", Time(20_499)),
-        Some(Counts {
-            visible: 7,
-            in_flight: 2,
-            delayed: 0
-        })
-    );
+    assert_eq!(trace.at("q", Time(0)), Some(Counts::default()), "before the first row");
+    assert_eq!(trace.at("q", Time(10_000)), Some(Counts { visible: 7, in_flight: 2, delayed: 0 }));
+    assert_eq!(trace.at("q", Time(20_499)), Some(Counts { visible: 7, in_flight: 2, delayed: 0 }));
     assert_eq!(trace.at("q", Time(20_500)), None);
-    assert_eq!(
-        trace.at("q", Time(99_000)),
-        Some(Counts {
-            visible: 1,
-            in_flight: 0,
-            delayed: 3
-        })
-    );
+    assert_eq!(trace.at("q", Time(99_000)), Some(Counts { visible: 1, in_flight: 0, delayed: 3 }));
     assert_eq!(trace.end(), Time(30_000));
 }
 
@@ -90,22 +51,10 @@ fn bad_rows_name_their_line() {
             3,
             "visible (\"lots\") is not a message count",
         ),
-        (
-            "time,queue,visible,in_flight,delayed\n-1,q,1,0,0\n",
-            2,
-            "time (-1) must be",
-        ),
-        (
-            "time,queue,visible,in_flight,delayed\n0,q,1\n",
-            2,
-            "expected 5 fields",
-        ),
+        ("time,queue,visible,in_flight,delayed\n-1,q,1,0,0\n", 2, "time (-1) must be"),
+        ("time,queue,visible,in_flight,delayed\n0,q,1\n", 2, "expected 5 fields"),
         ("time,queue,visible\n0,q,1\n", 1, "the header must be"),
-        (
-            "time,queue,visible,in_flight,delayed\n0,,1,0,0\n",
-            2,
-            "queue is empty",
-        ),
+        ("time,queue,visible,in_flight,delayed\n0,,1,0,0\n", 2, "queue is empty"),
     ];
     for (input, line, message) in cases {
         let err = Trace::parse(input.as_bytes()).unwrap_err();
@@ -117,8 +66,7 @@ fn bad_rows_name_their_line() {
 #[test]
 fn a_rule_reading_a_queue_missing_from_the_trace_is_an_error() {
     let config = demo_rule();
-    let trace =
-        Trace::parse("time,queue,visible,in_flight,delayed\n0,other,1,0,0\n".as_bytes()).unwrap();
+    let trace = Trace::parse("time,queue,visible,in_flight,delayed\n0,other,1,0,0\n".as_bytes()).unwrap();
     let err = run(&[&config.rules[0]], &trace, &Options::default()).unwrap_err();
     assert!(err.contains("keda-demo-queue"), "{err}");
 }
@@ -126,22 +74,14 @@ fn a_rule_reading_a_queue_missing_from_the_trace_is_an_error() {
 #[test]
 fn failed_polls_show_as_poll_failed_and_hold() {
     let config = demo_rule();
-    let trace =
-        Trace::parse("time,queue,visible,in_flight,delayed\n0,keda-demo-queue,30,0,0\n25,keda-demo-queue,error,,\n".as_bytes()).unwrap();
-    let rows = run(
-        &[&config.rules[0]],
-        &trace,
-        &Options {
-            until: Some(Time(200_000)),
-            initial_replicas: None,
-        },
+    let trace = Trace::parse(
+        "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,30,0,0\n25,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
+    let rows =
+        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: None }).unwrap();
     let last = rows.last().unwrap();
-    assert_eq!(
-        (last.replicas, last.reason, last.backlog),
-        (5, Reason::PollFailed, None)
-    );
+    assert_eq!((last.replicas, last.reason, last.backlog), (5, Reason::PollFailed, None));
 }
 
 #[test]

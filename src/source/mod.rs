@@ -25,10 +25,7 @@ pub struct Attrs {
 
 impl Attrs {
     pub fn union(self, other: Attrs) -> Attrs {
-        Attrs {
-            in_flight: self.in_flight || other.in_flight,
-            delayed: self.delayed || other.delayed,
-        }
+        Attrs { in_flight: self.in_flight || other.in_flight, delayed: self.delayed || other.delayed }
     }
 
     fn covers(self, need: Attrs) -> bool {
@@ -49,16 +46,14 @@ pub struct SourceError {
 
 /// The port: the counts of one queue, now.
 pub trait QueueReader: Send + Sync + 'static {
-    fn read(
-        &self,
-        queue: &QueueSource,
-        attrs: Attrs,
-    ) -> impl Future<Output = Result<Counts, SourceError>> + Send;
+    fn read(&self, queue: &QueueSource, attrs: Attrs) -> impl Future<Output = Result<Counts, SourceError>> + Send;
 }
 
-/// Results younger than this are shared between rules reading the same queue: rules
-/// that start together poll together, so one call serves the whole round.
-pub const SHARE_WINDOW: Duration = Duration::from_secs(1);
+/// Results younger than this (counted from the start of the call) are shared between
+/// rules reading the same queue: rules that start together poll together, so one call
+/// serves the whole round. Shorter than the shortest polling interval (1 s), so a rule
+/// never reuses its own previous read.
+pub const SHARE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Single-flight, short-lived sharing of reads per queue, and the union of the
 /// attributes every rule on that queue needs (so one call serves all of them).
@@ -76,11 +71,7 @@ struct Cached {
 
 impl<R: QueueReader> Shared<R> {
     pub fn new(inner: R) -> Shared<R> {
-        Shared {
-            inner,
-            needs: Mutex::default(),
-            slots: Mutex::default(),
-        }
+        Shared { inner, needs: Mutex::default(), slots: Mutex::default() }
     }
 
     pub fn inner(&self) -> &R {
@@ -92,14 +83,8 @@ impl<R: QueueReader> Shared<R> {
         let mut needs: HashMap<QueueSource, Attrs> = HashMap::new();
         for rule in &config.rules {
             for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
-                let a = Attrs {
-                    in_flight: t.scale_on_in_flight,
-                    delayed: t.scale_on_delayed,
-                };
-                needs
-                    .entry(q.clone())
-                    .and_modify(|n| *n = n.union(a))
-                    .or_insert(a);
+                let a = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
+                needs.entry(q.clone()).and_modify(|n| *n = n.union(a)).or_insert(a);
             }
         }
         let mut slots = lock(&self.slots);
@@ -117,17 +102,10 @@ impl<R: QueueReader> Shared<R> {
         {
             return c.result.clone();
         }
-        let attrs = lock(&self.needs)
-            .get(queue)
-            .copied()
-            .unwrap_or_default()
-            .union(need);
+        let attrs = lock(&self.needs).get(queue).copied().unwrap_or_default().union(need);
+        let at = Instant::now();
         let result = self.inner.read(queue, attrs).await;
-        *cached = Some(Cached {
-            at: Instant::now(),
-            attrs,
-            result: result.clone(),
-        });
+        *cached = Some(Cached { at, attrs, result: result.clone() });
         result
     }
 }

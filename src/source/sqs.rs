@@ -37,12 +37,7 @@ pub struct Sqs {
 impl Sqs {
     /// `timeout` bounds each SQS operation, retries included.
     pub fn new(timeout: Duration) -> Sqs {
-        Sqs {
-            clients: Default::default(),
-            urls: Default::default(),
-            fifo_noted: Default::default(),
-            timeout,
-        }
+        Sqs { clients: Default::default(), urls: Default::default(), fifo_noted: Default::default(), timeout }
     }
 
     async fn client(&self, q: &QueueSource) -> Client {
@@ -59,11 +54,7 @@ impl Sqs {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(key.region.clone()))
             .retry_config(RetryConfig::standard().with_max_attempts(3))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(self.timeout)
-                    .build(),
-            );
+            .timeout_config(TimeoutConfig::builder().operation_timeout(self.timeout).build());
         if let Some(p) = &key.profile {
             loader = loader.profile_name(p);
         }
@@ -92,12 +83,7 @@ impl Sqs {
         if let Some(url) = lock(&self.urls).get(q) {
             return Ok(url.clone());
         }
-        let out = client
-            .get_queue_url()
-            .queue_name(&q.name)
-            .send()
-            .await
-            .map_err(|e| error(q, e))?;
+        let out = client.get_queue_url().queue_name(&q.name).send().await.map_err(|e| error(q, e))?;
         let url = out.queue_url().ok_or_else(|| SourceError {
             queue: q.name.clone(),
             kind: "bad_response",
@@ -145,30 +131,17 @@ impl QueueReader for Sqs {
 
 /// Reads the requested counts out of a GetQueueAttributes answer. A missing or
 /// unparsable attribute is an error, never 0 (KEDA does the same).
-pub fn parse_counts(
-    attributes: Option<&HashMap<QueueAttributeName, String>>,
-    attrs: Attrs,
-) -> Result<Counts, String> {
+pub fn parse_counts(attributes: Option<&HashMap<QueueAttributeName, String>>, attrs: Attrs) -> Result<Counts, String> {
     let get = |name: QueueAttributeName| -> Result<u64, String> {
         let v = attributes
             .and_then(|a| a.get(&name))
             .ok_or_else(|| format!("attribute {} is missing from the answer", name.as_str()))?;
-        v.trim()
-            .parse()
-            .map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
+        v.trim().parse().map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
     };
     Ok(Counts {
         visible: get(QueueAttributeName::ApproximateNumberOfMessages)?,
-        in_flight: if attrs.in_flight {
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)?
-        } else {
-            0
-        },
-        delayed: if attrs.delayed {
-            get(QueueAttributeName::ApproximateNumberOfMessagesDelayed)?
-        } else {
-            0
-        },
+        in_flight: if attrs.in_flight { get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)? } else { 0 },
+        delayed: if attrs.delayed { get(QueueAttributeName::ApproximateNumberOfMessagesDelayed)? } else { 0 },
     })
 }
 
@@ -186,20 +159,13 @@ where
         _ if message.contains("credentials") => "credentials",
         SdkError::ServiceError(s) => match s.err().code().unwrap_or_default() {
             "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => "not_found",
-            "AccessDenied"
-            | "AccessDeniedException"
-            | "InvalidClientTokenId"
-            | "SignatureDoesNotMatch" => "forbidden",
+            "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => "forbidden",
             "RequestThrottled" | "ThrottlingException" | "Throttling" => "throttled",
             _ => "other",
         },
         _ => "other",
     };
-    SourceError {
-        queue: q.display().to_owned(),
-        kind,
-        message,
-    }
+    SourceError { queue: q.display().to_owned(), kind, message }
 }
 
 #[cfg(test)]
@@ -207,70 +173,30 @@ mod tests {
     use super::*;
 
     fn answer(pairs: &[(QueueAttributeName, &str)]) -> HashMap<QueueAttributeName, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.clone(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.clone(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn counts_are_read_for_the_requested_attributes_only() {
         let a = answer(&[
             (QueueAttributeName::ApproximateNumberOfMessages, "22"),
-            (
-                QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-                "8",
-            ),
+            (QueueAttributeName::ApproximateNumberOfMessagesNotVisible, "8"),
         ]);
-        let c = parse_counts(
-            Some(&a),
-            Attrs {
-                in_flight: true,
-                delayed: false,
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            c,
-            Counts {
-                visible: 22,
-                in_flight: 8,
-                delayed: 0
-            }
-        );
+        let c = parse_counts(Some(&a), Attrs { in_flight: true, delayed: false }).unwrap();
+        assert_eq!(c, Counts { visible: 22, in_flight: 8, delayed: 0 });
         // Values above 2^31 are fine.
-        let a = answer(&[(
-            QueueAttributeName::ApproximateNumberOfMessages,
-            "4294967296",
-        )]);
-        assert_eq!(
-            parse_counts(Some(&a), Attrs::default()).unwrap().visible,
-            4_294_967_296
-        );
+        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "4294967296")]);
+        assert_eq!(parse_counts(Some(&a), Attrs::default()).unwrap().visible, 4_294_967_296);
     }
 
     /// TV-37: a missing or unparsable attribute is an error, never 0.
     #[test]
     fn tv37_missing_or_bad_attribute_is_an_error() {
         let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "3")]);
-        let err = parse_counts(
-            Some(&a),
-            Attrs {
-                in_flight: true,
-                delayed: false,
-            },
-        )
-        .unwrap_err();
-        assert_eq!(
-            err,
-            "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer"
-        );
+        let err = parse_counts(Some(&a), Attrs { in_flight: true, delayed: false }).unwrap_err();
+        assert_eq!(err, "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer");
         let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "NotInt")]);
-        assert!(
-            parse_counts(Some(&a), Attrs::default())
-                .unwrap_err()
-                .contains("is not a count")
-        );
+        assert!(parse_counts(Some(&a), Attrs::default()).unwrap_err().contains("is not a count"));
         assert!(parse_counts(None, Attrs::default()).is_err());
     }
 }

@@ -11,9 +11,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use super::{
-    FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetView, format_time, view_of,
-};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use super::{FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, format_time, view_of};
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 
@@ -28,20 +29,13 @@ pub struct Kube {
     default_context: Option<String>,
     timeout: Duration,
     clients: tokio::sync::Mutex<HashMap<Option<String>, Client>>,
+    /// One recorder per context: it folds repeats of an event into a series.
+    recorders: tokio::sync::Mutex<HashMap<Option<String>, Recorder>>,
 }
 
 impl Kube {
-    pub fn new(
-        kubeconfig: Option<PathBuf>,
-        default_context: Option<String>,
-        timeout: Duration,
-    ) -> Kube {
-        Kube {
-            kubeconfig,
-            default_context,
-            timeout,
-            clients: Default::default(),
-        }
+    pub fn new(kubeconfig: Option<PathBuf>, default_context: Option<String>, timeout: Duration) -> Kube {
+        Kube { kubeconfig, default_context, timeout, clients: Default::default(), recorders: Default::default() }
     }
 
     /// The client for `context` (`None`: the default context), built on first use.
@@ -49,9 +43,7 @@ impl Kube {
     /// Building runs exec plugins (`aws eks get-token`) synchronously, so it happens
     /// on a blocking thread.
     pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
-        let context = context
-            .map(str::to_owned)
-            .or_else(|| self.default_context.clone());
+        let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(&context) {
             return Ok(c.clone());
@@ -68,10 +60,7 @@ impl Kube {
     }
 
     async fn config(&self, context: Option<&str>) -> Result<Config, String> {
-        let options = KubeConfigOptions {
-            context: context.map(str::to_owned),
-            ..Default::default()
-        };
+        let options = KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
         let named = |e: &dyn std::fmt::Display| match context {
             Some(c) => format!("kube context {c:?}: {e}"),
             None => format!("kubeconfig: {e}"),
@@ -85,18 +74,16 @@ impl Kube {
                 Ok(c) => Ok(c),
                 // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
                 Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
-                    format!("no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})")
+                    format!(
+                        "no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})"
+                    )
                 }),
                 Err(e) => Err(named(&e)),
             },
         }
     }
 
-    async fn api(
-        &self,
-        context: Option<&str>,
-        t: &TargetRef,
-    ) -> Result<Api<DynamicObject>, TargetError> {
+    async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<DynamicObject>, TargetError> {
         let client = self.client(context).await.map_err(|message| TargetError {
             target: t.to_string(),
             kind: "config",
@@ -106,10 +93,7 @@ impl Kube {
             TargetKind::Deployment => "deployments",
             TargetKind::StatefulSet => "statefulsets",
         };
-        let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apps", "v1", t.kind.as_str()),
-            plural,
-        );
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), plural);
         Ok(Api::namespaced_with(client, &t.namespace, &resource))
     }
 
@@ -137,12 +121,7 @@ impl ScaleTarget for Kube {
         let api = self.api(context, t).await?;
         let obj = self.call(t, "reading the target", api.get(&t.name)).await?;
         let annotations = obj.metadata.annotations.clone().unwrap_or_default();
-        Ok(view_of(
-            &obj.data["spec"],
-            &obj.data["status"],
-            &annotations,
-            obj.metadata.resource_version.clone(),
-        ))
+        Ok(view_of(&obj.data["spec"], &obj.data["status"], &annotations, obj.metadata.resource_version.clone()))
     }
 
     async fn scale(
@@ -153,32 +132,17 @@ impl ScaleTarget for Kube {
         resource_version: Option<&str>,
     ) -> Result<(), TargetError> {
         let api = self.api(context, t).await?;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let mut version = resource_version.map(str::to_owned);
         for attempt in 1..=CONFLICT_RETRIES {
             let mut body = json!({ "spec": { "replicas": replicas } });
             if let Some(v) = &version {
                 body["metadata"] = json!({ "resourceVersion": v });
             }
-            match self
-                .call(
-                    t,
-                    "patching /scale",
-                    api.patch_scale(&t.name, &params, &Patch::Merge(&body)),
-                )
-                .await
-            {
+            match self.call(t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body))).await {
                 Err(e) if e.kind == "conflict" && attempt < CONFLICT_RETRIES => {
-                    tracing::debug!(
-                        attempt,
-                        "scale patch conflicted; retrying on a fresh version"
-                    );
-                    let scale = self
-                        .call(t, "reading /scale", api.get_scale(&t.name))
-                        .await?;
+                    tracing::debug!(attempt, "scale patch conflicted; retrying on a fresh version");
+                    let scale = self.call(t, "reading /scale", api.get_scale(&t.name)).await?;
                     version = scale.metadata.resource_version;
                 }
                 other => return other.map(drop),
@@ -187,25 +151,39 @@ impl ScaleTarget for Kube {
         unreachable!("the last attempt returns")
     }
 
-    async fn set_last_active(
-        &self,
-        context: Option<&str>,
-        t: &TargetRef,
-        at: Time,
-    ) -> Result<(), TargetError> {
+    async fn set_last_active(&self, context: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
         let api = self.api(context, t).await?;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
-        self.call(
-            t,
-            "annotating last-active",
-            api.patch(&t.name, &params, &Patch::Merge(&body)),
-        )
-        .await
-        .map(drop)
+        self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await.map(drop)
+    }
+
+    async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
+        let client = self.client(context).await.map_err(|message| TargetError {
+            target: t.to_string(),
+            kind: "config",
+            message,
+        })?;
+        let recorder = {
+            let mut recorders = self.recorders.lock().await;
+            let key = context.map(str::to_owned);
+            recorders.entry(key).or_insert_with(|| Recorder::new(client, Reporter::from(FIELD_MANAGER))).clone()
+        };
+        let reference = ObjectReference {
+            api_version: Some("apps/v1".to_owned()),
+            kind: Some(t.kind.as_str().to_owned()),
+            name: Some(t.name.clone()),
+            namespace: Some(t.namespace.clone()),
+            ..ObjectReference::default()
+        };
+        let ev = Event {
+            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            reason: event.reason.to_owned(),
+            note: Some(event.note.chars().take(1000).collect()),
+            action: if event.reason.starts_with("Failed") { "Poll" } else { "Scale" }.to_owned(),
+            secondary: None,
+        };
+        self.call(t, "recording an event", recorder.publish(&ev, &reference)).await
     }
 }
 
@@ -229,9 +207,5 @@ fn error(t: &TargetRef, what: &str, e: &kube::Error) -> TargetError {
         kube::Error::Api(s) => format!("{what}: {} ({}, {})", s.message, s.reason, s.code),
         other => format!("{what}: {other}"),
     };
-    TargetError {
-        target: t.to_string(),
-        kind,
-        message,
-    }
+    TargetError { target: t.to_string(), kind, message }
 }

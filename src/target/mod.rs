@@ -65,10 +65,7 @@ pub fn format_time(t: Time) -> String {
 
 /// Parses an RFC 3339 timestamp into a [`Time`].
 pub fn parse_time(s: &str) -> Option<Time> {
-    s.trim()
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .map(|ts| Time(ts.as_millisecond()))
+    s.trim().parse::<jiff::Timestamp>().ok().map(|ts| Time(ts.as_millisecond()))
 }
 
 /// A failed read or write of a target. `kind` is a stable label for logs and metrics.
@@ -108,6 +105,24 @@ pub trait ScaleTarget: Send + Sync + 'static {
         target: &TargetRef,
         at: Time,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Records a Kubernetes Event on the target (best effort).
+    fn publish(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+        event: &TargetEvent,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+}
+
+/// An Event about a target, named like the HPA's and KEDA's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetEvent {
+    pub warning: bool,
+    /// `SuccessfulRescale`, `ScaleTargetActivated`, `ScaleTargetDeactivated`,
+    /// `FailedGetQueueAttributes`, `FailedGetScale` or `FailedRescale`.
+    pub reason: &'static str,
+    pub note: String,
 }
 
 #[cfg(test)]
@@ -119,34 +134,20 @@ mod tests {
     fn view_reads_replicas_pause_and_last_active() {
         let mut ann = BTreeMap::new();
         ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
-        let v = view_of(
-            &json!({"replicas": 3}),
-            &json!({"replicas": 2}),
-            &ann,
-            Some("7".into()),
-        );
-        assert_eq!(
-            (v.replicas, v.status_replicas, v.pause),
-            (3, Some(2), Pause::No)
-        );
-        assert_eq!(
-            v.last_active.map(format_time).as_deref(),
-            Some("2026-11-27T21:00:10Z")
-        );
+        let v = view_of(&json!({"replicas": 3}), &json!({"replicas": 2}), &ann, Some("7".into()));
+        assert_eq!((v.replicas, v.status_replicas, v.pause), (3, Some(2), Pause::No));
+        assert_eq!(v.last_active.map(format_time).as_deref(), Some("2026-11-27T21:00:10Z"));
 
         ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
         ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
         let v = view_of(&json!({}), &json!({}), &ann, None);
-        assert_eq!(
-            (v.replicas, v.status_replicas, v.pause, v.last_active),
-            (1, None, Pause::Replicas(0), None)
-        );
+        assert_eq!((v.replicas, v.status_replicas, v.pause, v.last_active), (1, None, Pause::Replicas(0), None));
     }
 
     #[test]
     fn times_round_trip_through_rfc3339() {
         let t = Time(1_795_808_487_735);
-        assert_eq!(format_time(t), "2026-11-27T16:21:27.735Z");
+        assert_eq!(format_time(t), "2026-11-27T19:41:27.735Z");
         assert_eq!(parse_time(&format_time(t)), Some(t));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqscale::config::{QueueSource, TargetRef};
 use sqscale::engine::{Counts, Pause, Time};
 use sqscale::source::{Attrs, QueueReader, SourceError};
-use sqscale::target::{ScaleTarget, TargetError, TargetView};
+use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
 
 /// Queues by name: a backlog, or `None` for "fails".
 #[derive(Clone, Default)]
@@ -19,19 +19,11 @@ pub struct FakeQueues {
 
 impl FakeQueues {
     pub fn set(&self, queue: &str, backlog: Option<u64>) {
-        self.backlog
-            .lock()
-            .unwrap()
-            .insert(queue.to_owned(), backlog);
+        self.backlog.lock().unwrap().insert(queue.to_owned(), backlog);
     }
 
     pub fn reads_of(&self, queue: &str) -> usize {
-        self.reads
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|q| *q == queue)
-            .count()
+        self.reads.lock().unwrap().iter().filter(|q| *q == queue).count()
     }
 }
 
@@ -39,15 +31,8 @@ impl QueueReader for FakeQueues {
     async fn read(&self, q: &QueueSource, _attrs: Attrs) -> Result<Counts, SourceError> {
         self.reads.lock().unwrap().push(q.name.clone());
         match self.backlog.lock().unwrap().get(&q.name).copied().flatten() {
-            Some(visible) => Ok(Counts {
-                visible,
-                ..Counts::default()
-            }),
-            None => Err(SourceError {
-                queue: q.name.clone(),
-                kind: "unreachable",
-                message: "scripted failure".into(),
-            }),
+            Some(visible) => Ok(Counts { visible, ..Counts::default() }),
+            None => Err(SourceError { queue: q.name.clone(), kind: "unreachable", message: "scripted failure".into() }),
         }
     }
 }
@@ -66,26 +51,17 @@ pub struct FakeObject {
 pub struct FakeTargets {
     pub objects: Arc<Mutex<HashMap<String, FakeObject>>>,
     pub scale_delay: Arc<Mutex<Duration>>,
+    /// Every Event published, with the target name.
+    pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
 }
 
 impl FakeTargets {
     pub fn add(&self, name: &str, replicas: u32) {
-        self.objects.lock().unwrap().insert(
-            name.to_owned(),
-            FakeObject {
-                replicas,
-                ..FakeObject::default()
-            },
-        );
+        self.objects.lock().unwrap().insert(name.to_owned(), FakeObject { replicas, ..FakeObject::default() });
     }
 
     pub fn get(&self, name: &str) -> FakeObject {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
+        self.objects.lock().unwrap().get(name).cloned().unwrap_or_default()
     }
 
     pub fn replicas(&self, name: &str) -> u32 {
@@ -93,32 +69,17 @@ impl FakeTargets {
     }
 
     pub fn with<R>(&self, name: &str, f: impl FnOnce(&mut FakeObject) -> R) -> R {
-        f(self
-            .objects
-            .lock()
-            .unwrap()
-            .get_mut(name)
-            .expect("known target"))
+        f(self.objects.lock().unwrap().get_mut(name).expect("known target"))
     }
 
     fn missing(t: &TargetRef) -> TargetError {
-        TargetError {
-            target: t.to_string(),
-            kind: "not_found",
-            message: "no such object".into(),
-        }
+        TargetError { target: t.to_string(), kind: "not_found", message: "no such object".into() }
     }
 }
 
 impl ScaleTarget for FakeTargets {
     async fn read(&self, _ctx: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
-        let o = self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&t.name)
-            .cloned()
-            .ok_or_else(|| Self::missing(t))?;
+        let o = self.objects.lock().unwrap().get(&t.name).cloned().ok_or_else(|| Self::missing(t))?;
         Ok(TargetView {
             replicas: o.replicas,
             status_replicas: Some(o.replicas),
@@ -144,17 +105,14 @@ impl ScaleTarget for FakeTargets {
         Ok(())
     }
 
-    async fn set_last_active(
-        &self,
-        _ctx: Option<&str>,
-        t: &TargetRef,
-        at: Time,
-    ) -> Result<(), TargetError> {
+    async fn set_last_active(&self, _ctx: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
         let mut objects = self.objects.lock().unwrap();
-        objects
-            .get_mut(&t.name)
-            .ok_or_else(|| Self::missing(t))?
-            .last_active = Some(at);
+        objects.get_mut(&t.name).ok_or_else(|| Self::missing(t))?.last_active = Some(at);
+        Ok(())
+    }
+
+    async fn publish(&self, _ctx: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
+        self.events.lock().unwrap().push((t.name.clone(), event.clone()));
         Ok(())
     }
 }

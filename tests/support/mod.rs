@@ -2,5 +2,8 @@
 //! Kubernetes API server that speaks the real wire format.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod fake_kube;
 pub mod fakes;
+pub mod proxy;
 pub mod sqs;

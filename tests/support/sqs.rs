@@ -32,18 +32,8 @@ pub async fn client() -> Client {
 /// A fresh queue with a name unique to this process and call; returns its URL.
 pub async fn queue(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let out = client()
-        .await
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("create queue");
+    let name = format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let out = client().await.create_queue().queue_name(name).send().await.expect("create queue");
     out.queue_url().expect("queue url").to_owned()
 }
 
@@ -60,21 +50,10 @@ pub async fn send(url: &str, n: usize) {
                     .unwrap()
             })
             .collect::<Vec<_>>();
-        c.send_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .expect("send batch");
+        c.send_message_batch().queue_url(url).set_entries(Some(entries)).send().await.expect("send batch");
     }
 }
 
 pub async fn purge(url: &str) {
-    client()
-        .await
-        .purge_queue()
-        .queue_url(url)
-        .send()
-        .await
-        .expect("purge");
+    client().await.purge_queue().queue_url(url).send().await.expect("purge");
 }

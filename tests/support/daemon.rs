@@ -1,0 +1,86 @@
+//! Runs the daemon in-process with the real adapters (aws-sdk-sqs, kube) and drives it
+//! through Control messages, the way SIGHUP and SIGTERM do.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqscale::signals::Control;
+use sqscale::source::{Shared, sqs::Sqs};
+use sqscale::status::Observer;
+use sqscale::supervisor::{self, Aborted};
+use sqscale::target::kube::Kube;
+use sqscale::worker::{Clock, Deps};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub struct Daemon {
+    pub control: mpsc::Sender<Control>,
+    pub handle: JoinHandle<Result<(), Aborted>>,
+    pub observer: Arc<Observer>,
+}
+
+impl Daemon {
+    /// Starts on the rule file at `config` and the kubeconfig at `kubeconfig`.
+    pub async fn start(config: &Path, kubeconfig: &Path) -> Daemon {
+        let cfg = sqscale::config::load(config).expect("valid rule file");
+        let timeout = Duration::from_secs(5);
+        let observer = Arc::new(Observer::new());
+        let deps = Deps {
+            queues: Arc::new(Shared::new(Sqs::new(timeout))),
+            targets: Arc::new(Kube::new(Some(kubeconfig.to_owned()), cfg.kubernetes.context.clone(), timeout)),
+            clock: Clock::system(),
+            dry_run: false,
+            call_timeout: timeout,
+            observer: observer.clone(),
+        };
+        let (control, rx) = mpsc::channel(16);
+        let path = config.to_owned();
+        let handle =
+            tokio::spawn(supervisor::run(cfg, deps, rx, move || sqscale::config::load(&path), Duration::from_secs(10)));
+        Daemon { control, handle, observer }
+    }
+
+    pub async fn reload(&self) {
+        self.control.send(Control::Reload).await.unwrap();
+    }
+
+    pub async fn stop(self) -> Result<(), Aborted> {
+        self.control.send(Control::Shutdown).await.unwrap();
+        self.handle.await.unwrap()
+    }
+}
+
+/// Writes a rule file into `dir` and returns its path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The demo rule at test speed: polls every second, 3 s cooldown.
+pub fn demo_rule(name: &str, queue_url: &str, extra: &str) -> String {
+    let max = if extra.contains("max_replica_count") { "" } else { "max_replica_count = 5" };
+    format!(
+        "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\npolling_interval = 1\ncooldown_period = 3\n{max}\n{extra}\n[[rule.trigger]]\nqueue_url = \"{queue_url}\"\nqueue_length = 5\n"
+    )
+}
+
+/// `[aws]` pointing at `endpoint`, no HTTP listener.
+pub fn header(endpoint: &str) -> String {
+    format!("[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n[server]\nlisten = \"\"\n")
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
