@@ -255,6 +255,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
             tokio::spawn(server::serve(listener, observer.clone(), stop_server.clone()));
         }
+        tokio::spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
             targets: Arc::new(kube),

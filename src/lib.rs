@@ -29,6 +29,7 @@ pub mod simulate;
 pub mod source;
 pub mod status;
 pub mod supervisor;
+pub mod systemd;
 pub mod target;
 pub mod telemetry;
 pub mod worker;

@@ -306,14 +306,17 @@ impl Observer {
         lock(&self.rules).values().map(|(s, _)| s.clone()).collect()
     }
 
+    /// Whether every rule has finished at least one poll.
+    pub fn first_round(&self) -> Result<(), String> {
+        let waiting: Vec<String> =
+            lock(&self.rules).iter().filter(|(_, (_, l))| !l.polled).map(|(n, _)| n.clone()).collect();
+        if waiting.is_empty() { Ok(()) } else { Err(format!("waiting for the first poll of: {}", waiting.join(", "))) }
+    }
+
     /// Ready when every rule has finished at least one poll (and, with leader election,
     /// this instance leads).
     pub fn readiness(&self) -> Result<(), String> {
-        let waiting: Vec<String> =
-            lock(&self.rules).iter().filter(|(_, (_, l))| !l.polled).map(|(n, _)| n.clone()).collect();
-        if !waiting.is_empty() {
-            return Err(format!("waiting for the first poll of: {}", waiting.join(", ")));
-        }
+        self.first_round()?;
         if !self.is_leader() {
             return Err("standby: another instance holds the lease".to_owned());
         }

@@ -187,7 +187,10 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
         if shutdown {
             break;
         }
+        crate::systemd::reloading();
         supervisor.reload(load());
+        crate::systemd::ready(&format!("{} rules running", supervisor.config().rules.len()));
     }
+    crate::systemd::stopping();
     supervisor.shutdown(grace, &mut control).await
 }

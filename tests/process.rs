@@ -1,0 +1,219 @@
+//! The `sqscale run` binary as systemd runs it: real signals, the sd_notify protocol on a
+//! NOTIFY_SOCKET, the HTTP endpoints, `sqscale status`, Events on the target, and exit
+//! codes. Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::daemon::{demo_rule, wait_until, write};
+use support::fake_kube::{FakeKube, Kind};
+use support::sqs;
+
+const NS: &str = "default";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn(args: &[&str], notify: Option<&Path>, log: &Path) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqscale"));
+    cmd.args(args).env("SQSCALE_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(log).unwrap());
+    if let Some(socket) = notify {
+        cmd.env("NOTIFY_SOCKET", socket);
+    }
+    cmd.spawn().expect("start sqscale")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Reads sd_notify datagrams until one contains `want` (or the timeout passes).
+fn expect_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if hit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_protocol_signals_endpoints_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let queue = sqs::queue("process").await;
+    let port = free_port();
+    let rules = |max: u32| {
+        format!(
+            "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            kubeconfig.display(),
+            sqs::endpoint(),
+            demo_rule("demo", &queue, &format!("max_replica_count = {max}"))
+        )
+    };
+    let config = write(dir.path(), "sqscale.toml", &rules(5));
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let log = dir.path().join("sqscale.log");
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], Some(&socket_path), &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let mut seen = Vec::new();
+    assert!(expect_notify(&socket, "READY=1", &mut seen), "no READY=1: {seen:?}\n{}", logs());
+
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "at {}\n{}", replicas(), logs());
+
+    // The endpoints follow the queue.
+    let (code, metrics) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "sqscale_current_replicas{rule=\"demo\"} 5",
+        "sqscale_desired_replicas{rule=\"demo\"} 5",
+        "sqscale_scale_total{rule=\"demo\",direction=\"up\"} 3",
+        "sqscale_rules 1",
+        "sqscale_build_info{version=",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!("sqscale_queue_backlog{{rule=\"demo\",queue=\"{queue}\"}} 30")), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
+    assert!(metrics.contains("sqscale_poll_duration_seconds_bucket"), "{metrics}");
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/readyz").await.0, 200);
+    let (_, status) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let rule = &status["rules"][0];
+    assert_eq!((rule["rule"].as_str(), rule["current_replicas"].as_u64()), (Some("demo"), Some(5)));
+    assert_eq!(rule["backlog"][&queue].as_u64(), Some(30));
+    assert_eq!(rule["last_reason"].as_str(), Some("at_max"));
+
+    // `sqscale status` renders the same figures.
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table.lines().nth(1).expect("a row");
+    assert!(row.starts_with("demo") && row.contains("Deployment/default/demo") && row.contains(" 30 "), "{table}");
+
+    // Events reached the target with the HPA's and KEDA's reasons.
+    let reasons: Vec<String> = kube.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect();
+    assert!(reasons.contains(&"ScaleTargetActivated".to_owned()), "{reasons:?}");
+    assert!(reasons.contains(&"SuccessfulRescale".to_owned()), "{reasons:?}");
+    let ev = kube.events().into_iter().find(|e| e["reason"] == "SuccessfulRescale").unwrap();
+    assert_eq!(ev["reportingController"].as_str(), Some("sqscale"));
+    assert_eq!(ev["regarding"]["name"].as_str(), Some("demo"));
+    assert!(ev["note"].as_str().unwrap().starts_with("New size: 4; reason: rate_limited"), "{ev}");
+
+    // SIGHUP: RELOADING=1 (with MONOTONIC_USEC), the new max, READY=1.
+    write(dir.path(), "sqscale.toml", &rules(10));
+    signal(&child, "-HUP");
+    assert!(expect_notify(&socket, "RELOADING=1", &mut seen), "{seen:?}");
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
+    assert!(expect_notify(&socket, "READY=1", &mut seen), "{seen:?}");
+    assert!(wait_until(Duration::from_secs(10), || replicas() == 6).await, "at {}\n{}", replicas(), logs());
+
+    // SIGTERM: STOPPING=1 and a clean exit.
+    signal(&child, "-TERM");
+    assert!(expect_notify(&socket, "STOPPING=1", &mut seen), "{seen:?}");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", logs());
+    let logs = logs();
+    assert!(logs.contains("rules reloaded"), "{logs}");
+    assert!(logs.contains("stopped cleanly"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_logs_what_it_would_do_and_patches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let queue = sqs::queue("dry").await;
+    sqs::send(&queue, 30).await;
+    let text = format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"\"\n{}",
+        sqs::endpoint(),
+        demo_rule("demo", &queue, "")
+    );
+    let config = write(dir.path(), "sqscale.toml", &text);
+    let log = dir.path().join("sqscale.log");
+    let mut child = spawn(
+        &[
+            "run",
+            "--dry-run",
+            "--log-format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+        None,
+        &log,
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(15), || logs().contains("dry run: would scale")).await, "{}", logs());
+    signal(&child, "-INT");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(kube.count("PATCH", "/scale"), 0);
+    assert_eq!(kube.count("PATCH", "/deployments/demo"), 0, "no annotation either");
+    // JSON lines carry the rule from the span.
+    let line = logs().lines().find(|l| l.contains("would scale")).unwrap().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["to"], 1);
+    assert_eq!(v["spans"][0]["rule"], "demo", "{line}");
+}
+
+#[test]
+fn an_invalid_rule_file_exits_78_and_a_missing_kubeconfig_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(dir.path(), "bad.toml", "[[rule]]\nname = \"x\"\n");
+    let log = dir.path().join("log");
+    let mut child = spawn(&["run", "--config", bad.to_str().unwrap()], None, &log);
+    assert_eq!(child.wait().unwrap().code(), Some(78));
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "[server]\nlisten = \"\"\n[[rule]]\nname = \"x\"\ntarget = { name = \"x\" }\n[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\n",
+    );
+    let mut child =
+        spawn(&["run", "--config", good.to_str().unwrap(), "--kubeconfig", "/nonexistent/kubeconfig"], None, &log);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert!(std::fs::read_to_string(&log).unwrap().contains("/nonexistent/kubeconfig"));
+}
