@@ -1,0 +1,703 @@
+//! Self-test of the fake Kubernetes API server (`tests/support/fake_kube.rs`), driven by the real `kube` client.
+
+// Included by path rather than through `mod support;`, so this test does not depend on the other
+// support modules (and through them on the daemon's internal API).
+#[path = "support/fake_kube.rs"]
+mod fake_kube;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Config, Resource};
+use serde_json::{Value, json};
+
+/// Patch params as sqscale sends them.
+fn sqscale_params() -> PatchParams {
+    PatchParams { field_manager: Some("sqscale".into()), ..Default::default() }
+}
+
+async fn config_from(path: &Path, context: Option<&str>) -> Config {
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let options = KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
+    Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("kube config from kubeconfig")
+}
+
+/// A client built the way the daemon builds one: from a kubeconfig file.
+async fn client(fake: &FakeKube) -> Client {
+    Client::try_from(config(fake).await).expect("kube client")
+}
+
+async fn config(fake: &FakeKube) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&path);
+    config_from(&path, None).await
+}
+
+/// The Status of an `Error::Api`, or a panic naming what came instead.
+fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Box<kube::core::Status> {
+    match result {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("expected kube::Error::Api, got {other:?}"),
+    }
+}
+
+fn rv_number(rv: Option<&String>) -> u64 {
+    rv.expect("resourceVersion").parse().expect("numeric resourceVersion")
+}
+
+/// Next item of a stream, failing the test after 5 s instead of hanging.
+async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("stream stalled")
+}
+
+#[tokio::test]
+async fn scale_get_and_merge_patch_on_the_wire() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 3);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+
+    let scale = api.get_scale("demo").await.unwrap();
+    assert_eq!(scale.metadata.name.as_deref(), Some("demo"));
+    assert_eq!(scale.metadata.namespace.as_deref(), Some("default"));
+    assert!(scale.metadata.uid.is_some() && scale.metadata.creation_timestamp.is_some());
+    assert_eq!(scale.spec.as_ref().unwrap().replicas, Some(3));
+    let status = scale.status.as_ref().unwrap();
+    assert_eq!((status.replicas, status.selector.as_deref()), (3, Some("app=demo")));
+    let rv0 = rv_number(scale.metadata.resource_version.as_ref());
+
+    let patch = Patch::Merge(json!({"spec": {"replicas": 5}}));
+    let scale = api.patch_scale("demo", &sqscale_params(), &patch).await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(5));
+    assert_eq!(scale.status.unwrap().replicas, 5, "status follows at once");
+    assert!(rv_number(scale.metadata.resource_version.as_ref()) > rv0);
+
+    let requests = fake.requests();
+    let get = &requests[0];
+    assert_eq!((get.method.as_str(), get.query.as_deref()), ("GET", None));
+    let sent = requests.iter().rfind(|r| r.method == "PATCH").unwrap();
+    assert_eq!(sent.path, "/apis/apps/v1/namespaces/default/deployments/demo/scale");
+    assert_eq!(sent.query.as_deref(), Some("&fieldManager=sqscale"), "kube's `?&` query");
+    assert_eq!(sent.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(serde_json::from_str::<Value>(&sent.body).unwrap(), json!({"spec": {"replicas": 5}}));
+    assert!(sent.authorized);
+    assert_eq!(sent.status, Some(200));
+
+    // PatchParams::default() sends a bare `?`.
+    api.patch_scale("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    assert_eq!(fake.requests().last().unwrap().query.as_deref(), Some(""));
+
+    // The Deployment follows the Scale: spec, generation, and the instant rollout in status.
+    let deployment = api.get("demo").await.unwrap();
+    assert_eq!(deployment.spec.replicas, Some(2));
+    assert_eq!(deployment.metadata.generation, Some(3));
+    let status = deployment.status.unwrap();
+    assert_eq!((status.replicas, status.ready_replicas, status.observed_generation), (Some(2), Some(2), Some(3)));
+
+    // A no-op write is recorded but does not bump the resourceVersion (no etcd write).
+    let rv = fake.resource_version(Kind::Deployment, "default", "demo");
+    api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    assert_eq!(fake.resource_version(Kind::Deployment, "default", "demo"), rv);
+
+    let strategic = Patch::Strategic(json!({"spec": {"replicas": 4}}));
+    let scale = api.patch_scale("demo", &sqscale_params(), &strategic).await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(4));
+    assert_eq!(fake.requests().last().unwrap().content_type.as_deref(), Some("application/strategic-merge-patch+json"));
+
+    // No server-side apply in the fake.
+    let apply = Patch::Apply(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 6}}));
+    let status = api_error(api.patch_scale("demo", &PatchParams::apply("sqscale").force(), &apply).await);
+    assert_eq!((status.code, status.reason.as_str()), (415, "UnsupportedMediaType"));
+
+    assert_eq!(fake.scale_history(Kind::Deployment, "default", "demo"), vec![5, 2, 2, 4]);
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(4));
+    assert_eq!(fake.count("PATCH", "/demo/scale"), 5);
+}
+
+#[tokio::test]
+async fn deployment_annotations_merge_patch_and_replace() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("apps", "web", 2);
+    fake.annotate(Kind::Deployment, "apps", "web", "sqscale.io/queue", Some("orders"));
+    let api: Api<Deployment> = Api::namespaced(client(&fake).await, "apps");
+
+    let d = api.get("web").await.unwrap();
+    let annotations = d.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["sqscale.io/queue"], "orders");
+    assert_eq!(d.metadata.generation, Some(1));
+    let spec = d.spec.clone();
+    assert_eq!(spec.selector.match_labels.unwrap()["app"], "web");
+    assert_eq!(spec.template.spec.unwrap().containers.len(), 1);
+    let rv = d.metadata.resource_version.clone();
+
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {"sqscale.io/paused": "true"}}}));
+    let patched = api.patch("web", &sqscale_params(), &patch).await.unwrap();
+    let annotations = patched.metadata.annotations.unwrap();
+    assert_eq!(
+        (annotations["sqscale.io/paused"].as_str(), annotations["sqscale.io/queue"].as_str()),
+        ("true", "orders")
+    );
+    assert_eq!(patched.metadata.generation, Some(1), "metadata changes leave generation alone");
+    assert_ne!(patched.metadata.resource_version, rv);
+
+    // null removes a key (RFC 7386).
+    let patch = Patch::Merge(json!({"metadata": {"annotations": {"sqscale.io/paused": null}}}));
+    let patched = api.patch("web", &sqscale_params(), &patch).await.unwrap();
+    assert!(!patched.metadata.annotations.unwrap().contains_key("sqscale.io/paused"));
+
+    // A stale resourceVersion in a patch body is a precondition: 409, the real message, no change.
+    let stale = Patch::Merge(json!({"metadata": {"resourceVersion": rv, "annotations": {"x": "y"}}}));
+    let status = api_error(api.patch("web", &sqscale_params(), &stale).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Operation cannot be fulfilled on deployments.apps \"web\": the object has been modified; \
+         please apply your changes to the latest version and try again"
+    );
+    assert!(
+        !fake.object(Kind::Deployment, "apps", "web").unwrap()["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .contains_key("x")
+    );
+
+    // PUT: stale -> 409, current -> replaced (a spec change bumps generation).
+    let status = api_error(api.replace("web", &PostParams::default(), &d).await);
+    assert_eq!(status.code, 409);
+    let mut current = api.get("web").await.unwrap();
+    current.spec.replicas = Some(7);
+    let replaced = api.replace("web", &PostParams::default(), &current).await.unwrap();
+    assert_eq!((replaced.spec.replicas, replaced.metadata.generation), (Some(7), Some(2)));
+    assert_eq!(fake.scale_history(Kind::Deployment, "apps", "web"), vec![7]);
+
+    // Lists deserialize into DeploymentList and carry a resourceVersion.
+    let list = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+
+    // DELETE answers a Success Status and the object is gone.
+    let deleted = api.delete("web", &DeleteParams::default()).await.unwrap();
+    assert!(deleted.is_right());
+    assert!(fake.object(Kind::Deployment, "apps", "web").is_none());
+}
+
+#[tokio::test]
+async fn not_found_and_unknown_paths_are_status_404() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let deployments: Api<Deployment> = Api::default_namespaced(client.clone());
+
+    let status = api_error(deployments.get_scale("nope").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, "deployments.apps \"nope\" not found");
+    let details = status.details.unwrap();
+    assert_eq!((details.name.as_str(), details.group.as_str(), details.kind.as_str()), ("nope", "apps", "deployments"));
+
+    let patch = Patch::Merge(json!({"spec": {"replicas": 1}}));
+    assert_eq!(api_error(deployments.patch_scale("nope", &sqscale_params(), &patch).await).code, 404);
+    assert_eq!(api_error(deployments.get("nope").await).code, 404);
+
+    let statefulsets: Api<StatefulSet> = Api::default_namespaced(client.clone());
+    let status = api_error(statefulsets.get_scale("nope").await);
+    assert_eq!(status.message, "statefulsets.apps \"nope\" not found");
+
+    let request = axum::http::Request::get("/apis/example.com/v1/namespaces/default/things/x").body(vec![]).unwrap();
+    let status = api_error(client.request_text(request).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+}
+
+#[tokio::test]
+async fn wrong_token_is_401_and_changes_nothing() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+    api.get_scale("demo").await.unwrap();
+
+    fake.set_token("rotated-token");
+    let status =
+        api_error(api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 9}}))).await);
+    assert_eq!((status.code, status.reason.as_str(), status.message.as_str()), (401, "Unauthorized", "Unauthorized"));
+    assert!(!fake.requests().last().unwrap().authorized);
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(1));
+
+    // A kubeconfig written now carries the new token.
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+    assert_eq!(fake.token(), "rotated-token");
+    api.get_scale("demo").await.unwrap();
+}
+
+#[tokio::test]
+async fn stale_resource_version_on_scale_is_409() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+    let old = api.get_scale("demo").await.unwrap();
+    let old_rv = old.metadata.resource_version.clone().unwrap();
+
+    // Someone else scales in between.
+    fake.set_replicas(Kind::Deployment, "default", "demo", 2);
+    let patch = Patch::Merge(json!({"metadata": {"resourceVersion": old_rv}, "spec": {"replicas": 5}}));
+    let status = api_error(api.patch_scale("demo", &sqscale_params(), &patch).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(status.message.starts_with("Operation cannot be fulfilled on deployments.apps \"demo\""));
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(2));
+
+    // PUT of a stale Scale too.
+    let status = api_error(api.replace_scale("demo", &PostParams::default(), &old).await);
+    assert_eq!(status.code, 409);
+
+    // With the current resourceVersion the same write goes through.
+    let current = api.get_scale("demo").await.unwrap();
+    let patch = Patch::Merge(
+        json!({"metadata": {"resourceVersion": current.metadata.resource_version}, "spec": {"replicas": 5}}),
+    );
+    api.patch_scale("demo", &sqscale_params(), &patch).await.unwrap();
+
+    // conflict_next: the next write to /scale is refused once.
+    fake.conflict_next(1);
+    let patch = Patch::Merge(json!({"spec": {"replicas": 6}}));
+    assert_eq!(api_error(api.patch_scale("demo", &sqscale_params(), &patch).await).code, 409);
+    api.patch_scale("demo", &sqscale_params(), &patch).await.unwrap();
+    assert_eq!(fake.scale_history(Kind::Deployment, "default", "demo"), vec![5, 6]);
+}
+
+#[tokio::test]
+async fn statefulset_scale() {
+    let fake = FakeKube::start().await;
+    fake.add_statefulset("db", "pg", 1);
+    let api: Api<StatefulSet> = Api::namespaced(client(&fake).await, "db");
+
+    let scale = api.get_scale("pg").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=pg"));
+    api.patch_scale("pg", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 3}}))).await.unwrap();
+
+    let sts = api.get("pg").await.unwrap();
+    assert_eq!(sts.spec.service_name.as_deref(), Some("pg"));
+    let status = sts.status.unwrap();
+    assert_eq!((status.replicas, status.ready_replicas), (3, Some(3)));
+
+    // Scaled to zero, the omitempty counts disappear as on a real cluster.
+    api.patch_scale("pg", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 0}}))).await.unwrap();
+    let status = api.get("pg").await.unwrap().status.unwrap();
+    assert_eq!((status.replicas, status.ready_replicas), (0, None));
+    assert_eq!(fake.scale_history(Kind::StatefulSet, "db", "pg"), vec![3, 0]);
+
+    // Negative replicas are invalid.
+    let status =
+        api_error(api.patch_scale("pg", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": -1}}))).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+}
+
+#[tokio::test]
+async fn injected_failures_and_kube_retries() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let client = client(&fake).await;
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    let patch = Patch::Merge(json!({"spec": {"replicas": 4}}));
+
+    // 500 reaches the caller, changes nothing, and the next request succeeds.
+    fake.fail_next(1, 500);
+    let status = api_error(api.patch_scale("demo", &sqscale_params(), &patch).await);
+    assert_eq!((status.code, status.reason.as_str()), (500, "InternalError"));
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(1));
+    api.get_scale("demo").await.unwrap();
+
+    // GET /version is never failed.
+    fake.fail_next(1, 403);
+    assert_eq!(client.apiserver_version().await.unwrap().git_version, "v1.34.0-fake");
+    let status = api_error(api.get_scale("demo").await);
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert!(
+        status.message.contains("cannot get resource \"deployments/scale\" in API group \"apps\""),
+        "{}",
+        status.message
+    );
+
+    // kube's default client retries 503 (and 429/504) by itself: the caller only sees success.
+    fake.clear_requests();
+    fake.fail_next(2, 503);
+    api.patch_scale("demo", &sqscale_params(), &patch).await.unwrap();
+    let statuses: Vec<Option<u16>> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![Some(503), Some(503), Some(200)]);
+    assert_eq!(fake.scale_history(Kind::Deployment, "default", "demo"), vec![4]);
+
+    // ... and honours 429's Retry-After: 1.
+    fake.fail_next(1, 429);
+    let started = Instant::now();
+    api.get_scale("demo").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+
+    // With default_retry off, 503 and 429 reach the caller (429 with its Retry-After header).
+    let mut config = config(&fake).await;
+    config.default_retry = false;
+    let raw = Client::try_from(config).unwrap();
+    let no_retry: Api<Deployment> = Api::default_namespaced(raw.clone());
+    fake.fail_next(1, 503);
+    assert_eq!(api_error(no_retry.get_scale("demo").await).reason, "ServiceUnavailable");
+    fake.fail_next(1, 429);
+    let request = axum::http::Request::get("/apis/apps/v1/namespaces/default/deployments/demo/scale")
+        .body(kube::client::Body::from(Vec::new()))
+        .unwrap();
+    let response = raw.send(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "1");
+
+    // drop_next: the connection is reset without an answer; nothing changes; then all is well.
+    fake.drop_next(1);
+    let err = api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 8}}))).await;
+    assert!(matches!(err, Err(ref e) if !matches!(e, kube::Error::Api(_))), "{err:?}");
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(4));
+    assert_eq!(fake.requests().last().unwrap().status, None);
+    api.get_scale("demo").await.unwrap();
+
+    // Latency delays every answer.
+    fake.set_latency(Duration::from_millis(300));
+    let started = Instant::now();
+    api.get_scale("demo").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    fake.clear_faults();
+}
+
+#[tokio::test]
+async fn watch_events_on_the_wire() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+
+    // From "0": the current state as ADDED, then changes; the stream ends after timeoutSeconds
+    // with a BOOKMARK (kube asks for bookmarks by default).
+    let mut events = api.watch(&WatchParams::default().timeout(2), "0").await.unwrap().boxed();
+    match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Added(d) => assert_eq!(d.metadata.name.as_deref(), Some("demo")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 4}}))).await.unwrap();
+    match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Modified(d) => assert_eq!(d.spec.replicas, Some(4)),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    fake.delete(Kind::Deployment, "default", "demo");
+    assert!(matches!(next(&mut events).await.unwrap().unwrap(), WatchEvent::Deleted(_)));
+    let bookmark_rv = match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Bookmark(b) => b.metadata.resource_version,
+        other => panic!("expected BOOKMARK, got {other:?}"),
+    };
+    assert!(next(&mut events).await.is_none(), "stream ends at timeoutSeconds");
+
+    // Compaction: a watch from an old resourceVersion gets 410 Expired.
+    fake.add_deployment("default", "again", 1);
+    fake.compact_watch_history();
+    let mut events = api.watch(&WatchParams::default().timeout(5), &bookmark_rv).await.unwrap().boxed();
+    match next(&mut events).await.unwrap() {
+        Ok(WatchEvent::Error(status)) | Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+        }
+        other => panic!("expected 410 Expired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn runtime_watcher_sees_added_then_modified() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let api: Api<Deployment> = Api::namespaced(client, "watched");
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+
+    // Initial list of an empty namespace.
+    assert!(matches!(next(&mut stream).await.unwrap().unwrap(), watcher::Event::Init));
+    assert!(matches!(next(&mut stream).await.unwrap().unwrap(), watcher::Event::InitDone));
+
+    fake.add_deployment("watched", "w", 1);
+    fake.add_deployment("elsewhere", "x", 1); // another namespace: not seen
+    match next(&mut stream).await.unwrap().unwrap() {
+        watcher::Event::Apply(d) => assert_eq!((d.metadata.name.as_deref(), d.spec.replicas), (Some("w"), Some(1))),
+        other => panic!("expected Apply (ADDED), got {other:?}"),
+    }
+    api.patch_scale("w", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 4}}))).await.unwrap();
+    match next(&mut stream).await.unwrap().unwrap() {
+        watcher::Event::Apply(d) => assert_eq!(d.spec.replicas, Some(4)),
+        other => panic!("expected Apply (MODIFIED), got {other:?}"),
+    }
+    let watch =
+        fake.requests().into_iter().find(|r| r.query.as_deref().is_some_and(|q| q.contains("watch=true"))).unwrap();
+    assert!(watch.query.unwrap().contains("allowWatchBookmarks=true"));
+}
+
+#[tokio::test]
+async fn list_pagination_and_selectors() {
+    let fake = FakeKube::start().await;
+    for name in ["a", "b", "c"] {
+        fake.add_deployment("default", name, 1);
+    }
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+
+    let page = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let names: Vec<_> = page.items.iter().map(|d| d.metadata.name.clone().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(page.metadata.remaining_item_count, Some(1));
+    let token = page.metadata.continue_.unwrap();
+    let page = api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(page.items[0].metadata.name.as_deref(), Some("c"));
+    assert!(page.metadata.continue_.is_none());
+
+    assert_eq!(api.list(&ListParams::default().labels("app=b")).await.unwrap().items.len(), 1);
+    assert_eq!(api.list(&ListParams::default().labels("app in (a,c)")).await.unwrap().items.len(), 2);
+    assert_eq!(api.list(&ListParams::default().fields("metadata.name!=a")).await.unwrap().items.len(), 2);
+    let status = api_error(api.list(&ListParams::default().fields("spec.replicas=1")).await);
+    assert_eq!(status.code, 400);
+}
+
+#[tokio::test]
+async fn leases_create_get_and_conflict() {
+    let fake = FakeKube::start().await;
+    let api: Api<Lease> = Api::namespaced(client(&fake).await, "kube-system");
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta { name: Some("sqscale".into()), ..Default::default() },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        }),
+    };
+
+    let created = api.create(&PostParams::default(), &lease).await.unwrap();
+    assert_eq!(created.metadata.namespace.as_deref(), Some("kube-system"));
+    let got = api.get("sqscale").await.unwrap();
+    assert_eq!(got.spec.as_ref().unwrap().holder_identity.as_deref(), Some("a"));
+
+    let status = api_error(api.create(&PostParams::default(), &lease).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(status.message, "leases.coordination.k8s.io \"sqscale\" already exists");
+
+    // Another holder takes over; our stale replace then conflicts.
+    fake.put_lease("kube-system", "sqscale", json!({"holderIdentity": "b", "leaseDurationSeconds": 15}));
+    let mut mine = got.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("a2".into());
+    let status = api_error(api.replace("sqscale", &PostParams::default(), &mine).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(status.message.starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"sqscale\""));
+    let stale = Patch::Merge(
+        json!({"metadata": {"resourceVersion": got.metadata.resource_version}, "spec": {"holderIdentity": "a3"}}),
+    );
+    assert_eq!(api_error(api.patch("sqscale", &PatchParams::default(), &stale).await).code, 409);
+    assert_eq!(fake.lease("kube-system", "sqscale").unwrap()["spec"]["holderIdentity"], "b");
+
+    let fresh = api.get("sqscale").await.unwrap();
+    mine.metadata.resource_version = fresh.metadata.resource_version;
+    let replaced = api.replace("sqscale", &PostParams::default(), &mine).await.unwrap();
+    assert_eq!(replaced.spec.unwrap().holder_identity.as_deref(), Some("a2"));
+
+    assert_eq!(api_error(api.get("other").await).message, "leases.coordination.k8s.io \"other\" not found");
+}
+
+#[tokio::test]
+async fn events_through_the_recorder() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let client = client(&fake).await;
+    let deployment = Api::<Deployment>::default_namespaced(client.clone()).get("demo").await.unwrap();
+    let reporter = Reporter { controller: "sqscale".into(), instance: Some("test-1".into()) };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Scaled".into(),
+        note: Some("replicas 1 -> 3".into()),
+        action: "Scale".into(),
+        secondary: None,
+    };
+
+    // First publish POSTs, the repeat PATCHes the series.
+    let reference = deployment.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+    assert_eq!(fake.count("POST", "/apis/events.k8s.io/v1/namespaces/default/events"), 1);
+    assert_eq!(fake.count("PATCH", ""), 1);
+    let events = fake.events();
+    assert_eq!(events.len(), 1);
+    let stored = &events[0];
+    assert_eq!((stored["reason"].as_str(), stored["note"].as_str()), (Some("Scaled"), Some("replicas 1 -> 3")));
+    assert_eq!(stored["regarding"]["name"], "demo");
+    assert_eq!(stored["reportingController"], "sqscale");
+    assert_eq!(stored["series"]["count"], 2);
+
+    // Core v1 events are stored alongside.
+    let core: Api<CoreEvent> = Api::default_namespaced(client.clone());
+    let core_event = CoreEvent {
+        metadata: kube::api::ObjectMeta { generate_name: Some("demo.".into()), ..Default::default() },
+        involved_object: ObjectReference {
+            kind: Some("Deployment".into()),
+            name: Some("demo".into()),
+            ..Default::default()
+        },
+        reason: Some("Legacy".into()),
+        ..Default::default()
+    };
+    let created = core.create(&PostParams::default(), &core_event).await.unwrap();
+    assert!(created.metadata.name.unwrap().starts_with("demo."));
+    assert_eq!(fake.events().len(), 2);
+
+    // An events.k8s.io Event without its required fields is rejected like the real validation does.
+    let request = axum::http::Request::post("/apis/events.k8s.io/v1/namespaces/default/events")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&json!({"metadata": {"name": "bad"}, "type": "Normal"})).unwrap())
+        .unwrap();
+    let status = api_error(client.request_text(request).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.starts_with("Event.events.k8s.io \"bad\" is invalid: ["), "{}", status.message);
+}
+
+#[tokio::test]
+async fn access_reviews_and_deny() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let client = client(&fake).await;
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review = |verb: &str| SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some("default".into()),
+                verb: Some(verb.into()),
+                group: Some("apps".into()),
+                resource: Some("deployments".into()),
+                subresource: Some("scale".into()),
+                name: Some("demo".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+
+    let answer = reviews.create(&PostParams::default(), &review("patch")).await.unwrap();
+    assert!(answer.status.unwrap().allowed);
+    assert_eq!(answer.spec.resource_attributes.unwrap().verb.as_deref(), Some("patch"), "echoed back");
+
+    fake.deny("patch", "deployments", "scale");
+    let answer = reviews.create(&PostParams::default(), &review("patch")).await.unwrap().status.unwrap();
+    assert!(!answer.allowed);
+    assert!(answer.reason.is_some());
+    assert!(reviews.create(&PostParams::default(), &review("get")).await.unwrap().status.unwrap().allowed);
+
+    // The denial holds for the real request too.
+    let api: Api<Deployment> = Api::default_namespaced(client);
+    let status =
+        api_error(api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await);
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "deployments.apps \"demo\" is forbidden: User \"tester\" cannot patch resource \"deployments/scale\" \
+         in API group \"apps\" in the namespace \"default\""
+    );
+    api.get_scale("demo").await.unwrap();
+    fake.allow_all();
+    api.patch_scale("demo", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+}
+
+#[tokio::test]
+async fn version_discovery_and_multi_cluster_kubeconfig() {
+    let one = FakeKube::start().await;
+    let two = FakeKube::start().await;
+    one.add_deployment("default", "on-one", 1);
+    two.add_deployment("default", "on-two", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    write_multi_kubeconfig(&path, &[("one", &one), ("two", &two)], "two");
+
+    let current = Client::try_from(config_from(&path, None).await).unwrap();
+    let api: Api<Deployment> = Api::default_namespaced(current.clone());
+    assert_eq!(api.get_scale("on-two").await.unwrap().spec.unwrap().replicas, Some(2));
+    assert_eq!(api_error(api.get_scale("on-one").await).code, 404);
+    let other = Client::try_from(config_from(&path, Some("one")).await).unwrap();
+    Api::<Deployment>::default_namespaced(other).get_scale("on-one").await.unwrap();
+
+    let version = current.apiserver_version().await.unwrap();
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str(), version.git_version.as_str()),
+        ("1", "34", "v1.34.0-fake")
+    );
+    let groups = current.list_api_groups().await.unwrap();
+    assert!(groups.groups.iter().any(|g| g.name == "apps"));
+    let apps = current.list_api_group_resources("apps/v1").await.unwrap();
+    assert!(apps.resources.iter().any(|r| r.name == "deployments/scale" && r.kind == "Scale"));
+    assert_eq!(current.list_core_api_versions().await.unwrap().versions, ["v1"]);
+}
+
+#[tokio::test]
+async fn json_patch_and_dry_run() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let client = client(&fake).await;
+    let path = "/apis/apps/v1/namespaces/default/deployments/demo/scale";
+    let patch = |query: &str, body: Value| {
+        axum::http::Request::patch(format!("{path}?{query}"))
+            .header("content-type", "application/json-patch+json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap()
+    };
+
+    let scale: Scale =
+        client.request(patch("", json!([{"op": "replace", "path": "/spec/replicas", "value": 7}]))).await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(7));
+    let failed_test = json!([{"op": "test", "path": "/spec/replicas", "value": 1}, {"op": "replace", "path": "/spec/replicas", "value": 9}]);
+    assert_eq!(api_error(client.request::<Scale>(patch("", failed_test)).await).code, 422);
+
+    let dry: Scale = client
+        .request(patch("dryRun=All", json!([{"op": "replace", "path": "/spec/replicas", "value": 2}])))
+        .await
+        .unwrap();
+    assert_eq!(dry.spec.unwrap().replicas, Some(2));
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(7));
+    assert_eq!(fake.scale_history(Kind::Deployment, "default", "demo"), vec![7]);
+}
+
+#[tokio::test]
+async fn shutdown_refuses_connections() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+    api.get_scale("demo").await.unwrap();
+    fake.shutdown();
+    let result = tokio::time::timeout(Duration::from_secs(5), api.get_scale("demo")).await.expect("fails fast");
+    assert!(matches!(result, Err(ref e) if !matches!(e, kube::Error::Api(_))), "{result:?}");
+    // State stays readable after shutdown.
+    assert_eq!(fake.replicas(Kind::Deployment, "default", "demo"), Some(1));
+}
+
+#[tokio::test]
+async fn runtime_watcher_recovers_from_closed_watches() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("default", "demo", 1);
+    let api: Api<Deployment> = Api::default_namespaced(client(&fake).await);
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    // Init, InitApply(demo), InitDone
+    for _ in 0..3 {
+        next(&mut stream).await.unwrap().unwrap();
+    }
+    // The server ends the watch; kube re-watches from the last resourceVersion and misses nothing.
+    fake.close_watches();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.set_replicas(Kind::Deployment, "default", "demo", 3);
+    let applied = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let watcher::Event::Apply(d) = stream.try_next().await.unwrap().unwrap() {
+                return d;
+            }
+        }
+    })
+    .await
+    .expect("watcher delivered the change");
+    assert_eq!(applied.spec.replicas, Some(3));
+}
