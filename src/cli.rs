@@ -66,6 +66,13 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also check every rule against AWS and Kubernetes: the queue answers, the
+        /// target exists, and this identity may get and patch its scale.
+        #[arg(long)]
+        remote: bool,
+        /// Kubeconfig for --remote (default: as `run`).
+        #[arg(long, value_name = "PATH", requires = "remote")]
+        kubeconfig: Option<PathBuf>,
     },
     /// Show a running daemon's rules: replicas, backlog, last decision, one line each.
     Status {
@@ -105,7 +112,7 @@ pub fn main() -> ExitCode {
         Command::Run { config, kubeconfig, dry_run, shutdown_grace } => {
             run(&config.config, kubeconfig, dry_run, shutdown_grace, cli.log_format)
         }
-        Command::Check { config } => check(&config.config),
+        Command::Check { config, remote, kubeconfig } => check(&config.config, remote, kubeconfig),
         Command::Status { server, config } => status(server, &config.config),
         Command::Simulate { config, trace, rule, until, initial_replicas, chart } => {
             simulate(&config.config, &trace, rule.as_deref(), until, initial_replicas, chart.as_deref())
@@ -120,14 +127,69 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, remote: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     print!("{}", config.resolved_toml());
     eprintln!("{}: ok, {} rule{}", path.display(), config.rules.len(), if config.rules.len() == 1 { "" } else { "s" });
-    ExitCode::SUCCESS
+    if !remote {
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let failed = runtime.block_on(check_remote(&config, kubeconfig));
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// `check --remote`: one line per rule on stdout; returns how many rules failed.
+async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
+    use crate::source::{Attrs, QueueReader};
+    use crate::target::ScaleTarget;
+    let sqs = Sqs::new(CALL_TIMEOUT);
+    let kube = Kube::from_settings(&config.kubernetes, &config.aws, kubeconfig, CALL_TIMEOUT);
+    let mut failed = 0;
+    for rule in &config.rules {
+        let ctx = rule.context.as_deref();
+        let mut problems = Vec::new();
+        let mut facts = Vec::new();
+        for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
+            let need = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
+            match sqs.read(q, need).await {
+                Ok(c) => facts.push(format!("queue {} has {} messages", q.name, t.backlog(&c))),
+                Err(e) => problems.push(format!("{e} [{}]", e.kind)),
+            }
+        }
+        match kube.read(ctx, &rule.target).await {
+            Ok(v) => facts.push(format!("{} has {} replicas", rule.target, v.replicas)),
+            Err(e) => problems.push(format!("{e} [{}]", e.kind)),
+        }
+        for (verb, sub) in [("get", Some("scale")), ("patch", Some("scale")), ("patch", None)] {
+            let what = format!(
+                "{verb} {}{}",
+                rule.target.kind.as_str().to_lowercase(),
+                sub.map_or(String::new(), |s| format!("s/{s}"))
+            );
+            match kube.can_i(ctx, &rule.target, verb, sub).await {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!("not allowed to {what} in namespace {}", rule.target.namespace)),
+                Err(e) => problems.push(format!("cannot check access ({what}): {e}")),
+            }
+        }
+        if problems.is_empty() {
+            println!("ok    {}: {}; may get and patch its scale", rule.name, facts.join("; "));
+        } else {
+            failed += 1;
+            println!("FAIL  {}: {}", rule.name, problems.join("; "));
+        }
+    }
+    failed
 }
 
 fn simulate(
@@ -225,11 +287,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 return ExitCode::FAILURE;
             }
         };
-        let kube = Kube::new(
-            kubeconfig.or_else(|| config.kubernetes.kubeconfig.clone()),
-            config.kubernetes.context.clone(),
-            CALL_TIMEOUT,
-        );
+        let kube = Kube::from_settings(&config.kubernetes, &config.aws, kubeconfig, CALL_TIMEOUT);
         // Build every context's client now: a broken kubeconfig is a start-up error,
         // not a warning on every poll.
         let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();

@@ -231,3 +231,39 @@ async fn two_contexts_two_clusters() {
     assert!(wait_until(Duration::from_secs(10), done).await);
     assert_eq!(daemon.stop().await, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eks_cluster_mints_the_token_instead_of_running_the_exec_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    // An EKS-style kubeconfig whose user runs a CLI that is not installed.
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let mut kc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    kc["users"][0]["user"] = serde_json::json!({
+        "exec": { "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "/nonexistent/aws",
+                  "args": ["eks", "get-token", "--cluster-name", "demo-cluster"], "interactiveMode": "Never" }
+    });
+    std::fs::write(&kubeconfig, kc.to_string()).unwrap();
+    let queue = sqs::queue("eks").await;
+    let text = format!(
+        "[kubernetes]\neks_cluster = \"demo-cluster\"\n{}{}",
+        header(&sqs::endpoint()),
+        demo_rule("demo", &queue, "")
+    );
+    let config = write(dir.path(), "sqscale.toml", &text);
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || !kube.requests().is_empty()).await,
+        "no request reached the API server"
+    );
+    let auth = kube.requests()[0].headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone());
+    let auth = auth.expect("an Authorization header");
+    assert!(auth.starts_with("Bearer k8s-aws-v1."), "{auth}");
+    // The fake only knows its own token, so it answers 401: the poll fails and says why.
+    assert!(wait_until(Duration::from_secs(5), || daemon.observer.statuses()[0].consecutive_failures >= 1).await);
+    let error = daemon.observer.statuses()[0].last_error.clone().unwrap();
+    assert!(error.contains("Unauthorized") && !error.contains("k8s-aws-v1"), "{error}");
+    assert_eq!(daemon.stop().await, Ok(()));
+}

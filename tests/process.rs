@@ -217,3 +217,47 @@ fn an_invalid_rule_file_exits_78_and_a_missing_kubeconfig_exits_1() {
     assert_eq!(child.wait().unwrap().code(), Some(1));
     assert!(std::fs::read_to_string(&log).unwrap().contains("/nonexistent/kubeconfig"));
 }
+
+/// Runs `sqscale check --remote` off the async runtime (the fake API server lives on it).
+async fn check_remote(config: &Path, kubeconfig: &Path) -> (Option<i32>, String) {
+    let args: Vec<String> =
+        ["check", "--remote", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()]
+            .map(str::to_owned)
+            .to_vec();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_sqscale")).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_remote_reports_queue_target_and_rbac_per_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 2);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let queue = sqs::queue("remote").await;
+    sqs::send(&queue, 7).await;
+    let head = format!("[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n", sqs::endpoint());
+    let ghost = demo_rule("ghost", "https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue", "");
+    let config = write(dir.path(), "sqscale.toml", &format!("{head}{}{ghost}", demo_rule("demo", &queue, "")));
+    let (code, stdout) = check_remote(&config, &kubeconfig).await;
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ok ") || l.starts_with("FAIL ")).collect();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("ok    demo: queue ") && lines[0].contains("has 7 messages"), "{}", lines[0]);
+    assert!(lines[0].contains("has 2 replicas"), "{}", lines[0]);
+    assert!(lines[1].starts_with("FAIL  ghost: ") && lines[1].contains("[not_found]"), "{}", lines[1]);
+    assert_eq!(kube.count("POST", "/selfsubjectaccessreviews"), 6);
+
+    // Without patch on deployments/scale the rule fails and says what is missing.
+    kube.deny("patch", "deployments", "scale");
+    let config = write(dir.path(), "one.toml", &format!("{head}{}", demo_rule("demo", &queue, "")));
+    let (code, stdout) = check_remote(&config, &kubeconfig).await;
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("FAIL  demo: not allowed to patch deployments/scale in namespace default"), "{stdout}");
+    kube.allow_all();
+    assert_eq!(check_remote(&config, &kubeconfig).await.0, Some(0));
+}

@@ -114,6 +114,14 @@ impl TargetKind {
             TargetKind::StatefulSet => "StatefulSet",
         }
     }
+
+    /// The API resource name (`deployments`, `statefulsets`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            TargetKind::Deployment => "deployments",
+            TargetKind::StatefulSet => "statefulsets",
+        }
+    }
 }
 
 /// Where one trigger reads its counts, and with which AWS settings.

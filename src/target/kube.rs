@@ -15,11 +15,20 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::{FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, format_time, view_of};
-use crate::config::{TargetKind, TargetRef};
+use crate::config::TargetRef;
 use crate::engine::Time;
 
 /// Attempts at a scale patch when the target keeps changing under it.
 const CONFLICT_RETRIES: usize = 3;
+
+/// `[kubernetes] eks_cluster`: mint EKS tokens in-process for the default context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EksAuth {
+    pub cluster: String,
+    /// STS region; `None` takes the SDK's (AWS_REGION, profile).
+    pub region: Option<String>,
+    pub profile: Option<String>,
+}
 
 /// Kubernetes clients, one per context, created on first use.
 pub struct Kube {
@@ -27,15 +36,48 @@ pub struct Kube {
     kubeconfig: Option<PathBuf>,
     /// The context of rules that name none; `None` is the current-context.
     default_context: Option<String>,
+    eks: Option<EksAuth>,
     timeout: Duration,
-    clients: tokio::sync::Mutex<HashMap<Option<String>, Client>>,
+    /// Each client with the time it was built: EKS clients are rebuilt with a fresh
+    /// token before the old one expires.
+    clients: tokio::sync::Mutex<HashMap<Option<String>, (Client, tokio::time::Instant)>>,
     /// One recorder per context: it folds repeats of an event into a series.
     recorders: tokio::sync::Mutex<HashMap<Option<String>, Recorder>>,
 }
 
 impl Kube {
     pub fn new(kubeconfig: Option<PathBuf>, default_context: Option<String>, timeout: Duration) -> Kube {
-        Kube { kubeconfig, default_context, timeout, clients: Default::default(), recorders: Default::default() }
+        Kube {
+            kubeconfig,
+            default_context,
+            eks: None,
+            timeout,
+            clients: Default::default(),
+            recorders: Default::default(),
+        }
+    }
+
+    /// Authenticates the default context with tokens minted from the AWS credentials
+    /// instead of the kubeconfig's user (which usually runs `aws eks get-token`).
+    pub fn with_eks(mut self, eks: Option<EksAuth>) -> Kube {
+        self.eks = eks;
+        self
+    }
+
+    /// The adapter for a rule file's `[kubernetes]` and `[aws]` settings; `kubeconfig`
+    /// (the `--kubeconfig` flag) wins over `[kubernetes] kubeconfig`.
+    pub fn from_settings(
+        k: &crate::config::KubernetesSettings,
+        aws: &crate::config::AwsSettings,
+        kubeconfig: Option<PathBuf>,
+        timeout: Duration,
+    ) -> Kube {
+        let eks = k.eks_cluster.clone().map(|cluster| EksAuth {
+            cluster,
+            region: aws.region.clone(),
+            profile: aws.profile.clone(),
+        });
+        Kube::new(kubeconfig.or_else(|| k.kubeconfig.clone()), k.context.clone(), timeout).with_eks(eks)
     }
 
     /// The client for `context` (`None`: the default context), built on first use.
@@ -44,18 +86,25 @@ impl Kube {
     /// on a blocking thread.
     pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
         let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
+        let eks = self.eks.as_ref().filter(|_| context == self.default_context);
         let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&context) {
-            return Ok(c.clone());
+        if let Some((client, built)) = clients.get(&context)
+            && (eks.is_none() || built.elapsed() < super::eks::REFRESH_AFTER)
+        {
+            return Ok(client.clone());
         }
         let mut config = self.config(context.as_deref()).await?;
+        if let Some(eks) = eks {
+            let token = super::eks::mint(&eks.cluster, eks.region.as_deref(), eks.profile.as_deref()).await?;
+            config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
+        }
         config.read_timeout = Some(self.timeout);
         config.connect_timeout = Some(self.timeout);
         let client = tokio::task::spawn_blocking(move || Client::try_from(config))
             .await
             .map_err(|e| format!("building the Kubernetes client: {e}"))?
             .map_err(|e| format!("building the Kubernetes client: {e}"))?;
-        clients.insert(context, client.clone());
+        clients.insert(context, (client.clone(), tokio::time::Instant::now()));
         Ok(client)
     }
 
@@ -89,11 +138,8 @@ impl Kube {
             kind: "config",
             message,
         })?;
-        let plural = match t.kind {
-            TargetKind::Deployment => "deployments",
-            TargetKind::StatefulSet => "statefulsets",
-        };
-        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), plural);
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), t.kind.plural());
         Ok(Api::namespaced_with(client, &t.namespace, &resource))
     }
 
@@ -113,6 +159,44 @@ impl Kube {
                 message: format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
             }),
         }
+    }
+}
+
+impl Kube {
+    /// Whether this identity may `verb` the target's `resource` (plural, apps group) in
+    /// its namespace: a SelfSubjectAccessReview, which every authenticated user may make.
+    pub async fn can_i(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        verb: &str,
+        subresource: Option<&str>,
+    ) -> Result<bool, String> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let client = self.client(context).await?;
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("apps".to_owned()),
+                    resource: Some(t.kind.plural().to_owned()),
+                    subresource: subresource.map(str::to_owned),
+                    verb: Some(verb.to_owned()),
+                    namespace: Some(t.namespace.clone()),
+                    name: Some(t.name.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(client);
+        let answer = self
+            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
     }
 }
 

@@ -28,7 +28,7 @@ impl Daemon {
         let observer = Arc::new(Observer::new());
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(timeout))),
-            targets: Arc::new(Kube::new(Some(kubeconfig.to_owned()), cfg.kubernetes.context.clone(), timeout)),
+            targets: Arc::new(Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.to_owned()), timeout)),
             clock: Clock::system(),
             dry_run: false,
             call_timeout: timeout,
