@@ -20,6 +20,7 @@ use crate::telemetry::{self, LogFormat};
 use crate::worker::{Clock, Deps};
 use crate::{server, signals, supervisor};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Bound on every remote call of a poll (SQS, Kubernetes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,7 +300,38 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 return ExitCode::FAILURE;
             }
         }
-        let observer = Arc::new(Observer::new());
+        let mut observer = Observer::new();
+        let stop_electors = CancellationToken::new();
+        let mut electors = Vec::new();
+        if config.leader_election.enabled {
+            let mut contexts: Vec<Option<String>> = config.rules.iter().map(|r| r.context.clone()).collect();
+            contexts.sort();
+            contexts.dedup();
+            observer.enable_leader_election(contexts.clone());
+            let identity = crate::leader::identity();
+            for context in contexts {
+                let client = match kube.client(context.as_deref()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                electors.push(crate::leader::Elector {
+                    api: kube::Api::namespaced(client, &config.leader_election.namespace),
+                    settings: config.leader_election.clone(),
+                    identity: identity.clone(),
+                    context,
+                });
+            }
+            tracing::info!(%identity, lease = %config.leader_election.lease_name, "leader election on; starting as a standby");
+        }
+        let observer = Arc::new(observer);
+        let election = TaskTracker::new();
+        for elector in electors {
+            election.spawn(elector.run(observer.clone(), stop_electors.clone()));
+        }
+        election.close();
         let stop_server = CancellationToken::new();
         if let Some(addr) = config.server.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -324,6 +356,9 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         };
         let reload_path = path.to_owned();
         let outcome = supervisor::run(config, deps, control, move || config::load(&reload_path), grace).await;
+        // Release the leases only once no worker can write any more.
+        stop_electors.cancel();
+        election.wait().await;
         stop_server.cancel();
         match outcome {
             Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod leader;
 pub mod server;
 pub mod signals;
 pub mod simulate;

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -121,8 +120,9 @@ pub struct Observer {
     registry: Registry,
     metrics: Metrics,
     rules: Mutex<BTreeMap<String, (RuleStatus, Liveness)>>,
-    leader_election: AtomicBool,
-    leader: AtomicBool,
+    /// With leader election: whether this instance leads, per kube context (`None` is
+    /// the default context). Without: `None`, and this instance always leads.
+    leadership: Mutex<Option<BTreeMap<Option<String>, bool>>>,
 }
 
 impl Default for Observer {
@@ -166,32 +166,38 @@ impl Observer {
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         r.register_collector(Box::new(ProcessCollector));
-        Observer {
-            registry: r,
-            metrics,
-            rules: Mutex::default(),
-            leader_election: AtomicBool::new(false),
-            leader: AtomicBool::new(false),
+        Observer { registry: r, metrics, rules: Mutex::default(), leadership: Mutex::default() }
+    }
+
+    /// Registers `sqscale_is_leader` and starts as a standby in every `context`; until
+    /// called, the daemon is not electing and always leads.
+    pub fn enable_leader_election(&mut self, contexts: impl IntoIterator<Item = Option<String>>) {
+        self.registry.register(
+            "sqscale_is_leader",
+            "1 while this instance holds the lease of every cluster it scales",
+            self.metrics.is_leader.clone(),
+        );
+        *lock(&self.leadership) = Some(contexts.into_iter().map(|c| (c, false)).collect());
+    }
+
+    pub fn set_leading(&self, context: Option<&str>, leading: bool) {
+        let mut guard = lock(&self.leadership);
+        if let Some(map) = guard.as_mut() {
+            map.insert(context.map(str::to_owned), leading);
+            self.metrics.is_leader.set(i64::from(map.values().all(|l| *l)));
         }
     }
 
-    /// Registers `sqscale_is_leader`; until called, the daemon is not electing.
-    pub fn enable_leader_election(&mut self) {
-        self.registry.register(
-            "sqscale_is_leader",
-            "1 while this instance holds the lease",
-            self.metrics.is_leader.clone(),
-        );
-        self.leader_election.store(true, Ordering::SeqCst);
+    /// Whether this instance may write to targets in `context`.
+    pub fn leads(&self, context: Option<&str>) -> bool {
+        match lock(&self.leadership).as_ref() {
+            None => true,
+            Some(map) => map.get(&context.map(str::to_owned)).copied().unwrap_or(false),
+        }
     }
 
-    pub fn set_leader(&self, leader: bool) {
-        self.leader.store(leader, Ordering::SeqCst);
-        self.metrics.is_leader.set(i64::from(leader));
-    }
-
-    pub fn is_leader(&self) -> bool {
-        !self.leader_election.load(Ordering::SeqCst) || self.leader.load(Ordering::SeqCst)
+    fn leads_everywhere(&self) -> bool {
+        lock(&self.leadership).as_ref().is_none_or(|m| m.values().all(|l| *l))
     }
 
     /// The rules of a (re)loaded configuration; drops the series of removed rules.
@@ -317,7 +323,7 @@ impl Observer {
     /// this instance leads).
     pub fn readiness(&self) -> Result<(), String> {
         self.first_round()?;
-        if !self.is_leader() {
+        if !self.leads_everywhere() {
             return Err("standby: another instance holds the lease".to_owned());
         }
         Ok(())

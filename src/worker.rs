@@ -203,6 +203,10 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             Some(to) if self.deps.dry_run => {
                 info!(from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
             }
+            // A standby decides (so its windows stay warm) but only the leader writes.
+            Some(to) if !self.leads() => {
+                debug!(from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
+            }
             Some(to) => {
                 match self
                     .deps
@@ -240,10 +244,14 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
+    fn leads(&self) -> bool {
+        self.deps.observer.leads(self.rule.context.as_deref())
+    }
+
     /// Publishes an Event on the target without holding up the poll; a failure to
     /// record it is only logged (at debug: the API server's own problems show elsewhere).
     fn event(&self, warning: bool, reason: &'static str, note: String) {
-        if self.deps.dry_run {
+        if self.deps.dry_run || !self.leads() {
             return;
         }
         let targets = self.deps.targets.clone();
@@ -274,7 +282,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(at) = self.state.last_active else {
             return;
         };
-        if self.deps.dry_run || self.persisted_last_active == Some(at) {
+        if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
             return;
         }
         match self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at).await {

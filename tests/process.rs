@@ -6,33 +6,15 @@ mod support;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::daemon::{demo_rule, wait_until, write};
 use support::fake_kube::{FakeKube, Kind};
+use support::process::{free_port, signal, spawn};
 use support::sqs;
 
 const NS: &str = "default";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn(args: &[&str], notify: Option<&Path>, log: &Path) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqscale"));
-    cmd.args(args).env("SQSCALE_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
-    cmd.stderr(std::fs::File::create(log).unwrap());
-    if let Some(socket) = notify {
-        cmd.env("NOTIFY_SOCKET", socket);
-    }
-    cmd.spawn().expect("start sqscale")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
-    assert!(ok, "kill {sig}");
-}
 
 /// Reads sd_notify datagrams until one contains `want` (or the timeout passes).
 fn expect_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> bool {
@@ -86,7 +68,11 @@ async fn systemd_protocol_signals_endpoints_and_events() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let log = dir.path().join("sqscale.log");
-    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], Some(&socket_path), &log);
+    let mut child = spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+        &log,
+    );
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
 
     let mut seen = Vec::new();
@@ -184,7 +170,7 @@ async fn dry_run_logs_what_it_would_do_and_patches_nothing() {
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
         ],
-        None,
+        &[],
         &log,
     );
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -205,7 +191,7 @@ fn an_invalid_rule_file_exits_78_and_a_missing_kubeconfig_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write(dir.path(), "bad.toml", "[[rule]]\nname = \"x\"\n");
     let log = dir.path().join("log");
-    let mut child = spawn(&["run", "--config", bad.to_str().unwrap()], None, &log);
+    let mut child = spawn(&["run", "--config", bad.to_str().unwrap()], &[], &log);
     assert_eq!(child.wait().unwrap().code(), Some(78));
     let good = write(
         dir.path(),
@@ -213,7 +199,7 @@ fn an_invalid_rule_file_exits_78_and_a_missing_kubeconfig_exits_1() {
         "[server]\nlisten = \"\"\n[[rule]]\nname = \"x\"\ntarget = { name = \"x\" }\n[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\n",
     );
     let mut child =
-        spawn(&["run", "--config", good.to_str().unwrap(), "--kubeconfig", "/nonexistent/kubeconfig"], None, &log);
+        spawn(&["run", "--config", good.to_str().unwrap(), "--kubeconfig", "/nonexistent/kubeconfig"], &[], &log);
     assert_eq!(child.wait().unwrap().code(), Some(1));
     assert!(std::fs::read_to_string(&log).unwrap().contains("/nonexistent/kubeconfig"));
 }

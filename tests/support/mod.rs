@@ -5,5 +5,6 @@
 pub mod daemon;
 pub mod fake_kube;
 pub mod fakes;
+pub mod process;
 pub mod proxy;
 pub mod sqs;

@@ -39,7 +39,11 @@ pub async fn queue(prefix: &str) -> String {
 
 /// Sends `n` messages in batches of ten.
 pub async fn send(url: &str, n: usize) {
-    let c = client().await;
+    send_with(&client().await, url, n).await;
+}
+
+/// Sends `n` messages with `c` (a client of the queue's region).
+pub async fn send_with(c: &Client, url: &str, n: usize) {
     for start in (0..n).step_by(10) {
         let entries = (start..(start + 10).min(n))
             .map(|i| {

@@ -1,0 +1,130 @@
+//! Two bastions, one cluster: leader election over a Lease with the real binary. Exactly
+//! one instance patches; a standby takes over within lease_duration after the leader is
+//! killed with SIGKILL; a leader that loses its lease stops patching at once.
+//! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
+
+mod support;
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use support::daemon::{demo_rule, wait_until, write};
+use support::fake_kube::{FakeKube, Kind};
+use support::process::{free_port, signal, spawn};
+use support::sqs;
+
+const NS: &str = "default";
+const LEASE: &str = "sqscale-test";
+
+fn config(dir: &Path, kubeconfig: &Path, queue: &str, port: u16, name: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [leader_election]\nenabled = true\nnamespace = \"{NS}\"\nlease_name = \"{LEASE}\"\nlease_duration = 3\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n{}",
+        kubeconfig.display(),
+        sqs::endpoint(),
+        demo_rule("demo", queue, "")
+    );
+    write(dir, name, &text)
+}
+
+fn holder(kube: &FakeKube) -> Option<String> {
+    kube.lease(NS, LEASE).and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+fn identity_of(child: &Child) -> String {
+    format!("_{}", child.id())
+}
+
+async fn metric(port: u16, name: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.lines().find(|l| l.starts_with(name)).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_patches_and_a_standby_takes_over_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let queue = sqs::queue("leader").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let a_cfg = config(dir.path(), &kubeconfig, &queue, port_a, "a.toml");
+    let b_cfg = config(dir.path(), &kubeconfig, &queue, port_b, "b.toml");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = spawn(&["run", "--config", a_cfg.to_str().unwrap()], &[], &log_a);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some_and(|h| h.ends_with(&identity_of(&a)))).await);
+    let mut b = spawn(&["run", "--config", b_cfg.to_str().unwrap()], &[], &log_b);
+    let logs = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || logs(&log_b).contains("leader election on")).await);
+
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs(&log_a));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        kube.count("PATCH", "/scale"),
+        3,
+        "exactly one instance patched: {:?}",
+        kube.scale_history(Kind::Deployment, NS, "demo")
+    );
+    assert_eq!(metric(port_a, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 1"));
+    assert_eq!(metric(port_b, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 0"));
+
+    // SIGKILL: no release. The standby must wait out the lease, then lead.
+    signal(&a, "-KILL");
+    a.wait().unwrap();
+    let killed = Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some_and(|h| h.ends_with(&identity_of(&b)))).await);
+    let takeover = killed.elapsed();
+    assert!(takeover <= Duration::from_secs(3) + Duration::from_millis(1500), "took over after {takeover:?}");
+    assert_eq!(kube.lease(NS, LEASE).unwrap()["spec"]["leaseTransitions"].as_i64(), Some(1));
+
+    // The new leader scales: the queue is purged, and it goes to 0 after the cooldown.
+    sqs::purge(&queue).await;
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 0).await, "{}", logs(&log_b));
+    assert_eq!(metric(port_b, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 1"));
+
+    // A clean stop hands the lease back.
+    signal(&b, "-TERM");
+    assert_eq!(b.wait().unwrap().code(), Some(0));
+    assert_eq!(holder(&kube), None, "released on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_stops_patching_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let queue = sqs::queue("usurped").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some()).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap().contains("became the leader"))
+            .await
+    );
+
+    // Another instance takes the lease (say, after a network partition).
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    kube.put_lease(NS, LEASE, serde_json::json!({"holderIdentity": "intruder", "leaseDurationSeconds": 3600, "renewTime": now, "acquireTime": now}));
+    assert!(
+        wait_until(Duration::from_secs(3), || std::fs::read_to_string(&log).unwrap().contains("lost the lease")).await
+    );
+    sqs::send(&queue, 30).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(kube.count("PATCH", "/scale"), 0, "no writes without the lease");
+    assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 0"));
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(holder(&kube).as_deref(), Some("intruder"), "a standby releases nothing");
+}
