@@ -165,7 +165,8 @@ impl Observer {
             "Build information",
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
-        r.register_collector(Box::new(ProcessCollector));
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
         Observer { registry: r, metrics, rules: Mutex::default(), leadership: Mutex::default() }
     }
 
@@ -351,9 +352,13 @@ impl Observer {
     }
 }
 
-/// The standard `process_*` metrics, read from /proc when scraped.
+/// The standard `process_*` metrics, read from /proc/self when scraped.
 #[derive(Debug)]
-struct ProcessCollector;
+struct ProcessCollector {
+    /// Unix time the observer was made, i.e. start-up: /proc/stat (for the boot time)
+    /// is hidden under systemd's ProcSubset=pid, so it is recorded rather than derived.
+    started: f64,
+}
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -376,16 +381,14 @@ impl Collector for ProcessCollector {
                 None,
                 rss.metric_type(),
             )?)?;
-            if let Ok(boot) = procfs::boot_time_secs() {
-                let start = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
-                start.encode(encoder.encode_descriptor(
-                    "process_start_time_seconds",
-                    "Start time since the Unix epoch",
-                    None,
-                    start.metric_type(),
-                )?)?;
-            }
         }
+        let start = ConstGauge::new(self.started);
+        start.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time since the Unix epoch",
+            None,
+            start.metric_type(),
+        )?)?;
         if let Ok(fds) = me.fd_count() {
             let g = ConstGauge::new(fds as i64);
             g.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, g.metric_type())?)?;

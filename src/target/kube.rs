@@ -143,6 +143,15 @@ impl Kube {
         Ok(Api::namespaced_with(client, &t.namespace, &resource))
     }
 
+    /// Forgets the client of `context`, so the next call builds it again from the
+    /// kubeconfig: after a 401 the credentials were rotated (a new token in the file)
+    /// or expired.
+    async fn forget(&self, context: Option<&str>) {
+        let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
+        self.clients.lock().await.remove(&context);
+        self.recorders.lock().await.remove(&context);
+    }
+
     /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`].
     async fn call<T>(
         &self,
@@ -203,7 +212,15 @@ impl Kube {
 impl ScaleTarget for Kube {
     async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
         let api = self.api(context, t).await?;
-        let obj = self.call(t, "reading the target", api.get(&t.name)).await?;
+        let obj = match self.call(t, "reading the target", api.get(&t.name)).await {
+            Ok(obj) => obj,
+            Err(e) => {
+                if e.kind == "unauthorized" {
+                    self.forget(context).await;
+                }
+                return Err(e);
+            }
+        };
         let annotations = obj.metadata.annotations.clone().unwrap_or_default();
         Ok(view_of(&obj.data["spec"], &obj.data["status"], &annotations, obj.metadata.resource_version.clone()))
     }
