@@ -62,8 +62,9 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
         };
+        let n = config.rules.len();
         for rule in config.rules {
-            s.spawn(rule);
+            s.spawn(rule, n);
         }
         info!(rules = s.workers.len(), dry_run = s.deps.dry_run, "started");
         s
@@ -73,10 +74,11 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         &self.config
     }
 
-    fn spawn(&mut self, rule: Rule) {
+    fn spawn(&mut self, rule: Rule, rules: usize) {
         let rule = Arc::new(rule);
         let cancel = self.root.child_token();
-        self.tracker.spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone()));
+        let first_poll = start_offset(&rule, rules);
+        self.tracker.spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone(), first_poll));
         self.workers.insert(rule.name.clone(), Running { rule, cancel });
     }
 
@@ -132,7 +134,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers = keep;
         for rule in &new.rules {
             if !self.workers.contains_key(&rule.name) {
-                self.spawn(rule.clone());
+                self.spawn(rule.clone(), new.rules.len());
             }
         }
         // Settings outside the rules stay as they were until a restart.
@@ -166,6 +168,24 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         }
     }
+}
+
+/// When a rule polls first, after it starts. Ten thousand rules must not all fire in
+/// the same millisecond, so first polls spread over a window of one millisecond per
+/// rule, at most one polling interval: a handful of rules start at once (as KEDA's do),
+/// a big file spreads evenly. The offset comes from the rule's first queue, so rules
+/// reading one queue stay in step and share one read per round.
+pub fn start_offset(rule: &Rule, rules: usize) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let window = rule.polling_interval.min(Duration::from_millis(rules as u64)).as_millis() as u64;
+    if window <= 1 {
+        return Duration::ZERO;
+    }
+    // DefaultHasher::new() uses fixed keys: the same queue gets the same offset in
+    // every run and on every host.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rule.triggers.first().map(|q| q.display()).hash(&mut h);
+    Duration::from_millis(h.finish() % window)
 }
 
 /// Runs the daemon until [`Control::Shutdown`]: starts the rules, reloads on

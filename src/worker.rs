@@ -89,9 +89,14 @@ impl<Q, T> Clone for Deps<Q, T> {
     }
 }
 
-/// Runs `rule` until `cancel` fires: the first poll at once, then every
+/// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
 /// `polling_interval`; a late poll delays the next one, never bursts.
-pub async fn run<Q: QueueReader, T: ScaleTarget>(rule: Arc<Rule>, deps: Deps<Q, T>, cancel: CancellationToken) {
+pub async fn run<Q: QueueReader, T: ScaleTarget>(
+    rule: Arc<Rule>,
+    deps: Deps<Q, T>,
+    cancel: CancellationToken,
+    first_poll: Duration,
+) {
     let span = info_span!("rule", rule = %rule.name, target = %rule.target);
     async move {
         let mut worker = Worker {
@@ -103,7 +108,7 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(rule: Arc<Rule>, deps: Deps<Q, 
             queue_failures: Streak::default(),
             scale_failures: Streak::default(),
         };
-        let mut tick = tokio::time::interval(worker.rule.polling_interval);
+        let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {

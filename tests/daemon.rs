@@ -267,3 +267,27 @@ async fn eks_cluster_mints_the_token_instead_of_running_the_exec_plugin() {
     assert!(error.contains("Unauthorized") && !error.contains("k8s-aws-v1"), "{error}");
     assert_eq!(daemon.stop().await, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_round_costs_one_sqs_call_and_no_kubernetes_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let proxy = Proxy::start(&sqs::endpoint()).await;
+    let queue = sqs::queue("idle").await;
+    let config =
+        write(dir.path(), "sqscale.toml", &format!("{}{}", header(&proxy.url()), demo_rule("demo", &queue, "")));
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(5), || daemon.observer.readiness().is_ok()).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kube.clear_requests();
+    let before = proxy.count("GetQueueAttributes");
+    let polls_before = daemon.observer.statuses()[0].polls;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rounds = daemon.observer.statuses()[0].polls - polls_before;
+    let calls = proxy.count("GetQueueAttributes") - before;
+    assert!(rounds >= 2, "{rounds} rounds");
+    assert_eq!(calls as u64, rounds, "one GetQueueAttributes per round");
+    let requests = kube.requests();
+    assert!(requests.is_empty(), "idle rounds read the watch cache, not the API server: {requests:?}");
+    assert_eq!(daemon.stop().await, Ok(()));
+}

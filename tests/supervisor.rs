@@ -274,3 +274,21 @@ async fn two_rules_on_one_queue_share_one_read_per_round() {
     assert_eq!(w.queues.reads_of("shared"), 5, "five rounds, one read each");
     assert_eq!((w.targets.replicas("a"), w.targets.replicas("b")), (2, 2));
 }
+
+#[test]
+fn first_polls_spread_over_the_interval_and_rules_on_one_queue_stay_in_step() {
+    use sqscale::supervisor::start_offset;
+    let many: Vec<String> = (0..2000).map(|i| rule(&format!("r{i}"), &format!("q{i}"), "")).collect();
+    let cfg = config(&many);
+    let offsets: Vec<Duration> = cfg.rules.iter().map(|r| start_offset(r, 10_000)).collect();
+    assert!(offsets.iter().all(|o| *o < Duration::from_secs(10)));
+    let seconds: std::collections::BTreeSet<u64> = offsets.iter().map(|o| o.as_secs()).collect();
+    assert_eq!(seconds.len(), 10, "spread over the whole 10 s interval");
+    // A few rules start at once; two rules on one queue share an offset.
+    let small = config(&[rule("a", "shared", ""), rule("b", "shared", ""), rule("c", "other", "")]);
+    let o: Vec<Duration> = small.rules.iter().map(|r| start_offset(r, 3)).collect();
+    assert!(o.iter().all(|d| *d < Duration::from_millis(3)), "{o:?}");
+    assert_eq!(o[0], o[1]);
+    let big = config(&[rule("a", "shared", ""), rule("b", "shared", "")]);
+    assert_eq!(start_offset(&big.rules[0], 10_000), start_offset(&big.rules[1], 10_000));
+}

@@ -4,7 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -15,7 +21,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::{FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, format_time, view_of};
-use crate::config::TargetRef;
+use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 
 /// Attempts at a scale patch when the target keeps changing under it.
@@ -43,6 +49,69 @@ pub struct Kube {
     clients: tokio::sync::Mutex<HashMap<Option<String>, (Client, tokio::time::Instant)>>,
     /// One recorder per context: it folds repeats of an event into a series.
     recorders: tokio::sync::Mutex<HashMap<Option<String>, Recorder>>,
+    /// Watch-backed caches of the targets, one per (context, namespace, kind).
+    caches: tokio::sync::Mutex<HashMap<CacheKey, Arc<Cache>>>,
+}
+
+type CacheKey = (Option<String>, String, TargetKind);
+
+/// The targets of one kind in one namespace, kept current by a watch: reads cost no
+/// API call, so an idle round makes none.
+struct Cache {
+    store: Store<DynamicObject>,
+    resource: ApiResource,
+    /// True once the initial list is in, false again while the watch is failing
+    /// (reads then go to the API server, which reports the real error).
+    ready: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Cache {
+    fn start(api: Api<DynamicObject>, resource: ApiResource) -> Cache {
+        let writer = Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        let events = watcher(api, watcher::Config::default()).default_backoff().modify(slim).reflect(writer);
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::SeqCst),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "target watch failed; reading directly until it recovers");
+                        flag.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Cache { store, resource, ready, task }
+    }
+
+    fn get(&self, t: &TargetRef) -> Option<Arc<DynamicObject>> {
+        self.store.get(&ObjectRef::new_with(&t.name, self.resource.clone()).within(&t.namespace))
+    }
+}
+
+/// Keeps only what a poll reads, so ten thousand cached targets stay small: the name,
+/// version and annotations, `spec.replicas` and `status.replicas`.
+fn slim(obj: &mut DynamicObject) {
+    obj.metadata.managed_fields = None;
+    obj.metadata.labels = None;
+    obj.metadata.owner_references = None;
+    if let Some(a) = obj.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("sqscale.io/"));
+    }
+    let spec = obj.data["spec"]["replicas"].clone();
+    let status = obj.data["status"]["replicas"].clone();
+    obj.data = json!({ "spec": { "replicas": spec }, "status": { "replicas": status } });
 }
 
 impl Kube {
@@ -54,6 +123,7 @@ impl Kube {
             timeout,
             clients: Default::default(),
             recorders: Default::default(),
+            caches: Default::default(),
         }
     }
 
@@ -150,6 +220,21 @@ impl Kube {
         let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
         self.clients.lock().await.remove(&context);
         self.recorders.lock().await.remove(&context);
+        self.caches.lock().await.retain(|(c, _, _), _| *c != context);
+    }
+
+    /// The cache of `t`'s namespace and kind, started on first use.
+    async fn cache(&self, context: Option<&str>, t: &TargetRef) -> Result<Arc<Cache>, TargetError> {
+        let ctx = context.map(str::to_owned).or_else(|| self.default_context.clone());
+        let key = (ctx, t.namespace.clone(), t.kind);
+        if let Some(c) = self.caches.lock().await.get(&key) {
+            return Ok(c.clone());
+        }
+        let api = self.api(context, t).await?;
+        let resource =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), t.kind.plural());
+        let cache = Arc::new(Cache::start(api, resource));
+        Ok(self.caches.lock().await.entry(key).or_insert(cache).clone())
     }
 
     /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`].
@@ -211,6 +296,22 @@ impl Kube {
 
 impl ScaleTarget for Kube {
     async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        let cache = self.cache(context, t).await?;
+        if cache.ready.load(Ordering::SeqCst) {
+            return match cache.get(t) {
+                Some(obj) => Ok(view_of(
+                    &obj.data["spec"],
+                    &obj.data["status"],
+                    &obj.metadata.annotations.clone().unwrap_or_default(),
+                    obj.metadata.resource_version.clone(),
+                )),
+                None => Err(TargetError {
+                    target: t.to_string(),
+                    kind: "not_found",
+                    message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
+                }),
+            };
+        }
         let api = self.api(context, t).await?;
         let obj = match self.call(t, "reading the target", api.get(&t.name)).await {
             Ok(obj) => obj,
