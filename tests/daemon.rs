@@ -291,3 +291,21 @@ async fn an_idle_round_costs_one_sqs_call_and_no_kubernetes_call() {
     assert!(requests.is_empty(), "idle rounds read the watch cache, not the API server: {requests:?}");
     assert_eq!(daemon.stop().await, Ok(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_given_by_name_is_resolved_once_with_get_queue_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let proxy = Proxy::start(&sqs::endpoint()).await;
+    let url = sqs::queue("byname").await;
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    sqs::send(&url, 10).await;
+    let config =
+        write(dir.path(), "sqscale.toml", &format!("{}{}", header(&proxy.url()), demo_rule("demo", &name, "")));
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(10), || kube.replicas(Kind::Deployment, NS, "demo") == Some(2)).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(proxy.count("GetQueueUrl"), 1, "resolved once");
+    assert!(proxy.count("GetQueueAttributes") >= 3);
+    assert_eq!(daemon.stop().await, Ok(()));
+}

@@ -292,3 +292,24 @@ fn first_polls_spread_over_the_interval_and_rules_on_one_queue_stay_in_step() {
     let big = config(&[rule("a", "shared", ""), rule("b", "shared", "")]);
     assert_eq!(start_offset(&big.rules[0], 10_000), start_offset(&big.rules[1], 10_000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_streak_is_one_event_not_one_per_poll() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    after_poll(start, 20).await;
+    w.queues.set("q", None);
+    after_poll(start, 250).await; // 23 failed polls
+    let events = w.targets.events.lock().unwrap().clone();
+    let reasons: Vec<&str> = events.iter().map(|(_, e)| e.reason).collect();
+    assert_eq!(reasons.iter().filter(|r| **r == "FailedGetQueueAttributes").count(), 1, "{reasons:?}");
+    assert_eq!(&reasons[..3], ["ScaleTargetActivated", "SuccessfulRescale", "SuccessfulRescale"]);
+    let warning = &events.iter().find(|(_, e)| e.reason == "FailedGetQueueAttributes").unwrap().1;
+    assert!(warning.warning && warning.note.contains("(1 failed polls in a row)"), "{warning:?}");
+    after_poll(start, 330).await; // five minutes after the first report: one more
+    let count = w.targets.events.lock().unwrap().iter().filter(|(_, e)| e.reason == "FailedGetQueueAttributes").count();
+    assert_eq!(count, 2);
+}
