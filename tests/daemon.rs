@@ -6,20 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::daemon::{Daemon, demo_rule, header, wait_until, write};
+use support::daemon::{Daemon, cluster, demo_rule, header, wait_until, write};
 use support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
 use support::proxy::Proxy;
 use support::sqs;
 
 const NS: &str = "default";
-
-async fn cluster(dir: &std::path::Path, name: &str, replicas: u32) -> (FakeKube, std::path::PathBuf) {
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, name, replicas);
-    let kubeconfig = dir.join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
-    (kube, kubeconfig)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn story_0_1_4_5_then_sighup_to_max_10_gives_6_then_0_after_the_purge() {

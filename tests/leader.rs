@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::daemon::{demo_rule, wait_until, write};
+use support::daemon::{cluster, demo_rule, wait_until, write};
 use support::fake_kube::{FakeKube, Kind};
-use support::process::{free_port, signal, spawn};
+use support::process::{free_port, http_get, signal, spawn};
 use support::sqs;
 
 const NS: &str = "default";
@@ -37,21 +37,14 @@ fn identity_of(child: &Child) -> String {
 }
 
 async fn metric(port: u16, name: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.lines().find(|l| l.starts_with(name)).map(str::to_owned)
+    let (_, body) = http_get(port, "/metrics").await;
+    body.lines().find(|l| l.starts_with(name)).map(str::to_owned)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_patches_and_a_standby_takes_over_after_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, "demo", 0);
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     let queue = sqs::queue("leader").await;
     let (port_a, port_b) = (free_port(), free_port());
     let a_cfg = config(dir.path(), &kubeconfig, &queue, port_a, "a.toml");
@@ -99,10 +92,7 @@ async fn one_leader_patches_and_a_standby_takes_over_after_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_lease_stops_patching_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, "demo", 0);
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     let queue = sqs::queue("usurped").await;
     let port = free_port();
     let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::daemon::{demo_rule, wait_until, write};
-use support::fake_kube::{FakeKube, Kind};
-use support::process::{free_port, signal, spawn};
+use support::daemon::{cluster, demo_rule, wait_until, write};
+use support::fake_kube::Kind;
+use support::process::{free_port, http_get, signal, spawn};
 use support::sqs;
 
 const NS: &str = "default";
@@ -33,26 +33,10 @@ fn expect_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) -> b
     false
 }
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_protocol_signals_endpoints_and_events() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, "demo", 0);
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     let queue = sqs::queue("process").await;
     let port = free_port();
     let rules = |max: u32| {
@@ -146,10 +130,7 @@ async fn systemd_protocol_signals_endpoints_and_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_logs_what_it_would_do_and_patches_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, "demo", 0);
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     let queue = sqs::queue("dry").await;
     sqs::send(&queue, 30).await;
     let text = format!(
@@ -220,10 +201,7 @@ async fn check_remote(config: &Path, kubeconfig: &Path) -> (Option<i32>, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_remote_reports_queue_target_and_rbac_per_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = FakeKube::start().await;
-    kube.add_deployment(NS, "demo", 2);
-    let kubeconfig = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kubeconfig);
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 2).await;
     let queue = sqs::queue("remote").await;
     sqs::send(&queue, 7).await;
     let head = format!("[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n", sqs::endpoint());

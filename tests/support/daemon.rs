@@ -51,6 +51,16 @@ impl Daemon {
     }
 }
 
+/// A fake API server with one Deployment `name` at `replicas` in `default`, and its
+/// kubeconfig written into `dir`.
+pub async fn cluster(dir: &Path, name: &str, replicas: u32) -> (super::fake_kube::FakeKube, PathBuf) {
+    let kube = super::fake_kube::FakeKube::start().await;
+    kube.add_deployment("default", name, replicas);
+    let kubeconfig = dir.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    (kube, kubeconfig)
+}
+
 /// Writes a rule file into `dir` and returns its path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
