@@ -20,7 +20,11 @@ const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,hyper
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) -> Result<(), String> {
     let filter = match std::env::var("SQSCALE_LOG") {
-        Ok(spec) => EnvFilter::try_new(&spec).map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?,
+        Ok(spec) => EnvFilter::try_new(&spec)
+            .map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?
+            // aws_sigv4 logs canonical requests at trace, presigned query (session
+            // token, credential scope) included: never let a filter turn that on.
+            .add_directive("aws_sigv4=info".parse().expect("a constant, valid directive")),
         Err(_) => EnvFilter::new(DEFAULT_FILTER),
     };
     let json = match format {

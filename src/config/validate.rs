@@ -192,6 +192,10 @@ pub(crate) fn fmt_duration(d: Duration) -> String {
 fn duration(p: &mut Problems, at: &str, key: &str, raw: Option<&RawDuration>, default: Duration) -> Duration {
     match raw {
         None => default,
+        Some(RawDuration::Seconds(s)) if *s > i64::from(i32::MAX) => {
+            p.add(at, format!("{key} ({s}) must be at most {} seconds", i32::MAX));
+            default
+        }
         Some(RawDuration::Seconds(s)) if *s >= 0 => Duration::from_secs(*s as u64),
         Some(RawDuration::Seconds(s)) => {
             p.add(at, format!("{key} ({s}) must not be negative"));
@@ -202,6 +206,9 @@ fn duration(p: &mut Problems, at: &str, key: &str, raw: Option<&RawDuration>, de
                 Ok(secs) => Ok(Duration::from_secs(secs)),
                 Err(_) => humantime::parse_duration(t.trim()),
             };
+            let parsed = parsed.map_err(|e| e.to_string()).and_then(|d| {
+                if d.as_secs() > i32::MAX as u64 { Err(format!("more than {} seconds", i32::MAX)) } else { Ok(d) }
+            });
             parsed.unwrap_or_else(|e| {
                 p.add(
                     at,
@@ -334,8 +341,11 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             p.add(at, "fallback.replicas is required when fallback is set");
             None
         });
-        if let Some(t) = threshold.filter(|t| *t < 0) {
-            p.add(at, format!("fallback.failure_threshold ({t}) must not be negative"));
+        if let Some(t) = threshold.filter(|t| *t < 0 || *t > i64::from(u32::MAX)) {
+            p.add(at, format!("fallback.failure_threshold ({t}) must be between 0 and {}", u32::MAX));
+        }
+        if let Some(r) = replicas.filter(|r| *r > i64::from(u32::MAX)) {
+            p.add(at, format!("fallback.replicas ({r}) must be at most {}", u32::MAX));
         }
         if let Some(r) = replicas.filter(|r| *r < 1) {
             p.add(at, format!("fallback.replicas ({r}) must be at least 1: a failed poll never scales to zero (remove fallback to hold the replicas instead)"));

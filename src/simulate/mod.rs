@@ -68,8 +68,10 @@ impl Trace {
             }
             let time: f64 =
                 record[0].parse().map_err(|_| bad(format!("time ({:?}) is not a number of seconds", &record[0])))?;
-            if !time.is_finite() || time < 0.0 {
-                return Err(bad(format!("time ({}) must be a number of seconds >= 0", &record[0])));
+            // 1e10 s is three centuries: beyond it the virtual clock (milliseconds in
+            // an i64) and the poll count stop making sense.
+            if !time.is_finite() || !(0.0..=1e10).contains(&time) {
+                return Err(bad(format!("time ({}) must be a number of seconds between 0 and 1e10", &record[0])));
             }
             let queue = &record[1];
             if queue.is_empty() {
@@ -159,14 +161,25 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
     }
     let until = options.until.unwrap_or_else(|| {
         let settle = rules.iter().map(|r| settle_time(r)).max().unwrap_or_default();
-        Time(trace.end().0 + settle)
+        Time(trace.end().0.saturating_add(settle))
     });
+    for rule in rules {
+        let step = i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1);
+        let polls = until.0 / step + 1;
+        if polls > 10_000_000 {
+            return Err(format!(
+                "rule {:?} would poll {polls} times up to {}s; give an earlier --until",
+                rule.name,
+                until.0 / 1000
+            ));
+        }
+    }
 
     let mut rows = Vec::new();
     for rule in rules {
         let mut state = State::new(Time(0));
         let mut replicas = options.initial_replicas.unwrap_or(rule.policy.min);
-        let step = rule.polling_interval.as_millis() as i64;
+        let step = i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1);
         let mut t = Time(0);
         while t <= until {
             let obs = Observation {
@@ -190,7 +203,8 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
                 replicas,
                 reason: d.reason,
             });
-            t = Time(t.0 + step);
+            let Some(next) = t.0.checked_add(step) else { break };
+            t = Time(next);
         }
     }
     rows.sort_by_key(|r| r.time);

@@ -80,10 +80,15 @@ impl Cache {
         let flag = ready.clone();
         let events = watcher(api, watcher::Config::default()).default_backoff().modify(slim).reflect(writer);
         let task = tokio::spawn(async move {
+            let mut listed = false;
             futures::pin_mut!(events);
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::SeqCst),
+                    Ok(watcher::Event::InitDone) => {
+                        listed = true;
+                        flag.store(true, Ordering::SeqCst)
+                    }
+                    Ok(_) if listed => flag.store(true, Ordering::SeqCst),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "target watch failed; reading directly until it recovers");
@@ -168,7 +173,7 @@ impl Kube {
             let token = super::eks::mint(&eks.cluster, eks.region.as_deref(), eks.profile.as_deref()).await?;
             config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
         }
-        config.read_timeout = Some(self.timeout);
+        config.read_timeout = None;
         config.connect_timeout = Some(self.timeout);
         let client = tokio::task::spawn_blocking(move || Client::try_from(config))
             .await
@@ -322,6 +327,10 @@ impl ScaleTarget for Kube {
                 return Err(e);
             }
         };
+        // The watch resumed without a change since: the cache holds this very version.
+        if cache.get(t).is_some_and(|c| c.metadata.resource_version == obj.metadata.resource_version) {
+            cache.ready.store(true, Ordering::SeqCst);
+        }
         let annotations = obj.metadata.annotations.clone().unwrap_or_default();
         Ok(view_of(&obj.data["spec"], &obj.data["status"], &annotations, obj.metadata.resource_version.clone()))
     }
@@ -347,6 +356,10 @@ impl ScaleTarget for Kube {
                     let scale = self.call(t, "reading /scale", api.get_scale(&t.name)).await?;
                     version = scale.metadata.resource_version;
                 }
+                Err(e) if e.kind == "unauthorized" => {
+                    self.forget(context).await;
+                    return Err(e);
+                }
                 other => return other.map(drop),
             }
         }
@@ -357,7 +370,11 @@ impl ScaleTarget for Kube {
         let api = self.api(context, t).await?;
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
-        self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await.map(drop)
+        let result = self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await;
+        if result.as_ref().is_err_and(|e| e.kind == "unauthorized") {
+            self.forget(context).await;
+        }
+        result.map(drop)
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -368,7 +385,7 @@ impl ScaleTarget for Kube {
         })?;
         let recorder = {
             let mut recorders = self.recorders.lock().await;
-            let key = context.map(str::to_owned);
+            let key = context.map(str::to_owned).or_else(|| self.default_context.clone());
             recorders.entry(key).or_insert_with(|| Recorder::new(client, Reporter::from(FIELD_MANAGER))).clone()
         };
         let reference = ObjectReference {
@@ -401,13 +418,35 @@ fn error(t: &TargetRef, what: &str, e: &kube::Error) -> TargetError {
             500..=599 => "server_error",
             _ => "other",
         },
+        _ if timed_out(e) => "timeout",
         kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
         kube::Error::Auth(_) => "unauthorized",
         _ => "other",
     };
     let message = match e {
         kube::Error::Api(s) => format!("{what}: {} ({}, {})", s.message, s.reason, s.code),
-        other => format!("{what}: {other}"),
+        other => {
+            let mut m = format!("{what}: {other}");
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                m.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            m
+        }
     };
     TargetError { target: t.to_string(), kind, message }
+}
+
+fn timed_out(e: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || s.to_string().contains("timed out")
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }

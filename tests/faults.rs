@@ -1,0 +1,607 @@
+//! Faults, with the real adapters and the real binary: the SQS emulator killed and
+//! restarted, the API server failing (500, 429, 409), slow or dropping connections, the
+//! target deleted and created again, the bearer token rotated, a storm of SIGHUPs, a
+//! half-written rule file, SIGKILL and restart. In every case nothing is lost (the target
+//! ends at the count the queue asks for), nothing scales in wrongly (`scale_history` of
+//! the fake API server only ever holds the right steps), and the failures show.
+//! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto); polls run every second.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqscale::config::TargetRef;
+use sqscale::engine::Time;
+use sqscale::source::{Shared, sqs::Sqs};
+use sqscale::status::{Observer, RuleStatus};
+use sqscale::target::kube::Kube;
+use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
+use sqscale::worker::{Clock, Deps};
+use support::daemon::{Daemon, demo_rule, header, wait_until, write};
+use support::fake_kube::{FakeKube, Kind};
+use support::moto::Moto;
+use support::process::{free_port, signal, spawn};
+use support::sqs;
+use tokio::sync::mpsc;
+
+const NS: &str = "default";
+
+// === helpers ===
+
+/// A fake API server with the Deployment `default/demo` at 0 replicas, and its kubeconfig.
+async fn cluster(dir: &Path) -> (Arc<FakeKube>, PathBuf) {
+    let (kube, kubeconfig) = support::daemon::cluster(dir, "demo", 0).await;
+    (Arc::new(kube), kubeconfig)
+}
+
+/// The in-process daemon's rule file: SQS at `endpoint`, the demo rule on `queue`.
+fn rule_file(dir: &Path, endpoint: &str, queue: &str, extra: &str) -> PathBuf {
+    write(dir, "sqscale.toml", &format!("{}{}", header(endpoint), demo_rule("demo", queue, extra)))
+}
+
+fn replicas(kube: &FakeKube) -> u32 {
+    kube.replicas(Kind::Deployment, NS, "demo").unwrap_or(u32::MAX)
+}
+
+fn history(kube: &FakeKube) -> Vec<u32> {
+    kube.scale_history(Kind::Deployment, NS, "demo")
+}
+
+fn status(d: &Daemon) -> RuleStatus {
+    d.observer.statuses().into_iter().next().expect("one rule")
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus text exposition; absent is 0.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+const KUBE_ERRORS: &str = "sqscale_poll_errors_total{rule=\"demo\",source=\"kubernetes\"}";
+const SQS_ERRORS: &str = "sqscale_poll_errors_total{rule=\"demo\",source=\"sqs\"}";
+
+/// Starts the daemon in-process on `config` with `targets` (the real adapter, or the
+/// real adapter wrapped), the real SQS adapter, and the system clock.
+fn start_with<T: ScaleTarget>(config: &Path, targets: T) -> Daemon {
+    let cfg = sqscale::config::load(config).expect("valid rule file");
+    let observer = Arc::new(Observer::new());
+    let timeout = Duration::from_secs(5);
+    let deps = Deps {
+        queues: Arc::new(Shared::new(Sqs::new(timeout))),
+        targets: Arc::new(targets),
+        clock: Clock::system(),
+        dry_run: false,
+        call_timeout: timeout,
+        observer: observer.clone(),
+    };
+    let (control, rx) = mpsc::channel(16);
+    let path = config.to_owned();
+    let load = move || sqscale::config::load(&path);
+    let handle = tokio::spawn(sqscale::supervisor::run(cfg, deps, rx, load, Duration::from_secs(10)));
+    Daemon { control, handle, observer }
+}
+
+/// What the fake API server does to the next `/scale` patch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Answer the first `n` attempts with this status (kube itself retries 429).
+    Status(u16, usize),
+    /// 409 Conflict on the first `n` attempts (the adapter retries on a fresh version).
+    Conflict(usize),
+    /// Reset the connection without an answer.
+    Drop,
+    /// Answer this late.
+    Slow(Duration),
+}
+
+/// The real Kubernetes adapter, with a fault armed on the fake just before each of the
+/// first scale calls, so that it hits exactly the `/scale` patch whatever reads come
+/// before, and cleared when the call returns. Logs each armed call's outcome.
+struct Armed {
+    kube: Kube,
+    fake: Arc<FakeKube>,
+    plan: Mutex<VecDeque<Fault>>,
+    log: FaultLog,
+}
+
+/// One armed scale call: how long it took, and its error kind and message.
+#[derive(Clone, Debug)]
+struct Outcome {
+    fault: Fault,
+    took: Duration,
+    result: Result<(), &'static str>,
+    message: String,
+}
+
+type FaultLog = Arc<Mutex<Vec<Outcome>>>;
+
+impl ScaleTarget for Armed {
+    async fn read(&self, ctx: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        self.kube.read(ctx, t).await
+    }
+
+    async fn scale(&self, ctx: Option<&str>, t: &TargetRef, to: u32, rv: Option<&str>) -> Result<(), TargetError> {
+        let fault = self.plan.lock().unwrap().pop_front();
+        match fault {
+            Some(Fault::Status(code, n)) => self.fake.fail_next(n, code),
+            Some(Fault::Conflict(n)) => self.fake.conflict_next(n),
+            Some(Fault::Drop) => self.fake.drop_next(1),
+            Some(Fault::Slow(d)) => self.fake.set_latency(d),
+            None => {}
+        }
+        let started = tokio::time::Instant::now();
+        let result = self.kube.scale(ctx, t, to, rv).await;
+        if let Some(fault) = fault {
+            self.fake.clear_faults();
+            self.log.lock().unwrap().push(Outcome {
+                fault,
+                took: started.elapsed(),
+                result: result.as_ref().map(drop).map_err(|e| e.kind),
+                message: result.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+            });
+        }
+        result
+    }
+
+    async fn set_last_active(&self, ctx: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
+        self.kube.set_last_active(ctx, t, at).await
+    }
+
+    async fn publish(&self, ctx: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
+        self.kube.publish(ctx, t, event).await
+    }
+}
+
+/// Runs 30 messages through a rule with max 10 (0 -> 1 -> 4 -> 6) while the scale
+/// patches meet `plan`, with a Kubernetes call timeout of 2 s. Returns the fake, the
+/// fault log and the metrics once the target is at 6.
+async fn scale_through(plan: &[Fault]) -> (Arc<FakeKube>, Vec<Outcome>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("armed").await;
+    sqs::send(&queue, 30).await;
+    let config = rule_file(dir.path(), &sqs::endpoint(), &queue, "max_replica_count = 10");
+    let log = FaultLog::default();
+    let cfg = sqscale::config::load(&config).unwrap();
+    let armed = Armed {
+        kube: Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig), Duration::from_secs(2)),
+        fake: kube.clone(),
+        plan: Mutex::new(plan.iter().copied().collect()),
+        log: log.clone(),
+    };
+    let daemon = start_with(&config, armed);
+    let done = wait_until(Duration::from_secs(18), || replicas(&kube) == 6).await;
+    assert!(done, "at {} after {:?}; history {:?}", replicas(&kube), log.lock().unwrap(), history(&kube));
+    // Settle: a write that timed out may still land; nothing else may follow.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metrics = daemon.observer.encode_metrics();
+    assert_eq!(daemon.stop().await, Ok(()));
+    let log = log.lock().unwrap().clone();
+    (kube, log, metrics)
+}
+
+/// No wrong scale: the writes only step up through the expected counts (a write that
+/// timed out and landed late may repeat a count, never go back).
+fn assert_steps(kube: &FakeKube, steps: &[u32]) {
+    let h = history(kube);
+    let mut d = h.clone();
+    d.dedup();
+    assert_eq!(d, steps, "history {h:?}");
+}
+
+// === SQS ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_emulator_killed_and_restarted_never_scales_in_and_scaling_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let mut moto = Moto::start().await;
+    let name = format!("killed-{}", std::process::id());
+    let queue = moto.create_queue(&name).await;
+    sqs::send_with(&moto.client().await, &queue, 20).await;
+    let config = rule_file(dir.path(), &moto.url(), &queue, "max_replica_count = 10");
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 4).await, "at {}", replicas(&kube));
+
+    // SIGKILL: connections refused. Well past the 3 s cooldown, nothing moves.
+    moto.kill().await;
+    let killed = tokio::time::Instant::now();
+    let failing = wait_until(Duration::from_secs(12), || {
+        status(&daemon).consecutive_failures >= 2 && killed.elapsed() >= Duration::from_secs(5)
+    })
+    .await;
+    assert!(failing, "{:?}", status(&daemon));
+    assert_eq!(history(&kube), [1, 4], "no scale-in while SQS is down");
+    let down_errors = metric(&daemon.observer.encode_metrics(), SQS_ERRORS);
+    assert!(down_errors >= 2.0, "failed polls are counted: {down_errors}");
+
+    // Back on the same port, but empty: the queue does not exist. Still no scale-in.
+    moto.restart().await;
+    let gone = |s: &RuleStatus| s.last_error.as_deref().is_some_and(|e| e.contains("exist"));
+    assert!(wait_until(Duration::from_secs(10), || gone(&status(&daemon))).await, "{:?}", status(&daemon));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(gone(&status(&daemon)), "{:?}", status(&daemon));
+    assert_eq!(history(&kube), [1, 4], "no scale-in while the queue is missing");
+    assert!(metric(&daemon.observer.encode_metrics(), SQS_ERRORS) >= down_errors + 2.0);
+
+    // The queue is back with a bigger backlog: scaling resumes where it was.
+    assert_eq!(moto.create_queue(&name).await, queue);
+    sqs::send_with(&moto.client().await, &queue, 50).await;
+    assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 10).await, "at {}", replicas(&kube));
+    assert_eq!(history(&kube), [1, 4, 8, 10]);
+    assert_eq!(status(&daemon).consecutive_failures, 0);
+    assert_eq!(daemon.stop().await, Ok(()));
+}
+
+// === the API server ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_on_the_scale_patch_lose_no_write() {
+    use Fault::*;
+    let plan = [Status(500, 1), Status(429, 1), Conflict(3), Conflict(1)];
+    let (kube, log, metrics) = scale_through(&plan).await;
+    let outcomes: Vec<_> = log.iter().map(|o| (o.fault, o.result)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Status(500, 1), Err("server_error")),
+            // kube honours Retry-After: the write lands in the same call, a second later.
+            (Status(429, 1), Ok(())),
+            // The adapter's own retries on a fresh version run out...
+            (Conflict(3), Err("conflict")),
+            // ...or succeed.
+            (Conflict(1), Ok(())),
+        ]
+    );
+    assert!(log[1].took >= Duration::from_secs(1), "Retry-After respected: {:?}", log[1]);
+    assert!(log[0].message.contains("InternalError") && log[2].message.contains("Conflict"), "{log:#?}");
+    assert_eq!(history(&kube), [1, 4, 6], "every write once, none lost");
+    assert_eq!(metric(&metrics, KUBE_ERRORS), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, "sqscale_scale_total{rule=\"demo\",direction=\"up\"}"), 3.0, "{metrics}");
+    assert!(kube.events().iter().any(|e| e["reason"] == "FailedRescale" && e["type"] == "Warning"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_throttled_and_slow_patches_time_out_and_the_write_lands_later() {
+    use Fault::*;
+    let plan = [Drop, Status(429, 20), Slow(Duration::from_millis(2500))];
+    let (kube, log, metrics) = scale_through(&plan).await;
+    let kinds: Vec<_> = log.iter().map(|o| (o.fault, o.result.err())).collect();
+    assert!(kinds.len() == 3 && kinds.iter().all(|(_, e)| e.is_some()), "{log:#?}");
+    for o in &log[1..] {
+        assert!(o.took < Duration::from_secs(4), "bounded by the 2 s timeout: {o:?}");
+    }
+    assert_steps(&kube, &[1, 4, 6]);
+    assert_eq!(metric(&metrics, KUBE_ERRORS), 3.0, "{metrics}");
+    // What /status and the logs say tells a reset from a call that ran out of time.
+    let says = |o: &Outcome, kind, words: &[&str]| {
+        o.result == Err(kind) && words.iter().any(|w| o.message.to_lowercase().contains(w))
+    };
+    assert!(says(&log[0], "unreachable", &["reset", "closed"]), "a reset says so: {:?}", log[0]);
+    for o in &log[1..] {
+        assert!(says(o, "timeout", &["timed out", "within"]), "a timeout says so: {o:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_target_created_again_is_scaled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("recreated").await;
+    sqs::send(&queue, 30).await;
+    let config = rule_file(dir.path(), &sqs::endpoint(), &queue, "");
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 5).await, "at {}", replicas(&kube));
+
+    assert!(kube.delete(Kind::Deployment, NS, "demo"));
+    let missing = |s: &RuleStatus| {
+        s.consecutive_failures >= 2 && s.last_error.as_deref().is_some_and(|e| e.contains("not found"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || missing(&status(&daemon))).await, "{:?}", status(&daemon));
+    assert!(metric(&daemon.observer.encode_metrics(), KUBE_ERRORS) >= 2.0);
+
+    // Created again by name, fresh at 0 replicas and without annotations.
+    kube.add_deployment(NS, "demo", 0);
+    assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 5).await, "at {}", replicas(&kube));
+    assert_eq!(history(&kube), [1, 4, 5, 1, 4, 5]);
+    let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
+    assert!(obj["metadata"]["annotations"]["sqscale.io/last-active"].is_string(), "last-active kept again: {obj}");
+    assert_eq!(status(&daemon).consecutive_failures, 0);
+    assert_eq!(daemon.stop().await, Ok(()));
+}
+
+/// Target reads come from the watch, also after the watch failed once (a 500 when it
+/// resumes) and for longer than the call timeout (5 s here) without a change. kube's read
+/// timeout is the call timeout, so a silent watch dies after it; and a watch that resumes
+/// from its resourceVersion sends no `InitDone`, which alone marks the cache ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_reads_come_from_the_watch_again_after_it_failed_and_while_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("idle").await;
+    let config = rule_file(dir.path(), &sqs::endpoint(), &queue, "");
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An idle poll makes no call, so the next request is the watch resuming: it fails.
+    kube.fail_next(1, 500);
+    kube.close_watches();
+    let calls = || {
+        let watched = kube.requests().iter().filter(|r| watches(r.query.as_deref())).count();
+        (kube.count("GET", "/deployments/demo"), watched)
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (before, polls) = (calls(), status(&daemon).polls);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (after, polls) = (calls(), status(&daemon).polls - polls);
+    assert_eq!(daemon.stop().await, Ok(()));
+    let requests: Vec<_> = kube.requests().into_iter().map(|r| (r.method, r.path, r.query, r.status)).collect();
+    assert!(
+        polls >= 3 && after == before,
+        "{polls} idle polls made (GETs, watches) {before:?} -> {after:?}: {requests:#?}"
+    );
+}
+
+/// The bearer token is rotated: polls fail with 401 until a new kubeconfig appears at the
+/// same path, which the daemon then reads without a restart. Events resume too.
+async fn token_rotation(kubernetes_section: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("rotated").await;
+    let text = format!("{kubernetes_section}{}{}", header(&sqs::endpoint()), demo_rule("demo", &queue, ""));
+    let config = write(dir.path(), "sqscale.toml", &text);
+    // A call timeout longer than the test, so no watch dies of silence on the way: only
+    // the 401s themselves may make the adapter read the kubeconfig again.
+    let cfg = sqscale::config::load(&config).unwrap();
+    let adapter = Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.clone()), Duration::from_secs(30));
+    let daemon = start_with(&config, adapter);
+    // (`Observer::readiness` is no help: it is Ok before any rule is loaded.)
+    let polled = || daemon.observer.statuses().first().is_some_and(|s| s.polls >= 2);
+    assert!(wait_until(Duration::from_secs(5), polled).await);
+    wait_until(Duration::from_secs(2), || kube.requests().iter().any(|r| watches(r.query.as_deref()))).await;
+
+    kube.set_token("rotated-token");
+    sqs::send(&queue, 30).await;
+    let rejected = |s: &RuleStatus| {
+        s.consecutive_failures >= 2 && s.last_error.as_deref().is_some_and(|e| e.contains("Unauthorized"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || rejected(&status(&daemon))).await, "{:?}", status(&daemon));
+    assert!(history(&kube).is_empty(), "nothing written with a rejected token");
+    let events_before = kube.events().len();
+
+    kube.write_kubeconfig(&kubeconfig);
+    assert!(
+        wait_until(Duration::from_secs(10), || replicas(&kube) == 5).await,
+        "at {}: {:?}",
+        replicas(&kube),
+        status(&daemon)
+    );
+    assert_eq!(history(&kube), [1, 4, 5]);
+    assert_eq!(status(&daemon).consecutive_failures, 0);
+    let reasons = || {
+        kube.events()[events_before..].iter().map(|e| e["reason"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>()
+    };
+    let activated = wait_until(Duration::from_secs(3), || reasons().iter().any(|r| r == "ScaleTargetActivated")).await;
+    assert!(activated, "events after the rotation: {:?}", reasons());
+    assert_eq!(daemon.stop().await, Ok(()));
+}
+
+fn watches(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.contains("watch=true"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_read_from_the_new_kubeconfig_without_a_restart() {
+    token_rotation("").await;
+}
+
+/// With `[kubernetes] context` set, rules without a context of their own use it: after a
+/// 401 the adapter forgets the client under that context, but keeps the Event recorder
+/// under `None`, so Events keep going out with the old token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_is_read_from_the_new_kubeconfig_with_a_default_context() {
+    token_rotation("[kubernetes]\ncontext = \"fake\"\n").await;
+}
+
+/// `/readyz` and READY=1 wait for every rule's first poll, but an Observer that has not
+/// been given the rules yet answers ready: `sqscale run` spawns the HTTP server and the
+/// sd_notify task before `Supervisor::start` loads the rules, so a probe in that window
+/// gets 200, and READY=1 may go out with "0 rules running".
+#[test]
+fn an_observer_without_rules_is_not_ready() {
+    let observer = Observer::new();
+    assert!(observer.first_round().is_err(), "first round done before any rule was loaded");
+    assert!(observer.readiness().is_err(), "ready before any rule was loaded");
+}
+
+// === the binary ===
+
+/// `GET path` on the daemon's listener every 100 ms until `check(status, body)` holds;
+/// the last body, if it did within `timeout`.
+async fn http_until(port: u16, path: &str, timeout: Duration, check: impl Fn(u16, &str) -> bool) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            if s.write_all(request.as_bytes()).await.is_ok() && s.read_to_string(&mut out).await.is_ok() {
+                let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                if check(code, body) {
+                    return Some(body.to_owned());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+async fn ready(port: u16) -> bool {
+    http_until(port, "/readyz", Duration::from_secs(10), |code, _| code == 200).await.is_some()
+}
+
+async fn metrics_until(port: u16, check: impl Fn(&str) -> bool) -> Option<String> {
+    http_until(port, "/metrics", Duration::from_secs(5), |code, m| code == 200 && check(m)).await
+}
+
+/// A rule file for the binary: moto, the demo rule, HTTP on `port` (0: none).
+fn rules(queue: &str, port: u16, extra: &str) -> String {
+    let listen = if port == 0 { String::new() } else { format!("127.0.0.1:{port}") };
+    format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"{listen}\"\n{}",
+        sqs::endpoint(),
+        demo_rule("demo", queue, extra)
+    )
+}
+
+fn run(config: &Path, kubeconfig: &Path, log: &Path) -> support::process::Daemon {
+    spawn(&["run", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()], &[], log)
+}
+
+const RELOAD_OK: &str = "sqscale_config_reloads_total{result=\"success\"}";
+const RELOAD_FAILED: &str = "sqscale_config_reloads_total{result=\"failure\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_sighups_in_a_second_and_it_keeps_scaling() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("storm").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &rules(&queue, port, ""));
+    let log = dir.path().join("sqscale.log");
+    let mut child = run(&config, &kubeconfig, &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready(port).await, "{}", logs());
+
+    sqs::send(&queue, 30).await;
+    let pid = child.id().to_string();
+    let sent = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        for i in 0..100u32 {
+            let ok = std::process::Command::new("kill").args(["-HUP", &pid]).status().is_ok_and(|s| s.success());
+            if !ok {
+                return i;
+            }
+            std::thread::sleep(
+                (start + Duration::from_millis(10) * i).saturating_duration_since(std::time::Instant::now()),
+            );
+        }
+        100
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent, 100, "the daemon died during the storm:\n{}", logs());
+    assert!(child.try_wait().unwrap().is_none(), "{}", logs());
+
+    assert!(wait_until(Duration::from_secs(15), || replicas(&kube) == 5).await, "at {}\n{}", replicas(&kube), logs());
+    assert_eq!(history(&kube), [1, 4, 5], "unchanged rules kept their state through the reloads");
+    let m = metrics_until(port, |m| metric(m, RELOAD_OK) >= 1.0).await.expect("reloaded at least once");
+    assert!(metric(&m, RELOAD_OK) <= 100.0 && metric(&m, RELOAD_FAILED) == 0.0, "{m}");
+    assert_eq!(metric(&m, "sqscale_rules"), 1.0);
+
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(logs().contains("stopped cleanly"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_on_a_half_written_rule_file_keeps_the_old_rules_until_it_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("half").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &rules(&queue, port, ""));
+    let log = dir.path().join("sqscale.log");
+    let mut child = run(&config, &kubeconfig, &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready(port).await, "{}", logs());
+
+    // The new version raises max to 10; it is caught being written three ways: truncated
+    // to nothing, cut in the middle of a string, cut before the trigger.
+    let full = rules(&queue, port, "max_replica_count = 10");
+    let mid_string = full.find("queue_url = \"").unwrap() + 20;
+    let before_trigger = full.find("[[rule.trigger]]").unwrap();
+    for (n, cut) in [&full[..0], &full[..mid_string], &full[..before_trigger]].into_iter().enumerate() {
+        std::fs::write(&config, cut).unwrap();
+        signal(&child, "-HUP");
+        let counted = metrics_until(port, |m| metric(m, RELOAD_FAILED) == (n + 1) as f64).await;
+        assert!(counted.is_some(), "cut {n} rejected and counted\n{}", logs());
+    }
+    assert!(logs().contains("keeping the running rules"), "{}", logs());
+
+    // The old rules keep running: max 5.
+    sqs::send(&queue, 30).await;
+    assert!(wait_until(Duration::from_secs(15), || replicas(&kube) == 5).await, "at {}\n{}", replicas(&kube), logs());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(history(&kube), [1, 4, 5]);
+
+    // The file is complete: max 10 applies, ceil(30 / 5) = 6.
+    std::fs::write(&config, &full).unwrap();
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 6).await, "at {}\n{}", replicas(&kube), logs());
+    assert_eq!(history(&kube), [1, 4, 5, 6]);
+    let m = metrics_until(port, |m| metric(m, RELOAD_OK) == 1.0).await.expect("the complete file counted");
+    assert_eq!(metric(&m, RELOAD_FAILED), 3.0, "{m}");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("sigkill").await;
+    let port = free_port();
+    let with_cooldown = |port| rules(&queue, port, "").replace("cooldown_period = 3", "cooldown_period = 6");
+    let config_a = write(dir.path(), "a.toml", &with_cooldown(port));
+    let config_b = write(dir.path(), "b.toml", &with_cooldown(0));
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let logs = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut a = run(&config_a, &kubeconfig, &log_a);
+    assert!(ready(port).await, "{}", logs(&log_a));
+    sqs::send(&queue, 30).await;
+    assert!(wait_until(Duration::from_secs(15), || replicas(&kube) == 5).await, "{}", logs(&log_a));
+
+    // The queue empties; once a poll has seen it empty, last-active is final.
+    sqs::purge(&queue).await;
+    let annotation = || {
+        let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
+        obj["metadata"]["annotations"]["sqscale.io/last-active"].as_str().map(str::to_owned)
+    };
+    let inactive = |_, body: &str| {
+        let s: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let rule = &s["rules"][0];
+        rule["active"] == false && rule["last_active"].as_str().is_some_and(|t| Some(t) == annotation().as_deref())
+    };
+    assert!(http_until(port, "/status", Duration::from_secs(5), inactive).await.is_some(), "{}", logs(&log_a));
+    let last_active = sqscale::target::parse_time(&annotation().unwrap()).unwrap();
+
+    signal(&a, "-KILL");
+    a.wait().unwrap();
+    let mut b = run(&config_b, &kubeconfig, &log_b);
+    let cooldown_ends = last_active.0 + 6000;
+    assert!(cooldown_ends - unix_ms(SystemTime::now()) >= 2000, "restarted well inside the cooldown");
+
+    // The new process knows nothing but the annotation: zero only once the cooldown ran out.
+    let mut zero_seen = 0;
+    let zero = wait_until(Duration::from_secs(15), || {
+        let zero = replicas(&kube) == 0;
+        zero_seen = unix_ms(SystemTime::now());
+        zero
+    })
+    .await;
+    assert!(zero, "never scaled to zero\n{}", logs(&log_b));
+    assert!(zero_seen >= cooldown_ends, "scaled to zero {} ms before the cooldown ran out", cooldown_ends - zero_seen);
+    assert_eq!(history(&kube), [1, 4, 5, 0]);
+    signal(&b, "-TERM");
+    assert_eq!(b.wait().unwrap().code(), Some(0), "{}", logs(&log_b));
+}
