@@ -203,9 +203,12 @@ impl<'de> serde::Deserialize<'de> for Checked {
 }
 
 fn extract(figment: Figment, origin: String) -> Result<Config, ConfigErrors> {
-    let checked: Checked = figment.extract().map_err(|e| ConfigErrors {
-        origin: origin.clone(),
-        problems: e.into_iter().map(describe_figment_error).collect(),
+    let checked: Checked = figment.extract().map_err(|e| {
+        let names = rule_names(&figment);
+        ConfigErrors {
+            origin: origin.clone(),
+            problems: e.into_iter().map(|e| describe_figment_error(e, &names)).collect(),
+        }
     })?;
     let mut problems: Vec<String> = checked.unknown.iter().map(|p| describe_unknown_key(&checked.raw, p)).collect();
     match validate::validate(&checked.raw) {
@@ -247,12 +250,26 @@ fn render_path(parts: &[&str]) -> String {
     out
 }
 
-fn describe_figment_error(e: figment::Error) -> String {
-    let key = render_path(&e.path.iter().map(String::as_str).collect::<Vec<_>>());
+/// The `name` of each `[[rule]]`, read from the untyped tree: a type error elsewhere in
+/// a rule should still be reported under the rule's name.
+fn rule_names(figment: &Figment) -> Vec<Option<String>> {
+    let Ok(figment::value::Value::Array(_, rules)) = figment.find_value("rule") else { return Vec::new() };
+    rules.iter().map(|r| r.as_dict().and_then(|d| d.get("name")).and_then(|n| n.as_str()).map(str::to_owned)).collect()
+}
+
+fn describe_figment_error(e: figment::Error, names: &[Option<String>]) -> String {
+    let parts: Vec<&str> = e.path.iter().map(String::as_str).collect();
     let source = match &e.metadata {
         Some(md) if md.name.contains("environment") => format!(" (from {})", md.name),
         _ => String::new(),
     };
+    // `rule.0.min_replica_count` -> `rule "orders": min_replica_count`.
+    if let ["rule", index, rest @ ..] = parts.as_slice()
+        && let Some(Some(name)) = index.parse::<usize>().ok().and_then(|i| names.get(i))
+    {
+        return format!("rule {name:?}: {}: {}{source}", render_path(rest), e.kind);
+    }
+    let key = render_path(&parts);
     if key.is_empty() { format!("{}{source}", e.kind) } else { format!("{key}: {}{source}", e.kind) }
 }
 

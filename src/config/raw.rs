@@ -70,13 +70,14 @@ pub struct RawLeaderElection {
 
 /// A duration as KEDA writes it (whole seconds) or as a person does (`"30s"`, `"5m"`).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "whole seconds or a duration string such as \"30s\" or \"5m\"")]
 pub enum RawDuration {
     Seconds(i64),
     Text(String),
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [[rule]] table")]
 pub struct RawRule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -107,6 +108,7 @@ pub struct RawRule {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table such as { kind = \"Deployment\", name = \"worker\", namespace = \"default\" }")]
 pub struct RawTarget {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -117,6 +119,7 @@ pub struct RawTarget {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table such as { failure_threshold = 3, replicas = 2, behavior = \"static\" }")]
 pub struct RawFallback {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<i64>,
@@ -127,6 +130,7 @@ pub struct RawFallback {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table with scale_up and/or scale_down")]
 pub struct RawBehavior {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<RawScalingRules>,
@@ -135,6 +139,7 @@ pub struct RawBehavior {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table with stabilization_window, select_policy, tolerance and policies")]
 pub struct RawScalingRules {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stabilization_window: Option<RawDuration>,
@@ -147,6 +152,7 @@ pub struct RawScalingRules {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table such as { type = \"Percent\", value = 100, period = 15 }")]
 pub struct RawPolicy {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -157,6 +163,7 @@ pub struct RawPolicy {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [[rule.trigger]] table")]
 pub struct RawTrigger {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,

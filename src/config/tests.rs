@@ -97,7 +97,11 @@ fn syntax_errors_carry_line_and_column() {
 fn type_errors_name_the_key() {
     let p = problems(&one_rule("min_replica_count = \"three\"", ""));
     assert_eq!(p.len(), 1);
-    assert!(p[0].starts_with("rule[0].min_replica_count: "), "{p:?}");
+    assert!(p[0].starts_with("rule \"orders\": min_replica_count: "), "{p:?}");
+    let p = problems(&one_rule("cooldown_period = true", ""));
+    assert!(p[0].contains("whole seconds or a duration string"), "{p:?}");
+    let p = problems("[[rule]]\nname = \"orders\"\ntarget = 3\n");
+    assert!(p[0].contains("a table such as { kind = \"Deployment\""), "{p:?}");
 }
 
 #[test]
@@ -152,8 +156,8 @@ fn tv33_validation_vectors() {
     assert_eq!(bad("", "queue_length = -1"), [r#"rule "orders": trigger 1: queue_length (-1) must be greater than 0"#]);
     assert_eq!(ok("", "activation_queue_length = -1").rules[0].policy.triggers[0].activation_queue_length, -1);
     // queue_length "abc" / 2.5: a type error naming the key.
-    assert!(bad("", "queue_length = 2.5")[0].starts_with("rule[0].trigger[0].queue_length: "));
-    assert!(bad("", "scale_on_in_flight = \"yes\"")[0].starts_with("rule[0].trigger[0].scale_on_in_flight: "));
+    assert!(bad("", "queue_length = 2.5")[0].starts_with("rule \"orders\": trigger[0].queue_length: "));
+    assert!(bad("", "scale_on_in_flight = \"yes\"")[0].starts_with("rule \"orders\": trigger[0].scale_on_in_flight: "));
     assert!(bad("", "type = \"kafka\"")[0].contains("type (\"kafka\") is not supported"));
 }
 
