@@ -1,0 +1,1041 @@
+//! The daemon under load: one `sqscale run` process (the release binary named by
+//! `SQSCALE_BIN`) with N rules at a 10 s polling interval, against an in-process SQS
+//! endpoint and the fake Kubernetes API server. Run it with `scripts/bench`; it is
+//! ignored by `cargo test`.
+//!
+//! For every N of `SQSCALE_BENCH_RULES` (default `10,1000,10000`) it measures:
+//!
+//! * start-up: spawn until every rule has made its first SQS call (seen at the SQS
+//!   endpoint), and until `/readyz` answers 200 and `READY=1` arrives on NOTIFY_SOCKET
+//!   (the daemon's own claims, printed next to it);
+//! * after a warm-up of one and a half intervals, over a window of
+//!   `SQSCALE_BENCH_SECONDS` (default 60) in which every queue is empty: the daemon's
+//!   VmRSS and VmHWM (/proc/PID/status), its CPU time (utime + stime of /proc/PID/stat),
+//!   poll lateness (each SQS arrival against its queue's ideal schedule, first arrival
+//!   plus k x 10 s, see [`lateness`]), and the SQS and Kubernetes calls counted at the two
+//!   servers, per round;
+//! * then a backlog of 1000 messages on a few dozen queues: for every replica change
+//!   the daemon writes, the time from the SQS answer of the poll that saw the backlog to
+//!   the change reaching the fake API server, and the time from the first answer with a
+//!   backlog to the target at `max_replica_count` (10);
+//! * the reload of the whole N-rule file with every `max_replica_count` changed:
+//!   SIGHUP, then RELOADING=1 -> READY=1 on NOTIFY_SOCKET, and when each restarted rule
+//!   polls again;
+//! * the drain on SIGTERM.
+//!
+//! Knobs: `SQSCALE_BENCH_LOG` sets the daemon's `SQSCALE_LOG` (default `info`);
+//! `SQSCALE_BENCH_KEEP=1` keeps each size's rule file and daemon log.
+//!
+//! It prints a Markdown table (one row per N) for PERFORMANCE.md, then the details.
+//!
+//! How the servers are kept honest: they run in this process, whose own CPU is printed
+//! next to the daemon's; the daemon's figures come from /proc/PID only. The fake API
+//! server answers with zero added latency. Replica changes are timed by a watch this
+//! process holds on the Deployments (its requests carry `x-sqscale-bench` and are not
+//! counted as the daemon's); the watch's own delivery delay is calibrated with writes
+//! to a Deployment no rule targets and printed, so it can be subtracted by eye.
+
+#[path = "support/fake_kube.rs"]
+mod fake_kube;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::serve::ListenerExt;
+use fake_kube::{FakeKube, Kind};
+use futures::TryStreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const NS: &str = "bench";
+/// A Deployment no rule targets: writes to it calibrate the watch's delivery delay.
+const PROBE: &str = "bench-probe";
+/// The header on this process's own Kubernetes requests (the watch).
+const OWN: &str = "x-sqscale-bench";
+const INTERVAL: Duration = Duration::from_secs(10);
+/// Queues given a backlog in the second phase (all of them when there are fewer).
+const ACTIVE_QUEUES: usize = 40;
+/// How long the backlog phase runs: activation plus three HPA steps.
+const ACTIVE_PHASE: Duration = Duration::from_secs(45);
+const MAX_REPLICAS: u32 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// The SQS endpoint: AWS JSON 1.0, GetQueueAttributes and GetQueueUrl
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+struct Poll {
+    /// When the request reached the handler.
+    arrived: Instant,
+    /// When the answer was ready to go back.
+    answered: Instant,
+    backlog: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    backlog: AtomicU64,
+    polls: Mutex<Vec<Poll>>,
+}
+
+struct Sqs {
+    queues: Vec<Queue>,
+    /// `http://127.0.0.1:PORT`, set once bound.
+    url: Mutex<String>,
+    /// Requests that were not a GetQueueAttributes of a known queue.
+    other: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Sqs {
+    fn new(n: usize) -> Sqs {
+        Sqs {
+            queues: (0..n).map(|_| Queue::default()).collect(),
+            url: Mutex::new(String::new()),
+            other: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    fn queue_url(&self, i: usize) -> String {
+        format!("{}/000000000000/q-{i}", self.url.lock().unwrap())
+    }
+
+    fn polls(&self, i: usize) -> Vec<Poll> {
+        self.queues[i].polls.lock().unwrap().clone()
+    }
+
+    fn set_backlog(&self, i: usize, backlog: u64) {
+        self.queues[i].backlog.store(backlog, Ordering::SeqCst);
+    }
+
+    /// Calls that arrived in `[from, to)`, every queue.
+    fn calls_between(&self, from: Instant, to: Instant) -> u64 {
+        self.queues
+            .iter()
+            .map(|q| q.polls.lock().unwrap().iter().filter(|p| p.arrived >= from && p.arrived < to).count() as u64)
+            .sum()
+    }
+}
+
+/// `q-17` at the end of a queue URL (or a bare name) -> 17.
+fn queue_index(url: &str) -> Option<usize> {
+    url.rsplit('/').next()?.strip_prefix("q-")?.parse().ok()
+}
+
+async fn start_sqs(n: usize) -> (Arc<Sqs>, tokio::task::JoinHandle<()>) {
+    let sqs = Arc::new(Sqs::new(n));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    *sqs.url.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
+    let counter = sqs.clone();
+    let listener = listener.tap_io(move |tcp| {
+        let _ = tcp.set_nodelay(true);
+        counter.connections.fetch_add(1, Ordering::Relaxed);
+    });
+    let app = Router::new().fallback(sqs_handler).with_state(sqs.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (sqs, server)
+}
+
+async fn sqs_handler(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
+    let arrived = Instant::now();
+    let target = request.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
+    let input: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match target.as_str() {
+        "AmazonSQS.GetQueueAttributes" => {
+            let Some(i) = input["QueueUrl"].as_str().and_then(queue_index).filter(|i| *i < sqs.queues.len()) else {
+                return sqs_error(&sqs);
+            };
+            let queue = &sqs.queues[i];
+            let backlog = queue.backlog.load(Ordering::SeqCst);
+            let mut attributes = serde_json::Map::new();
+            for name in input["AttributeNames"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                let all = name == "All";
+                if all || name == "ApproximateNumberOfMessages" {
+                    attributes.insert("ApproximateNumberOfMessages".into(), json!(backlog.to_string()));
+                }
+                if all || name == "ApproximateNumberOfMessagesNotVisible" {
+                    attributes.insert("ApproximateNumberOfMessagesNotVisible".into(), json!("0"));
+                }
+                if all || name == "ApproximateNumberOfMessagesDelayed" {
+                    attributes.insert("ApproximateNumberOfMessagesDelayed".into(), json!("0"));
+                }
+            }
+            let response = sqs_answer(json!({ "Attributes": attributes }));
+            let answered = Instant::now();
+            queue.polls.lock().unwrap().push(Poll { arrived, answered, backlog });
+            response
+        }
+        "AmazonSQS.GetQueueUrl" => {
+            let Some(i) = input["QueueName"].as_str().and_then(queue_index).filter(|i| *i < sqs.queues.len()) else {
+                return sqs_error(&sqs);
+            };
+            sqs.other.fetch_add(1, Ordering::Relaxed);
+            sqs_answer(json!({ "QueueUrl": sqs.queue_url(i) }))
+        }
+        _ => sqs_error(&sqs),
+    }
+}
+
+fn sqs_answer(body: Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.0"));
+    headers.insert("x-amzn-requestid", HeaderValue::from_static("00000000-0000-0000-0000-000000000000"));
+    response
+}
+
+/// What SQS answers for an unknown queue (in the JSON protocol, with the query-mode
+/// error code the SDK asks for).
+fn sqs_error(sqs: &Sqs) -> Response {
+    sqs.other.fetch_add(1, Ordering::Relaxed);
+    let body = json!({
+        "__type": "com.amazonaws.sqs#QueueDoesNotExist",
+        "message": "The specified queue does not exist.",
+    });
+    let mut response = sqs_answer(body);
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response
+        .headers_mut()
+        .insert("x-amzn-query-error", HeaderValue::from_static("AWS.SimpleQueueService.NonExistentQueue;Sender"));
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes: counting the daemon's calls, and timing replica changes with a watch
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon's Kubernetes requests by kind, cumulative.
+#[derive(Clone, Debug, Default)]
+struct KubeCounts {
+    by_kind: BTreeMap<&'static str, u64>,
+    /// Answered with an error status (seen only if answered before the drain).
+    failed: u64,
+    /// This process's own requests (the watch), not counted above.
+    own: u64,
+}
+
+impl KubeCounts {
+    fn total(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+
+    fn minus(&self, earlier: &KubeCounts) -> KubeCounts {
+        let by_kind = self
+            .by_kind
+            .iter()
+            .map(|(k, v)| (*k, v - earlier.by_kind.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        KubeCounts { by_kind, failed: self.failed - earlier.failed, own: self.own - earlier.own }
+    }
+
+    fn describe(&self, per: f64) -> String {
+        let parts: Vec<String> = self.by_kind.iter().map(|(k, v)| format!("{k} {:.1}", *v as f64 / per)).collect();
+        if parts.is_empty() { "none".to_owned() } else { parts.join(", ") }
+    }
+}
+
+fn classify(method: &str, path: &str, query: Option<&str>) -> &'static str {
+    let watch = query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let collection = path.trim_end_matches('/').ends_with("/deployments");
+    match method {
+        "GET" if watch => "WATCH",
+        "GET" if path.ends_with("/scale") => "GET scale",
+        "GET" if path.contains("/deployments") && collection => "LIST deployments",
+        "GET" if path.contains("/deployments/") => "GET deployment",
+        "PATCH" if path.ends_with("/scale") => "PATCH scale",
+        "PATCH" if path.contains("/deployments/") => "PATCH deployment",
+        "POST" if path.ends_with("/events") => "POST event",
+        "GET" => "GET other",
+        _ => "other",
+    }
+}
+
+/// Moves the fake's captured requests into counters. The fake keeps every request in a
+/// list it scans on each answer, so it is emptied often (every 100 ms) to keep that
+/// scan, and the fake's CPU, small. A request captured between the copy and the clear
+/// is lost; the GET count is checked against the SQS count to show it does not matter.
+struct KubeMeter {
+    fake: Arc<FakeKube>,
+    counts: Mutex<KubeCounts>,
+}
+
+impl KubeMeter {
+    fn drain(&self) -> KubeCounts {
+        let mut counts = self.counts.lock().unwrap();
+        let requests = self.fake.requests();
+        self.fake.clear_requests();
+        for r in requests {
+            if r.headers.iter().any(|(k, _)| k == OWN) {
+                counts.own += 1;
+                continue;
+            }
+            *counts.by_kind.entry(classify(&r.method, &r.path, r.query.as_deref())).or_default() += 1;
+            if r.status.is_some_and(|s| s >= 400) {
+                counts.failed += 1;
+            }
+        }
+        counts.clone()
+    }
+}
+
+/// A replica change seen on the watch.
+#[derive(Clone, Debug)]
+struct Seen {
+    name: String,
+    replicas: i32,
+    at: Instant,
+}
+
+/// Watches the Deployments of the namespace from `rv` on and records every change of
+/// `spec.replicas`, re-watching when the server ends a watch.
+async fn watch_replicas(kubeconfig: PathBuf, mut rv: String, seen: Arc<Mutex<Vec<Seen>>>) {
+    let kc = Kubeconfig::read_from(&kubeconfig).expect("read kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    config.headers.push((header::HeaderName::from_static(OWN), HeaderValue::from_static("watch")));
+    let client = kube::Client::try_from(config).expect("kube client");
+    let api: Api<Deployment> = Api::namespaced(client, NS);
+    let mut last: HashMap<String, i32> = HashMap::new();
+    loop {
+        let stream = match api.watch(&WatchParams::default().timeout(290), &rv).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bench watch: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        futures::pin_mut!(stream);
+        while let Ok(Some(event)) = stream.try_next().await {
+            let at = Instant::now();
+            match event {
+                WatchEvent::Added(d) | WatchEvent::Modified(d) => {
+                    if let Some(v) = &d.metadata.resource_version {
+                        rv.clone_from(v);
+                    }
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    let replicas = d.spec.replicas.unwrap_or(1);
+                    if last.insert(name.clone(), replicas) != Some(replicas) {
+                        seen.lock().unwrap().push(Seen { name, replicas, at });
+                    }
+                }
+                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                WatchEvent::Deleted(_) => {}
+                WatchEvent::Error(e) => {
+                    eprintln!("bench watch: {}", e.message);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `PROBE`'s replicas `count` times, 100 ms apart, and returns how long each
+/// write took to come back on the watch: the delay included in every patch timing.
+async fn calibrate_watch(fake: &FakeKube, seen: &Mutex<Vec<Seen>>, count: usize) -> Vec<f64> {
+    let mut delays = Vec::new();
+    for _ in 0..count {
+        let next = fake.replicas(Kind::Deployment, NS, PROBE).unwrap() as i32 + 1;
+        let written = Instant::now();
+        fake.set_replicas(Kind::Deployment, NS, PROBE, next as u32);
+        let deadline = written + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let hit = seen.lock().unwrap().iter().rev().find(|s| s.name == PROBE && s.replicas == next).map(|s| s.at);
+            if let Some(at) = hit {
+                delays.push(ms(at.saturating_duration_since(written)));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    delays
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon process
+// ---------------------------------------------------------------------------------------------
+
+/// CPU, memory, threads and descriptors of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+struct ProcSample {
+    cpu_ticks: u64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    threads: i64,
+    fds: usize,
+}
+
+fn sample(pid: i32) -> ProcSample {
+    let Ok(p) = procfs::process::Process::new(pid) else {
+        return ProcSample::default();
+    };
+    let stat = p.stat().ok();
+    let status = p.status().ok();
+    ProcSample {
+        cpu_ticks: stat.as_ref().map_or(0, |s| s.utime + s.stime),
+        rss_kib: status.as_ref().and_then(|s| s.vmrss).unwrap_or(0),
+        hwm_kib: status.as_ref().and_then(|s| s.vmhwm).unwrap_or(0),
+        threads: stat.as_ref().map_or(0, |s| s.num_threads),
+        fds: p.fd_count().unwrap_or(0),
+    }
+}
+
+fn cpu_seconds(from: &ProcSample, to: &ProcSample) -> f64 {
+    (to.cpu_ticks - from.cpu_ticks) as f64 / procfs::ticks_per_second() as f64
+}
+
+/// The HTTP status of `GET path` on the daemon's listener, if it answers in time.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten()
+}
+
+/// sd_notify messages received, with their arrival times.
+type Notes = Arc<Mutex<Vec<(Instant, String)>>>;
+
+fn listen_notify(path: &Path) -> Notes {
+    let socket = tokio::net::UnixDatagram::bind(path).expect("bind the notify socket");
+    let notes: Notes = Arc::default();
+    let sink = notes.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = socket.recv(&mut buf).await {
+            let at = Instant::now();
+            sink.lock().unwrap().push((at, String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+    });
+    notes
+}
+
+/// The first note after `after` that has `line` among its lines.
+fn note_after(notes: &Notes, after: Instant, line: &str) -> Option<Instant> {
+    notes.lock().unwrap().iter().find(|(at, m)| *at >= after && m.lines().any(|l| l == line)).map(|(at, _)| *at)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn rule_file(n: usize, sqs: &Sqs, listen: SocketAddr, kubeconfig: &Path, max: u32) -> String {
+    let mut text = format!(
+        "# {n} rules for tests/bench_daemon.rs\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
+         [server]\nlisten = \"{listen}\"\n\n[kubernetes]\nkubeconfig = \"{}\"\n",
+        sqs.url.lock().unwrap(),
+        kubeconfig.display()
+    );
+    for i in 0..n {
+        let _ = write!(
+            text,
+            "\n[[rule]]\nname = \"r-{i}\"\ntarget = {{ kind = \"Deployment\", name = \"d-{i}\", namespace = \"{NS}\" }}\n\
+             polling_interval = 10\nmin_replica_count = 0\nmax_replica_count = {max}\ncooldown_period = 300\n\
+             [[rule.trigger]]\nqueue_url = \"{}\"\nqueue_length = 5\n",
+            sqs.queue_url(i)
+        );
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+// ---------------------------------------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `p` quantile (0..=1) by nearest rank; NaN for no data.
+fn quantile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".to_owned()
+    } else if v.abs() >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v.abs() >= 10.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Poll lateness: per queue, each arrival in the window minus its ideal time, the
+/// queue's first arrival since `anchor` + k x interval, k the poll's round. Rounds are
+/// counted from the gaps between arrivals (a gap of about two intervals is a skipped
+/// round; an arrival less than half an interval after the previous one is a retry and
+/// left out), so a schedule that drifts shows as growing lateness rather than wrapping
+/// round. `anchor` is the end of start-up: a rule's very first poll also builds the SQS
+/// client and opens connections, so it is a poor zero. Also: each gap between two polls
+/// minus the interval (jitter, without the drift), the rounds skipped, and the most SQS
+/// arrivals in any 100 ms (all rules firing at once shows here).
+struct Lateness {
+    late_ms: Vec<f64>,
+    gap_excess_ms: Vec<f64>,
+    missed: u64,
+    peak_per_100ms: usize,
+}
+
+fn lateness(sqs: &Sqs, anchor: Instant, from: Instant, to: Instant) -> Lateness {
+    let mut out = Lateness { late_ms: Vec::new(), gap_excess_ms: Vec::new(), missed: 0, peak_per_100ms: 0 };
+    let period = INTERVAL.as_secs_f64();
+    let mut buckets: HashMap<u64, usize> = HashMap::new();
+    for i in 0..sqs.queues.len() {
+        let polls: Vec<Instant> =
+            sqs.polls(i).into_iter().map(|p| p.arrived).filter(|t| *t >= anchor && *t < to).collect();
+        for t in polls.iter().filter(|t| **t >= from) {
+            *buckets.entry((*t - from).as_millis() as u64 / 100).or_default() += 1;
+        }
+        let Some(&first) = polls.first() else {
+            out.missed += (to - from).as_secs_f64().div_euclid(period) as u64;
+            continue;
+        };
+        let (mut k, mut previous) = (0i64, first);
+        for &t in &polls[1..] {
+            let gap = (t - previous).as_secs_f64();
+            if gap < period / 2.0 {
+                continue;
+            }
+            let rounds = (gap / period).round().max(1.0) as i64;
+            k += rounds;
+            previous = t;
+            if t >= from {
+                out.late_ms.push(((t - first).as_secs_f64() - k as f64 * period) * 1000.0);
+                out.gap_excess_ms.push((gap / rounds as f64 - period) * 1000.0);
+                out.missed += (rounds - 1) as u64;
+            }
+        }
+    }
+    out.peak_per_100ms = buckets.values().copied().max().unwrap_or(0);
+    out
+}
+
+/// Warnings and errors the daemon logged (JSON lines) after byte `from`, by message
+/// and kind.
+fn log_problems(log: &Path, from: u64, to: Option<u64>) -> BTreeMap<String, u64> {
+    let text = std::fs::read(log).unwrap_or_default();
+    let end = to.map_or(text.len(), |t| (t as usize).min(text.len()));
+    let start = (from as usize).min(end);
+    let mut problems = BTreeMap::new();
+    for line in String::from_utf8_lossy(&text[start..end]).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let level = v["level"].as_str().unwrap_or_default();
+        if level == "WARN" || level == "ERROR" {
+            let kind = v["fields"]["kind"].as_str().map(|k| format!(" [{k}]")).unwrap_or_default();
+            let key = format!("{level} {}{kind}", v["fields"]["message"].as_str().unwrap_or("?"));
+            *problems.entry(key).or_default() += 1;
+        }
+    }
+    problems
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// One size's results.
+#[derive(Default)]
+struct Row {
+    rules: usize,
+    startup_ms: f64,
+    first_round_ms: f64,
+    ready1_ms: f64,
+    rss_kib: u64,
+    hwm_kib: u64,
+    cpu_s_per_min: f64,
+    late_p50: f64,
+    late_p99: f64,
+    late_max: f64,
+    sqs_per_round: f64,
+    kube_per_round: f64,
+    patch_p50: f64,
+    patch_p99: f64,
+    patch_n: usize,
+    reload_ms: f64,
+    problems_in_window: u64,
+    details: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------------------------
+
+async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
+    let mut row = Row { rules: n, ..Row::default() };
+    let mut details = String::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (sqs, sqs_server) = start_sqs(n).await;
+
+    let fake = Arc::new(FakeKube::start().await);
+    let made = Instant::now();
+    for i in 0..n {
+        fake.add_deployment(NS, &format!("d-{i}"), 0);
+    }
+    fake.add_deployment(NS, PROBE, 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig);
+    let _ = writeln!(details, "fake API server: {n} Deployments created in {}", fmt_ms(ms(made.elapsed())));
+
+    let meter = Arc::new(KubeMeter { fake: fake.clone(), counts: Mutex::default() });
+    let draining = {
+        let meter = meter.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                meter.drain();
+            }
+        })
+    };
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let rv = fake.resource_version(Kind::Deployment, NS, PROBE).unwrap();
+    let watcher = tokio::spawn(watch_replicas(kubeconfig.clone(), rv, seen.clone()));
+    let quiet = calibrate_watch(&fake, &seen, 10).await;
+
+    let listen: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = dir.path().join("sqscale.toml");
+    std::fs::write(&config, rule_file(n, &sqs, listen, &kubeconfig, MAX_REPLICAS)).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notes = listen_notify(&notify_path);
+    let log = dir.path().join("sqscale.log");
+    // Empty AWS config and credentials files: only the environment's test keys count.
+    let aws_files = dir.path().join("aws-empty");
+    std::fs::write(&aws_files, "").unwrap();
+
+    // --- start-up ---
+    let spawned = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--log-format", "json"])
+        .env("SQSCALE_LOG", std::env::var("SQSCALE_BENCH_LOG").unwrap_or_else(|_| "info".to_owned()))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_CONFIG_FILE", &aws_files)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &aws_files)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {bin}: {e}"));
+    let pid = child.id().expect("pid") as i32;
+    let ready_limit = Duration::from_secs(120).max(Duration::from_millis(30 * n as u64));
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+            panic!("sqscale exited during start-up ({status}); last log lines:\n{}", tail.join("\n"));
+        }
+        if http_status(listen, "/readyz").await == Some(200) {
+            row.startup_ms = ms(spawned.elapsed());
+            break;
+        }
+        if spawned.elapsed() > ready_limit {
+            row.startup_ms = f64::INFINITY;
+            let _ = writeln!(details, "NOT READY within {} s; measuring anyway", ready_limit.as_secs());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // READY=1 follows the first round within the daemon's 100 ms check.
+    for _ in 0..100 {
+        if note_after(&notes, spawned, "READY=1").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    row.ready1_ms = note_after(&notes, spawned, "READY=1").map_or(f64::NAN, |at| ms(at - spawned));
+    let ready_status = notes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, m)| m.lines().any(|l| l == "READY=1"))
+        .and_then(|(_, m)| m.lines().find_map(|l| l.strip_prefix("STATUS=")).map(str::to_owned))
+        .unwrap_or_default();
+    // The truth, seen from outside: when has every rule made its first SQS call?
+    let round_limit = Instant::now() + ready_limit;
+    let first_round = loop {
+        let last =
+            (0..n).map(|i| sqs.polls(i).first().map(|p| p.arrived)).try_fold(spawned, |acc, t| t.map(|t| acc.max(t)));
+        if let Some(t) = last {
+            break Some(t);
+        }
+        if Instant::now() > round_limit {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    row.first_round_ms = first_round.map_or(f64::INFINITY, |t| ms(t - spawned));
+    let after_start = sample(pid);
+    let _ = writeln!(
+        details,
+        "start-up: every rule's first SQS call by {}; /readyz 200 after {}, READY=1 after {} (STATUS={ready_status:?}); \
+         at that point: RSS {}, peak {}, {} threads, {} fds",
+        fmt_ms(row.first_round_ms),
+        fmt_ms(row.startup_ms),
+        fmt_ms(row.ready1_ms),
+        mib(after_start.rss_kib),
+        mib(after_start.hwm_kib),
+        after_start.threads,
+        after_start.fds
+    );
+
+    // --- warm-up, then the idle window ---
+    let warm = Instant::now();
+    tokio::time::sleep(INTERVAL + INTERVAL / 2).await;
+    let me = std::process::id() as i32;
+    let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
+    tokio::time::sleep(window).await;
+    let (w1, d1, h1, k1, log1) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
+    let minutes = (w1 - w0).as_secs_f64() / 60.0;
+    let rounds = (w1 - w0).as_secs_f64() / INTERVAL.as_secs_f64();
+    row.rss_kib = d1.rss_kib;
+    row.hwm_kib = d1.hwm_kib;
+    row.cpu_s_per_min = cpu_seconds(&d0, &d1) / minutes;
+    let late = lateness(&sqs, warm, w0, w1);
+    row.late_p50 = quantile(&late.late_ms, 0.5);
+    row.late_p99 = quantile(&late.late_ms, 0.99);
+    row.late_max = quantile(&late.late_ms, 1.0);
+    let sqs_calls = sqs.calls_between(w0, w1);
+    row.sqs_per_round = sqs_calls as f64 / rounds;
+    let kube = k1.minus(&k0);
+    row.kube_per_round = kube.total() as f64 / rounds;
+    let problems = log_problems(&log, log0, Some(log1));
+    row.problems_in_window = problems.values().sum();
+    let _ = writeln!(
+        details,
+        "idle window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
+         this process (SQS + fake API server + watch): {:.2} s/min",
+        (w1 - w0).as_secs_f64(),
+        mib(d0.rss_kib),
+        mib(d1.rss_kib),
+        mib(d1.hwm_kib),
+        d1.threads,
+        d1.fds,
+        cpu_seconds(&d0, &d1),
+        row.cpu_s_per_min,
+        row.cpu_s_per_min / 60.0 * 100.0,
+        cpu_seconds(&h0, &h1) / minutes
+    );
+    let _ = writeln!(
+        details,
+        "load average at the end of the window (every process on the host): {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        details,
+        "lateness over {} polls: p50 {}, p90 {}, p99 {}, max {}; gap between polls minus 10 s: p50 {}, p99 {}; \
+         rounds with no poll: {}; most SQS arrivals in 100 ms: {}",
+        late.late_ms.len(),
+        fmt_ms(row.late_p50),
+        fmt_ms(quantile(&late.late_ms, 0.9)),
+        fmt_ms(row.late_p99),
+        fmt_ms(row.late_max),
+        fmt_ms(quantile(&late.gap_excess_ms, 0.5)),
+        fmt_ms(quantile(&late.gap_excess_ms, 0.99)),
+        late.missed,
+        late.peak_per_100ms
+    );
+    let _ = writeln!(
+        details,
+        "calls per round: SQS {:.1} ({:.3} per rule; {} connections accepted so far, {} other requests), \
+         Kubernetes {:.1} ({:.3} per rule: {}; {} answered with an error)",
+        row.sqs_per_round,
+        row.sqs_per_round / n as f64,
+        sqs.connections.load(Ordering::Relaxed),
+        sqs.other.load(Ordering::Relaxed),
+        row.kube_per_round,
+        row.kube_per_round / n as f64,
+        kube.describe(rounds),
+        kube.failed
+    );
+    if !problems.is_empty() {
+        let _ = writeln!(details, "daemon warnings/errors in the idle window: {problems:?}");
+    }
+
+    // --- backlog on a few dozen queues: observation -> patch ---
+    let active: Vec<usize> = (0..ACTIVE_QUEUES.min(n)).map(|j| j * n / ACTIVE_QUEUES.min(n)).collect();
+    let a0 = Instant::now();
+    let ka = meter.drain();
+    for &i in &active {
+        sqs.set_backlog(i, 1000);
+    }
+    tokio::time::sleep(ACTIVE_PHASE / 2).await;
+    let loaded = calibrate_watch(&fake, &seen, 10).await;
+    tokio::time::sleep(ACTIVE_PHASE.saturating_sub(a0.elapsed())).await;
+    let a1 = Instant::now();
+    let kb = meter.drain().minus(&ka);
+    let mut latencies = Vec::new();
+    let mut steps: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for s in seen.lock().unwrap().iter().filter(|s| s.at >= a0 && s.at < a1) {
+        let Some(i) = s.name.strip_prefix("d-").and_then(|x| x.parse::<usize>().ok()) else { continue };
+        steps.entry(s.name.clone()).or_default().push(s.replicas);
+        let polls = sqs.polls(i);
+        if let Some(p) = polls.iter().rev().find(|p| p.answered <= s.at)
+            && p.backlog > 0
+            && s.at - p.answered < INTERVAL
+        {
+            latencies.push(ms(s.at - p.answered));
+        }
+    }
+    // From the first SQS answer that showed the backlog to the target at its maximum.
+    let mut full: Vec<f64> = Vec::new();
+    for &i in &active {
+        let name = format!("d-{i}");
+        let observed = sqs.polls(i).iter().find(|p| p.backlog > 0).map(|p| p.answered);
+        let at_max = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.name == name && s.replicas == MAX_REPLICAS as i32 && s.at >= a0)
+            .map(|s| s.at);
+        if let (Some(o), Some(m)) = (observed, at_max) {
+            full.push(ms(m - o));
+        }
+    }
+    row.patch_p50 = quantile(&latencies, 0.5);
+    row.patch_p99 = quantile(&latencies, 0.99);
+    row.patch_n = latencies.len();
+    let scaled = steps.len();
+    let example = steps.iter().next().map(|(k, v)| format!("{k}: 0 -> {v:?}")).unwrap_or_default();
+    let _ = writeln!(
+        details,
+        "backlog phase ({} queues at 1000 messages, {:.0} s): {} replica changes on {scaled} targets (e.g. {example}); \
+         SQS answer -> change at the API server: p50 {}, p99 {}, max {}; first backlog seen -> at {MAX_REPLICAS} replicas: \
+         p50 {}, max {} ({} targets); Kubernetes calls {:.1} per round ({})",
+        active.len(),
+        (a1 - a0).as_secs_f64(),
+        latencies.len(),
+        fmt_ms(row.patch_p50),
+        fmt_ms(row.patch_p99),
+        fmt_ms(quantile(&latencies, 1.0)),
+        fmt_ms(quantile(&full, 0.5)),
+        fmt_ms(quantile(&full, 1.0)),
+        full.len(),
+        kb.total() as f64 / ((a1 - a0).as_secs_f64() / 10.0),
+        kb.describe((a1 - a0).as_secs_f64() / 10.0)
+    );
+    let _ = writeln!(
+        details,
+        "watch delivery (write at the fake -> event here), included in the figure above: quiet p50 {} max {}; \
+         under load p50 {} max {}",
+        fmt_ms(quantile(&quiet, 0.5)),
+        fmt_ms(quantile(&quiet, 1.0)),
+        fmt_ms(quantile(&loaded, 0.5)),
+        fmt_ms(quantile(&loaded, 1.0))
+    );
+
+    // --- reload every rule (max_replica_count changed) ---
+    std::fs::write(&config, rule_file(n, &sqs, listen, &kubeconfig, MAX_REPLICAS + 10)).unwrap();
+    let hup = Instant::now();
+    signal(child.id().unwrap(), "-HUP");
+    let deadline = hup + Duration::from_secs(120);
+    let mut reloading = None;
+    let mut ready = None;
+    while Instant::now() < deadline && ready.is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        reloading = reloading.or_else(|| note_after(&notes, hup, "RELOADING=1"));
+        if let Some(r) = reloading {
+            ready = note_after(&notes, r, "READY=1");
+        }
+    }
+    match (reloading, ready) {
+        (Some(r), Some(d)) => {
+            row.reload_ms = ms(d - r);
+            // Every changed rule restarts: when has each polled again?
+            tokio::time::sleep(INTERVAL + INTERVAL / 2).await;
+            // From the SIGHUP: a restarted rule may poll before READY=1 goes out, or even
+            // before this process has read RELOADING=1. (An old rule's last poll can land
+            // before the restart; that only lowers the p50, never the max.)
+            let again: Vec<f64> = (0..n)
+                .filter_map(|i| sqs.polls(i).iter().find(|p| p.arrived >= hup).map(|p| ms(p.arrived - hup)))
+                .collect();
+            let _ = writeln!(
+                details,
+                "reload of {n} changed rules: SIGHUP -> RELOADING=1 {}, RELOADING=1 -> READY=1 {}; \
+                 SIGHUP -> each rule's next SQS call: p50 {}, max {} ({} of {n} within 15 s)",
+                fmt_ms(ms(r - hup)),
+                fmt_ms(row.reload_ms),
+                fmt_ms(quantile(&again, 0.5)),
+                fmt_ms(quantile(&again, 1.0)),
+                again.len()
+            );
+        }
+        _ => {
+            row.reload_ms = f64::NAN;
+            let _ = writeln!(details, "reload: no RELOADING=1 -> READY=1 within 120 s");
+        }
+    }
+
+    // --- drain on SIGTERM ---
+    let after = sample(pid);
+    let term = Instant::now();
+    signal(child.id().unwrap(), "-TERM");
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+    let _ = writeln!(
+        details,
+        "SIGTERM -> exit: {} ({}); peak RSS over the whole run {}",
+        fmt_ms(ms(term.elapsed())),
+        match exit {
+            Ok(Ok(s)) => s.to_string(),
+            _ => "still running after 60 s; killed".to_owned(),
+        },
+        mib(after.hwm_kib)
+    );
+    let problems = log_problems(&log, 0, None);
+    if !problems.is_empty() {
+        let _ = writeln!(details, "daemon warnings/errors over the whole run: {problems:?}");
+    }
+
+    watcher.abort();
+    draining.abort();
+    sqs_server.abort();
+    fake.shutdown();
+    if std::env::var_os("SQSCALE_BENCH_KEEP").is_some() {
+        let _ = writeln!(details, "kept: rule file and daemon log in {}", dir.keep().display());
+    }
+    row.details = details;
+    row
+}
+
+fn host() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({model}), {:.0} GiB RAM, Linux {}", mem as f64 / 1048576.0, kernel.trim())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with scripts/bench"]
+async fn daemon_under_load() {
+    let bin = std::env::var("SQSCALE_BIN").unwrap_or_default();
+    assert!(
+        !bin.is_empty() && Path::new(&bin).is_file(),
+        "SQSCALE_BIN must name the release binary (got {bin:?}): run scripts/bench, or \
+         `cargo build --release --locked --bin sqscale` and set SQSCALE_BIN=$CARGO_TARGET_DIR/release/sqscale"
+    );
+    let sizes: Vec<usize> = std::env::var("SQSCALE_BENCH_RULES")
+        .unwrap_or_else(|_| "10,1000,10000".to_owned())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SQSCALE_BENCH_RULES: comma-separated rule counts"))
+        .collect();
+    let seconds: u64 = std::env::var("SQSCALE_BENCH_SECONDS")
+        .map_or(60, |s| s.trim().parse().expect("SQSCALE_BENCH_SECONDS: whole seconds"));
+    let window = Duration::from_secs(seconds);
+    let size = std::fs::metadata(&bin).map_or(0, |m| m.len());
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("").split_whitespace().nth(3);
+
+    println!("host: {}", host());
+    println!("binary: {bin}, {size} bytes ({:.1} MiB)", size as f64 / 1048576.0);
+    println!("open-file limit (soft) of this process and the daemon: {}", nofile.unwrap_or("?"));
+    println!("sizes: {sizes:?}; idle window {seconds} s per size; polling_interval 10 s\n");
+
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        println!("=== {n} rules ===");
+        let row = run_size(&bin, n, window).await;
+        print!("{}", row.details);
+        println!();
+        rows.push(row);
+    }
+
+    println!(
+        "| rules | start-up: every rule polled (/readyz 200) | RSS after warm-up | peak RSS (VmHWM) | CPU s/min (% of a core) | poll lateness p50 / p99 (max) | SQS calls / round | Kubernetes calls / round | SQS answer -> patch p50 / p99 (n) | reload (RELOADING -> READY) | warnings in window |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} ({}) | {} | {} | {:.2} ({:.1}%) | {} / {} ({}) | {:.0} | {:.0} | {} / {} ({}) | {} | {} |",
+            r.rules,
+            fmt_ms(r.first_round_ms),
+            fmt_ms(r.startup_ms),
+            mib(r.rss_kib),
+            mib(r.hwm_kib),
+            r.cpu_s_per_min,
+            r.cpu_s_per_min / 60.0 * 100.0,
+            fmt_ms(r.late_p50),
+            fmt_ms(r.late_p99),
+            fmt_ms(r.late_max),
+            r.sqs_per_round,
+            r.kube_per_round,
+            fmt_ms(r.patch_p50),
+            fmt_ms(r.patch_p99),
+            r.patch_n,
+            fmt_ms(r.reload_ms),
+            r.problems_in_window
+        );
+    }
+    if rows.len() >= 2 {
+        let (a, b) = (&rows[0], &rows[rows.len() - 1]);
+        let extra = (b.rules - a.rules) as f64;
+        println!(
+            "\nper extra rule ({} -> {} rules): RSS {:.1} KiB, CPU {:.3} ms per minute, SQS calls {:.3} and Kubernetes calls {:.3} per round",
+            a.rules,
+            b.rules,
+            (b.rss_kib as f64 - a.rss_kib as f64) / extra,
+            (b.cpu_s_per_min - a.cpu_s_per_min) * 1000.0 / extra,
+            (b.sqs_per_round - a.sqs_per_round) / extra,
+            (b.kube_per_round - a.kube_per_round) / extra
+        );
+    }
+}
