@@ -66,8 +66,17 @@ async fn systemd_protocol_signals_endpoints_and_events() {
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
     assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "at {}\n{}", replicas(), logs());
 
-    // The endpoints follow the queue.
-    let (code, metrics) = http_get(port, "/metrics").await;
+    // The endpoints follow the queue. The worker reports a poll after its last write
+    // (the last-active annotation), so the figures may trail the patch by a moment.
+    let mut scrape = http_get(port, "/metrics").await;
+    for _ in 0..50 {
+        if scrape.1.contains("sqscale_current_replicas{rule=\"demo\"} 5") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scrape = http_get(port, "/metrics").await;
+    }
+    let (code, metrics) = scrape;
     assert_eq!(code, 200);
     for line in [
         "sqscale_current_replicas{rule=\"demo\"} 5",
