@@ -33,4 +33,6 @@ pub mod supervisor;
 pub mod systemd;
 pub mod target;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod worker;

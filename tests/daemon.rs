@@ -284,6 +284,9 @@ async fn an_idle_round_costs_one_sqs_call_and_no_kubernetes_call() {
     let calls = proxy.count("GetQueueAttributes") - before;
     assert!(rounds >= 2, "{rounds} rounds");
     assert_eq!(calls as u64, rounds, "one GetQueueAttributes per round");
+    // ... and it took the direct path, not the SDK (whose user agent is aws-sdk-rust).
+    let agents = proxy.agents("GetQueueAttributes");
+    assert!(agents[before..].iter().all(|a| a.starts_with("sqscale/")), "{agents:?}");
     let requests = kube.requests();
     assert!(requests.is_empty(), "idle rounds read the watch cache, not the API server: {requests:?}");
     assert_eq!(daemon.stop().await, Ok(()));
@@ -305,4 +308,38 @@ async fn a_queue_given_by_name_is_resolved_once_with_get_queue_url() {
     assert_eq!(proxy.count("GetQueueUrl"), 1, "resolved once");
     assert!(proxy.count("GetQueueAttributes") >= 3);
     assert_eq!(daemon.stop().await, Ok(()));
+}
+
+/// Polls take the direct path; anything but a clean answer is asked again through the
+/// SDK, which retries and names the error. A queue that does not exist: one direct call
+/// (HTTP 400), then the SDK's, and the error is `not_found`, never a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_miss_is_asked_again_through_the_sdk_which_names_the_error() {
+    use sqscale::config::QueueSource;
+    use sqscale::source::sqs::Sqs;
+    use sqscale::source::{Attrs, QueueReader};
+
+    let proxy = Proxy::start(&sqs::endpoint()).await;
+    let url = sqs::queue("direct").await;
+    sqs::send(&url, 7).await;
+    let source = |url: &str| QueueSource {
+        url: Some(url.to_owned()),
+        name: url.rsplit('/').next().unwrap().to_owned(),
+        region: "us-east-1".to_owned(),
+        endpoint: Some(proxy.url()),
+        profile: None,
+        role_arn: None,
+    };
+    let reader = Sqs::new(Duration::from_secs(5));
+    let both = Attrs { in_flight: true, delayed: true };
+    let counts = reader.read(&source(&url), both).await.unwrap();
+    assert_eq!((counts.visible, counts.in_flight, counts.delayed), (7, 0, 0));
+    assert_eq!(proxy.agents("GetQueueAttributes").len(), 1);
+
+    let ghost = url.replace("direct", "no-such-queue");
+    let err = reader.read(&source(&ghost), Attrs::default()).await.unwrap_err();
+    assert_eq!(err.kind, "not_found", "{err}");
+    let agents = proxy.agents("GetQueueAttributes");
+    assert_eq!(agents.len(), 3, "{agents:?}");
+    assert!(agents[1].starts_with("sqscale/") && agents[2].starts_with("aws-sdk-rust/"), "{agents:?}");
 }

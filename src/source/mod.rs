@@ -2,6 +2,7 @@
 //! AWS adapter; [`Shared`] sits in front of any reader so that rules reading the same
 //! queue in the same round share one call.
 
+pub mod direct;
 pub mod sqs;
 
 use std::collections::HashMap;

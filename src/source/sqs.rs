@@ -1,18 +1,21 @@
-//! The SQS adapter: `GetQueueAttributes` through aws-sdk-sqs, asking only for the
-//! attributes the rules need. One client per (region, endpoint, profile, role), built
-//! on first use and reused; queue names are resolved once with `GetQueueUrl`.
+//! The SQS adapter: `GetQueueAttributes`, asking only for the attributes the rules need.
+//! One client per (region, endpoint, profile, role), built on first use and reused;
+//! queue names are resolved once with `GetQueueUrl`. Polls take the direct path
+//! ([`super::direct`]) and fall back to aws-sdk-sqs for anything but a clean answer.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use super::direct::{self, Direct, HttpClient, Miss};
 use super::{Attrs, QueueReader, SourceError, lock};
 use crate::config::QueueSource;
 use crate::engine::Counts;
@@ -26,21 +29,36 @@ struct ClientKey {
     role_arn: Option<String>,
 }
 
+/// The SDK client of one key, and the direct path to the same endpoint with the same
+/// credentials (`None` if the endpoint could not be resolved: the SDK then does it all).
+#[derive(Clone)]
+struct Endpoint {
+    client: Client,
+    direct: Option<Arc<Direct>>,
+}
+
 /// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
 pub struct Sqs {
-    clients: tokio::sync::Mutex<HashMap<ClientKey, Client>>,
+    clients: tokio::sync::Mutex<HashMap<ClientKey, Endpoint>>,
     urls: Mutex<HashMap<QueueSource, String>>,
     fifo_noted: Mutex<HashSet<String>>,
+    /// The direct path's HTTP client; `None` if no root certificates could be loaded.
+    http: Option<HttpClient>,
     timeout: Duration,
 }
 
 impl Sqs {
     /// `timeout` bounds each SQS operation, retries included.
     pub fn new(timeout: Duration) -> Sqs {
-        Sqs { clients: Default::default(), urls: Default::default(), fifo_noted: Default::default(), timeout }
+        let http = direct::http_client()
+            .inspect_err(|e| {
+                tracing::warn!("no root certificates for direct SQS calls ({e}); using the SDK for every call")
+            })
+            .ok();
+        Sqs { clients: Default::default(), urls: Default::default(), fifo_noted: Default::default(), http, timeout }
     }
 
-    async fn client(&self, q: &QueueSource) -> Client {
+    async fn endpoint(&self, q: &QueueSource) -> Endpoint {
         let key = ClientKey {
             region: q.region.clone(),
             endpoint: q.endpoint.clone(),
@@ -63,17 +81,35 @@ impl Sqs {
         }
         let base = loader.load().await;
         let mut builder = aws_sdk_sqs::config::Builder::from(&base);
+        let mut credentials = base.credentials_provider();
         if let Some(arn) = &key.role_arn {
             let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                 .session_name("sqscale")
                 .configure(&base)
                 .build()
                 .await;
-            builder = builder.credentials_provider(provider);
+            let provider = SharedCredentialsProvider::new(provider);
+            builder = builder.credentials_provider(provider.clone());
+            credentials = Some(provider);
         }
-        let client = Client::from_conf(builder.build());
-        clients.insert(key, client.clone());
-        client
+        let config = builder.build();
+        let direct = match credentials {
+            Some(credentials) => Direct::new(
+                &key.region,
+                base.endpoint_url(),
+                base.use_fips().unwrap_or(false),
+                base.use_dual_stack().unwrap_or(false),
+                credentials,
+            )
+            .await
+            .inspect_err(|e| tracing::warn!(region = %key.region, "direct SQS calls disabled: {e}"))
+            .ok()
+            .map(Arc::new),
+            None => None,
+        };
+        let endpoint = Endpoint { client: Client::from_conf(config), direct };
+        clients.insert(key, endpoint.clone());
+        endpoint
     }
 
     async fn url(&self, client: &Client, q: &QueueSource) -> Result<String, SourceError> {
@@ -108,8 +144,23 @@ impl Sqs {
 impl QueueReader for Sqs {
     async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
         self.note_fifo(q);
-        let client = self.client(q).await;
+        let Endpoint { client, direct } = self.endpoint(q).await;
         let url = self.url(&client, q).await?;
+        if let (Some(direct), Some(http)) = (&direct, &self.http) {
+            match direct.read(http, &url, attrs, self.timeout).await {
+                Ok(counts) => return Ok(counts),
+                Err(Miss::Timeout) => {
+                    return Err(SourceError {
+                        queue: q.display().to_owned(),
+                        kind: "timeout",
+                        message: format!("no answer within {}", humantime::format_duration(self.timeout)),
+                    });
+                }
+                Err(Miss::Fallback(why)) => {
+                    tracing::debug!(queue = %q.display(), why, "direct GetQueueAttributes missed; asking through the SDK");
+                }
+            }
+        }
         let mut req = client
             .get_queue_attributes()
             .queue_url(&url)
@@ -121,20 +172,17 @@ impl QueueReader for Sqs {
             req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
         }
         let out = req.send().await.map_err(|e| error(q, e))?;
-        parse_counts(out.attributes(), attrs).map_err(|message| SourceError {
-            queue: q.display().to_owned(),
-            kind: "bad_response",
-            message,
-        })
+        let answer = out.attributes();
+        parse_counts(|name| answer?.get(&QueueAttributeName::from(name)).map(String::as_str), attrs)
+            .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
     }
 }
 
-/// Reads the requested counts out of a GetQueueAttributes answer. A missing or
-/// unparsable attribute is an error, never 0 (KEDA does the same).
-pub fn parse_counts(attributes: Option<&HashMap<QueueAttributeName, String>>, attrs: Attrs) -> Result<Counts, String> {
+/// Reads the requested counts out of a GetQueueAttributes answer (`attribute` looks one
+/// up by name). A missing or unparsable attribute is an error, never 0 (KEDA does the same).
+pub fn parse_counts<'a>(attribute: impl Fn(&str) -> Option<&'a str>, attrs: Attrs) -> Result<Counts, String> {
     let get = |name: QueueAttributeName| -> Result<u64, String> {
-        let v = attributes
-            .and_then(|a| a.get(&name))
+        let v = attribute(name.as_str())
             .ok_or_else(|| format!("attribute {} is missing from the answer", name.as_str()))?;
         v.trim().parse().map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
     };
@@ -172,31 +220,28 @@ where
 mod tests {
     use super::*;
 
-    fn answer(pairs: &[(QueueAttributeName, &str)]) -> HashMap<QueueAttributeName, String> {
-        pairs.iter().map(|(k, v)| (k.clone(), (*v).to_owned())).collect()
+    fn answer<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<&'a str> {
+        |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 
     #[test]
     fn counts_are_read_for_the_requested_attributes_only() {
-        let a = answer(&[
-            (QueueAttributeName::ApproximateNumberOfMessages, "22"),
-            (QueueAttributeName::ApproximateNumberOfMessagesNotVisible, "8"),
-        ]);
-        let c = parse_counts(Some(&a), Attrs { in_flight: true, delayed: false }).unwrap();
+        let a = [("ApproximateNumberOfMessages", "22"), ("ApproximateNumberOfMessagesNotVisible", "8")];
+        let c = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap();
         assert_eq!(c, Counts { visible: 22, in_flight: 8, delayed: 0 });
         // Values above 2^31 are fine.
-        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "4294967296")]);
-        assert_eq!(parse_counts(Some(&a), Attrs::default()).unwrap().visible, 4_294_967_296);
+        let a = [("ApproximateNumberOfMessages", "4294967296")];
+        assert_eq!(parse_counts(answer(&a), Attrs::default()).unwrap().visible, 4_294_967_296);
     }
 
     /// TV-37: a missing or unparsable attribute is an error, never 0.
     #[test]
     fn tv37_missing_or_bad_attribute_is_an_error() {
-        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "3")]);
-        let err = parse_counts(Some(&a), Attrs { in_flight: true, delayed: false }).unwrap_err();
+        let a = [("ApproximateNumberOfMessages", "3")];
+        let err = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap_err();
         assert_eq!(err, "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer");
-        let a = answer(&[(QueueAttributeName::ApproximateNumberOfMessages, "NotInt")]);
-        assert!(parse_counts(Some(&a), Attrs::default()).unwrap_err().contains("is not a count"));
-        assert!(parse_counts(None, Attrs::default()).is_err());
+        let a = [("ApproximateNumberOfMessages", "NotInt")];
+        assert!(parse_counts(answer(&a), Attrs::default()).unwrap_err().contains("is not a count"));
+        assert!(parse_counts(|_| None, Attrs::default()).is_err());
     }
 }

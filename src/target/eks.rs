@@ -85,8 +85,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const ACCESS_KEY: &str = "AKIDEXAMPLE";
-    const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+    use crate::testing::{ACCESS_KEY, SECRET_KEY, sha256_hex, signature, uri_encode};
 
     fn at() -> SystemTime {
         // 2026-11-27T12:00:00Z
@@ -97,28 +96,6 @@ mod tests {
         let b64 = token.strip_prefix(TOKEN_PREFIX).expect("prefix");
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64).expect("base64url without padding");
         url::Url::parse(std::str::from_utf8(&bytes).unwrap()).unwrap()
-    }
-
-    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-        aws_lc_rs::hmac::sign(&key, data.as_bytes()).as_ref().to_vec()
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn sha256_hex(data: &[u8]) -> String {
-        hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
-    }
-
-    fn uri_encode(s: &str) -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
     }
 
     #[test]
@@ -154,14 +131,7 @@ mod tests {
             "GET\n/\n{canonical_query}\nhost:sts.us-east-1.amazonaws.com\nx-k8s-aws-id:demo-cluster\n\nhost;x-k8s-aws-id\n{}",
             sha256_hex(b"")
         );
-        let scope = "20261127/us-east-1/sts/aws4_request";
-        let string_to_sign =
-            format!("AWS4-HMAC-SHA256\n20261127T120000Z\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()));
-        let mut key = hmac(format!("AWS4{SECRET_KEY}").as_bytes(), "20261127");
-        for part in ["us-east-1", "sts", "aws4_request"] {
-            key = hmac(&key, part);
-        }
-        let expected = hex(&hmac(&key, &string_to_sign));
+        let expected = signature(&canonical_request, "20261127T120000Z", "us-east-1", "sts");
         let got: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(got["X-Amz-Signature"], expected);
         // Fixed clock, fixed keys: the token itself is a stable vector.

@@ -1,6 +1,6 @@
 //! A TCP proxy in front of the SQS emulator: counts the SQS operations that pass through
-//! (from the `X-Amz-Target` header of each request) and can take the "service" down and
-//! bring it back, for outage tests.
+//! (from the `X-Amz-Target` header of each request, with the `User-Agent` that sent it)
+//! and can take the "service" down and bring it back, for outage tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 pub struct Proxy {
     addr: SocketAddr,
-    ops: Arc<Mutex<Vec<String>>>,
+    ops: Arc<Mutex<Vec<(String, String)>>>,
     down: Arc<AtomicBool>,
     /// Bumped on every outage: connections of an older generation are cut.
     generation: watch::Sender<u64>,
@@ -55,7 +55,12 @@ impl Proxy {
 
     /// How many requests of `operation` (e.g. `GetQueueAttributes`) went through.
     pub fn count(&self, operation: &str) -> usize {
-        self.ops.lock().unwrap().iter().filter(|o| *o == operation).count()
+        self.ops.lock().unwrap().iter().filter(|(o, _)| o == operation).count()
+    }
+
+    /// The `User-Agent` of every request of `operation`, in order (lowercased).
+    pub fn agents(&self, operation: &str) -> Vec<String> {
+        self.ops.lock().unwrap().iter().filter(|(o, _)| o == operation).map(|(_, a)| a.clone()).collect()
     }
 
     /// Takes the service down (refuse and cut connections) or brings it back.
@@ -68,7 +73,7 @@ impl Proxy {
 }
 
 /// Copies both ways, noting the operation of each request seen going upstream.
-async fn pipe(client: TcpStream, server: TcpStream, ops: Arc<Mutex<Vec<String>>>) {
+async fn pipe(client: TcpStream, server: TcpStream, ops: Arc<Mutex<Vec<(String, String)>>>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let up = async move {
@@ -79,10 +84,16 @@ async fn pipe(client: TcpStream, server: TcpStream, ops: Arc<Mutex<Vec<String>>>
                 Ok(n) => n,
             };
             let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-            for part in text.split("x-amz-target: amazonsqs.").skip(1) {
-                let op: String = part.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            // Every SQS request is a POST; a read holds whole small requests on loopback.
+            for request in text.split("post /").skip(1) {
+                let header = |name: &str| {
+                    let start = request.find(&format!("\r\n{name}: "))? + name.len() + 4;
+                    Some(request[start..].split("\r\n").next().unwrap_or_default().to_owned())
+                };
+                let Some(target) = header("x-amz-target") else { continue };
+                let op = target.trim_start_matches("amazonsqs.");
                 // Header values are case-insensitive on the wire; restore the API's casing.
-                ops.lock().unwrap().push(canonical(&op));
+                ops.lock().unwrap().push((canonical(op), header("user-agent").unwrap_or_default()));
             }
             if sw.write_all(&buf[..n]).await.is_err() {
                 return;

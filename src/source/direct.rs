@@ -1,0 +1,332 @@
+//! `GetQueueAttributes` without the SDK's per-call machinery: the hot path of the daemon.
+//!
+//! Why: through aws-sdk-sqs one call costs about 0.4 ms of CPU and ~500 allocations
+//! (the orchestrator's config bags, interceptors, endpoint rules, retry bookkeeping),
+//! which is 40 % of a core at 10,000 rules polled every 10 s (PERFORMANCE.md). The
+//! request itself is one small signed POST. So the happy path is built here from the
+//! crates the SDK itself is made of: `aws-sigv4` signs, hyper sends, serde_json reads,
+//! the SDK's own endpoint resolver picks the URL and the SDK's credentials provider
+//! supplies the keys. Anything other than a clean `200` (an AWS error, a refused
+//! connection, an odd body, missing credentials) is left to the SDK client, which asks
+//! again with its standard retries and classifies the error: the SDK stays the source
+//! of truth for every unhappy path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_sqs::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4::SigningParams;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{Attrs, lock};
+use crate::engine::Counts;
+
+/// The HTTP client shared by every endpoint (its pool is keyed by host).
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Idle connections kept per host. A spread-out round needs one or two; more than this
+/// after a burst are closed instead of being kept (and their buffers with them).
+const MAX_IDLE_PER_HOST: usize = 16;
+/// Credentials are refreshed this long before they expire (the SDK's lazy cache uses 10 s).
+const CREDENTIALS_BUFFER: Duration = Duration::from_secs(60);
+/// An answer is a few hundred bytes; anything this large is not one.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Builds the shared HTTPS client: the platform's root certificates, aws-lc-rs, HTTP/1.1.
+pub fn http_client() -> std::io::Result<HttpClient> {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(MAX_IDLE_PER_HOST).build(https))
+}
+
+/// Why the direct call did not produce counts.
+#[derive(Debug)]
+pub enum Miss {
+    /// No answer within the call timeout: asking again would only double the wait.
+    Timeout,
+    /// Anything else: the SDK asks again and explains.
+    Fallback(String),
+}
+
+/// One SQS endpoint (region, endpoint URL, credentials) for direct calls.
+pub struct Direct {
+    endpoint: hyper::Uri,
+    /// The same URL as text, for the signer.
+    endpoint_text: String,
+    region: String,
+    credentials: SharedCredentialsProvider,
+    cached: Mutex<Option<Credentials>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Direct {
+    /// Resolves the endpoint exactly as the SDK would for these settings.
+    pub async fn new(
+        region: &str,
+        endpoint_url: Option<&str>,
+        use_fips: bool,
+        use_dual_stack: bool,
+        credentials: SharedCredentialsProvider,
+    ) -> Result<Direct, String> {
+        let mut params = Params::builder().region(region).use_fips(use_fips).use_dual_stack(use_dual_stack);
+        if let Some(e) = endpoint_url {
+            params = params.endpoint(e);
+        }
+        let params = params.build().map_err(|e| e.to_string())?;
+        let endpoint = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| e.to_string())?;
+        let endpoint_text = endpoint.url().to_owned();
+        let endpoint = endpoint_text.parse().map_err(|e| format!("endpoint {endpoint_text}: {e}"))?;
+        Ok(Direct {
+            endpoint,
+            endpoint_text,
+            region: region.to_owned(),
+            credentials,
+            cached: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reads the counts of the queue at `url`; see the module docs for what a miss means.
+    pub async fn read(&self, http: &HttpClient, url: &str, attrs: Attrs, timeout: Duration) -> Result<Counts, Miss> {
+        let credentials = self.credentials().await.map_err(Miss::Fallback)?;
+        let request = self.request(url, attrs, &credentials, SystemTime::now()).map_err(Miss::Fallback)?;
+        let call = async {
+            let response = http.request(request).await.map_err(|e| format!("sending: {e}"))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            if status != hyper::StatusCode::OK {
+                return Err(format!("HTTP {status}"));
+            }
+            Ok(body)
+        };
+        let body = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(Miss::Timeout),
+            Ok(result) => result.map_err(Miss::Fallback)?,
+        };
+        parse_answer(&body, attrs).map_err(Miss::Fallback)
+    }
+
+    /// The signed request, at `now`.
+    fn request(
+        &self,
+        url: &str,
+        attrs: Attrs,
+        credentials: &Credentials,
+        now: SystemTime,
+    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let body = request_body(url, attrs);
+        let mut request = hyper::Request::post(self.endpoint.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/x-amz-json-1.0")
+            .header("x-amz-target", "AmazonSQS.GetQueueAttributes")
+            .header(hyper::header::USER_AGENT, concat!("sqscale/", env!("CARGO_PKG_VERSION")))
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let headers = request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let signable = SignableRequest::new("POST", &self.endpoint_text, headers, SignableBody::Bytes(&body))
+            .map_err(|e| format!("signing: {e}"))?;
+        let identity = credentials.clone().into();
+        let params = SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("sqs")
+            .time(now)
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| format!("signing: {e}"))?
+            .into();
+        let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        Ok(request.map(|()| Full::new(Bytes::from(body))))
+    }
+
+    /// The provider's credentials, fetched once and kept until shortly before they expire.
+    async fn credentials(&self) -> Result<Credentials, String> {
+        let fresh = |c: &Option<Credentials>| {
+            c.as_ref().filter(|c| c.expiry().is_none_or(|e| e > SystemTime::now() + CREDENTIALS_BUFFER)).cloned()
+        };
+        if let Some(c) = fresh(&lock(&self.cached)) {
+            return Ok(c);
+        }
+        // One refresh at a time; whoever waited finds the new credentials.
+        let _refreshing = self.refresh.lock().await;
+        if let Some(c) = fresh(&lock(&self.cached)) {
+            return Ok(c);
+        }
+        let c = self.credentials.provide_credentials().await.map_err(|e| format!("loading credentials: {e}"))?;
+        *lock(&self.cached) = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// The JSON body: the queue URL and the attributes wanted.
+fn request_body(url: &str, attrs: Attrs) -> Vec<u8> {
+    let mut names = vec!["ApproximateNumberOfMessages"];
+    if attrs.in_flight {
+        names.push("ApproximateNumberOfMessagesNotVisible");
+    }
+    if attrs.delayed {
+        names.push("ApproximateNumberOfMessagesDelayed");
+    }
+    serde_json::to_vec(&serde_json::json!({ "QueueUrl": url, "AttributeNames": names })).expect("a JSON value")
+}
+
+#[derive(serde::Deserialize)]
+struct Answer {
+    #[serde(rename = "Attributes", default)]
+    attributes: HashMap<String, String>,
+}
+
+/// Reads the counts out of a `200` answer's body.
+fn parse_answer(body: &[u8], attrs: Attrs) -> Result<Counts, String> {
+    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    super::sqs::parse_counts(|name| answer.attributes.get(name).map(String::as_str), attrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ACCESS_KEY, SECRET_KEY, sha256_hex, signature};
+
+    fn at() -> SystemTime {
+        // 2026-11-27T12:00:00Z
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_780_800)
+    }
+
+    fn provider(token: Option<&str>) -> (Credentials, SharedCredentialsProvider) {
+        let c = Credentials::new(ACCESS_KEY, SECRET_KEY, token.map(str::to_owned), None, "test");
+        (c.clone(), SharedCredentialsProvider::new(c))
+    }
+
+    async fn direct(endpoint_url: Option<&str>, fips: bool, dual: bool) -> Direct {
+        Direct::new("eu-west-1", endpoint_url, fips, dual, provider(None).1).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_is_the_sdks() {
+        assert_eq!(direct(None, false, false).await.endpoint_text, "https://sqs.eu-west-1.amazonaws.com");
+        assert_eq!(direct(None, true, false).await.endpoint_text, "https://sqs-fips.eu-west-1.amazonaws.com");
+        assert_eq!(direct(None, false, true).await.endpoint_text, "https://sqs.eu-west-1.api.aws");
+        assert_eq!(direct(Some("http://127.0.0.1:5000"), false, false).await.endpoint_text, "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn the_body_names_the_queue_and_only_the_attributes_needed() {
+        let body = |attrs| serde_json::from_slice::<serde_json::Value>(&request_body("https://q/1/a", attrs)).unwrap();
+        assert_eq!(
+            body(Attrs::default()),
+            serde_json::json!({"QueueUrl": "https://q/1/a", "AttributeNames": ["ApproximateNumberOfMessages"]})
+        );
+        assert_eq!(
+            body(Attrs { in_flight: true, delayed: true })["AttributeNames"],
+            serde_json::json!([
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed"
+            ])
+        );
+    }
+
+    /// What SQS checks: the signature, recomputed from the request as sent (its signed
+    /// headers and body) by an independent SigV4 computation, must match.
+    #[tokio::test]
+    async fn the_request_is_signed_for_sqs_over_what_is_sent() {
+        for token in [None, Some("SESSION")] {
+            let d = direct(None, false, false).await;
+            let (creds, _) = provider(token);
+            let request = d.request("https://sqs.eu-west-1.amazonaws.com/1/q", Attrs::default(), &creds, at()).unwrap();
+            let header = |name: &str| request.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(request.method(), "POST");
+            assert_eq!(request.uri(), "https://sqs.eu-west-1.amazonaws.com/");
+            assert_eq!(header("x-amz-target").as_deref(), Some("AmazonSQS.GetQueueAttributes"));
+            assert_eq!(header("content-type").as_deref(), Some("application/x-amz-json-1.0"));
+            assert_eq!(header("x-amz-date").as_deref(), Some("20261127T120000Z"));
+            assert_eq!(header("x-amz-security-token").as_deref(), token);
+
+            let auth = header("authorization").unwrap();
+            let field = |name: &str| auth.split(&format!("{name}=")).nth(1).unwrap().split(',').next().unwrap();
+            assert!(auth.starts_with("AWS4-HMAC-SHA256 "), "{auth}");
+            assert_eq!(field("Credential"), "AKIDEXAMPLE/20261127/eu-west-1/sqs/aws4_request");
+            let signed = field("SignedHeaders");
+            let expected = match token {
+                None => "content-type;host;x-amz-date;x-amz-target",
+                Some(_) => "content-type;host;x-amz-date;x-amz-security-token;x-amz-target",
+            };
+            assert_eq!(signed, expected);
+
+            let body = request.body().clone().collect().await.unwrap().to_bytes();
+            let canonical_headers: String = signed
+                .split(';')
+                .map(|h| match h {
+                    // hyper sends the URI's authority as Host.
+                    "host" => format!("host:{}\n", request.uri().authority().unwrap()),
+                    _ => format!("{h}:{}\n", header(h).unwrap().trim()),
+                })
+                .collect();
+            let canonical_request = format!("POST\n/\n\n{canonical_headers}\n{signed}\n{}", sha256_hex(&body));
+            let want = signature(&canonical_request, "20261127T120000Z", "eu-west-1", "sqs");
+            assert_eq!(field("Signature"), want, "token {token:?}");
+        }
+    }
+
+    #[test]
+    fn answers_are_read_strictly() {
+        let both = Attrs { in_flight: true, delayed: false };
+        let body =
+            br#"{"Attributes":{"ApproximateNumberOfMessages":"30","ApproximateNumberOfMessagesNotVisible":"2"}}"#;
+        assert_eq!(parse_answer(body, both).unwrap(), Counts { visible: 30, in_flight: 2, delayed: 0 });
+        // No Attributes at all, an attribute missing, or not JSON: errors, never 0.
+        assert!(parse_answer(b"{}", Attrs::default()).unwrap_err().contains("missing"));
+        let body = br#"{"Attributes":{"ApproximateNumberOfMessages":"30"}}"#;
+        assert!(parse_answer(body, both).unwrap_err().contains("NotVisible"));
+        assert!(parse_answer(b"<html>", Attrs::default()).unwrap_err().contains("not JSON"));
+    }
+
+    #[tokio::test]
+    async fn credentials_are_fetched_once_until_they_near_expiry() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Debug)]
+        struct Counting(std::sync::Arc<AtomicUsize>, Duration);
+        impl ProvideCredentials for Counting {
+            fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                let expiry = SystemTime::now() + self.1;
+                aws_credential_types::provider::future::ProvideCredentials::ready(Ok(Credentials::new(
+                    ACCESS_KEY,
+                    SECRET_KEY,
+                    None,
+                    Some(expiry),
+                    "counting",
+                )))
+            }
+        }
+        for (lifetime, fetches) in [(Duration::from_secs(3600), 1), (Duration::from_secs(30), 3)] {
+            let count = std::sync::Arc::new(AtomicUsize::new(0));
+            let provider = SharedCredentialsProvider::new(Counting(count.clone(), lifetime));
+            let d = Direct::new("eu-west-1", None, false, false, provider).await.unwrap();
+            for _ in 0..3 {
+                d.credentials().await.unwrap();
+            }
+            // An hour: fetched once. 30 s, inside the refresh margin: fetched every time.
+            assert_eq!(count.load(Ordering::SeqCst), fetches, "lifetime {lifetime:?}");
+        }
+    }
+}
