@@ -273,7 +273,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -276,7 +276,12 @@ impl Observer {
                     None
                 }
             };
-            status.backlog.insert(queue.clone(), value);
+            match status.backlog.get_mut(queue) {
+                Some(v) => *v = value,
+                None => {
+                    status.backlog.insert(queue.clone(), value);
+                }
+            }
         }
         if let Some(e) = &report.scale_error {
             self.metrics.poll_errors.get_or_create(&ErrorLabels { rule: rule.to_owned(), source: "kubernetes" }).inc();
@@ -287,7 +292,9 @@ impl Observer {
             status.current_replicas = Some(after);
             status.desired_replicas = Some(d.replicas());
             status.active = d.active;
-            status.last_reason = Some(d.reason.as_str().to_owned());
+            if status.last_reason.as_deref() != Some(d.reason.as_str()) {
+                status.last_reason = Some(d.reason.as_str().to_owned());
+            }
             self.metrics.current.get_or_create(&labels).set(i64::from(after));
             self.metrics.desired.get_or_create(&labels).set(i64::from(d.replicas()));
             self.metrics

@@ -44,7 +44,9 @@ struct Running {
 /// Owns the workers of the current configuration.
 pub struct Supervisor<Q, T> {
     deps: Deps<Q, T>,
-    config: Config,
+    /// The running configuration without its rules: each worker holds its own rule, and
+    /// a second copy of ten thousand rules here would only cost memory.
+    settings: Config,
     workers: HashMap<String, Running>,
     tracker: TaskTracker,
     root: CancellationToken,
@@ -52,26 +54,33 @@ pub struct Supervisor<Q, T> {
 
 impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
-    pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
+    pub fn start(mut config: Config, deps: Deps<Q, T>) -> Self {
         deps.queues.set_needs(&config);
         deps.observer.rules_loaded(&config);
+        let rules = std::mem::take(&mut config.rules);
         let mut s = Supervisor {
             deps,
-            config: config.clone(),
+            settings: config,
             workers: HashMap::new(),
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
         };
-        let n = config.rules.len();
-        for rule in config.rules {
+        let n = rules.len();
+        for rule in rules {
             s.spawn(rule, n);
         }
         info!(rules = s.workers.len(), dry_run = s.deps.dry_run, "started");
         s
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// How many rules run.
+    pub fn rule_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The running rule called `name`.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.workers.get(name).map(|r| &*r.rule)
     }
 
     fn spawn(&mut self, rule: Rule, rules: usize) {
@@ -100,8 +109,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         };
         for (what, changed) in [
-            ("[server]", new.server != self.config.server),
-            ("[leader_election]", new.leader_election != self.config.leader_election),
+            ("[server]", new.server != self.settings.server),
+            ("[leader_election]", new.leader_election != self.settings.leader_election),
         ] {
             if changed {
                 warn!(section = what, "this section only changes on restart; the running value stays");
@@ -132,14 +141,16 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             running.cancel.cancel();
         }
         self.workers = keep;
-        for rule in &new.rules {
+        let Config { kubernetes, aws, rules, .. } = new;
+        let n = rules.len();
+        for rule in rules {
             if !self.workers.contains_key(&rule.name) {
-                self.spawn(rule.clone(), new.rules.len());
+                self.spawn(rule, n);
             }
         }
         // Settings outside the rules stay as they were until a restart.
-        self.config =
-            Config { server: self.config.server.clone(), leader_election: self.config.leader_election.clone(), ..new };
+        self.settings.kubernetes = kubernetes;
+        self.settings.aws = aws;
         info!(added, removed, changed, unchanged, "rules reloaded");
         ReloadOutcome::Applied { added, removed, changed, unchanged }
     }
@@ -194,9 +205,10 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
     config: Config,
     deps: Deps<Q, T>,
     mut control: mpsc::Receiver<Control>,
-    load: impl Fn() -> Result<Config, ConfigErrors>,
+    load: impl Fn() -> Result<Config, ConfigErrors> + Send + Sync + 'static,
     grace: Duration,
 ) -> Result<(), Aborted> {
+    let load = Arc::new(load);
     let mut supervisor = Supervisor::start(config, deps);
     while let Some(Control::Reload) = control.recv().await {
         // A burst of SIGHUPs is one reload: read the file once, after the burst.
@@ -208,8 +220,14 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
             break;
         }
         crate::systemd::reloading();
-        supervisor.reload(load());
-        crate::systemd::ready(&format!("{} rules running", supervisor.config().rules.len()));
+        // Read and validate off the runtime: ten thousand rules take about half a
+        // second, and the polls must not wait for it.
+        let load = load.clone();
+        let loaded = tokio::task::spawn_blocking(move || load()).await.unwrap_or_else(|e| {
+            Err(ConfigErrors { origin: "the rule file".to_owned(), problems: vec![format!("loading failed: {e}")] })
+        });
+        supervisor.reload(loaded);
+        crate::systemd::ready(&format!("{} rules running", supervisor.rule_count()));
     }
     crate::systemd::stopping();
     supervisor.shutdown(grace, &mut control).await

@@ -94,7 +94,8 @@ async fn an_invalid_reload_keeps_the_old_rules_running() {
     assert!(matches!(outcome, ReloadOutcome::Rejected(ref p) if p.len() >= 2), "{outcome:?}");
     after_poll(start, 20).await;
     assert_eq!(w.targets.get("demo").writes, [1, 4, 5], "still scaling with the old rules");
-    assert_eq!(sup.config().rules[0].policy.max, 5);
+    assert_eq!(sup.rule_count(), 1);
+    assert_eq!(sup.rule("demo").unwrap().policy.max, 5);
 }
 
 #[tokio::test(start_paused = true)]

@@ -32,9 +32,10 @@ use crate::engine::Counts;
 /// The HTTP client shared by every endpoint (its pool is keyed by host).
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Idle connections kept per host. A spread-out round needs one or two; more than this
-/// after a burst are closed instead of being kept (and their buffers with them).
-const MAX_IDLE_PER_HOST: usize = 16;
+/// Calls in flight per endpoint, and so connections per endpoint: a spread-out round
+/// needs one or two; a burst (start-up, a reload) waits its turn instead of opening a
+/// connection per poll, each with ~30 KiB of buffers, to be closed again right after.
+const MAX_IN_FLIGHT: usize = 16;
 /// Credentials are refreshed this long before they expire (the SDK's lazy cache uses 10 s).
 const CREDENTIALS_BUFFER: Duration = Duration::from_secs(60);
 /// An answer is a few hundred bytes; anything this large is not one.
@@ -48,7 +49,7 @@ pub fn http_client() -> std::io::Result<HttpClient> {
         .https_or_http()
         .enable_http1()
         .build();
-    Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(MAX_IDLE_PER_HOST).build(https))
+    Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(MAX_IN_FLIGHT).build(https))
 }
 
 /// Why the direct call did not produce counts.
@@ -69,6 +70,7 @@ pub struct Direct {
     credentials: SharedCredentialsProvider,
     cached: Mutex<Option<Credentials>>,
     refresh: tokio::sync::Mutex<()>,
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Direct {
@@ -95,14 +97,16 @@ impl Direct {
             credentials,
             cached: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
     /// Reads the counts of the queue at `url`; see the module docs for what a miss means.
     pub async fn read(&self, http: &HttpClient, url: &str, attrs: Attrs, timeout: Duration) -> Result<Counts, Miss> {
-        let credentials = self.credentials().await.map_err(Miss::Fallback)?;
-        let request = self.request(url, attrs, &credentials, SystemTime::now()).map_err(Miss::Fallback)?;
         let call = async {
+            let _turn = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
+            let credentials = self.credentials().await?;
+            let request = self.request(url, attrs, &credentials, SystemTime::now())?;
             let response = http.request(request).await.map_err(|e| format!("sending: {e}"))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER)

@@ -95,7 +95,14 @@ impl<R: QueueReader> Shared<R> {
 
     /// Reads `queue`, sharing a result younger than [`SHARE_WINDOW`] that covers `need`.
     pub async fn read(&self, queue: &QueueSource, need: Attrs) -> Result<Counts, SourceError> {
-        let slot = lock(&self.slots).entry(queue.clone()).or_default().clone();
+        let slot = {
+            let mut slots = lock(&self.slots);
+            // Look up before inserting: `entry` would clone the key on every poll.
+            match slots.get(queue) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(queue.clone()).or_default().clone(),
+            }
+        };
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
             && c.at.elapsed() < SHARE_WINDOW

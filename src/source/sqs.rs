@@ -145,9 +145,16 @@ impl QueueReader for Sqs {
     async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
         self.note_fifo(q);
         let Endpoint { client, direct } = self.endpoint(q).await;
-        let url = self.url(&client, q).await?;
+        let resolved;
+        let url = match &q.url {
+            Some(url) => url,
+            None => {
+                resolved = Box::pin(self.url(&client, q)).await?;
+                &resolved
+            }
+        };
         if let (Some(direct), Some(http)) = (&direct, &self.http) {
-            match direct.read(http, &url, attrs, self.timeout).await {
+            match direct.read(http, url, attrs, self.timeout).await {
                 Ok(counts) => return Ok(counts),
                 Err(Miss::Timeout) => {
                     return Err(SourceError {
@@ -161,21 +168,26 @@ impl QueueReader for Sqs {
                 }
             }
         }
-        let mut req = client
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages);
-        if attrs.in_flight {
-            req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
-        }
-        if attrs.delayed {
-            req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-        }
-        let out = req.send().await.map_err(|e| error(q, e))?;
-        let answer = out.attributes();
-        parse_counts(|name| answer?.get(&QueueAttributeName::from(name)).map(String::as_str), attrs)
-            .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
+        // Boxed: the SDK's request future is large and rarely taken; inline, it would
+        // make every poll's future (and its allocation) that much bigger.
+        Box::pin(read_with_sdk(&client, q, url, attrs)).await
     }
+}
+
+/// `GetQueueAttributes` through the SDK: retries, and errors named with their kind.
+async fn read_with_sdk(client: &Client, q: &QueueSource, url: &str, attrs: Attrs) -> Result<Counts, SourceError> {
+    let mut req =
+        client.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::ApproximateNumberOfMessages);
+    if attrs.in_flight {
+        req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+    }
+    if attrs.delayed {
+        req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+    }
+    let out = req.send().await.map_err(|e| error(q, e))?;
+    let answer = out.attributes();
+    parse_counts(|name| answer?.get(&QueueAttributeName::from(name)).map(String::as_str), attrs)
+        .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
 }
 
 /// Reads the requested counts out of a GetQueueAttributes answer (`attribute` looks one

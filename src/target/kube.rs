@@ -63,6 +63,10 @@ struct Cache {
     /// True once the initial list is in, false again while the watch is failing
     /// (reads then go to the API server, which reports the real error).
     ready: Arc<AtomicBool>,
+    /// True once the first list has succeeded or failed. Until then reads wait for it
+    /// instead of each making a GET: at start-up thousands of rules would otherwise
+    /// open a connection each while the list is in flight.
+    settled: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,6 +82,7 @@ impl Cache {
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let (settle, settled) = tokio::sync::watch::channel(false);
         let events = watcher(api, watcher::Config::default()).default_backoff().modify(slim).reflect(writer);
         let task = tokio::spawn(async move {
             let mut listed = false;
@@ -86,18 +91,26 @@ impl Cache {
                 match event {
                     Ok(watcher::Event::InitDone) => {
                         listed = true;
-                        flag.store(true, Ordering::SeqCst)
+                        flag.store(true, Ordering::SeqCst);
+                        settle.send_replace(true);
                     }
                     Ok(_) if listed => flag.store(true, Ordering::SeqCst),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "target watch failed; reading directly until it recovers");
                         flag.store(false, Ordering::SeqCst);
+                        settle.send_replace(true);
                     }
                 }
             }
         });
-        Cache { store, resource, ready, task }
+        Cache { store, resource, ready, settled, task }
+    }
+
+    /// Waits (at most `timeout`) for the first list to succeed or fail.
+    async fn settle(&self, timeout: Duration) {
+        let mut settled = self.settled.clone();
+        let _ = tokio::time::timeout(timeout, settled.wait_for(|s| *s)).await;
     }
 
     fn get(&self, t: &TargetRef) -> Option<Arc<DynamicObject>> {
@@ -106,17 +119,35 @@ impl Cache {
 }
 
 /// Keeps only what a poll reads, so ten thousand cached targets stay small: the name,
-/// version and annotations, `spec.replicas` and `status.replicas`.
+/// namespace, version and `sqscale.io/` annotations, and `spec.replicas` and
+/// `status.replicas` as a two-element array (see [`view_of_cached`]).
 fn slim(obj: &mut DynamicObject) {
-    obj.metadata.managed_fields = None;
-    obj.metadata.labels = None;
-    obj.metadata.owner_references = None;
-    if let Some(a) = obj.metadata.annotations.as_mut() {
+    let meta = std::mem::take(&mut obj.metadata);
+    let annotations = meta.annotations.map(|mut a| {
         a.retain(|k, _| k.starts_with("sqscale.io/"));
-    }
-    let spec = obj.data["spec"]["replicas"].clone();
-    let status = obj.data["status"]["replicas"].clone();
-    obj.data = json!({ "spec": { "replicas": spec }, "status": { "replicas": status } });
+        a
+    });
+    obj.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        annotations: annotations.filter(|a| !a.is_empty()),
+        ..Default::default()
+    };
+    let spec = obj.data["spec"]["replicas"].take();
+    let status = obj.data["status"]["replicas"].take();
+    obj.data = serde_json::Value::Array(vec![spec, status]);
+}
+
+/// The view of an object slimmed by [`slim`].
+fn view_of_cached(obj: &DynamicObject) -> TargetView {
+    let empty = std::collections::BTreeMap::new();
+    view_of(
+        &obj.data[0],
+        &obj.data[1],
+        obj.metadata.annotations.as_ref().unwrap_or(&empty),
+        obj.metadata.resource_version.clone(),
+    )
 }
 
 impl Kube {
@@ -302,14 +333,12 @@ impl Kube {
 impl ScaleTarget for Kube {
     async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
         let cache = self.cache(context, t).await?;
+        if !cache.ready.load(Ordering::SeqCst) {
+            cache.settle(self.timeout).await;
+        }
         if cache.ready.load(Ordering::SeqCst) {
             return match cache.get(t) {
-                Some(obj) => Ok(view_of(
-                    &obj.data["spec"],
-                    &obj.data["status"],
-                    &obj.metadata.annotations.clone().unwrap_or_default(),
-                    obj.metadata.resource_version.clone(),
-                )),
+                Some(obj) => Ok(view_of_cached(&obj)),
                 None => Err(TargetError {
                     target: t.to_string(),
                     kind: "not_found",
@@ -332,7 +361,8 @@ impl ScaleTarget for Kube {
             cache.ready.store(true, Ordering::SeqCst);
         }
         let annotations = obj.metadata.annotations.clone().unwrap_or_default();
-        Ok(view_of(&obj.data["spec"], &obj.data["status"], &annotations, obj.metadata.resource_version.clone()))
+        let (spec, status) = (&obj.data["spec"]["replicas"], &obj.data["status"]["replicas"]);
+        Ok(view_of(spec, status, &annotations, obj.metadata.resource_version.clone()))
     }
 
     async fn scale(
@@ -449,4 +479,57 @@ fn timed_out(e: &kube::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache keeps what a poll reads and nothing else, and reads it back the same as
+    /// from the full object.
+    #[test]
+    fn a_slimmed_object_reads_as_the_full_one() {
+        let full: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": "worker", "namespace": "jobs", "resourceVersion": "42", "uid": "u-1",
+                "labels": {"app": "worker"},
+                "annotations": {
+                    "sqscale.io/last-active": "2026-11-27T12:00:00Z",
+                    "sqscale.io/paused-replicas": "2",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}"
+                },
+                "managedFields": [{"manager": "kubectl"}]
+            },
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
+            "status": {"replicas": 2, "readyReplicas": 2}
+        }))
+        .unwrap();
+        let annotations = full.metadata.annotations.clone().unwrap();
+        let want = view_of(
+            &full.data["spec"]["replicas"],
+            &full.data["status"]["replicas"],
+            &annotations,
+            full.metadata.resource_version.clone(),
+        );
+        let mut slimmed = full.clone();
+        slim(&mut slimmed);
+        assert_eq!(view_of_cached(&slimmed), want);
+        assert_eq!((want.replicas, want.status_replicas), (3, Some(2)));
+        assert!(want.last_active.is_some());
+        let kept = serde_json::to_value(&slimmed.metadata).unwrap();
+        assert_eq!(
+            kept,
+            json!({"name": "worker", "namespace": "jobs", "resourceVersion": "42", "annotations": {
+                "sqscale.io/last-active": "2026-11-27T12:00:00Z", "sqscale.io/paused-replicas": "2"
+            }})
+        );
+        // No replicas at all (a Deployment created without spec.replicas): 1, as the API defaults.
+        let mut bare: DynamicObject =
+            serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}}))
+                .unwrap();
+        slim(&mut bare);
+        assert_eq!((view_of_cached(&bare).replicas, view_of_cached(&bare).status_replicas), (1, None));
+    }
 }

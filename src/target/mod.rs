@@ -38,15 +38,15 @@ pub struct TargetView {
 /// Builds the view from a Deployment or StatefulSet as JSON (`spec`, `status`) and its
 /// annotations.
 pub fn view_of(
-    spec: &serde_json::Value,
-    status: &serde_json::Value,
+    spec_replicas: &serde_json::Value,
+    status_replicas: &serde_json::Value,
     annotations: &BTreeMap<String, String>,
     resource_version: Option<String>,
 ) -> TargetView {
     let count = |v: &serde_json::Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     TargetView {
-        replicas: count(&spec["replicas"]).unwrap_or(1),
-        status_replicas: count(&status["replicas"]),
+        replicas: count(spec_replicas).unwrap_or(1),
+        status_replicas: count(status_replicas),
         pause: Pause::from_annotations(
             annotations.get(PAUSED).map(String::as_str),
             annotations.get(PAUSED_REPLICAS).map(String::as_str),
@@ -135,13 +135,13 @@ mod tests {
     fn view_reads_replicas_pause_and_last_active() {
         let mut ann = BTreeMap::new();
         ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
-        let v = view_of(&json!({"replicas": 3}), &json!({"replicas": 2}), &ann, Some("7".into()));
+        let v = view_of(&json!(3), &json!(2), &ann, Some("7".into()));
         assert_eq!((v.replicas, v.status_replicas, v.pause), (3, Some(2), Pause::No));
         assert_eq!(v.last_active.map(format_time).as_deref(), Some("2026-11-27T21:00:10Z"));
 
         ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
         ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
-        let v = view_of(&json!({}), &json!({}), &ann, None);
+        let v = view_of(&json!(null), &json!(null), &ann, None);
         assert_eq!((v.replicas, v.status_replicas, v.pause, v.last_active), (1, None, Pause::Replicas(0), None));
     }
 
