@@ -322,11 +322,11 @@ impl Observer {
 
     /// Whether every rule has finished at least one poll.
     pub fn first_round(&self) -> Result<(), String> {
-        if lock(&self.rules).is_empty() {
+        let rules = lock(&self.rules);
+        if rules.is_empty() {
             return Err("no rules loaded yet".to_owned());
         }
-        let waiting: Vec<String> =
-            lock(&self.rules).iter().filter(|(_, (_, l))| !l.polled).map(|(n, _)| n.clone()).collect();
+        let waiting: Vec<String> = rules.iter().filter(|(_, (_, l))| !l.polled).map(|(n, _)| n.clone()).collect();
         if waiting.is_empty() { Ok(()) } else { Err(format!("waiting for the first poll of: {}", waiting.join(", "))) }
     }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigErrors, Rule};
+use crate::config::{Config, ConfigErrors, LeaderElection, Rule, ServerSettings};
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::target::ScaleTarget;
@@ -44,9 +44,10 @@ struct Running {
 /// Owns the workers of the current configuration.
 pub struct Supervisor<Q, T> {
     deps: Deps<Q, T>,
-    /// The running configuration without its rules: each worker holds its own rule, and
-    /// a second copy of ten thousand rules here would only cost memory.
-    settings: Config,
+    /// The sections that only change on restart, as started: a reload that changes
+    /// them is warned about. (Each worker holds its own rule; nothing else is kept.)
+    server: ServerSettings,
+    leader_election: LeaderElection,
     workers: HashMap<String, Running>,
     tracker: TaskTracker,
     root: CancellationToken,
@@ -54,13 +55,14 @@ pub struct Supervisor<Q, T> {
 
 impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
-    pub fn start(mut config: Config, deps: Deps<Q, T>) -> Self {
+    pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
         deps.queues.set_needs(&config);
         deps.observer.rules_loaded(&config);
-        let rules = std::mem::take(&mut config.rules);
+        let Config { server, leader_election, rules, .. } = config;
         let mut s = Supervisor {
             deps,
-            settings: config,
+            server,
+            leader_election,
             workers: HashMap::new(),
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
@@ -109,8 +111,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         };
         for (what, changed) in [
-            ("[server]", new.server != self.settings.server),
-            ("[leader_election]", new.leader_election != self.settings.leader_election),
+            ("[server]", new.server != self.server),
+            ("[leader_election]", new.leader_election != self.leader_election),
         ] {
             if changed {
                 warn!(section = what, "this section only changes on restart; the running value stays");
@@ -141,16 +143,12 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             running.cancel.cancel();
         }
         self.workers = keep;
-        let Config { kubernetes, aws, rules, .. } = new;
-        let n = rules.len();
-        for rule in rules {
+        let n = new.rules.len();
+        for rule in new.rules {
             if !self.workers.contains_key(&rule.name) {
                 self.spawn(rule, n);
             }
         }
-        // Settings outside the rules stay as they were until a restart.
-        self.settings.kubernetes = kubernetes;
-        self.settings.aws = aws;
         info!(added, removed, changed, unchanged, "rules reloaded");
         ReloadOutcome::Applied { added, removed, changed, unchanged }
     }

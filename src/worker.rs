@@ -116,8 +116,8 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            // Boxed: a poll's future holds the SDK's and kube's request futures, tens
-            // of kilobytes; inline, every idle task would carry that size for good.
+            // Boxed: a poll's future holds the HTTP clients' request futures, kilobytes;
+            // inline, every idle task would carry that size for good.
             Box::pin(worker.poll()).await;
         }
         debug!("stopped");

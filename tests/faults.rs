@@ -15,17 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqscale::config::TargetRef;
 use sqscale::engine::Time;
-use sqscale::source::{Shared, sqs::Sqs};
 use sqscale::status::{Observer, RuleStatus};
 use sqscale::target::kube::Kube;
 use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
-use sqscale::worker::{Clock, Deps};
 use support::daemon::{Daemon, demo_rule, header, wait_until, write};
 use support::fake_kube::{FakeKube, Kind};
 use support::moto::Moto;
 use support::process::{free_port, signal, spawn};
 use support::sqs;
-use tokio::sync::mpsc;
 
 const NS: &str = "default";
 
@@ -63,27 +60,6 @@ fn metric(text: &str, series: &str) -> f64 {
 
 const KUBE_ERRORS: &str = "sqscale_poll_errors_total{rule=\"demo\",source=\"kubernetes\"}";
 const SQS_ERRORS: &str = "sqscale_poll_errors_total{rule=\"demo\",source=\"sqs\"}";
-
-/// Starts the daemon in-process on `config` with `targets` (the real adapter, or the
-/// real adapter wrapped), the real SQS adapter, and the system clock.
-fn start_with<T: ScaleTarget>(config: &Path, targets: T) -> Daemon {
-    let cfg = sqscale::config::load(config).expect("valid rule file");
-    let observer = Arc::new(Observer::new());
-    let timeout = Duration::from_secs(5);
-    let deps = Deps {
-        queues: Arc::new(Shared::new(Sqs::new(timeout))),
-        targets: Arc::new(targets),
-        clock: Clock::system(),
-        dry_run: false,
-        call_timeout: timeout,
-        observer: observer.clone(),
-    };
-    let (control, rx) = mpsc::channel(16);
-    let path = config.to_owned();
-    let load = move || sqscale::config::load(&path);
-    let handle = tokio::spawn(sqscale::supervisor::run(cfg, deps, rx, load, Duration::from_secs(10)));
-    Daemon { control, handle, observer }
-}
 
 /// What the fake API server does to the next `/scale` patch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -173,7 +149,7 @@ async fn scale_through(plan: &[Fault]) -> (Arc<FakeKube>, Vec<Outcome>, String) 
         plan: Mutex::new(plan.iter().copied().collect()),
         log: log.clone(),
     };
-    let daemon = start_with(&config, armed);
+    let daemon = Daemon::start_with(&config, armed);
     let done = wait_until(Duration::from_secs(18), || replicas(&kube) == 6).await;
     assert!(done, "at {} after {:?}; history {:?}", replicas(&kube), log.lock().unwrap(), history(&kube));
     // Settle: a write that timed out may still land; nothing else may follow.
@@ -357,7 +333,7 @@ async fn token_rotation(kubernetes_section: &str) {
     // the 401s themselves may make the adapter read the kubeconfig again.
     let cfg = sqscale::config::load(&config).unwrap();
     let adapter = Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.clone()), Duration::from_secs(30));
-    let daemon = start_with(&config, adapter);
+    let daemon = Daemon::start_with(&config, adapter);
     // (`Observer::readiness` is no help: it is Ok before any rule is loaded.)
     let polled = || daemon.observer.statuses().first().is_some_and(|s| s.polls >= 2);
     assert!(wait_until(Duration::from_secs(5), polled).await);

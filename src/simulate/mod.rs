@@ -146,6 +146,11 @@ pub struct Options {
     pub initial_replicas: Option<u32>,
 }
 
+/// A rule's polling interval in virtual milliseconds, at least 1.
+fn step_ms(rule: &Rule) -> i64 {
+    i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
 /// Replays `trace` through every rule in `rules`. Fails if a rule reads a queue the
 /// trace never mentions (a typo there would silently read as an empty queue).
 pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>, String> {
@@ -164,8 +169,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
         Time(trace.end().0.saturating_add(settle))
     });
     for rule in rules {
-        let step = i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1);
-        let polls = until.0 / step + 1;
+        let polls = until.0 / step_ms(rule) + 1;
         if polls > 10_000_000 {
             return Err(format!(
                 "rule {:?} would poll {polls} times up to {}s; give an earlier --until",
@@ -179,7 +183,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
     for rule in rules {
         let mut state = State::new(Time(0));
         let mut replicas = options.initial_replicas.unwrap_or(rule.policy.min);
-        let step = i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1);
+        let step = step_ms(rule);
         let mut t = Time(0);
         while t <= until {
             let obs = Observation {

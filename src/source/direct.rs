@@ -180,13 +180,8 @@ impl Direct {
 
 /// The JSON body: the queue URL and the attributes wanted.
 fn request_body(url: &str, attrs: Attrs) -> Vec<u8> {
-    let mut names = vec!["ApproximateNumberOfMessages"];
-    if attrs.in_flight {
-        names.push("ApproximateNumberOfMessagesNotVisible");
-    }
-    if attrs.delayed {
-        names.push("ApproximateNumberOfMessagesDelayed");
-    }
+    let wanted = super::sqs::attribute_names(attrs);
+    let names: Vec<&str> = wanted.iter().map(|n| n.as_str()).collect();
     serde_json::to_vec(&serde_json::json!({ "QueueUrl": url, "AttributeNames": names })).expect("a JSON value")
 }
 

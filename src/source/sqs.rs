@@ -112,10 +112,8 @@ impl Sqs {
         endpoint
     }
 
-    async fn url(&self, client: &Client, q: &QueueSource) -> Result<String, SourceError> {
-        if let Some(url) = &q.url {
-            return Ok(url.clone());
-        }
+    /// The URL of a queue given by name: asked once with `GetQueueUrl`, then remembered.
+    async fn resolve_url(&self, client: &Client, q: &QueueSource) -> Result<String, SourceError> {
         if let Some(url) = lock(&self.urls).get(q) {
             return Ok(url.clone());
         }
@@ -149,7 +147,7 @@ impl QueueReader for Sqs {
         let url = match &q.url {
             Some(url) => url,
             None => {
-                resolved = Box::pin(self.url(&client, q)).await?;
+                resolved = Box::pin(self.resolve_url(&client, q)).await?;
                 &resolved
             }
         };
@@ -176,18 +174,23 @@ impl QueueReader for Sqs {
 
 /// `GetQueueAttributes` through the SDK: retries, and errors named with their kind.
 async fn read_with_sdk(client: &Client, q: &QueueSource, url: &str, attrs: Attrs) -> Result<Counts, SourceError> {
-    let mut req =
-        client.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::ApproximateNumberOfMessages);
-    if attrs.in_flight {
-        req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
-    }
-    if attrs.delayed {
-        req = req.attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-    }
+    let req = client.get_queue_attributes().queue_url(url).set_attribute_names(Some(attribute_names(attrs)));
     let out = req.send().await.map_err(|e| error(q, e))?;
     let answer = out.attributes();
     parse_counts(|name| answer?.get(&QueueAttributeName::from(name)).map(String::as_str), attrs)
         .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
+}
+
+/// The attributes a read asks for: the visible count always, the others as `attrs` says.
+pub fn attribute_names(attrs: Attrs) -> Vec<QueueAttributeName> {
+    let mut names = vec![QueueAttributeName::ApproximateNumberOfMessages];
+    if attrs.in_flight {
+        names.push(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+    }
+    if attrs.delayed {
+        names.push(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+    }
+    names
 }
 
 /// Reads the requested counts out of a GetQueueAttributes answer (`attribute` looks one

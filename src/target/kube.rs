@@ -273,16 +273,24 @@ impl Kube {
         Ok(self.caches.lock().await.entry(key).or_insert(cache).clone())
     }
 
-    /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`].
+    /// Runs a call to `context` under the adapter's timeout, mapping errors to
+    /// [`TargetError`]. A 401 forgets the context's client (see [`Kube::forget`]).
     async fn call<T>(
         &self,
+        context: Option<&str>,
         t: &TargetRef,
         what: &str,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error(t, what, &e)),
+            Ok(Err(e)) => {
+                let e = error(t, what, &e);
+                if e.kind == "unauthorized" {
+                    self.forget(context).await;
+                }
+                Err(e)
+            }
             Err(_) => Err(TargetError {
                 target: t.to_string(),
                 kind: "timeout",
@@ -323,7 +331,7 @@ impl Kube {
         };
         let api: Api<SelfSubjectAccessReview> = Api::all(client);
         let answer = self
-            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
+            .call(context, t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
             .await
             .map_err(|e| e.to_string())?;
         Ok(answer.status.is_some_and(|s| s.allowed))
@@ -347,15 +355,7 @@ impl ScaleTarget for Kube {
             };
         }
         let api = self.api(context, t).await?;
-        let obj = match self.call(t, "reading the target", api.get(&t.name)).await {
-            Ok(obj) => obj,
-            Err(e) => {
-                if e.kind == "unauthorized" {
-                    self.forget(context).await;
-                }
-                return Err(e);
-            }
-        };
+        let obj = self.call(context, t, "reading the target", api.get(&t.name)).await?;
         // The watch resumed without a change since: the cache holds this very version.
         if cache.get(t).is_some_and(|c| c.metadata.resource_version == obj.metadata.resource_version) {
             cache.ready.store(true, Ordering::SeqCst);
@@ -380,15 +380,14 @@ impl ScaleTarget for Kube {
             if let Some(v) = &version {
                 body["metadata"] = json!({ "resourceVersion": v });
             }
-            match self.call(t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body))).await {
+            match self
+                .call(context, t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body)))
+                .await
+            {
                 Err(e) if e.kind == "conflict" && attempt < CONFLICT_RETRIES => {
                     tracing::debug!(attempt, "scale patch conflicted; retrying on a fresh version");
-                    let scale = self.call(t, "reading /scale", api.get_scale(&t.name)).await?;
+                    let scale = self.call(context, t, "reading /scale", api.get_scale(&t.name)).await?;
                     version = scale.metadata.resource_version;
-                }
-                Err(e) if e.kind == "unauthorized" => {
-                    self.forget(context).await;
-                    return Err(e);
                 }
                 other => return other.map(drop),
             }
@@ -400,11 +399,9 @@ impl ScaleTarget for Kube {
         let api = self.api(context, t).await?;
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
-        let result = self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await;
-        if result.as_ref().is_err_and(|e| e.kind == "unauthorized") {
-            self.forget(context).await;
-        }
-        result.map(drop)
+        self.call(context, t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body)))
+            .await
+            .map(drop)
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -432,7 +429,7 @@ impl ScaleTarget for Kube {
             action: if event.reason.starts_with("Failed") { "Poll" } else { "Scale" }.to_owned(),
             secondary: None,
         };
-        self.call(t, "recording an event", recorder.publish(&ev, &reference)).await
+        self.call(context, t, "recording an event", recorder.publish(&ev, &reference)).await
     }
 }
 

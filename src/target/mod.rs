@@ -35,8 +35,8 @@ pub struct TargetView {
     pub resource_version: Option<String>,
 }
 
-/// Builds the view from a Deployment or StatefulSet as JSON (`spec`, `status`) and its
-/// annotations.
+/// Builds the view from a Deployment's or StatefulSet's `spec.replicas` and
+/// `status.replicas` (JSON, `null` when absent) and its annotations.
 pub fn view_of(
     spec_replicas: &serde_json::Value,
     status_replicas: &serde_json::Value,

@@ -5,14 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqscale::config::Config;
 use sqscale::signals::Control;
 use sqscale::source::{Shared, sqs::Sqs};
 use sqscale::status::Observer;
 use sqscale::supervisor::{self, Aborted};
+use sqscale::target::ScaleTarget;
 use sqscale::target::kube::Kube;
 use sqscale::worker::{Clock, Deps};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// The bound on each remote call of a poll.
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Daemon {
     pub control: mpsc::Sender<Control>,
@@ -24,14 +29,24 @@ impl Daemon {
     /// Starts on the rule file at `config` and the kubeconfig at `kubeconfig`.
     pub async fn start(config: &Path, kubeconfig: &Path) -> Daemon {
         let cfg = sqscale::config::load(config).expect("valid rule file");
-        let timeout = Duration::from_secs(5);
+        let kube = Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.to_owned()), TIMEOUT);
+        Daemon::spawn(cfg, config, kube)
+    }
+
+    /// Starts on the rule file at `config` with `targets` (the real adapter, or the real
+    /// adapter wrapped), the real SQS adapter and the system clock.
+    pub fn start_with<T: ScaleTarget>(config: &Path, targets: T) -> Daemon {
+        Daemon::spawn(sqscale::config::load(config).expect("valid rule file"), config, targets)
+    }
+
+    fn spawn<T: ScaleTarget>(cfg: Config, config: &Path, targets: T) -> Daemon {
         let observer = Arc::new(Observer::new());
         let deps = Deps {
-            queues: Arc::new(Shared::new(Sqs::new(timeout))),
-            targets: Arc::new(Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.to_owned()), timeout)),
+            queues: Arc::new(Shared::new(Sqs::new(TIMEOUT))),
+            targets: Arc::new(targets),
             clock: Clock::system(),
             dry_run: false,
-            call_timeout: timeout,
+            call_timeout: TIMEOUT,
             observer: observer.clone(),
         };
         let (control, rx) = mpsc::channel(16);
