@@ -16,9 +16,11 @@ fn policy(behavior: bool) -> Policy {
         cooldown: Duration::from_secs(30),
         initial_cooldown: Duration::ZERO,
         fallback: None,
-        behavior: behavior.then(|| Behavior {
-            scale_up: ScalingRules::default_scale_up(),
-            scale_down: ScalingRules::default_scale_down(300_000),
+        behavior: behavior.then(|| {
+            Box::new(Behavior {
+                scale_up: ScalingRules::default_scale_up(),
+                scale_down: ScalingRules::default_scale_down(300_000),
+            })
         }),
         legacy_downscale_window: Duration::from_secs(300),
         tolerances: Tolerances::default(),

@@ -263,7 +263,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
-    let config = match config::load(path) {
+    let config = match config::load_compact(path) {
         Ok(c) => c,
         Err(e) => {
             for problem in &e.problems {
@@ -300,6 +300,10 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 return ExitCode::FAILURE;
             }
         }
+        // Start the targets' watches and wait for their first lists (at most the call
+        // timeout), so the first polls read the caches instead of queueing behind the
+        // lists: at ten thousand rules that queue held thousands of polls at once.
+        kube.watch(config.rules.iter().map(|r| (r.context.as_deref(), &r.target))).await;
         let mut observer = Observer::new();
         let stop_electors = CancellationToken::new();
         let mut electors = Vec::new();
@@ -355,7 +359,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             observer,
         };
         let reload_path = path.to_owned();
-        let outcome = supervisor::run(config, deps, control, move || config::load(&reload_path), grace).await;
+        let outcome = supervisor::run(config, deps, control, move || config::load_compact(&reload_path), grace).await;
         // Release the leases only once no worker can write any more.
         stop_electors.cancel();
         election.wait().await;

@@ -3,11 +3,12 @@
 //! server and the systemd watchdog read from here.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -17,53 +18,19 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::Config;
-use crate::engine::{Decision, Time};
+use crate::config::Rule;
+use crate::engine::{Decision, Reason, Time};
 use crate::source::lock;
 use crate::target::format_time;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RuleLabels {
-    rule: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct QueueLabels {
-    rule: String,
-    queue: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScaleLabels {
-    rule: String,
-    direction: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrorLabels {
-    rule: String,
-    source: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    rule: String,
-    reason: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
 
-/// The metric families, named as the contract fixes them.
+/// The metric families that are not per rule (those are rendered from the rules'
+/// records when scraped: see [`RuleMetrics`]).
 struct Metrics {
-    backlog: Family<QueueLabels, Gauge>,
-    desired: Family<RuleLabels, Gauge>,
-    current: Family<RuleLabels, Gauge>,
-    scales: Family<ScaleLabels, Counter>,
-    poll_errors: Family<ErrorLabels, Counter>,
-    decisions: Family<DecisionLabels, Counter>,
     poll_duration: Histogram,
     reloads: Family<ResultLabels, Counter>,
     rules: Gauge,
@@ -91,13 +58,6 @@ pub struct RuleStatus {
     pub polls: u64,
 }
 
-/// Liveness bookkeeping of one rule (not shown in `/status`).
-struct Liveness {
-    interval: Duration,
-    since: Instant,
-    polled: bool,
-}
-
 /// One poll, as the worker reports it.
 #[derive(Debug, Default)]
 pub struct PollReport<'a> {
@@ -106,8 +66,9 @@ pub struct PollReport<'a> {
     pub next_poll: Time,
     /// The target could not be read: nothing else happened.
     pub target_error: Option<String>,
-    /// Per trigger: queue, its backlog, or the error.
-    pub queues: Vec<(String, Result<u64, String>)>,
+    /// Per trigger, in the rule's order: its backlog, or the error. Empty when the
+    /// queues were not read.
+    pub queues: Vec<Result<u64, String>>,
     pub decision: Option<&'a Decision>,
     /// A write the target confirmed: (from, to).
     pub scaled: Option<(u32, u32)>,
@@ -115,11 +76,125 @@ pub struct PollReport<'a> {
     pub last_active: Option<Time>,
 }
 
+/// Everything known of one rule, kept as numbers: `/status` and `/metrics` render it
+/// when asked, so a poll formats nothing and no label set is kept per series.
+struct Record {
+    rule: Arc<Rule>,
+    /// Liveness: since when the rule has been waiting for a poll to finish, and
+    /// whether one ever has (since it last started).
+    since: Instant,
+    polled: bool,
+    polls: u64,
+    last_poll: Option<Time>,
+    next_poll: Option<Time>,
+    last_active: Option<Time>,
+    current: Option<u32>,
+    desired: Option<u32>,
+    active: bool,
+    reason: Option<Reason>,
+    /// Per trigger (the rule's order).
+    backlog: Box<[Backlog]>,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+    /// Counters: polls by decision reason; confirmed changes up and down; failed reads
+    /// from SQS and from Kubernetes.
+    decisions: Vec<(Reason, u64)>,
+    scales: [u64; 2],
+    errors: [u64; 2],
+}
+
+/// One trigger's backlog: as `/status` shows it (`None`: never read; `Some(None)`: the
+/// last read failed) and as the gauge keeps it (the last good value).
+#[derive(Clone, Copy, Debug, Default)]
+struct Backlog {
+    shown: Option<Option<u64>>,
+    gauge: Option<u64>,
+}
+
+const UP: usize = 0;
+const DOWN: usize = 1;
+const SQS: usize = 0;
+const KUBERNETES: usize = 1;
+
+impl Record {
+    fn new(rule: Arc<Rule>) -> Record {
+        Record {
+            backlog: vec![Backlog::default(); rule.triggers.len()].into(),
+            rule,
+            since: Instant::now(),
+            polled: false,
+            polls: 0,
+            last_poll: None,
+            next_poll: None,
+            last_active: None,
+            current: None,
+            desired: None,
+            active: false,
+            reason: None,
+            consecutive_failures: 0,
+            last_error: None,
+            decisions: Vec::new(),
+            scales: [0; 2],
+            errors: [0; 2],
+        }
+    }
+
+    fn status(&self) -> RuleStatus {
+        let r = &self.rule;
+        let backlog =
+            r.triggers.iter().zip(&self.backlog).filter_map(|(q, b)| Some((q.display().to_owned(), b.shown?)));
+        RuleStatus {
+            rule: r.name.clone(),
+            target: r.target.to_string(),
+            context: r.context.clone(),
+            current_replicas: self.current,
+            desired_replicas: self.desired,
+            backlog: backlog.collect(),
+            active: self.active,
+            last_active: self.last_active.map(format_time),
+            last_reason: self.reason.map(|r| r.as_str().to_owned()),
+            last_poll: self.last_poll.map(format_time),
+            next_poll: self.next_poll.map(format_time),
+            consecutive_failures: self.consecutive_failures,
+            last_error: self.last_error.clone(),
+            polls: self.polls,
+        }
+    }
+
+    /// The triggers' queues with their gauge values, one per distinct queue (the last
+    /// trigger wins, as a label set can only have one value).
+    fn backlog_series(&self) -> impl Iterator<Item = (&str, u64)> {
+        let queues = &self.rule.triggers;
+        queues.iter().zip(&self.backlog).enumerate().filter_map(move |(i, (q, b))| {
+            let later = queues[i + 1..].iter().any(|o| o.display() == q.display());
+            if later { None } else { Some((q.display(), b.gauge?)) }
+        })
+    }
+}
+
+/// Every rule's record, sorted by rule name. Workers hold their own record's handle
+/// ([`Observer::record`]), so a poll reports without looking anything up.
+type Records = Arc<Mutex<Vec<RecordHandle>>>;
+
+/// One rule's record, shared by its worker and the observer.
+#[derive(Clone, Debug)]
+pub struct RecordHandle(Arc<Mutex<Record>>);
+
+impl RecordHandle {
+    fn name(&self) -> String {
+        lock(&self.0).rule.name.clone()
+    }
+}
+
+fn position(records: &[RecordHandle], name: &str) -> Option<usize> {
+    records.binary_search_by(|r| lock(&r.0).rule.name.as_str().cmp(name)).ok()
+}
+
 /// The daemon's shared view of itself.
 pub struct Observer {
     registry: Registry,
     metrics: Metrics,
-    rules: Mutex<BTreeMap<String, (RuleStatus, Liveness)>>,
+    rules: Records,
     /// With leader election: whether this instance leads, per kube context (`None` is
     /// the default context). Without: `None`, and this instance always leads.
     leadership: Mutex<Option<BTreeMap<Option<String>, bool>>>,
@@ -134,29 +209,14 @@ impl Default for Observer {
 impl Observer {
     pub fn new() -> Observer {
         let metrics = Metrics {
-            backlog: Family::default(),
-            desired: Family::default(),
-            current: Family::default(),
-            scales: Family::default(),
-            poll_errors: Family::default(),
-            decisions: Family::default(),
             poll_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             reloads: Family::default(),
             rules: Gauge::default(),
             is_leader: Gauge::default(),
         };
+        let rules = Records::default();
         let mut r = Registry::default();
         let m = &metrics;
-        r.register("sqscale_queue_backlog", "Queue backlog as the trigger counts it (messages)", m.backlog.clone());
-        r.register(
-            "sqscale_desired_replicas",
-            "Replicas sqscale wants for the target after the last poll",
-            m.desired.clone(),
-        );
-        r.register("sqscale_current_replicas", "The target's spec.replicas at the last poll", m.current.clone());
-        r.register("sqscale_scale", "Replica changes the target confirmed, by direction", m.scales.clone());
-        r.register("sqscale_poll_errors", "Failed reads, by source (sqs or kubernetes)", m.poll_errors.clone());
-        r.register("sqscale_decisions", "Poll outcomes, by decision reason", m.decisions.clone());
         r.register("sqscale_poll_duration_seconds", "Time one poll of one rule takes", m.poll_duration.clone());
         r.register("sqscale_config_reloads", "Rule file reloads, by result", m.reloads.clone());
         r.register("sqscale_rules", "Rules running", m.rules.clone());
@@ -165,9 +225,10 @@ impl Observer {
             "Build information",
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
+        r.register_collector(Box::new(RuleMetrics(rules.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
-        Observer { registry: r, metrics, rules: Mutex::default(), leadership: Mutex::default() }
+        Observer { registry: r, metrics, rules, leadership: Mutex::default() }
     }
 
     /// Registers `sqscale_is_leader` and starts as a standby in every `context`; until
@@ -201,38 +262,43 @@ impl Observer {
         lock(&self.leadership).as_ref().is_none_or(|m| m.values().all(|l| *l))
     }
 
-    /// The rules of a (re)loaded configuration; drops the series of removed rules.
-    pub fn rules_loaded(&self, config: &Config) {
+    /// The rules now running (after a start or a reload): a new rule gets a record, a
+    /// kept one keeps its counters and last poll, a removed one's record (and with it
+    /// its series) goes.
+    pub fn rules_loaded(&self, running: &[Arc<Rule>]) {
         let mut rules = lock(&self.rules);
-        let keep: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
-        let removed: Vec<String> = rules.keys().filter(|k| !keep.contains(&k.as_str())).cloned().collect();
-        for name in removed {
-            if let Some((status, _)) = rules.remove(&name) {
-                let l = RuleLabels { rule: name.clone() };
-                self.metrics.desired.remove(&l);
-                self.metrics.current.remove(&l);
-                for queue in status.backlog.keys() {
-                    self.metrics.backlog.remove(&QueueLabels { rule: name.clone(), queue: queue.clone() });
+        let mut old: std::collections::HashMap<String, RecordHandle> =
+            std::mem::take(&mut *rules).into_iter().map(|r| (r.name(), r)).collect();
+        rules.extend(running.iter().map(|rule| match old.remove(&rule.name) {
+            Some(handle) => {
+                let mut r = lock(&handle.0);
+                // A changed rule with other queues: their backlogs no longer apply.
+                if r.rule.triggers != rule.triggers {
+                    r.backlog = vec![Backlog::default(); rule.triggers.len()].into();
                 }
+                r.rule = rule.clone();
+                drop(r);
+                handle
             }
-        }
-        for r in &config.rules {
-            let entry = rules.entry(r.name.clone()).or_insert_with(|| {
-                (RuleStatus::default(), Liveness { interval: r.polling_interval, since: Instant::now(), polled: false })
-            });
-            entry.0.rule = r.name.clone();
-            entry.0.target = r.target.to_string();
-            entry.0.context = r.context.clone();
-            entry.1.interval = r.polling_interval;
-        }
-        self.metrics.rules.set(config.rules.len() as i64);
+            None => RecordHandle(Arc::new(Mutex::new(Record::new(rule.clone())))),
+        }));
+        rules.sort_unstable_by_key(RecordHandle::name);
+        rules.shrink_to_fit();
+        self.metrics.rules.set(running.len() as i64);
+    }
+
+    /// The record of the running rule `name`, for its worker to report to.
+    pub fn record(&self, name: &str) -> Option<RecordHandle> {
+        let rules = lock(&self.rules);
+        position(&rules, name).map(|i| rules[i].clone())
     }
 
     /// A rule restarted (changed by a reload): it is not ready until it polls again.
     pub fn rule_restarted(&self, name: &str) {
-        if let Some((_, live)) = lock(&self.rules).get_mut(name) {
-            live.polled = false;
-            live.since = Instant::now();
+        if let Some(handle) = self.record(name) {
+            let mut r = lock(&handle.0);
+            r.polled = false;
+            r.since = Instant::now();
         }
     }
 
@@ -241,83 +307,61 @@ impl Observer {
         self.metrics.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// Records one poll of `rule`.
-    pub fn polled(&self, rule: &str, report: &PollReport<'_>) {
-        let labels = RuleLabels { rule: rule.to_owned() };
+    /// Records one poll of the rule of `record`.
+    pub fn polled(&self, record: &RecordHandle, report: &PollReport<'_>) {
         self.metrics.poll_duration.observe(report.duration.as_secs_f64());
-        let mut rules = lock(&self.rules);
-        let Some((status, live)) = rules.get_mut(rule) else {
-            return;
-        };
-        live.polled = true;
-        live.since = Instant::now();
-        status.polls += 1;
-        status.last_poll = Some(format_time(report.at));
-        status.next_poll = Some(format_time(report.next_poll));
-        status.last_active = report.last_active.map(format_time);
+        let r = &mut *lock(&record.0);
+        r.polled = true;
+        r.since = Instant::now();
+        r.polls += 1;
+        r.last_poll = Some(report.at);
+        r.next_poll = Some(report.next_poll);
+        r.last_active = report.last_active;
 
-        let mut errors = Vec::new();
+        let mut errors: Vec<&str> = Vec::new();
         if let Some(e) = &report.target_error {
-            self.metrics.poll_errors.get_or_create(&ErrorLabels { rule: rule.to_owned(), source: "kubernetes" }).inc();
-            errors.push(e.clone());
+            r.errors[KUBERNETES] += 1;
+            errors.push(e);
         }
-        for (queue, result) in &report.queues {
-            let value = match result {
-                Ok(b) => {
-                    self.metrics
-                        .backlog
-                        .get_or_create(&QueueLabels { rule: rule.to_owned(), queue: queue.clone() })
-                        .set(*b as i64);
-                    Some(*b)
-                }
+        for (b, result) in r.backlog.iter_mut().zip(&report.queues) {
+            match result {
+                Ok(v) => *b = Backlog { shown: Some(Some(*v)), gauge: Some(*v) },
                 Err(e) => {
-                    self.metrics.poll_errors.get_or_create(&ErrorLabels { rule: rule.to_owned(), source: "sqs" }).inc();
-                    errors.push(e.clone());
-                    None
-                }
-            };
-            match status.backlog.get_mut(queue) {
-                Some(v) => *v = value,
-                None => {
-                    status.backlog.insert(queue.clone(), value);
+                    b.shown = Some(None);
+                    r.errors[SQS] += 1;
+                    errors.push(e);
                 }
             }
         }
         if let Some(e) = &report.scale_error {
-            self.metrics.poll_errors.get_or_create(&ErrorLabels { rule: rule.to_owned(), source: "kubernetes" }).inc();
-            errors.push(e.clone());
+            r.errors[KUBERNETES] += 1;
+            errors.push(e);
         }
         if let Some(d) = report.decision {
-            let after = report.scaled.map_or(d.current, |(_, to)| to);
-            status.current_replicas = Some(after);
-            status.desired_replicas = Some(d.replicas());
-            status.active = d.active;
-            if status.last_reason.as_deref() != Some(d.reason.as_str()) {
-                status.last_reason = Some(d.reason.as_str().to_owned());
+            r.current = Some(report.scaled.map_or(d.current, |(_, to)| to));
+            r.desired = Some(d.replicas());
+            r.active = d.active;
+            r.reason = Some(d.reason);
+            match r.decisions.iter_mut().find(|(reason, _)| *reason == d.reason) {
+                Some((_, n)) => *n += 1,
+                None => r.decisions.push((d.reason, 1)),
             }
-            self.metrics.current.get_or_create(&labels).set(i64::from(after));
-            self.metrics.desired.get_or_create(&labels).set(i64::from(d.replicas()));
-            self.metrics
-                .decisions
-                .get_or_create(&DecisionLabels { rule: rule.to_owned(), reason: d.reason.as_str() })
-                .inc();
         }
         if let Some((from, to)) = report.scaled {
-            let direction = if to > from { "up" } else { "down" };
-            self.metrics.scales.get_or_create(&ScaleLabels { rule: rule.to_owned(), direction }).inc();
+            r.scales[if to > from { UP } else { DOWN }] += 1;
         }
         if errors.is_empty() {
-            status.consecutive_failures = 0;
-            status.last_error = None;
+            r.consecutive_failures = 0;
+            r.last_error = None;
         } else {
-            status.consecutive_failures += 1;
-            status.last_error = Some(errors.join("; "));
+            r.consecutive_failures += 1;
+            r.last_error = Some(errors.join("; "));
         }
     }
 
     /// `/status`: every rule, in name order.
     pub fn statuses(&self) -> Vec<RuleStatus> {
-        lock(&self.rules).values().map(|(s, _)| s.clone()).collect()
+        lock(&self.rules).iter().map(|r| lock(&r.0).status()).collect()
     }
 
     /// Whether every rule has finished at least one poll.
@@ -326,7 +370,8 @@ impl Observer {
         if rules.is_empty() {
             return Err("no rules loaded yet".to_owned());
         }
-        let waiting: Vec<String> = rules.iter().filter(|(_, (_, l))| !l.polled).map(|(n, _)| n.clone()).collect();
+        let waiting: Vec<String> =
+            rules.iter().map(|r| lock(&r.0)).filter(|r| !r.polled).map(|r| r.rule.name.clone()).collect();
         if waiting.is_empty() { Ok(()) } else { Err(format!("waiting for the first poll of: {}", waiting.join(", "))) }
     }
 
@@ -346,8 +391,9 @@ impl Observer {
         let now = Instant::now();
         let stuck: Vec<String> = lock(&self.rules)
             .iter()
-            .filter(|(_, (_, l))| now.duration_since(l.since) > 2 * l.interval + slack)
-            .map(|(n, (_, l))| format!("{n} (no poll for {}s)", now.duration_since(l.since).as_secs()))
+            .map(|r| lock(&r.0))
+            .filter(|r| now.duration_since(r.since) > 2 * r.rule.polling_interval + slack)
+            .map(|r| format!("{} (no poll for {}s)", r.rule.name, now.duration_since(r.since).as_secs()))
             .collect();
         if stuck.is_empty() { Ok(()) } else { Err(format!("rules not polling: {}", stuck.join(", "))) }
     }
@@ -359,6 +405,77 @@ impl Observer {
             out = format!("# encoding failed: {e}\n");
         }
         out
+    }
+}
+
+/// The per-rule families, rendered from the records when scraped.
+#[derive(Debug)]
+struct RuleMetrics(Records);
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record").field("rule", &self.rule.name).finish_non_exhaustive()
+    }
+}
+
+impl Collector for RuleMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let rules = lock(&self.0);
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        {
+            let help = "Queue backlog as the trigger counts it (messages)";
+            let mut family = encoder.encode_descriptor("sqscale_queue_backlog", help, None, MetricType::Gauge)?;
+            for r in rules.iter().map(|r| lock(&r.0)) {
+                for (queue, v) in r.backlog_series() {
+                    gauge(v).encode(family.encode_family(&[("rule", r.rule.name.as_str()), ("queue", queue)])?)?;
+                }
+            }
+        }
+        for (metric, help, value) in [
+            (
+                "sqscale_desired_replicas",
+                "Replicas sqscale wants for the target after the last poll",
+                (|r: &Record| r.desired) as fn(&Record) -> Option<u32>,
+            ),
+            ("sqscale_current_replicas", "The target's spec.replicas at the last poll", |r: &Record| r.current),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for r in rules.iter().map(|r| lock(&r.0)) {
+                if let Some(v) = value(&r) {
+                    gauge(u64::from(v)).encode(family.encode_family(&[("rule", r.rule.name.as_str())])?)?;
+                }
+            }
+        }
+        let counted = |encoder: &mut DescriptorEncoder,
+                       metric: &str,
+                       help: &str,
+                       label: &str,
+                       series: &dyn Fn(&Record) -> Vec<(&'static str, u64)>|
+         -> Result<(), std::fmt::Error> {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for r in rules.iter().map(|r| lock(&r.0)) {
+                for (value, n) in series(&r) {
+                    if n > 0 {
+                        let labels = [("rule", r.rule.name.as_str()), (label, value)];
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        counted(
+            &mut encoder,
+            "sqscale_scale",
+            "Replica changes the target confirmed, by direction",
+            "direction",
+            &|r| vec![("up", r.scales[UP]), ("down", r.scales[DOWN])],
+        )?;
+        counted(&mut encoder, "sqscale_poll_errors", "Failed reads, by source (sqs or kubernetes)", "source", &|r| {
+            vec![("sqs", r.errors[SQS]), ("kubernetes", r.errors[KUBERNETES])]
+        })?;
+        counted(&mut encoder, "sqscale_decisions", "Poll outcomes, by decision reason", "reason", &|r| {
+            r.decisions.iter().map(|(reason, n)| (reason.as_str(), *n)).collect()
+        })
     }
 }
 

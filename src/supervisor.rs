@@ -43,7 +43,8 @@ struct Running {
 
 /// Owns the workers of the current configuration.
 pub struct Supervisor<Q, T> {
-    deps: Deps<Q, T>,
+    /// Shared by every worker (one pointer each).
+    deps: Arc<Deps<Q, T>>,
     /// The sections that only change on restart, as started: a reload that changes
     /// them is warned about. (Each worker holds its own rule; nothing else is kept.)
     server: ServerSettings,
@@ -56,11 +57,12 @@ pub struct Supervisor<Q, T> {
 impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
     pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
-        deps.queues.set_needs(&config);
-        deps.observer.rules_loaded(&config);
         let Config { server, leader_election, rules, .. } = config;
+        let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
+        deps.queues.set_needs(&rules);
+        deps.observer.rules_loaded(&rules);
         let mut s = Supervisor {
-            deps,
+            deps: Arc::new(deps),
             server,
             leader_election,
             workers: HashMap::new(),
@@ -85,8 +87,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers.get(name).map(|r| &*r.rule)
     }
 
-    fn spawn(&mut self, rule: Rule, rules: usize) {
-        let rule = Arc::new(rule);
+    fn spawn(&mut self, rule: Arc<Rule>, rules: usize) {
         let cancel = self.root.child_token();
         let first_poll = start_offset(&rule, rules);
         self.tracker.spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone(), first_poll));
@@ -118,33 +119,46 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
                 warn!(section = what, "this section only changes on restart; the running value stays");
             }
         }
-        self.deps.queues.set_needs(&new);
-        self.deps.observer.rules_loaded(&new);
         self.deps.observer.reloaded(true);
 
         let (mut added, mut changed, mut unchanged) = (0, 0, 0);
         let mut keep: HashMap<String, Running> = HashMap::new();
-        for rule in &new.rules {
-            match self.workers.remove(&rule.name) {
-                Some(running) if *running.rule == *rule => {
+        let mut restarted = Vec::new();
+        // The rules that will run: a kept rule's running copy, else the new one.
+        let running: Vec<Arc<Rule>> = new
+            .rules
+            .into_iter()
+            .map(|rule| match self.workers.remove(&rule.name) {
+                Some(running) if *running.rule == rule => {
                     unchanged += 1;
+                    let rule = running.rule.clone();
                     keep.insert(rule.name.clone(), running);
+                    rule
                 }
                 Some(running) => {
                     changed += 1;
                     running.cancel.cancel();
-                    self.deps.observer.rule_restarted(&rule.name);
+                    restarted.push(rule.name.clone());
+                    Arc::new(rule)
                 }
-                None => added += 1,
-            }
-        }
+                None => {
+                    added += 1;
+                    Arc::new(rule)
+                }
+            })
+            .collect();
         let removed = self.workers.len();
         for (_, running) in self.workers.drain() {
             running.cancel.cancel();
         }
         self.workers = keep;
-        let n = new.rules.len();
-        for rule in new.rules {
+        self.deps.queues.set_needs(&running);
+        self.deps.observer.rules_loaded(&running);
+        for name in &restarted {
+            self.deps.observer.rule_restarted(name);
+        }
+        let n = running.len();
+        for rule in running {
             if !self.workers.contains_key(&rule.name) {
                 self.spawn(rule, n);
             }

@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Rule;
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
-use crate::source::{Attrs, QueueReader, Shared, SourceError};
-use crate::status::{Observer, PollReport};
+use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError};
+use crate::status::{Observer, PollReport, RecordHandle};
 use crate::target::{ScaleTarget, TargetEvent, TargetView, format_time};
 
 /// A failing streak is reported as an Event at its first failure, then at most this
@@ -93,42 +93,43 @@ impl<Q, T> Clone for Deps<Q, T> {
 /// `polling_interval`; a late poll delays the next one, never bursts.
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
-    deps: Deps<Q, T>,
+    deps: Arc<Deps<Q, T>>,
     cancel: CancellationToken,
     first_poll: Duration,
 ) {
-    let span = info_span!("rule", rule = %rule.name, target = %rule.target);
-    async move {
-        let mut worker = Worker {
-            state: State::new(deps.clock.now()),
-            persisted_last_active: None,
-            rule,
-            deps,
-            read_failures: Streak::default(),
-            queue_failures: Streak::default(),
-            scale_failures: Streak::default(),
-        };
-        let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            // Boxed: a poll's future holds the HTTP clients' request futures, kilobytes;
-            // inline, every idle task would carry that size for good.
-            Box::pin(worker.poll()).await;
+    let mut worker = Worker {
+        state: State::new(deps.clock.now()),
+        persisted_last_active: None,
+        record: deps.observer.record(&rule.name),
+        slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
+        rule,
+        deps,
+        read_failures: Streak::default(),
+        queue_failures: Streak::default(),
+        scale_failures: Streak::default(),
+    };
+    let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
         }
-        debug!("stopped");
+        // Boxed: a poll's future holds the HTTP clients' request futures; inline, every
+        // idle task would carry that size for good.
+        Box::pin(worker.poll()).await;
     }
-    .instrument(span)
-    .await
+    debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
 }
 
 struct Worker<Q, T> {
     rule: Arc<Rule>,
-    deps: Deps<Q, T>,
+    /// Where polls are reported (`None` only if the observer does not know the rule).
+    record: Option<RecordHandle>,
+    /// Per trigger, its queue's shared reads.
+    slots: Box<[Arc<Slot>]>,
+    deps: Arc<Deps<Q, T>>,
     state: State,
     /// The last `last_active` written to (or read from) the target's annotation.
     persisted_last_active: Option<Time>,
@@ -152,7 +153,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             Ok(v) => Some(v),
             Err(e) => {
                 // Without the current replicas there is nothing to decide (KEDA aborts too).
-                warn!(error = %e, kind = e.kind, "reading the target failed");
+                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, "reading the target failed");
                 if self.read_failures.fail() {
                     let failures = self.read_failures.failures;
                     self.event(true, "FailedGetScale", format!("{e} ({failures} failed polls in a row)"));
@@ -176,13 +177,11 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 None => self.queue_failures.ok(),
             }
             report.queues = rule
+                .policy
                 .triggers
                 .iter()
-                .zip(&rule.policy.triggers)
                 .zip(&queues)
-                .map(|((q, t), r)| {
-                    (q.display().to_owned(), r.as_ref().map(|c| t.backlog(c)).map_err(|e| e.to_string()))
-                })
+                .map(|(t, r)| r.as_ref().map(|c| t.backlog(c)).map_err(|e| e.to_string()))
                 .collect();
             let obs = Observation {
                 replicas: view.replicas,
@@ -199,7 +198,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
         report.last_active = self.state.last_active;
         report.duration = started.elapsed();
-        self.deps.observer.polled(&rule.name, &report);
+        if let Some(record) = &self.record {
+            self.deps.observer.polled(record, &report);
+        }
     }
 
     /// Writes the decision to the target (unless dry run) and logs it.
@@ -208,24 +209,27 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let from = d.current;
         match d.write {
             Some(to) if self.deps.dry_run => {
-                info!(from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
+                info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
             }
             // A standby decides (so its windows stay warm) but only the leader writes.
             Some(to) if !self.leads() => {
-                debug!(from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
+                debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
             }
             Some(to) => {
-                match self
-                    .deps
-                    .targets
-                    .scale(rule.context.as_deref(), &rule.target, to, view.resource_version.as_deref())
-                    .await
-                {
+                // Boxed, as every write: a poll's future is allocated whole when it
+                // starts, and most polls write nothing.
+                let write = self.deps.targets.scale(
+                    rule.context.as_deref(),
+                    &rule.target,
+                    to,
+                    view.resource_version.as_deref(),
+                );
+                match Box::pin(write).await {
                     Ok(()) => {
                         self.state.record_scale(&rule.policy, from, to, now);
                         report.scaled = Some((from, to));
                         self.scale_failures.ok();
-                        info!(from, to, reason = %d.reason, backlog = d.backlog, "scaled");
+                        info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "scaled");
                         let reason = match d.reason {
                             Reason::Activated => "ScaleTargetActivated",
                             Reason::ScaledToZero | Reason::ScaledToIdle => "ScaleTargetDeactivated",
@@ -235,7 +239,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                         self.event(false, reason, format!("New size: {to}; reason: {}; backlog: {backlog}", d.reason));
                     }
                     Err(e) => {
-                        warn!(error = %e, kind = e.kind, from, to, reason = %d.reason, "scaling failed");
+                        warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, from, to, reason = %d.reason, "scaling failed");
                         if self.scale_failures.fail() {
                             self.event(
                                 true,
@@ -247,7 +251,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                     }
                 }
             }
-            None => debug!(replicas = from, reason = %d.reason, backlog = d.backlog, "holding"),
+            None => {
+                debug!(rule = %rule.name, target = %rule.target, replicas = from, reason = %d.reason, backlog = d.backlog, "holding")
+            }
         }
     }
 
@@ -264,14 +270,11 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let targets = self.deps.targets.clone();
         let rule = self.rule.clone();
         let event = TargetEvent { warning, reason, note };
-        tokio::spawn(
-            async move {
-                if let Err(e) = targets.publish(rule.context.as_deref(), &rule.target, &event).await {
-                    debug!(error = %e, reason = event.reason, "recording an event failed");
-                }
+        tokio::spawn(async move {
+            if let Err(e) = targets.publish(rule.context.as_deref(), &rule.target, &event).await {
+                debug!(rule = %rule.name, target = %rule.target, error = %e, reason = event.reason, "recording an event failed");
             }
-            .in_current_span(),
-        );
+        });
     }
 
     /// Takes the annotation's `last_active` when it is newer than ours: after a restart
@@ -292,33 +295,90 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
             return;
         }
-        match self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at).await {
+        let write = self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at);
+        match Box::pin(write).await {
             Ok(()) => self.persisted_last_active = Some(at),
             Err(e) => {
-                warn!(error = %e, kind = e.kind, last_active = %format_time(at), "recording last-active failed")
+                let rule = &self.rule;
+                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, last_active = %format_time(at), "recording last-active failed")
             }
         }
     }
 
     /// Reads every trigger's queue concurrently.
     async fn read_queues(&self) -> Vec<Result<Counts, SourceError>> {
-        let reads = self.rule.policy.triggers.iter().zip(&self.rule.triggers).map(|(t, q)| {
-            let need = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
-            async move {
-                let result = match tokio::time::timeout(self.deps.call_timeout, self.deps.queues.read(q, need)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SourceError {
-                        queue: q.display().to_owned(),
-                        kind: "timeout",
-                        message: format!("no answer within {}s", self.deps.call_timeout.as_secs_f64()),
-                    }),
-                };
-                if let Err(e) = &result {
-                    warn!(error = %e, kind = e.kind, "reading the queue failed");
-                }
-                result
-            }
+        let triggers = &self.rule.policy.triggers;
+        if triggers.len() == 1 {
+            // Most rules have one trigger: no join, no second copy of the read's future.
+            return vec![self.read_queue(0).await];
+        }
+        futures::future::join_all((0..triggers.len()).map(|i| self.read_queue(i))).await
+    }
+
+    async fn read_queue(&self, i: usize) -> Result<Counts, SourceError> {
+        let (t, q) = (&self.rule.policy.triggers[i], &self.rule.triggers[i]);
+        let need = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
+        let read = self.deps.queues.read(&self.slots[i], q, need);
+        let result = match tokio::time::timeout(self.deps.call_timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(SourceError {
+                queue: q.display().to_owned(),
+                kind: "timeout",
+                message: format!("no answer within {}s", self.deps.call_timeout.as_secs_f64()),
+            }),
+        };
+        if let Err(e) = &result {
+            let rule = &self.rule;
+            warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, "reading the queue failed");
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::sqs::Sqs;
+    use crate::target::kube::Kube;
+
+    /// A poll's future is allocated when the poll starts and lives until it ends; at
+    /// start-up thousands of polls wait for the target cache's first list at once. Slow,
+    /// rare paths (building clients, the SDK fallback, writes) are boxed where they are
+    /// taken, so the common poll stays small.
+    #[tokio::test]
+    async fn a_poll_and_an_idle_worker_are_small() {
+        let config = crate::config::from_str(
+            "[[rule]]\nname = \"r\"\ntarget = { kind = \"Deployment\", name = \"d\" }\n\
+             [[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\nqueue_length = 5\n",
+        )
+        .unwrap();
+        let rule = Arc::new(config.rules.into_iter().next().unwrap());
+        let deps = Arc::new(Deps {
+            queues: Arc::new(Shared::new(Sqs::new(Duration::from_secs(5)))),
+            targets: Arc::new(Kube::new(None, None, Duration::from_secs(5))),
+            clock: Clock::system(),
+            dry_run: false,
+            call_timeout: Duration::from_secs(5),
+            observer: Arc::new(Observer::new()),
         });
-        futures::future::join_all(reads).await
+        // What every idle rule holds for good: its task's future.
+        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO);
+        let size = std::mem::size_of_val(&task);
+        println!("worker task future: {size} bytes");
+        assert!(size <= 512, "a worker's task future is {size} bytes");
+        let mut worker = Worker {
+            state: State::new(deps.clock.now()),
+            persisted_last_active: None,
+            record: None,
+            slots: Box::new([deps.queues.slot(&rule, 0)]),
+            rule,
+            deps,
+            read_failures: Streak::default(),
+            queue_failures: Streak::default(),
+            scale_failures: Streak::default(),
+        };
+        let size = std::mem::size_of_val(&worker.poll());
+        println!("poll future: {size} bytes");
+        assert!(size <= 1536, "a poll's future is {size} bytes");
     }
 }

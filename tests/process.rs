@@ -169,11 +169,12 @@ async fn dry_run_logs_what_it_would_do_and_patches_nothing() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_eq!(kube.count("PATCH", "/scale"), 0);
     assert_eq!(kube.count("PATCH", "/deployments/demo"), 0, "no annotation either");
-    // JSON lines carry the rule from the span.
+    // JSON lines carry the rule and its target as fields.
     let line = logs().lines().find(|l| l.contains("would scale")).unwrap().to_owned();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["fields"]["to"], 1);
-    assert_eq!(v["spans"][0]["rule"], "demo", "{line}");
+    assert_eq!(v["fields"]["rule"], "demo", "{line}");
+    assert_eq!(v["fields"]["target"], "Deployment/default/demo", "{line}");
 }
 
 #[test]

@@ -381,7 +381,7 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         let down_default = ScalingRules::default_scale_down(defaults::DOWNSCALE_STABILIZATION.as_millis() as i64);
         let down =
             scaling_rules(p, at, "behavior.scale_down", b.scale_down.as_ref(), down_default, &mut tolerances.down);
-        Behavior { scale_up: up, scale_down: down }
+        Box::new(Behavior { scale_up: up, scale_down: down })
     });
 
     let raw_triggers = rule.trigger.as_deref().unwrap_or_default();

@@ -159,7 +159,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
         cooldown: std::time::Duration::from_secs(300),
         initial_cooldown: std::time::Duration::from_secs(3600),
         fallback: None,
-        behavior: Some(default_behavior()),
+        behavior: Some(Box::new(default_behavior())),
         legacy_downscale_window: std::time::Duration::ZERO,
         tolerances: Tolerances::default(),
         triggers: triggers

@@ -49,7 +49,8 @@ pub struct Policy {
     pub initial_cooldown: Duration,
     pub fallback: Option<Fallback>,
     /// `behavior` from the rule, defaults filled in; `None` selects the HPA's legacy path.
-    pub behavior: Option<Behavior>,
+    /// Boxed: most rules have none, and ten thousand rules would carry its size inline.
+    pub behavior: Option<Box<Behavior>>,
     /// The HPA controller's `--horizontal-pod-autoscaler-downscale-stabilization`
     /// (300 s). Not a rule-file key; the KEDA vectors use 0 unless they say otherwise.
     pub legacy_downscale_window: Duration,

@@ -528,10 +528,10 @@ fn behavior_path_scales_up_by_policy() {
             p.max = 20;
             p.min = 1;
             p.triggers = vec![trigger(10, 0)];
-            p.behavior = Some(Behavior {
+            p.behavior = Some(Box::new(Behavior {
                 scale_up: hpa::ScalingRules::default_scale_up(),
                 scale_down: hpa::ScalingRules::default_scale_down(300_000),
-            });
+            }));
         }),
         2,
     );
@@ -557,10 +557,10 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
             p.triggers = vec![trigger(queue_length, activation)];
             p.legacy_downscale_window = Duration::from_secs(window);
             if behavior {
-                p.behavior = Some(Behavior {
+                p.behavior = Some(Box::new(Behavior {
                     scale_up: hpa::ScalingRules::default_scale_up(),
                     scale_down: hpa::ScalingRules::default_scale_down(window as i64 * 1000),
-                });
+                }));
             }
             p
         },

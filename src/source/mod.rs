@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Config, QueueSource};
+use crate::config::{QueueSource, Rule};
 use crate::engine::Counts;
 
 /// Which optional attributes a read must fetch (`ApproximateNumberOfMessages` always).
@@ -58,10 +58,35 @@ pub const SHARE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Single-flight, short-lived sharing of reads per queue, and the union of the
 /// attributes every rule on that queue needs (so one call serves all of them).
+///
+/// Each queue has a [`Slot`]; a worker takes its triggers' slots when it starts
+/// ([`Shared::slot`]) and reads through them, so a poll looks nothing up.
 pub struct Shared<R> {
     inner: R,
-    needs: Mutex<HashMap<QueueSource, Attrs>>,
-    slots: Mutex<HashMap<QueueSource, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    /// The slots by the queue's hash. A slot names its queue by a rule reading it (no
+    /// copy of the queue is kept per slot), and is checked against it when handed out.
+    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+}
+
+/// One queue's shared reads.
+pub struct Slot {
+    /// A rule reading this queue, and the trigger's index in it.
+    owner: Mutex<(Arc<Rule>, usize)>,
+    /// What the rules reading this queue need, together.
+    needs: Mutex<Attrs>,
+    /// The last read; its lock is held while a read is in flight.
+    last: tokio::sync::Mutex<Option<Cached>>,
+}
+
+impl Slot {
+    fn new(needs: Attrs, rule: &Arc<Rule>, trigger: usize) -> Slot {
+        Slot { owner: Mutex::new((rule.clone(), trigger)), needs: Mutex::new(needs), last: Default::default() }
+    }
+
+    fn reads(&self, queue: &QueueSource) -> bool {
+        let owner = lock(&self.owner);
+        owner.0.triggers.get(owner.1) == Some(queue)
+    }
 }
 
 struct Cached {
@@ -70,9 +95,18 @@ struct Cached {
     result: Result<Counts, SourceError>,
 }
 
+fn key(queue: &QueueSource) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(queue)
+}
+
+fn needs_of(t: &crate::engine::TriggerPolicy) -> Attrs {
+    Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed }
+}
+
 impl<R: QueueReader> Shared<R> {
     pub fn new(inner: R) -> Shared<R> {
-        Shared { inner, needs: Mutex::default(), slots: Mutex::default() }
+        Shared { inner, slots: Mutex::default() }
     }
 
     pub fn inner(&self) -> &R {
@@ -80,37 +114,52 @@ impl<R: QueueReader> Shared<R> {
     }
 
     /// Records which attributes each queue's readers need; called on start and reload.
-    pub fn set_needs(&self, config: &Config) {
-        let mut needs: HashMap<QueueSource, Attrs> = HashMap::new();
-        for rule in &config.rules {
-            for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
-                let a = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
-                needs.entry(q.clone()).and_modify(|n| *n = n.union(a)).or_insert(a);
+    pub fn set_needs(&self, rules: &[Arc<Rule>]) {
+        let mut needs: HashMap<u64, (Attrs, &Arc<Rule>, usize)> = HashMap::new();
+        for rule in rules {
+            for (i, (t, q)) in rule.policy.triggers.iter().zip(&rule.triggers).enumerate() {
+                let a = needs_of(t);
+                needs.entry(key(q)).and_modify(|n| n.0 = n.0.union(a)).or_insert((a, rule, i));
             }
         }
         let mut slots = lock(&self.slots);
-        slots.retain(|q, _| needs.contains_key(q));
-        *lock(&self.needs) = needs;
+        slots.retain(|k, _| needs.contains_key(k));
+        for (k, (a, rule, i)) in needs {
+            match slots.get(&k) {
+                Some(slot) => {
+                    *lock(&slot.needs) = a;
+                    *lock(&slot.owner) = (rule.clone(), i);
+                }
+                None => {
+                    slots.insert(k, Arc::new(Slot::new(a, rule, i)));
+                }
+            }
+        }
     }
 
-    /// Reads `queue`, sharing a result younger than [`SHARE_WINDOW`] that covers `need`.
-    pub async fn read(&self, queue: &QueueSource, need: Attrs) -> Result<Counts, SourceError> {
-        let slot = {
-            let mut slots = lock(&self.slots);
-            // Look up before inserting: `entry` would clone the key on every poll.
-            match slots.get(queue) {
-                Some(slot) => slot.clone(),
-                None => slots.entry(queue.clone()).or_default().clone(),
-            }
-        };
-        let mut cached = slot.lock().await;
+    /// The slot of `rule`'s trigger `i`, shared with every rule reading the same queue.
+    pub fn slot(&self, rule: &Arc<Rule>, i: usize) -> Arc<Slot> {
+        let (queue, need) = (&rule.triggers[i], needs_of(&rule.policy.triggers[i]));
+        let mut slots = lock(&self.slots);
+        match slots.get(&key(queue)) {
+            Some(slot) if slot.reads(queue) => slot.clone(),
+            // Two queues with one 64-bit hash: this one reads on its own.
+            Some(_) => Arc::new(Slot::new(need, rule, i)),
+            None => slots.entry(key(queue)).or_insert_with(|| Arc::new(Slot::new(need, rule, i))).clone(),
+        }
+    }
+
+    /// Reads `queue` through its `slot`, sharing a result younger than [`SHARE_WINDOW`]
+    /// that covers `need`.
+    pub async fn read(&self, slot: &Slot, queue: &QueueSource, need: Attrs) -> Result<Counts, SourceError> {
+        let mut cached = slot.last.lock().await;
         if let Some(c) = cached.as_ref()
             && c.at.elapsed() < SHARE_WINDOW
             && c.attrs.covers(need)
         {
             return c.result.clone();
         }
-        let attrs = lock(&self.needs).get(queue).copied().unwrap_or_default().union(need);
+        let attrs = lock(&slot.needs).union(need);
         let at = Instant::now();
         let result = self.inner.read(queue, attrs).await;
         *cached = Some(Cached { at, attrs, result: result.clone() });

@@ -29,6 +29,25 @@ struct ClientKey {
     role_arn: Option<String>,
 }
 
+impl ClientKey {
+    fn of(q: &QueueSource) -> ClientKey {
+        ClientKey {
+            region: q.region.clone(),
+            endpoint: q.endpoint.clone(),
+            profile: q.profile.clone(),
+            role_arn: q.role_arn.clone(),
+        }
+    }
+
+    /// Whether `q` uses this key's client (compared in place: a poll clones nothing).
+    fn serves(&self, q: &QueueSource) -> bool {
+        self.region == q.region
+            && self.endpoint == q.endpoint
+            && self.profile == q.profile
+            && self.role_arn == q.role_arn
+    }
+}
+
 /// The SDK client of one key, and the direct path to the same endpoint with the same
 /// credentials (`None` if the endpoint could not be resolved: the SDK then does it all).
 #[derive(Clone)]
@@ -39,7 +58,10 @@ struct Endpoint {
 
 /// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
 pub struct Sqs {
-    clients: tokio::sync::Mutex<HashMap<ClientKey, Endpoint>>,
+    /// A handful at most (one per region, endpoint, profile and role): a short list.
+    clients: Mutex<Vec<(ClientKey, Endpoint)>>,
+    /// Held while a client is built, so concurrent first polls build it once.
+    building: tokio::sync::Mutex<()>,
     urls: Mutex<HashMap<QueueSource, String>>,
     fifo_noted: Mutex<HashSet<String>>,
     /// The direct path's HTTP client; `None` if no root certificates could be loaded.
@@ -55,20 +77,36 @@ impl Sqs {
                 tracing::warn!("no root certificates for direct SQS calls ({e}); using the SDK for every call")
             })
             .ok();
-        Sqs { clients: Default::default(), urls: Default::default(), fifo_noted: Default::default(), http, timeout }
+        Sqs {
+            clients: Default::default(),
+            building: Default::default(),
+            urls: Default::default(),
+            fifo_noted: Default::default(),
+            http,
+            timeout,
+        }
+    }
+
+    fn known(&self, q: &QueueSource) -> Option<Endpoint> {
+        lock(&self.clients).iter().find(|(k, _)| k.serves(q)).map(|(_, e)| e.clone())
     }
 
     async fn endpoint(&self, q: &QueueSource) -> Endpoint {
-        let key = ClientKey {
-            region: q.region.clone(),
-            endpoint: q.endpoint.clone(),
-            profile: q.profile.clone(),
-            role_arn: q.role_arn.clone(),
-        };
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(&key) {
-            return c.clone();
+        match self.known(q) {
+            Some(e) => e,
+            // Boxed: loading the AWS config is a large future, taken once per client.
+            None => Box::pin(self.build(q)).await,
         }
+    }
+
+    /// Builds the SDK client and the direct path of `q`'s key (once: a second caller
+    /// waits and finds it built).
+    async fn build(&self, q: &QueueSource) -> Endpoint {
+        let _building = self.building.lock().await;
+        if let Some(e) = self.known(q) {
+            return e;
+        }
+        let key = ClientKey::of(q);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(key.region.clone()))
             .retry_config(RetryConfig::standard().with_max_attempts(3))
@@ -108,7 +146,7 @@ impl Sqs {
             None => None,
         };
         let endpoint = Endpoint { client: Client::from_conf(config), direct };
-        clients.insert(key, endpoint.clone());
+        lock(&self.clients).push((key, endpoint.clone()));
         endpoint
     }
 

@@ -2,27 +2,29 @@
 //! way kubectl resolves it; Deployments and StatefulSets read as objects and scaled
 //! through their `/scale` subresource with a merge patch.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
-
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config};
 use serde_json::json;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::{FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, format_time, view_of};
+use super::{
+    FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, count, format_time, view_of,
+};
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
+use crate::source::lock;
 
 /// Attempts at a scale patch when the target keeps changing under it.
 const CONFLICT_RETRIES: usize = 3;
@@ -49,17 +51,96 @@ pub struct Kube {
     clients: tokio::sync::Mutex<HashMap<Option<String>, (Client, tokio::time::Instant)>>,
     /// One recorder per context: it folds repeats of an event into a series.
     recorders: tokio::sync::Mutex<HashMap<Option<String>, Recorder>>,
-    /// Watch-backed caches of the targets, one per (context, namespace, kind).
-    caches: tokio::sync::Mutex<HashMap<CacheKey, Arc<Cache>>>,
+    /// Watch-backed caches of the targets, one per (context, namespace, kind), by
+    /// namespace: a poll finds its cache without building a key.
+    caches: Mutex<HashMap<String, Vec<Arc<Cache>>>>,
 }
 
-type CacheKey = (Option<String>, String, TargetKind);
+/// A Deployment or StatefulSet as sqscale reads it. Deserializing into this skips
+/// everything else (pod templates, conditions), so the watch's list of ten thousand
+/// targets never holds them.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Scalable {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<Replicas>,
+    #[serde(default)]
+    status: Option<Replicas>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct Replicas {
+    #[serde(default)]
+    replicas: serde_json::Value,
+}
+
+impl kube::Resource for Scalable {
+    /// The kind is all that varies: both are `apps/v1`.
+    type DynamicType = TargetKind;
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(kind: &TargetKind) -> Cow<'_, str> {
+        kind.as_str().into()
+    }
+    fn group(_: &TargetKind) -> Cow<'_, str> {
+        "apps".into()
+    }
+    fn version(_: &TargetKind) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(kind: &TargetKind) -> Cow<'_, str> {
+        kind.plural().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What the cache keeps of one target: what a poll reads, nothing else.
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    replicas: Option<u32>,
+    status_replicas: Option<u32>,
+    resource_version: Option<String>,
+    /// The `sqscale.io/` annotations only (usually none, and then no allocation).
+    annotations: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// The object's name and what the cache keeps of it.
+    fn of(obj: Scalable) -> (String, Seen) {
+        let meta = obj.metadata;
+        let annotations =
+            meta.annotations.unwrap_or_default().into_iter().filter(|(k, _)| k.starts_with("sqscale.io/"));
+        let seen = Seen {
+            replicas: obj.spec.and_then(|s| count(&s.replicas)),
+            status_replicas: obj.status.and_then(|s| count(&s.replicas)),
+            resource_version: meta.resource_version,
+            annotations: annotations.collect(),
+        };
+        (meta.name.unwrap_or_default(), seen)
+    }
+
+    fn view(&self) -> TargetView {
+        let annotation = |k: &str| self.annotations.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
+        view_of(self.replicas, self.status_replicas, annotation, self.resource_version.clone())
+    }
+}
 
 /// The targets of one kind in one namespace, kept current by a watch: reads cost no
 /// API call, so an idle round makes none.
+///
+/// The watch is kube's `watcher` (list, then watch, resuming and relisting as the API
+/// server requires); its events are applied here the way kube's reflector applies them
+/// to its store (a relist replaces the whole map at `InitDone`), but into a map of
+/// [`Seen`]: about a tenth of the memory of a store of objects.
 struct Cache {
-    store: Store<DynamicObject>,
-    resource: ApiResource,
+    context: Option<String>,
+    kind: TargetKind,
+    targets: Arc<Mutex<HashMap<String, Seen>>>,
     /// True once the initial list is in, false again while the watch is failing
     /// (reads then go to the API server, which reports the real error).
     ready: Arc<AtomicBool>,
@@ -77,25 +158,39 @@ impl Drop for Cache {
 }
 
 impl Cache {
-    fn start(api: Api<DynamicObject>, resource: ApiResource) -> Cache {
-        let writer = Writer::new(resource.clone());
-        let store = writer.as_reader();
+    fn start(api: Api<Scalable>, context: Option<String>, kind: TargetKind) -> Cache {
+        let targets: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
         let ready = Arc::new(AtomicBool::new(false));
-        let flag = ready.clone();
         let (settle, settled) = tokio::sync::watch::channel(false);
-        let events = watcher(api, watcher::Config::default()).default_backoff().modify(slim).reflect(writer);
+        let events = watcher(api, watcher::Config::default()).default_backoff();
+        let (map, flag) = (targets.clone(), ready.clone());
         let task = tokio::spawn(async move {
             let mut listed = false;
+            // A (re)list in progress: it replaces the map when complete.
+            let mut listing: Option<HashMap<String, Seen>> = None;
             futures::pin_mut!(events);
             while let Some(event) = events.next().await {
                 match event {
+                    Ok(watcher::Event::Init) => listing = Some(HashMap::new()),
+                    Ok(watcher::Event::InitApply(obj)) => {
+                        let (name, seen) = Seen::of(obj);
+                        listing.get_or_insert_default().insert(name, seen);
+                    }
                     Ok(watcher::Event::InitDone) => {
+                        *lock(&map) = listing.take().unwrap_or_default();
                         listed = true;
                         flag.store(true, Ordering::SeqCst);
                         settle.send_replace(true);
                     }
-                    Ok(_) if listed => flag.store(true, Ordering::SeqCst),
-                    Ok(_) => {}
+                    Ok(watcher::Event::Apply(obj)) => {
+                        let (name, seen) = Seen::of(obj);
+                        lock(&map).insert(name, seen);
+                        flag.store(listed, Ordering::SeqCst);
+                    }
+                    Ok(watcher::Event::Delete(obj)) => {
+                        lock(&map).remove(obj.metadata.name.as_deref().unwrap_or_default());
+                        flag.store(listed, Ordering::SeqCst);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "target watch failed; reading directly until it recovers");
                         flag.store(false, Ordering::SeqCst);
@@ -104,7 +199,7 @@ impl Cache {
                 }
             }
         });
-        Cache { store, resource, ready, settled, task }
+        Cache { context, kind, targets, ready, settled, task }
     }
 
     /// Waits (at most `timeout`) for the first list to succeed or fail.
@@ -113,41 +208,9 @@ impl Cache {
         let _ = tokio::time::timeout(timeout, settled.wait_for(|s| *s)).await;
     }
 
-    fn get(&self, t: &TargetRef) -> Option<Arc<DynamicObject>> {
-        self.store.get(&ObjectRef::new_with(&t.name, self.resource.clone()).within(&t.namespace))
+    fn get(&self, name: &str) -> Option<TargetView> {
+        lock(&self.targets).get(name).map(Seen::view)
     }
-}
-
-/// Keeps only what a poll reads, so ten thousand cached targets stay small: the name,
-/// namespace, version and `sqscale.io/` annotations, and `spec.replicas` and
-/// `status.replicas` as a two-element array (see [`view_of_cached`]).
-fn slim(obj: &mut DynamicObject) {
-    let meta = std::mem::take(&mut obj.metadata);
-    let annotations = meta.annotations.map(|mut a| {
-        a.retain(|k, _| k.starts_with("sqscale.io/"));
-        a
-    });
-    obj.metadata = kube::api::ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        annotations: annotations.filter(|a| !a.is_empty()),
-        ..Default::default()
-    };
-    let spec = obj.data["spec"]["replicas"].take();
-    let status = obj.data["status"]["replicas"].take();
-    obj.data = serde_json::Value::Array(vec![spec, status]);
-}
-
-/// The view of an object slimmed by [`slim`].
-fn view_of_cached(obj: &DynamicObject) -> TargetView {
-    let empty = std::collections::BTreeMap::new();
-    view_of(
-        &obj.data[0],
-        &obj.data[1],
-        obj.metadata.annotations.as_ref().unwrap_or(&empty),
-        obj.metadata.resource_version.clone(),
-    )
 }
 
 impl Kube {
@@ -238,15 +301,13 @@ impl Kube {
         }
     }
 
-    async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<DynamicObject>, TargetError> {
+    async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<Scalable>, TargetError> {
         let client = self.client(context).await.map_err(|message| TargetError {
             target: t.to_string(),
             kind: "config",
             message,
         })?;
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), t.kind.plural());
-        Ok(Api::namespaced_with(client, &t.namespace, &resource))
+        Ok(Api::namespaced_with(client, &t.namespace, &t.kind))
     }
 
     /// Forgets the client of `context`, so the next call builds it again from the
@@ -256,21 +317,63 @@ impl Kube {
         let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
         self.clients.lock().await.remove(&context);
         self.recorders.lock().await.remove(&context);
-        self.caches.lock().await.retain(|(c, _, _), _| *c != context);
+        for caches in lock(&self.caches).values_mut() {
+            caches.retain(|c| c.context != context);
+        }
+    }
+
+    /// The running cache of `t`'s namespace and kind, if there is one.
+    fn cached(&self, context: Option<&str>, t: &TargetRef) -> Option<Arc<Cache>> {
+        let context = context.or(self.default_context.as_deref());
+        let caches = lock(&self.caches);
+        caches.get(&t.namespace)?.iter().find(|c| c.kind == t.kind && c.context.as_deref() == context).cloned()
     }
 
     /// The cache of `t`'s namespace and kind, started on first use.
     async fn cache(&self, context: Option<&str>, t: &TargetRef) -> Result<Arc<Cache>, TargetError> {
-        let ctx = context.map(str::to_owned).or_else(|| self.default_context.clone());
-        let key = (ctx, t.namespace.clone(), t.kind);
-        if let Some(c) = self.caches.lock().await.get(&key) {
-            return Ok(c.clone());
+        if let Some(c) = self.cached(context, t) {
+            return Ok(c);
         }
         let api = self.api(context, t).await?;
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", t.kind.as_str()), t.kind.plural());
-        let cache = Arc::new(Cache::start(api, resource));
-        Ok(self.caches.lock().await.entry(key).or_insert(cache).clone())
+        // Another poll may have started it meanwhile.
+        if let Some(c) = self.cached(context, t) {
+            return Ok(c);
+        }
+        let ctx = context.map(str::to_owned).or_else(|| self.default_context.clone());
+        let cache = Arc::new(Cache::start(api, ctx, t.kind));
+        lock(&self.caches).entry(t.namespace.clone()).or_default().push(cache.clone());
+        Ok(cache)
+    }
+
+    /// Starts the watch of each (context, namespace, kind) of `targets` and waits for
+    /// their first lists, each at most the call timeout. Failures are left to the polls
+    /// to report.
+    pub async fn watch<'a>(&self, targets: impl IntoIterator<Item = (Option<&'a str>, &'a TargetRef)>) {
+        let mut started = Vec::new();
+        for (context, t) in targets {
+            if self.cached(context, t).is_none()
+                && let Ok(cache) = self.cache(context, t).await
+            {
+                started.push(cache);
+            }
+        }
+        futures::future::join_all(started.iter().map(|c| c.settle(self.timeout))).await;
+    }
+
+    /// Reads the target from the API server (while its watch is failing).
+    async fn read_directly(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        cache: &Cache,
+    ) -> Result<TargetView, TargetError> {
+        let api = self.api(context, t).await?;
+        let (_, seen) = Seen::of(self.call(context, t, "reading the target", api.get(&t.name)).await?);
+        // The watch resumed without a change since: the cache holds this very version.
+        if lock(&cache.targets).get(&t.name).is_some_and(|c| c.resource_version == seen.resource_version) {
+            cache.ready.store(true, Ordering::SeqCst);
+        }
+        Ok(seen.view())
     }
 
     /// Runs a call to `context` under the adapter's timeout, mapping errors to
@@ -340,29 +443,23 @@ impl Kube {
 
 impl ScaleTarget for Kube {
     async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
-        let cache = self.cache(context, t).await?;
+        let cache = match self.cached(context, t) {
+            Some(c) => c,
+            // Boxed, like every rare path here: building a client is a large future,
+            // and a poll's future is allocated whole when the poll starts.
+            None => Box::pin(self.cache(context, t)).await?,
+        };
         if !cache.ready.load(Ordering::SeqCst) {
             cache.settle(self.timeout).await;
         }
         if cache.ready.load(Ordering::SeqCst) {
-            return match cache.get(t) {
-                Some(obj) => Ok(view_of_cached(&obj)),
-                None => Err(TargetError {
-                    target: t.to_string(),
-                    kind: "not_found",
-                    message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
-                }),
-            };
+            return cache.get(&t.name).ok_or_else(|| TargetError {
+                target: t.to_string(),
+                kind: "not_found",
+                message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
+            });
         }
-        let api = self.api(context, t).await?;
-        let obj = self.call(context, t, "reading the target", api.get(&t.name)).await?;
-        // The watch resumed without a change since: the cache holds this very version.
-        if cache.get(t).is_some_and(|c| c.metadata.resource_version == obj.metadata.resource_version) {
-            cache.ready.store(true, Ordering::SeqCst);
-        }
-        let annotations = obj.metadata.annotations.clone().unwrap_or_default();
-        let (spec, status) = (&obj.data["spec"]["replicas"], &obj.data["status"]["replicas"]);
-        Ok(view_of(spec, status, &annotations, obj.metadata.resource_version.clone()))
+        Box::pin(self.read_directly(context, t, &cache)).await
     }
 
     async fn scale(
@@ -483,10 +580,10 @@ mod tests {
     use super::*;
 
     /// The cache keeps what a poll reads and nothing else, and reads it back the same as
-    /// from the full object.
+    /// the full object.
     #[test]
-    fn a_slimmed_object_reads_as_the_full_one() {
-        let full: DynamicObject = serde_json::from_value(json!({
+    fn what_the_cache_keeps_reads_as_the_full_object() {
+        let full = json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": {
@@ -501,32 +598,31 @@ mod tests {
             },
             "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
             "status": {"replicas": 2, "readyReplicas": 2}
-        }))
-        .unwrap();
-        let annotations = full.metadata.annotations.clone().unwrap();
+        });
+        let annotations = full["metadata"]["annotations"].as_object().unwrap().clone();
         let want = view_of(
-            &full.data["spec"]["replicas"],
-            &full.data["status"]["replicas"],
-            &annotations,
-            full.metadata.resource_version.clone(),
+            count(&full["spec"]["replicas"]),
+            count(&full["status"]["replicas"]),
+            |k| annotations.get(k).and_then(|v| v.as_str()),
+            Some("42".to_owned()),
         );
-        let mut slimmed = full.clone();
-        slim(&mut slimmed);
-        assert_eq!(view_of_cached(&slimmed), want);
+        let (name, seen) = Seen::of(serde_json::from_value(full).unwrap());
+        assert_eq!(name, "worker");
+        assert_eq!(seen.view(), want);
         assert_eq!((want.replicas, want.status_replicas), (3, Some(2)));
         assert!(want.last_active.is_some());
-        let kept = serde_json::to_value(&slimmed.metadata).unwrap();
-        assert_eq!(
-            kept,
-            json!({"name": "worker", "namespace": "jobs", "resourceVersion": "42", "annotations": {
-                "sqscale.io/last-active": "2026-11-27T12:00:00Z", "sqscale.io/paused-replicas": "2"
-            }})
-        );
-        // No replicas at all (a Deployment created without spec.replicas): 1, as the API defaults.
-        let mut bare: DynamicObject =
-            serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}}))
-                .unwrap();
-        slim(&mut bare);
-        assert_eq!((view_of_cached(&bare).replicas, view_of_cached(&bare).status_replicas), (1, None));
+        assert_eq!(seen.resource_version.as_deref(), Some("42"));
+        let kept: Vec<&str> = seen.annotations.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(kept, ["sqscale.io/last-active", "sqscale.io/paused-replicas"]);
+        // No replicas at all (a Deployment created without spec.replicas, no status
+        // yet, or a null status): 1, as the API defaults.
+        for bare in [
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "b"}}),
+            json!({"metadata": {"name": "b"}, "spec": {}, "status": null}),
+        ] {
+            let (_, seen) = Seen::of(serde_json::from_value(bare).unwrap());
+            assert_eq!((seen.view().replicas, seen.view().status_replicas), (1, None));
+            assert!(seen.annotations.is_empty());
+        }
     }
 }

@@ -5,7 +5,6 @@
 pub mod eks;
 pub mod kube;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::config::TargetRef;
@@ -36,24 +35,25 @@ pub struct TargetView {
 }
 
 /// Builds the view from a Deployment's or StatefulSet's `spec.replicas` and
-/// `status.replicas` (JSON, `null` when absent) and its annotations.
-pub fn view_of(
-    spec_replicas: &serde_json::Value,
-    status_replicas: &serde_json::Value,
-    annotations: &BTreeMap<String, String>,
+/// `status.replicas` (`None` when absent) and its annotations (`annotation` looks one up).
+pub fn view_of<'a>(
+    spec_replicas: Option<u32>,
+    status_replicas: Option<u32>,
+    annotation: impl Fn(&str) -> Option<&'a str>,
     resource_version: Option<String>,
 ) -> TargetView {
-    let count = |v: &serde_json::Value| v.as_u64().map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     TargetView {
-        replicas: count(spec_replicas).unwrap_or(1),
-        status_replicas: count(status_replicas),
-        pause: Pause::from_annotations(
-            annotations.get(PAUSED).map(String::as_str),
-            annotations.get(PAUSED_REPLICAS).map(String::as_str),
-        ),
-        last_active: annotations.get(LAST_ACTIVE).and_then(|v| parse_time(v)),
+        replicas: spec_replicas.unwrap_or(1),
+        status_replicas,
+        pause: Pause::from_annotations(annotation(PAUSED), annotation(PAUSED_REPLICAS)),
+        last_active: annotation(LAST_ACTIVE).and_then(parse_time),
         resource_version,
     }
+}
+
+/// A replica count as the API sends it (JSON, `null` when absent).
+pub fn count(v: &serde_json::Value) -> Option<u32> {
+    v.as_u64().map(|n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Formats a [`Time`] (Unix milliseconds) as RFC 3339 in UTC.
@@ -130,18 +130,19 @@ pub struct TargetEvent {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     #[test]
     fn view_reads_replicas_pause_and_last_active() {
         let mut ann = BTreeMap::new();
         ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
-        let v = view_of(&json!(3), &json!(2), &ann, Some("7".into()));
+        let v = view_of(count(&json!(3)), count(&json!(2)), |k| ann.get(k).map(String::as_str), Some("7".into()));
         assert_eq!((v.replicas, v.status_replicas, v.pause), (3, Some(2), Pause::No));
         assert_eq!(v.last_active.map(format_time).as_deref(), Some("2026-11-27T21:00:10Z"));
 
         ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
         ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
-        let v = view_of(&json!(null), &json!(null), &ann, None);
+        let v = view_of(count(&json!(null)), count(&json!(null)), |k| ann.get(k).map(String::as_str), None);
         assert_eq!((v.replicas, v.status_replicas, v.pause, v.last_active), (1, None, Pause::Replicas(0), None));
     }
 
