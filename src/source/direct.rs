@@ -4,9 +4,10 @@
 //! (the orchestrator's config bags, interceptors, endpoint rules, retry bookkeeping),
 //! which is 40 % of a core at 10,000 rules polled every 10 s (PERFORMANCE.md). The
 //! request itself is one small signed POST. So the happy path is built here from the
-//! crates the SDK itself is made of: `aws-sigv4` signs, hyper sends, serde_json reads,
-//! the SDK's own endpoint resolver picks the URL and the SDK's credentials provider
-//! supplies the keys. Anything other than a clean `200` (an AWS error, a refused
+//! crates the SDK itself is made of: `aws-sigv4` derives the signing key and signs
+//! ([`Direct::sign`] writes out the canonical request of this one request shape), hyper
+//! sends, serde_json reads, the SDK's own endpoint resolver picks the URL and the SDK's
+//! credentials provider supplies the keys. Anything other than a clean `200` (an AWS error, a refused
 //! connection, an odd body, missing credentials) is left to the SDK client, which asks
 //! again with its standard retries and classifies the error: the SDK stays the source
 //! of truth for every unhappy path.
