@@ -613,3 +613,87 @@ pub fn table(rules: &[RuleStatus]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(toml: &str) -> Vec<Arc<Rule>> {
+        crate::config::from_str(toml).unwrap().rules.into_iter().map(Arc::new).collect()
+    }
+
+    fn rule(name: &str, queues: &[&str]) -> String {
+        let mut r = format!("[[rule]]\nname = \"{name}\"\ntarget = {{ kind = \"Deployment\", name = \"{name}\" }}\n");
+        for q in queues {
+            r.push_str(&format!(
+                "[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/{q}\"\nqueue_length = 5\n"
+            ));
+        }
+        r
+    }
+
+    fn series(metrics: &str, prefix: &str) -> Vec<String> {
+        metrics.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
+    }
+
+    /// `/status` and the per-rule series come from one record per rule: a failed read
+    /// shows as null while the gauge keeps the last good value, a queue read by two
+    /// triggers is one series, and a removed rule's series go with it.
+    #[test]
+    fn records_render_as_status_and_series() {
+        let o = Observer::new();
+        let running = rules(&format!("{}{}", rule("a", &["qa", "qa"]), rule("b", &["qb"])));
+        o.rules_loaded(&running);
+        let decision = Decision {
+            current: 0,
+            write: Some(1),
+            reason: Reason::Activated,
+            active: true,
+            backlog: Some(30),
+            proposal: Some(6),
+        };
+        let a = o.record("a").unwrap();
+        let report = |queues: Vec<Result<u64, String>>| PollReport {
+            at: Time(1_795_780_800_000),
+            next_poll: Time(1_795_780_810_000),
+            queues,
+            decision: Some(&decision),
+            scaled: Some((0, 1)),
+            ..PollReport::default()
+        };
+        o.polled(&a, &report(vec![Ok(30), Ok(30)]));
+        o.polled(&a, &report(vec![Err("reading queue qa: throttled".to_owned()), Ok(30)]));
+
+        let status = &o.statuses()[0];
+        assert_eq!((status.rule.as_str(), status.polls, status.consecutive_failures), ("a", 2, 1));
+        assert_eq!(status.backlog.values().copied().collect::<Vec<_>>(), [Some(30)], "one queue, the last read");
+        assert_eq!(status.last_poll.as_deref(), Some("2026-11-27T12:00:00Z"));
+        assert_eq!((status.current_replicas, status.last_reason.as_deref()), (Some(1), Some("activated")));
+        assert_eq!(o.statuses()[1].polls, 0, "b has not polled");
+
+        let m = o.encode_metrics();
+        let qa = "https://sqs.us-east-1.amazonaws.com/1/qa";
+        assert_eq!(
+            series(&m, "sqscale_queue_backlog{"),
+            [format!("sqscale_queue_backlog{{rule=\"a\",queue=\"{qa}\"}} 30")]
+        );
+        assert_eq!(series(&m, "sqscale_scale_total{"), ["sqscale_scale_total{rule=\"a\",direction=\"up\"} 2"]);
+        assert_eq!(
+            series(&m, "sqscale_poll_errors_total{"),
+            ["sqscale_poll_errors_total{rule=\"a\",source=\"sqs\"} 1"]
+        );
+        assert_eq!(
+            series(&m, "sqscale_decisions_total{"),
+            ["sqscale_decisions_total{rule=\"a\",reason=\"activated\"} 2"]
+        );
+        assert_eq!(series(&m, "sqscale_current_replicas{"), ["sqscale_current_replicas{rule=\"a\"} 1"]);
+        assert!(m.contains("# TYPE sqscale_desired_replicas gauge"), "{m}");
+
+        // Reloaded without a: its record and every series of it go; b stays.
+        o.rules_loaded(&running[1..]);
+        let m = o.encode_metrics();
+        assert!(!m.contains("rule=\"a\""), "{m}");
+        assert_eq!(o.statuses().len(), 1);
+        assert!(m.contains("sqscale_rules 1"), "{m}");
+    }
+}

@@ -76,19 +76,6 @@ pub struct Deps<Q, T> {
     pub observer: Arc<Observer>,
 }
 
-impl<Q, T> Clone for Deps<Q, T> {
-    fn clone(&self) -> Self {
-        Deps {
-            queues: self.queues.clone(),
-            targets: self.targets.clone(),
-            clock: self.clock,
-            dry_run: self.dry_run,
-            call_timeout: self.call_timeout,
-            observer: self.observer.clone(),
-        }
-    }
-}
-
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
 /// `polling_interval`; a late poll delays the next one, never bursts.
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
