@@ -12,7 +12,7 @@
 //! again with its standard retries and classifies the error: the SDK stays the source
 //! of truth for every unhappy path.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -330,16 +330,35 @@ fn request_body(url: &str, attrs: Attrs) -> Vec<u8> {
     serde_json::to_vec(&Body { queue_url: url, attribute_names: names }).expect("strings serialize")
 }
 
+/// A `GetQueueAttributes` answer, read in place: the three counts it can hold, borrowed
+/// from the body (a `Cow` copies only a value with escapes), everything else skipped.
 #[derive(serde::Deserialize)]
-struct Answer {
-    #[serde(rename = "Attributes", default)]
-    attributes: HashMap<String, String>,
+struct Answer<'a> {
+    #[serde(rename = "Attributes", default, borrow)]
+    attributes: Counted<'a>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct Counted<'a> {
+    #[serde(rename = "ApproximateNumberOfMessages", borrow)]
+    visible: Option<Cow<'a, str>>,
+    #[serde(rename = "ApproximateNumberOfMessagesNotVisible", borrow)]
+    in_flight: Option<Cow<'a, str>>,
+    #[serde(rename = "ApproximateNumberOfMessagesDelayed", borrow)]
+    delayed: Option<Cow<'a, str>>,
 }
 
 /// Reads the counts out of a `200` answer's body.
 fn parse_answer(body: &[u8], attrs: Attrs) -> Result<Counts, String> {
     let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    super::sqs::parse_counts(|name| answer.attributes.get(name).map(String::as_str), attrs)
+    let a = &answer.attributes;
+    let value = |name: &str| match name {
+        "ApproximateNumberOfMessages" => a.visible.as_deref(),
+        "ApproximateNumberOfMessagesNotVisible" => a.in_flight.as_deref(),
+        "ApproximateNumberOfMessagesDelayed" => a.delayed.as_deref(),
+        _ => None,
+    };
+    super::sqs::parse_counts(value, attrs)
 }
 
 #[cfg(test)]
@@ -465,6 +484,9 @@ mod tests {
         let body =
             br#"{"Attributes":{"ApproximateNumberOfMessages":"30","ApproximateNumberOfMessagesNotVisible":"2"}}"#;
         assert_eq!(parse_answer(body, both).unwrap(), Counts { visible: 30, in_flight: 2, delayed: 0 });
+        // Other attributes are skipped; an escaped value is read too (copied, not borrowed).
+        let body = br#"{"Attributes":{"QueueArn":"arn:aws:sqs:x","ApproximateNumberOfMessages":"\u00331"}}"#;
+        assert_eq!(parse_answer(body, Attrs::default()).unwrap().visible, 31);
         // No Attributes at all, an attribute missing, or not JSON: errors, never 0.
         assert!(parse_answer(b"{}", Attrs::default()).unwrap_err().contains("missing"));
         let body = br#"{"Attributes":{"ApproximateNumberOfMessages":"30"}}"#;

@@ -104,7 +104,7 @@ impl kube::Resource for Scalable {
 struct Seen {
     replicas: Option<u32>,
     status_replicas: Option<u32>,
-    resource_version: Option<String>,
+    resource_version: Option<Arc<str>>,
     /// The `sqscale.io/` annotations only (usually none, and then no allocation).
     annotations: Vec<(String, String)>,
 }
@@ -118,7 +118,7 @@ impl Seen {
         let seen = Seen {
             replicas: obj.spec.and_then(|s| count(&s.replicas)),
             status_replicas: obj.status.and_then(|s| count(&s.replicas)),
-            resource_version: meta.resource_version,
+            resource_version: meta.resource_version.map(Arc::from),
             annotations: annotations.collect(),
         };
         (meta.name.unwrap_or_default(), seen)
@@ -604,7 +604,7 @@ mod tests {
             count(&full["spec"]["replicas"]),
             count(&full["status"]["replicas"]),
             |k| annotations.get(k).and_then(|v| v.as_str()),
-            Some("42".to_owned()),
+            Some("42".into()),
         );
         let (name, seen) = Seen::of(serde_json::from_value(full).unwrap());
         assert_eq!(name, "worker");

@@ -6,6 +6,7 @@ pub mod eks;
 pub mod kube;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::config::TargetRef;
 use crate::engine::{Pause, Time};
@@ -30,8 +31,9 @@ pub struct TargetView {
     /// The `sqscale.io/last-active` annotation, if present and valid.
     pub last_active: Option<Time>,
     /// The object's `metadata.resourceVersion`: the scale patch carries it, so a
-    /// change made since this read makes the patch fail with a conflict.
-    pub resource_version: Option<String>,
+    /// change made since this read makes the patch fail with a conflict. Shared with
+    /// the cache, so a read copies nothing.
+    pub resource_version: Option<Arc<str>>,
 }
 
 /// Builds the view from a Deployment's or StatefulSet's `spec.replicas` and
@@ -40,7 +42,7 @@ pub fn view_of<'a>(
     spec_replicas: Option<u32>,
     status_replicas: Option<u32>,
     annotation: impl Fn(&str) -> Option<&'a str>,
-    resource_version: Option<String>,
+    resource_version: Option<Arc<str>>,
 ) -> TargetView {
     TargetView {
         replicas: spec_replicas.unwrap_or(1),
