@@ -161,8 +161,7 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
         let mut problems = Vec::new();
         let mut facts = Vec::new();
         for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
-            let need = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
-            match sqs.read(q, need).await {
+            match sqs.read(q, Attrs::of(t)).await {
                 Ok(c) => facts.push(format!("queue {} has {} messages", q.name, t.backlog(&c))),
                 Err(e) => problems.push(format!("{e} [{}]", e.kind)),
             }

@@ -1,5 +1,6 @@
 //! Test helpers shared by unit tests: an independent SigV4 computation, written from the
-//! specification with aws-lc-rs, to check what we hand to `aws-sigv4`.
+//! specification with aws-lc-rs, to check the signatures the daemon sends (its own for
+//! SQS, aws-sigv4's for EKS tokens).
 
 pub const ACCESS_KEY: &str = "AKIDEXAMPLE";
 pub const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";

@@ -84,17 +84,7 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
     cancel: CancellationToken,
     first_poll: Duration,
 ) {
-    let mut worker = Worker {
-        state: State::new(deps.clock.now()),
-        persisted_last_active: None,
-        record: deps.observer.record(&rule.name),
-        slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
-        rule,
-        deps,
-        read_failures: Streak::default(),
-        queue_failures: Streak::default(),
-        scale_failures: Streak::default(),
-    };
+    let mut worker = Worker::new(rule, deps);
     let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -126,6 +116,21 @@ struct Worker<Q, T> {
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
+    /// A fresh worker: its record and its queues' slots are taken once, here.
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>) -> Self {
+        Worker {
+            state: State::new(deps.clock.now()),
+            persisted_last_active: None,
+            record: deps.observer.record(&rule.name),
+            slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
+            rule,
+            deps,
+            read_failures: Streak::default(),
+            queue_failures: Streak::default(),
+            scale_failures: Streak::default(),
+        }
+    }
+
     async fn poll(&mut self) {
         let started = Instant::now();
         let now = self.deps.clock.now();
@@ -304,8 +309,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
 
     async fn read_queue(&self, i: usize) -> Result<Counts, SourceError> {
         let (t, q) = (&self.rule.policy.triggers[i], &self.rule.triggers[i]);
-        let need = Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed };
-        let read = self.deps.queues.read(&self.slots[i], q, need);
+        let read = self.deps.queues.read(&self.slots[i], q, Attrs::of(t));
         let result = match tokio::time::timeout(self.deps.call_timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(SourceError {
@@ -353,17 +357,7 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");
-        let mut worker = Worker {
-            state: State::new(deps.clock.now()),
-            persisted_last_active: None,
-            record: None,
-            slots: Box::new([deps.queues.slot(&rule, 0)]),
-            rule,
-            deps,
-            read_failures: Streak::default(),
-            queue_failures: Streak::default(),
-            scale_failures: Streak::default(),
-        };
+        let mut worker = Worker::new(rule, deps);
         let size = std::mem::size_of_val(&worker.poll());
         println!("poll future: {size} bytes");
         assert!(size <= 1536, "a poll's future is {size} bytes");

@@ -7,10 +7,10 @@
 //! crates the SDK itself is made of: `aws-sigv4` derives the signing key and signs
 //! ([`Direct::sign`] writes out the canonical request of this one request shape), hyper
 //! sends, serde_json reads, the SDK's own endpoint resolver picks the URL and the SDK's
-//! credentials provider supplies the keys. Anything other than a clean `200` (an AWS error, a refused
-//! connection, an odd body, missing credentials) is left to the SDK client, which asks
-//! again with its standard retries and classifies the error: the SDK stays the source
-//! of truth for every unhappy path.
+//! credentials provider supplies the keys. Anything other than a clean `200` (an AWS
+//! error, a refused connection, an odd body, missing credentials) is left to the SDK
+//! client, which asks again with its standard retries and classifies the error: the SDK
+//! stays the source of truth for every unhappy path.
 
 use std::borrow::Cow;
 use std::sync::Mutex;

@@ -6,6 +6,7 @@ pub mod direct;
 pub mod sqs;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{QueueSource, Rule};
-use crate::engine::Counts;
+use crate::engine::{Counts, TriggerPolicy};
 
 /// Which optional attributes a read must fetch (`ApproximateNumberOfMessages` always).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -25,6 +26,11 @@ pub struct Attrs {
 }
 
 impl Attrs {
+    /// What a trigger needs read.
+    pub fn of(t: &TriggerPolicy) -> Attrs {
+        Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed }
+    }
+
     pub fn union(self, other: Attrs) -> Attrs {
         Attrs { in_flight: self.in_flight || other.in_flight, delayed: self.delayed || other.delayed }
     }
@@ -100,10 +106,6 @@ fn key(queue: &QueueSource) -> u64 {
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(queue)
 }
 
-fn needs_of(t: &crate::engine::TriggerPolicy) -> Attrs {
-    Attrs { in_flight: t.scale_on_in_flight, delayed: t.scale_on_delayed }
-}
-
 impl<R: QueueReader> Shared<R> {
     pub fn new(inner: R) -> Shared<R> {
         Shared { inner, slots: Mutex::default() }
@@ -118,7 +120,7 @@ impl<R: QueueReader> Shared<R> {
         let mut needs: HashMap<u64, (Attrs, &Arc<Rule>, usize)> = HashMap::new();
         for rule in rules {
             for (i, (t, q)) in rule.policy.triggers.iter().zip(&rule.triggers).enumerate() {
-                let a = needs_of(t);
+                let a = Attrs::of(t);
                 needs.entry(key(q)).and_modify(|n| n.0 = n.0.union(a)).or_insert((a, rule, i));
             }
         }
@@ -139,13 +141,13 @@ impl<R: QueueReader> Shared<R> {
 
     /// The slot of `rule`'s trigger `i`, shared with every rule reading the same queue.
     pub fn slot(&self, rule: &Arc<Rule>, i: usize) -> Arc<Slot> {
-        let (queue, need) = (&rule.triggers[i], needs_of(&rule.policy.triggers[i]));
-        let mut slots = lock(&self.slots);
-        match slots.get(&key(queue)) {
-            Some(slot) if slot.reads(queue) => slot.clone(),
+        let queue = &rule.triggers[i];
+        let new = || Arc::new(Slot::new(Attrs::of(&rule.policy.triggers[i]), rule, i));
+        match lock(&self.slots).entry(key(queue)) {
+            Entry::Occupied(slot) if slot.get().reads(queue) => slot.get().clone(),
             // Two queues with one 64-bit hash: this one reads on its own.
-            Some(_) => Arc::new(Slot::new(need, rule, i)),
-            None => slots.entry(key(queue)).or_insert_with(|| Arc::new(Slot::new(need, rule, i))).clone(),
+            Entry::Occupied(_) => new(),
+            Entry::Vacant(v) => v.insert(new()).clone(),
         }
     }
 
