@@ -321,8 +321,9 @@ async fn target_reads_come_from_the_watch_again_after_it_failed_and_while_idle()
     );
 }
 
-/// The bearer token is rotated: polls fail with 401 until a new kubeconfig appears at the
-/// same path, which the daemon then reads without a restart. Events resume too.
+/// The bearer token is rotated on the server first: polls fail with 401 (the kubeconfig
+/// read again after each 401 still has the old token) until a new kubeconfig appears at
+/// the same path, which the daemon then reads without a restart. Events resume too.
 async fn token_rotation(kubernetes_section: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path()).await;
@@ -374,12 +375,94 @@ async fn a_rotated_token_is_read_from_the_new_kubeconfig_without_a_restart() {
     token_rotation("").await;
 }
 
-/// With `[kubernetes] context` set, rules without a context of their own use it: after a
-/// 401 the adapter forgets the client under that context, but keeps the Event recorder
-/// under `None`, so Events keep going out with the old token.
+/// With `[kubernetes] context` set, rules without a context of their own use it, and so
+/// do the Event recorder and the watch: all of them must follow the new token (a
+/// recorder kept under another key once kept sending the old one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_token_is_read_from_the_new_kubeconfig_with_a_default_context() {
     token_rotation("[kubernetes]\ncontext = \"fake\"\n").await;
+}
+
+/// EKS tokens: EKS takes a token for 15 minutes after it was signed; this fake API server
+/// takes one for 3 s and nothing else. A minter renewing every 2 s never lets a call meet
+/// an expired token, over three lifetimes, in writes and in the watch. One that would
+/// renew only after 10 minutes meets a 401 once per lifetime, mints again at once, and
+/// the very next call goes through: never two failures in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eks_tokens_are_minted_again_before_they_expire_and_after_a_401() {
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use sqscale::target::eks::Minter;
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    kube.accept_eks_tokens(Duration::from_secs(3));
+    kube.set_token("only-eks-tokens-now");
+    let target = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: "demo".into(), namespace: NS.into() };
+    for refresh_after in [Duration::from_secs(2), Duration::from_secs(600)] {
+        let credentials = Credentials::new("AKIDEXAMPLE", "SECRET", None, None, "test");
+        let minter = Minter::new("demo-cluster", "us-east-1", SharedCredentialsProvider::new(credentials))
+            .with_refresh_after(refresh_after);
+        let adapter = Kube::new(Some(kubeconfig.clone()), None, Duration::from_secs(5)).with_minter(minter);
+        assert!(adapter.read(None, &target).await.is_ok());
+        let mut outcomes = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(9) {
+            n += 1;
+            // Spaced wider than the refresher's minimum interval (1 s) after a 401.
+            let written = adapter.scale(None, &target, n % 3, None).await;
+            outcomes.push(written.map_err(|e| (started.elapsed(), e.kind)));
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let failures: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+        if refresh_after < Duration::from_secs(3) {
+            assert!(failures.is_empty(), "renewed every {refresh_after:?}: {failures:?}");
+        } else {
+            assert!(!failures.is_empty(), "tokens outlived their 3 s: the 401 path was not taken");
+            assert!(failures.iter().all(|(_, kind)| *kind == "unauthorized"), "{failures:?}");
+            let in_a_row = outcomes.windows(2).any(|w| w[0].is_err() && w[1].is_err());
+            assert!(!in_a_row, "a 401 was not followed by a fresh token: {outcomes:?}");
+        }
+        // The watch still follows the target after the tokens it started with expired.
+        kube.set_replicas(Kind::Deployment, NS, "demo", 7);
+        let seen = async {
+            loop {
+                if adapter.read(None, &target).await.is_ok_and(|v| v.replicas == 7) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        assert!(tokio::time::timeout(Duration::from_secs(5), seen).await.is_ok(), "the watch saw the change");
+    }
+}
+
+/// An API server that accepts connections and never answers (a black hole): the rule
+/// reports the failure within one call timeout, a reload applies at once, and the
+/// daemon stops within its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_api_server_fails_the_poll_and_never_hangs_a_reload_or_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    kube.black_hole(true);
+    let queue = sqs::queue("black-hole-api").await;
+    let config = rule_file(dir.path(), &sqs::endpoint(), &queue, "");
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    let failed = || daemon.observer.statuses().first().is_some_and(|s| s.consecutive_failures >= 1);
+    // The call timeout of the in-process daemon is 5 s.
+    assert!(wait_until(Duration::from_secs(8), failed).await, "{:?}", daemon.observer.statuses());
+    let error = status(&daemon).last_error.unwrap_or_default();
+    assert!(error.contains("no answer within"), "{error}");
+
+    let text =
+        format!("{}{}{}", header(&sqs::endpoint()), demo_rule("demo", &queue, ""), demo_rule("other", &queue, ""));
+    write(dir.path(), "sqscale.toml", &text);
+    daemon.reload().await;
+    assert!(wait_until(Duration::from_secs(2), || daemon.observer.statuses().len() == 2).await, "the reload applied");
+
+    let stopping = tokio::time::Instant::now();
+    assert_eq!(daemon.stop().await, Ok(()));
+    assert!(stopping.elapsed() < Duration::from_secs(10), "stopped after {:?}", stopping.elapsed());
 }
 
 /// `/readyz` and READY=1 wait for every rule's first poll, but an Observer that has not

@@ -127,3 +127,114 @@ async fn a_leader_that_loses_its_lease_stops_patching_at_once() {
     assert_eq!(a.wait().unwrap().code(), Some(0));
     assert_eq!(holder(&kube).as_deref(), Some("intruder"), "a standby releases nothing");
 }
+
+/// How the kubeconfig's user carries its token in [`rotation_under_leader_election`].
+#[derive(Clone, Copy, Debug)]
+enum Credential {
+    /// `token:` in the kubeconfig, replaced by rewriting the file.
+    Inline,
+    /// `tokenFile:`, the file replaced (a projected ServiceAccount token).
+    File,
+    /// An exec plugin that prints the token of a file (like `aws eks get-token`).
+    Exec,
+}
+
+/// Writes the kubeconfig for `credential` with `token`.
+fn write_credential(dir: &Path, kube: &FakeKube, credential: Credential, token: &str) -> std::path::PathBuf {
+    use serde_json::json;
+    let kubeconfig = dir.join("kubeconfig");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let user = match credential {
+        Credential::Inline => json!({"token": token}),
+        Credential::File => json!({"tokenFile": token_file}),
+        Credential::Exec => {
+            let script = dir.join("get-token.sh");
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nprintf '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"%s\"}}}}' \"$(cat {})\"\n",
+                    token_file.display()
+                ),
+            )
+            .unwrap();
+            json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh", "args": [script], "interactiveMode": "Never"}})
+        }
+    };
+    support::fake_kube::write_kubeconfig_with_users(&kubeconfig, &[("fake", kube)], &[user], "fake");
+    kubeconfig
+}
+
+/// The token is rotated while an instance leads: the kubeconfig (or its token file) gets
+/// the new token, then the API server rejects the old one and ends every open watch. The
+/// instance keeps its lease without a gap, its watch comes back with the new token (it
+/// sees a manual scale made after the switch), and it keeps scaling.
+async fn rotation_under_leader_election(credential: Credential) {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start().await;
+    kube.add_deployment(NS, "demo", 0);
+    kube.set_token("token-one");
+    let kubeconfig = write_credential(dir.path(), &kube, credential, "token-one");
+    let queue = sqs::queue(&format!("rotated-{credential:?}").to_lowercase()).await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some()).await, "{}", logs());
+    let leader = holder(&kube).unwrap();
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs());
+
+    // Rotate: the file first (as `aws eks update-kubeconfig` or the kubelet would), then
+    // the server.
+    write_credential(dir.path(), &kube, credential, "token-two");
+    kube.rotate_token("token-two");
+    let rotated = kube.requests().len();
+
+    // Leadership holds through the rotation, sampled for two lease durations.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(holder(&kube).as_deref(), Some(leader.as_str()), "the lease changed hands: {}", logs());
+        assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 1"), "{}", logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after: Vec<_> = kube.requests()[rotated..].to_vec();
+    let renewals_ok =
+        after.iter().filter(|r| r.path.contains("/leases/") && r.method == "PUT" && r.status == Some(200));
+    assert!(renewals_ok.count() >= 5, "the lease is renewed with the new token");
+    let watches_ok =
+        after.iter().filter(|r| r.query.as_deref().is_some_and(|q| q.contains("watch=true")) && r.authorized);
+    assert!(watches_ok.count() >= 1, "the watch came back with the new token");
+
+    // A manual scale made after the switch is seen through the watch, and the daemon
+    // answers it: the backlog still asks for 5, reached through the HPA's scale-up limit
+    // of max(2 * 2, 4) = 4 per poll.
+    let written = kube.scale_history(Kind::Deployment, NS, "demo").len();
+    kube.set_replicas(Kind::Deployment, NS, "demo", 2);
+    assert!(wait_until(Duration::from_secs(5), || replicas() == 5).await, "{}", logs());
+    let history = kube.scale_history(Kind::Deployment, NS, "demo");
+    assert_eq!(history[written..], [4, 5], "{history:?}");
+    let unauthorized_writes = kube.requests().iter().filter(|r| r.method == "PATCH" && !r.authorized).count();
+    assert!(unauthorized_writes <= 1, "a write with the dead token is tried at most once: {unauthorized_writes}");
+
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+    assert_eq!(holder(&kube), None, "released with the new token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_token_rotated_under_leader_election_keeps_the_lease_and_the_scaling() {
+    rotation_under_leader_election(Credential::Inline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rotated_under_leader_election_keeps_the_lease_and_the_scaling() {
+    rotation_under_leader_election(Credential::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_plugin_token_rotated_under_leader_election_keeps_the_lease_and_the_scaling() {
+    rotation_under_leader_election(Credential::Exec).await;
+}

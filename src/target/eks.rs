@@ -4,12 +4,12 @@
 //! The token is `k8s-aws-v1.` + base64url (no padding) of a presigned STS
 //! `GetCallerIdentity` URL whose signature covers the `x-k8s-aws-id: <cluster>` header.
 //! EKS accepts it for 15 minutes after its signing time; sqscale mints a new one after
-//! [`REFRESH_AFTER`].
+//! [`REFRESH_AFTER`], and after any 401 (see [`super::auth`]).
 
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign};
 use aws_sigv4::sign::v4::SigningParams;
 use base64::Engine;
@@ -57,27 +57,69 @@ pub fn token(credentials: &Credentials, region: &str, cluster: &str, at: SystemT
     Ok(format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(presigned.as_str())))
 }
 
-/// Mints a token with the AWS default credential chain (optionally a profile).
-pub async fn mint(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<String, String> {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(r) = region {
-        loader = loader.region(aws_config::Region::new(r.to_owned()));
+/// Mints tokens for one cluster: the AWS config is loaded once, the credentials come
+/// from its provider (which caches them and refreshes them before they expire).
+pub struct Minter {
+    cluster: String,
+    region: String,
+    credentials: SharedCredentialsProvider,
+    refresh_after: Duration,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter").field("cluster", &self.cluster).field("region", &self.region).finish()
     }
-    if let Some(p) = profile {
-        loader = loader.profile_name(p);
+}
+
+impl Minter {
+    /// A minter with the AWS default credential chain (optionally a profile); the
+    /// region is STS's, `None` takes the SDK's (AWS_REGION, profile).
+    pub async fn load(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<Minter, String> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(aws_config::Region::new(r.to_owned()));
+        }
+        if let Some(p) = profile {
+            loader = loader.profile_name(p);
+        }
+        let config = loader.load().await;
+        let region = config
+            .region()
+            .map(|r| r.to_string())
+            .ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS region for STS; set [aws] region or AWS_REGION"))?;
+        let credentials = config
+            .credentials_provider()
+            .ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS credentials provider"))?;
+        Ok(Minter::new(cluster, &region, credentials))
     }
-    let config = loader.load().await;
-    let region = config
-        .region()
-        .map(|r| r.to_string())
-        .ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS region for STS; set [aws] region or AWS_REGION"))?;
-    let provider =
-        config.credentials_provider().ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS credentials provider"))?;
-    let credentials = provider
-        .provide_credentials()
-        .await
-        .map_err(|e| format!("eks_cluster {cluster:?}: loading AWS credentials: {e}"))?;
-    token(&credentials, &region, cluster, SystemTime::now())
+
+    /// A minter with the given credentials.
+    pub fn new(cluster: &str, region: &str, credentials: SharedCredentialsProvider) -> Minter {
+        Minter { cluster: cluster.to_owned(), region: region.to_owned(), credentials, refresh_after: REFRESH_AFTER }
+    }
+
+    /// Mints new tokens this often instead of [`REFRESH_AFTER`]: for tests, whose fake
+    /// API server accepts tokens for seconds rather than 15 minutes.
+    pub fn with_refresh_after(mut self, refresh_after: Duration) -> Minter {
+        self.refresh_after = refresh_after;
+        self
+    }
+
+    pub fn refresh_after(&self) -> Duration {
+        self.refresh_after
+    }
+
+    /// A token signed now.
+    pub async fn mint(&self) -> Result<String, String> {
+        let cluster = &self.cluster;
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("eks_cluster {cluster:?}: loading AWS credentials: {e}"))?;
+        token(&credentials, &self.region, cluster, SystemTime::now())
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,27 @@
-//! The Kubernetes adapter: one client per kube context, built from the kubeconfig the
-//! way kubectl resolves it; Deployments and StatefulSets read as objects and scaled
-//! through their `/scale` subresource with a merge patch.
+//! The Kubernetes adapter: one client per kube context for the life of the process,
+//! built from the kubeconfig the way kubectl resolves it, with credentials that refresh
+//! ([`super::auth`]); Deployments and StatefulSets read from watch-backed caches and
+//! scaled through their `/scale` subresource with a merge patch.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::client::ClientBuilder;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Config};
 use serde_json::json;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use super::auth::{self, AuthLayer, Bearer, ConfigSource, Credentials};
+use super::eks::Minter;
 use super::{
     FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, count, format_time, view_of,
 };
@@ -38,22 +41,57 @@ pub struct EksAuth {
     pub profile: Option<String>,
 }
 
-/// Kubernetes clients, one per context, created on first use.
+/// Kubernetes clients, one per context, created on first use and kept: every user of a
+/// context (the lease, the watches, reads, writes, events, access reviews) shares its
+/// one client, whose credentials refresh in place, so no task ever holds a client that
+/// cannot follow a rotated token.
 pub struct Kube {
     /// `None`: `$KUBECONFIG`, then `~/.kube/config`, then in-cluster.
     kubeconfig: Option<PathBuf>,
     /// The context of rules that name none; `None` is the current-context.
     default_context: Option<String>,
     eks: Option<EksAuth>,
+    /// A minter given by the caller instead of one loaded from `eks` (tests).
+    minter: Option<Arc<Minter>>,
     timeout: Duration,
-    /// Each client with the time it was built: EKS clients are rebuilt with a fresh
-    /// token before the old one expires.
-    clients: tokio::sync::Mutex<HashMap<Option<String>, (Client, tokio::time::Instant)>>,
-    /// One recorder per context: it folds repeats of an event into a series.
-    recorders: tokio::sync::Mutex<HashMap<Option<String>, Recorder>>,
+    /// The kubeconfig's current-context, read once ("" without a kubeconfig: in-cluster).
+    current_context: OnceLock<String>,
+    /// Each context's connection, by [`Kube::context_key`]. The map's lock is only held
+    /// to find a cell; a connection is made inside its cell, so concurrent first users
+    /// of one context make it once and other contexts never wait for it.
+    contexts: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Connection>>>>>,
     /// Watch-backed caches of the targets, one per (context, namespace, kind), by
     /// namespace: a poll finds its cache without building a key.
     caches: Mutex<HashMap<String, Vec<Arc<Cache>>>>,
+}
+
+/// One context's client, its Event recorder (which folds repeats into a series) and the
+/// task that keeps its credentials fresh.
+struct Connection {
+    client: Client,
+    recorder: Recorder,
+    _refresher: Option<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a context has no client.
+struct Unconnected {
+    timeout: bool,
+    message: String,
+}
+
+impl Unconnected {
+    fn at(self, t: &TargetRef) -> TargetError {
+        let kind = if self.timeout { "timeout" } else { "config" };
+        TargetError { target: t.to_string(), kind, message: self.message }
+    }
 }
 
 /// A Deployment or StatefulSet as sqscale reads it. Deserializing into this skips
@@ -138,7 +176,8 @@ impl Seen {
 /// to its store (a relist replaces the whole map at `InitDone`), but into a map of
 /// [`Seen`]: about a tenth of the memory of a store of objects.
 struct Cache {
-    context: Option<String>,
+    /// The context's key ([`Kube::context_key`]).
+    context: String,
     kind: TargetKind,
     targets: Arc<Mutex<HashMap<String, Seen>>>,
     /// True once the initial list is in, false again while the watch is failing
@@ -158,7 +197,7 @@ impl Drop for Cache {
 }
 
 impl Cache {
-    fn start(api: Api<Scalable>, context: Option<String>, kind: TargetKind) -> Cache {
+    fn start(api: Api<Scalable>, context: String, kind: TargetKind) -> Cache {
         let targets: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
         let ready = Arc::new(AtomicBool::new(false));
         let (settle, settled) = tokio::sync::watch::channel(false);
@@ -219,9 +258,10 @@ impl Kube {
             kubeconfig,
             default_context,
             eks: None,
+            minter: None,
             timeout,
-            clients: Default::default(),
-            recorders: Default::default(),
+            current_context: OnceLock::new(),
+            contexts: Default::default(),
             caches: Default::default(),
         }
     }
@@ -230,6 +270,13 @@ impl Kube {
     /// instead of the kubeconfig's user (which usually runs `aws eks get-token`).
     pub fn with_eks(mut self, eks: Option<EksAuth>) -> Kube {
         self.eks = eks;
+        self
+    }
+
+    /// Authenticates the default context with tokens from `minter` (tests give one with
+    /// fixed credentials and a short lifetime).
+    pub fn with_minter(mut self, minter: Minter) -> Kube {
+        self.minter = Some(Arc::new(minter));
         self
     }
 
@@ -249,84 +296,109 @@ impl Kube {
         Kube::new(kubeconfig.or_else(|| k.kubeconfig.clone()), k.context.clone(), timeout).with_eks(eks)
     }
 
-    /// The client for `context` (`None`: the default context), built on first use.
-    ///
-    /// Building runs exec plugins (`aws eks get-token`) synchronously, so it happens
-    /// on a blocking thread.
-    pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
-        let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
-        let eks = self.eks.as_ref().filter(|_| context == self.default_context);
-        let mut clients = self.clients.lock().await;
-        if let Some((client, built)) = clients.get(&context)
-            && (eks.is_none() || built.elapsed() < super::eks::REFRESH_AFTER)
-        {
-            return Ok(client.clone());
+    /// The name a context is kept under: a rule's `context`, else `[kubernetes]
+    /// context`, else the kubeconfig's current-context ("" when there is none, as in a
+    /// cluster). So a rule that names the default context explicitly shares its client,
+    /// caches and lease with the rules that name none.
+    pub fn context_key<'a>(&'a self, context: Option<&'a str>) -> &'a str {
+        match context.or(self.default_context.as_deref()) {
+            Some(c) => c,
+            None => self
+                .current_context
+                .get_or_init(|| auth::current_context(self.kubeconfig.as_deref()).unwrap_or_default()),
         }
-        let mut config = self.config(context.as_deref()).await?;
-        if let Some(eks) = eks {
-            let token = super::eks::mint(&eks.cluster, eks.region.as_deref(), eks.profile.as_deref()).await?;
-            config.auth_info = kube::config::AuthInfo { token: Some(token.into()), ..Default::default() };
-        }
-        config.read_timeout = None;
-        config.connect_timeout = Some(self.timeout);
-        let client = tokio::task::spawn_blocking(move || Client::try_from(config))
-            .await
-            .map_err(|e| format!("building the Kubernetes client: {e}"))?
-            .map_err(|e| format!("building the Kubernetes client: {e}"))?;
-        clients.insert(context, (client.clone(), tokio::time::Instant::now()));
-        Ok(client)
     }
 
-    async fn config(&self, context: Option<&str>) -> Result<Config, String> {
-        let options = KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
-        let named = |e: &dyn std::fmt::Display| match context {
-            Some(c) => format!("kube context {c:?}: {e}"),
-            None => format!("kubeconfig: {e}"),
-        };
-        match &self.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-                Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| named(&e))
-            }
-            None => match Config::from_kubeconfig(&options).await {
-                Ok(c) => Ok(c),
-                // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
-                Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
-                    format!(
-                        "no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})"
-                    )
-                }),
-                Err(e) => Err(named(&e)),
-            },
+    /// The client for `context` (`None`: the default context), built on first use.
+    pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
+        self.connection(context).await.map(|c| c.client.clone()).map_err(|e| e.message)
+    }
+
+    async fn connection(&self, context: Option<&str>) -> Result<Arc<Connection>, Unconnected> {
+        let key = self.context_key(context);
+        let cell = lock(&self.contexts).entry(key.to_owned()).or_default().clone();
+        if let Some(c) = cell.get() {
+            return Ok(c.clone());
         }
+        let connect = async {
+            match tokio::time::timeout(self.timeout, self.connect(key)).await {
+                Ok(connected) => connected.map(Arc::new),
+                Err(_) => Err(Unconnected {
+                    timeout: true,
+                    message: format!(
+                        "{}: no Kubernetes client within {} (kubeconfig, credentials)",
+                        display_context(key),
+                        humantime::format_duration(self.timeout)
+                    ),
+                }),
+            }
+        };
+        // Boxed: connecting is a large future, taken once per context.
+        cell.get_or_try_init(|| Box::pin(connect)).await.cloned()
+    }
+
+    /// Builds the client of the context kept under `key`.
+    async fn connect(&self, key: &str) -> Result<Connection, Unconnected> {
+        let failed = |message: String| Unconnected { timeout: false, message };
+        let source =
+            ConfigSource { kubeconfig: self.kubeconfig.clone(), context: (!key.is_empty()).then(|| key.to_owned()) };
+        let mut config = source.load().await.map_err(failed)?;
+        // Watches hold their request open for minutes: no read timeout. Every call has
+        // its own deadline instead ([`Kube::call`]).
+        config.read_timeout = None;
+        config.connect_timeout = Some(self.timeout);
+        let eks = key == self.context_key(None) && (self.eks.is_some() || self.minter.is_some());
+        let bearer = if eks {
+            let minter = match (&self.minter, &self.eks) {
+                (Some(m), _) => m.clone(),
+                (None, Some(e)) => {
+                    Arc::new(Minter::load(&e.cluster, e.region.as_deref(), e.profile.as_deref()).await.map_err(failed)?)
+                }
+                (None, None) => unreachable!("eks is set"),
+            };
+            Some(Bearer::Eks(minter))
+        } else if auth::takes_over(&config.auth_info) {
+            Some(Bearer::Kubeconfig(source))
+        } else {
+            None
+        };
+        let mut credentials = None;
+        let mut refresher = None;
+        if let Some(bearer) = bearer {
+            let token =
+                bearer.fetch(self.timeout).await.map_err(|e| failed(format!("{}: {e}", display_context(key))))?;
+            let cell = Arc::new(Credentials::new(display_context(key)));
+            cell.set(&token.value).map_err(failed)?;
+            auth::strip(&mut config.auth_info);
+            let task = tokio::spawn(auth::refresh(cell.clone(), bearer, token, self.timeout));
+            refresher = Some(AbortOnDrop(task));
+            credentials = Some(cell);
+        }
+        // Loading root certificates is blocking work; keep it off the runtime.
+        let client = tokio::task::spawn_blocking(move || {
+            let builder = ClientBuilder::try_from(config)?;
+            Ok::<_, kube::Error>(match credentials {
+                Some(c) => builder.with_layer(&AuthLayer(c)).build(),
+                None => builder.build(),
+            })
+        })
+        .await
+        .map_err(|e| failed(format!("building the Kubernetes client: {e}")))?
+        .map_err(|e| failed(format!("building the Kubernetes client for {}: {e}", display_context(key))))?;
+        let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
+        Ok(Connection { client, recorder, _refresher: refresher })
     }
 
     async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<Scalable>, TargetError> {
-        let client = self.client(context).await.map_err(|message| TargetError {
-            target: t.to_string(),
-            kind: "config",
-            message,
-        })?;
+        let client = self.connection(context).await.map_err(|e| e.at(t))?.client.clone();
         Ok(Api::namespaced_with(client, &t.namespace, &t.kind))
-    }
-
-    /// Forgets the client of `context`, so the next call builds it again from the
-    /// kubeconfig: after a 401 the credentials were rotated (a new token in the file)
-    /// or expired.
-    async fn forget(&self, context: Option<&str>) {
-        let context = context.map(str::to_owned).or_else(|| self.default_context.clone());
-        self.clients.lock().await.remove(&context);
-        self.recorders.lock().await.remove(&context);
-        for caches in lock(&self.caches).values_mut() {
-            caches.retain(|c| c.context != context);
-        }
     }
 
     /// The running cache of `t`'s namespace and kind, if there is one.
     fn cached(&self, context: Option<&str>, t: &TargetRef) -> Option<Arc<Cache>> {
-        let context = context.or(self.default_context.as_deref());
+        let context = self.context_key(context);
         let caches = lock(&self.caches);
-        caches.get(&t.namespace)?.iter().find(|c| c.kind == t.kind && c.context.as_deref() == context).cloned()
+        caches.get(&t.namespace)?.iter().find(|c| c.kind == t.kind && c.context == context).cloned()
     }
 
     /// The cache of `t`'s namespace and kind, started on first use.
@@ -339,8 +411,7 @@ impl Kube {
         if let Some(c) = self.cached(context, t) {
             return Ok(c);
         }
-        let ctx = context.map(str::to_owned).or_else(|| self.default_context.clone());
-        let cache = Arc::new(Cache::start(api, ctx, t.kind));
+        let cache = Arc::new(Cache::start(api, self.context_key(context).to_owned(), t.kind));
         lock(&self.caches).entry(t.namespace.clone()).or_default().push(cache.clone());
         Ok(cache)
     }
@@ -368,7 +439,7 @@ impl Kube {
         cache: &Cache,
     ) -> Result<TargetView, TargetError> {
         let api = self.api(context, t).await?;
-        let (_, seen) = Seen::of(self.call(context, t, "reading the target", api.get(&t.name)).await?);
+        let (_, seen) = Seen::of(self.call(t, "reading the target", api.get(&t.name)).await?);
         // The watch resumed without a change since: the cache holds this very version.
         if lock(&cache.targets).get(&t.name).is_some_and(|c| c.resource_version == seen.resource_version) {
             cache.ready.store(true, Ordering::SeqCst);
@@ -376,24 +447,17 @@ impl Kube {
         Ok(seen.view())
     }
 
-    /// Runs a call to `context` under the adapter's timeout, mapping errors to
-    /// [`TargetError`]. A 401 forgets the context's client (see [`Kube::forget`]).
+    /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`]. (A 401
+    /// has already woken the context's credential refresher: see [`super::auth`].)
     async fn call<T>(
         &self,
-        context: Option<&str>,
         t: &TargetRef,
         what: &str,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                let e = error(t, what, &e);
-                if e.kind == "unauthorized" {
-                    self.forget(context).await;
-                }
-                Err(e)
-            }
+            Ok(Err(e)) => Err(error(t, what, &e)),
             Err(_) => Err(TargetError {
                 target: t.to_string(),
                 kind: "timeout",
@@ -401,6 +465,11 @@ impl Kube {
             }),
         }
     }
+}
+
+/// A context's name for messages.
+fn display_context(key: &str) -> String {
+    if key.is_empty() { "the in-cluster context".to_owned() } else { format!("kube context {key:?}") }
 }
 
 impl Kube {
@@ -434,7 +503,7 @@ impl Kube {
         };
         let api: Api<SelfSubjectAccessReview> = Api::all(client);
         let answer = self
-            .call(context, t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
+            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
             .await
             .map_err(|e| e.to_string())?;
         Ok(answer.status.is_some_and(|s| s.allowed))
@@ -449,6 +518,9 @@ impl ScaleTarget for Kube {
             // and a poll's future is allocated whole when the poll starts.
             None => Box::pin(self.cache(context, t)).await?,
         };
+        // One deadline for the whole read: waiting for the first list and then asking the
+        // API server directly must not add up to two timeouts against a dead endpoint.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         if !cache.ready.load(Ordering::SeqCst) {
             cache.settle(self.timeout).await;
         }
@@ -459,7 +531,14 @@ impl ScaleTarget for Kube {
                 message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
             });
         }
-        Box::pin(self.read_directly(context, t, &cache)).await
+        let read = Box::pin(self.read_directly(context, t, &cache));
+        tokio::time::timeout_at(deadline, read).await.unwrap_or_else(|_| {
+            Err(TargetError {
+                target: t.to_string(),
+                kind: "timeout",
+                message: format!("reading the target: no answer within {}s", self.timeout.as_secs_f64()),
+            })
+        })
     }
 
     async fn scale(
@@ -477,13 +556,10 @@ impl ScaleTarget for Kube {
             if let Some(v) = &version {
                 body["metadata"] = json!({ "resourceVersion": v });
             }
-            match self
-                .call(context, t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body)))
-                .await
-            {
+            match self.call(t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body))).await {
                 Err(e) if e.kind == "conflict" && attempt < CONFLICT_RETRIES => {
                     tracing::debug!(attempt, "scale patch conflicted; retrying on a fresh version");
-                    let scale = self.call(context, t, "reading /scale", api.get_scale(&t.name)).await?;
+                    let scale = self.call(t, "reading /scale", api.get_scale(&t.name)).await?;
                     version = scale.metadata.resource_version;
                 }
                 other => return other.map(drop),
@@ -496,22 +572,11 @@ impl ScaleTarget for Kube {
         let api = self.api(context, t).await?;
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
-        self.call(context, t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body)))
-            .await
-            .map(drop)
+        self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await.map(drop)
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
-        let client = self.client(context).await.map_err(|message| TargetError {
-            target: t.to_string(),
-            kind: "config",
-            message,
-        })?;
-        let recorder = {
-            let mut recorders = self.recorders.lock().await;
-            let key = context.map(str::to_owned).or_else(|| self.default_context.clone());
-            recorders.entry(key).or_insert_with(|| Recorder::new(client, Reporter::from(FIELD_MANAGER))).clone()
-        };
+        let recorder = self.connection(context).await.map_err(|e| e.at(t))?.recorder.clone();
         let reference = ObjectReference {
             api_version: Some("apps/v1".to_owned()),
             kind: Some(t.kind.as_str().to_owned()),
@@ -526,7 +591,7 @@ impl ScaleTarget for Kube {
             action: if event.reason.starts_with("Failed") { "Poll" } else { "Scale" }.to_owned(),
             secondary: None,
         };
-        self.call(context, t, "recording an event", recorder.publish(&ev, &reference)).await
+        self.call(t, "recording an event", recorder.publish(&ev, &reference)).await
     }
 }
 

@@ -2,6 +2,7 @@
 //! and patching its `/scale` subresource. [`ScaleTarget`] is the port the workers use;
 //! [`kube`] is the Kubernetes adapter.
 
+pub mod auth;
 pub mod eks;
 pub mod kube;
 

@@ -352,6 +352,29 @@ impl FakeKube {
         self.shared.lock().closes.send_modify(|epoch| *epoch += 1);
     }
 
+    /// Rotates the credentials as a real cluster does when a token is revoked or replaced:
+    /// from now on only `token` is accepted, and every open watch ends (the API server
+    /// re-authenticates a client only when it connects again).
+    pub fn rotate_token(&self, token: &str) {
+        let mut st = self.shared.lock();
+        st.token = token.to_owned();
+        st.closes.send_modify(|epoch| *epoch += 1);
+    }
+
+    /// Also accepts EKS tokens (`k8s-aws-v1.` + a presigned STS GetCallerIdentity URL that
+    /// signs the `x-k8s-aws-id` cluster header) whose signing time (`X-Amz-Date`) is at
+    /// most `max_age` old, as EKS does with 15 minutes. Nothing is sent to STS, so the
+    /// signature itself is not checked (the unit tests of `target::eks` check it).
+    pub fn accept_eks_tokens(&self, max_age: Duration) {
+        self.shared.lock().eks = Some(max_age);
+    }
+
+    /// From now on, requests are read and never answered (a black-holed endpoint: a
+    /// firewall that drops, a hung load balancer). `false` answers again.
+    pub fn black_hole(&self, on: bool) {
+        self.shared.lock().faults.black_hole = on;
+    }
+
     // --- request capture -------------------------------------------------------------------
 
     /// Every request received so far, in arrival order.
@@ -382,16 +405,23 @@ impl Drop for FakeKube {
 /// Writes one kubeconfig holding a cluster, a user and a context named after each entry, with
 /// `current` as the current context.
 pub fn write_multi_kubeconfig(path: &Path, entries: &[(&str, &FakeKube)], current: &str) {
+    let users: Vec<Value> = entries.iter().map(|(_, fake)| json!({"token": fake.token()})).collect();
+    write_kubeconfig_with_users(path, entries, &users, current);
+}
+
+/// A kubeconfig like [`write_multi_kubeconfig`]'s, with each context's user given (e.g.
+/// `{"tokenFile": …}` or `{"exec": …}`).
+pub fn write_kubeconfig_with_users(path: &Path, entries: &[(&str, &FakeKube)], user: &[Value], current: &str) {
     let mut clusters = Vec::new();
     let mut users = Vec::new();
     let mut contexts = Vec::new();
-    for (name, fake) in entries {
+    for ((name, fake), user) in entries.iter().zip(user) {
         let ca = base64::engine::general_purpose::STANDARD.encode(fake.ca_pem());
         clusters.push(json!({
             "name": name,
             "cluster": {"server": fake.url(), "certificate-authority-data": ca},
         }));
-        users.push(json!({"name": name, "user": {"token": fake.token()}}));
+        users.push(json!({"name": name, "user": user}));
         contexts.push(json!({
             "name": name,
             "context": {"cluster": name, "user": name, "namespace": "default"},
@@ -692,6 +722,8 @@ struct LogEntry {
 
 #[derive(Default)]
 struct Faults {
+    /// Never answer (see [`FakeKube::black_hole`]).
+    black_hole: bool,
     fail: VecDeque<u16>,
     conflict: usize,
     drop: usize,
@@ -700,6 +732,8 @@ struct Faults {
 
 struct State {
     token: String,
+    /// EKS tokens accepted too, up to this age (see [`FakeKube::accept_eks_tokens`]).
+    eks: Option<Duration>,
     /// The global resourceVersion: that of the latest write.
     rv: u64,
     seq: u64,
@@ -722,6 +756,7 @@ impl State {
     fn new(token: String) -> State {
         State {
             token,
+            eks: None,
             rv: 100,
             seq: 0,
             next_request_id: 0,
@@ -1761,7 +1796,7 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == st.token);
+            .is_some_and(|t| t == st.token || st.eks.is_some_and(|age| eks_token_valid(t, age)));
         st.next_request_id += 1;
         let id = st.next_request_id;
         st.requests.push((
@@ -1785,6 +1820,9 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
         (id, verdict, st.faults.latency)
     };
 
+    if shared.lock().faults.black_hole {
+        return std::future::pending().await;
+    }
     let Some(verdict) = verdict else {
         // drop_next: no answer at all; the connection task resets the socket and drops this future.
         conn.abort.notify_one();
@@ -1803,6 +1841,25 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
         c.status = Some(response.status().as_u16());
     }
     response
+}
+
+/// Whether `token` is an EKS token signed at most `max_age` ago.
+fn eks_token_valid(token: &str, max_age: Duration) -> bool {
+    let Some(b64) = token.strip_prefix("k8s-aws-v1.") else { return false };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64) else { return false };
+    let Ok(url) = url::Url::parse(&String::from_utf8_lossy(&bytes)) else { return false };
+    let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let signed_for_cluster =
+        query.get("X-Amz-SignedHeaders").is_some_and(|h| h.split(';').any(|h| h == "x-k8s-aws-id"));
+    let Some(Ok(signed)) = query.get("X-Amz-Date").map(|d| jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", d)) else {
+        return false;
+    };
+    let Ok(signed) = signed.to_zoned(jiff::tz::TimeZone::UTC) else { return false };
+    let age = jiff::Timestamp::now().duration_since(signed.timestamp());
+    url.host_str().is_some_and(|h| h.starts_with("sts."))
+        && query.get("Action").map(String::as_str) == Some("GetCallerIdentity")
+        && signed_for_cluster
+        && age.unsigned_abs() <= max_age
 }
 
 /// `None`: drop the connection. `Some(Err)`: answer with that failure. `Some(Ok)`: serve it.

@@ -1,0 +1,440 @@
+//! Bearer credentials that refresh, for the life of the process.
+//!
+//! Every request of a kube context goes through one [`Client`](kube::Client): the lease,
+//! the watches, reads, `/scale` writes and events. kube builds its `Authorization`
+//! header once from the kubeconfig's user, so a rotated token (a kubeconfig rewritten by
+//! `aws eks update-kubeconfig`, a projected ServiceAccount token, an exec plugin's
+//! credential, an EKS token after 15 minutes) would leave every clone of that client
+//! sending a dead token until a restart. So sqscale takes bearer tokens over: the
+//! client's stack gets [`AuthLayer`], which stamps each request with the context's
+//! current token from a shared [`Credentials`] cell, and a refresher task per context
+//! replaces the token
+//!
+//! - before it expires: an exec credential's `expirationTimestamp`, an EKS token's
+//!   [`eks::REFRESH_AFTER`](super::eks::REFRESH_AFTER);
+//! - every [`FILE_REREAD`] for a `tokenFile` (as client-go re-reads it);
+//! - and after any 401 with the token in force (at most once per [`MIN_REFRESH`]): the
+//!   kubeconfig is read again, so a static token that was replaced in the file, a new
+//!   `tokenFile`, or a re-run exec plugin takes effect on the next request.
+//!
+//! The request path never waits for a refresh and holds no lock across I/O: it reads the
+//! current header, and a request that meets a 401 only wakes the refresher. Client
+//! certificates, basic auth and auth providers stay with kube (nothing to take over).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use kube::Config;
+use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions, Kubeconfig};
+use secrecy::ExposeSecret;
+
+use super::eks::Minter;
+
+/// How often a `tokenFile` is read again (client-go caches it for a minute).
+pub const FILE_REREAD: Duration = Duration::from_secs(60);
+/// Repeated 401s refresh at most this often: a token that the new one cannot fix must
+/// not turn into a loop of exec plugins.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// A failed refresh is tried again after this, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Where a context's kube config comes from: the file (or `$KUBECONFIG`, or in-cluster)
+/// and the context in it. Read again on every refresh.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    /// `None`: `$KUBECONFIG`, then `~/.kube/config`, then in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// `None`: the kubeconfig's current-context.
+    pub context: Option<String>,
+}
+
+impl ConfigSource {
+    /// Loads the context's config the way kubectl resolves it.
+    pub async fn load(&self) -> Result<Config, String> {
+        let context = self.context.as_deref();
+        let options = KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
+        let named = |e: &dyn std::fmt::Display| match context {
+            Some(c) => format!("kube context {c:?}: {e}"),
+            None => format!("kubeconfig: {e}"),
+        };
+        match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| named(&e))
+            }
+            None => match Config::from_kubeconfig(&options).await {
+                Ok(c) => Ok(c),
+                // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
+                Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
+                    format!(
+                        "no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})"
+                    )
+                }),
+                Err(e) => Err(named(&e)),
+            },
+        }
+    }
+}
+
+/// How a context authenticates, once sqscale has taken its bearer token over.
+pub enum Bearer {
+    /// The kubeconfig's user: a `token`, a `tokenFile` or a token-giving exec plugin.
+    Kubeconfig(ConfigSource),
+    /// `[kubernetes] eks_cluster`: tokens minted in-process.
+    Eks(Arc<Minter>),
+}
+
+/// Whether sqscale refreshes this user's credential itself (a bearer token of some kind)
+/// or leaves it to kube (client certificates, basic auth, auth providers, none).
+pub fn takes_over(user: &AuthInfo) -> bool {
+    user.token.is_some() || user.token_file.is_some() || user.exec.is_some()
+}
+
+/// Removes what [`AuthLayer`] provides from a user, keeping impersonation and the rest.
+pub fn strip(user: &mut AuthInfo) {
+    user.token = None;
+    user.token_file = None;
+    user.exec = None;
+}
+
+/// A token and when it must be replaced.
+#[derive(Debug)]
+pub struct Token {
+    pub value: String,
+    /// Replace it at this time (before it expires), if it has a lifetime.
+    pub refresh_at: Option<SystemTime>,
+}
+
+impl Bearer {
+    /// Fetches a fresh token, within `timeout`.
+    pub async fn fetch(&self, timeout: Duration) -> Result<Token, String> {
+        let fetch = async {
+            match self {
+                Bearer::Eks(minter) => {
+                    let value = minter.mint().await?;
+                    Ok(Token { value, refresh_at: Some(SystemTime::now() + minter.refresh_after()) })
+                }
+                Bearer::Kubeconfig(source) => {
+                    let config = source.load().await?;
+                    token_of(&config.auth_info, &config.cluster_url, timeout).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .unwrap_or_else(|_| Err(format!("no credential within {}", humantime::format_duration(timeout))))
+    }
+}
+
+/// The bearer token of a kubeconfig user: its `token`, its `tokenFile` read now, or its
+/// exec plugin run now (killed if it outlives `timeout`).
+async fn token_of(user: &AuthInfo, server: &hyper::Uri, timeout: Duration) -> Result<Token, String> {
+    if let Some(exec) = &user.exec {
+        return run_exec(exec, server, timeout).await;
+    }
+    if let Some(file) = &user.token_file {
+        let value = tokio::fs::read_to_string(file).await.map_err(|e| format!("tokenFile {file}: {e}"))?;
+        let value = value.trim().to_owned();
+        if value.is_empty() {
+            return Err(format!("tokenFile {file} is empty"));
+        }
+        return Ok(Token { value, refresh_at: Some(SystemTime::now() + FILE_REREAD) });
+    }
+    match &user.token {
+        Some(token) => Ok(Token { value: token.expose_secret().trim().to_owned(), refresh_at: None }),
+        None => Err("the kubeconfig's user no longer has a token, tokenFile or exec plugin".to_owned()),
+    }
+}
+
+/// What an exec plugin prints (client.authentication.k8s.io ExecCredential).
+#[derive(serde::Deserialize)]
+struct ExecCredential {
+    status: Option<ExecStatus>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecStatus {
+    token: Option<String>,
+    expiration_timestamp: Option<String>,
+    client_certificate_data: Option<String>,
+}
+
+/// Runs a kubeconfig exec plugin (`aws eks get-token`, `gke-gcloud-auth-plugin`, …) as
+/// client-go does, never interactively: a daemon has no one to answer a prompt.
+async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> Result<Token, String> {
+    let command = exec.command.as_deref().ok_or("exec plugin without a command")?;
+    let mut cmd = tokio::process::Command::new(command);
+    cmd.args(exec.args.iter().flatten());
+    for pair in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {
+            cmd.env(name, value);
+        }
+    }
+    for name in exec.drop_env.iter().flatten() {
+        cmd.env_remove(name);
+    }
+    let mut spec = serde_json::json!({ "interactive": false });
+    if exec.provide_cluster_info {
+        spec["cluster"] = match &exec.cluster {
+            Some(cluster) => serde_json::to_value(cluster).map_err(|e| format!("exec plugin {command}: {e}"))?,
+            None => serde_json::json!({ "server": server.to_string() }),
+        };
+    }
+    let info = serde_json::json!({
+        "apiVersion": exec.api_version.as_deref().unwrap_or("client.authentication.k8s.io/v1"),
+        "kind": "ExecCredential",
+        "spec": spec,
+    });
+    cmd.env("KUBERNETES_EXEC_INFO", info.to_string());
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .map_err(|_| format!("exec plugin {command}: no answer within {}", humantime::format_duration(timeout)))?
+        .map_err(|e| format!("exec plugin {command}: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("exec plugin {command} failed ({}): {}", output.status, stderr.trim()));
+    }
+    let credential: ExecCredential = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("exec plugin {command}: its output is not an ExecCredential: {e}"))?;
+    let status = credential.status.ok_or_else(|| format!("exec plugin {command}: no status in its output"))?;
+    let Some(value) = status.token.filter(|t| !t.is_empty()) else {
+        let what = if status.client_certificate_data.is_some() { "a client certificate" } else { "no token" };
+        return Err(format!("exec plugin {command} gave {what}; sqscale needs a bearer token from it"));
+    };
+    let refresh_at = match status.expiration_timestamp {
+        Some(at) => {
+            let at = at.parse::<jiff::Timestamp>().map_err(|e| format!("exec plugin {command}: expiry {at:?}: {e}"))?;
+            Some(refresh_time(SystemTime::from(at), SystemTime::now()))
+        }
+        None => None,
+    };
+    Ok(Token { value, refresh_at })
+}
+
+/// When to replace a credential that expires at `expiry`: a fifth of its remaining
+/// lifetime early, at most a minute early, and never in the past.
+fn refresh_time(expiry: SystemTime, now: SystemTime) -> SystemTime {
+    let left = expiry.duration_since(now).unwrap_or_default();
+    expiry - (left / 5).min(Duration::from_secs(60))
+}
+
+/// A context's current token, shared by its client's requests and its refresher.
+pub struct Credentials {
+    /// What is being authenticated, for logs: the context's name.
+    pub name: String,
+    current: RwLock<Option<(HeaderValue, u64)>>,
+    generation: AtomicU64,
+    /// Woken by a request that met a 401 with the token in force.
+    rejected: tokio::sync::Notify,
+}
+
+impl Credentials {
+    pub fn new(name: String) -> Credentials {
+        Credentials { name, current: RwLock::new(None), generation: AtomicU64::new(0), rejected: Default::default() }
+    }
+
+    /// Puts `token` in force for every request from now on.
+    pub fn set(&self, token: &str) -> Result<(), String> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| format!("{}: the token is not a valid header value", self.name))?;
+        value.set_sensitive(true);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((value, generation));
+        Ok(())
+    }
+
+    fn current(&self) -> Option<(HeaderValue, u64)> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A request sent with `generation` got a 401: if that token is still in force, it
+    /// is dead, so wake the refresher (a request that raced a refresh changes nothing).
+    fn rejected(&self, generation: u64) {
+        if generation == self.generation.load(Ordering::SeqCst) {
+            self.rejected.notify_one();
+        }
+    }
+}
+
+/// Keeps `credentials` fresh from `bearer` until dropped (the context's client is gone).
+/// `first` is the token fetched when the client was built.
+pub async fn refresh(credentials: Arc<Credentials>, bearer: Bearer, first: Token, timeout: Duration) {
+    let mut refresh_at = first.refresh_at;
+    let mut last = tokio::time::Instant::now();
+    let mut retry = FIRST_RETRY;
+    loop {
+        let due = async {
+            match refresh_at {
+                Some(at) => tokio::time::sleep(at.duration_since(SystemTime::now()).unwrap_or_default()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            _ = due => "due",
+            _ = credentials.rejected.notified() => "rejected",
+        };
+        // A burst of 401s (every watch and poll at once) is one refresh.
+        tokio::time::sleep_until(last + MIN_REFRESH).await;
+        last = tokio::time::Instant::now();
+        match bearer.fetch(timeout).await {
+            Ok(token) => {
+                retry = FIRST_RETRY;
+                refresh_at = token.refresh_at;
+                match credentials.set(&token.value) {
+                    Ok(()) => tracing::debug!(context = %credentials.name, why, "refreshed the Kubernetes credential"),
+                    Err(e) => {
+                        tracing::warn!(context = %credentials.name, error = %e, "refreshing the Kubernetes credential")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(context = %credentials.name, why, error = %e, retry_in = ?retry, "refreshing the Kubernetes credential failed; the old one stays in use");
+                refresh_at = Some(SystemTime::now() + retry);
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}
+
+/// The tower layer that stamps requests with the context's current token.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Credentials>);
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth { inner, credentials: self.0.clone() }
+    }
+}
+
+pub struct Auth<S> {
+    inner: S,
+    credentials: Arc<Credentials>,
+}
+
+impl<S, B, ReqBody> tower_service::Service<Request<ReqBody>> for Auth<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<B>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // No token yet (the first fetch failed): send none; the 401 wakes the refresher.
+        let generation = match self.credentials.current() {
+            Some((value, generation)) => {
+                request.headers_mut().insert(AUTHORIZATION, value);
+                generation
+            }
+            None => 0,
+        };
+        let credentials = self.credentials.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            if response.status() == StatusCode::UNAUTHORIZED {
+                credentials.rejected(generation);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The context a kubeconfig makes current (for naming the default context).
+pub fn current_context(kubeconfig: Option<&Path>) -> Option<String> {
+    let kc = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).ok()?,
+        None => Kubeconfig::read().ok()?,
+    };
+    kc.current_context.filter(|c| !c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_replaced_a_little_before_they_expire() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // An hour left: a minute early (the cap). 100 s left: a fifth of it, 20 s early.
+        assert_eq!(refresh_time(now + Duration::from_secs(3600), now), now + Duration::from_secs(3540));
+        assert_eq!(refresh_time(now + Duration::from_secs(100), now), now + Duration::from_secs(80));
+        // Already expired: now.
+        assert_eq!(refresh_time(now - Duration::from_secs(5), now), now - Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_401_wakes_the_refresher_only_for_the_token_in_force() {
+        let c = Credentials::new("ctx".into());
+        c.set("a").unwrap();
+        let (value, generation) = c.current().unwrap();
+        assert_eq!(value, "Bearer a");
+        assert!(value.is_sensitive());
+        c.set("b").unwrap();
+        // A request sent with "a" answered 401 after "b" is in force: no refresh.
+        c.rejected(generation);
+        let woken = futures::FutureExt::now_or_never(c.rejected.notified());
+        assert!(woken.is_none());
+        c.rejected(generation + 1);
+        assert!(futures::FutureExt::now_or_never(c.rejected.notified()).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_exec_plugin_is_run_with_exec_info_and_its_expiry_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let script = dir.join("plugin.sh");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"$KUBERNETES_EXEC_INFO\" > \"$(dirname \"$0\")/info.json\"\n\
+             printf '{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\
+             \"status\":{\"token\":\"t-%s\",\"expirationTimestamp\":\"2099-01-01T00:00:00Z\"}}' \"$FLAVOUR\"\n",
+        )
+        .unwrap();
+        let exec: ExecConfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "sh",
+            "args": [script.to_str().unwrap()],
+            "env": [{"name": "FLAVOUR", "value": "mint"}],
+            "interactiveMode": "Never",
+        }))
+        .unwrap();
+        let server: hyper::Uri = "https://127.0.0.1:6443".parse().unwrap();
+        let token = run_exec(&exec, &server, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(token.value, "t-mint");
+        let expiry = SystemTime::from("2099-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap());
+        assert_eq!(token.refresh_at, Some(expiry - Duration::from_secs(60)));
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("info.json")).unwrap()).unwrap();
+        assert_eq!(info["kind"], "ExecCredential");
+        assert_eq!(info["spec"]["interactive"], false);
+
+        // A plugin that hangs is killed at the deadline; one that fails says why.
+        let hang: ExecConfig = serde_json::from_value(serde_json::json!({"command": "sleep", "args": ["30"]})).unwrap();
+        let started = std::time::Instant::now();
+        let e = run_exec(&hang, &server, Duration::from_millis(300)).await.unwrap_err();
+        assert!(e.contains("no answer within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let fail: ExecConfig =
+            serde_json::from_value(serde_json::json!({"command": "sh", "args": ["-c", "echo denied >&2; exit 3"]}))
+                .unwrap();
+        let e = run_exec(&fail, &server, Duration::from_secs(10)).await.unwrap_err();
+        assert!(e.contains("denied") && e.contains("failed"), "{e}");
+    }
+}
