@@ -568,7 +568,9 @@ async fn get(base: &str, path: &str, timeout: Duration) -> Result<(hyper::Status
         let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, answer).await.map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
 }
 
 /// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).

@@ -212,8 +212,12 @@ fn check_warns_about_insecure_settings_on_stderr_only() {
         "warning: [server] listen = \"0.0.0.0:9464\" is not a loopback address",
         "warning: [aws] endpoint_url \"http://10.1.2.3:4566\" is plain http:// to a host that is not loopback",
         "warning: rule \"b\": trigger 1: aws_endpoint \"http://sqs.internal.example:9324\" is plain http://",
-        &format!("warning: kubeconfig {kubeconfig}: cluster \"lab\" (context \"lab\") sets insecure-skip-tls-verify: true"),
-        &format!("warning: kubeconfig {kubeconfig}: cluster \"plain\" (context \"plain\") has server \"http://10.0.0.2:8080\""),
+        &format!(
+            "warning: kubeconfig {kubeconfig}: cluster \"lab\" (context \"lab\") sets insecure-skip-tls-verify: true"
+        ),
+        &format!(
+            "warning: kubeconfig {kubeconfig}: cluster \"plain\" (context \"plain\") has server \"http://10.0.0.2:8080\""
+        ),
     ] {
         assert!(warnings.iter().any(|w| w.starts_with(needle)), "missing {needle:?} in:\n{err}");
     }
@@ -245,8 +249,7 @@ fn answer_once(status: &'static str) -> (u16, std::thread::JoinHandle<String>) {
         let mut buf = [0u8; 4096];
         let n = stream.read(&mut buf).unwrap();
         let body = "rules not polling: demo (no poll for 95s)\n";
-        let answer =
-            format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
         stream.write_all(answer.as_bytes()).unwrap();
         String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned()
     });
@@ -290,8 +293,11 @@ fn the_unit_and_the_image_set_limits_pins_and_a_health_check() {
     assert!(nofile >= 65536, "room for the watches of 10,000 rules in namespaces of their own: {nofile}");
 
     let dockerfile = read("docker/Dockerfile");
-    let images: Vec<&str> =
-        dockerfile.lines().filter_map(|l| l.strip_prefix("FROM ")).filter_map(|l| l.split_whitespace().next()).collect();
+    let images: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(images.len(), 2, "{images:?}");
     for image in images {
         let (tag, digest) = image.split_once("@sha256:").unwrap_or_else(|| panic!("{image} is not pinned by digest"));

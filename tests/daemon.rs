@@ -85,7 +85,8 @@ async fn a_reload_ends_unused_watches_and_says_what_waits_for_a_restart() {
     kube.add_deployment("other", "batch", 0);
     let queue = sqs::queue("unused-watch").await;
     let demo = demo_rule("demo", &queue, "");
-    let batch = demo_rule("batch", &queue, "").replace("{ name = \"batch\" }", "{ name = \"batch\", namespace = \"other\" }");
+    let batch =
+        demo_rule("batch", &queue, "").replace("{ name = \"batch\" }", "{ name = \"batch\", namespace = \"other\" }");
     let config = write(dir.path(), "sqscale.toml", &format!("{}{demo}{batch}", header(&sqs::endpoint())));
     let daemon = Daemon::start(&config, &kubeconfig).await;
     assert!(wait_until(Duration::from_secs(10), || daemon.observer.readiness().is_ok()).await);

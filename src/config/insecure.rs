@@ -101,8 +101,7 @@ fn kubeconfig_findings(config: &Config, kubeconfig: Option<&Path>) -> Vec<String
         if !clusters_seen.insert(cluster_name) {
             continue;
         }
-        let Some(cluster) = kc.clusters.iter().find(|c| c.name == cluster_name).and_then(|c| c.cluster.as_ref())
-        else {
+        let Some(cluster) = kc.clusters.iter().find(|c| c.name == cluster_name).and_then(|c| c.cluster.as_ref()) else {
             continue;
         };
         let at = format!("kubeconfig {origin}: cluster {cluster_name:?} (context {name:?})");
