@@ -24,6 +24,9 @@ use tokio_util::task::TaskTracker;
 
 /// Bound on every remote call of a poll (SQS, Kubernetes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on `sqscale health`: a daemon that cannot answer /healthz this fast is not
+/// healthy (and a container health check must not hang).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
@@ -84,6 +87,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Exit 0 if a running daemon's /healthz answers 200 (every rule keeps polling), else
+    /// 1: a container health check that needs no shell or curl.
+    Health {
+        /// The daemon's HTTP address (default: [server] listen of the rule file, else
+        /// http://127.0.0.1:9464).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Replay a queue-length trace through the decision engine and print the timeline CSV.
     Simulate {
         #[command(flatten)]
@@ -115,6 +128,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { config, remote, kubeconfig } => check(&config.config, remote, kubeconfig),
         Command::Status { server, config } => status(server, &config.config),
+        Command::Health { server, config } => health(server, &config.config),
         Command::Simulate { config, trace, rule, until, initial_replicas, chart } => {
             simulate(&config.config, &trace, rule.as_deref(), until, initial_replicas, chart.as_deref())
         }
@@ -135,6 +149,10 @@ fn check(path: &Path, remote: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
     };
     print!("{}", config.resolved_toml());
     eprintln!("{}: ok, {} rule{}", path.display(), config.rules.len(), if config.rules.len() == 1 { "" } else { "s" });
+    // Standard output stays the resolved file: warnings go to standard error.
+    for warning in config::insecure_settings(&config, kubeconfig.as_deref()) {
+        eprintln!("warning: {warning}");
+    }
     if !remote {
         return ExitCode::SUCCESS;
     }
@@ -272,6 +290,9 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             return ExitCode::from(EX_CONFIG);
         }
     };
+    for warning in config::insecure_settings(&config, kubeconfig.as_deref()) {
+        tracing::warn!("insecure setting: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -373,27 +394,69 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
     })
 }
 
-fn status(server: Option<String>, path: &Path) -> ExitCode {
-    // Without --server, ask the rule file where the daemon listens; a missing or broken
-    // file is no reason to fail here, so fall back to the default address.
-    let base = server.unwrap_or_else(|| {
-        let listen = config::load(path).ok().and_then(|c| c.server.listen);
-        format!("http://{}", listen.map_or_else(|| config::DEFAULT_LISTEN.to_owned(), |a| a.to_string()))
-    });
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+/// The daemon's base URL: `--server`, else `[server] listen` of the rule file, else the
+/// default. A missing or broken file is no reason to fail here. An unspecified address
+/// (the image's 0.0.0.0) is reached on loopback.
+fn daemon_url(server: Option<String>, path: &Path) -> String {
+    server.unwrap_or_else(|| match config::listen_of(path) {
+        Some(mut addr) => {
+            if addr.ip().is_unspecified() {
+                let loopback: std::net::IpAddr = match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                };
+                addr.set_ip(loopback);
+            }
+            format!("http://{addr}")
         }
+        None => format!("http://{}", config::DEFAULT_LISTEN),
+    })
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn status(server: Option<String>, path: &Path) -> ExitCode {
+    let base = daemon_url(server, path);
+    let runtime = match current_thread() {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     match runtime.block_on(crate::status::fetch(&base)) {
-        Ok(rules) => {
-            print!("{}", crate::status::table(&rules));
+        Ok(status) => {
+            print!("{}", crate::status::table(&status.rules));
+            if !status.restart_required.is_empty() {
+                eprintln!(
+                    "note: changed in the rule file, applied only on restart: {}",
+                    status.restart_required.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: daemon unreachable: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(server: Option<String>, path: &Path) -> ExitCode {
+    let base = daemon_url(server, path);
+    let runtime = match current_thread() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::status::check_health(&base, HEALTH_TIMEOUT)) {
+        Ok(answer) => {
+            println!("{answer}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
             ExitCode::FAILURE
         }
     }

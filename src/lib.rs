@@ -8,7 +8,8 @@
 //! # Layout
 //!
 //! - [`config`]: the rule file. `raw` mirrors the TOML; `validate` turns it into
-//!   [`config::Config`], collecting every problem with its rule and key.
+//!   [`config::Config`], collecting every problem with its rule and key;
+//!   `insecure` names the settings that expose something (`check` and `run` warn).
 //! - [`engine`]: the decision engine, a pure function of (policy, state, observation,
 //!   now). No I/O, no clock reads, no logging. `engine::hpa` is the HPA's arithmetic.
 //! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock

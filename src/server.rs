@@ -1,6 +1,7 @@
 //! The HTTP listener at `[server] listen`: `/metrics` (Prometheus text), `/healthz`
 //! (every rule keeps polling), `/readyz` (rules loaded, first round done, leading) and
-//! `/status` (every rule's figures as JSON). It shares the daemon's shutdown.
+//! `/status` (every rule's figures, and the changed keys that wait for a restart, as
+//! JSON). It shares the daemon's shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,5 +58,5 @@ async fn readyz(State(o): State<Arc<Observer>>) -> Response {
 }
 
 async fn status(State(o): State<Arc<Observer>>) -> Response {
-    axum::Json(serde_json::json!({ "rules": o.statuses() })).into_response()
+    axum::Json(serde_json::json!({ "rules": o.statuses(), "restart_required": o.restart_required() })).into_response()
 }

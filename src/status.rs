@@ -198,6 +198,8 @@ pub struct Observer {
     /// With leader election: whether this instance leads, per kube context (`None` is
     /// the default context). Without: `None`, and this instance always leads.
     leadership: Mutex<Option<BTreeMap<Option<String>, bool>>>,
+    /// Keys of the rule file changed by a reload that only a restart applies.
+    restart_required: Mutex<Vec<String>>,
 }
 
 impl Default for Observer {
@@ -228,7 +230,7 @@ impl Observer {
         r.register_collector(Box::new(RuleMetrics(rules.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
-        Observer { registry: r, metrics, rules, leadership: Mutex::default() }
+        Observer { registry: r, metrics, rules, leadership: Mutex::default(), restart_required: Mutex::default() }
     }
 
     /// Registers `sqscale_is_leader` and starts as a standby in every `context`; until
@@ -302,9 +304,23 @@ impl Observer {
         }
     }
 
-    pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
+    /// A reload rejected the new file: the running rules and settings stay.
+    pub fn reload_rejected(&self) {
+        self.metrics.reloads.get_or_create(&ResultLabels { result: "failure" }).inc();
+    }
+
+    /// A reload applied the new rules. `restart_required` lists the changed keys it
+    /// could not apply (compared with the settings at start): the reload counts as
+    /// `partial` then, and `/status` lists them until a reload reverts them.
+    pub fn reload_applied(&self, restart_required: Vec<String>) {
+        let result = if restart_required.is_empty() { "success" } else { "partial" };
         self.metrics.reloads.get_or_create(&ResultLabels { result }).inc();
+        *lock(&self.restart_required) = restart_required;
+    }
+
+    /// The changed keys that wait for a restart (see [`Observer::reload_applied`]).
+    pub fn restart_required(&self) -> Vec<String> {
+        lock(&self.restart_required).clone()
     }
 
     /// Records one poll of the rule of `record`.
@@ -526,32 +542,57 @@ impl Collector for ProcessCollector {
 
 // === `sqscale status` ===
 
-/// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).
-pub async fn fetch(base: &str) -> Result<Vec<RuleStatus>, String> {
+/// `/status` of a running daemon.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct Status {
+    pub rules: Vec<RuleStatus>,
+    /// Keys whose change waits for a restart (absent from older daemons).
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+/// GETs `path` from a running daemon at `base` (`http://127.0.0.1:9464`), waiting at
+/// most `timeout` for the whole answer: its status and body.
+async fn get(base: &str, path: &str, timeout: Duration) -> Result<(hyper::StatusCode, hyper::body::Bytes), String> {
     use http_body_util::BodyExt;
-    let url = format!("{}/status", base.trim_end_matches('/'));
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url}: only http:// is served"));
     }
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let response = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+    let answer = async {
+        let response = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, answer)
         .await
-        .map_err(|_| format!("{url}: no answer within 5s"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+        .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
+}
+
+/// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).
+pub async fn fetch(base: &str) -> Result<Status, String> {
+    let (status, body) = get(base, "/status", Duration::from_secs(5)).await?;
+    let url = format!("{}/status", base.trim_end_matches('/'));
     if !status.is_success() {
         return Err(format!("{url}: {status}"));
     }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        rules: Vec<RuleStatus>,
+    serde_json::from_slice::<Status>(&body).map_err(|e| format!("{url}: not a sqscale /status answer: {e}"))
+}
+
+/// Asks a running daemon at `base` for `/healthz` within `timeout`: `Ok` with its
+/// answer when that is 200, else why not.
+pub async fn check_health(base: &str, timeout: Duration) -> Result<String, String> {
+    let (status, body) = get(base, "/healthz", timeout).await?;
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    if status == hyper::StatusCode::OK {
+        Ok(text)
+    } else {
+        Err(format!("{}/healthz: {status}: {text}", base.trim_end_matches('/')))
     }
-    serde_json::from_slice::<Body>(&body)
-        .map(|b| b.rules)
-        .map_err(|e| format!("{url}: not a sqscale /status answer: {e}"))
 }
 
 /// Renders statuses as a table, one line per rule.

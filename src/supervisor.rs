@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigErrors, LeaderElection, Rule, ServerSettings};
+use crate::config::{Config, ConfigErrors, KubernetesSettings, LeaderElection, Rule, ServerSettings};
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::target::ScaleTarget;
@@ -47,6 +47,7 @@ pub struct Supervisor<Q, T> {
     deps: Arc<Deps<Q, T>>,
     /// The sections that only change on restart, as started: a reload that changes
     /// them is warned about. (Each worker holds its own rule; nothing else is kept.)
+    kubernetes: KubernetesSettings,
     server: ServerSettings,
     leader_election: LeaderElection,
     workers: HashMap<String, Running>,
@@ -57,12 +58,13 @@ pub struct Supervisor<Q, T> {
 impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
     pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
-        let Config { server, leader_election, rules, .. } = config;
+        let Config { kubernetes, server, leader_election, rules, .. } = config;
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
         deps.queues.set_needs(&rules);
         deps.observer.rules_loaded(&rules);
         let mut s = Supervisor {
             deps: Arc::new(deps),
+            kubernetes,
             server,
             leader_election,
             workers: HashMap::new(),
@@ -107,19 +109,15 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
                 for problem in &e.problems {
                     error!(file = %e.origin, problem = %problem, "rule file invalid; keeping the running rules");
                 }
-                self.deps.observer.reloaded(false);
+                self.deps.observer.reload_rejected();
                 return ReloadOutcome::Rejected(e.problems);
             }
         };
-        for (what, changed) in [
-            ("[server]", new.server != self.server),
-            ("[leader_election]", new.leader_election != self.leader_election),
-        ] {
-            if changed {
-                warn!(section = what, "this section only changes on restart; the running value stays");
-            }
+        let waiting = self.restart_required(&new);
+        for key in &waiting {
+            warn!(key, "changed in the rule file, but only a restart applies it; the running value stays");
         }
-        self.deps.observer.reloaded(true);
+        self.deps.observer.reload_applied(waiting.iter().map(|k| (*k).to_owned()).collect());
 
         let (mut added, mut changed, mut unchanged) = (0, 0, 0);
         let mut keep: HashMap<String, Running> = HashMap::new();
@@ -157,6 +155,11 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         for name in &restarted {
             self.deps.observer.rule_restarted(name);
         }
+        // What is kept for targets no rule reads any more (the watches) goes.
+        let used: Vec<(Option<&str>, &crate::config::TargetRef)> =
+            running.iter().map(|r| (r.context.as_deref(), &r.target)).collect();
+        self.deps.targets.retain(&used);
+        drop(used);
         let n = running.len();
         for rule in running {
             if !self.workers.contains_key(&rule.name) {
@@ -165,6 +168,33 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         }
         info!(added, removed, changed, unchanged, "rules reloaded");
         ReloadOutcome::Applied { added, removed, changed, unchanged }
+    }
+
+    /// The keys of `[kubernetes]`, `[server]` and `[leader_election]` that `new` sets
+    /// differently from the start: the clients, the listener and the electors were
+    /// built from them once, so a reload cannot apply them.
+    fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        // Destructured, so that a new key cannot be forgotten here.
+        let KubernetesSettings { kubeconfig, context, eks_cluster } = &self.kubernetes;
+        let ServerSettings { listen } = &self.server;
+        let LeaderElection { enabled, namespace, lease_name, lease_duration, renew_deadline, retry_period } =
+            &self.leader_election;
+        let (k, s, l) = (&new.kubernetes, &new.server, &new.leader_election);
+        [
+            ("kubernetes.kubeconfig", *kubeconfig != k.kubeconfig),
+            ("kubernetes.context", *context != k.context),
+            ("kubernetes.eks_cluster", *eks_cluster != k.eks_cluster),
+            ("server.listen", *listen != s.listen),
+            ("leader_election.enabled", *enabled != l.enabled),
+            ("leader_election.namespace", *namespace != l.namespace),
+            ("leader_election.lease_name", *lease_name != l.lease_name),
+            ("leader_election.lease_duration", *lease_duration != l.lease_duration),
+            ("leader_election.renew_deadline", *renew_deadline != l.renew_deadline),
+            ("leader_election.retry_period", *retry_period != l.retry_period),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Stops every worker and waits for polls in flight, at most `grace`, or until

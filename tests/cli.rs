@@ -1,5 +1,5 @@
-//! The `sqscale` binary as a user runs it: `check` and `simulate`, their output and
-//! their exit codes (0, 64, 65, 78).
+//! The `sqscale` binary as a user runs it: `check`, `simulate` and `health`, their
+//! output and their exit codes (0, 1, 64, 65, 78); the unit's and the image's settings.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -123,4 +123,188 @@ fn simulate_with_an_invalid_config_exits_78_and_unknown_rule_64() {
         sqscale(&["simulate", "--config", "config/demo.toml", "--trace", "config/traces/demo.csv", "--rule", "nope"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("rules: demo-worker"), "{}", stderr(&out));
+}
+
+fn sqscale_with(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SQSCALE_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run sqscale")
+}
+
+#[test]
+fn check_prints_the_region_of_the_queue_url_and_rejects_a_contradiction() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = |trigger_extra: &str| {
+        format!(
+            "[aws]\nregion = \"ap-northeast-2\"\n[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\n[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/orders\"\n{trigger_extra}\n"
+        )
+    };
+    let path = write(dir.path(), "url.toml", &rule(""));
+    let out = sqscale(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("aws_region = \"us-east-1\""), "the URL's region, not [aws] region:\n{stdout}");
+    assert!(stdout.contains("[aws]\nregion = \"ap-northeast-2\""), "{stdout}");
+
+    let path = write(dir.path(), "contradiction.toml", &rule("aws_region = \"eu-west-1\""));
+    let out = sqscale(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    assert!(
+        err.contains("rule \"orders\": trigger 1: aws_region (\"eu-west-1\") contradicts the queue URL's host, which names region \"us-east-1\""),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+const INSECURE_KUBECONFIG: &str = r#"apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster:
+    server: https://10.0.0.1:6443
+    insecure-skip-tls-verify: true
+- name: plain
+  cluster:
+    server: http://10.0.0.2:8080
+- name: unused
+  cluster:
+    server: http://10.0.0.3:8080
+    insecure-skip-tls-verify: true
+contexts:
+- name: lab
+  context: { cluster: lab, user: u }
+- name: plain
+  context: { cluster: plain, user: u }
+- name: unused
+  context: { cluster: unused, user: u }
+current-context: lab
+users:
+- name: u
+  user: { token: t }
+"#;
+
+#[test]
+fn check_warns_about_insecure_settings_on_stderr_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write(dir.path(), "kubeconfig", INSECURE_KUBECONFIG);
+    let rule = |name: &str, extra: &str, trigger_extra: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\n{extra}\n[[rule.trigger]]\nqueue_url = \"{name}\"\n{trigger_extra}\n"
+        )
+    };
+    let text = format!(
+        "[kubernetes]\nkubeconfig = \"{kubeconfig}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"http://10.1.2.3:4566\"\n[server]\nlisten = \"0.0.0.0:9464\"\n{}{}{}",
+        rule("a", "", ""),
+        rule("b", "context = \"plain\"", "aws_endpoint = \"http://sqs.internal.example:9324\""),
+        rule("c", "", "aws_endpoint = \"http://127.0.0.1:4566\""),
+    );
+    let path = write(dir.path(), "insecure.toml", &text);
+    let out = sqscale(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    for needle in [
+        "warning: [server] listen = \"0.0.0.0:9464\" is not a loopback address",
+        "warning: [aws] endpoint_url \"http://10.1.2.3:4566\" is plain http:// to a host that is not loopback",
+        "warning: rule \"b\": trigger 1: aws_endpoint \"http://sqs.internal.example:9324\" is plain http://",
+        &format!(
+            "warning: kubeconfig {kubeconfig}: cluster \"lab\" (context \"lab\") sets insecure-skip-tls-verify: true"
+        ),
+        &format!(
+            "warning: kubeconfig {kubeconfig}: cluster \"plain\" (context \"plain\") has server \"http://10.0.0.2:8080\""
+        ),
+    ] {
+        assert!(warnings.iter().any(|w| w.starts_with(needle)), "missing {needle:?} in:\n{err}");
+    }
+    assert_eq!(warnings.len(), 5, "the loopback endpoint and the unused context say nothing:\n{err}");
+
+    // Standard output is still exactly the resolved file: checked again, it prints itself.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("warning"), "{stdout}");
+    let resolved = write(dir.path(), "resolved.toml", &stdout);
+    let again = sqscale(&["check", "--config", &resolved]);
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), stdout);
+}
+
+#[test]
+fn check_of_a_loopback_setup_warns_about_nothing() {
+    let out = sqscale_with(&["check", "--config", "config/demo.toml"], &[("KUBECONFIG", "/nonexistent/kubeconfig")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+/// A one-shot HTTP server on loopback: answers the first request with `status` and
+/// returns the request line it got.
+fn answer_once(status: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).unwrap();
+        let body = "rules not polling: demo (no poll for 95s)\n";
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        stream.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_owned()
+    });
+    (port, server)
+}
+
+#[test]
+fn health_exits_0_only_when_healthz_answers_200() {
+    // Nothing listening: 1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = sqscale(&["health", "--server", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("unhealthy: "), "{}", stderr(&out));
+
+    // 503: 1, with the daemon's reason.
+    let (port, server) = answer_once("503 Service Unavailable");
+    let out = sqscale(&["health", "--server", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(server.join().unwrap(), "GET /healthz HTTP/1.1");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("503 Service Unavailable: rules not polling: demo"), "{}", stderr(&out));
+
+    // 200 at the rule file's [server] listen (the image's 0.0.0.0 is reached on loopback): 0.
+    let dir = tempfile::tempdir().unwrap();
+    let (port, server) = answer_once("200 OK");
+    let config = write(dir.path(), "sqscale.toml", &format!("[server]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let out = sqscale(&["health", "--config", &config]);
+    assert_eq!(server.join().unwrap(), "GET /healthz HTTP/1.1");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn the_unit_and_the_image_set_limits_pins_and_a_health_check() {
+    let read = |p: &str| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap();
+    let unit = read("systemd/sqscale.service");
+    let nofile: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("the unit sets LimitNOFILE=")
+        .parse()
+        .expect("one number: soft and hard limit alike");
+    assert!(nofile >= 65536, "room for the watches of 10,000 rules in namespaces of their own: {nofile}");
+
+    let dockerfile = read("docker/Dockerfile");
+    let images: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for image in images {
+        let (tag, digest) = image.split_once("@sha256:").unwrap_or_else(|| panic!("{image} is not pinned by digest"));
+        assert!(tag.contains(':'), "{image}: keep the tag next to the digest, for the reader and the refresh");
+        assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()), "{image}");
+    }
+    assert!(dockerfile.contains("COPY --from=build /out/sqscale /usr/local/bin/sqscale"), "{dockerfile}");
+    let healthcheck = dockerfile.lines().find(|l| l.starts_with("HEALTHCHECK ")).expect("a HEALTHCHECK");
+    assert!(healthcheck.ends_with(r#"CMD ["/usr/local/bin/sqscale", "health"]"#), "{healthcheck}");
 }

@@ -79,6 +79,38 @@ async fn a_broken_rule_file_on_sighup_keeps_the_old_rules_scaling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_unused_watches_and_says_what_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    kube.add_deployment("other", "batch", 0);
+    let queue = sqs::queue("unused-watch").await;
+    let demo = demo_rule("demo", &queue, "");
+    let batch =
+        demo_rule("batch", &queue, "").replace("{ name = \"batch\" }", "{ name = \"batch\", namespace = \"other\" }");
+    let config = write(dir.path(), "sqscale.toml", &format!("{}{demo}{batch}", header(&sqs::endpoint())));
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(10), || daemon.observer.readiness().is_ok()).await);
+    assert!(wait_until(Duration::from_secs(5), || kube.open_watches() == 2).await, "one watch per namespace and kind");
+
+    // The rule in "other" goes, and the lease gets another name: the watch of "other"
+    // ends; the lease name waits for a restart, and the reload says so.
+    let renamed = format!("{}[leader_election]\nlease_name = \"renamed\"\n{demo}", header(&sqs::endpoint()));
+    write(dir.path(), "sqscale.toml", &renamed);
+    daemon.reload().await;
+    assert!(wait_until(Duration::from_secs(10), || kube.open_watches() == 1).await, "{} open", kube.open_watches());
+    assert_eq!(daemon.observer.restart_required(), ["leader_election.lease_name"]);
+    let metrics = daemon.observer.encode_metrics();
+    assert!(metrics.contains("sqscale_config_reloads_total{result=\"partial\"} 1"), "{metrics}");
+    assert!(!metrics.contains("result=\"success\""), "{metrics}");
+    // The remaining rule reads from its watch: no GET of the target.
+    kube.clear_requests();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(kube.count("GET", "/deployments/demo"), 0);
+    assert_eq!(kube.open_watches(), 1);
+    assert_eq!(daemon.stop().await, Ok(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqs_outage_never_scales_in_and_recovery_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;

@@ -108,6 +108,16 @@ async fn systemd_protocol_signals_endpoints_and_events() {
     let table = String::from_utf8(out.stdout).unwrap();
     let row = table.lines().nth(1).expect("a row");
     assert!(row.starts_with("demo") && row.contains("Deployment/default/demo") && row.contains(" 30 "), "{table}");
+    assert!(out.stderr.is_empty(), "nothing waits for a restart yet: {}", String::from_utf8_lossy(&out.stderr));
+
+    // `sqscale health` finds the daemon through the rule file's [server] listen.
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["health", "--config", config.to_str().unwrap()])
+        .env_remove("SQSCALE_SERVER__LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 
     // Events reached the target with the HPA's and KEDA's reasons.
     let reasons: Vec<String> = kube.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect();
@@ -118,13 +128,25 @@ async fn systemd_protocol_signals_endpoints_and_events() {
     assert_eq!(ev["regarding"]["name"].as_str(), Some("demo"));
     assert!(ev["note"].as_str().unwrap().starts_with("New size: 4; reason: rate_limited"), "{ev}");
 
-    // SIGHUP: RELOADING=1 (with MONOTONIC_USEC), the new max, READY=1.
-    write(dir.path(), "sqscale.toml", &rules(10));
+    // SIGHUP: RELOADING=1 (with MONOTONIC_USEC), the new max, READY=1. The lease's new
+    // name waits for a restart: the reload says so.
+    write(dir.path(), "sqscale.toml", &format!("{}[leader_election]\nlease_name = \"renamed\"\n", rules(10)));
     signal(&child, "-HUP");
     assert!(expect_notify(&socket, "RELOADING=1", &mut seen), "{seen:?}");
     assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
     assert!(expect_notify(&socket, "READY=1", &mut seen), "{seen:?}");
     assert!(wait_until(Duration::from_secs(10), || replicas() == 6).await, "at {}\n{}", replicas(), logs());
+    let (_, status) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["restart_required"], serde_json::json!(["leader_election.lease_name"]), "{status}");
+    assert!(http_get(port, "/metrics").await.1.contains("sqscale_config_reloads_total{result=\"partial\"} 1"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(note, "note: changed in the rule file, applied only on restart: leader_election.lease_name\n");
 
     // SIGTERM: STOPPING=1 and a clean exit.
     signal(&child, "-TERM");

@@ -142,6 +142,36 @@ async fn removed_rules_stop_and_leave_their_target_alone() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reload_names_what_waits_for_a_restart_and_which_targets_remain() {
+    let w = World::new();
+    w.queues.set("qa", Some(0));
+    w.queues.set("qb", Some(0));
+    w.targets.add("a", 0);
+    w.targets.add("b", 0);
+    let deps = w.deps(false);
+    let observer = deps.observer.clone();
+    let file = |head: &str, rules: &[String]| {
+        config::from_str(&format!("[aws]\nregion = \"us-east-1\"\n{head}\n{}", rules.join("\n"))).unwrap()
+    };
+    let mut sup = Supervisor::start(file("", &[rule("a", "qa", ""), rule("b", "qb", "")]), deps);
+
+    // Settings that only a restart applies change, and rule b goes.
+    let head = "[kubernetes]\ncontext = \"other\"\n[server]\nlisten = \"127.0.0.1:9999\"\n[leader_election]\nlease_name = \"renamed\"\n";
+    let outcome = sup.reload(Ok(file(head, &[rule("a", "qa", "")])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 1, changed: 0, unchanged: 1 });
+    assert_eq!(observer.restart_required(), ["kubernetes.context", "server.listen", "leader_election.lease_name"]);
+    let metrics = observer.encode_metrics();
+    assert!(metrics.contains("sqscale_config_reloads_total{result=\"partial\"} 1"), "{metrics}");
+    assert!(!metrics.contains("result=\"success\""), "{metrics}");
+    assert_eq!(*w.targets.retained.lock().unwrap(), [vec!["/Deployment/default/a".to_owned()]]);
+
+    // Back to the settings the daemon started with: nothing waits any more.
+    sup.reload(Ok(file("", &[rule("a", "qa", "")])));
+    assert!(observer.restart_required().is_empty());
+    assert!(observer.encode_metrics().contains("sqscale_config_reloads_total{result=\"success\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_queue_never_scales_in() {
     let w = World::new();
     w.queues.set("q", Some(30));

@@ -4,8 +4,10 @@
 //! Two stages, as ripgrep does with its flags: [`raw`] mirrors the file with every key
 //! optional, and [`validate`] turns it into a [`Config`] or a list of *every* problem,
 //! each naming its rule and key. Unknown keys are problems too (a typo must not fall
-//! back to a default silently). Nothing here touches the network.
+//! back to a default silently). [`insecure_settings`] names the settings that expose
+//! something (it reads the kubeconfig). Nothing here touches the network.
 
+mod insecure;
 pub mod raw;
 mod validate;
 
@@ -17,6 +19,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
 use crate::engine::Policy;
+pub use insecure::insecure_settings;
 pub use validate::queue_name_from_url;
 
 /// The default rule file, after `--config` and `$SQSCALE_CONFIG`.
@@ -191,6 +194,18 @@ pub fn load_compact(path: &Path) -> Result<Config, ConfigErrors> {
             problems: vec!["loading the rule file panicked".to_owned()],
         }),
     }
+}
+
+/// `[server] listen` of the rule file at `path` (with its `SQSCALE_` override), read
+/// without validating the rules: how `sqscale status` and `sqscale health` find the
+/// daemon. `None` when neither sets a usable address (the caller takes the default).
+pub fn listen_of(path: &Path) -> Option<std::net::SocketAddr> {
+    let mut figment = Figment::new();
+    // Without the file, `SQSCALE_SERVER__LISTEN` (as the image sets it) still counts.
+    if path.exists() {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment.merge(env_overrides()).find_value("server.listen").ok()?.as_str()?.parse().ok()
 }
 
 /// Validates a rule file given as a string (no environment): what tests call.

@@ -204,15 +204,49 @@ fn tv34_queue_url_parsing() {
     assert_eq!(c.rules[0].triggers[0].region, "us-east-2");
 }
 
+/// A trigger reading a queue given by `queue`, with `[aws] region = "ap-northeast-2"`
+/// and `trigger_extra` in the trigger.
+fn regional(queue: &str, trigger_extra: &str) -> String {
+    format!(
+        "[aws]\nregion = \"ap-northeast-2\"\n[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\n[[rule.trigger]]\nqueue_url = \"{queue}\"\n{trigger_extra}\n"
+    )
+}
+
 #[test]
-fn region_precedence_trigger_then_aws_then_url() {
-    let c = from_str(&format!("[aws]\nregion = \"ap-northeast-2\"\n{}", one_rule("", "aws_region = \"us-west-2\"")))
-        .unwrap();
-    assert_eq!(c.rules[0].triggers[0].region, "us-west-2");
-    let c = from_str(&format!("[aws]\nregion = \"ap-northeast-2\"\n{}", one_rule("", ""))).unwrap();
-    assert_eq!(c.rules[0].triggers[0].region, "ap-northeast-2");
-    let c = from_str(&one_rule("", "")).unwrap();
-    assert_eq!(c.rules[0].triggers[0].region, "eu-west-1");
+fn region_precedence_trigger_then_url_then_aws() {
+    let region = |toml: &str| from_str(toml).unwrap().rules[0].triggers[0].region.clone();
+    // The URL's host names the queue's region: [aws] region does not override it.
+    assert_eq!(region(&regional("https://sqs.us-east-1.amazonaws.com/1/q", "")), "us-east-1");
+    assert_eq!(region(&regional("https://us-east-1.queue.amazonaws.com/1/q", "")), "us-east-1", "the legacy host");
+    assert_eq!(region(&regional("https://sqs.cn-north-1.amazonaws.com.cn/1/q", "")), "cn-north-1");
+    // The trigger's own aws_region, when it agrees with the URL or the URL names none.
+    let agreeing = regional("https://sqs.us-east-1.amazonaws.com/1/q", "aws_region = \"us-east-1\"");
+    assert_eq!(region(&agreeing), "us-east-1");
+    assert_eq!(region(&regional("http://127.0.0.1:4566/1/q", "aws_region = \"us-west-2\"")), "us-west-2");
+    assert_eq!(region(&regional("q", "aws_region = \"us-west-2\"")), "us-west-2");
+    // [aws] region for queue names and URLs of custom endpoints.
+    assert_eq!(region(&regional("q", "")), "ap-northeast-2");
+    assert_eq!(region(&regional("http://127.0.0.1:4566/1/q", "")), "ap-northeast-2");
+    // Without [aws]: the URL.
+    assert_eq!(region(&one_rule("", "")), "eu-west-1");
+}
+
+#[test]
+fn an_aws_region_contradicting_the_url_is_an_error() {
+    let p = problems(&regional("https://sqs.us-east-1.amazonaws.com/1/q", "aws_region = \"us-west-2\""));
+    assert_eq!(
+        p,
+        [
+            r#"rule "orders": trigger 1: aws_region ("us-west-2") contradicts the queue URL's host, which names region "us-east-1"; a queue URL carries its own region: remove aws_region or fix the URL"#
+        ]
+    );
+}
+
+#[test]
+fn the_resolved_form_prints_the_region_of_the_url() {
+    let printed = from_str(&regional("https://sqs.us-east-1.amazonaws.com/1/q", "")).unwrap().resolved_toml();
+    assert!(printed.contains("aws_region = \"us-east-1\""), "{printed}");
+    assert!(!printed.contains("aws_region = \"ap-northeast-2\""), "{printed}");
 }
 
 #[test]

@@ -554,12 +554,22 @@ fn validate_trigger(
     if let Some(arn) = &t.role_arn {
         check_role_arn(p, at, "role_arn", arn);
     }
-    let region = t
-        .aws_region
-        .clone()
-        .filter(|r| !r.is_empty())
-        .or_else(|| aws.region.clone())
-        .or_else(|| url.as_deref().and_then(region_from_url));
+    // The trigger's own aws_region, then the region an AWS queue URL names in its host
+    // (the queue lives there, whatever [aws] says), then [aws] region, which is for
+    // queue names and custom endpoints.
+    let own = t.aws_region.clone().filter(|r| !r.is_empty());
+    let in_url = url.as_deref().and_then(region_from_url);
+    if let (Some(own), Some(in_url)) = (&own, &in_url)
+        && own != in_url
+    {
+        p.add(
+            at,
+            format!(
+                "aws_region ({own:?}) contradicts the queue URL's host, which names region {in_url:?}; a queue URL carries its own region: remove aws_region or fix the URL"
+            ),
+        );
+    }
+    let region = own.or(in_url).or_else(|| aws.region.clone());
     if region.is_none() && p.0.len() == before {
         p.add(at, "no AWS region: set aws_region here or region in [aws], or use a queue URL like https://sqs.<region>.amazonaws.com/<account>/<name>");
     }

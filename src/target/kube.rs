@@ -593,6 +593,20 @@ impl ScaleTarget for Kube {
         };
         self.call(t, "recording an event", recorder.publish(&ev, &reference)).await
     }
+
+    /// Drops the watch caches of every (context, namespace, kind) that no target in
+    /// `used` has: the last handle of a cache aborts its watch, and with it the
+    /// connection the watch held open.
+    fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
+        let used: std::collections::HashSet<(Option<&str>, &str, TargetKind)> = used
+            .iter()
+            .map(|(context, t)| (context.or(self.default_context.as_deref()), t.namespace.as_str(), t.kind))
+            .collect();
+        lock(&self.caches).retain(|namespace, caches| {
+            caches.retain(|c| used.contains(&(c.context.as_deref(), namespace.as_str(), c.kind)));
+            !caches.is_empty()
+        });
+    }
 }
 
 /// Classifies a kube error with a stable kind; the message keeps the API's own words.

@@ -117,6 +117,13 @@ pub trait ScaleTarget: Send + Sync + 'static {
         target: &TargetRef,
         event: &TargetEvent,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Called after a reload with the (context, target) of every rule now running:
+    /// whatever is kept for targets outside `used` (the kube adapter's watch of a
+    /// context, namespace and kind no rule reads any more) can go.
+    fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
+        let _ = used;
+    }
 }
 
 /// An Event about a target, named like the HPA's and KEDA's.

@@ -347,6 +347,12 @@ impl FakeKube {
         st.changes.send_replace(now);
     }
 
+    /// How many watch streams are open: each ends when its client hangs up (or on
+    /// `close_watches`, or its `timeoutSeconds`).
+    pub fn open_watches(&self) -> usize {
+        self.shared.lock().changes.receiver_count()
+    }
+
     /// Ends every open watch stream cleanly, as an API server restart or a load balancer does.
     pub fn close_watches(&self) {
         self.shared.lock().closes.send_modify(|epoch| *epoch += 1);

@@ -53,6 +53,8 @@ pub struct FakeTargets {
     pub scale_delay: Arc<Mutex<Duration>>,
     /// Every Event published, with the target name.
     pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
+    /// The targets passed to each `retain` (a reload), as `context/Kind/namespace/name`.
+    pub retained: Arc<Mutex<Vec<Vec<String>>>>,
 }
 
 impl FakeTargets {
@@ -114,5 +116,10 @@ impl ScaleTarget for FakeTargets {
     async fn publish(&self, _ctx: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
         self.events.lock().unwrap().push((t.name.clone(), event.clone()));
         Ok(())
+    }
+
+    fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
+        let used = used.iter().map(|(ctx, t)| format!("{}/{t}", ctx.unwrap_or_default())).collect();
+        self.retained.lock().unwrap().push(used);
     }
 }
