@@ -177,7 +177,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 .collect();
             let obs = Observation {
                 replicas: view.replicas,
-                status_replicas: view.status_replicas,
+                status_replicas: view.scale_status_replicas(),
                 pause: if rule.paused { Pause::Frozen } else { view.pause },
                 queues: queues.into_iter().map(Result::ok).collect(),
             };
@@ -218,7 +218,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 );
                 match Box::pin(write).await {
                     Ok(()) => {
-                        self.state.record_scale(&rule.policy, from, to, now);
+                        self.state.record_scale(&rule.policy, d, now);
                         report.scaled = Some((from, to));
                         self.scale_failures.ok();
                         info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "scaled");
