@@ -77,14 +77,17 @@ pub struct Deps<Q, T> {
 }
 
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
-/// `polling_interval`; a late poll delays the next one, never bursts.
+/// `polling_interval`; a late poll delays the next one, never bursts. Starts from
+/// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
+/// it ends with, including the poll that was in flight when `cancel` fired.
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
     cancel: CancellationToken,
     first_poll: Duration,
-) {
-    let mut worker = Worker::new(rule, deps);
+    state: Option<State>,
+) -> State {
+    let mut worker = Worker::new(rule, deps, state);
     let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -98,6 +101,7 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
         Box::pin(worker.poll()).await;
     }
     debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
+    worker.state
 }
 
 struct Worker<Q, T> {
@@ -116,10 +120,11 @@ struct Worker<Q, T> {
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
-    /// A fresh worker: its record and its queues' slots are taken once, here.
-    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>) -> Self {
+    /// A new worker, on `state` or a fresh one: its record and its queues' slots are
+    /// taken once, here.
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<State>) -> Self {
         Worker {
-            state: State::new(deps.clock.now()),
+            state: state.unwrap_or_else(|| State::new(deps.clock.now())),
             persisted_last_active: None,
             record: deps.observer.record(&rule.name),
             slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
@@ -353,11 +358,11 @@ mod tests {
             observer: Arc::new(Observer::new()),
         });
         // What every idle rule holds for good: its task's future.
-        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO);
+        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO, None);
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");
-        let mut worker = Worker::new(rule, deps);
+        let mut worker = Worker::new(rule, deps, None);
         let size = std::mem::size_of_val(&worker.poll());
         println!("poll future: {size} bytes");
         assert!(size <= 1536, "a poll's future is {size} bytes");
