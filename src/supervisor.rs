@@ -228,7 +228,7 @@ async fn take_over<Q: QueueReader, T: ScaleTarget>(
     first_poll: Duration,
 ) -> State {
     let mut state = match previous.task.await {
-        Ok(state) => Some(state),
+        Ok(state) => Some(Box::new(state)),
         Err(e) => {
             warn!(rule = %rule.name, error = %e, "the previous worker of this rule failed; starting with fresh state");
             None

@@ -79,13 +79,15 @@ pub struct Deps<Q, T> {
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
 /// `polling_interval`; a late poll delays the next one, never bursts. Starts from
 /// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
-/// it ends with, including the poll that was in flight when `cancel` fired.
+/// it ends with, including the poll that was in flight when `cancel` fired. (Boxed: an
+/// async fn keeps its arguments for its whole life, and every idle rule would carry a
+/// second copy of the state inline.)
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
     cancel: CancellationToken,
     first_poll: Duration,
-    state: Option<State>,
+    state: Option<Box<State>>,
 ) -> State {
     let mut worker = Worker::new(rule, deps, state);
     let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
@@ -122,9 +124,9 @@ struct Worker<Q, T> {
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
     /// A new worker, on `state` or a fresh one: its record and its queues' slots are
     /// taken once, here.
-    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<State>) -> Self {
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<Box<State>>) -> Self {
         Worker {
-            state: state.unwrap_or_else(|| State::new(deps.clock.now())),
+            state: state.map_or_else(|| State::new(deps.clock.now()), |s| *s),
             persisted_last_active: None,
             record: deps.observer.record(&rule.name),
             slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
