@@ -77,14 +77,19 @@ pub struct Deps<Q, T> {
 }
 
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
-/// `polling_interval`; a late poll delays the next one, never bursts.
+/// `polling_interval`; a late poll delays the next one, never bursts. Starts from
+/// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
+/// it ends with, including the poll that was in flight when `cancel` fired. (Boxed: an
+/// async fn keeps its arguments for its whole life, and every idle rule would carry a
+/// second copy of the state inline.)
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
     cancel: CancellationToken,
     first_poll: Duration,
-) {
-    let mut worker = Worker::new(rule, deps);
+    state: Option<Box<State>>,
+) -> State {
+    let mut worker = Worker::new(rule, deps, state);
     let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -98,6 +103,7 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
         Box::pin(worker.poll()).await;
     }
     debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
+    worker.state
 }
 
 struct Worker<Q, T> {
@@ -116,10 +122,11 @@ struct Worker<Q, T> {
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
-    /// A fresh worker: its record and its queues' slots are taken once, here.
-    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>) -> Self {
+    /// A new worker, on `state` or a fresh one: its record and its queues' slots are
+    /// taken once, here.
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<Box<State>>) -> Self {
         Worker {
-            state: State::new(deps.clock.now()),
+            state: state.map_or_else(|| State::new(deps.clock.now()), |s| *s),
             persisted_last_active: None,
             record: deps.observer.record(&rule.name),
             slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
@@ -177,7 +184,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 .collect();
             let obs = Observation {
                 replicas: view.replicas,
-                status_replicas: view.status_replicas,
+                status_replicas: view.scale_status_replicas(),
                 pause: if rule.paused { Pause::Frozen } else { view.pause },
                 queues: queues.into_iter().map(Result::ok).collect(),
             };
@@ -218,7 +225,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 );
                 match Box::pin(write).await {
                     Ok(()) => {
-                        self.state.record_scale(&rule.policy, from, to, now);
+                        self.state.record_scale(&rule.policy, d, now);
                         report.scaled = Some((from, to));
                         self.scale_failures.ok();
                         info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "scaled");
@@ -353,11 +360,11 @@ mod tests {
             observer: Arc::new(Observer::new()),
         });
         // What every idle rule holds for good: its task's future.
-        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO);
+        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO, None);
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");
-        let mut worker = Worker::new(rule, deps);
+        let mut worker = Worker::new(rule, deps, None);
         let size = std::mem::size_of_val(&worker.poll());
         println!("poll future: {size} bytes");
         assert!(size <= 1536, "a poll's future is {size} bytes");

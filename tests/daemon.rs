@@ -58,6 +58,38 @@ async fn story_0_1_4_5_then_sighup_to_max_10_gives_6_then_0_after_the_purge() {
     assert_eq!(daemon.stop().await, Ok(()));
 }
 
+/// Issue 14: `sqscale.io/paused-replicas` deletes the HPA (KEDA's `handlePause`), so
+/// unpausing starts a fresh one seeded at the pinned size. A backlog that asks for 2
+/// (10 messages at 5 per replica: ratio exactly 1) then keeps the target at 2; the old
+/// history (6 within the last 300 s) pulled it back up, 2 -> 4 -> 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpausing_starts_a_fresh_hpa_that_does_not_pull_back_to_the_old_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("unpause").await;
+    let rule = demo_rule("demo", &queue, "max_replica_count = 10");
+    let config = write(dir.path(), "sqscale.toml", &format!("{}{}", header(&sqs::endpoint()), rule));
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    sqs::send(&queue, 30).await;
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 6).await, "at {}", replicas());
+
+    kube.annotate(Kind::Deployment, NS, "demo", "sqscale.io/paused-replicas", Some("2"));
+    assert!(wait_until(Duration::from_secs(10), || replicas() == 2).await, "at {}", replicas());
+    sqs::purge(&queue).await;
+    sqs::send(&queue, 10).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let polls = daemon.observer.statuses()[0].polls;
+    kube.annotate(Kind::Deployment, NS, "demo", "sqscale.io/paused-replicas", None);
+
+    // Three unpaused polls (one per second) see the 10 messages and hold at 2.
+    assert!(wait_until(Duration::from_secs(10), || daemon.observer.statuses()[0].polls >= polls + 4).await);
+    let status = &daemon.observer.statuses()[0];
+    assert_eq!(status.last_reason.as_deref(), Some("unchanged"), "{status:?}");
+    assert_eq!(kube.scale_history(Kind::Deployment, NS, "demo"), [1, 4, 6, 2]);
+    assert_eq!(daemon.stop().await, Ok(()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_rule_file_on_sighup_keeps_the_old_rules_scaling() {
     let dir = tempfile::tempdir().unwrap();

@@ -598,12 +598,10 @@ impl ScaleTarget for Kube {
     /// `used` has: the last handle of a cache aborts its watch, and with it the
     /// connection the watch held open.
     fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
-        let used: std::collections::HashSet<(Option<&str>, &str, TargetKind)> = used
-            .iter()
-            .map(|(context, t)| (context.or(self.default_context.as_deref()), t.namespace.as_str(), t.kind))
-            .collect();
+        let used: std::collections::HashSet<(&str, &str, TargetKind)> =
+            used.iter().map(|(context, t)| (self.context_key(*context), t.namespace.as_str(), t.kind)).collect();
         lock(&self.caches).retain(|namespace, caches| {
-            caches.retain(|c| used.contains(&(c.context.as_deref(), namespace.as_str(), c.kind)));
+            caches.retain(|c| used.contains(&(c.context.as_str(), namespace.as_str(), c.kind)));
             !caches.is_empty()
         });
     }

@@ -26,7 +26,7 @@ pub const PAUSED_REPLICAS: &str = "sqscale.io/paused-replicas";
 pub struct TargetView {
     /// `spec.replicas` (an unset value means 1, as the API server defaults it).
     pub replicas: u32,
-    /// `status.replicas`, when reported.
+    /// `status.replicas`, when the object reports it (a Deployment omits it at 0).
     pub status_replicas: Option<u32>,
     pub pause: Pause,
     /// The `sqscale.io/last-active` annotation, if present and valid.
@@ -35,6 +35,16 @@ pub struct TargetView {
     /// change made since this read makes the patch fail with a conflict. Shared with
     /// the cache, so a read copies nothing.
     pub resource_version: Option<Arc<str>>,
+}
+
+impl TargetView {
+    /// `status.replicas` as the `/scale` subresource reports it, which is what the HPA
+    /// reads: 0 when the object omits it (a Deployment at zero pods, or one whose
+    /// controller has not written a status yet). Never "same as spec": with pods
+    /// missing (a quota, a slow start) the HPA's tolerance ratio is +Inf.
+    pub fn scale_status_replicas(&self) -> u32 {
+        self.status_replicas.unwrap_or(0)
+    }
 }
 
 /// Builds the view from a Deployment's or StatefulSet's `spec.replicas` and
@@ -148,12 +158,18 @@ mod tests {
         ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
         let v = view_of(count(&json!(3)), count(&json!(2)), |k| ann.get(k).map(String::as_str), Some("7".into()));
         assert_eq!((v.replicas, v.status_replicas, v.pause), (3, Some(2), Pause::No));
+        assert_eq!(v.scale_status_replicas(), 2);
         assert_eq!(v.last_active.map(format_time).as_deref(), Some("2026-11-27T21:00:10Z"));
 
         ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
         ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
         let v = view_of(count(&json!(null)), count(&json!(null)), |k| ann.get(k).map(String::as_str), None);
         assert_eq!((v.replicas, v.status_replicas, v.pause, v.last_active), (1, None, Pause::Replicas(0), None));
+        // /scale reports a missing status.replicas as 0, and so does the view: the HPA's
+        // ratio is then +Inf, not "same as spec".
+        assert_eq!(v.scale_status_replicas(), 0);
+        let v = view_of(count(&json!(5)), count(&json!(null)), |_| None, None);
+        assert_eq!((v.replicas, v.scale_status_replicas()), (5, 0));
     }
 
     #[test]
