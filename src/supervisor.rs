@@ -197,7 +197,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// built from them once, so a reload cannot apply them.
     fn restart_required(&self, new: &Config) -> Vec<&'static str> {
         // Destructured, so that a new key cannot be forgotten here.
-        let KubernetesSettings { kubeconfig, context, eks_cluster } = &self.kubernetes;
+        let KubernetesSettings { kubeconfig, context, eks_cluster, qps, burst } = &self.kubernetes;
         let ServerSettings { listen } = &self.server;
         let LeaderElection { enabled, namespace, lease_name, lease_duration, renew_deadline, retry_period } =
             &self.leader_election;
@@ -206,6 +206,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             ("kubernetes.kubeconfig", *kubeconfig != k.kubeconfig),
             ("kubernetes.context", *context != k.context),
             ("kubernetes.eks_cluster", *eks_cluster != k.eks_cluster),
+            ("kubernetes.qps", *qps != k.qps),
+            ("kubernetes.burst", *burst != k.burst),
             ("server.listen", *listen != s.listen),
             ("leader_election.enabled", *enabled != l.enabled),
             ("leader_election.namespace", *namespace != l.namespace),

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod eks;
 pub mod kube;
+pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use crate::engine::{Pause, Time};
 
 /// The field manager of every write, so `kubectl` shows who changed the replicas.
 pub const FIELD_MANAGER: &str = "sqscale";
-/// KEDA's `lastActiveTime`, kept on the target so a restart keeps the cooldown.
+/// KEDA's `lastActiveTime` as an older sqscale kept it, on the target. Still read, so an
+/// upgrade keeps the cooldown; never written (the time now lives in [`state`]).
 pub const LAST_ACTIVE: &str = "sqscale.io/last-active";
 /// `"true"` (or anything but a false value): never patch this target.
 pub const PAUSED: &str = "sqscale.io/paused";
@@ -29,7 +31,8 @@ pub struct TargetView {
     /// `status.replicas`, when the object reports it (a Deployment omits it at 0).
     pub status_replicas: Option<u32>,
     pub pause: Pause,
-    /// The `sqscale.io/last-active` annotation, if present and valid.
+    /// The stored last-active ([`state`]), or the `sqscale.io/last-active` annotation an
+    /// older sqscale left on the target, whichever is newer.
     pub last_active: Option<Time>,
     /// The object's `metadata.resourceVersion`: the scale patch carries it, so a
     /// change made since this read makes the patch fail with a conflict. Shared with
@@ -102,8 +105,19 @@ pub trait ScaleTarget: Send + Sync + 'static {
         target: &TargetRef,
     ) -> impl Future<Output = Result<TargetView, TargetError>> + Send;
 
+    /// The target read from the API server now, not from a cache: after a conflict, the
+    /// decision is made again on this.
+    fn read_fresh(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+    ) -> impl Future<Output = Result<TargetView, TargetError>> + Send {
+        self.read(context, target)
+    }
+
     /// Sets `spec.replicas` through `/scale`. `resource_version` is the version the
-    /// decision was made on; on a conflict the write is retried on a fresh version.
+    /// decision was made on: if the target changed since, this fails with a `conflict`
+    /// and writes nothing (the caller decides again on a fresh read).
     fn scale(
         &self,
         context: Option<&str>,
@@ -112,7 +126,8 @@ pub trait ScaleTarget: Send + Sync + 'static {
         resource_version: Option<&str>,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
-    /// Writes the `sqscale.io/last-active` annotation (a metadata-only patch).
+    /// Stores the target's last-active in sqscale's own namespace ([`state`]), never on
+    /// the target.
     fn set_last_active(
         &self,
         context: Option<&str>,
