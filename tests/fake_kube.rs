@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, ObjectReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -700,4 +700,229 @@ async fn runtime_watcher_recovers_from_closed_watches() {
     .await
     .expect("watcher delivered the change");
     assert_eq!(applied.spec.replicas, Some(3));
+}
+
+/// sqscale's state as the daemon keeps it: one ConfigMap per context, one key per target.
+fn state_map(data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: kube::api::ObjectMeta { name: Some("sqscale-state".into()), ..Default::default() },
+        data: Some(data.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
+        ..Default::default()
+    }
+}
+
+fn keys(cm: &ConfigMap) -> Vec<&str> {
+    cm.data.as_ref().map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn config_maps_create_patch_replace_and_conflict() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "sqscale");
+
+    let status = api_error(api.get("sqscale-state").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, "configmaps \"sqscale-state\" not found");
+    let details = status.details.unwrap();
+    assert_eq!((details.group.as_str(), details.kind.as_str()), ("", "configmaps"), "core: no group");
+
+    let created =
+        api.create(&PostParams::default(), &state_map(&[("deployment.shop.a", "2026-12-02T06:00:00Z")])).await.unwrap();
+    assert_eq!(created.metadata.namespace.as_deref(), Some("sqscale"));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+    let status = api_error(api.create(&PostParams::default(), &state_map(&[])).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(status.message, "configmaps \"sqscale-state\" already exists");
+
+    // Several keys in one merge patch; the keys not named stay, and null removes one.
+    let patch = Patch::Merge(json!({"data": {
+        "deployment.shop.b": "2026-12-02T06:01:00Z",
+        "statefulset.shop.c": "2026-12-02T06:01:00Z",
+    }}));
+    let patched = api.patch("sqscale-state", &sqscale_params(), &patch).await.unwrap();
+    assert_eq!(keys(&patched), ["deployment.shop.a", "deployment.shop.b", "statefulset.shop.c"]);
+    assert_eq!(fake.count("PATCH", "/api/v1/namespaces/sqscale/configmaps/sqscale-state"), 1);
+    let request = fake.requests().pop().unwrap();
+    assert_eq!(request.content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(request.query.as_deref(), Some("&fieldManager=sqscale"));
+    let removed = Patch::Merge(json!({"data": {"deployment.shop.b": null}}));
+    let patched = api.patch("sqscale-state", &sqscale_params(), &removed).await.unwrap();
+    assert_eq!(keys(&patched), ["deployment.shop.a", "statefulset.shop.c"]);
+    assert!(
+        rv_number(patched.metadata.resource_version.as_ref()) > rv_number(created.metadata.resource_version.as_ref())
+    );
+
+    // Writing what is already there is no write: the resourceVersion stays.
+    let same = Patch::Merge(json!({"data": {"deployment.shop.a": "2026-12-02T06:00:00Z"}}));
+    let unchanged = api.patch("sqscale-state", &sqscale_params(), &same).await.unwrap();
+    assert_eq!(unchanged.metadata.resource_version, patched.metadata.resource_version);
+
+    // Strategic merge and JSON patches work on data too.
+    let strategic = Patch::Strategic(json!({"data": {"deployment.shop.d": "2026-12-02T06:02:00Z"}}));
+    api.patch("sqscale-state", &sqscale_params(), &strategic).await.unwrap();
+    let remove = axum::http::Request::patch("/api/v1/namespaces/sqscale/configmaps/sqscale-state")
+        .header("content-type", "application/json-patch+json")
+        .body(serde_json::to_vec(&json!([{"op": "remove", "path": "/data/deployment.shop.d"}])).unwrap())
+        .unwrap();
+    let patched: ConfigMap = client.request(remove).await.unwrap();
+    assert_eq!(keys(&patched), ["deployment.shop.a", "statefulset.shop.c"]);
+
+    // Optimistic concurrency: another writer lands in between, so our replace from the
+    // stale read, and a patch that names the stale resourceVersion, conflict.
+    let read = api.get("sqscale-state").await.unwrap();
+    fake.put_config_map("sqscale", "sqscale-state", json!({"deployment.shop.a": "2026-12-02T07:00:00Z"}));
+    let mut mine = read.clone();
+    mine.data.as_mut().unwrap().insert("deployment.shop.e".into(), "2026-12-02T06:03:00Z".into());
+    let status = api_error(api.replace("sqscale-state", &PostParams::default(), &mine).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        status.message,
+        "Operation cannot be fulfilled on configmaps \"sqscale-state\": the object has been modified; \
+         please apply your changes to the latest version and try again"
+    );
+    let stale = Patch::Merge(json!({
+        "metadata": {"resourceVersion": read.metadata.resource_version},
+        "data": {"deployment.shop.e": "2026-12-02T06:03:00Z"},
+    }));
+    assert_eq!(api_error(api.patch("sqscale-state", &sqscale_params(), &stale).await).code, 409);
+    assert_eq!(
+        fake.config_map("sqscale", "sqscale-state").unwrap()["data"],
+        json!({"deployment.shop.a": "2026-12-02T07:00:00Z"})
+    );
+    let mut fresh = api.get("sqscale-state").await.unwrap();
+    fresh.data.as_mut().unwrap().insert("deployment.shop.e".into(), "2026-12-02T06:03:00Z".into());
+    let replaced = api.replace("sqscale-state", &PostParams::default(), &fresh).await.unwrap();
+    assert_eq!(keys(&replaced), ["deployment.shop.a", "deployment.shop.e"]);
+
+    // List, watch and delete, as for every other kind.
+    let listed = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let mut watch = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    assert!(matches!(next(&mut watch).await, Some(Ok(WatchEvent::Added(_)))));
+    api.delete("sqscale-state", &DeleteParams::default()).await.unwrap();
+    assert!(matches!(next(&mut watch).await, Some(Ok(WatchEvent::Deleted(_)))));
+    assert!(fake.config_map("sqscale", "sqscale-state").is_none());
+
+    let core = client.list_core_api_resources("v1").await.unwrap();
+    let configmaps = core.resources.iter().find(|r| r.name == "configmaps").expect("configmaps discovered");
+    assert!(configmaps.namespaced && configmaps.kind == "ConfigMap" && configmaps.verbs.contains(&"patch".to_owned()));
+}
+
+#[tokio::test]
+async fn config_maps_are_validated_like_the_real_server() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "sqscale");
+    api.create(&PostParams::default(), &state_map(&[("deployment.shop.a", "t")])).await.unwrap();
+    let before = fake.config_map("sqscale", "sqscale-state").unwrap();
+
+    // Keys: what a file name in a volume may be.
+    let bad_key = Patch::Merge(json!({"data": {"bad/key": "t"}}));
+    let status = api_error(api.patch("sqscale-state", &sqscale_params(), &bad_key).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "ConfigMap \"sqscale-state\" is invalid: data[bad/key]: Invalid value: \"bad/key\": a valid config key \
+         must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or \
+         'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+    );
+    let details = status.details.unwrap();
+    assert_eq!((details.name.as_str(), details.kind.as_str()), ("sqscale-state", "ConfigMap"));
+    assert_eq!(
+        (details.causes[0].field.as_str(), details.causes[0].reason.as_str()),
+        ("data[bad/key]", "FieldValueInvalid")
+    );
+    let status =
+        api_error(api.patch("sqscale-state", &sqscale_params(), &Patch::Merge(json!({"data": {"..x": "t"}}))).await);
+    assert!(
+        status.message.ends_with("data[..x]: Invalid value: \"..x\": must not start with '..'"),
+        "{}",
+        status.message
+    );
+
+    // Values: strings only. A patch that leaves a number is an invalid `patch`; a create
+    // with one does not even decode.
+    let number = Patch::Merge(json!({"data": {"deployment.shop.b": 1}}));
+    let status = api_error(api.patch("sqscale-state", &sqscale_params(), &number).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(status.message.starts_with(" \"\" is invalid: patch: Invalid value: \"{"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .ends_with("\": json: cannot unmarshal number into Go struct field ConfigMap.data of type string"),
+        "{}",
+        status.message
+    );
+    assert_eq!(status.details.unwrap().causes[0].field, "patch");
+    let request = axum::http::Request::post("/api/v1/namespaces/sqscale/configmaps")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&json!({"metadata": {"name": "other"}, "data": {"k": true}})).unwrap())
+        .unwrap();
+    let status = api_error(client.request_text(request).await);
+    assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
+    assert_eq!(
+        status.message,
+        "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: json: cannot unmarshal bool into Go struct \
+         field ConfigMap.data of type string"
+    );
+
+    // Size: at most 1 MiB of values, data and binaryData together (binaryData decoded).
+    let mib = 1 << 20;
+    let full =
+        Patch::Merge(json!({"data": {"deployment.shop.a": "x".repeat(mib - 8)}, "binaryData": {"b": "AAAAAAAAAAA="}}));
+    api.patch("sqscale-state", &sqscale_params(), &full).await.expect("exactly 1 MiB fits");
+    let over = Patch::Merge(json!({"data": {"deployment.shop.c": "x"}}));
+    let status = api_error(api.patch("sqscale-state", &sqscale_params(), &over).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "ConfigMap \"sqscale-state\" is invalid: []: Too long: may not be more than 1048576 bytes"
+    );
+    assert_eq!(status.details.unwrap().causes[0].reason, "FieldValueTooLong");
+    let too_big = state_map(&[("k", &"x".repeat(mib + 1))]);
+    let too_big =
+        ConfigMap { metadata: kube::api::ObjectMeta { name: Some("big".into()), ..Default::default() }, ..too_big };
+    assert_eq!(api_error(api.create(&PostParams::default(), &too_big).await).code, 422);
+    assert!(fake.config_map("sqscale", "big").is_none());
+
+    // Nothing refused was stored.
+    let after = fake.config_map("sqscale", "sqscale-state").unwrap();
+    assert_eq!(after["data"]["deployment.shop.a"].as_str().map(str::len), Some(mib - 8));
+    assert_ne!(after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"]);
+    assert_eq!(after["data"].as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn config_map_denials_and_write_counts() {
+    let fake = FakeKube::start().await;
+    fake.add_deployment("shop", "a", 1);
+    let client = client(&fake).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "sqscale");
+    api.create(&PostParams::default(), &state_map(&[])).await.unwrap();
+    assert!(fake.config_map("sqscale", "sqscale-state").unwrap().get("data").is_none(), "empty data is omitted");
+
+    fake.deny("patch", "configmaps", "");
+    let patch = Patch::Merge(json!({"data": {"deployment.shop.a": "2026-12-02T06:00:00Z"}}));
+    let status = api_error(api.patch("sqscale-state", &sqscale_params(), &patch).await);
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "configmaps \"sqscale-state\" is forbidden: User \"tester\" cannot patch resource \"configmaps\" \
+         in API group \"\" in the namespace \"sqscale\""
+    );
+    api.get("sqscale-state").await.expect("get is still allowed");
+    fake.allow_all();
+    api.patch("sqscale-state", &sqscale_params(), &patch).await.unwrap();
+
+    // Every write request counts, refused or not, by resource; reads do not.
+    let deployments: Api<Deployment> = Api::namespaced(client, "shop");
+    deployments.patch_scale("a", &sqscale_params(), &Patch::Merge(json!({"spec": {"replicas": 2}}))).await.unwrap();
+    deployments.get("a").await.unwrap();
+    assert_eq!(fake.writes_to("configmaps"), 3, "create, refused patch, patch");
+    assert_eq!(fake.writes_to("deployments/scale"), 1);
+    assert_eq!(fake.writes_to("deployments"), 0, "a scale write is not a write of the whole Deployment");
+    assert_eq!(fake.writes_to("leases"), 0);
+    api.delete("sqscale-state", &DeleteParams::default()).await.unwrap();
+    assert_eq!(fake.writes_to("configmaps"), 4);
 }

@@ -6,6 +6,8 @@
 //! * `apps/v1` Deployments and StatefulSets: GET, LIST, WATCH, POST, PUT, PATCH, DELETE, and the
 //!   `/scale` subresource (GET, PUT, PATCH) that renders an `autoscaling/v1` `Scale`.
 //! * `coordination.k8s.io/v1` Leases, `events.k8s.io/v1` Events and core `v1` Events (the same verbs).
+//! * Core `v1` ConfigMaps (the same verbs), validated as the real server does: keys, string values,
+//!   and at most 1 MiB of data.
 //! * `authorization.k8s.io/v1` SelfSubjectAccessReviews, `/version`, discovery (`/api`, `/apis`, ...).
 //!
 //! Behaviour copied from the real API server, because client code depends on it:
@@ -95,8 +97,9 @@ pub struct Captured {
 /// * No server-side apply: `application/apply-patch+yaml` gets 415 UnsupportedMediaType. A strategic
 ///   merge patch is applied as a JSON merge patch (lists are replaced, `$patch` directives dropped).
 /// * No `managedFields`, no admission, and validation only where it matters here (replicas >= 0,
-///   names, required fields of `events.k8s.io/v1` Events). Immutable fields such as
-///   `spec.selector` can be changed.
+///   names, required fields of `events.k8s.io/v1` Events, ConfigMap keys, values and size).
+///   Immutable fields such as `spec.selector` can be changed, and so can the data of a
+///   ConfigMap with `immutable: true`.
 /// * Status: a write to `spec.replicas` updates `status` in the same write (one resourceVersion,
 ///   one MODIFIED event), where a real cluster has the controller write status later.
 /// * Watches: bookmarks are only sent after the initial events of a `sendInitialEvents` watch and
@@ -292,6 +295,36 @@ impl FakeKube {
         }
     }
 
+    /// The stored ConfigMap `ns/name`.
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
+        self.shared.lock().get(Res::ConfigMap, ns, name).cloned()
+    }
+
+    /// Creates the ConfigMap `ns/name` with `data` (a JSON object of strings), or replaces its
+    /// data, as another client would (`kubectl apply`, an older version of the daemon).
+    /// Panics if the data is invalid.
+    pub fn put_config_map(&self, ns: &str, name: &str, data: Value) {
+        let mut st = self.shared.lock();
+        let result = match st.get(Res::ConfigMap, ns, name).cloned() {
+            Some(mut obj) => {
+                obj["data"] = data;
+                st.update(Res::ConfigMap, ns, name, obj, false)
+            }
+            None => {
+                let obj = json!({"metadata": {"name": name, "namespace": ns}, "data": data});
+                st.create(Res::ConfigMap, ns, obj, false)
+            }
+        };
+        if let Err(f) = result {
+            panic!("put configmap {ns}/{name}: {}", f.message);
+        }
+    }
+
+    /// Deletes the ConfigMap `ns/name` as another client would. Returns whether it existed.
+    pub fn delete_config_map(&self, ns: &str, name: &str) -> bool {
+        self.shared.lock().remove(Res::ConfigMap, ns, name).is_some()
+    }
+
     // --- authorization -----------------------------------------------------------------------
 
     /// Denies `verb` on `resource`/`subresource` (use `""` for no subresource, `"*"` for any):
@@ -392,6 +425,26 @@ impl FakeKube {
         self.shared.lock().requests.clear();
     }
 
+    /// How many write requests (create, update, patch, delete) were sent for `resource`: a
+    /// plural as RBAC names it (`"configmaps"`, `"leases"`, `"deployments"`, `"events"` of
+    /// either API group) or plural/subresource (`"deployments/scale"`). A subresource is
+    /// counted apart: `"deployments"` counts writes of whole Deployments only. Every request
+    /// counts whatever its answer (a refused or failed write still reached the API server).
+    pub fn writes_to(&self, resource: &str) -> usize {
+        let st = self.shared.lock();
+        st.requests
+            .iter()
+            .filter(|(_, c)| {
+                let Ok(method) = Method::from_bytes(c.method.as_bytes()) else { return false };
+                let route = Route::parse(&c.path, self.addr);
+                let params = Params::parse(c.query.as_deref());
+                route.attributes(&method, &params).is_some_and(|a| {
+                    matches!(a.verb, "create" | "update" | "patch" | "delete") && a.resource() == resource
+                })
+            })
+            .count()
+    }
+
     /// How many requests used `method` on a path ending with `path_suffix`.
     pub fn count(&self, method: &str, path_suffix: &str) -> usize {
         let st = self.shared.lock();
@@ -469,17 +522,19 @@ enum Res {
     Event,
     /// core `v1` Event
     CoreEvent,
+    /// core `v1` ConfigMap
+    ConfigMap,
 }
 
 impl Res {
-    const ALL: [Res; 5] = [Res::Deployment, Res::StatefulSet, Res::Lease, Res::Event, Res::CoreEvent];
+    const ALL: [Res; 6] = [Res::Deployment, Res::StatefulSet, Res::Lease, Res::Event, Res::CoreEvent, Res::ConfigMap];
 
     fn group(self) -> &'static str {
         match self {
             Res::Deployment | Res::StatefulSet => "apps",
             Res::Lease => "coordination.k8s.io",
             Res::Event => "events.k8s.io",
-            Res::CoreEvent => "",
+            Res::CoreEvent | Res::ConfigMap => "",
         }
     }
 
@@ -488,7 +543,7 @@ impl Res {
             Res::Deployment | Res::StatefulSet => "apps/v1",
             Res::Lease => "coordination.k8s.io/v1",
             Res::Event => "events.k8s.io/v1",
-            Res::CoreEvent => "v1",
+            Res::CoreEvent | Res::ConfigMap => "v1",
         }
     }
 
@@ -498,6 +553,7 @@ impl Res {
             Res::StatefulSet => "StatefulSet",
             Res::Lease => "Lease",
             Res::Event | Res::CoreEvent => "Event",
+            Res::ConfigMap => "ConfigMap",
         }
     }
 
@@ -507,6 +563,7 @@ impl Res {
             Res::StatefulSet => "statefulsets",
             Res::Lease => "leases",
             Res::Event | Res::CoreEvent => "events",
+            Res::ConfigMap => "configmaps",
         }
     }
 
@@ -868,6 +925,9 @@ impl State {
         if res == Res::Event {
             validate_event(&body, &name)?;
         }
+        if res == Res::ConfigMap {
+            finish_config_map(&mut body, &name)?;
+        }
         if let Some(kind) = res.workload() {
             finish_workload(kind, &mut body, None)?;
         }
@@ -925,6 +985,9 @@ impl State {
         meta.remove("managedFields");
         if let Some(kind) = res.workload() {
             finish_workload(kind, &mut new, Some(&cur))?;
+        }
+        if res == Res::ConfigMap {
+            finish_config_map(&mut new, name)?;
         }
         // Nothing changed: the real server skips the etcd write (no new resourceVersion).
         if new == cur || dry_run {
@@ -1130,6 +1193,148 @@ fn validate_event(obj: &Value, name: &str) -> Result<(), Failure> {
         causes.push(("note", "FieldValueTooLong", "Too long: may not be more than 1024 bytes".into()));
     }
     if causes.is_empty() { Ok(()) } else { Err(Failure::invalid(Res::Event, name, causes)) }
+}
+
+/// What the real server allows a ConfigMap to hold: data plus binaryData (`core.MaxSecretSize`).
+const MAX_CONFIG_MAP_BYTES: usize = 1 << 20;
+
+/// ConfigMap validation (`ValidateConfigMap`): every key a valid config key, no key in both
+/// `data` and `binaryData`, and at most [`MAX_CONFIG_MAP_BYTES`] of values. Also what decoding
+/// does: a `null` value becomes `""`, and empty maps are left out (`omitempty`).
+fn finish_config_map(obj: &mut Value, name: &str) -> Result<(), Failure> {
+    let binary_keys: Vec<String> =
+        obj.get("binaryData").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let mut causes: Vec<(String, &str, String)> = Vec::new();
+    let mut total = 0;
+    for field in ["data", "binaryData"] {
+        let Some(map) = obj.get_mut(field).and_then(Value::as_object_mut) else {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove(field);
+            }
+            continue;
+        };
+        for (key, value) in map.iter_mut() {
+            if value.is_null() {
+                *value = json!("");
+            }
+            let at = format!("{field}[{key}]");
+            for problem in config_key_problems(key) {
+                causes.push((at.clone(), "FieldValueInvalid", format!("Invalid value: {key:?}: {problem}")));
+            }
+            if field == "data" && binary_keys.contains(key) {
+                let problem = "duplicate of key present in binaryData";
+                causes.push((at.clone(), "FieldValueInvalid", format!("Invalid value: {key:?}: {problem}")));
+            }
+            let text = value.as_str().unwrap_or_default();
+            // binaryData is counted decoded, as the Go []byte it is.
+            total += if field == "data" { text.len() } else { base64_std().decode(text).map_or(0, |b| b.len()) };
+        }
+        if map.is_empty()
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove(field);
+        }
+    }
+    if total > MAX_CONFIG_MAP_BYTES {
+        // The real server reports this on the empty path, rendered `[]`.
+        let message = format!("Too long: may not be more than {MAX_CONFIG_MAP_BYTES} bytes");
+        causes.push(("[]".to_owned(), "FieldValueTooLong", message));
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    let causes = causes.iter().map(|(f, r, m)| (f.as_str(), *r, m.clone())).collect();
+    Err(Failure::invalid(Res::ConfigMap, name, causes))
+}
+
+/// `IsConfigMapKey`: why `key` cannot be a ConfigMap key, in the real messages.
+fn config_key_problems(key: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if key.len() > 253 {
+        problems.push("must be no more than 253 characters".to_owned());
+    }
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        // Go's RegexError, double spaces included.
+        problems.push(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  \
+             or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"
+                .to_owned(),
+        );
+    }
+    match key {
+        "." => problems.push("must not be '.'".to_owned()),
+        ".." => problems.push("must not be '..'".to_owned()),
+        k if k.starts_with("..") => problems.push("must not start with '..'".to_owned()),
+        _ => {}
+    }
+    problems
+}
+
+fn base64_std() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// The Go type `encoding/json` names in "cannot unmarshal X into ...".
+fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Why decoding `obj` into the Go type of `res` fails, worded as the decoder does. Only
+/// ConfigMaps are checked: they are the one kind tests write with untyped JSON.
+fn decode_error(res: Res, obj: &Value) -> Option<String> {
+    if res != Res::ConfigMap {
+        return None;
+    }
+    let unmarshal = |v: &Value, field: &str, go_type: &str| {
+        format!("json: cannot unmarshal {} into Go struct field ConfigMap.{field} of type {go_type}", json_type_name(v))
+    };
+    for (field, go_type) in [("data", "string"), ("binaryData", "[]uint8")] {
+        match obj.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(map)) => {
+                for v in map.values() {
+                    match v {
+                        Value::Null => {}
+                        Value::String(s) if field == "binaryData" => {
+                            if let Err(e) = base64_std().decode(s) {
+                                let at = match e {
+                                    base64::DecodeError::InvalidByte(at, _)
+                                    | base64::DecodeError::InvalidLastSymbol(at, _) => at,
+                                    _ => s.len(),
+                                };
+                                return Some(format!("illegal base64 data at input byte {at}"));
+                            }
+                        }
+                        Value::String(_) => {}
+                        other => return Some(unmarshal(other, field, go_type)),
+                    }
+                }
+            }
+            Some(other) => return Some(unmarshal(other, field, &format!("map[string]{go_type}"))),
+        }
+    }
+    match obj.get("immutable") {
+        None | Some(Value::Null | Value::Bool(_)) => None,
+        Some(other) => Some(unmarshal(other, "immutable", "bool")),
+    }
+}
+
+/// POST and PUT bodies that do not decode: 400, as the real server's decoder answers.
+fn check_decodes(res: Res, obj: &Value) -> Result<(), Failure> {
+    match decode_error(res, obj) {
+        None => Ok(()),
+        Some(error) => {
+            let (version, kind) = (res.api_version(), res.kind());
+            Err(Failure::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {error}")))
+        }
+    }
 }
 
 /// A list item: the object without `kind`/`apiVersion`, as the real server lists built-in types.
@@ -1403,6 +1608,15 @@ impl Failure {
         Failure::new(422, "Invalid", message, Some(d))
     }
 
+    /// A patch whose result does not decode: the real server reports the whole patched object
+    /// as an invalid value of the field `patch`, with an empty kind and name (so the message
+    /// starts with a space). For a strategic merge patch it shows the patch instead.
+    fn patch_invalid(patched: &Value, error: &str) -> Failure {
+        let body = format!("Invalid value: {:?}: {error}", patched.to_string());
+        let cause = json!({"reason": "FieldValueInvalid", "message": body, "field": "patch"});
+        Failure::new(422, "Invalid", format!(" \"\" is invalid: patch: {body}"), Some(json!({"causes": [cause]})))
+    }
+
     fn invalid_replicas(qualified_kind: &str, name: &str, replicas: i64) -> Failure {
         let (kind, group) = qualified_kind.split_once('.').unwrap_or((qualified_kind, ""));
         let cause = (
@@ -1420,11 +1634,7 @@ impl Failure {
                 format!("forbidden: User \"{USER}\" cannot {} path \"{}\"", method.as_str().to_lowercase(), path);
             return Failure::new(403, "Forbidden", message, Some(json!({})));
         };
-        let resource = if attrs.subresource.is_empty() {
-            attrs.res.plural().to_owned()
-        } else {
-            format!("{}/{}", attrs.res.plural(), attrs.subresource)
-        };
+        let resource = attrs.resource();
         let scope = match attrs.ns {
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".to_owned(),
@@ -1574,6 +1784,17 @@ struct Attributes<'a> {
     subresource: &'static str,
     ns: Option<&'a str>,
     name: Option<&'a str>,
+}
+
+impl Attributes<'_> {
+    /// The resource as RBAC rules and messages name it: `deployments` or `deployments/scale`.
+    fn resource(&self) -> String {
+        if self.subresource.is_empty() {
+            self.res.plural().to_owned()
+        } else {
+            format!("{}/{}", self.res.plural(), self.subresource)
+        }
+    }
 }
 
 impl Route {
@@ -1950,6 +2171,7 @@ fn serve_api(
         }
         (Route::Collection { res, ns: Some(ns) }, Method::POST) => {
             let obj = parse_json(body)?;
+            check_decodes(res, &obj)?;
             let created = shared.lock().create(res, &ns, obj, dry)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
@@ -1960,12 +2182,16 @@ fn serve_api(
         (Route::Object { res, ns, name }, Method::PUT) => {
             check_json_body(content_type)?;
             let new = parse_json(body)?;
+            check_decodes(res, &new)?;
             ok(shared.lock().client_update(res, &ns, &name, new, dry)?)
         }
         (Route::Object { res, ns, name }, Method::PATCH) => {
             let mut st = shared.lock();
             let cur = st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?;
             let patched = apply_patch(&cur, content_type, body)?;
+            if let Some(error) = decode_error(res, &patched) {
+                return Err(Failure::patch_invalid(&patched, &error));
+            }
             ok(st.client_update(res, &ns, &name, patched, dry)?)
         }
         (Route::Object { res, ns, name }, Method::DELETE) => {
