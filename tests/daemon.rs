@@ -52,9 +52,11 @@ async fn story_0_1_4_5_then_sighup_to_max_10_gives_6_then_0_after_the_purge() {
         assert!(p.query.as_deref().unwrap_or_default().contains("fieldManager=sqscale"), "{:?}", p.query);
         assert!(p.authorized);
     }
-    let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
-    let last_active = obj["metadata"]["annotations"]["sqscale.io/last-active"].as_str().expect("annotated");
+    let state = kube.config_map(NS, "sqscale-state").expect("the state ConfigMap");
+    let last_active = state["data"]["deployment.default.demo"].as_str().expect("last-active stored");
     assert!(last_active.ends_with('Z'), "{last_active}");
+    let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
+    assert!(obj["metadata"]["annotations"]["sqscale.io/last-active"].is_null(), "nothing written on the target");
     assert_eq!(daemon.stop().await, Ok(()));
 }
 
@@ -213,10 +215,13 @@ async fn a_steady_busy_rule_writes_nothing_and_its_state_on_the_edges() {
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
     sqs::send(&queue, 30).await;
     assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await);
+    // Writes that took effect (a PATCH of a missing ConfigMap answered 404 is followed
+    // by the POST that creates it: one write).
     let writes = |kube: &FakeKube| -> Vec<(String, String)> {
         kube.requests()
             .into_iter()
             .filter(|r| matches!(r.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .filter(|r| r.status.is_some_and(|s| (200..300).contains(&s)))
             .map(|r| (r.method, r.path))
             .collect()
     };

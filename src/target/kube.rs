@@ -519,6 +519,7 @@ impl Kube {
             message,
         })?;
         view.last_active = view.last_active.max(stored);
+        view.stored_last_active = stored;
         Ok(())
     }
 

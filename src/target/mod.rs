@@ -34,6 +34,9 @@ pub struct TargetView {
     /// The stored last-active ([`state`]), or the `sqscale.io/last-active` annotation an
     /// older sqscale left on the target, whichever is newer.
     pub last_active: Option<Time>,
+    /// The last-active found in sqscale's state (`None` if only the annotation has one):
+    /// a value already stored need not be written again.
+    pub stored_last_active: Option<Time>,
     /// The object's `metadata.resourceVersion`: the scale patch carries it, so a
     /// change made since this read makes the patch fail with a conflict. Shared with
     /// the cache, so a read copies nothing.
@@ -63,6 +66,7 @@ pub fn view_of<'a>(
         status_replicas,
         pause: Pause::from_annotations(annotation(PAUSED), annotation(PAUSED_REPLICAS)),
         last_active: annotation(LAST_ACTIVE).and_then(parse_time),
+        stored_last_active: None,
         resource_version,
     }
 }

@@ -87,6 +87,8 @@ impl ScaleTarget for FakeTargets {
             status_replicas: Some(o.replicas),
             pause: o.pause,
             last_active: o.last_active,
+            // Everything this fake holds is stored by it.
+            stored_last_active: o.last_active,
             resource_version: None,
         })
     }
