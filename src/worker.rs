@@ -336,10 +336,10 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
     /// Takes the stored `last_active` when it is newer than ours: after a restart (so the
     /// cooldown is kept) or when another instance was leading.
     fn adopt_last_active(&mut self, view: &TargetView) {
-        if let Some(at) = view.last_active {
-            if self.state.last_active.is_none_or(|mine| at > mine) {
-                self.state.last_active = Some(at);
-            }
+        if let Some(at) = view.last_active
+            && self.state.last_active.is_none_or(|mine| at > mine)
+        {
+            self.state.last_active = Some(at);
         }
         // Only what sqscale's state holds counts as stored: an annotation left by an older
         // version is copied into the state at the next write.
