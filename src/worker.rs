@@ -221,7 +221,8 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 // that change; decide again on what is there now.
                 if written == Written::Conflict && round < DECIDE_AGAIN {
                     round += 1;
-                    match self.deps.targets.read_fresh(ctx, &rule.target).await {
+                    // Boxed, as every rare path: a poll's future is allocated whole.
+                    match Box::pin(self.deps.targets.read_fresh(ctx, &rule.target)).await {
                         Ok(fresh) => {
                             debug!(rule = %rule.name, target = %rule.target, round, "the target changed under the write; deciding again");
                             self.adopt_last_active(&fresh);

@@ -368,21 +368,25 @@ impl Kube {
         if let Some(c) = cell.get() {
             return Ok(c.clone());
         }
-        let connect = async {
-            match tokio::time::timeout(self.timeout, self.connect(key)).await {
-                Ok(connected) => connected.map(Arc::new),
-                Err(_) => Err(Unconnected {
-                    timeout: true,
-                    message: format!(
-                        "{}: no Kubernetes client within {} (kubeconfig, credentials)",
-                        display_context(key),
-                        humantime::format_duration(self.timeout)
-                    ),
-                }),
-            }
+        // Boxed inside the closure: an async block is as large as its largest state even
+        // before it starts, and connecting is a large future, taken once per context;
+        // built outside, it would sit inline in every read's future.
+        let connect = || {
+            Box::pin(async move {
+                match tokio::time::timeout(self.timeout, self.connect(key)).await {
+                    Ok(connected) => connected.map(Arc::new),
+                    Err(_) => Err(Unconnected {
+                        timeout: true,
+                        message: format!(
+                            "{}: no Kubernetes client within {} (kubeconfig, credentials)",
+                            display_context(key),
+                            humantime::format_duration(self.timeout)
+                        ),
+                    }),
+                }
+            })
         };
-        // Boxed: connecting is a large future, taken once per context.
-        cell.get_or_try_init(|| Box::pin(connect)).await.cloned()
+        cell.get_or_try_init(connect).await.cloned()
     }
 
     /// Builds the client of the context kept under `key`.
