@@ -41,14 +41,14 @@ fn hour(policy: &Policy) -> u32 {
         let backlog = ((i % 60) * 7) as u64;
         let obs = Observation {
             replicas,
-            status_replicas: None,
+            status_replicas: replicas,
             pause: Pause::No,
             queues: vec![Some(Counts { visible: backlog, in_flight: 3, delayed: 0 })],
         };
         let now = Time(i * 10_000);
         let (mut next, d) = decide(policy, &state, &obs, now);
         if let Some(to) = d.write {
-            next.record_scale(policy, replicas, to, now);
+            next.record_scale(policy, &d, now);
             replicas = to;
         }
         state = next;

@@ -71,7 +71,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
         /// Also check every rule against AWS and Kubernetes: the queue answers, the
-        /// target exists, and this identity may get and patch its scale.
+        /// target exists, and this identity has every permission the daemon uses.
         #[arg(long)]
         remote: bool,
         /// Kubeconfig for --remote (default: as `run`).
@@ -172,7 +172,7 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
     use crate::source::{Attrs, QueueReader};
     use crate::target::ScaleTarget;
     let sqs = Sqs::new(CALL_TIMEOUT);
-    let kube = Kube::from_settings(&config.kubernetes, &config.aws, kubeconfig, CALL_TIMEOUT);
+    let kube = Kube::from_config(config, kubeconfig, CALL_TIMEOUT);
     let mut failed = 0;
     for rule in &config.rules {
         let ctx = rule.context.as_deref();
@@ -188,20 +188,15 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
             Ok(v) => facts.push(format!("{} has {} replicas", rule.target, v.replicas)),
             Err(e) => problems.push(format!("{e} [{}]", e.kind)),
         }
-        for (verb, sub) in [("get", Some("scale")), ("patch", Some("scale")), ("patch", None)] {
-            let what = format!(
-                "{verb} {}{}",
-                rule.target.kind.as_str().to_lowercase(),
-                sub.map_or(String::new(), |s| format!("s/{s}"))
-            );
-            match kube.can_i(ctx, &rule.target, verb, sub).await {
+        for access in kube.needs(&rule.target) {
+            match kube.may(ctx, &rule.target, &access).await {
                 Ok(true) => {}
-                Ok(false) => problems.push(format!("not allowed to {what} in namespace {}", rule.target.namespace)),
-                Err(e) => problems.push(format!("cannot check access ({what}): {e}")),
+                Ok(false) => problems.push(format!("not allowed to {access}")),
+                Err(e) => problems.push(format!("cannot check access ({access}): {e}")),
             }
         }
         if problems.is_empty() {
-            println!("ok    {}: {}; may get and patch its scale", rule.name, facts.join("; "));
+            println!("ok    {}: {}; may read it, scale it and keep its state", rule.name, facts.join("; "));
         } else {
             failed += 1;
             println!("FAIL  {}: {}", rule.name, problems.join("; "));
@@ -308,7 +303,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 return ExitCode::FAILURE;
             }
         };
-        let kube = Kube::from_settings(&config.kubernetes, &config.aws, kubeconfig, CALL_TIMEOUT);
+        let kube = Kube::from_config(&config, kubeconfig, CALL_TIMEOUT);
         // Build every context's client now: a broken kubeconfig is a start-up error,
         // not a warning on every poll.
         let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();

@@ -687,6 +687,7 @@ mod tests {
         o.rules_loaded(&running);
         let decision = Decision {
             current: 0,
+            phase: crate::engine::Phase::Keda,
             write: Some(1),
             reason: Reason::Activated,
             active: true,

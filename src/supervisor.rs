@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigErrors, KubernetesSettings, LeaderElection, Rule, ServerSettings};
+use crate::engine::State;
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::target::ScaleTarget;
@@ -20,8 +22,9 @@ use crate::worker::{self, Deps};
 /// How a reload went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
-    /// The new rules run: counts of rules added, removed, changed (restarted with fresh
-    /// state) and unchanged (kept running with their state).
+    /// The new rules run: counts of rules added, removed, changed (restarted on the new
+    /// rule; the engine state carries over unless the target or context changed) and
+    /// unchanged (kept running with their state and schedule).
     Applied { added: usize, removed: usize, changed: usize, unchanged: usize },
     /// The new file was invalid; the old rules run untouched.
     Rejected(Vec<String>),
@@ -39,6 +42,8 @@ pub enum Aborted {
 struct Running {
     rule: Arc<Rule>,
     cancel: CancellationToken,
+    /// The worker's task, which ends with the rule's engine state.
+    task: JoinHandle<State>,
 }
 
 /// Owns the workers of the current configuration.
@@ -73,7 +78,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         };
         let n = rules.len();
         for rule in rules {
-            s.spawn(rule, n);
+            s.spawn(rule, n, None);
         }
         info!(rules = s.workers.len(), dry_run = s.deps.dry_run, "started");
         s
@@ -89,19 +94,28 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers.get(name).map(|r| &*r.rule)
     }
 
-    fn spawn(&mut self, rule: Arc<Rule>, rules: usize) {
+    /// Starts a worker for `rule`; with `previous` (cancelled already), it carries on
+    /// from that worker's engine state.
+    fn spawn(&mut self, rule: Arc<Rule>, rules: usize, previous: Option<Running>) {
         let cancel = self.root.child_token();
         let first_poll = start_offset(&rule, rules);
-        self.tracker.spawn(worker::run(rule.clone(), self.deps.clone(), cancel.clone(), first_poll));
-        self.workers.insert(rule.name.clone(), Running { rule, cancel });
+        let (deps, token) = (self.deps.clone(), cancel.clone());
+        let task = match previous {
+            None => self.tracker.spawn(worker::run(rule.clone(), deps, token, first_poll, None)),
+            Some(previous) => self.tracker.spawn(take_over(previous, rule.clone(), deps, token, first_poll)),
+        };
+        self.workers.insert(rule.name.clone(), Running { rule, cancel, task });
     }
 
     /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
     ///
     /// Rules are matched by name: unchanged rules keep running with their state
-    /// (cooldowns, windows, failure counts); changed rules restart with fresh state
-    /// (their last-active comes back from the target's annotation); removed rules stop
-    /// and leave their target as it is; added rules start.
+    /// (cooldowns, windows, failure counts) and schedule; changed rules restart on the
+    /// new rule and poll at once, keeping their state as KEDA and the HPA do when a
+    /// ScaledObject is edited (the HPA is updated in place), unless the target or the
+    /// context changed: a different workload starts fresh (its last-active comes from
+    /// its annotation). Removed rules stop and leave their target as it is; added rules
+    /// start.
     pub fn reload(&mut self, loaded: Result<Config, ConfigErrors>) -> ReloadOutcome {
         let new = match loaded {
             Ok(c) => c,
@@ -122,6 +136,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         let (mut added, mut changed, mut unchanged) = (0, 0, 0);
         let mut keep: HashMap<String, Running> = HashMap::new();
         let mut restarted = Vec::new();
+        // Changed rules on the same target, by name: their new worker takes the state over.
+        let mut handed_over: HashMap<String, Running> = HashMap::new();
         // The rules that will run: a kept rule's running copy, else the new one.
         let running: Vec<Arc<Rule>> = new
             .rules
@@ -137,6 +153,11 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
                     changed += 1;
                     running.cancel.cancel();
                     restarted.push(rule.name.clone());
+                    if running.rule.target == rule.target && running.rule.context == rule.context {
+                        handed_over.insert(rule.name.clone(), running);
+                    } else {
+                        info!(rule = %rule.name, from = %running.rule.target, to = %rule.target, "target or context changed: the rule starts with fresh state");
+                    }
                     Arc::new(rule)
                 }
                 None => {
@@ -163,7 +184,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         let n = running.len();
         for rule in running {
             if !self.workers.contains_key(&rule.name) {
-                self.spawn(rule, n);
+                let previous = handed_over.remove(&rule.name);
+                self.spawn(rule, n, previous);
             }
         }
         info!(added, removed, changed, unchanged, "rules reloaded");
@@ -175,7 +197,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// built from them once, so a reload cannot apply them.
     fn restart_required(&self, new: &Config) -> Vec<&'static str> {
         // Destructured, so that a new key cannot be forgotten here.
-        let KubernetesSettings { kubeconfig, context, eks_cluster } = &self.kubernetes;
+        let KubernetesSettings { kubeconfig, context, eks_cluster, qps, burst } = &self.kubernetes;
         let ServerSettings { listen } = &self.server;
         let LeaderElection { enabled, namespace, lease_name, lease_duration, renew_deadline, retry_period } =
             &self.leader_election;
@@ -184,6 +206,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             ("kubernetes.kubeconfig", *kubeconfig != k.kubeconfig),
             ("kubernetes.context", *context != k.context),
             ("kubernetes.eks_cluster", *eks_cluster != k.eks_cluster),
+            ("kubernetes.qps", *qps != k.qps),
+            ("kubernetes.burst", *burst != k.burst),
             ("server.listen", *listen != s.listen),
             ("leader_election.enabled", *enabled != l.enabled),
             ("leader_election.namespace", *namespace != l.namespace),
@@ -221,6 +245,35 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         }
     }
+}
+
+/// Runs the changed `rule` on the engine state of its `previous` worker (recommendations,
+/// scale events, last-active, failure counts, the time the initial cooldown counts
+/// from). The previous worker is cancelled but may be mid-poll: its poll finishes
+/// (every remote call has a timeout) and its result is part of the state taken over,
+/// and the new worker never polls alongside it.
+async fn take_over<Q: QueueReader, T: ScaleTarget>(
+    previous: Running,
+    rule: Arc<Rule>,
+    deps: Arc<Deps<Q, T>>,
+    cancel: CancellationToken,
+    first_poll: Duration,
+) -> State {
+    let mut state = match previous.task.await {
+        Ok(state) => Some(Box::new(state)),
+        Err(e) => {
+            warn!(rule = %rule.name, error = %e, "the previous worker of this rule failed; starting with fresh state");
+            None
+        }
+    };
+    // A paused rule has no HPA phase (KEDA deletes the HPA); if it was unpaused before
+    // it polled, forget the phase here.
+    if previous.rule.paused
+        && let Some(state) = &mut state
+    {
+        state.reset_hpa();
+    }
+    worker::run(rule, deps, cancel, first_poll, state).await
 }
 
 /// When a rule polls first, after it starts. Ten thousand rules must not all fire in

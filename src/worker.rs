@@ -22,6 +22,27 @@ use crate::target::{ScaleTarget, TargetEvent, TargetView, format_time};
 /// often, so a broken rule does not flood the API server.
 const EVENT_REPEAT: Duration = Duration::from_secs(300);
 
+/// Decisions per poll when the target keeps changing between the read and the write
+/// (each one on a fresh read); after the last the poll reports the conflict.
+const DECIDE_AGAIN: u32 = 3;
+
+/// While a rule stays active, its last-active is stored at most this often (or a
+/// quarter of its cooldown, if longer); the edge to inactive is always stored at once.
+/// So a crash in the middle of an active period can bring the step to zero forward by
+/// at most this much, and a busy rule costs one state write a minute at most.
+pub const LAST_ACTIVE_EVERY: Duration = Duration::from_secs(60);
+
+/// What a poll's write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// No write was due (or allowed: dry run, standby).
+    Nothing,
+    Scaled(u32, u32),
+    /// The target changed since it was read: nothing was written.
+    Conflict,
+    Failed,
+}
+
 /// Consecutive failures of one kind, and when they were last reported as an Event.
 #[derive(Debug, Default)]
 struct Streak {
@@ -77,14 +98,19 @@ pub struct Deps<Q, T> {
 }
 
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
-/// `polling_interval`; a late poll delays the next one, never bursts.
+/// `polling_interval`; a late poll delays the next one, never bursts. Starts from
+/// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
+/// it ends with, including the poll that was in flight when `cancel` fired. (Boxed: an
+/// async fn keeps its arguments for its whole life, and every idle rule would carry a
+/// second copy of the state inline.)
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
     cancel: CancellationToken,
     first_poll: Duration,
-) {
-    let mut worker = Worker::new(rule, deps);
+    state: Option<Box<State>>,
+) -> State {
+    let mut worker = Worker::new(rule, deps, state);
     let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -97,7 +123,11 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
         // idle task would carry that size for good.
         Box::pin(worker.poll()).await;
     }
+    // A clean stop stores what the budget held back, so a restart keeps the cooldown
+    // exactly (only a crash can cost up to the budget's interval).
+    Box::pin(worker.store_last_active()).await;
     debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
+    worker.state
 }
 
 struct Worker<Q, T> {
@@ -116,10 +146,11 @@ struct Worker<Q, T> {
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
-    /// A fresh worker: its record and its queues' slots are taken once, here.
-    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>) -> Self {
+    /// A new worker, on `state` or a fresh one: its record and its queues' slots are
+    /// taken once, here.
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<Box<State>>) -> Self {
         Worker {
-            state: State::new(deps.clock.now()),
+            state: state.map_or_else(|| State::new(deps.clock.now()), |s| *s),
             persisted_last_active: None,
             record: deps.observer.record(&rule.name),
             slots: (0..rule.triggers.len()).map(|i| deps.queues.slot(&rule, i)).collect(),
@@ -155,7 +186,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             }
         };
         let decision;
-        if let Some(view) = view {
+        if let Some(mut view) = view {
             self.read_failures.ok();
             self.adopt_last_active(&view);
             let queues = self.read_queues().await;
@@ -175,17 +206,41 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 .zip(&queues)
                 .map(|(t, r)| r.as_ref().map(|c| t.backlog(c)).map_err(|e| e.to_string()))
                 .collect();
-            let obs = Observation {
+            let mut obs = Observation {
                 replicas: view.replicas,
-                status_replicas: view.status_replicas,
+                status_replicas: view.scale_status_replicas(),
                 pause: if rule.paused { Pause::Frozen } else { view.pause },
                 queues: queues.into_iter().map(Result::ok).collect(),
             };
-            let (next, d) = engine::decide(&rule.policy, &self.state, &obs, now);
-            self.state = next;
-            decision = d;
-            self.apply(&decision, &view, now, &mut report).await;
-            self.persist_last_active().await;
+            let mut round = 1;
+            decision = loop {
+                let (next, d) = engine::decide(&rule.policy, &self.state, &obs, now);
+                let written = self.apply(&d, &view, &mut report).await;
+                // A 409: the target changed between the read and the write (a `kubectl
+                // scale`, a pause annotation). Resending the same count would overwrite
+                // that change; decide again on what is there now.
+                if written == Written::Conflict && round < DECIDE_AGAIN {
+                    round += 1;
+                    match self.deps.targets.read_fresh(ctx, &rule.target).await {
+                        Ok(fresh) => {
+                            debug!(rule = %rule.name, target = %rule.target, round, "the target changed under the write; deciding again");
+                            self.adopt_last_active(&fresh);
+                            (obs.replicas, obs.status_replicas) = (fresh.replicas, fresh.scale_status_replicas());
+                            obs.pause = if rule.paused { Pause::Frozen } else { fresh.pause };
+                            view = fresh;
+                            report.scale_error = None;
+                            continue;
+                        }
+                        Err(e) => report.scale_error = Some(e.to_string()),
+                    }
+                }
+                self.state = next;
+                if let Written::Scaled(..) = written {
+                    self.state.record_scale(&rule.policy, &d, now);
+                }
+                break d;
+            };
+            self.persist_last_active(&decision).await;
             report.decision = Some(&decision);
         }
         report.last_active = self.state.last_active;
@@ -196,16 +251,18 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
     }
 
     /// Writes the decision to the target (unless dry run) and logs it.
-    async fn apply(&mut self, d: &engine::Decision, view: &TargetView, now: Time, report: &mut PollReport<'_>) {
+    async fn apply(&mut self, d: &engine::Decision, view: &TargetView, report: &mut PollReport<'_>) -> Written {
         let rule = &self.rule;
         let from = d.current;
         match d.write {
             Some(to) if self.deps.dry_run => {
                 info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
+                Written::Nothing
             }
             // A standby decides (so its windows stay warm) but only the leader writes.
             Some(to) if !self.leads() => {
                 debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
+                Written::Nothing
             }
             Some(to) => {
                 // Boxed, as every write: a poll's future is allocated whole when it
@@ -218,7 +275,6 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 );
                 match Box::pin(write).await {
                     Ok(()) => {
-                        self.state.record_scale(&rule.policy, from, to, now);
                         report.scaled = Some((from, to));
                         self.scale_failures.ok();
                         info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "scaled");
@@ -229,6 +285,12 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                         };
                         let backlog = d.backlog.map_or_else(|| "unknown".to_owned(), |b| b.to_string());
                         self.event(false, reason, format!("New size: {to}; reason: {}; backlog: {backlog}", d.reason));
+                        Written::Scaled(from, to)
+                    }
+                    Err(e) if e.kind == "conflict" => {
+                        info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, "the target changed since it was read; not scaling on a stale view");
+                        report.scale_error = Some(e.to_string());
+                        Written::Conflict
                     }
                     Err(e) => {
                         warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, from, to, reason = %d.reason, "scaling failed");
@@ -240,11 +302,13 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                             );
                         }
                         report.scale_error = Some(e.to_string());
+                        Written::Failed
                     }
                 }
             }
             None => {
-                debug!(rule = %rule.name, target = %rule.target, replicas = from, reason = %d.reason, backlog = d.backlog, "holding")
+                debug!(rule = %rule.name, target = %rule.target, replicas = from, reason = %d.reason, backlog = d.backlog, "holding");
+                Written::Nothing
             }
         }
     }
@@ -280,7 +344,26 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
-    async fn persist_last_active(&mut self) {
+    /// Stores last-active when it matters: on the poll that finds the rule inactive
+    /// (the value a restart must see), and while active at most once per
+    /// max([`LAST_ACTIVE_EVERY`], cooldown / 4). Nothing else is written while replicas
+    /// hold steady.
+    async fn persist_last_active(&mut self, decision: &engine::Decision) {
+        let Some(at) = self.state.last_active else {
+            return;
+        };
+        if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
+            return;
+        }
+        let every = LAST_ACTIVE_EVERY.max(self.rule.policy.cooldown / 4).as_millis() as i64;
+        let due = !decision.active || self.persisted_last_active.is_none_or(|p| at.0 - p.0 >= every);
+        if due {
+            self.store_last_active().await;
+        }
+    }
+
+    /// Stores last-active if it differs from what was stored (as the leader only).
+    async fn store_last_active(&mut self) {
         let Some(at) = self.state.last_active else {
             return;
         };
@@ -353,11 +436,11 @@ mod tests {
             observer: Arc::new(Observer::new()),
         });
         // What every idle rule holds for good: its task's future.
-        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO);
+        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO, None);
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");
-        let mut worker = Worker::new(rule, deps);
+        let mut worker = Worker::new(rule, deps, None);
         let size = std::mem::size_of_val(&worker.poll());
         println!("poll future: {size} bytes");
         assert!(size <= 1536, "a poll's future is {size} bytes");

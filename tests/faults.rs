@@ -72,6 +72,11 @@ enum Fault {
     Drop,
     /// Answer this late.
     Slow(Duration),
+    /// Another writer scales the target to this many replicas (a `kubectl scale`) after
+    /// the poll read it and before its patch: the patch meets a real 409.
+    Manual(u32),
+    /// Another writer annotates the target `sqscale.io/paused: "true"` in the same gap.
+    Pause,
 }
 
 /// The real Kubernetes adapter, with a fault armed on the fake just before each of the
@@ -100,6 +105,10 @@ impl ScaleTarget for Armed {
         self.kube.read(ctx, t).await
     }
 
+    async fn read_fresh(&self, ctx: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        self.kube.read_fresh(ctx, t).await
+    }
+
     async fn scale(&self, ctx: Option<&str>, t: &TargetRef, to: u32, rv: Option<&str>) -> Result<(), TargetError> {
         let fault = self.plan.lock().unwrap().pop_front();
         match fault {
@@ -107,6 +116,8 @@ impl ScaleTarget for Armed {
             Some(Fault::Conflict(n)) => self.fake.conflict_next(n),
             Some(Fault::Drop) => self.fake.drop_next(1),
             Some(Fault::Slow(d)) => self.fake.set_latency(d),
+            Some(Fault::Manual(n)) => self.fake.set_replicas(Kind::Deployment, NS, "demo", n),
+            Some(Fault::Pause) => self.fake.annotate(Kind::Deployment, NS, "demo", "sqscale.io/paused", Some("true")),
             None => {}
         }
         let started = tokio::time::Instant::now();
@@ -144,7 +155,7 @@ async fn scale_through(plan: &[Fault]) -> (Arc<FakeKube>, Vec<Outcome>, String) 
     let log = FaultLog::default();
     let cfg = sqscale::config::load(&config).unwrap();
     let armed = Armed {
-        kube: Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig), Duration::from_secs(2)),
+        kube: Kube::from_config(&cfg, Some(kubeconfig), Duration::from_secs(2)),
         fake: kube.clone(),
         plan: Mutex::new(plan.iter().copied().collect()),
         log: log.clone(),
@@ -218,7 +229,7 @@ async fn sqs_emulator_killed_and_restarted_never_scales_in_and_scaling_resumes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_on_the_scale_patch_lose_no_write() {
     use Fault::*;
-    let plan = [Status(500, 1), Status(429, 1), Conflict(3), Conflict(1)];
+    let plan = [Status(500, 1), Status(429, 1), Conflict(1), Conflict(1), Conflict(1), Conflict(1)];
     let (kube, log, metrics) = scale_through(&plan).await;
     let outcomes: Vec<_> = log.iter().map(|o| (o.fault, o.result)).collect();
     assert_eq!(
@@ -227,10 +238,13 @@ async fn api_errors_on_the_scale_patch_lose_no_write() {
             (Status(500, 1), Err("server_error")),
             // kube honours Retry-After: the write lands in the same call, a second later.
             (Status(429, 1), Ok(())),
-            // The adapter's own retries on a fresh version run out...
-            (Conflict(3), Err("conflict")),
-            // ...or succeed.
-            (Conflict(1), Ok(())),
+            // A 409 makes the poll read the target again and decide again, three times
+            // at most; then the poll reports the conflict...
+            (Conflict(1), Err("conflict")),
+            (Conflict(1), Err("conflict")),
+            (Conflict(1), Err("conflict")),
+            // ...and the next poll's first decision is a conflict again, its second lands.
+            (Conflict(1), Err("conflict")),
         ]
     );
     assert!(log[1].took >= Duration::from_secs(1), "Retry-After respected: {:?}", log[1]);
@@ -239,6 +253,44 @@ async fn api_errors_on_the_scale_patch_lose_no_write() {
     assert_eq!(metric(&metrics, KUBE_ERRORS), 2.0, "{metrics}");
     assert_eq!(metric(&metrics, "sqscale_scale_total{rule=\"demo\",direction=\"up\"}"), 3.0, "{metrics}");
     assert!(kube.events().iter().any(|e| e["reason"] == "FailedRescale" && e["type"] == "Warning"));
+}
+
+/// A `kubectl scale` lands between the poll's read and its write: the patch, carrying the
+/// version the decision was made on, meets a 409, and the poll decides again on the new
+/// replicas instead of sending its stale count (which would undo the manual scale). At 3
+/// with a backlog asking for 6, the next step is 6 at once (the HPA's limit from 3 is 6),
+/// never the activation to 1 that the stale view asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_scale_between_read_and_write_is_decided_on_again() {
+    use Fault::*;
+    let (kube, log, _) = scale_through(&[Manual(3)]).await;
+    assert_eq!(log.iter().map(|o| o.result).collect::<Vec<_>>(), [Err("conflict")], "{log:#?}");
+    assert_eq!(history(&kube), [6], "the stale activation to 1 was never written");
+}
+
+/// A pause annotation lands between the read and the write: after the 409 the fresh
+/// read shows the pause, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_between_read_and_write_stops_the_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let queue = sqs::queue("paused-meanwhile").await;
+    sqs::send(&queue, 30).await;
+    let config = rule_file(dir.path(), &sqs::endpoint(), &queue, "");
+    let cfg = sqscale::config::load(&config).unwrap();
+    let log = FaultLog::default();
+    let armed = Armed {
+        kube: Kube::from_config(&cfg, Some(kubeconfig), Duration::from_secs(2)),
+        fake: kube.clone(),
+        plan: Mutex::new([Fault::Pause].into_iter().collect()),
+        log: log.clone(),
+    };
+    let daemon = Daemon::start_with(&config, armed);
+    assert!(wait_until(Duration::from_secs(5), || !log.lock().unwrap().is_empty()).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(daemon.stop().await, Ok(()));
+    assert_eq!(log.lock().unwrap()[0].result, Err("conflict"));
+    assert_eq!((history(&kube), replicas(&kube)), (vec![], 0), "nothing written to a paused target");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +337,7 @@ async fn a_deleted_target_created_again_is_scaled_again() {
     assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 5).await, "at {}", replicas(&kube));
     assert_eq!(history(&kube), [1, 4, 5, 1, 4, 5]);
     let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
-    assert!(obj["metadata"]["annotations"]["sqscale.io/last-active"].is_string(), "last-active kept again: {obj}");
+    assert!(obj["metadata"]["annotations"]["sqscale.io/last-active"].is_null(), "nothing written on the target: {obj}");
     assert_eq!(status(&daemon).consecutive_failures, 0);
     assert_eq!(daemon.stop().await, Ok(()));
 }
@@ -333,7 +385,7 @@ async fn token_rotation(kubernetes_section: &str) {
     // A call timeout longer than the test, so no watch dies of silence on the way: only
     // the 401s themselves may make the adapter read the kubeconfig again.
     let cfg = sqscale::config::load(&config).unwrap();
-    let adapter = Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.clone()), Duration::from_secs(30));
+    let adapter = Kube::from_config(&cfg, Some(kubeconfig.clone()), Duration::from_secs(30));
     let daemon = Daemon::start_with(&config, adapter);
     // (`Observer::readiness` is no help: it is Ok before any rule is loaded.)
     let polled = || daemon.observer.statuses().first().is_some_and(|s| s.polls >= 2);
@@ -630,11 +682,12 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
     sqs::send(&queue, 30).await;
     assert!(wait_until(Duration::from_secs(15), || replicas(&kube) == 5).await, "{}", logs(&log_a));
 
-    // The queue empties; once a poll has seen it empty, last-active is final.
+    // The queue empties; once a poll has seen it empty, last-active is final, and stored
+    // in sqscale's state ConfigMap (never on the target).
     sqs::purge(&queue).await;
     let annotation = || {
-        let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
-        obj["metadata"]["annotations"]["sqscale.io/last-active"].as_str().map(str::to_owned)
+        let state = kube.config_map(NS, "sqscale-state")?;
+        state["data"]["deployment.default.demo"].as_str().map(str::to_owned)
     };
     let inactive = |_, body: &str| {
         let s: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
@@ -650,7 +703,7 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
     let cooldown_ends = last_active.0 + 6000;
     assert!(cooldown_ends - unix_ms(SystemTime::now()) >= 2000, "restarted well inside the cooldown");
 
-    // The new process knows nothing but the annotation: zero only once the cooldown ran out.
+    // The new process knows nothing but the stored time: zero only once the cooldown ran out.
     let mut zero_seen = 0;
     let zero = wait_until(Duration::from_secs(15), || {
         let zero = replicas(&kube) == 0;

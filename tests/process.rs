@@ -246,14 +246,32 @@ async fn check_remote_reports_queue_target_and_rbac_per_rule() {
     assert!(lines[0].starts_with("ok    demo: queue ") && lines[0].contains("has 7 messages"), "{}", lines[0]);
     assert!(lines[0].contains("has 2 replicas"), "{}", lines[0]);
     assert!(lines[1].starts_with("FAIL  ghost: ") && lines[1].contains("[not_found]"), "{}", lines[1]);
-    assert_eq!(kube.count("POST", "/selfsubjectaccessreviews"), 6);
+    // Per rule: get, list and watch the target; get and patch its scale; create events;
+    // get, patch and create the state ConfigMap. Nothing on the whole object but reads.
+    assert_eq!(kube.count("POST", "/selfsubjectaccessreviews"), 18);
+    let reviews: Vec<serde_json::Value> = kube
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/selfsubjectaccessreviews"))
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let writes_of_workloads = reviews.iter().filter(|r| {
+        let a = &r["spec"]["resourceAttributes"];
+        a["resource"] == "deployments"
+            && a["subresource"].is_null()
+            && !matches!(a["verb"].as_str(), Some("get" | "list" | "watch"))
+    });
+    assert_eq!(writes_of_workloads.count(), 0, "{reviews:#?}");
 
     // Without patch on deployments/scale the rule fails and says what is missing.
     kube.deny("patch", "deployments", "scale");
     let config = write(dir.path(), "one.toml", &format!("{head}{}", demo_rule("demo", &queue, "")));
     let (code, stdout) = check_remote(&config, &kubeconfig).await;
     assert_eq!(code, Some(1));
-    assert!(stdout.contains("FAIL  demo: not allowed to patch deployments/scale in namespace default"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  demo: not allowed to patch deployments/scale \"demo\" in namespace default"),
+        "{stdout}"
+    );
     kube.allow_all();
     assert_eq!(check_remote(&config, &kubeconfig).await.0, Some(0));
 }

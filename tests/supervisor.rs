@@ -81,6 +81,119 @@ async fn the_story_then_a_reload_raising_max_gives_six() {
     assert_eq!(w.targets.replicas("demo"), 0, "30 s after the last active poll (t=30.1)");
 }
 
+/// Issue 14: editing a rule updates KEDA's HPA in place, so a reload that changes
+/// `max_replica_count` and `cooldown_period` keeps the engine state: the 300 s window
+/// still ends 300 s after the last high recommendation (t=30), not 300 s after the
+/// reload (a re-seed at t=100 would hold 10 until t=410); the new cooldown applies.
+#[tokio::test(start_paused = true)]
+async fn a_reload_editing_max_and_cooldown_keeps_the_scale_down_window() {
+    let w = World::new();
+    w.queues.set("q", Some(50));
+    w.targets.add("demo", 0);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("demo", "q", "max_replica_count = 10")]), w.deps(false));
+    after_poll(start, 30).await;
+    assert_eq!(w.targets.get("demo").writes, [1, 4, 8, 10]);
+    // From now on the queue asks for 2; the legacy 300 s window holds 10.
+    w.queues.set("q", Some(10));
+
+    after_poll(start, 100).await;
+    let edited = rule("demo", "q", "max_replica_count = 12").replace("cooldown_period = 30", "cooldown_period = 60");
+    let outcome = sup.reload(Ok(config(&[edited])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 });
+    assert_eq!(sup.rule("demo").unwrap().policy.max, 12);
+    after_poll(start, 325).await; // polls at 100.1, 110.1, ..., 320.1
+    assert_eq!(w.targets.replicas("demo"), 10, "inside the window of the polls at 10..30");
+    after_poll(start, 335).await;
+    assert_eq!(w.targets.replicas("demo"), 2, "the window of t=30 ended at the poll at 330.1: no re-seed");
+
+    // The edited cooldown applies: 60 s after the last active poll (330.1).
+    w.queues.set("q", Some(0));
+    after_poll(start, 385).await;
+    assert_eq!(w.targets.replicas("demo"), 2, "cooling down for 60 s, not 30");
+    after_poll(start, 395).await;
+    assert_eq!(w.targets.get("demo").writes, [1, 4, 8, 10, 2, 0]);
+}
+
+/// A reload while the old worker's patch is in flight: the new worker waits for that
+/// poll to finish and carries on from its state, never polling alongside it (which
+/// would read the old replicas and activate a second time).
+#[tokio::test(start_paused = true)]
+async fn a_reload_mid_poll_hands_over_once_the_poll_is_done() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(3);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    sleep(Duration::from_secs(1)).await; // the patch to 1 lands at 3
+    sup.reload(Ok(config(&[rule("demo", "q", "max_replica_count = 10")])));
+    tokio::time::sleep_until(start + Duration::from_millis(5900)).await;
+    assert_eq!(w.targets.get("demo").writes, [1], "one activation; the new worker's patch lands at 6");
+    tokio::time::sleep_until(start + Duration::from_millis(6100)).await;
+    assert_eq!(w.targets.get("demo").writes, [1, 4]);
+}
+
+/// The state belongs to the workload: a reload that points a rule at another target
+/// starts it afresh, as a new rule. Target b has never been active and the queue is
+/// empty, so (initial cooldown 0) it goes to zero at the first poll; the last-active of
+/// target a, 5 s old, would have held it for the 30 s cooldown.
+#[tokio::test(start_paused = true)]
+async fn a_reload_moving_the_rule_to_another_target_starts_fresh() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("a", 0);
+    w.targets.add("b", 3);
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("a", "q", "")]), w.deps(false));
+    after_poll(start, 20).await;
+    assert_eq!(w.targets.replicas("a"), 5);
+    w.queues.set("q", Some(0));
+    // Mid-interval, so the new worker reads the queue afresh (not the round's shared read).
+    tokio::time::sleep_until(start + Duration::from_secs(25)).await;
+    let moved = rule("a", "q", "").replace("target = { name = \"a\" }", "target = { name = \"b\" }");
+    let outcome = sup.reload(Ok(config(&[moved])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 });
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.targets.get("b").writes, [0]);
+    assert_eq!(w.targets.replicas("a"), 5, "a is left as it was");
+}
+
+/// `rule.paused` deletes the HPA as the annotations do: while paused someone scales the
+/// target to 2 by hand; once unpaused, a backlog that asks for 2 keeps it at 2. The old
+/// history (10 in the last 300 s) would pull it back up, 2 -> 4 -> 8 -> 10. Also when
+/// the rule is paused and unpaused by two reloads before its paused worker ever polled.
+#[tokio::test(start_paused = true)]
+async fn unpausing_a_rule_by_reload_starts_a_fresh_hpa() {
+    for paused_polls in [true, false] {
+        let w = World::new();
+        w.queues.set("q", Some(50));
+        w.targets.add("demo", 0);
+        let start = tokio::time::Instant::now();
+        let running = || config(&[rule("demo", "q", "max_replica_count = 10")]);
+        let paused = || config(&[rule("demo", "q", "max_replica_count = 10\npaused = true")]);
+        let mut sup = Supervisor::start(running(), w.deps(false));
+        after_poll(start, 30).await;
+        assert_eq!(w.targets.get("demo").writes, [1, 4, 8, 10]);
+        w.queues.set("q", Some(10));
+
+        // Mid-interval, so the restarted workers read the queue afresh.
+        tokio::time::sleep_until(start + Duration::from_secs(35)).await;
+        sup.reload(Ok(paused()));
+        w.targets.with("demo", |o| o.replicas = 2);
+        if paused_polls {
+            after_poll(start, 45).await; // the paused worker polled at 35 and 45
+        }
+        assert_eq!(
+            sup.reload(Ok(running())),
+            ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 }
+        );
+        after_poll(start, 120).await;
+        assert_eq!(w.targets.get("demo").writes, [1, 4, 8, 10], "paused polls: {paused_polls}");
+        assert_eq!(w.targets.replicas("demo"), 2, "paused polls: {paused_polls}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_invalid_reload_keeps_the_old_rules_running() {
     let w = World::new();

@@ -39,7 +39,7 @@ pub struct Config {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct KubernetesSettings {
     /// Explicit kubeconfig path; `None` means `$KUBECONFIG`, then `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
@@ -47,6 +47,27 @@ pub struct KubernetesSettings {
     pub context: Option<String>,
     /// Mint EKS tokens in-process for this cluster name.
     pub eks_cluster: Option<String>,
+    /// Writes per second to each cluster (`/scale` patches and state writes), on
+    /// average; `burst` more may go at once. KEDA's operator defaults (its
+    /// `--kube-api-qps` and `--kube-api-burst`).
+    pub qps: f64,
+    pub burst: u32,
+}
+
+/// `[kubernetes] qps` and `burst` when not set: KEDA's operator defaults.
+pub const DEFAULT_QPS: f64 = 20.0;
+pub const DEFAULT_BURST: u32 = 30;
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            kubeconfig: None,
+            context: None,
+            eks_cluster: None,
+            qps: DEFAULT_QPS,
+            burst: DEFAULT_BURST,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -64,6 +85,9 @@ pub struct ServerSettings {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// `[leader_election] namespace` when not set: sqscale's own namespace in each cluster,
+/// where its Lease and its state ConfigMap live.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaderElection {
@@ -338,6 +362,8 @@ impl Config {
                 kubeconfig: self.kubernetes.kubeconfig.as_ref().map(|p| p.display().to_string()),
                 context: self.kubernetes.context.clone(),
                 eks_cluster: self.kubernetes.eks_cluster.clone(),
+                qps: Some(self.kubernetes.qps),
+                burst: Some(i64::from(self.kubernetes.burst)),
             }),
             aws: Some(RawAws {
                 region: self.aws.region.clone(),

@@ -32,6 +32,10 @@ pub struct RawKubernetes {
     pub context: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eks_cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

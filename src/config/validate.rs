@@ -50,6 +50,22 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         kubeconfig: kubernetes.kubeconfig.map(PathBuf::from),
         context: non_empty(&mut p, "[kubernetes]", "context", kubernetes.context),
         eks_cluster: non_empty(&mut p, "[kubernetes]", "eks_cluster", kubernetes.eks_cluster),
+        qps: match kubernetes.qps {
+            None => super::DEFAULT_QPS,
+            Some(q) if q.is_finite() && q > 0.0 => q,
+            Some(q) => {
+                p.add("[kubernetes]", format!("qps ({q}) must be a number of writes per second greater than 0"));
+                super::DEFAULT_QPS
+            }
+        },
+        burst: match kubernetes.burst {
+            None => super::DEFAULT_BURST,
+            Some(b) if (1..=i64::from(u32::MAX)).contains(&b) => b as u32,
+            Some(b) => {
+                p.add("[kubernetes]", format!("burst ({b}) must be a whole number of writes, at least 1"));
+                super::DEFAULT_BURST
+            }
+        },
     };
 
     let aws = raw.aws.clone().unwrap_or_default();
@@ -176,7 +192,7 @@ fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection
     }
     LeaderElection {
         enabled: le.enabled.unwrap_or(false),
-        namespace: le.namespace.unwrap_or_else(|| "default".to_owned()),
+        namespace: le.namespace.unwrap_or_else(|| super::DEFAULT_NAMESPACE.to_owned()),
         lease_name: le.lease_name.unwrap_or_else(|| "sqscale".to_owned()),
         lease_duration,
         renew_deadline,

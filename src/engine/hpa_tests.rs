@@ -177,7 +177,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
 fn observe(replicas: u32, queues: &[Option<u64>]) -> crate::engine::Observation {
     crate::engine::Observation {
         replicas,
-        status_replicas: None,
+        status_replicas: replicas,
         pause: crate::engine::Pause::No,
         queues: queues.iter().map(|q| q.map(|v| crate::engine::Counts { visible: v, ..Default::default() })).collect(),
     }

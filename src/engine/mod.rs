@@ -167,9 +167,10 @@ fn go_parse_bool(v: &str) -> Option<bool> {
 pub struct Observation {
     /// The target's `spec.replicas`.
     pub replicas: u32,
-    /// The target's `status.replicas`, used only for the tolerance ratio (the HPA does
-    /// the same); `None` means "same as `replicas`".
-    pub status_replicas: Option<u32>,
+    /// The target's `status.replicas` as its `/scale` subresource reports it (0 when the
+    /// object omits it), used only for the tolerance ratio, as the HPA does: with 0 the
+    /// ratio is +Inf, no tolerance applies and the proposal is `ceil(backlog / target)`.
+    pub status_replicas: u32,
     pub pause: Pause,
     /// One entry per trigger, in rule order: the counts, or `None` if the poll failed.
     pub queues: Vec<Option<Counts>>,
@@ -187,7 +188,7 @@ pub struct State {
     pub failures: Vec<u32>,
     /// The HPA recommendation history; seeded with the current replicas at first sight.
     pub recommendations: Vec<Recommendation>,
-    /// Successful scale-ups and scale-downs, for `behavior` policies only.
+    /// The HPA phase's successful scale-ups and scale-downs, for `behavior` policies only.
     pub scale_up_events: Vec<ScaleEvent>,
     pub scale_down_events: Vec<ScaleEvent>,
     /// Whether the recommendation history has been seeded.
@@ -199,15 +200,49 @@ impl State {
         State { created_at, ..State::default() }
     }
 
-    /// Records a rescale the target confirmed. The HPA stores scale events only after the
-    /// update succeeded, so a failed patch never counts against the rate limits.
-    pub fn record_scale(&mut self, policy: &Policy, from: u32, to: u32, now: Time) {
-        if let Some(b) = &policy.behavior
-            && from != to
+    /// Records that the target confirmed `decision`'s write. Only the HPA phase's own
+    /// rescales are scale events: upstream, KEDA writes `/scale` itself (activation, the
+    /// step to zero or idle, the step to min, `paused-replicas`) and the HPA's
+    /// `storeScaleEvent` runs only after the HPA's own update succeeded. So KEDA's writes
+    /// and failed patches never count against the `behavior` policies.
+    pub fn record_scale(&mut self, policy: &Policy, decision: &Decision, now: Time) {
+        if let (Some(b), Some(to), Phase::Hpa) = (&policy.behavior, decision.write, decision.phase)
+            && to != decision.current
         {
-            hpa::store_scale_event(b, &mut self.scale_up_events, &mut self.scale_down_events, from, to, now);
+            hpa::store_scale_event(
+                b,
+                &mut self.scale_up_events,
+                &mut self.scale_down_events,
+                decision.current,
+                to,
+                now,
+            );
         }
     }
+
+    /// Forgets the HPA phase, as deleting the HPA does (KEDA's `handlePause` deletes it,
+    /// and the controller drops its recommendations and scale events with it): the next
+    /// unpaused poll seeds the history afresh. KEDA's own state (`last_active`, failure
+    /// counts, `created_at`) stays.
+    pub fn reset_hpa(&mut self) {
+        self.recommendations = Vec::new();
+        self.scale_up_events = Vec::new();
+        self.scale_down_events = Vec::new();
+        self.seeded = false;
+    }
+}
+
+/// Which part of a poll decided, and so who writes upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The pause annotations or `rule.paused` (KEDA's reconciler, with no HPA).
+    Pause,
+    /// KEDA's executor: activation, the step to zero or idle or min, or a hold while
+    /// the HPA is disabled (at zero or idle).
+    Keda,
+    /// The HPA: its precheck clamps and its metric path. Only its rescales are scale
+    /// events for `behavior` policies.
+    Hpa,
 }
 
 /// Why the engine decided what it did: a stable snake_case token for logs, metrics,
@@ -284,6 +319,8 @@ impl std::fmt::Display for Reason {
 pub struct Decision {
     /// The target's replicas when the poll started.
     pub current: u32,
+    /// Which phase decided (and writes `write`, if any).
+    pub phase: Phase,
     /// The replica count to write, if it differs from `current`.
     pub write: Option<u32>,
     pub reason: Reason,
@@ -306,7 +343,8 @@ impl Decision {
 /// Decides what one rule does at `now`, given what it remembers and what it just saw.
 ///
 /// Each poll runs:
-/// 1. **Pause**: a paused target is left alone, or pinned to `paused-replicas`.
+/// 1. **Pause**: a paused target is left alone, or pinned to `paused-replicas`, and the
+///    HPA phase is forgotten (KEDA deletes the HPA while paused).
 /// 2. **Triggers**: each trigger's backlog and activity; failures are counted per
 ///    trigger, and after more than `failure_threshold` of them the fallback replaces the
 ///    failed trigger's metric with `queue_length * R` (KEDA's synthetic metric).
@@ -317,12 +355,36 @@ impl Decision {
 ///    maximum over triggers (no scale-in on partial data), then the legacy or the
 ///    `behavior` normalization.
 ///
+/// [`Decision::phase`] says which step decided; once the write succeeds, the caller
+/// hands the decision to [`State::record_scale`], which keeps only the HPA's rescales.
+///
 /// A failed trigger never makes the rule scale in before the fallback applies.
 pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (State, Decision) {
     let mut next = state.clone();
     let r = obs.replicas;
-    let mut decision =
-        Decision { current: r, write: None, reason: Reason::Unchanged, active: false, backlog: None, proposal: None };
+    let mut decision = Decision {
+        current: r,
+        phase: Phase::Keda,
+        write: None,
+        reason: Reason::Unchanged,
+        active: false,
+        backlog: None,
+        proposal: None,
+    };
+
+    // 1. Pause. KEDA deletes the HPA while paused, so unpausing starts a fresh one.
+    if obs.pause != Pause::No {
+        next.reset_hpa();
+        decision.phase = Phase::Pause;
+        match obs.pause {
+            Pause::Replicas(n) => {
+                decision.reason = Reason::PausedReplicas;
+                decision.write = (n != r).then_some(n);
+            }
+            _ => decision.reason = Reason::Paused,
+        }
+        return (next, decision);
+    }
 
     // The HPA seeds its history at first sight of the target, whatever the replicas. It
     // does so earlier in the same reconcile than its stabilization reads the clock, so
@@ -330,20 +392,6 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     if !next.seeded {
         next.recommendations.push(Recommendation { replicas: r, at: Time(now.0 - 1) });
         next.seeded = true;
-    }
-
-    // 1. Pause.
-    match obs.pause {
-        Pause::No => {}
-        Pause::Replicas(n) => {
-            decision.reason = Reason::PausedReplicas;
-            decision.write = (n != r).then_some(n);
-            return (next, decision);
-        }
-        Pause::Frozen | Pause::InvalidReplicas => {
-            decision.reason = Reason::Paused;
-            return (next, decision);
-        }
     }
 
     // 2. Triggers.
@@ -405,6 +453,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         decision.proposal = proposal(&triggers);
         return (next, decision);
     }
+    decision.phase = Phase::Hpa;
     let (to, reason) = phase_h(policy, &mut next, obs, &triggers, now, &mut decision);
     decision.write = (to != r).then_some(to);
     decision.reason = if fallback_active {
@@ -432,7 +481,7 @@ struct TriggerResult {
 
 fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Vec<TriggerResult> {
     next.failures.resize(policy.triggers.len(), 0);
-    let status = obs.status_replicas.unwrap_or(obs.replicas);
+    let status = obs.status_replicas;
     policy
         .triggers
         .iter()

@@ -53,12 +53,12 @@ impl Sim {
     }
 
     fn poll_all(&mut self, t: i64, queues: Vec<Option<Counts>>) -> Decision {
-        let obs = Observation { replicas: self.replicas, status_replicas: None, pause: self.pause, queues };
+        let obs = Observation { replicas: self.replicas, status_replicas: self.replicas, pause: self.pause, queues };
         let now = Time::from_secs(t);
         let (next, d) = decide(&self.policy, &self.state, &obs, now);
         self.state = next;
         if let Some(to) = d.write {
-            self.state.record_scale(&self.policy, self.replicas, to, now);
+            self.state.record_scale(&self.policy, &d, now);
             self.replicas = to;
         }
         d
@@ -546,6 +546,191 @@ fn behavior_path_scales_up_by_policy() {
     assert_eq!(d.replicas(), 10);
 }
 
+// === issue 14: only the HPA's own rescales are scale events; pause; missing status ===
+
+/// A `behavior` whose scale-up allows 1 pod per 60 s, with no up window; scale-down as
+/// the API defaults it (300 s window, 100 % per 15 s).
+fn one_pod_per_minute() -> Option<Box<Behavior>> {
+    Some(Box::new(Behavior {
+        scale_up: hpa::ScalingRules {
+            stabilization_window_ms: 0,
+            select_policy: hpa::SelectPolicy::Max,
+            policies: vec![hpa::ScalingPolicy { kind: hpa::PolicyKind::Pods, value: 1, period_ms: 60_000 }],
+        },
+        scale_down: hpa::ScalingRules::default_scale_down(300_000),
+    }))
+}
+
+/// Pods 1 per 60 s from 0, a backlog of 50 at T=5 (asks for 10), polls every 30 s.
+/// KEDA activates 0 -> 1 itself; that is no HPA rescale, so the HPA's period starts at 1
+/// on its first sync and it adds its one pod at the next poll:
+/// - t=0: KEDA 0 -> 1.
+/// - t=30: H: no events, periodStart 1, limit 1 + 1 = 2 -> 2; event +1 @ 30.
+/// - t=60: the event is inside (0, 60]: periodStart 2 - 1 = 1, limit 2 = current -> 2.
+/// - t=90: the event at exactly 90 - 60 is out (strict `>`): periodStart 2 -> 3.
+/// - t=120: 3 (event @ 90 inside); t=150: 4.
+///
+/// Counting the activation as +1 (the old behaviour) held at 1 for a whole period:
+/// 1, 1, 2, 2, 3, 3.
+#[test]
+fn activation_is_no_scale_event_pods_1_per_60s_from_zero() {
+    let mut sim = Sim::new(
+        with(|p| {
+            p.max = 20;
+            p.behavior = one_pod_per_minute();
+        }),
+        0,
+    );
+    let got: Vec<_> = (0..6).map(|i| sim.poll(i * 30, Some(50))).collect();
+    assert_eq!(got.iter().map(Decision::replicas).collect::<Vec<_>>(), [1, 2, 2, 3, 3, 4]);
+    assert_eq!((got[0].phase, got[0].reason), (Phase::Keda, Reason::Activated));
+    assert!(got[1..].iter().all(|d| d.phase == Phase::Hpa && d.proposal == Some(10)), "{got:?}");
+    assert_eq!(got[2].reason, Reason::RateLimited);
+    let events: Vec<_> = sim.state.scale_up_events.iter().map(|e| (e.change, e.at)).collect();
+    // Only the HPA's three +1s, and the one @ 30 (outdated at 150) gave its slot to 150.
+    assert_eq!(events, [(1, Time::from_secs(150)), (1, Time::from_secs(90))]);
+    assert!(sim.state.scale_down_events.is_empty());
+}
+
+/// The same policy, at 5 with an empty queue after the last active poll (C=30, polls
+/// every 10 s). The 300 s down window holds 5 during the cooldown; KEDA then writes
+/// 5 -> 0, and at the next active poll 0 -> 1. Neither is an HPA rescale, so the
+/// HPA's periodStart is 1 and it may add one pod per minute:
+/// - t=0, 10: cooldown, H holds 5 (window); t=20: KEDA 5 -> 0; t=30: KEDA 0 -> 1.
+/// - t=40: periodStart 1 -> 2 (event +1 @ 40); t=50..90: periodStart 1 -> hold 2.
+/// - t=100: the event at exactly 100 - 60 is out -> 3.
+///
+/// Recording KEDA's -5 and +1 made periodStart 1 - 1 + 5 = 5 at t=40: a jump to 6.
+#[test]
+fn scale_to_zero_is_no_scale_event_reactivation_keeps_the_policy() {
+    let mut sim = Sim::new(
+        with(|p| {
+            p.max = 20;
+            p.behavior = one_pod_per_minute();
+        }),
+        5,
+    )
+    .last_active(-10);
+    let polls: Vec<_> = (0..=10).map(|i| (i * 10, Some(if i < 3 { 0 } else { 50 }))).collect();
+    assert_eq!(sim.run(&polls), [5, 5, 0, 1, 2, 2, 2, 2, 2, 2, 3]);
+    assert!(sim.state.scale_down_events.is_empty(), "{:?}", sim.state.scale_down_events);
+    assert_eq!(sim.state.scale_up_events.iter().map(|e| e.change).sum::<u32>(), 2);
+}
+
+/// The HPA's own rescales are events, whichever path wrote: the precheck clamp, the
+/// metric path and a fallback-driven rescale (upstream the HPA rescales on the
+/// fallback's synthetic metric and stores the event). KEDA's step to min is not.
+#[test]
+fn which_writes_are_scale_events() {
+    let hpa_write = |current, to| Decision {
+        current,
+        phase: Phase::Hpa,
+        write: Some(to),
+        reason: Reason::ScaledToMax,
+        active: true,
+        backlog: None,
+        proposal: None,
+    };
+    let p = with(|p| p.behavior = one_pod_per_minute());
+    let mut state = State::new(Time(0));
+    state.record_scale(&p, &hpa_write(12, 10), Time(0));
+    state.record_scale(&p, &Decision { phase: Phase::Keda, ..hpa_write(1, 3) }, Time(0));
+    state.record_scale(&p, &Decision { phase: Phase::Pause, ..hpa_write(3, 0) }, Time(0));
+    state.record_scale(&p, &Decision { write: None, ..hpa_write(3, 3) }, Time(0));
+    assert_eq!(state.scale_down_events.len(), 1);
+    assert!(state.scale_up_events.is_empty());
+
+    // Fallback from 2 to 6 through the HPA phase: an event of +4.
+    let mut sim = Sim::new(
+        with(|p| {
+            p.max = 10;
+            p.behavior = Some(Box::new(Behavior {
+                scale_up: hpa::ScalingRules::default_scale_up(),
+                scale_down: hpa::ScalingRules::default_scale_down(300_000),
+            }));
+            p.fallback = Some(Fallback { failure_threshold: 0, replicas: 6, behavior: FallbackBehavior::Static });
+        }),
+        2,
+    );
+    let d = sim.poll(0, None);
+    assert_eq!((d.replicas(), d.reason, d.phase), (6, Reason::Fallback, Phase::Hpa));
+    assert_eq!(sim.state.scale_up_events.iter().map(|e| e.change).collect::<Vec<_>>(), [4]);
+
+    // KEDA's step to min while inactive (no idle): not an event.
+    let mut sim = Sim::new(
+        with(|p| {
+            p.min = 3;
+            p.behavior = one_pod_per_minute();
+        }),
+        1,
+    );
+    let d = sim.poll(0, Some(0));
+    assert_eq!((d.replicas(), d.reason, d.phase), (3, Reason::ScaledToMin, Phase::Keda));
+    assert!(sim.state.scale_up_events.is_empty());
+}
+
+/// Pausing deletes the HPA in KEDA (`handlePause`): unpausing starts a fresh one, with
+/// an empty history seeded at first sight. A 300 s window must not pull a target
+/// pinned down by `paused-replicas` (or scaled by hand while frozen) back up.
+#[test]
+fn pause_forgets_the_hpa_phase() {
+    let p = with(|p| {
+        p.max = 10;
+        p.legacy_downscale_window = Duration::from_secs(300);
+    });
+    for (pause, by_hand) in [(Pause::Replicas(2), None), (Pause::Frozen, Some(2))] {
+        let mut sim = Sim::new(p.clone(), 0);
+        assert_eq!(sim.run(&[(0, Some(50)), (10, Some(50)), (20, Some(50)), (30, Some(50))]), [1, 4, 8, 10]);
+        let last_active = sim.state.last_active;
+        sim.pause = pause;
+        let d = sim.poll(40, Some(50));
+        assert_eq!(d.phase, Phase::Pause);
+        if let Some(n) = by_hand {
+            sim.replicas = n;
+        }
+        assert_eq!(sim.replicas, 2, "{pause:?}");
+        assert!(!sim.state.seeded && sim.state.recommendations.is_empty(), "{:?}", sim.state);
+        assert_eq!(sim.state.last_active, last_active, "KEDA's own state stays");
+
+        // Unpaused with a backlog that asks for 2 (ratio exactly 1): the fresh seed is 2,
+        // so nothing pulls the target back to 10 (the old history did: 2 -> 4 -> 8 -> 10).
+        sim.pause = Pause::No;
+        let d = sim.poll(50, Some(10));
+        assert_eq!((d.replicas(), d.phase), (2, Phase::Hpa), "{pause:?}");
+        assert_eq!(sim.state.recommendations[0], hpa::Recommendation { replicas: 2, at: Time(49_999) });
+        assert_eq!(sim.run(&[(60, Some(10)), (70, Some(10))]), [2, 2], "{pause:?}");
+    }
+
+    // With behavior, the scale events go too: right after unpausing the full policy applies.
+    let mut sim = Sim::new(
+        with(|p| {
+            p.max = 20;
+            p.behavior = one_pod_per_minute();
+        }),
+        1,
+    );
+    assert_eq!(sim.poll(0, Some(50)).replicas(), 2);
+    sim.pause = Pause::Frozen;
+    let _ = sim.poll(10, Some(50));
+    assert!(sim.state.scale_up_events.is_empty());
+    sim.pause = Pause::No;
+    assert_eq!(sim.poll(20, Some(50)).replicas(), 3, "no +1 @ 0 left to count");
+}
+
+/// A Deployment omits `status.replicas` at 0, and `/scale` then reports 0: the HPA's
+/// AverageValue ratio is +Inf, no tolerance applies, the proposal is ceil(26 / 5) = 6.
+/// (Read as "same as spec", the ratio was 26 / 25 = 1.04, inside the tolerance: 5.)
+#[test]
+fn missing_status_replicas_is_zero() {
+    let p = with(|p| p.max = 10);
+    let obs =
+        |status| Observation { replicas: 5, status_replicas: status, pause: Pause::No, queues: vec![visible(26)] };
+    let (_, d) = decide(&p, &State::new(Time(0)), &obs(0), Time(0));
+    assert_eq!((d.proposal, d.write, d.reason), (Some(6), Some(6), Reason::ScaledUp));
+    let (_, d) = decide(&p, &State::new(Time(0)), &obs(5), Time(0));
+    assert_eq!((d.proposal, d.write), (Some(5), None));
+}
+
 // === invariants ===
 
 fn arb_policy() -> impl Strategy<Value = Policy> {
@@ -569,6 +754,65 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
 
 fn arb_polls() -> impl Strategy<Value = Vec<Option<u64>>> {
     prop::collection::vec(prop::option::weighted(0.8, 0u64..500), 1..40)
+}
+
+fn arb_rules(max_window_s: i64) -> impl Strategy<Value = hpa::ScalingRules> {
+    let policy = (any::<bool>(), 1u32..6, 1u32..200, 1i64..9).prop_map(|(pods, n, pct, periods)| hpa::ScalingPolicy {
+        kind: if pods { hpa::PolicyKind::Pods } else { hpa::PolicyKind::Percent },
+        value: if pods { n } else { pct },
+        period_ms: periods * 15_000,
+    });
+    (0..=max_window_s, any::<bool>(), prop::collection::vec(policy, 1..3)).prop_map(|(window, min, policies)| {
+        hpa::ScalingRules {
+            stabilization_window_ms: window * 1000,
+            select_policy: if min { hpa::SelectPolicy::Min } else { hpa::SelectPolicy::Max },
+            policies,
+        }
+    })
+}
+
+/// Rules with random `behavior` policies and short cooldowns, so KEDA's writes (to
+/// zero, activation, to min) land inside the HPA's policy periods.
+fn arb_behavior_policy() -> impl Strategy<Value = Policy> {
+    (0u32..3, 1u32..30, 1u64..10, 0u64..40, arb_rules(30), arb_rules(120)).prop_map(
+        |(min, span, queue_length, cooldown, up, down)| {
+            let mut p = policy();
+            p.min = min;
+            p.max = min + span;
+            p.cooldown = Duration::from_secs(cooldown);
+            p.triggers = vec![trigger(queue_length, 0)];
+            p.behavior = Some(Box::new(Behavior { scale_up: up, scale_down: down }));
+            p
+        },
+    )
+}
+
+/// The HPA's rate limit for one direction, recomputed from the HPA phase's own writes
+/// (`calculateScaleUpLimitWithScalingRules` / `...ScaleDownLimitWithBehaviors`).
+fn allowed_by_policies(
+    rules: &hpa::ScalingRules,
+    up: bool,
+    current: u32,
+    hpa_writes: &[(Time, i64)],
+    now: Time,
+) -> i64 {
+    let bounds = rules.policies.iter().map(|policy| {
+        let inside = hpa_writes.iter().filter(|(at, _)| at.0 > now.0 - policy.period_ms);
+        let added: i64 = inside.clone().map(|(_, c)| c.max(&0)).sum();
+        let deleted: i64 = inside.map(|(_, c)| -c.min(&0)).sum();
+        let start = i64::from(current) - added + deleted;
+        let v = f64::from(policy.value);
+        match (policy.kind, up) {
+            (hpa::PolicyKind::Pods, true) => start + i64::from(policy.value),
+            (hpa::PolicyKind::Pods, false) => start - i64::from(policy.value),
+            (hpa::PolicyKind::Percent, true) => (start as f64 * (1.0 + v / 100.0)).ceil() as i64,
+            (hpa::PolicyKind::Percent, false) => (start as f64 * (1.0 - v / 100.0)).trunc() as i64,
+        }
+    });
+    // Max takes the largest change (the highest up-limit, the lowest down-limit), Min
+    // the smallest.
+    let highest = up == (rules.select_policy == hpa::SelectPolicy::Max);
+    if highest { bounds.max().unwrap() } else { bounds.min().unwrap() }
 }
 
 proptest! {
@@ -616,10 +860,42 @@ proptest! {
             let _ = sim.poll(i as i64 * 10, *q);
         }
         let (lo, hi) = (a.min(b), a.max(b));
-        let obs = |q| Observation { replicas: sim.replicas, status_replicas: None, pause: Pause::No, queues: vec![visible(q)] };
+        let obs = |q| Observation { replicas: sim.replicas, status_replicas: sim.replicas, pause: Pause::No, queues: vec![visible(q)] };
         let now = Time::from_secs(history.len() as i64 * 10);
         let (_, d_lo) = decide(&sim.policy, &sim.state, &obs(lo), now);
         let (_, d_hi) = decide(&sim.policy, &sim.state, &obs(hi), now);
         prop_assert!(d_lo.replicas() <= d_hi.replicas(), "{lo} -> {}, {hi} -> {}", d_lo.replicas(), d_hi.replicas());
+    }
+
+    /// Issue 14: counting the HPA phase's rescales only, no HPA step ever goes beyond
+    /// what the `behavior` policies allow; KEDA's writes (activation, to zero, to min)
+    /// neither use up nor widen the HPA's budget.
+    #[test]
+    fn hpa_steps_stay_within_the_policies_counting_hpa_rescales_only(
+        p in arb_behavior_policy(),
+        polls in prop::collection::vec(prop::option::weighted(0.9, prop_oneof![Just(0u64), 0u64..300]), 1..60),
+        start in 0u32..40,
+    ) {
+        let b = p.behavior.clone().unwrap();
+        let mut sim = Sim::new(p.clone(), start.clamp(p.min, p.max));
+        let mut hpa_writes: Vec<(Time, i64)> = Vec::new();
+        for (i, q) in polls.into_iter().enumerate() {
+            let now = Time::from_secs(i as i64 * 10);
+            let d = sim.poll(i as i64 * 10, q);
+            let Some(to) = d.write else { continue };
+            if d.phase != Phase::Hpa || matches!(d.reason, Reason::ScaledToMax | Reason::ScaledToMin) {
+                continue; // not an HPA step, or the precheck clamp (no policy applies)
+            }
+            let (from, to) = (d.current, to);
+            if to > from {
+                let limit = allowed_by_policies(&b.scale_up, true, from, &hpa_writes, now).max(i64::from(from));
+                prop_assert!(i64::from(to) <= limit, "t={} {from} -> {to}, allowed {limit}, HPA writes {hpa_writes:?}", now.0);
+            } else {
+                let limit = allowed_by_policies(&b.scale_down, false, from, &hpa_writes, now).min(i64::from(from));
+                let floor = limit.max(i64::from(p.min.max(1)));
+                prop_assert!(i64::from(to) >= floor, "t={} {from} -> {to}, allowed {floor}, HPA writes {hpa_writes:?}", now.0);
+            }
+            hpa_writes.push((now, i64::from(to) - i64::from(from)));
+        }
     }
 }

@@ -188,13 +188,14 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
         while t <= until {
             let obs = Observation {
                 replicas,
-                status_replicas: None,
+                // Every write succeeds at once, pods included.
+                status_replicas: replicas,
                 pause: if rule.paused { Pause::Frozen } else { Pause::No },
                 queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
             };
             let (mut next, d) = engine::decide(&rule.policy, &state, &obs, t);
             if let Some(to) = d.write {
-                next.record_scale(&rule.policy, replicas, to, t);
+                next.record_scale(&rule.policy, &d, t);
                 replicas = to;
             }
             state = next;

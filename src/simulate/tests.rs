@@ -95,3 +95,38 @@ fn chart_is_an_svg_with_axes_and_legend() {
         assert!(svg.contains(text), "missing {text:?}");
     }
 }
+
+/// Issue 14 through `simulate`: KEDA's 0 -> 1 is no HPA scale event, so with 1 pod per
+/// 60 s the HPA adds its pod at the next poll; KEDA's 3 -> 0 at 100 and 0 -> 1 at 120
+/// do not let the HPA run ahead of the policy at 140 (recorded, they made its
+/// periodStart 1 - 1 + 3 = 3: a step to 4).
+#[test]
+fn behavior_policies_count_only_the_hpa_rescales() {
+    let config = crate::config::from_str(
+        "[aws]\nregion = \"us-east-1\"\n[[rule]]\nname = \"r\"\ntarget = { name = \"r\" }\npolling_interval = 20\n\
+         cooldown_period = 20\nmax_replica_count = 20\n\
+         [rule.behavior.scale_up]\nstabilization_window = 0\npolicies = [{ type = \"Pods\", value = 1, period = 60 }]\n\
+         [[rule.trigger]]\nqueue_url = \"q\"\nqueue_length = 5\n",
+    )
+    .unwrap();
+    let trace =
+        Trace::parse("time,queue,visible,in_flight,delayed\n0,q,50,,\n85,q,0,,\n105,q,50,,\n".as_bytes()).unwrap();
+    let rows =
+        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: Some(0) }).unwrap();
+    let got: Vec<_> = rows.iter().map(|r| (format_time(r.time), r.replicas, r.reason.as_str())).collect();
+    let want = [
+        ("0", 1, "activated"),
+        ("20", 2, "rate_limited"),
+        ("40", 2, "rate_limited"),
+        ("60", 2, "rate_limited"),
+        ("80", 3, "rate_limited"),
+        ("100", 0, "scaled_to_zero"),
+        ("120", 1, "activated"),
+        ("140", 2, "rate_limited"),
+        ("160", 2, "rate_limited"),
+        ("180", 2, "rate_limited"),
+        ("200", 3, "rate_limited"),
+    ];
+    let want: Vec<_> = want.iter().map(|&(t, r, why)| (t.to_owned(), r, why)).collect();
+    assert_eq!(got, want);
+}

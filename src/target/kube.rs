@@ -22,15 +22,35 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::auth::{self, AuthLayer, Bearer, ConfigSource, Credentials};
 use super::eks::Minter;
-use super::{
-    FIELD_MANAGER, LAST_ACTIVE, ScaleTarget, TargetError, TargetEvent, TargetView, count, format_time, view_of,
-};
+use super::state::Store;
+use super::{FIELD_MANAGER, ScaleTarget, TargetError, TargetEvent, TargetView, count, view_of};
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 use crate::source::lock;
 
-/// Attempts at a scale patch when the target keeps changing under it.
-const CONFLICT_RETRIES: usize = 3;
+/// The context's write budget: every `/scale` patch and every state write takes a token
+/// first, so ten thousand rules can never flood an API server (API Priority and
+/// Fairness would then throttle sqscale's own writes).
+pub struct WriteLimit(governor::DefaultDirectRateLimiter);
+
+impl WriteLimit {
+    /// `qps` writes per second on average, `burst` at once.
+    pub fn new(qps: f64, burst: u32) -> WriteLimit {
+        let period = Duration::from_secs_f64(1.0 / qps.max(1e-3));
+        let burst = std::num::NonZeroU32::new(burst.max(1)).expect("at least 1");
+        let quota = governor::Quota::with_period(period).expect("a positive period").allow_burst(burst);
+        WriteLimit(governor::RateLimiter::direct(quota))
+    }
+
+    /// Waits for a token.
+    pub async fn wait(&self) {
+        use governor::clock::Clock;
+        while let Err(later) = self.0.check() {
+            let clock = governor::clock::DefaultClock::default();
+            tokio::time::sleep(later.wait_time_from(clock.now())).await;
+        }
+    }
+}
 
 /// `[kubernetes] eks_cluster`: mint EKS tokens in-process for the default context.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +74,11 @@ pub struct Kube {
     /// A minter given by the caller instead of one loaded from `eks` (tests).
     minter: Option<Arc<Minter>>,
     timeout: Duration,
+    /// sqscale's own namespace in every cluster: its state ConfigMap lives there.
+    state_namespace: String,
+    /// `[kubernetes] qps` and `burst`, for each context's [`WriteLimit`].
+    qps: f64,
+    burst: u32,
     /// The kubeconfig's current-context, read once ("" without a kubeconfig: in-cluster).
     current_context: OnceLock<String>,
     /// Each context's connection, by [`Kube::context_key`]. The map's lock is only held
@@ -65,12 +90,16 @@ pub struct Kube {
     caches: Mutex<HashMap<String, Vec<Arc<Cache>>>>,
 }
 
-/// One context's client, its Event recorder (which folds repeats into a series) and the
-/// task that keeps its credentials fresh.
+/// One context's client, its Event recorder (which folds repeats into a series), its
+/// state ConfigMap, its write budget, and the tasks that keep its credentials fresh and
+/// write its state.
 struct Connection {
     client: Client,
     recorder: Recorder,
+    state: Arc<Store>,
+    limit: Arc<WriteLimit>,
     _refresher: Option<AbortOnDrop>,
+    _writer: AbortOnDrop,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -260,6 +289,9 @@ impl Kube {
             eks: None,
             minter: None,
             timeout,
+            state_namespace: crate::config::DEFAULT_NAMESPACE.to_owned(),
+            qps: crate::config::DEFAULT_QPS,
+            burst: crate::config::DEFAULT_BURST,
             current_context: OnceLock::new(),
             contexts: Default::default(),
             caches: Default::default(),
@@ -280,6 +312,13 @@ impl Kube {
         self
     }
 
+    /// Keeps the state ConfigMap in `namespace` (sqscale's own: `[leader_election]
+    /// namespace`).
+    pub fn with_state_namespace(mut self, namespace: &str) -> Kube {
+        self.state_namespace = namespace.to_owned();
+        self
+    }
+
     /// The adapter for a rule file's `[kubernetes]` and `[aws]` settings; `kubeconfig`
     /// (the `--kubeconfig` flag) wins over `[kubernetes] kubeconfig`.
     pub fn from_settings(
@@ -293,7 +332,16 @@ impl Kube {
             region: aws.region.clone(),
             profile: aws.profile.clone(),
         });
-        Kube::new(kubeconfig.or_else(|| k.kubeconfig.clone()), k.context.clone(), timeout).with_eks(eks)
+        let mut kube = Kube::new(kubeconfig.or_else(|| k.kubeconfig.clone()), k.context.clone(), timeout).with_eks(eks);
+        (kube.qps, kube.burst) = (k.qps, k.burst);
+        kube
+    }
+
+    /// The adapter for a whole rule file: [`Kube::from_settings`], with the state kept in
+    /// `[leader_election] namespace`.
+    pub fn from_config(config: &crate::config::Config, kubeconfig: Option<PathBuf>, timeout: Duration) -> Kube {
+        Kube::from_settings(&config.kubernetes, &config.aws, kubeconfig, timeout)
+            .with_state_namespace(&config.leader_election.namespace)
     }
 
     /// The name a context is kept under: a rule's `context`, else `[kubernetes]
@@ -386,7 +434,11 @@ impl Kube {
         .map_err(|e| failed(format!("building the Kubernetes client: {e}")))?
         .map_err(|e| failed(format!("building the Kubernetes client for {}: {e}", display_context(key))))?;
         let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
-        Ok(Connection { client, recorder, _refresher: refresher })
+        let state =
+            Store::new(Api::namespaced(client.clone(), &self.state_namespace), &self.state_namespace, self.timeout);
+        let limit = Arc::new(WriteLimit::new(self.qps, self.burst));
+        let writer = AbortOnDrop(tokio::spawn(state.clone().write_loop(limit.clone())));
+        Ok(Connection { client, recorder, state, limit, _refresher: refresher, _writer: writer })
     }
 
     async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<Scalable>, TargetError> {
@@ -431,87 +483,9 @@ impl Kube {
         futures::future::join_all(started.iter().map(|c| c.settle(self.timeout))).await;
     }
 
-    /// Reads the target from the API server (while its watch is failing).
-    async fn read_directly(
-        &self,
-        context: Option<&str>,
-        t: &TargetRef,
-        cache: &Cache,
-    ) -> Result<TargetView, TargetError> {
-        let api = self.api(context, t).await?;
-        let (_, seen) = Seen::of(self.call(t, "reading the target", api.get(&t.name)).await?);
-        // The watch resumed without a change since: the cache holds this very version.
-        if lock(&cache.targets).get(&t.name).is_some_and(|c| c.resource_version == seen.resource_version) {
-            cache.ready.store(true, Ordering::SeqCst);
-        }
-        Ok(seen.view())
-    }
-
-    /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`]. (A 401
-    /// has already woken the context's credential refresher: see [`super::auth`].)
-    async fn call<T>(
-        &self,
-        t: &TargetRef,
-        what: &str,
-        fut: impl Future<Output = kube::Result<T>>,
-    ) -> Result<T, TargetError> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error(t, what, &e)),
-            Err(_) => Err(TargetError {
-                target: t.to_string(),
-                kind: "timeout",
-                message: format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
-            }),
-        }
-    }
-}
-
-/// A context's name for messages.
-fn display_context(key: &str) -> String {
-    if key.is_empty() { "the in-cluster context".to_owned() } else { format!("kube context {key:?}") }
-}
-
-impl Kube {
-    /// Whether this identity may `verb` the target's `resource` (plural, apps group) in
-    /// its namespace: a SelfSubjectAccessReview, which every authenticated user may make.
-    pub async fn can_i(
-        &self,
-        context: Option<&str>,
-        t: &TargetRef,
-        verb: &str,
-        subresource: Option<&str>,
-    ) -> Result<bool, String> {
-        use k8s_openapi::api::authorization::v1::{
-            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-        };
-        let client = self.client(context).await?;
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some("apps".to_owned()),
-                    resource: Some(t.kind.plural().to_owned()),
-                    subresource: subresource.map(str::to_owned),
-                    verb: Some(verb.to_owned()),
-                    namespace: Some(t.namespace.clone()),
-                    name: Some(t.name.clone()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let api: Api<SelfSubjectAccessReview> = Api::all(client);
-        let answer = self
-            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(answer.status.is_some_and(|s| s.allowed))
-    }
-}
-
-impl ScaleTarget for Kube {
-    async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+    /// The target as the watch cache has it (the API server's answer while the watch is
+    /// failing), without the stored state.
+    async fn read_target(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
         let cache = match self.cached(context, t) {
             Some(c) => c,
             // Boxed, like every rare path here: building a client is a large future,
@@ -531,14 +505,188 @@ impl ScaleTarget for Kube {
                 message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
             });
         }
-        let read = Box::pin(self.read_directly(context, t, &cache));
-        tokio::time::timeout_at(deadline, read).await.unwrap_or_else(|_| {
-            Err(TargetError {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Box::pin(self.read_directly(context, t, &cache, left)).await
+    }
+
+    /// Takes the stored last-active into `view` when it is newer than the annotation an
+    /// older sqscale left on the target (read, never written again).
+    async fn add_state(&self, context: Option<&str>, t: &TargetRef, view: &mut TargetView) -> Result<(), TargetError> {
+        let connection = self.connection(context).await.map_err(|e| e.at(t))?;
+        let stored = Box::pin(connection.state.get(t)).await.map_err(|message| TargetError {
+            target: t.to_string(),
+            kind: "state",
+            message,
+        })?;
+        view.last_active = view.last_active.max(stored);
+        Ok(())
+    }
+
+    /// Reads the target from the API server (while its watch is failing).
+    async fn read_directly(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        cache: &Cache,
+        within: Duration,
+    ) -> Result<TargetView, TargetError> {
+        let api = self.api(context, t).await?;
+        let (_, seen) = Seen::of(self.call_within(within, t, "reading the target", api.get(&t.name)).await?);
+        // The watch resumed without a change since: the cache holds this very version.
+        if lock(&cache.targets).get(&t.name).is_some_and(|c| c.resource_version == seen.resource_version) {
+            cache.ready.store(true, Ordering::SeqCst);
+        }
+        Ok(seen.view())
+    }
+
+    /// Runs a call under the adapter's timeout, mapping errors to [`TargetError`]. (A 401
+    /// has already woken the context's credential refresher: see [`super::auth`].)
+    async fn call<T>(
+        &self,
+        t: &TargetRef,
+        what: &str,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T, TargetError> {
+        self.call_within(self.timeout, t, what, fut).await
+    }
+
+    /// [`Kube::call`] with what is left of a deadline.
+    async fn call_within<T>(
+        &self,
+        within: Duration,
+        t: &TargetRef,
+        what: &str,
+        fut: impl Future<Output = kube::Result<T>>,
+    ) -> Result<T, TargetError> {
+        match tokio::time::timeout(within, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(error(t, what, &e)),
+            Err(_) => Err(TargetError {
                 target: t.to_string(),
                 kind: "timeout",
-                message: format!("reading the target: no answer within {}s", self.timeout.as_secs_f64()),
-            })
-        })
+                message: format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
+            }),
+        }
+    }
+}
+
+/// A context's name for messages.
+fn display_context(key: &str) -> String {
+    if key.is_empty() { "the in-cluster context".to_owned() } else { format!("kube context {key:?}") }
+}
+
+/// One permission the daemon needs, as a SelfSubjectAccessReview asks about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub verb: &'static str,
+    /// The API group (`""` for core).
+    pub group: &'static str,
+    pub resource: String,
+    pub subresource: Option<&'static str>,
+    pub namespace: String,
+    /// `None`: any object (list, watch and create cannot name one).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if let Some(sub) = self.subresource {
+            write!(f, "/{sub}")?;
+        }
+        if let Some(name) = &self.name {
+            write!(f, " {name:?}")?;
+        }
+        write!(f, " in namespace {}", self.namespace)
+    }
+}
+
+impl Kube {
+    /// Everything the daemon does about `t`, as permissions: read and watch it, get and
+    /// patch its `scale`, record events next to it, read and write its state in
+    /// sqscale's namespace. No write of the whole object.
+    pub fn needs(&self, t: &TargetRef) -> Vec<Access> {
+        let on_target = |verb, resource: &str, subresource, name: bool| Access {
+            verb,
+            group: "apps",
+            resource: resource.to_owned(),
+            subresource,
+            namespace: t.namespace.clone(),
+            name: name.then(|| t.name.clone()),
+        };
+        let plural = t.kind.plural();
+        let state = |verb, name: bool| Access {
+            verb,
+            group: "",
+            resource: "configmaps".to_owned(),
+            subresource: None,
+            namespace: self.state_namespace.clone(),
+            name: name.then(|| super::state::STATE_CONFIGMAP.to_owned()),
+        };
+        vec![
+            on_target("get", plural, None, true),
+            on_target("list", plural, None, false),
+            on_target("watch", plural, None, false),
+            on_target("get", plural, Some("scale"), true),
+            on_target("patch", plural, Some("scale"), true),
+            Access {
+                verb: "create",
+                group: "events.k8s.io",
+                resource: "events".to_owned(),
+                subresource: None,
+                namespace: t.namespace.clone(),
+                name: None,
+            },
+            state("get", true),
+            state("patch", true),
+            state("create", false),
+        ]
+    }
+
+    /// Whether this identity is allowed `access`: a SelfSubjectAccessReview, which every
+    /// authenticated user may make.
+    pub async fn may(&self, context: Option<&str>, t: &TargetRef, access: &Access) -> Result<bool, String> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let client = self.client(context).await?;
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(access.group.to_owned()),
+                    resource: Some(access.resource.clone()),
+                    subresource: access.subresource.map(str::to_owned),
+                    verb: Some(access.verb.to_owned()),
+                    namespace: Some(access.namespace.clone()),
+                    name: access.name.clone(),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(client);
+        let answer = self
+            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+}
+
+impl ScaleTarget for Kube {
+    async fn read(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        let mut view = self.read_target(context, t).await?;
+        self.add_state(context, t, &mut view).await?;
+        Ok(view)
+    }
+
+    async fn read_fresh(&self, context: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
+        let api = self.api(context, t).await?;
+        let (_, seen) = Seen::of(self.call(t, "reading the target", api.get(&t.name)).await?);
+        let mut view = seen.view();
+        self.add_state(context, t, &mut view).await?;
+        Ok(view)
     }
 
     async fn scale(
@@ -548,31 +696,39 @@ impl ScaleTarget for Kube {
         replicas: u32,
         resource_version: Option<&str>,
     ) -> Result<(), TargetError> {
-        let api = self.api(context, t).await?;
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
-        let mut version = resource_version.map(str::to_owned);
-        for attempt in 1..=CONFLICT_RETRIES {
-            let mut body = json!({ "spec": { "replicas": replicas } });
-            if let Some(v) = &version {
-                body["metadata"] = json!({ "resourceVersion": v });
-            }
-            match self.call(t, "patching /scale", api.patch_scale(&t.name, &params, &Patch::Merge(&body))).await {
-                Err(e) if e.kind == "conflict" && attempt < CONFLICT_RETRIES => {
-                    tracing::debug!(attempt, "scale patch conflicted; retrying on a fresh version");
-                    let scale = self.call(t, "reading /scale", api.get_scale(&t.name)).await?;
-                    version = scale.metadata.resource_version;
-                }
-                other => return other.map(drop),
-            }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let connection = self.connection(context).await.map_err(|e| e.at(t))?;
+        let api: Api<Scalable> = Api::namespaced_with(connection.client.clone(), &t.namespace, &t.kind);
+        if tokio::time::timeout_at(deadline, connection.limit.wait()).await.is_err() {
+            return Err(TargetError {
+                target: t.to_string(),
+                kind: "throttled",
+                message: format!(
+                    "patching /scale: no write allowed within {}s by [kubernetes] qps and burst",
+                    self.timeout.as_secs_f64()
+                ),
+            });
         }
-        unreachable!("the last attempt returns")
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+        // The version the decision was made on: a change since (a `kubectl scale`, a
+        // pause annotation) makes this a 409, and the worker decides again on what is
+        // there now instead of overwriting it.
+        let mut body = json!({ "spec": { "replicas": replicas } });
+        if let Some(v) = resource_version {
+            body["metadata"] = json!({ "resourceVersion": v });
+        }
+        let patch = Patch::Merge(&body);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.call_within(left, t, "patching /scale", api.patch_scale(&t.name, &params, &patch)).await.map(drop)
     }
 
     async fn set_last_active(&self, context: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
-        let api = self.api(context, t).await?;
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
-        let body = json!({ "metadata": { "annotations": { LAST_ACTIVE: format_time(at) } } });
-        self.call(t, "annotating last-active", api.patch(&t.name, &params, &Patch::Merge(&body))).await.map(drop)
+        let connection = self.connection(context).await.map_err(|e| e.at(t))?;
+        connection.state.set(t, at).await.map_err(|message| TargetError {
+            target: t.to_string(),
+            kind: "state",
+            message,
+        })
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -598,12 +754,10 @@ impl ScaleTarget for Kube {
     /// `used` has: the last handle of a cache aborts its watch, and with it the
     /// connection the watch held open.
     fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
-        let used: std::collections::HashSet<(Option<&str>, &str, TargetKind)> = used
-            .iter()
-            .map(|(context, t)| (context.or(self.default_context.as_deref()), t.namespace.as_str(), t.kind))
-            .collect();
+        let used: std::collections::HashSet<(&str, &str, TargetKind)> =
+            used.iter().map(|(context, t)| (self.context_key(*context), t.namespace.as_str(), t.kind)).collect();
         lock(&self.caches).retain(|namespace, caches| {
-            caches.retain(|c| used.contains(&(c.context.as_deref(), namespace.as_str(), c.kind)));
+            caches.retain(|c| used.contains(&(c.context.as_str(), namespace.as_str(), c.kind)));
             !caches.is_empty()
         });
     }

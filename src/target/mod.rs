@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod eks;
 pub mod kube;
+pub mod state;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use crate::engine::{Pause, Time};
 
 /// The field manager of every write, so `kubectl` shows who changed the replicas.
 pub const FIELD_MANAGER: &str = "sqscale";
-/// KEDA's `lastActiveTime`, kept on the target so a restart keeps the cooldown.
+/// KEDA's `lastActiveTime` as an older sqscale kept it, on the target. Still read, so an
+/// upgrade keeps the cooldown; never written (the time now lives in [`state`]).
 pub const LAST_ACTIVE: &str = "sqscale.io/last-active";
 /// `"true"` (or anything but a false value): never patch this target.
 pub const PAUSED: &str = "sqscale.io/paused";
@@ -26,15 +28,26 @@ pub const PAUSED_REPLICAS: &str = "sqscale.io/paused-replicas";
 pub struct TargetView {
     /// `spec.replicas` (an unset value means 1, as the API server defaults it).
     pub replicas: u32,
-    /// `status.replicas`, when reported.
+    /// `status.replicas`, when the object reports it (a Deployment omits it at 0).
     pub status_replicas: Option<u32>,
     pub pause: Pause,
-    /// The `sqscale.io/last-active` annotation, if present and valid.
+    /// The stored last-active ([`state`]), or the `sqscale.io/last-active` annotation an
+    /// older sqscale left on the target, whichever is newer.
     pub last_active: Option<Time>,
     /// The object's `metadata.resourceVersion`: the scale patch carries it, so a
     /// change made since this read makes the patch fail with a conflict. Shared with
     /// the cache, so a read copies nothing.
     pub resource_version: Option<Arc<str>>,
+}
+
+impl TargetView {
+    /// `status.replicas` as the `/scale` subresource reports it, which is what the HPA
+    /// reads: 0 when the object omits it (a Deployment at zero pods, or one whose
+    /// controller has not written a status yet). Never "same as spec": with pods
+    /// missing (a quota, a slow start) the HPA's tolerance ratio is +Inf.
+    pub fn scale_status_replicas(&self) -> u32 {
+        self.status_replicas.unwrap_or(0)
+    }
 }
 
 /// Builds the view from a Deployment's or StatefulSet's `spec.replicas` and
@@ -92,8 +105,19 @@ pub trait ScaleTarget: Send + Sync + 'static {
         target: &TargetRef,
     ) -> impl Future<Output = Result<TargetView, TargetError>> + Send;
 
+    /// The target read from the API server now, not from a cache: after a conflict, the
+    /// decision is made again on this.
+    fn read_fresh(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+    ) -> impl Future<Output = Result<TargetView, TargetError>> + Send {
+        self.read(context, target)
+    }
+
     /// Sets `spec.replicas` through `/scale`. `resource_version` is the version the
-    /// decision was made on; on a conflict the write is retried on a fresh version.
+    /// decision was made on: if the target changed since, this fails with a `conflict`
+    /// and writes nothing (the caller decides again on a fresh read).
     fn scale(
         &self,
         context: Option<&str>,
@@ -102,7 +126,8 @@ pub trait ScaleTarget: Send + Sync + 'static {
         resource_version: Option<&str>,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
-    /// Writes the `sqscale.io/last-active` annotation (a metadata-only patch).
+    /// Stores the target's last-active in sqscale's own namespace ([`state`]), never on
+    /// the target.
     fn set_last_active(
         &self,
         context: Option<&str>,
@@ -148,12 +173,18 @@ mod tests {
         ann.insert(LAST_ACTIVE.to_owned(), "2026-11-27T21:00:10Z".to_owned());
         let v = view_of(count(&json!(3)), count(&json!(2)), |k| ann.get(k).map(String::as_str), Some("7".into()));
         assert_eq!((v.replicas, v.status_replicas, v.pause), (3, Some(2), Pause::No));
+        assert_eq!(v.scale_status_replicas(), 2);
         assert_eq!(v.last_active.map(format_time).as_deref(), Some("2026-11-27T21:00:10Z"));
 
         ann.insert(PAUSED_REPLICAS.to_owned(), "0".to_owned());
         ann.insert(LAST_ACTIVE.to_owned(), "yesterday".to_owned());
         let v = view_of(count(&json!(null)), count(&json!(null)), |k| ann.get(k).map(String::as_str), None);
         assert_eq!((v.replicas, v.status_replicas, v.pause, v.last_active), (1, None, Pause::Replicas(0), None));
+        // /scale reports a missing status.replicas as 0, and so does the view: the HPA's
+        // ratio is then +Inf, not "same as spec".
+        assert_eq!(v.scale_status_replicas(), 0);
+        let v = view_of(count(&json!(5)), count(&json!(null)), |_| None, None);
+        assert_eq!((v.replicas, v.scale_status_replicas()), (5, 0));
     }
 
     #[test]

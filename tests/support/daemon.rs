@@ -29,7 +29,7 @@ impl Daemon {
     /// Starts on the rule file at `config` and the kubeconfig at `kubeconfig`.
     pub async fn start(config: &Path, kubeconfig: &Path) -> Daemon {
         let cfg = sqscale::config::load(config).expect("valid rule file");
-        let kube = Kube::from_settings(&cfg.kubernetes, &cfg.aws, Some(kubeconfig.to_owned()), TIMEOUT);
+        let kube = Kube::from_config(&cfg, Some(kubeconfig.to_owned()), TIMEOUT);
         Daemon::spawn(cfg, config, kube)
     }
 

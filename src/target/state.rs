@@ -1,0 +1,198 @@
+//! What must survive a restart, kept in sqscale's own namespace instead of on the
+//! workloads: one ConfigMap per kube context, [`STATE_CONFIGMAP`] in
+//! `[leader_election] namespace`, one key per target (`deployment.shop.orders-worker`)
+//! holding KEDA's `lastActiveTime` as RFC 3339.
+//!
+//! Why a ConfigMap of sqscale's: writing an annotation on the target needed `patch` on
+//! whole Deployments and StatefulSets, which lets stolen credentials rewrite any pod
+//! template; now sqscale writes workloads only through `/scale`. Why one per context:
+//! one GET at start reads every target's state, and writes from many rules fold into one
+//! PATCH (see [`Store::set`]), so ten thousand busy rules cost a few writes a second at
+//! most, not one per rule.
+//!
+//! An older sqscale kept the time in the target's `sqscale.io/last-active` annotation;
+//! it is still read (the newer of the two wins) and never written again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use tokio::sync::{Notify, oneshot};
+
+use super::{FIELD_MANAGER, format_time, parse_time};
+use crate::config::TargetRef;
+use crate::engine::Time;
+use crate::source::lock;
+
+/// The ConfigMap's name.
+pub const STATE_CONFIGMAP: &str = "sqscale-state";
+
+/// The key of `t` in the ConfigMap: `<kind>.<namespace>.<name>`, which is a valid
+/// ConfigMap key (names and namespaces are DNS labels or subdomains).
+pub fn key(t: &TargetRef) -> String {
+    format!("{}.{}.{}", t.kind.as_str().to_ascii_lowercase(), t.namespace, t.name)
+}
+
+/// A write waiting for the next PATCH, and who waits for its outcome.
+#[derive(Default)]
+struct Batch {
+    data: BTreeMap<String, String>,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// One context's state ConfigMap: what it held when first read, what was written since,
+/// and the writes waiting for the writer task.
+pub struct Store {
+    api: Api<ConfigMap>,
+    namespace: String,
+    timeout: Duration,
+    /// Set once the ConfigMap has been read (a missing one reads as empty).
+    loaded: tokio::sync::OnceCell<()>,
+    values: Mutex<HashMap<String, Time>>,
+    batch: Mutex<Batch>,
+    wake: Notify,
+}
+
+impl Store {
+    pub fn new(api: Api<ConfigMap>, namespace: &str, timeout: Duration) -> Arc<Store> {
+        Arc::new(Store {
+            api,
+            namespace: namespace.to_owned(),
+            timeout,
+            loaded: Default::default(),
+            values: Default::default(),
+            batch: Default::default(),
+            wake: Notify::new(),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("ConfigMap {}/{STATE_CONFIGMAP}", self.namespace)
+    }
+
+    /// The stored last-active of `t`; the ConfigMap is read on the first call (a failed
+    /// read fails this call and is tried again on the next).
+    pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, String> {
+        if self.loaded.get().is_none() {
+            Box::pin(self.loaded.get_or_try_init(|| self.load())).await?;
+        }
+        Ok(lock(&self.values).get(&key(t)).copied())
+    }
+
+    async fn load(&self) -> Result<(), String> {
+        let read = tokio::time::timeout(self.timeout, self.api.get_opt(STATE_CONFIGMAP))
+            .await
+            .map_err(|_| format!("reading {}: no answer within {}s", self.name(), self.timeout.as_secs_f64()))?
+            .map_err(|e| format!("reading {}: {}", self.name(), describe(&e)))?;
+        let data = read.and_then(|cm| cm.data).unwrap_or_default();
+        let mut values = lock(&self.values);
+        for (k, v) in data {
+            match parse_time(&v) {
+                Some(at) => {
+                    values.entry(k).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+                }
+                None => tracing::warn!(configmap = %self.name(), key = %k, value = %v, "not an RFC 3339 time; ignored"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `at` as `t`'s last-active. Writes that arrive while a PATCH is in flight go
+    /// out together in the next one; this returns when the PATCH carrying `at` is
+    /// answered (or the adapter's timeout passes).
+    pub async fn set(&self, t: &TargetRef, at: Time) -> Result<(), String> {
+        let (done, outcome) = oneshot::channel();
+        {
+            let mut batch = lock(&self.batch);
+            batch.data.insert(key(t), format_time(at));
+            batch.waiters.push(done);
+        }
+        self.wake.notify_one();
+        match tokio::time::timeout(self.timeout, outcome).await {
+            Ok(Ok(result)) => {
+                if result.is_ok() {
+                    lock(&self.values).insert(key(t), at);
+                }
+                result
+            }
+            Ok(Err(_)) => Err(format!("writing {}: the writer stopped", self.name())),
+            Err(_) => Err(format!("writing {}: no answer within {}s", self.name(), self.timeout.as_secs_f64())),
+        }
+    }
+
+    /// The writer: one PATCH at a time, each carrying every write that arrived since the
+    /// last, after a token from `limit` (the context's write budget). Runs until the
+    /// context's connection is dropped.
+    pub async fn write_loop(self: Arc<Self>, limit: Arc<super::kube::WriteLimit>) {
+        loop {
+            self.wake.notified().await;
+            limit.wait().await;
+            let batch = std::mem::take(&mut *lock(&self.batch));
+            if batch.waiters.is_empty() {
+                continue;
+            }
+            let result = tokio::time::timeout(self.timeout, self.write(&batch.data))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {}s", self.timeout.as_secs_f64())))
+                .map_err(|e| format!("writing {}: {e}", self.name()));
+            for waiter in batch.waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
+
+    /// A merge patch of `data` into the ConfigMap, creating it when it is missing.
+    async fn write(&self, data: &BTreeMap<String, String>) -> Result<(), String> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+        let body = serde_json::json!({ "data": data });
+        for _ in 0..2 {
+            match self.api.patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(describe(&e)),
+            }
+            let map = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(STATE_CONFIGMAP.to_owned()),
+                    labels: Some([("app.kubernetes.io/name".to_owned(), "sqscale".to_owned())].into()),
+                    ..ObjectMeta::default()
+                },
+                data: Some(data.clone()),
+                ..ConfigMap::default()
+            };
+            let post = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+            match self.api.create(&post, &map).await {
+                Ok(_) => return Ok(()),
+                // Created meanwhile (another instance): patch it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(describe(&e)),
+            }
+        }
+        Err("created and deleted again while writing".to_owned())
+    }
+}
+
+/// The API's own words for an API error; the error's text otherwise.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({}, {})", s.message, s.reason, s.code),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TargetKind;
+
+    #[test]
+    fn keys_name_kind_namespace_and_target_in_configmap_syntax() {
+        let t = TargetRef { kind: TargetKind::StatefulSet, name: "orders-worker".into(), namespace: "shop".into() };
+        let k = key(&t);
+        assert_eq!(k, "statefulset.shop.orders-worker");
+        assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+    }
+}
