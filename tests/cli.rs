@@ -308,3 +308,280 @@ fn the_unit_and_the_image_set_limits_pins_and_a_health_check() {
     let healthcheck = dockerfile.lines().find(|l| l.starts_with("HEALTHCHECK ")).expect("a HEALTHCHECK");
     assert!(healthcheck.ends_with(r#"CMD ["/usr/local/bin/sqscale", "health"]"#), "{healthcheck}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// config/rbac*.yaml: least privilege
+// ---------------------------------------------------------------------------------------------
+
+/// One request the daemon makes, as RBAC sees it: verb, API group, resource (with
+/// `/subresource`), and the object's name (`None` for a list, watch or create).
+type Request = (&'static str, &'static str, &'static str, Option<&'static str>);
+
+/// Every request on a target's namespace: the watch-backed cache, the scale writes and
+/// the events (kube's recorder uses events.k8s.io/v1 only: create, then patch the series).
+const TARGET_REQUESTS: &[Request] = &[
+    ("list", "apps", "deployments", None),
+    ("watch", "apps", "deployments", None),
+    ("get", "apps", "deployments", Some("orders-worker")),
+    ("list", "apps", "statefulsets", None),
+    ("watch", "apps", "statefulsets", None),
+    ("get", "apps", "statefulsets", Some("ledger")),
+    ("get", "apps", "deployments/scale", Some("orders-worker")),
+    ("patch", "apps", "deployments/scale", Some("orders-worker")),
+    ("get", "apps", "statefulsets/scale", Some("ledger")),
+    ("patch", "apps", "statefulsets/scale", Some("ledger")),
+    ("create", "events.k8s.io", "events", None),
+    ("patch", "events.k8s.io", "events", Some("orders-worker.187d5a7c2e1b9f00")),
+];
+
+/// Every request on sqscale's own namespace: the state ConfigMap (get, create when
+/// missing, merge patch) and the Lease (get, create, update to renew, patch).
+const OWN_REQUESTS: &[Request] = &[
+    ("get", "", "configmaps", Some("sqscale-state")),
+    ("create", "", "configmaps", None),
+    ("patch", "", "configmaps", Some("sqscale-state")),
+    ("get", "coordination.k8s.io", "leases", Some("sqscale")),
+    ("create", "coordination.k8s.io", "leases", None),
+    ("update", "coordination.k8s.io", "leases", Some("sqscale")),
+    ("patch", "coordination.k8s.io", "leases", Some("sqscale")),
+];
+
+const OWN_NAMESPACE: &str = "sqscale";
+const WRITE_VERBS: [&str; 6] = ["create", "update", "patch", "delete", "deletecollection", "*"];
+
+/// A rule that reaches the ServiceAccount `sqscale/sqscale` through a binding.
+struct Grant {
+    /// `None`: every namespace (a ClusterRole through a ClusterRoleBinding).
+    namespace: Option<String>,
+    rule: k8s_openapi::api::rbac::v1::PolicyRule,
+    /// For messages: `ClusterRole sqscale`.
+    from: String,
+}
+
+/// `doc` as the k8s-openapi type of its kind: a missing required field fails here. The
+/// types ignore unknown fields, so a rule's keys are checked by hand: a misspelled
+/// `resourceNames` would otherwise widen the rule unnoticed (kubectl's strict validation
+/// would refuse the file, but only when it is applied).
+fn typed<T: serde::de::DeserializeOwned>(doc: &serde_json::Value) -> T {
+    const RULE_KEYS: [&str; 5] = ["apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"];
+    for rule in doc["rules"].as_array().into_iter().flatten() {
+        let keys = rule.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        assert!(keys.iter().all(|k| RULE_KEYS.contains(&k.as_str())), "unknown key among {keys:?} in {doc}");
+    }
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e} in {doc}"))
+}
+
+/// The rules of `yaml` (all of its documents) that reach the ServiceAccount `sqscale` of
+/// namespace `sqscale`.
+fn grants(yaml: &str) -> Vec<Grant> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject};
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).expect("valid YAML");
+    let (mut cluster_roles, mut roles, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    for doc in &docs {
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => cluster_roles.push(typed::<ClusterRole>(doc)),
+            Some("Role") => roles.push(typed::<Role>(doc)),
+            Some("ClusterRoleBinding") => {
+                let b = typed::<ClusterRoleBinding>(doc);
+                bindings.push((None, b.role_ref, b.subjects.unwrap_or_default()));
+            }
+            Some("RoleBinding") => {
+                let b = typed::<RoleBinding>(doc);
+                bindings.push((
+                    Some(b.metadata.namespace.expect("a RoleBinding's namespace")),
+                    b.role_ref,
+                    b.subjects.unwrap_or_default(),
+                ));
+            }
+            Some("Namespace" | "ServiceAccount" | "Secret") => {}
+            other => panic!("unexpected kind {other:?} in an RBAC manifest"),
+        }
+    }
+    let is_sqscale = |s: &Subject| {
+        s.kind == "ServiceAccount" && s.name == "sqscale" && s.namespace.as_deref() == Some(OWN_NAMESPACE)
+    };
+    let mut out = Vec::new();
+    for (namespace, role_ref, subjects) in bindings {
+        if !subjects.iter().any(is_sqscale) {
+            continue;
+        }
+        let RoleRef { kind, name, .. } = role_ref;
+        let rules = match kind.as_str() {
+            "ClusterRole" => {
+                cluster_roles.iter().find(|r| r.metadata.name.as_deref() == Some(&name)).and_then(|r| r.rules.clone())
+            }
+            // A RoleBinding can only refer to a Role of its own namespace.
+            "Role" => roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&name) && r.metadata.namespace == namespace)
+                .and_then(|r| r.rules.clone()),
+            other => panic!("roleRef kind {other}"),
+        };
+        let rules =
+            rules.unwrap_or_else(|| panic!("a binding refers to the missing {kind} {name} (namespace {namespace:?})"));
+        out.extend(rules.into_iter().map(|rule| Grant {
+            namespace: namespace.clone(),
+            rule,
+            from: format!("{kind} {name}"),
+        }));
+    }
+    out
+}
+
+/// Whether RBAC would allow `request` in `namespace`: a rule matches verb, group and
+/// resource, and its resourceNames (if any) list the object (never a nameless request).
+fn allows(grants: &[Grant], namespace: &str, (verb, group, resource, name): Request) -> bool {
+    let has = |list: &Option<Vec<String>>, v: &str| list.as_ref().is_some_and(|l| l.iter().any(|x| x == v || x == "*"));
+    grants.iter().any(|g| {
+        let r = &g.rule;
+        g.namespace.as_deref().is_none_or(|n| n == namespace)
+            && r.verbs.iter().any(|v| v == verb || v == "*")
+            && has(&r.api_groups, group)
+            && has(&r.resources, resource)
+            && match &r.resource_names {
+                None => true,
+                Some(names) if names.is_empty() => true,
+                Some(names) => name.is_some_and(|n| names.iter().any(|x| x == n)),
+            }
+    })
+}
+
+/// What is wrong with the grants of `yaml`: wildcards, a write verb on whole workloads,
+/// configmaps or leases cluster-wide or without resourceNames, and anything the daemon
+/// does not use.
+fn excess(yaml: &str) -> Vec<String> {
+    let used: Vec<(&str, &str, &str)> = TARGET_REQUESTS
+        .iter()
+        .chain(OWN_REQUESTS)
+        .map(|(verb, group, resource, _)| (*verb, *group, *resource))
+        .collect();
+    let mut problems = Vec::new();
+    for g in grants(yaml) {
+        let r = &g.rule;
+        let (groups, resources) = (r.api_groups.clone().unwrap_or_default(), r.resources.clone().unwrap_or_default());
+        let named = r.resource_names.as_ref().is_some_and(|n| !n.is_empty());
+        for field in groups.iter().chain(&resources).chain(&r.verbs) {
+            if field.contains('*') {
+                problems.push(format!("{}: wildcard {field:?}", g.from));
+            }
+        }
+        for resource in &resources {
+            for verb in &r.verbs {
+                if matches!(resource.as_str(), "deployments" | "statefulsets") && WRITE_VERBS.contains(&verb.as_str()) {
+                    problems.push(format!("{}: {verb} on whole {resource}", g.from));
+                }
+                if matches!(resource.as_str(), "configmaps" | "leases") {
+                    if g.namespace.is_none() {
+                        problems.push(format!("{}: {verb} on {resource} in every namespace", g.from));
+                    }
+                    if !named && verb != "create" {
+                        problems.push(format!("{}: {verb} on every one of the {resource}", g.from));
+                    }
+                }
+                for group in &groups {
+                    if !used.contains(&(verb.as_str(), group.as_str(), resource.as_str())) {
+                        problems
+                            .push(format!("{}: {verb} on {resource} ({group:?}), which sqscale never does", g.from));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn read_repo_file(p: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+#[test]
+fn rbac_yaml_grants_what_sqscale_uses_and_no_more() {
+    let yaml = read_repo_file("config/rbac.yaml");
+    assert_eq!(excess(&yaml), Vec::<String>::new());
+    let grants = grants(&yaml);
+    for namespace in ["shop", "kube-system"] {
+        for request in TARGET_REQUESTS {
+            assert!(allows(&grants, namespace, *request), "config/rbac.yaml does not allow {request:?} in {namespace}");
+        }
+    }
+    for request in OWN_REQUESTS {
+        assert!(
+            allows(&grants, OWN_NAMESPACE, *request),
+            "config/rbac.yaml does not allow {request:?} in {OWN_NAMESPACE}"
+        );
+        assert!(!allows(&grants, "shop", *request), "config/rbac.yaml allows {request:?} outside {OWN_NAMESPACE}");
+    }
+    // The never-expiring token is not created by default.
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    assert!(docs.iter().all(|d| d["kind"] != "Secret"), "no ServiceAccount token Secret by default");
+    assert!(yaml.contains("kubectl -n sqscale create token sqscale --duration="), "documents TokenRequest");
+}
+
+#[test]
+fn rbac_namespace_yaml_grants_one_namespace_only() {
+    let yaml = read_repo_file("config/rbac-namespace.yaml");
+    assert_eq!(excess(&yaml), Vec::<String>::new());
+    let grants = grants(&yaml);
+    assert!(grants.iter().all(|g| g.namespace.is_some()), "no cluster-wide grant at all");
+    for request in TARGET_REQUESTS {
+        assert!(allows(&grants, "shop", *request), "config/rbac-namespace.yaml does not allow {request:?} in shop");
+        assert!(!allows(&grants, "billing", *request), "config/rbac-namespace.yaml allows {request:?} in billing");
+    }
+    for request in OWN_REQUESTS {
+        assert!(allows(&grants, OWN_NAMESPACE, *request), "config/rbac-namespace.yaml does not allow {request:?}");
+    }
+}
+
+#[test]
+fn the_rbac_check_catches_excess() {
+    // What config/rbac.yaml granted before issue 13, and other mistakes, each caught.
+    let yaml = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: sqscale}
+rules:
+  - apiGroups: ["apps"]
+    resources: ["deployments", "statefulsets"]
+    verbs: ["get", "list", "watch", "patch"]
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["get"]
+  - apiGroups: ["apps"]
+    resources: ["*"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: sqscale}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sqscale}
+subjects: [{kind: ServiceAccount, name: sqscale, namespace: sqscale}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: sqscale, namespace: sqscale}
+rules:
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["update"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: sqscale, namespace: sqscale}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sqscale}
+subjects: [{kind: ServiceAccount, name: sqscale, namespace: sqscale}]
+"#;
+    let problems = excess(yaml);
+    for expected in [
+        "ClusterRole sqscale: patch on whole deployments",
+        "ClusterRole sqscale: patch on whole statefulsets",
+        "ClusterRole sqscale: get on configmaps in every namespace",
+        "ClusterRole sqscale: get on every one of the configmaps",
+        "ClusterRole sqscale: wildcard \"*\"",
+        "Role sqscale: update on every one of the leases",
+    ] {
+        assert!(problems.iter().any(|p| p == expected), "missing {expected:?} in {problems:#?}");
+    }
+    let grants = grants(yaml);
+    assert!(!allows(&grants, OWN_NAMESPACE, ("patch", "", "configmaps", Some("sqscale-state"))));
+    assert!(allows(&grants, OWN_NAMESPACE, ("update", "coordination.k8s.io", "leases", Some("sqscale"))));
+}
