@@ -1,7 +1,7 @@
 //! The command line: argument parsing, and mapping every outcome to an exit code.
 //!
 //! Exit codes follow sysexits(3), as the contract fixes them: 0 success, 64 bad usage,
-//! 65 bad input data (a trace), 78 bad configuration, 1 anything else.
+//! 65 bad input data (a trace, KEDA objects), 78 bad configuration, 1 anything else.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -117,6 +117,8 @@ enum Command {
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
     },
+    /// Turn KEDA ScaledObjects (from files, or listed from the cluster) into a rule file.
+    ImportKeda(crate::import::command::Args),
 }
 
 /// Parses the arguments, runs the command, and returns its exit code.
@@ -132,6 +134,7 @@ pub fn main() -> ExitCode {
         Command::Simulate { config, trace, rule, until, initial_replicas, chart } => {
             simulate(&config.config, &trace, rule.as_deref(), until, initial_replicas, chart.as_deref())
         }
+        Command::ImportKeda(args) => crate::import::command::main(args),
     }
 }
 

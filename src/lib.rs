@@ -14,6 +14,8 @@
 //!   now). No I/O, no clock reads, no logging. `engine::hpa` is the HPA's arithmetic.
 //! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock
 //!   (`sqscale simulate`), and draws the chart.
+//! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules (a pure core; the
+//!   command reads files or the cluster).
 //! - [`cli`]: the command line; `main.rs` only calls it.
 //!
 //! Data flows one way: config -> engine policy; observation -> engine -> decision; the
@@ -24,6 +26,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod import;
 pub mod leader;
 pub mod server;
 pub mod signals;

@@ -9,6 +9,10 @@
 //! * Core `v1` ConfigMaps (the same verbs), validated as the real server does: keys, string values,
 //!   and at most 1 MiB of data.
 //! * `authorization.k8s.io/v1` SelfSubjectAccessReviews, `/version`, discovery (`/api`, `/apis`, ...).
+//! * KEDA's custom resources `keda.sh/v1alpha1`: ScaledObjects and TriggerAuthentications
+//!   (namespaced) and ClusterTriggerAuthentications (cluster-scoped: `/apis/keda.sh/v1alpha1/
+//!   clustertriggerauthentications[/NAME]`), with the same verbs. As the real server does for
+//!   custom resources, list items keep their `kind` and `apiVersion`.
 //!
 //! Behaviour copied from the real API server, because client code depends on it:
 //!
@@ -18,8 +22,8 @@
 //! * A PUT or PATCH whose (patched) body carries a `metadata.resourceVersion` different from the stored
 //!   one fails with 409 Conflict; without one the write is unconditional.
 //! * Errors are `metav1.Status` JSON bodies with the real `reason`, `message` and `details`.
-//! * List items carry no `kind`/`apiVersion` (the real server leaves them out for built-in types);
-//!   single objects and watch events do.
+//! * List items of built-in types carry no `kind`/`apiVersion` (the real server leaves them out);
+//!   items of custom resources, single objects and watch events do.
 //! * Deployments and StatefulSets "roll out" instantly: `status` always mirrors `spec.replicas`, with
 //!   zero counts left out where the real API types use `omitempty`.
 //!
@@ -94,6 +98,8 @@ pub struct Captured {
 ///
 /// Known deviations from a real API server:
 ///
+/// * Custom resources (`keda.sh`) are stored as given: no CRD schema validation or pruning, no
+///   `status` subresource.
 /// * No server-side apply: `application/apply-patch+yaml` gets 415 UnsupportedMediaType. A strategic
 ///   merge patch is applied as a JSON merge patch (lists are replaced, `$patch` directives dropped).
 /// * No `managedFields`, no admission, and validation only where it matters here (replicas >= 0,
@@ -193,6 +199,24 @@ impl FakeKube {
             .lock()
             .create(kind.res(), ns, obj, false)
             .unwrap_or_else(|f| panic!("add {kind:?} {ns}/{name}: {}", f.message));
+    }
+
+    /// Creates a KEDA object (`keda.sh/v1alpha1` ScaledObject, TriggerAuthentication or
+    /// ClusterTriggerAuthentication) as `kubectl apply` would: its `kind` picks the resource and
+    /// `metadata.namespace` (required unless cluster-scoped) the namespace. Panics if it exists.
+    pub fn add_keda(&self, obj: Value) {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+        let res = Res::ALL
+            .into_iter()
+            .find(|r| r.group() == "keda.sh" && r.kind() == kind)
+            .unwrap_or_else(|| panic!("add_keda: {kind:?} is not a KEDA kind the fake serves"));
+        let ns = if res.namespaced() {
+            obj["metadata"]["namespace"].as_str().expect("add_keda: metadata.namespace").to_owned()
+        } else {
+            String::new()
+        };
+        let name = meta_str(&obj, "name").to_owned();
+        self.shared.lock().create(res, &ns, obj, false).unwrap_or_else(|f| panic!("add {kind} {name}: {}", f.message));
     }
 
     /// Deletes an object as another client would (watchers see DELETED). Returns whether it existed.
@@ -524,10 +548,25 @@ enum Res {
     CoreEvent,
     /// core `v1` ConfigMap
     ConfigMap,
+    /// `keda.sh/v1alpha1` custom resources
+    ScaledObject,
+    TriggerAuthentication,
+    /// cluster-scoped
+    ClusterTriggerAuthentication,
 }
 
 impl Res {
-    const ALL: [Res; 6] = [Res::Deployment, Res::StatefulSet, Res::Lease, Res::Event, Res::CoreEvent, Res::ConfigMap];
+    const ALL: [Res; 9] = [
+        Res::Deployment,
+        Res::StatefulSet,
+        Res::Lease,
+        Res::Event,
+        Res::CoreEvent,
+        Res::ConfigMap,
+        Res::ScaledObject,
+        Res::TriggerAuthentication,
+        Res::ClusterTriggerAuthentication,
+    ];
 
     fn group(self) -> &'static str {
         match self {
@@ -535,7 +574,12 @@ impl Res {
             Res::Lease => "coordination.k8s.io",
             Res::Event => "events.k8s.io",
             Res::CoreEvent | Res::ConfigMap => "",
+            Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh",
         }
+    }
+
+    fn version(self) -> &'static str {
+        if self.custom() { "v1alpha1" } else { "v1" }
     }
 
     fn api_version(self) -> &'static str {
@@ -544,7 +588,18 @@ impl Res {
             Res::Lease => "coordination.k8s.io/v1",
             Res::Event => "events.k8s.io/v1",
             Res::CoreEvent | Res::ConfigMap => "v1",
+            Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh/v1alpha1",
         }
+    }
+
+    /// A custom resource (defined by a CRD), not a built-in type.
+    fn custom(self) -> bool {
+        self.group() == "keda.sh"
+    }
+
+    /// Whether objects live in a namespace; cluster-scoped ones are stored under namespace "".
+    fn namespaced(self) -> bool {
+        self != Res::ClusterTriggerAuthentication
     }
 
     fn kind(self) -> &'static str {
@@ -554,6 +609,9 @@ impl Res {
             Res::Lease => "Lease",
             Res::Event | Res::CoreEvent => "Event",
             Res::ConfigMap => "ConfigMap",
+            Res::ScaledObject => "ScaledObject",
+            Res::TriggerAuthentication => "TriggerAuthentication",
+            Res::ClusterTriggerAuthentication => "ClusterTriggerAuthentication",
         }
     }
 
@@ -564,6 +622,9 @@ impl Res {
             Res::Lease => "leases",
             Res::Event | Res::CoreEvent => "events",
             Res::ConfigMap => "configmaps",
+            Res::ScaledObject => "scaledobjects",
+            Res::TriggerAuthentication => "triggerauthentications",
+            Res::ClusterTriggerAuthentication => "clustertriggerauthentications",
         }
     }
 
@@ -585,8 +646,8 @@ impl Res {
         }
     }
 
-    fn lookup(group: &str, plural: &str) -> Option<Res> {
-        Res::ALL.into_iter().find(|r| r.group() == group && r.plural() == plural)
+    fn lookup(group: &str, version: &str, plural: &str) -> Option<Res> {
+        Res::ALL.into_iter().find(|r| r.group() == group && r.version() == version && r.plural() == plural)
     }
 }
 
@@ -889,6 +950,10 @@ impl State {
         check_type(res, &mut body)?;
         let meta = body["metadata"].as_object_mut().expect("check_type made metadata");
         match meta.get("namespace").and_then(Value::as_str) {
+            // The real server drops a namespace given to a cluster-scoped object.
+            _ if !res.namespaced() => {
+                meta.remove("namespace");
+            }
             Some(n) if !n.is_empty() && n != ns => return Err(Failure::namespace_mismatch()),
             _ => {
                 meta.insert("namespace".into(), json!(ns));
@@ -1072,7 +1137,7 @@ impl State {
             .collect();
         let page = if limit > 0 { &matching[..limit.min(matching.len())] } else { &matching[..] };
         let remaining = matching.len() - page.len();
-        let items: Vec<Value> = page.iter().map(|(_, _, obj)| list_item(obj)).collect();
+        let items: Vec<Value> = page.iter().map(|(_, _, obj)| list_item(res, obj)).collect();
         let mut metadata = json!({"resourceVersion": self.rv.to_string()});
         if remaining > 0
             && let Some((n, name, _)) = page.last()
@@ -1337,10 +1402,11 @@ fn check_decodes(res: Res, obj: &Value) -> Result<(), Failure> {
     }
 }
 
-/// A list item: the object without `kind`/`apiVersion`, as the real server lists built-in types.
-fn list_item(obj: &Value) -> Value {
+/// A list item: the object without `kind`/`apiVersion`, as the real server lists built-in types;
+/// custom resources are listed as stored, with both.
+fn list_item(res: Res, obj: &Value) -> Value {
     let mut item = obj.clone();
-    if let Some(map) = item.as_object_mut() {
+    if let Some(map) = item.as_object_mut().filter(|_| !res.custom()) {
         map.remove("kind");
         map.remove("apiVersion");
     }
@@ -1806,30 +1872,38 @@ impl Route {
             ["healthz" | "livez" | "readyz"] => return Route::Health,
             ["api"] => return Route::Discovery(discovery_api(addr)),
             ["apis"] => return Route::Discovery(discovery_groups()),
-            ["api", "v1"] => return Route::Discovery(discovery_resources("")),
-            ["apis", group, "v1"] => {
-                return if discovery_group_exists(group) {
-                    Route::Discovery(discovery_resources(group))
+            ["api", "v1"] => return Route::Discovery(discovery_resources("", "v1")),
+            ["apis", group, version] => {
+                return if discovery_group_exists(group, version) {
+                    Route::Discovery(discovery_resources(group, version))
                 } else {
                     unknown()
                 };
             }
             ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => return Route::AccessReview,
-            ["api", "v1", rest @ ..] => ("", rest),
-            ["apis", group, "v1", rest @ ..] => (*group, rest),
+            ["api", "v1", rest @ ..] => (("", "v1"), rest),
+            ["apis", group, version, rest @ ..] => ((*group, *version), rest),
             _ => return unknown(),
         };
-        let lookup = |plural: &str| Res::lookup(group, plural);
+        let lookup = |plural: &str| Res::lookup(group.0, group.1, plural);
+        // A namespaced resource is only served under /namespaces/NS (and listed without it); a
+        // cluster-scoped one only without, as the real server routes them.
+        let namespaced = |plural: &str| lookup(plural).filter(|r| r.namespaced());
+        let cluster_scoped = |plural: &str| lookup(plural).filter(|r| !r.namespaced());
         match rest {
             [plural] => match lookup(plural) {
                 Some(res) => Route::Collection { res, ns: None },
                 None => unknown(),
             },
-            ["namespaces", ns, plural] => match lookup(plural) {
+            [plural, name] => match cluster_scoped(plural) {
+                Some(res) => Route::Object { res, ns: String::new(), name: (*name).to_owned() },
+                None => unknown(),
+            },
+            ["namespaces", ns, plural] => match namespaced(plural) {
                 Some(res) => Route::Collection { res, ns: Some((*ns).to_owned()) },
                 None => unknown(),
             },
-            ["namespaces", ns, plural, name] => match lookup(plural) {
+            ["namespaces", ns, plural, name] => match namespaced(plural) {
                 Some(res) => Route::Object { res, ns: (*ns).to_owned(), name: (*name).to_owned() },
                 None => unknown(),
             },
@@ -1879,7 +1953,7 @@ impl Route {
                 verb: verb_for_object(method)?,
                 res: *res,
                 subresource: "",
-                ns: Some(ns),
+                ns: res.namespaced().then_some(ns.as_str()),
                 name: Some(name),
             }),
             Route::Scale { kind, ns, name } => Some(Attributes {
@@ -1902,31 +1976,38 @@ fn discovery_api(addr: SocketAddr) -> Value {
     })
 }
 
-const GROUPS: [&str; 4] = ["apps", "authorization.k8s.io", "coordination.k8s.io", "events.k8s.io"];
+/// Every API group the fake serves, with its one version.
+const GROUPS: [(&str, &str); 5] = [
+    ("apps", "v1"),
+    ("authorization.k8s.io", "v1"),
+    ("coordination.k8s.io", "v1"),
+    ("events.k8s.io", "v1"),
+    ("keda.sh", "v1alpha1"),
+];
 
-fn discovery_group_exists(group: &str) -> bool {
-    GROUPS.contains(&group)
+fn discovery_group_exists(group: &str, version: &str) -> bool {
+    GROUPS.contains(&(group, version))
 }
 
 fn discovery_groups() -> Value {
     let groups: Vec<Value> = GROUPS
         .iter()
-        .map(|g| {
-            let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
+        .map(|(g, v)| {
+            let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv], "preferredVersion": gv})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-fn discovery_resources(group: &str) -> Value {
+fn discovery_resources(group: &str, version: &str) -> Value {
     let all_verbs = json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]);
     let mut resources = Vec::new();
-    for res in Res::ALL.into_iter().filter(|r| r.group() == group) {
+    for res in Res::ALL.into_iter().filter(|r| r.group() == group && r.version() == version) {
         resources.push(json!({
             "name": res.plural(),
             "singularName": res.kind().to_lowercase(),
-            "namespaced": true,
+            "namespaced": res.namespaced(),
             "kind": res.kind(),
             "verbs": all_verbs,
         }));
@@ -1951,7 +2032,7 @@ fn discovery_resources(group: &str) -> Value {
             "verbs": ["create"],
         }));
     }
-    let group_version = if group.is_empty() { "v1".to_owned() } else { format!("{group}/v1") };
+    let group_version = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
 }
 
@@ -2173,6 +2254,11 @@ fn serve_api(
             let obj = parse_json(body)?;
             check_decodes(res, &obj)?;
             let created = shared.lock().create(res, &ns, obj, dry)?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        (Route::Collection { res, ns: None }, Method::POST) if !res.namespaced() => {
+            let obj = parse_json(body)?;
+            let created = shared.lock().create(res, "", obj, dry)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Route::Object { res, ns, name }, Method::GET) => {

@@ -1,0 +1,250 @@
+//! The `import-keda` command: reads KEDA objects from files, standard input or the
+//! cluster, imports them, and writes the rule file (or, with `--diff`, what it would
+//! change in an existing one).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use serde_json::Value;
+
+use super::{Import, Options};
+use crate::cli::{EX_CONFIG, EX_DATAERR};
+use crate::target::kube::Kube;
+
+/// Bound on each request to the API server (a list of every ScaledObject of a large
+/// cluster is one request).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Files of KEDA objects, YAML (any number of documents, `kind: List`) or JSON; `-`
+    /// reads standard input. Without files, the ScaledObjects, TriggerAuthentications and
+    /// ClusterTriggerAuthentications are listed from the cluster.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Kubeconfig (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "PATH", conflicts_with = "files")]
+    kubeconfig: Option<PathBuf>,
+    /// Kube context (default: the kubeconfig's current-context).
+    #[arg(long, value_name = "CTX", conflicts_with = "files")]
+    context: Option<String>,
+    /// The namespace to list (default: the context's namespace, as kubectl); with files,
+    /// the namespace of objects that name none (default: default).
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: Option<String>,
+    /// List every namespace.
+    #[arg(long, short = 'A', conflicts_with_all = ["namespace", "files"])]
+    all_namespaces: bool,
+    /// Write the rule file here instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Show what would change against this rule file (by rule name), instead of printing
+    /// the rules.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "output")]
+    diff: Option<PathBuf>,
+}
+
+/// Runs the command; returns its exit code.
+pub fn main(args: Args) -> ExitCode {
+    let (objects, options, origin) = if args.files.is_empty() {
+        match from_cluster(&args) {
+            Ok(read) => read,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let options = Options { default_namespace: args.namespace.clone().unwrap_or_else(|| "default".to_owned()) };
+        match from_files(&args.files) {
+            Ok(objects) => {
+                let names: Vec<String> = args.files.iter().map(|f| display(f)).collect();
+                (objects, options, names.join(", "))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EX_DATAERR);
+            }
+        }
+    };
+    let import = super::import(&objects, &options);
+    for message in import.messages() {
+        eprintln!("warning: {message}");
+    }
+    if import.rules.is_empty() {
+        eprintln!("error: {origin}: no rule imported: no ScaledObject with a usable {} trigger", super::SQS_TRIGGER);
+        return ExitCode::from(EX_DATAERR);
+    }
+    let text = import.to_toml();
+    // What is printed must be what `sqscale check` takes: a failure here is a bug.
+    let imported = match crate::config::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: the imported rules do not validate (a bug in import-keda): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    summary(&import, &origin);
+    if let Some(path) = &args.diff {
+        let existing = match crate::config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        for line in super::diff::diff(&existing, &imported) {
+            let _ = writeln!(out, "{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display())),
+        None => std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("standard output: {e}")),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn summary(import: &Import, origin: &str) {
+    let n = import.rules.len();
+    let rejected = import.rejected.len();
+    let mut line = format!("{origin}: {n} rule{} imported", if n == 1 { "" } else { "s" });
+    if rejected > 0 {
+        line.push_str(&format!(", {rejected} ScaledObject{} not", if rejected == 1 { "" } else { "s" }));
+    }
+    eprintln!("{line}");
+}
+
+fn display(path: &std::path::Path) -> String {
+    if path.as_os_str() == "-" { "<stdin>".to_owned() } else { path.display().to_string() }
+}
+
+/// Every object of every file, in order. A file that cannot be read or parsed is an
+/// error naming it (and the line, where the parser gives one).
+fn from_files(files: &[PathBuf]) -> Result<Vec<Value>, String> {
+    let mut objects = Vec::new();
+    for path in files {
+        let name = display(path);
+        let text = if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map(|_| s)
+        } else {
+            std::fs::read_to_string(path)
+        }
+        .map_err(|e| format!("{name}: {e}"))?;
+        objects.extend(super::parse_documents(&text).map_err(|e| format!("{name}: {e}"))?);
+    }
+    Ok(objects)
+}
+
+fn keda(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: super::KEDA_GROUP.to_owned(),
+        version: "v1alpha1".to_owned(),
+        api_version: format!("{}/v1alpha1", super::KEDA_GROUP),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
+
+/// Lists the KEDA objects of the cluster: ScaledObjects and TriggerAuthentications of
+/// the namespace (or all), and the ClusterTriggerAuthentications they name (by `get`,
+/// so a user without cluster-wide rights can still import). Returns them with the
+/// options and a description of where they came from.
+fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), String> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(async {
+        let kube = Kube::new(args.kubeconfig.clone(), args.context.clone(), CALL_TIMEOUT);
+        let client = kube.client(None).await?;
+        let context = match kube.context_key(None) {
+            "" => "in-cluster".to_owned(),
+            c => format!("context {c}"),
+        };
+        let namespace = match (&args.namespace, args.all_namespaces) {
+            (_, true) => None,
+            (Some(ns), false) => Some(ns.clone()),
+            (None, false) => Some(client.default_namespace().to_owned()),
+        };
+        let scope = match &namespace {
+            Some(ns) => format!("namespace {ns}"),
+            None => "all namespaces".to_owned(),
+        };
+        let origin = format!("{context}, {scope}");
+        let list = |kind: &str, plural: &str| {
+            let ar = keda(kind, plural);
+            let api: Api<DynamicObject> = match &namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let what = format!("{plural}.{} in {scope} ({context})", super::KEDA_GROUP);
+            async move {
+                let listed = tokio::time::timeout(CALL_TIMEOUT, api.list(&ListParams::default()))
+                    .await
+                    .map_err(|_| format!("listing {what}: no answer within {}s", CALL_TIMEOUT.as_secs()))?
+                    .map_err(|e| describe(&e, &format!("listing {what}")))?;
+                Ok::<_, String>(listed.items.into_iter().map(|o| object(o, &ar)).collect::<Vec<_>>())
+            }
+        };
+        let mut objects = list("ScaledObject", "scaledobjects").await?;
+        objects.extend(list("TriggerAuthentication", "triggerauthentications").await?);
+        let mut wanted: Vec<&str> = objects
+            .iter()
+            .flat_map(|o| o.pointer("/spec/triggers").and_then(Value::as_array).into_iter().flatten())
+            .filter_map(|t| t.get("authenticationRef"))
+            .filter(|r| r.get("kind").and_then(Value::as_str) == Some("ClusterTriggerAuthentication"))
+            .filter_map(|r| r.get("name").and_then(Value::as_str))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let ar = keda("ClusterTriggerAuthentication", "clustertriggerauthentications");
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let mut cluster = Vec::new();
+        for name in wanted {
+            let what = format!("clustertriggerauthentications.{}/{name} ({context})", super::KEDA_GROUP);
+            match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(name)).await {
+                Ok(Ok(Some(o))) => cluster.push(object(o, &ar)),
+                // Not there: the ScaledObjects that name it are told so.
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => return Err(describe(&e, &format!("reading {what}"))),
+                Err(_) => return Err(format!("reading {what}: no answer within {}s", CALL_TIMEOUT.as_secs())),
+            }
+        }
+        objects.extend(cluster);
+        let options = Options { default_namespace: namespace.unwrap_or_else(|| "default".to_owned()) };
+        Ok((objects, options, origin))
+    })
+}
+
+/// An object as listed, with the `kind` and `apiVersion` the import goes by.
+fn object(o: DynamicObject, ar: &ApiResource) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    if let Some(map) = v.as_object_mut() {
+        map.insert("kind".into(), ar.kind.clone().into());
+        map.insert("apiVersion".into(), ar.api_version.clone().into());
+    }
+    v
+}
+
+fn describe(e: &kube::Error, doing: &str) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => {
+            format!("{doing}: the API server does not serve it; is KEDA installed? ({})", s.message)
+        }
+        kube::Error::Api(s) if s.code == 403 => {
+            format!("{doing}: forbidden: import-keda needs get and list on keda.sh ({})", s.message)
+        }
+        kube::Error::Api(s) => format!("{doing}: {} ({}, {})", s.message, s.reason, s.code),
+        other => format!("{doing}: {other}"),
+    }
+}
