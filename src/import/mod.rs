@@ -610,11 +610,12 @@ fn quantity(q: &Value) -> Option<f64> {
 fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<String>) -> bool {
     let Some(annotations) = so.pointer("/metadata/annotations").and_then(Value::as_object) else { return false };
     let get = |k: &str| annotations.get(&format!("{ANNOTATION_PREFIX}{k}")).and_then(Value::as_str);
+    // As kubectl takes it: `-n shop deployment/orders-worker`.
     let target = target.as_ref().map_or_else(String::new, |t| {
         format!(
-            "{} {}/{}",
-            t.kind.as_deref().unwrap_or_default().to_lowercase(),
+            "-n {} {}/{}",
             t.namespace.as_deref().unwrap_or_default(),
+            t.kind.as_deref().unwrap_or_default().to_lowercase(),
             t.name.as_deref().unwrap_or_default()
         )
     });
@@ -788,28 +789,19 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
         )),
         _ => {}
     }
-    // Parameters read from elsewhere: (where, parameter) pairs, in order.
-    let mut sources: Vec<(String, String)> = Vec::new();
+    // Parameters read from elsewhere: (where, parameter, key there), in order.
+    let mut sources: Vec<(String, String, Option<String>)> = Vec::new();
     let entries = |key: &str| spec.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
-    for e in entries("secretTargetRef") {
-        let (p, n, k) = (str_at(&e, "/parameter"), str_at(&e, "/name"), str_at(&e, "/key"));
-        sources.push((
-            format!("Secret {} (key {}) in {secrets_in}", n.unwrap_or_default(), k.unwrap_or_default()),
-            p.unwrap_or_default().to_owned(),
-        ));
-    }
-    for e in entries("configMapTargetRef") {
-        let (p, n, k) = (str_at(&e, "/parameter"), str_at(&e, "/name"), str_at(&e, "/key"));
-        sources.push((
-            format!("ConfigMap {} (key {}) in {secrets_in}", n.unwrap_or_default(), k.unwrap_or_default()),
-            p.unwrap_or_default().to_owned(),
-        ));
+    let field = |e: &Value, f: &str| str_at(e, &format!("/{f}")).unwrap_or_default().to_owned();
+    for (key, kind) in [("secretTargetRef", "Secret"), ("configMapTargetRef", "ConfigMap")] {
+        for e in entries(key) {
+            let place = format!("{kind} {} in {secrets_in}", field(&e, "name"));
+            sources.push((place, field(&e, "parameter"), Some(field(&e, "key"))));
+        }
     }
     for e in entries("env") {
-        sources.push((
-            format!("environment variable {} of the target's container", str_at(&e, "/name").unwrap_or_default()),
-            str_at(&e, "/parameter").unwrap_or_default().to_owned(),
-        ));
+        let place = format!("environment variable {} of the target's container", field(&e, "name"));
+        sources.push((place, field(&e, "parameter"), None));
     }
     for (key, store) in [
         ("hashiCorpVault", "HashiCorp Vault"),
@@ -818,27 +810,32 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
         ("awsSecretManager", "AWS Secrets Manager"),
     ] {
         for e in spec.pointer(&format!("/{key}/secrets")).and_then(Value::as_array).into_iter().flatten() {
-            sources.push((store.to_owned(), str_at(e, "/parameter").unwrap_or_default().to_owned()));
+            sources.push((store.to_owned(), field(e, "parameter"), None));
         }
     }
-    let mut by_source: Vec<(String, Vec<String>)> = Vec::new();
-    for (source, parameter) in sources {
+    let mut by_place: Vec<(String, Vec<String>)> = Vec::new();
+    for (place, parameter, key) in sources {
+        let shown = match &key {
+            Some(k) => format!("{parameter} (key {k})"),
+            None => parameter.clone(),
+        };
         match parameter.as_str() {
             "awsRoleArn" if role.is_none() => notes.push(format!(
-                "{at}: {what} takes awsRoleArn from the {source}, which import-keda does not read: set role_arn on the trigger to that role's ARN"
+                "{at}: {what} takes awsRoleArn from the {place}, as {shown}, which import-keda does not read: set role_arn on the trigger to that role's ARN"
             )),
+            "awsRoleArn" => {}
             "awsRegion" => notes.push(format!(
-                "{at}: {what} takes awsRegion from the {source}, which import-keda does not read: set aws_region on the trigger if the queue URL does not name the region"
+                "{at}: {what} takes awsRegion from the {place}, which import-keda does not read: set aws_region on the trigger if the queue URL does not name the region"
             )),
-            _ => match by_source.iter_mut().find(|(s, _)| *s == source) {
-                Some((_, params)) => params.push(parameter),
-                None => by_source.push((source, vec![parameter])),
+            _ => match by_place.iter_mut().find(|(p, _)| *p == place) {
+                Some((_, params)) => params.push(shown),
+                None => by_place.push((place, vec![shown])),
             },
         }
     }
-    for (source, params) in by_source {
+    for (place, params) in by_place {
         notes.push(format!(
-            "{at}: {what} reads {} from the {source}: credentials are never copied; give sqscale's own AWS identity sqs:GetQueueAttributes on the queue instead (or a role to assume: role_arn)",
+            "{at}: {what} reads {} from the {place}: credentials are never copied; give sqscale's own AWS identity sqs:GetQueueAttributes on the queue instead (or a role to assume: role_arn)",
             params.join(", ")
         ));
     }

@@ -1,1 +1,528 @@
+use serde_json::json;
+
 use super::*;
+use crate::config;
+
+const QUEUE: &str = "https://sqs.eu-west-1.amazonaws.com/123456789012/orders";
+
+fn so(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn sqs_trigger(metadata: Value) -> Value {
+    json!({"type": "aws-sqs-queue", "metadata": metadata})
+}
+
+/// A ScaledObject with one aws-sqs-queue trigger on [`QUEUE`], plus `extra` spec fields.
+fn simple(ns: &str, name: &str, extra: Value) -> Value {
+    let mut spec = json!({"scaleTargetRef": {"name": format!("{name}-worker")},
+                          "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    so(ns, name, spec)
+}
+
+fn run(objects: &[Value]) -> Import {
+    import(objects, &Options::default())
+}
+
+/// The import as `sqscale check` reads it back (which must accept it).
+fn checked(import: &Import) -> config::Config {
+    config::from_str(&import.to_toml()).unwrap_or_else(|e| panic!("{e}\n{}", import.to_toml()))
+}
+
+fn only_rule(import: &Import) -> &Imported {
+    assert_eq!(import.rules.len(), 1, "{:?}", import.messages());
+    &import.rules[0]
+}
+
+#[test]
+fn the_demo_story_imports_to_config_demo_toml() {
+    let objects = parse_documents(include_str!("../../config/demo-keda.yaml")).unwrap();
+    let import = run(&objects);
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let mut imported = checked(&import);
+    let demo = config::from_str(include_str!("../../config/demo.toml")).unwrap();
+    // The ScaledObject has a name of its own; everything else is the same rule.
+    assert_eq!(imported.rules[0].name, "aws-sqs-queue-scaledobject");
+    imported.rules[0].name = demo.rules[0].name.clone();
+    assert_eq!(imported, demo);
+}
+
+#[test]
+fn every_field_of_the_mapping_table() {
+    let spec = json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "orders-db"},
+        "pollingInterval": 15,
+        "cooldownPeriod": 120,
+        "initialCooldownPeriod": 60,
+        "minReplicaCount": 2,
+        "maxReplicaCount": 40,
+        "idleReplicaCount": 1,
+        "fallback": {"failureThreshold": 4, "replicas": 6, "behavior": "currentReplicasIfHigher"},
+        "advanced": {"horizontalPodAutoscalerConfig": {"name": "custom-hpa", "behavior": {
+            "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "tolerance": "50m",
+                        "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15},
+                                     {"type": "Percent", "value": 100, "periodSeconds": 15}]},
+            "scaleDown": {"stabilizationWindowSeconds": 600, "selectPolicy": "Min", "tolerance": 0.2,
+                          "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}]}}}},
+        "triggers": [{"type": "aws-sqs-queue", "name": "orders", "metadata": {
+            "queueURL": "https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
+            "queueLength": "10", "activationQueueLength": "3", "scaleOnInFlight": "false",
+            "scaleOnDelayed": "true", "awsRegion": "eu-west-1", "awsEndpoint": "https://sqs.internal:4566"}}]
+    });
+    let import = run(&[so("shop", "orders", spec)]);
+    let r = &only_rule(&import).rule;
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    assert_eq!(r.name.as_deref(), Some("orders"));
+    let t = r.target.as_ref().unwrap();
+    assert_eq!(
+        (t.kind.as_deref(), t.name.as_deref(), t.namespace.as_deref()),
+        (Some("StatefulSet"), Some("orders-db"), Some("shop"))
+    );
+    assert_eq!(r.polling_interval, Some(RawDuration::Seconds(15)));
+    assert_eq!(r.cooldown_period, Some(RawDuration::Seconds(120)));
+    assert_eq!(r.initial_cooldown_period, Some(RawDuration::Seconds(60)));
+    assert_eq!((r.min_replica_count, r.max_replica_count, r.idle_replica_count), (Some(2), Some(40), Some(1)));
+    let f = r.fallback.as_ref().unwrap();
+    assert_eq!(
+        (f.failure_threshold, f.replicas, f.behavior.as_deref()),
+        (Some(4), Some(6), Some("currentReplicasIfHigher"))
+    );
+    let b = r.behavior.as_ref().unwrap();
+    let (up, down) = (b.scale_up.as_ref().unwrap(), b.scale_down.as_ref().unwrap());
+    assert_eq!(up.stabilization_window, Some(RawDuration::Seconds(0)));
+    assert_eq!((up.select_policy.as_deref(), up.tolerance), (Some("Max"), Some(0.05)));
+    let policies: Vec<_> = up
+        .policies
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| (p.kind.clone().unwrap(), p.value.unwrap(), p.period.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        policies,
+        [("Pods".to_owned(), 4, RawDuration::Seconds(15)), ("Percent".to_owned(), 100, RawDuration::Seconds(15))]
+    );
+    assert_eq!(down.stabilization_window, Some(RawDuration::Seconds(600)));
+    assert_eq!((down.select_policy.as_deref(), down.tolerance), (Some("Min"), Some(0.2)));
+    let tr = &r.trigger.as_ref().unwrap()[0];
+    assert_eq!(tr.kind.as_deref(), Some("aws-sqs-queue"));
+    assert_eq!(tr.queue_url.as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/123456789012/orders"));
+    // Typed: KEDA's strings become numbers and booleans.
+    assert_eq!((tr.queue_length, tr.activation_queue_length), (Some(10), Some(3)));
+    assert_eq!((tr.scale_on_in_flight, tr.scale_on_delayed), (Some(false), Some(true)));
+    assert_eq!(tr.aws_region.as_deref(), Some("eu-west-1"));
+    assert_eq!(tr.aws_endpoint.as_deref(), Some("https://sqs.internal:4566"));
+    assert_eq!(tr.role_arn, None);
+
+    // And `sqscale check` reads the same numbers back.
+    let c = checked(&import);
+    let rule = &c.rules[0];
+    assert_eq!(rule.polling_interval, std::time::Duration::from_secs(15));
+    assert_eq!((rule.policy.min, rule.policy.max, rule.policy.idle), (2, 40, Some(1)));
+    assert_eq!((rule.policy.tolerances.up, rule.policy.tolerances.down), (0.05, 0.2));
+    let behavior = rule.policy.behavior.as_ref().unwrap();
+    assert_eq!(behavior.scale_down.stabilization_window_ms, 600_000);
+    assert_eq!(behavior.scale_up.policies.len(), 2);
+    assert_eq!(rule.policy.triggers[0].queue_length, 10);
+    assert_eq!(rule.triggers[0].endpoint.as_deref(), Some("https://sqs.internal:4566"));
+}
+
+#[test]
+fn keda_defaults_stay_defaults() {
+    let import = run(&[simple("default", "orders", json!({}))]);
+    let r = &only_rule(&import).rule;
+    assert_eq!((r.polling_interval.clone(), r.cooldown_period.clone(), r.min_replica_count), (None, None, None));
+    assert!(r.fallback.is_none() && r.behavior.is_none() && r.paused.is_none());
+    let c = checked(&import);
+    assert_eq!(c.rules[0].target.kind, config::TargetKind::Deployment);
+    assert_eq!(c.rules[0].polling_interval, std::time::Duration::from_secs(30));
+}
+
+fn with_auth(auth_ref: Value, auths: Vec<Value>) -> Import {
+    let mut t = sqs_trigger(json!({"queueURL": QUEUE}));
+    t["authenticationRef"] = auth_ref;
+    let mut objects = vec![so("shop", "orders", json!({"scaleTargetRef": {"name": "w"}, "triggers": [t]}))];
+    objects.extend(auths);
+    run(&objects)
+}
+
+fn auth(kind: &str, ns: Option<&str>, name: &str, spec: Value) -> Value {
+    let mut metadata = json!({"name": name});
+    if let Some(ns) = ns {
+        metadata["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": "keda.sh/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
+}
+
+fn role_of(import: &Import) -> Option<String> {
+    only_rule(import).rule.trigger.as_ref().unwrap()[0].role_arn.clone()
+}
+
+#[test]
+fn a_trigger_authentication_with_a_role() {
+    let role = "arn:aws:iam::123456789012:role/orders-reader";
+    let spec = json!({"podIdentity": {"provider": "aws", "roleArn": role}});
+    let import = with_auth(
+        json!({"name": "aws-role"}),
+        vec![auth("TriggerAuthentication", Some("shop"), "aws-role", spec.clone())],
+    );
+    assert_eq!(role_of(&import).as_deref(), Some(role));
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    assert_eq!(checked(&import).rules[0].triggers[0].role_arn.as_deref(), Some(role));
+
+    // A TriggerAuthentication of another namespace is not the one named.
+    let import = with_auth(
+        json!({"name": "aws-role"}),
+        vec![auth("TriggerAuthentication", Some("other"), "aws-role", spec.clone())],
+    );
+    assert_eq!(role_of(&import), None);
+    assert!(import.messages()[0].contains("TriggerAuthentication shop/aws-role, which is not in the input"));
+
+    // A ClusterTriggerAuthentication is found by name alone.
+    let import = with_auth(
+        json!({"name": "aws-role", "kind": "ClusterTriggerAuthentication"}),
+        vec![auth("ClusterTriggerAuthentication", None, "aws-role", spec)],
+    );
+    assert_eq!(role_of(&import).as_deref(), Some(role));
+
+    // awsRoleArn as a parameter lives in a Secret, which is never read: the rule says
+    // where it is instead of guessing.
+    let spec = json!({"secretTargetRef": [
+        {"parameter": "awsRoleArn", "name": "aws-secrets", "key": "AWS_ROLE_ARN"}]});
+    let import =
+        with_auth(json!({"name": "by-secret"}), vec![auth("TriggerAuthentication", Some("shop"), "by-secret", spec)]);
+    assert_eq!(role_of(&import), None);
+    let messages = import.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].contains(
+            "takes awsRoleArn from the Secret aws-secrets in namespace shop, as awsRoleArn (key AWS_ROLE_ARN)"
+        ) && messages[0].contains("set role_arn"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn credentials_are_never_copied_and_the_secret_is_named() {
+    let spec = json!({
+        "secretTargetRef": [
+            {"parameter": "awsAccessKeyID", "name": "aws-keys", "key": "AWS_ACCESS_KEY_ID"},
+            {"parameter": "awsSecretAccessKey", "name": "aws-keys", "key": "AWS_SECRET_ACCESS_KEY"}],
+        "env": [{"parameter": "awsSessionToken", "name": "AWS_SESSION_TOKEN"}]});
+    let mut t = sqs_trigger(json!({"queueURL": QUEUE, "awsSecretAccessKeyFromEnv": "SECRET"}));
+    t["authenticationRef"] = json!({"name": "keys"});
+    let objects = vec![
+        so("shop", "orders", json!({"scaleTargetRef": {"name": "w"}, "triggers": [t]})),
+        auth("TriggerAuthentication", Some("shop"), "keys", spec),
+    ];
+    let import = run(&objects);
+    let text = import.to_toml();
+    let messages = import.messages();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    for needle in [
+        "reads awsAccessKeyID (key AWS_ACCESS_KEY_ID), awsSecretAccessKey (key AWS_SECRET_ACCESS_KEY) from the Secret aws-keys in namespace shop",
+        "reads awsSessionToken from the environment variable AWS_SESSION_TOKEN",
+        "awsSecretAccessKeyFromEnv: credentials are never copied",
+    ] {
+        assert!(messages.iter().any(|m| m.contains(needle)), "{needle:?} in {messages:?}");
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    assert!(messages.iter().all(|m| m.contains("give sqscale's own AWS identity sqs:GetQueueAttributes")));
+    let trigger = &only_rule(&import).rule.trigger.as_ref().unwrap()[0];
+    assert_eq!(trigger.role_arn, None);
+}
+
+#[test]
+fn an_unsupported_trigger() {
+    let cron = json!({"type": "cron", "metadata": {"timezone": "UTC", "start": "0 8 * * *", "end": "0 18 * * *",
+                                                    "desiredReplicas": "3"}});
+    let cpu = json!({"type": "cpu", "metadata": {"value": "60"}});
+    let mixed = so(
+        "shop",
+        "orders",
+        json!({"scaleTargetRef": {"name": "w"},
+               "triggers": [cron.clone(), sqs_trigger(json!({"queueURL": QUEUE})), cpu.clone()]}),
+    );
+    let only_cron = so("shop", "reports", json!({"scaleTargetRef": {"name": "r"}, "triggers": [cron, cpu]}));
+    let import = run(&[mixed, only_cron]);
+    let rule = only_rule(&import);
+    assert_eq!(rule.rule.trigger.as_ref().unwrap().len(), 1);
+    assert_eq!(rule.notes.len(), 1);
+    assert!(rule.notes[0].starts_with("triggers of type cron, cpu are left out"), "{:?}", rule.notes);
+    assert_eq!(import.rejected.len(), 1);
+    let messages = import.messages();
+    assert!(
+        messages.contains(
+            &"ScaledObject shop/reports: no rule: it has no aws-sqs-queue trigger (only cron, cpu)".to_owned()
+        ),
+        "{messages:?}"
+    );
+    // Each said once, on standard error and above the rule.
+    assert_eq!(messages.iter().filter(|m| m.contains("left out")).count(), 1);
+    let text = import.to_toml();
+    assert!(text.contains("# not carried over: triggers of type cron, cpu are left out"), "{text}");
+    assert_eq!(text.matches("cron, cpu are left out").count(), 1);
+}
+
+#[test]
+fn what_cannot_carry_over_is_said_once_each() {
+    let mut spec = json!({
+        "scaleTargetRef": {"name": "w"},
+        "advanced": {"restoreToOriginalReplicaCount": true,
+                     "scalingModifiers": {"formula": "a + b", "target": "5"}},
+        "triggers": [
+            {"type": "aws-sqs-queue", "name": "a", "metricType": "Value", "metadata": {"queueURL": QUEUE},
+             "authenticationRef": {"name": "missing"}},
+            {"type": "aws-sqs-queue", "name": "b", "metadata": {"queueURL": QUEUE},
+             "authenticationRef": {"name": "missing"}}]});
+    spec["fallback"] = json!({"failureThreshold": 3, "replicas": 0});
+    let mut obj = so("shop", "orders", spec);
+    obj["metadata"]["annotations"] = json!({
+        "autoscaling.keda.sh/paused-scale-in": "true",
+        "autoscaling.keda.sh/paused-scale-out": "yes",
+        "autoscaling.keda.sh/force-activation": "false"});
+    let import = run(&[obj]);
+    let notes = &only_rule(&import).notes;
+    for needle in [
+        "restoreToOriginalReplicaCount",
+        "scalingModifiers",
+        "trigger 1 (a): metricType Value",
+        "trigger 1 (a): authenticationRef names TriggerAuthentication shop/missing, which is not in the input",
+        "trigger 2 (b): authenticationRef names TriggerAuthentication shop/missing",
+        "annotation autoscaling.keda.sh/paused-scale-in",
+        // An annotation that is not a Go bool counts as true, as in KEDA.
+        "annotation autoscaling.keda.sh/paused-scale-out",
+        "fallback with replicas 0",
+    ] {
+        assert_eq!(notes.iter().filter(|n| n.contains(needle)).count(), 1, "{needle:?} in {notes:?}");
+    }
+    assert!(!notes.iter().any(|n| n.contains("force-activation")), "false is false: {notes:?}");
+    assert_eq!(notes.len(), 8, "{notes:?}");
+    let text = import.to_toml();
+    let comments = text.lines().filter(|l| l.starts_with("# not carried over: ")).count();
+    assert_eq!(comments, notes.len(), "{text}");
+    let rule = &only_rule(&import).rule;
+    assert!(rule.fallback.is_none());
+    checked(&import);
+}
+
+#[test]
+fn paused_annotations() {
+    let mut paused = simple("shop", "a", json!({}));
+    paused["metadata"]["annotations"] = json!({"autoscaling.keda.sh/paused": "true"});
+    let mut pinned = simple("shop", "b", json!({}));
+    pinned["metadata"]["annotations"] = json!({"autoscaling.keda.sh/paused-replicas": "2"});
+    let mut unpaused = simple("shop", "c", json!({}));
+    unpaused["metadata"]["annotations"] = json!({"autoscaling.keda.sh/paused": "false"});
+    let import = run(&[paused, pinned, unpaused]);
+    let p: Vec<_> = import.rules.iter().map(|r| r.rule.paused).collect();
+    assert_eq!(p, [Some(true), Some(true), None]);
+    assert!(
+        import.rules[1].notes[0].contains("kubectl annotate -n shop deployment/b-worker sqscale.io/paused-replicas=2")
+    );
+    assert!(import.rules[0].notes.is_empty());
+}
+
+#[test]
+fn a_name_clash_across_namespaces() {
+    let objects = [
+        simple("shop", "orders", json!({})),
+        simple("billing", "orders", json!({})),
+        simple("shop", "payments", json!({})),
+    ];
+    let import = run(&objects);
+    let names: Vec<_> = import.rules.iter().map(|r| r.rule.name.clone().unwrap()).collect();
+    assert_eq!(names, ["shop-orders", "billing-orders", "payments"]);
+    // The rename is what the issue asks for: no note.
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let c = checked(&import);
+    assert_eq!(c.rules[1].target.namespace, "billing");
+}
+
+#[test]
+fn names_become_rule_names() {
+    let long = format!("Orders.{}", "x".repeat(80));
+    let mut objects = vec![
+        simple("shop", &long, json!({})),
+        simple("shop", "orders-xxx", json!({})),
+        simple("shop", "orders_", json!({})),
+        // Its name is what the one before became.
+        simple("shop", "orders", json!({})),
+    ];
+    for (i, o) in objects.iter_mut().enumerate() {
+        o["spec"]["scaleTargetRef"]["name"] = json!(format!("w{i}"));
+    }
+    let import = run(&objects);
+    let names: Vec<_> = import.rules.iter().map(|r| r.rule.name.clone().unwrap()).collect();
+    assert_eq!(names[0], format!("orders-{}", "x".repeat(56)));
+    assert_eq!(names[0].len(), 63);
+    assert_eq!(names[1], "orders-xxx");
+    assert_eq!(names[2], "orders");
+    assert_eq!(names[3], "orders-2");
+    assert!(import.rules[0].notes[0].contains("is not a rule name"), "{:?}", import.rules[0].notes);
+    assert!(import.rules[3].notes[0].contains("\"orders\" is another rule's"), "{:?}", import.rules[3].notes);
+    checked(&import);
+}
+
+#[test]
+fn values_are_typed_as_keda_parses_them() {
+    let bad = |metadata: Value| {
+        let mut m = json!({"queueURL": QUEUE});
+        for (k, v) in metadata.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        let obj = so("shop", "orders", json!({"scaleTargetRef": {"name": "w"}, "triggers": [sqs_trigger(m)]}));
+        let import = run(&[obj]);
+        assert!(import.rules.is_empty());
+        import.rejected[0].reasons.join("; ")
+    };
+    // encoding/json's integers: no leading zero, no sign, no fraction.
+    assert_eq!(bad(json!({"queueLength": "05"})), "trigger 1: queueLength (\"05\") is not a whole number");
+    assert!(bad(json!({"queueLength": "2.5"})).contains("queueLength (\"2.5\")"));
+    assert!(bad(json!({"scaleOnInFlight": "yes"})).contains("scaleOnInFlight (\"yes\") is not true or false"));
+    // KEDA itself rejects a queue length of 0 (the HPA would): so does check.
+    assert!(bad(json!({"queueLength": "0"})).contains("queue_length (0) must be greater than 0"));
+    // Go's ParseBool spellings, and KEDA's trimming.
+    let obj = so(
+        "shop",
+        "orders",
+        json!({"scaleTargetRef": {"name": "w"}, "triggers": [sqs_trigger(json!({
+            "queueURL": format!(" {QUEUE} "), "queueLength": " 7", "scaleOnDelayed": "T", "scaleOnInFlight": "0",
+            "awsRegion": ""}))]}),
+    );
+    let import = run(&[obj]);
+    let t = &only_rule(&import).rule.trigger.as_ref().unwrap()[0];
+    assert_eq!(t.queue_url.as_deref(), Some(QUEUE));
+    assert_eq!((t.queue_length, t.scale_on_delayed, t.scale_on_in_flight), (Some(7), Some(true), Some(false)));
+    assert_eq!(t.aws_region, None, "empty is missing");
+}
+
+#[test]
+fn a_scaled_object_that_fails_check_is_shown_commented_out() {
+    let no_region = so(
+        "shop",
+        "local",
+        json!({"scaleTargetRef": {"name": "w"},
+               "triggers": [sqs_trigger(json!({"queueURL": "http://localhost:4566/000000000000/q"}))]}),
+    );
+    let from_env = so(
+        "shop",
+        "env",
+        json!({"scaleTargetRef": {"name": "w2"}, "triggers": [sqs_trigger(json!({"queueURLFromEnv": "QUEUE_URL"}))]}),
+    );
+    let rollout = so(
+        "shop",
+        "rollout",
+        json!({"scaleTargetRef": {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r"},
+               "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]}),
+    );
+    let import = run(&[no_region, from_env, rollout, simple("shop", "ok", json!({}))]);
+    assert_eq!(only_rule(&import).rule.name.as_deref(), Some("ok"));
+    let reasons: Vec<String> = import.rejected.iter().map(|r| r.reasons.join("; ")).collect();
+    assert!(reasons[0].contains("no AWS region"), "{reasons:?}");
+    assert!(reasons[1].contains("environment variable QUEUE_URL"), "{reasons:?}");
+    assert!(reasons[2].contains("its target is a Rollout (argoproj.io/v1alpha1)"), "{reasons:?}");
+    let text = import.to_toml();
+    assert!(text.contains("# [[rule]]\n# name = \"local\""), "{text}");
+    // Commented out, the file is still what check takes.
+    assert_eq!(checked(&import).rules.len(), 1);
+}
+
+#[test]
+fn two_scaled_objects_on_one_target_give_one_rule() {
+    let mut second = simple("shop", "b", json!({}));
+    second["spec"]["scaleTargetRef"]["name"] = json!("a-worker");
+    let import = run(&[simple("shop", "a", json!({})), second]);
+    assert_eq!(only_rule(&import).rule.name.as_deref(), Some("a"));
+    assert!(import.rejected[0].reasons[0].contains("already scaled by rule \"a\""));
+    checked(&import);
+}
+
+#[test]
+fn kind_list_and_typed_lists_are_opened() {
+    let yaml = format!(
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - apiVersion: apps/v1\n  kind: Deployment\n  metadata: {{name: w, namespace: shop}}\n\
+         - apiVersion: keda.sh/v1alpha1\n  kind: ScaledObject\n  metadata: {{name: a, namespace: shop}}\n  \
+           spec:\n    scaleTargetRef: {{name: w}}\n    triggers:\n    - type: aws-sqs-queue\n      \
+           metadata: {{queueURL: \"{QUEUE}\", queueLength: \"5\"}}\n\
+         metadata:\n  resourceVersion: \"\"\n---\n\
+         apiVersion: keda.sh/v1alpha1\nkind: ScaledObjectList\nmetadata: {{resourceVersion: \"7\"}}\nitems:\n\
+         - metadata: {{name: b, namespace: shop}}\n  spec:\n    scaleTargetRef: {{name: v}}\n    triggers:\n    \
+           - type: aws-sqs-queue\n      metadata: {{queueURL: \"{QUEUE}\"}}\n"
+    );
+    let objects = parse_documents(&yaml).unwrap();
+    assert_eq!(objects.len(), 3);
+    assert_eq!(objects[2]["kind"], "ScaledObject", "a typed list's items take its kind");
+    let import = run(&objects);
+    let names: Vec<_> = import.rules.iter().map(|r| r.rule.name.clone().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    // The Deployment is not KEDA's: passed over silently.
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+
+    // The same as JSON, as `kubectl get -o json` prints it.
+    let json = serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": objects})).unwrap();
+    assert_eq!(parse_documents(&json).unwrap(), objects);
+}
+
+#[test]
+fn broken_input_names_the_line() {
+    let yaml = "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: x\n spec: [\n";
+    let e = parse_documents(yaml).unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.to_string().starts_with("line 5, column "), "{e}");
+    assert!(!e.message.contains("line 5"), "said once: {e}");
+    let e = parse_documents("{\n  \"kind\": \"List\",\n  \"items\": [1,]\n}\n").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    // A document after a good one still names its own line.
+    let e = parse_documents("kind: A\n---\nkind: B\nx: [1, 2\n").unwrap_err();
+    assert!(e.line.is_some_and(|l| l >= 4), "{e}");
+}
+
+#[test]
+fn the_same_object_twice_is_one_rule() {
+    let import = run(&[simple("shop", "a", json!({})), simple("shop", "a", json!({"maxReplicaCount": 9}))]);
+    assert_eq!(only_rule(&import).rule.max_replica_count, Some(9));
+    assert_eq!(import.warnings.len(), 1);
+}
+
+#[test]
+fn objects_without_a_namespace_take_the_default() {
+    let mut obj = simple("x", "a", json!({}));
+    obj["metadata"].as_object_mut().unwrap().remove("namespace");
+    let import = import(&[obj], &Options { default_namespace: "shop".to_owned() });
+    assert_eq!(only_rule(&import).rule.target.as_ref().unwrap().namespace.as_deref(), Some("shop"));
+}
+
+#[test]
+fn diff_by_rule_name() {
+    let old = config::from_str(&format!(
+        "[aws]\nregion = \"eu-west-1\"\n\
+         [[rule]]\nname = \"a\"\ntarget = {{ name = \"a-worker\", namespace = \"shop\" }}\ncooldown_period = \"5m\"\n\
+         [[rule.trigger]]\nqueue_url = \"{QUEUE}\"\n\
+         [[rule]]\nname = \"gone\"\ntarget = {{ name = \"g\" }}\n[[rule.trigger]]\nqueue_url = \"{QUEUE}\"\n\
+         [[rule]]\nname = \"b\"\ntarget = {{ name = \"b-worker\", namespace = \"shop\" }}\n\
+         [[rule.trigger]]\nqueue_url = \"{QUEUE}\"\nqueue_length = 5\n"
+    ))
+    .unwrap();
+    let import = run(&[
+        simple("shop", "a", json!({"cooldownPeriod": 30})),
+        simple("shop", "b", json!({})),
+        simple("shop", "new", json!({})),
+    ]);
+    let new = checked(&import);
+    let lines = diff::diff(&old, &new);
+    assert_eq!(
+        lines,
+        [
+            "~ a: cooldown_period \"5m\" -> \"30s\"",
+            "+ new: added (Deployment/shop/new-worker)",
+            "- gone: removed (Deployment/default/g)",
+            "1 rule unchanged",
+        ]
+    );
+}
