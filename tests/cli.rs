@@ -585,3 +585,215 @@ subjects: [{kind: ServiceAccount, name: sqscale, namespace: sqscale}]
     assert!(!allows(&grants, OWN_NAMESPACE, ("patch", "", "configmaps", Some("sqscale-state"))));
     assert!(allows(&grants, OWN_NAMESPACE, ("update", "coordination.k8s.io", "leases", Some("sqscale"))));
 }
+
+// === import-keda ===
+
+/// `sqscale ARGS` with `stdin` on standard input.
+fn sqscale_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SQSCALE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sqscale");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// What `sqscale check` prints for `path`, as TOML; fails the test unless it exits 0.
+fn resolved(path: &str) -> toml::Table {
+    let out = sqscale(&["check", "--config", path]);
+    assert_eq!(out.status.code(), Some(0), "check {path}: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().parse().unwrap()
+}
+
+fn rule_names(table: &toml::Table) -> Vec<String> {
+    table["rule"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn import_keda_of_the_demo_story_checks_as_config_demo_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("imported.toml").display().to_string();
+    let out = sqscale(&["import-keda", "config/demo-keda.yaml", "--output", &out_path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "--output: nothing on standard output");
+    assert_eq!(stderr(&out), "config/demo-keda.yaml: 1 rule imported\n", "nothing left behind");
+
+    let mut imported = resolved(&out_path);
+    let demo = resolved("config/demo.toml");
+    // Apart from the names, `check` prints the same file.
+    assert_eq!(rule_names(&imported), ["aws-sqs-queue-scaledobject"]);
+    imported["rule"].as_array_mut().unwrap()[0].as_table_mut().unwrap()["name"] = "demo-worker".into();
+    assert_eq!(imported, demo);
+}
+
+const MIXED: &str = r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: orders, namespace: shop, annotations: {autoscaling.keda.sh/paused-scale-in: "true"}}
+spec:
+  scaleTargetRef: {name: orders-worker}
+  triggers:
+  - type: cron
+    metadata: {timezone: UTC, start: "0 8 * * *", end: "0 18 * * *", desiredReplicas: "3"}
+  - type: aws-sqs-queue
+    authenticationRef: {name: aws-keys}
+    metadata: {queueURL: "https://sqs.eu-west-1.amazonaws.com/123456789012/orders", queueLength: "10"}
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata: {name: aws-keys, namespace: shop}
+spec:
+  secretTargetRef:
+  - {parameter: awsAccessKeyID, name: aws-credentials, key: AWS_ACCESS_KEY_ID}
+  - {parameter: awsSecretAccessKey, name: aws-credentials, key: AWS_SECRET_ACCESS_KEY}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: reports, namespace: shop}
+spec:
+  scaleTargetRef: {name: reports-worker}
+  triggers:
+  - type: prometheus
+    metadata: {serverAddress: "http://prometheus:9090", query: "sum(x)", threshold: "5"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: orders-worker, namespace: shop}
+"#;
+
+#[test]
+fn import_keda_says_once_what_does_not_carry_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "keda.yaml", MIXED);
+    let out = sqscale(&["import-keda", &input]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "triggers of type cron are left out",
+        "annotation autoscaling.keda.sh/paused-scale-in",
+        "reads awsAccessKeyID (key AWS_ACCESS_KEY_ID), awsSecretAccessKey (key AWS_SECRET_ACCESS_KEY) from the Secret aws-credentials in namespace shop: credentials are never copied",
+    ] {
+        assert_eq!(err.matches(needle).count(), 1, "{needle:?} once on stderr:\n{err}");
+        assert_eq!(text.matches(needle).count(), 1, "{needle:?} once in the file:\n{text}");
+        let line = text.lines().find(|l| l.contains(needle)).unwrap();
+        assert!(line.starts_with("# not carried over: "), "{line}");
+    }
+    assert!(
+        err.contains("warning: ScaledObject shop/reports: no rule: it has no aws-sqs-queue trigger (only prometheus)"),
+        "{err}"
+    );
+    assert!(!err.contains("Deployment"), "not KEDA's: passed over silently:\n{err}");
+    assert!(err.ends_with(": 1 rule imported, 1 ScaledObject not\n"), "{err}");
+    // The comments sit above the rule; the file is what check takes.
+    let comment = text.find("# not carried over: triggers of type cron").unwrap();
+    assert!(comment < text.find("[[rule]]\nname = \"orders\"").unwrap(), "{text}");
+    let path = write(dir.path(), "imported.toml", &text);
+    let checked = resolved(&path);
+    assert_eq!(rule_names(&checked), ["orders"]);
+    let trigger = &checked["rule"][0]["trigger"][0];
+    assert_eq!(trigger["queue_length"].as_integer(), Some(10), "typed: {trigger}");
+}
+
+#[test]
+fn import_keda_of_broken_yaml_exits_65_naming_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.yaml", MIXED);
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n  name: x\n spec: [\n",
+    );
+    let out = sqscale(&["import-keda", &good, &bad]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(stderr(&out).starts_with(&format!("error: {bad}: line 5, column ")), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let out = sqscale_stdin(&["import-keda", "-"], "{\"kind\": \"List\",\n \"items\": [}\n");
+    assert_eq!(out.status.code(), Some(65));
+    assert!(stderr(&out).starts_with("error: <stdin>: line 2, column "), "{}", stderr(&out));
+}
+
+#[test]
+fn import_keda_with_no_rule_exits_65() {
+    let dir = tempfile::tempdir().unwrap();
+    let only_deployments = write(dir.path(), "d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: w}\n");
+    let out = sqscale(&["import-keda", &only_deployments]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(stderr(&out).contains(&format!("error: {only_deployments}: no rule imported")), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn import_keda_reads_a_kind_list_from_stdin() {
+    // What `kubectl get scaledobjects,triggerauthentications -A -o yaml` prints.
+    let list = r#"apiVersion: v1
+items:
+- apiVersion: keda.sh/v1alpha1
+  kind: ScaledObject
+  metadata: {name: orders, namespace: shop, resourceVersion: "4711", uid: 0c5e}
+  spec:
+    scaleTargetRef: {name: orders-worker}
+    minReplicaCount: 1
+    maxReplicaCount: 10
+    triggers:
+    - type: aws-sqs-queue
+      authenticationRef: {name: aws-role}
+      metadata: {queueURL: "https://sqs.eu-west-1.amazonaws.com/123456789012/orders", awsRegion: eu-west-1}
+  status: {lastActiveTime: "2026-11-27T21:40:32Z"}
+- apiVersion: keda.sh/v1alpha1
+  kind: ScaledObject
+  metadata: {name: orders, namespace: billing}
+  spec:
+    scaleTargetRef: {name: invoices}
+    triggers:
+    - type: aws-sqs-queue
+      metadata: {queueURL: "https://sqs.eu-west-1.amazonaws.com/123456789012/invoices"}
+- apiVersion: keda.sh/v1alpha1
+  kind: TriggerAuthentication
+  metadata: {name: aws-role, namespace: shop}
+  spec:
+    podIdentity: {provider: aws, roleArn: "arn:aws:iam::123456789012:role/orders"}
+kind: List
+metadata: {resourceVersion: ""}
+"#;
+    let out = sqscale_stdin(&["import-keda", "-"], list);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "<stdin>: 2 rules imported\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "imported.toml", &String::from_utf8(out.stdout).unwrap());
+    let checked = resolved(&path);
+    // A name in two namespaces: both prefixed with their namespace.
+    assert_eq!(rule_names(&checked), ["shop-orders", "billing-orders"]);
+    let shop = &checked["rule"][0];
+    assert_eq!(shop["trigger"][0]["role_arn"].as_str(), Some("arn:aws:iam::123456789012:role/orders"));
+    assert_eq!(shop["target"]["namespace"].as_str(), Some("shop"));
+    assert_eq!((shop["min_replica_count"].as_integer(), shop["max_replica_count"].as_integer()), (Some(1), Some(10)));
+}
+
+#[test]
+fn import_keda_diff_compares_by_rule_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let existing = write(
+        dir.path(),
+        "sqscale.toml",
+        "[[rule]]\nname = \"aws-sqs-queue-scaledobject\"\ntarget = { name = \"demo-worker\" }\npolling_interval = \"10s\"\ncooldown_period = 60\nmax_replica_count = 5\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.ap-northeast-2.amazonaws.com/123456789012/keda-demo-queue\"\n\
+         [[rule]]\nname = \"old\"\ntarget = { name = \"old\" }\n[[rule.trigger]]\nqueue_url = \"https://sqs.ap-northeast-2.amazonaws.com/123456789012/old\"\n",
+    );
+    let out = sqscale(&["import-keda", "config/demo-keda.yaml", "--diff", &existing]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "~ aws-sqs-queue-scaledobject: cooldown_period \"1m\" -> \"30s\"\n\
+         - old: removed (Deployment/default/old)\n\
+         0 rules unchanged\n"
+    );
+    let out = sqscale(&["import-keda", "config/demo-keda.yaml", "--diff", "/nonexistent.toml"]);
+    assert_eq!(out.status.code(), Some(78));
+}
