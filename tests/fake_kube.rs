@@ -926,3 +926,94 @@ async fn config_map_denials_and_write_counts() {
     api.delete("sqscale-state", &DeleteParams::default()).await.unwrap();
     assert_eq!(fake.writes_to("configmaps"), 4);
 }
+
+fn keda(kind: &str, ns: Option<&str>, name: &str) -> Value {
+    let mut metadata = json!({"name": name});
+    if let Some(ns) = ns {
+        metadata["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": "keda.sh/v1alpha1", "kind": kind, "metadata": metadata,
+           "spec": {"scaleTargetRef": {"name": name}, "triggers": [{"type": "aws-sqs-queue", "metadata": {"queueURL": "q"}}]}})
+}
+
+#[tokio::test]
+async fn keda_custom_resources_list_get_and_discovery() {
+    let fake = FakeKube::start().await;
+    fake.add_keda(keda("ScaledObject", Some("shop"), "orders"));
+    fake.add_keda(keda("ScaledObject", Some("billing"), "orders"));
+    fake.add_keda(keda("TriggerAuthentication", Some("shop"), "aws-role"));
+    // A namespace given to a cluster-scoped object is dropped, as the real server does.
+    fake.add_keda(keda("ClusterTriggerAuthentication", Some("keda"), "shared"));
+    let client = client(&fake).await;
+    let get = |path: &str| {
+        let client = client.clone();
+        let request = axum::http::Request::get(path).body(vec![]).unwrap();
+        async move { client.request_text(request).await.map(|t| serde_json::from_str::<Value>(&t).unwrap()) }
+    };
+
+    // A list of custom resources: its kind, the list's resourceVersion, and items that keep
+    // kind and apiVersion (unlike built-in types).
+    let list = get("/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects").await.unwrap();
+    assert_eq!(
+        (list["kind"].as_str(), list["apiVersion"].as_str()),
+        (Some("ScaledObjectList"), Some("keda.sh/v1alpha1"))
+    );
+    let rv: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0]["kind"].as_str(), items[0]["apiVersion"].as_str()),
+        (Some("ScaledObject"), Some("keda.sh/v1alpha1"))
+    );
+    assert_eq!(items[0]["metadata"]["namespace"], "shop");
+    assert_eq!(items[0]["spec"]["triggers"][0]["type"], "aws-sqs-queue", "stored as given");
+    assert!(rv >= items[0]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap());
+    let all = get("/apis/keda.sh/v1alpha1/scaledobjects").await.unwrap();
+    let namespaces: Vec<&str> =
+        all["items"].as_array().unwrap().iter().map(|i| i["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(namespaces, ["billing", "shop"]);
+    let auths = get("/apis/keda.sh/v1alpha1/namespaces/shop/triggerauthentications").await.unwrap();
+    assert_eq!(auths["kind"], "TriggerAuthenticationList");
+    assert_eq!(auths["items"][0]["metadata"]["name"], "aws-role");
+
+    // Cluster-scoped: served without a namespace only.
+    let ar = kube::core::ApiResource {
+        group: "keda.sh".into(),
+        version: "v1alpha1".into(),
+        api_version: "keda.sh/v1alpha1".into(),
+        kind: "ClusterTriggerAuthentication".into(),
+        plural: "clustertriggerauthentications".into(),
+    };
+    let cluster: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &ar);
+    let shared = cluster.get("shared").await.unwrap();
+    assert_eq!(shared.metadata.namespace, None);
+    assert_eq!(cluster.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert!(cluster.get_opt("nope").await.unwrap().is_none());
+    let status = api_error(cluster.get("nope").await);
+    assert_eq!(status.message, "clustertriggerauthentications.keda.sh \"nope\" not found");
+    let status = api_error(get("/apis/keda.sh/v1alpha1/namespaces/keda/clustertriggerauthentications").await);
+    assert_eq!(status.code, 404);
+
+    // Discovery names the group, its version and the scope of each resource.
+    let groups = client.list_api_groups().await.unwrap();
+    let keda_group = groups.groups.iter().find(|g| g.name == "keda.sh").expect("keda.sh in /apis");
+    assert_eq!(keda_group.preferred_version.as_ref().unwrap().group_version, "keda.sh/v1alpha1");
+    let resources = client.list_api_group_resources("keda.sh/v1alpha1").await.unwrap();
+    let scope: Vec<(&str, bool)> = resources.resources.iter().map(|r| (r.name.as_str(), r.namespaced)).collect();
+    assert_eq!(
+        scope,
+        [("scaledobjects", true), ("triggerauthentications", true), ("clustertriggerauthentications", false)]
+    );
+
+    // Denied like any resource: 403 names the group.
+    fake.deny("list", "scaledobjects", "");
+    let status = api_error(get("/apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects").await);
+    assert_eq!(status.code, 403);
+    assert!(
+        status
+            .message
+            .contains("cannot list resource \"scaledobjects\" in API group \"keda.sh\" in the namespace \"shop\""),
+        "{}",
+        status.message
+    );
+}
