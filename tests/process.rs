@@ -275,3 +275,151 @@ async fn check_remote_reports_queue_target_and_rbac_per_rule() {
     kube.allow_all();
     assert_eq!(check_remote(&config, &kubeconfig).await.0, Some(0));
 }
+
+/// Runs `sqscale ARGS` off the async runtime (the fake API server lives on it):
+/// (exit code, stdout, stderr).
+async fn sqscale_off_runtime(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_sqscale")).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+fn keda_object(kind: &str, ns: Option<&str>, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"name": name});
+    if let Some(ns) = ns {
+        metadata["namespace"] = ns.into();
+    }
+    serde_json::json!({"apiVersion": "keda.sh/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
+}
+
+fn scaled_object(ns: &str, name: &str, target: &str, auth: serde_json::Value) -> serde_json::Value {
+    let trigger = serde_json::json!({"type": "aws-sqs-queue", "authenticationRef": auth, "metadata": {
+        "queueURL": format!("https://sqs.eu-west-1.amazonaws.com/123456789012/{name}"), "queueLength": "8"}});
+    keda_object(
+        "ScaledObject",
+        Some(ns),
+        name,
+        serde_json::json!({"scaleTargetRef": {"name": target}, "maxReplicaCount": 12, "triggers": [trigger]}),
+    )
+}
+
+/// The rules of an imported file as `sqscale check` reads them: (name, target namespace,
+/// role of the first trigger).
+async fn checked_rules(dir: &Path, text: &str) -> Vec<(String, String, Option<String>)> {
+    let path = write(dir, "imported.toml", text);
+    let (code, stdout, stderr) = sqscale_off_runtime(&["check", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(code, Some(0), "{stderr}\n{text}");
+    let table: toml::Table = stdout.parse().unwrap();
+    table["rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["target"]["namespace"].as_str().unwrap().to_owned(),
+                r["trigger"][0].get("role_arn").and_then(|a| a.as_str()).map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_keda_lists_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = support::fake_kube::FakeKube::start().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    // The context's namespace is where kubectl (and import-keda) looks by default.
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
+    config["contexts"][0]["context"]["namespace"] = "shop".into();
+    std::fs::write(&kubeconfig, config.to_string()).unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+
+    let shop_role = "arn:aws:iam::123456789012:role/shop";
+    let shared_role = "arn:aws:iam::123456789012:role/shared";
+    let cta = serde_json::json!({"name": "shared", "kind": "ClusterTriggerAuthentication"});
+    kube.add_keda(scaled_object("shop", "orders", "orders-worker", serde_json::json!({"name": "aws-role"})));
+    kube.add_keda(scaled_object("shop", "payments", "payments-worker", cta.clone()));
+    kube.add_keda(scaled_object("billing", "orders", "invoices", cta));
+    let pod_identity = |role: &str| serde_json::json!({"podIdentity": {"provider": "aws", "roleArn": role}});
+    kube.add_keda(keda_object("TriggerAuthentication", Some("shop"), "aws-role", pod_identity(shop_role)));
+    kube.add_keda(keda_object("ClusterTriggerAuthentication", None, "shared", pod_identity(shared_role)));
+    kube.add_keda(keda_object(
+        "ScaledObject",
+        Some("shop"),
+        "nightly",
+        serde_json::json!({"scaleTargetRef": {"name": "batch"}, "triggers": [{"type": "cron", "metadata": {}}]}),
+    ));
+    kube.add_deployment("shop", "orders-worker", 1);
+
+    let (code, stdout, stderr) = sqscale_off_runtime(&["import-keda", "--kubeconfig", kubeconfig]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ScaledObject shop/nightly: no rule: it has no aws-sqs-queue trigger (only cron)")
+    );
+    assert!(stderr.ends_with("context fake, namespace shop: 2 rules imported, 1 ScaledObject not\n"), "{stderr}");
+    let rules = checked_rules(dir.path(), &stdout).await;
+    let own = |n: &str, ns: &str, r: &str| (n.to_owned(), ns.to_owned(), Some(r.to_owned()));
+    assert_eq!(rules, [own("orders", "shop", shop_role), own("payments", "shop", shared_role)]);
+    // Only reads, and only of keda.sh: ScaledObjects and TriggerAuthentications listed in the
+    // namespace, the ClusterTriggerAuthentication named by a trigger read by name.
+    let paths: Vec<String> = kube.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+    assert_eq!(
+        paths,
+        [
+            "GET /apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects",
+            "GET /apis/keda.sh/v1alpha1/namespaces/shop/triggerauthentications",
+            "GET /apis/keda.sh/v1alpha1/clustertriggerauthentications/shared",
+        ]
+    );
+
+    // Every namespace: the name found in two is prefixed with its namespace in both.
+    let (code, stdout, stderr) = sqscale_off_runtime(&["import-keda", "--kubeconfig", kubeconfig, "-A"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let rules = checked_rules(dir.path(), &stdout).await;
+    assert_eq!(
+        rules,
+        [
+            own("billing-orders", "billing", shared_role),
+            own("shop-orders", "shop", shop_role),
+            own("payments", "shop", shared_role)
+        ]
+    );
+
+    // --namespace, and --diff against what was imported before.
+    let previous = write(dir.path(), "previous.toml", &stdout);
+    let (code, stdout, stderr) = sqscale_off_runtime(&[
+        "import-keda",
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        "billing",
+        "--diff",
+        previous.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "+ orders: added (Deployment/billing/invoices)\n\
+         - billing-orders: removed (Deployment/billing/invoices)\n\
+         - payments: removed (Deployment/shop/payments-worker)\n\
+         - shop-orders: removed (Deployment/shop/orders-worker)\n\
+         0 rules unchanged\n"
+    );
+
+    // Without list on keda.sh: exit 1, saying what is needed.
+    kube.deny("list", "scaledobjects", "");
+    let (code, stdout, stderr) = sqscale_off_runtime(&["import-keda", "--kubeconfig", kubeconfig]).await;
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("listing scaledobjects.keda.sh in namespace shop (context fake): forbidden: import-keda needs get and list on keda.sh"),
+        "{stderr}"
+    );
+}
