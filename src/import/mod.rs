@@ -186,8 +186,8 @@ impl Import {
         let n = self.rules.len();
         let mut out = format!(
             "# Imported from KEDA by `sqscale import-keda`: {n} rule{}.\n\
-             # Next: `sqscale check --remote`, then `sqscale run --dry-run` next to KEDA (README, \"Migrating\n\
-             # from KEDA\"). Comments above a rule say what did not carry over.\n",
+             # Next: `sqscale check --remote`, then `sqscale run --dry-run` next to KEDA (README,\n\
+             # \"Migrating from KEDA\"). Comments above a rule say what did not carry over.\n",
             if n == 1 { "" } else { "s" }
         );
         for r in &self.rules {
