@@ -260,6 +260,7 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
     // By (namespace, name): the same object given twice (two files, or a file and a
     // list) is one ScaledObject; the later one wins.
     let mut scaled: Vec<((String, String), &Value)> = Vec::new();
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
     for obj in objects {
         let api_version = str_at(obj, "/apiVersion").unwrap_or_default();
         let kind = str_at(obj, "/kind").unwrap_or_default();
@@ -272,15 +273,18 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
         match kind {
             "ScaledObject" => {
                 let key = (namespace.to_owned(), name);
-                match scaled.iter_mut().find(|(k, _)| *k == key) {
-                    Some(slot) => {
+                match index.get(&key) {
+                    Some(&i) => {
                         result.warnings.push(format!(
                             "ScaledObject {}/{} appears more than once in the input; the last one is used",
                             key.0, key.1
                         ));
-                        slot.1 = obj;
+                        scaled[i].1 = obj;
                     }
-                    None => scaled.push((key, obj)),
+                    None => {
+                        index.insert(key.clone(), scaled.len());
+                        scaled.push((key, obj));
+                    }
                 }
             }
             "TriggerAuthentication" => {

@@ -526,3 +526,21 @@ fn diff_by_rule_name() {
         ]
     );
 }
+
+#[test]
+fn an_empty_behavior_is_the_hpa_v2_defaults_and_idle_zero_with_min_zero_is_none() {
+    let import = run(&[simple(
+        "shop",
+        "a",
+        json!({"advanced": {"horizontalPodAutoscalerConfig": {"behavior": {}}},
+               "minReplicaCount": 0, "idleReplicaCount": 0}),
+    )]);
+    let imported = only_rule(&import);
+    assert!(imported.rule.behavior.is_some());
+    assert_eq!(imported.rule.idle_replica_count, None);
+    assert_eq!(imported.notes.len(), 1, "{:?}", imported.notes);
+    let c = checked(&import);
+    let behavior = c.rules[0].policy.behavior.as_ref().expect("behavior given, though empty");
+    assert_eq!(behavior.scale_down.stabilization_window_ms, 300_000);
+    assert_eq!(c.rules[0].policy.idle, None);
+}
