@@ -797,3 +797,20 @@ fn import_keda_diff_compares_by_rule_name() {
     let out = sqscale(&["import-keda", "config/demo-keda.yaml", "--diff", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(78));
 }
+
+#[test]
+fn import_keda_diff_resolves_the_imported_rules_with_the_files_aws_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file's rule is the demo's, with the queue read through an endpoint and a role
+    // set once in [aws]: the imported rule, placed in that file, would take them too.
+    let existing = write(
+        dir.path(),
+        "sqscale.toml",
+        "[aws]\nendpoint_url = \"http://127.0.0.1:4566\"\nrole_arn = \"arn:aws:iam::123456789012:role/sqscale\"\n\
+         [[rule]]\nname = \"aws-sqs-queue-scaledobject\"\ntarget = { name = \"demo-worker\" }\npolling_interval = 10\ncooldown_period = 30\nmax_replica_count = 5\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.ap-northeast-2.amazonaws.com/123456789012/keda-demo-queue\"\n",
+    );
+    let out = sqscale(&["import-keda", "config/demo-keda.yaml", "--diff", &existing]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "1 rule unchanged\n");
+}

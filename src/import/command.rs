@@ -80,13 +80,10 @@ pub fn main(args: Args) -> ExitCode {
     }
     let text = import.to_toml();
     // What is printed must be what `sqscale check` takes: a failure here is a bug.
-    let imported = match crate::config::from_str(&text) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: the imported rules do not validate (a bug in import-keda): {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    if let Err(e) = crate::config::from_str(&text) {
+        eprintln!("error: the imported rules do not validate (a bug in import-keda): {e}");
+        return ExitCode::FAILURE;
+    }
     summary(&import, &origin);
     if let Some(path) = &args.diff {
         let existing = match crate::config::load(path) {
@@ -96,8 +93,30 @@ pub fn main(args: Args) -> ExitCode {
                 return ExitCode::from(EX_CONFIG);
             }
         };
+        // In that file, the imported rules would take its [aws] settings (a region, an
+        // endpoint, a role): compare them as they would run there.
+        let aws = &existing.aws;
+        let placed = crate::config::raw::RawConfig {
+            aws: Some(crate::config::raw::RawAws {
+                region: aws.region.clone(),
+                endpoint_url: aws.endpoint_url.clone(),
+                profile: aws.profile.clone(),
+                role_arn: aws.role_arn.clone(),
+            }),
+            ..import.config()
+        };
+        let placed = match toml::to_string(&placed)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::config::from_str(&t).map_err(|e| e.to_string()))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: the imported rules with the [aws] settings of {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
         let mut out = std::io::stdout().lock();
-        for line in super::diff::diff(&existing, &imported) {
+        for line in super::diff::diff(&existing, &placed) {
             let _ = writeln!(out, "{line}");
         }
         return ExitCode::SUCCESS;
