@@ -25,6 +25,9 @@ use tokio_util::task::TaskTracker;
 /// Bound on every remote call of a poll (SQS, Kubernetes).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the HTTP server may take to finish its answers after the drain.
+const HELPERS_GRACE: Duration = Duration::from_secs(2);
+
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_CONFIG: u8 = 78;
@@ -303,39 +306,22 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         // timeout), so the first polls read the caches instead of queueing behind the
         // lists: at ten thousand rules that queue held thousands of polls at once.
         kube.watch(config.rules.iter().map(|r| (r.context.as_deref(), &r.target))).await;
+        let kube = Arc::new(kube);
         let mut observer = Observer::new();
-        let stop_electors = CancellationToken::new();
-        let mut electors = Vec::new();
-        if config.leader_election.enabled {
-            let mut contexts: Vec<Option<String>> = config.rules.iter().map(|r| r.context.clone()).collect();
-            contexts.sort();
-            contexts.dedup();
-            observer.enable_leader_election(contexts.clone());
-            let identity = crate::leader::identity();
-            for context in contexts {
-                let client = match kube.client(context.as_deref()).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                electors.push(crate::leader::Elector {
-                    api: kube::Api::namespaced(client, &config.leader_election.namespace),
-                    settings: config.leader_election.clone(),
-                    identity: identity.clone(),
-                    context,
-                });
-            }
-            tracing::info!(%identity, lease = %config.leader_election.lease_name, "leader election on; starting as a standby");
+        let identity = config.leader_election.enabled.then(crate::leader::identity);
+        if let Some(identity) = &identity {
+            observer.enable_leader_election();
+            let le = &config.leader_election;
+            tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, "leader election on; starting as a standby");
         }
         let observer = Arc::new(observer);
-        let election = TaskTracker::new();
-        for elector in electors {
-            election.spawn(elector.run(observer.clone(), stop_electors.clone()));
-        }
-        election.close();
+        let leader = identity.map(|identity| {
+            crate::leader::Electors::new(config.leader_election.clone(), identity, kube.clone(), observer.clone())
+        });
+        // The HTTP server and the sd_notify task run until the daemon has drained (so
+        // /healthz answers during the drain), then stop; see the end of this function.
         let stop_server = CancellationToken::new();
+        let helpers = TaskTracker::new();
         if let Some(addr) = config.server.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -346,23 +332,28 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 }
             };
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
-            tokio::spawn(server::serve(listener, observer.clone(), stop_server.clone()));
+            helpers.spawn(server::serve(listener, observer.clone(), stop_server.clone()));
         }
-        tokio::spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
+        helpers.spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
+        helpers.close();
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
-            targets: Arc::new(kube),
+            targets: kube,
             clock: Clock::system(),
             dry_run,
             call_timeout: CALL_TIMEOUT,
             observer,
         };
         let reload_path = path.to_owned();
-        let outcome = supervisor::run(config, deps, control, move || config::load_compact(&reload_path), grace).await;
-        // Release the leases only once no worker can write any more.
-        stop_electors.cancel();
-        election.wait().await;
+        let load = move || config::load_compact(&reload_path);
+        // The supervisor stops the electors after the drain: a lease is handed back
+        // only when no worker can write any more.
+        let outcome = supervisor::run_electing(config, deps, leader, control, load, grace).await;
         stop_server.cancel();
+        // Open connections get a moment to finish their answers; then they are cut.
+        if tokio::time::timeout(HELPERS_GRACE, helpers.wait()).await.is_err() {
+            tracing::warn!("the HTTP server did not stop within {HELPERS_GRACE:?}; closing its connections");
+        }
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

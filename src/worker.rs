@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Rule;
+use crate::config::{Rule, TargetRef};
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
 use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError};
 use crate::status::{Observer, PollReport, RecordHandle};
-use crate::target::{ScaleTarget, TargetEvent, TargetView, format_time};
+use crate::target::{ScaleTarget, TargetError, TargetEvent, TargetView, format_time};
 
 /// A failing streak is reported as an Event at its first failure, then at most this
 /// often, so a broken rule does not flood the API server.
@@ -45,23 +46,58 @@ impl Streak {
     }
 }
 
-/// Unix time for the engine, advanced by tokio's clock (so tests can pause it).
+/// Unix time for the engine, and for the timestamps written to the cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
-    base_unix_ms: i64,
-    base: Instant,
+    /// `None`: the wall clock. `Some`: Unix time at a tokio instant, advanced by
+    /// tokio's clock.
+    virtual_base: Option<(i64, Instant)>,
 }
 
 impl Clock {
-    /// A clock reading the system time now and advancing with tokio's `Instant`.
+    /// The wall clock, read at every call. Timestamps written to the cluster are read
+    /// by other hosts (and by a restarted daemon), so they must be the time now, not
+    /// the time at start plus how long this process has run: the monotonic clock
+    /// does not count a suspended VM, and NTP may have stepped the wall clock since.
     pub fn system() -> Clock {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Clock { base_unix_ms: unix.as_millis() as i64, base: Instant::now() }
+        Clock { virtual_base: None }
+    }
+
+    /// Unix time now, advanced from here on by tokio's clock: for tests that pause
+    /// tokio's time.
+    pub fn tokio() -> Clock {
+        Clock { virtual_base: Some((unix_ms_now(), Instant::now())) }
     }
 
     pub fn now(&self) -> Time {
-        Time(self.base_unix_ms + self.base.elapsed().as_millis() as i64)
+        match self.virtual_base {
+            None => Time(unix_ms_now()),
+            Some((unix_ms, at)) => Time(unix_ms + at.elapsed().as_millis() as i64),
+        }
     }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// Runs a write for at most `budget` (the call timeout, or less when the lease's write
+/// margin comes first); past it the write is abandoned.
+async fn bounded(
+    target: &TargetRef,
+    budget: Duration,
+    write: impl Future<Output = Result<(), TargetError>>,
+) -> Result<(), TargetError> {
+    tokio::time::timeout(budget, write).await.unwrap_or_else(|_| {
+        Err(TargetError {
+            target: target.to_string(),
+            kind: "timeout",
+            message: format!(
+                "no answer within {}s (the call timeout, or the time left on the lease less its margin)",
+                budget.as_secs_f64()
+            ),
+        })
+    })
 }
 
 /// What every worker shares: the adapters, the clock and the run options.
@@ -97,6 +133,10 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
         // idle task would carry that size for good.
         Box::pin(worker.poll()).await;
     }
+    // Events still being published are writes too: the drain waits for them (each is
+    // bounded like any write).
+    worker.events.close();
+    worker.events.wait().await;
     debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
 }
 
@@ -113,6 +153,8 @@ struct Worker<Q, T> {
     read_failures: Streak,
     queue_failures: Streak,
     scale_failures: Streak,
+    /// Events being published, in tasks of their own.
+    events: TaskTracker,
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
@@ -128,6 +170,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             read_failures: Streak::default(),
             queue_failures: Streak::default(),
             scale_failures: Streak::default(),
+            events: TaskTracker::new(),
         }
     }
 
@@ -157,7 +200,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let decision;
         if let Some(view) = view {
             self.read_failures.ok();
-            self.adopt_last_active(&view);
+            self.adopt_last_active(&view, now);
             let queues = self.read_queues().await;
             match queues.iter().find_map(|r| r.as_ref().err()) {
                 Some(e) => {
@@ -203,20 +246,23 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             Some(to) if self.deps.dry_run => {
                 info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
             }
-            // A standby decides (so its windows stay warm) but only the leader writes.
-            Some(to) if !self.leads() => {
-                debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
-            }
             Some(to) => {
-                // Boxed, as every write: a poll's future is allocated whole when it
-                // starts, and most polls write nothing.
+                // Checked right before the write, not only before the poll: the poll's
+                // reads may have taken most of what was left of the lease.
+                let Some(budget) = self.write_budget() else {
+                    // A standby decides (so its windows stay warm) but only the leader writes.
+                    debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
+                    return;
+                };
                 let write = self.deps.targets.scale(
                     rule.context.as_deref(),
                     &rule.target,
                     to,
                     view.resource_version.as_deref(),
                 );
-                match Box::pin(write).await {
+                // Boxed, as every write: a poll's future is allocated whole when it
+                // starts, and most polls write nothing.
+                match Box::pin(bounded(&rule.target, budget, write)).await {
                     Ok(()) => {
                         self.state.record_scale(&rule.policy, from, to, now);
                         report.scaled = Some((from, to));
@@ -249,30 +295,45 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
-    fn leads(&self) -> bool {
-        self.deps.observer.leads(self.rule.context.as_deref())
+    /// How long a write to the target that starts now may run; `None` when none may
+    /// start: in a dry run, on a standby, or when the lease is too close to expiring.
+    fn write_budget(&self) -> Option<Duration> {
+        if self.deps.dry_run {
+            return None;
+        }
+        self.deps.observer.lead(self.rule.context.as_deref()).budget(self.deps.call_timeout)
     }
 
     /// Publishes an Event on the target without holding up the poll; a failure to
     /// record it is only logged (at debug: the API server's own problems show elsewhere).
     fn event(&self, warning: bool, reason: &'static str, note: String) {
-        if self.deps.dry_run || !self.leads() {
+        let Some(budget) = self.write_budget() else {
             return;
-        }
+        };
         let targets = self.deps.targets.clone();
         let rule = self.rule.clone();
         let event = TargetEvent { warning, reason, note };
-        tokio::spawn(async move {
-            if let Err(e) = targets.publish(rule.context.as_deref(), &rule.target, &event).await {
+        self.events.spawn(async move {
+            let publish = targets.publish(rule.context.as_deref(), &rule.target, &event);
+            if let Err(e) = bounded(&rule.target, budget, publish).await {
                 debug!(rule = %rule.name, target = %rule.target, error = %e, reason = event.reason, "recording an event failed");
             }
         });
     }
 
     /// Takes the annotation's `last_active` when it is newer than ours: after a restart
-    /// (so the cooldown is kept) or when another instance was leading.
-    fn adopt_last_active(&mut self, view: &TargetView) {
+    /// (so the cooldown is kept) or when another instance was leading. A time after
+    /// `now` (a clock that ran ahead wrote it) is taken as now: kept as it is, it would
+    /// hold the cooldown for as long as the clocks differed.
+    fn adopt_last_active(&mut self, view: &TargetView, now: Time) {
         if let Some(at) = view.last_active {
+            if at > now {
+                let rule = &self.rule;
+                warn!(rule = %rule.name, target = %rule.target, last_active = %format_time(at), now = %format_time(now), "the target's last-active time lies in the future; taking it as now");
+                // Not recorded as persisted: the leader writes the clamped time back.
+                self.state.last_active = Some(now);
+                return;
+            }
             if self.state.last_active.is_none_or(|mine| at > mine) {
                 self.state.last_active = Some(at);
             }
@@ -284,11 +345,14 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(at) = self.state.last_active else {
             return;
         };
-        if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
+        if self.persisted_last_active == Some(at) {
             return;
         }
+        let Some(budget) = self.write_budget() else {
+            return;
+        };
         let write = self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at);
-        match Box::pin(write).await {
+        match Box::pin(bounded(&self.rule.target, budget, write)).await {
             Ok(()) => self.persisted_last_active = Some(at),
             Err(e) => {
                 let rule = &self.rule;

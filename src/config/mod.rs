@@ -62,6 +62,10 @@ pub struct ServerSettings {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 
+/// Where the Lease lives unless `[leader_election] namespace` says otherwise: sqscale's
+/// own namespace, the one config/rbac.yaml creates and grants Leases in.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "sqscale";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaderElection {
     pub enabled: bool,

@@ -176,7 +176,8 @@ fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection
     }
     LeaderElection {
         enabled: le.enabled.unwrap_or(false),
-        namespace: le.namespace.unwrap_or_else(|| "default".to_owned()),
+        // config/rbac.yaml grants Leases in this namespace (its Role and RoleBinding).
+        namespace: le.namespace.unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.to_owned()),
         lease_name: le.lease_name.unwrap_or_else(|| "sqscale".to_owned()),
         lease_duration,
         renew_deadline,
