@@ -270,7 +270,8 @@ async fn a_leader_whose_renewals_go_unanswered_stops_writing_before_its_lease_ex
     assert_eq!(kube.replicas(Kind::Deployment, NS, "demo"), Some(0), "no scale without a valid lease");
     assert!(
         kube.requests().iter().any(|r| r.path.ends_with("/demo/scale") && r.method == "PATCH"),
-        "the write was tried (and abandoned), so the test saw the case it is about"
+        "the write was tried (and abandoned), so the test saw the case it is about: {}",
+        std::fs::read_to_string(&log).unwrap()
     );
     assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 0"));
     kube.clear_faults();
