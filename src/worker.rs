@@ -396,6 +396,19 @@ mod tests {
     use crate::source::sqs::Sqs;
     use crate::target::kube::Kube;
 
+    /// Timestamps written to the cluster come from the wall clock at the time of the
+    /// write, however the monotonic clock has run since the start (it stops while a VM
+    /// is suspended; NTP steps only the wall clock). Tokio's paused clock stands in for
+    /// a monotonic clock that ran an hour more than the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_system_clock_reads_the_wall_clock_every_time() {
+        let (system, virtual_) = (Clock::system(), Clock::tokio());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let wall = unix_ms_now();
+        assert!((system.now().0 - wall).abs() < 1000, "{:?} vs {wall}", system.now());
+        assert!((virtual_.now().0 - wall - 3_600_000).abs() < 1000, "the test clock follows tokio's");
+    }
+
     /// A poll's future is allocated when the poll starts and lives until it ends; at
     /// start-up thousands of polls wait for the target cache's first list at once. Slow,
     /// rare paths (building clients, the SDK fallback, writes) are boxed where they are
