@@ -88,6 +88,14 @@ pub struct Electors {
     abandon: CancellationToken,
 }
 
+/// Dropped without [`Electors::stop`] (the daemon did not drain): the electors stop and
+/// keep their leases.
+impl Drop for Electors {
+    fn drop(&mut self) {
+        self.abandon.cancel();
+    }
+}
+
 /// One context's elector, as [`Electors`] keeps it.
 struct Campaign {
     /// The context's workers. Closed once no rule uses the context; the elector hands

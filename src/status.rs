@@ -690,6 +690,39 @@ pub fn table(rules: &[RuleStatus]) -> String {
 mod tests {
     use super::*;
 
+    /// Leadership per context, as electors report it: a write budget only while a lease
+    /// is held and unexpired; an elector replaced by a newer one of the same context has
+    /// no say any more; `sqscale_is_leader` is 1 only while every context leads.
+    #[tokio::test(start_paused = true)]
+    async fn leadership_follows_the_current_elector_of_each_context() {
+        let cap = Duration::from_secs(10);
+        assert_eq!(Observer::new().lead(None).budget(cap), Some(cap), "no election: always");
+        let mut o = Observer::new();
+        o.enable_leader_election();
+        let leader = |o: &Observer| o.encode_metrics().lines().any(|l| l == "sqscale_is_leader 1");
+        assert!(!leader(&o), "no context held yet");
+        o.campaign(None, 1);
+        o.campaign(Some("b"), 2);
+        assert_eq!(o.lead(None), Lead::Standby);
+        let until = Instant::now() + Duration::from_secs(3);
+        o.set_leading(None, 1, Some(until));
+        assert_eq!(o.lead(None).budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
+        assert!(!leader(&o), "context b is not held");
+        o.set_leading(Some("b"), 2, Some(until));
+        assert!(leader(&o) && o.readiness().is_err(), "leads everywhere (not ready: no rule has polled)");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(o.lead(None).budget(cap), None, "the lease's margin has run out");
+        // Context b dropped and added again by reloads: a new elector, a standby until
+        // it holds the lease; the old one's last words do not count.
+        o.campaign(Some("b"), 3);
+        o.set_leading(Some("b"), 2, Some(Instant::now() + cap));
+        o.forget(Some("b"), 2);
+        assert_eq!(o.lead(Some("b")), Lead::Standby);
+        o.forget(Some("b"), 3);
+        o.set_leading(None, 1, Some(Instant::now() + cap));
+        assert!(leader(&o), "a forgotten context no longer counts");
+    }
+
     fn rules(toml: &str) -> Vec<Arc<Rule>> {
         crate::config::from_str(toml).unwrap().rules.into_iter().map(Arc::new).collect()
     }
