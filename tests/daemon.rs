@@ -52,7 +52,7 @@ async fn story_0_1_4_5_then_sighup_to_max_10_gives_6_then_0_after_the_purge() {
         assert!(p.query.as_deref().unwrap_or_default().contains("fieldManager=sqscale"), "{:?}", p.query);
         assert!(p.authorized);
     }
-    let state = kube.config_map(NS, "sqscale-state").expect("the state ConfigMap");
+    let state = kube.config_map("sqscale", "sqscale-state").expect("the state ConfigMap");
     let last_active = state["data"]["deployment.default.demo"].as_str().expect("last-active stored");
     assert!(last_active.ends_with('Z'), "{last_active}");
     let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
@@ -241,7 +241,7 @@ async fn a_steady_busy_rule_writes_nothing_and_its_state_on_the_edges() {
     sqs::purge(&queue).await;
     assert!(wait_until(Duration::from_secs(10), || replicas() == 0).await);
     assert_eq!(state_writes(&kube), 1, "{:?}", writes(&kube));
-    let stored = kube.config_map(NS, "sqscale-state").expect("the state ConfigMap");
+    let stored = kube.config_map("sqscale", "sqscale-state").expect("the state ConfigMap");
     let at = stored["data"]["deployment.default.demo"].as_str().expect("the target's key");
     assert_eq!(
         sqscale::target::parse_time(at),
@@ -266,7 +266,7 @@ async fn a_last_active_annotation_left_by_an_older_version_is_migrated() {
     let config = write(dir.path(), "sqscale.toml", &format!("{}{}", header(&sqs::endpoint()), rule));
     let daemon = Daemon::start(&config, &kubeconfig).await;
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
-    let stored = || kube.config_map(NS, "sqscale-state").map(|c| c["data"]["deployment.default.demo"].clone());
+    let stored = || kube.config_map("sqscale", "sqscale-state").map(|c| c["data"]["deployment.default.demo"].clone());
     assert!(wait_until(Duration::from_secs(3), || stored().is_some()).await, "copied into the state ConfigMap");
     assert_eq!(stored().unwrap(), serde_json::json!(written));
     assert_eq!(replicas(), 3, "the cooldown counts from the annotation");
