@@ -346,11 +346,13 @@ async fn two_rules_on_one_queue_make_one_get_queue_attributes_per_round() {
     let both =
         || kube.replicas(Kind::Deployment, NS, "a") == Some(2) && kube.replicas(Kind::Deployment, NS, "b") == Some(2);
     assert!(wait_until(Duration::from_secs(10), both).await);
-    let statuses = daemon.observer.statuses();
-    let polls: u64 = statuses.iter().map(|s| s.polls).max().unwrap();
+    // Both counts once the daemon has stopped, so they describe the same polls.
+    let observer = daemon.observer.clone();
     assert_eq!(daemon.stop().await, Ok(()));
-    let calls = proxy.count("GetQueueAttributes");
-    assert!(calls as u64 <= polls + 1 && calls >= 2, "{calls} calls for {polls} rounds of two rules");
+    let polls: Vec<u64> = observer.statuses().iter().map(|s| s.polls).collect();
+    let calls = proxy.count("GetQueueAttributes") as u64;
+    assert_eq!(polls[0], polls[1], "the two rules poll in step");
+    assert_eq!(calls, polls[0], "one call per round of two rules: {calls} calls, polls {polls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,20 +431,25 @@ async fn an_idle_round_costs_one_sqs_call_and_no_kubernetes_call() {
     let daemon = Daemon::start(&config, &kubeconfig).await;
     assert!(wait_until(Duration::from_secs(5), || daemon.observer.readiness().is_ok()).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The baseline right after a poll has reported (its call made long before, the next
+    // one a second away), so that calls and polls count the same rounds.
+    let polls = || daemon.observer.statuses()[0].polls;
+    let reported = polls();
+    assert!(wait_until(Duration::from_secs(3), || polls() > reported).await);
     kube.clear_requests();
-    let before = proxy.count("GetQueueAttributes");
-    let polls_before = daemon.observer.statuses()[0].polls;
+    let (before, polls_before) = (proxy.count("GetQueueAttributes"), polls());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rounds = daemon.observer.statuses()[0].polls - polls_before;
+    let observer = daemon.observer.clone();
+    let requests = kube.requests();
+    assert_eq!(daemon.stop().await, Ok(()));
+    let rounds = observer.statuses()[0].polls - polls_before;
     let calls = proxy.count("GetQueueAttributes") - before;
     assert!(rounds >= 2, "{rounds} rounds");
     assert_eq!(calls as u64, rounds, "one GetQueueAttributes per round");
     // ... and it took the direct path, not the SDK (whose user agent is aws-sdk-rust).
     let agents = proxy.agents("GetQueueAttributes");
     assert!(agents[before..].iter().all(|a| a.starts_with("sqscale/")), "{agents:?}");
-    let requests = kube.requests();
     assert!(requests.is_empty(), "idle rounds read the watch cache, not the API server: {requests:?}");
-    assert_eq!(daemon.stop().await, Ok(()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
