@@ -28,6 +28,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// healthy (and a container health check must not hang).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long the HTTP server may take to finish its answers after the drain.
+const HELPERS_GRACE: Duration = Duration::from_secs(2);
+
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_CONFIG: u8 = 78;
@@ -307,6 +310,8 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             }
         };
         let kube = Kube::from_config(&config, kubeconfig, CALL_TIMEOUT);
+        let mut config = config;
+        name_contexts(&mut config, &kube);
         // Build every context's client now: a broken kubeconfig is a start-up error,
         // not a warning on every poll.
         let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();
@@ -322,39 +327,22 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         // timeout), so the first polls read the caches instead of queueing behind the
         // lists: at ten thousand rules that queue held thousands of polls at once.
         kube.watch(config.rules.iter().map(|r| (r.context.as_deref(), &r.target))).await;
+        let kube = Arc::new(kube);
         let mut observer = Observer::new();
-        let stop_electors = CancellationToken::new();
-        let mut electors = Vec::new();
-        if config.leader_election.enabled {
-            let mut contexts: Vec<Option<String>> = config.rules.iter().map(|r| r.context.clone()).collect();
-            contexts.sort();
-            contexts.dedup();
-            observer.enable_leader_election(contexts.clone());
-            let identity = crate::leader::identity();
-            for context in contexts {
-                let client = match kube.client(context.as_deref()).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                electors.push(crate::leader::Elector {
-                    api: kube::Api::namespaced(client, &config.leader_election.namespace),
-                    settings: config.leader_election.clone(),
-                    identity: identity.clone(),
-                    context,
-                });
-            }
-            tracing::info!(%identity, lease = %config.leader_election.lease_name, "leader election on; starting as a standby");
+        let identity = config.leader_election.enabled.then(crate::leader::identity);
+        if let Some(identity) = &identity {
+            observer.enable_leader_election();
+            let le = &config.leader_election;
+            tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, "leader election on; starting as a standby");
         }
         let observer = Arc::new(observer);
-        let election = TaskTracker::new();
-        for elector in electors {
-            election.spawn(elector.run(observer.clone(), stop_electors.clone()));
-        }
-        election.close();
+        let leader = identity.map(|identity| {
+            crate::leader::Electors::new(config.leader_election.clone(), identity, kube.clone(), observer.clone())
+        });
+        // The HTTP server and the sd_notify task run until the daemon has drained (so
+        // /healthz answers during the drain), then stop; see the end of this function.
         let stop_server = CancellationToken::new();
+        let helpers = TaskTracker::new();
         if let Some(addr) = config.server.listen {
             let listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
@@ -365,23 +353,34 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 }
             };
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
-            tokio::spawn(server::serve(listener, observer.clone(), stop_server.clone()));
+            helpers.spawn(server::serve(listener, observer.clone(), stop_server.clone()));
         }
-        tokio::spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
+        helpers.spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
+        helpers.close();
+        let named_by = kube.clone();
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
-            targets: Arc::new(kube),
+            targets: kube,
             clock: Clock::system(),
             dry_run,
             call_timeout: CALL_TIMEOUT,
             observer,
         };
         let reload_path = path.to_owned();
-        let outcome = supervisor::run(config, deps, control, move || config::load_compact(&reload_path), grace).await;
-        // Release the leases only once no worker can write any more.
-        stop_electors.cancel();
-        election.wait().await;
+        let load = move || {
+            config::load_compact(&reload_path).map(|mut c| {
+                name_contexts(&mut c, &named_by);
+                c
+            })
+        };
+        // The supervisor stops the electors after the drain: a lease is handed back
+        // only when no worker can write any more.
+        let outcome = supervisor::run_electing(config, deps, leader, control, load, grace).await;
         stop_server.cancel();
+        // Open connections get a moment to finish their answers; then they are cut.
+        if tokio::time::timeout(HELPERS_GRACE, helpers.wait()).await.is_err() {
+            tracing::warn!("the HTTP server did not stop within {HELPERS_GRACE:?}; closing its connections");
+        }
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -390,6 +389,17 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
             }
         }
     })
+}
+
+/// Gives every rule its kube context by name (`[kubernetes] context`, else the
+/// kubeconfig's current-context; `None` only in a cluster without a kubeconfig), so a rule
+/// that names the default context and a rule that names none share one client, one
+/// watch per namespace and kind, and one elector on the Lease.
+fn name_contexts(config: &mut Config, kube: &Kube) {
+    for rule in &mut config.rules {
+        let name = kube.context_key(rule.context.as_deref());
+        rule.context = (!name.is_empty()).then(|| name.to_owned());
+    }
 }
 
 /// The daemon's base URL: `--server`, else `[server] listen` of the rule file, else the

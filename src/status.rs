@@ -195,11 +195,49 @@ pub struct Observer {
     registry: Registry,
     metrics: Metrics,
     rules: Records,
-    /// With leader election: whether this instance leads, per kube context (`None` is
-    /// the default context). Without: `None`, and this instance always leads.
-    leadership: Mutex<Option<BTreeMap<Option<String>, bool>>>,
+    /// With leader election: per kube context (`None` is the default context), the
+    /// campaign that reports for it and until when it may write. Without: `None`, and
+    /// this instance always leads.
+    leadership: Mutex<Option<BTreeMap<Option<String>, Campaign>>>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
+}
+
+/// One context's election as the observer keeps it.
+#[derive(Clone, Copy, Debug)]
+struct Campaign {
+    /// Which elector reports: a context dropped and added again by reloads gets a new
+    /// elector, and the old one's last words must not count.
+    generation: u64,
+    /// `Some`: leading, and writes must end before this instant.
+    until: Option<Instant>,
+}
+
+/// Whether, and until when, this instance may write to the targets of one kube context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// No leader election: writes are bounded only by the call timeout.
+    Unelected,
+    /// Holding the lease: a write must end before this instant, the lease's earliest
+    /// possible expiry less the write margin (see [`crate::leader`]).
+    Until(Instant),
+    /// A standby, or a leader whose lease may be about to expire: no writes.
+    Standby,
+}
+
+impl Lead {
+    /// How long a write that starts now may run: `cap`, or less when the lease's margin
+    /// comes first; `None` when no write may start.
+    pub fn budget(self, cap: Duration) -> Option<Duration> {
+        match self {
+            Lead::Unelected => Some(cap),
+            Lead::Until(end) => {
+                let left = end.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(cap))
+            }
+            Lead::Standby => None,
+        }
+    }
 }
 
 impl Default for Observer {
@@ -233,35 +271,69 @@ impl Observer {
         Observer { registry: r, metrics, rules, leadership: Mutex::default(), restart_required: Mutex::default() }
     }
 
-    /// Registers `sqscale_is_leader` and starts as a standby in every `context`; until
-    /// called, the daemon is not electing and always leads.
-    pub fn enable_leader_election(&mut self, contexts: impl IntoIterator<Item = Option<String>>) {
+    /// Registers `sqscale_is_leader`; from now on this instance writes to a context
+    /// only while its elector reports a lease held there (see [`Observer::campaign`]).
+    pub fn enable_leader_election(&mut self) {
         self.registry.register(
             "sqscale_is_leader",
             "1 while this instance holds the lease of every cluster it scales",
             self.metrics.is_leader.clone(),
         );
-        *lock(&self.leadership) = Some(contexts.into_iter().map(|c| (c, false)).collect());
+        *lock(&self.leadership) = Some(BTreeMap::new());
     }
 
-    pub fn set_leading(&self, context: Option<&str>, leading: bool) {
+    /// A new elector (`generation`) campaigns for `context`: a standby there until it
+    /// reports a lease. It replaces any older elector of the context.
+    pub fn campaign(&self, context: Option<&str>, generation: u64) {
+        self.update_leadership(|map| {
+            map.insert(context.map(str::to_owned), Campaign { generation, until: None });
+        });
+    }
+
+    /// Elector `generation` of `context` leads until `until`, or (`None`) not at all.
+    pub fn set_leading(&self, context: Option<&str>, generation: u64, until: Option<Instant>) {
+        self.update_leadership(|map| {
+            if let Some(c) = map.get_mut(&context.map(str::to_owned)).filter(|c| c.generation == generation) {
+                c.until = until;
+            }
+        });
+    }
+
+    /// Elector `generation` of `context` has stopped: the context no longer counts.
+    pub fn forget(&self, context: Option<&str>, generation: u64) {
+        self.update_leadership(|map| {
+            let key = context.map(str::to_owned);
+            if map.get(&key).is_some_and(|c| c.generation == generation) {
+                map.remove(&key);
+            }
+        });
+    }
+
+    fn update_leadership(&self, change: impl FnOnce(&mut BTreeMap<Option<String>, Campaign>)) {
         let mut guard = lock(&self.leadership);
         if let Some(map) = guard.as_mut() {
-            map.insert(context.map(str::to_owned), leading);
-            self.metrics.is_leader.set(i64::from(map.values().all(|l| *l)));
+            change(map);
+            let leading = !map.is_empty() && map.values().all(|c| c.until.is_some());
+            self.metrics.is_leader.set(i64::from(leading));
         }
     }
 
-    /// Whether this instance may write to targets in `context`.
-    pub fn leads(&self, context: Option<&str>) -> bool {
+    /// Whether, and until when, this instance may write to targets in `context`.
+    pub fn lead(&self, context: Option<&str>) -> Lead {
         match lock(&self.leadership).as_ref() {
-            None => true,
-            Some(map) => map.get(&context.map(str::to_owned)).copied().unwrap_or(false),
+            None => Lead::Unelected,
+            Some(map) => match map.get(&context.map(str::to_owned)).and_then(|c| c.until) {
+                Some(until) if until > Instant::now() => Lead::Until(until),
+                _ => Lead::Standby,
+            },
         }
     }
 
     fn leads_everywhere(&self) -> bool {
-        lock(&self.leadership).as_ref().is_none_or(|m| m.values().all(|l| *l))
+        let now = Instant::now();
+        lock(&self.leadership)
+            .as_ref()
+            .is_none_or(|m| !m.is_empty() && m.values().all(|c| c.until.is_some_and(|u| u > now)))
     }
 
     /// The rules now running (after a start or a reload): a new rule gets a record, a
@@ -658,6 +730,39 @@ pub fn table(rules: &[RuleStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Leadership per context, as electors report it: a write budget only while a lease
+    /// is held and unexpired; an elector replaced by a newer one of the same context has
+    /// no say any more; `sqscale_is_leader` is 1 only while every context leads.
+    #[tokio::test(start_paused = true)]
+    async fn leadership_follows_the_current_elector_of_each_context() {
+        let cap = Duration::from_secs(10);
+        assert_eq!(Observer::new().lead(None).budget(cap), Some(cap), "no election: always");
+        let mut o = Observer::new();
+        o.enable_leader_election();
+        let leader = |o: &Observer| o.encode_metrics().lines().any(|l| l == "sqscale_is_leader 1");
+        assert!(!leader(&o), "no context held yet");
+        o.campaign(None, 1);
+        o.campaign(Some("b"), 2);
+        assert_eq!(o.lead(None), Lead::Standby);
+        let until = Instant::now() + Duration::from_secs(3);
+        o.set_leading(None, 1, Some(until));
+        assert_eq!(o.lead(None).budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
+        assert!(!leader(&o), "context b is not held");
+        o.set_leading(Some("b"), 2, Some(until));
+        assert!(leader(&o) && o.readiness().is_err(), "leads everywhere (not ready: no rule has polled)");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(o.lead(None).budget(cap), None, "the lease's margin has run out");
+        // Context b dropped and added again by reloads: a new elector, a standby until
+        // it holds the lease; the old one's last words do not count.
+        o.campaign(Some("b"), 3);
+        o.set_leading(Some("b"), 2, Some(Instant::now() + cap));
+        o.forget(Some("b"), 2);
+        assert_eq!(o.lead(Some("b")), Lead::Standby);
+        o.forget(Some("b"), 3);
+        o.set_leading(None, 1, Some(Instant::now() + cap));
+        assert!(leader(&o), "a forgotten context no longer counts");
+    }
 
     fn rules(toml: &str) -> Vec<Arc<Rule>> {
         crate::config::from_str(toml).unwrap().rules.into_iter().map(Arc::new).collect()

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigErrors, KubernetesSettings, LeaderElection, Rule, ServerSettings};
 use crate::engine::State;
+use crate::leader::Electors;
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::target::ScaleTarget;
@@ -58,11 +59,19 @@ pub struct Supervisor<Q, T> {
     workers: HashMap<String, Running>,
     tracker: TaskTracker,
     root: CancellationToken,
+    /// With leader election: an elector per kube context the rules use.
+    leader: Option<Electors>,
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
     pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
+        Supervisor::start_electing(config, deps, None)
+    }
+
+    /// Starts a worker for every rule of `config`, and with `leader`, an elector for
+    /// every kube context they use.
+    pub fn start_electing(config: Config, deps: Deps<Q, T>, leader: Option<Electors>) -> Self {
         let Config { kubernetes, server, leader_election, rules, .. } = config;
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
         deps.queues.set_needs(&rules);
@@ -75,7 +84,9 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             workers: HashMap::new(),
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
+            leader,
         };
+        s.set_contexts(&rules);
         let n = rules.len();
         for rule in rules {
             s.spawn(rule, n, None);
@@ -100,11 +111,24 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         let cancel = self.root.child_token();
         let first_poll = start_offset(&rule, rules);
         let (deps, token) = (self.deps.clone(), cancel.clone());
-        let task = match previous {
-            None => self.tracker.spawn(worker::run(rule.clone(), deps, token, first_poll, None)),
-            Some(previous) => self.tracker.spawn(take_over(previous, rule.clone(), deps, token, first_poll)),
+        let work: std::pin::Pin<Box<dyn Future<Output = State> + Send>> = match previous {
+            None => Box::pin(worker::run(rule.clone(), deps, token, first_poll, None)),
+            Some(previous) => Box::pin(take_over(previous, rule.clone(), deps, token, first_poll)),
+        };
+        // Under leader election the worker also counts as a user of its context's
+        // lease, which is handed back only once no worker of the context runs.
+        let task = match self.leader.as_ref().and_then(|l| l.users(rule.context.as_deref())) {
+            Some(users) => self.tracker.spawn(users.track_future(work)),
+            None => self.tracker.spawn(work),
         };
         self.workers.insert(rule.name.clone(), Running { rule, cancel, task });
+    }
+
+    /// Tells the electors which kube contexts `rules` use.
+    fn set_contexts(&mut self, rules: &[Arc<Rule>]) {
+        if let Some(leader) = &mut self.leader {
+            leader.set_contexts(rules.iter().map(|r| r.context.clone()));
+        }
     }
 
     /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
@@ -173,6 +197,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers = keep;
         self.deps.queues.set_needs(&running);
         self.deps.observer.rules_loaded(&running);
+        self.set_contexts(&running);
         for name in &restarted {
             self.deps.observer.rule_restarted(name);
         }
@@ -221,28 +246,44 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         .collect()
     }
 
-    /// Stops every worker and waits for polls in flight, at most `grace`, or until
-    /// another [`Control::Shutdown`] arrives.
+    /// Stops every worker and waits for polls in flight (and the events they publish),
+    /// at most `grace`, or until another [`Control::Shutdown`] arrives. Then the
+    /// electors stop: after a clean drain they hand the leases back; after a forced
+    /// stop a write may still be on its way, so the leases are kept and expire on
+    /// their own.
     pub async fn shutdown(self, grace: Duration, control: &mut mpsc::Receiver<Control>) -> Result<(), Aborted> {
         info!(rules = self.workers.len(), "shutting down");
         self.root.cancel();
         self.tracker.close();
-        let deadline = tokio::time::sleep(grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = self.tracker.wait() => {
-                    info!("stopped cleanly");
-                    return Ok(());
-                }
-                _ = &mut deadline => return Err(Aborted::Deadline),
-                msg = control.recv() => match msg {
-                    Some(Control::Shutdown) => return Err(Aborted::Signal),
-                    // A reload while draining means nothing; a closed channel neither.
-                    Some(Control::Reload) => {}
-                    None => std::future::pending::<()>().await,
-                },
-            }
+        let drained = drain(&self.tracker, grace, control).await;
+        match drained {
+            Ok(()) => info!("stopped cleanly"),
+            Err(e) => warn!(error = %e, "stopped without draining; any lease held is kept until it expires"),
+        }
+        if let Some(leader) = self.leader {
+            leader.stop(drained.is_ok()).await;
+        }
+        drained
+    }
+}
+
+/// Waits until every task of `tracker` (closed) has ended, at most `grace`, or until a
+/// [`Control::Shutdown`] arrives.
+async fn drain(tracker: &TaskTracker, grace: Duration, control: &mut mpsc::Receiver<Control>) -> Result<(), Aborted> {
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    // A closed channel can bring no second signal: stop listening, keep draining.
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            _ = tracker.wait() => return Ok(()),
+            _ = &mut deadline => return Err(Aborted::Deadline),
+            msg = control.recv(), if listening => match msg {
+                Some(Control::Shutdown) => return Err(Aborted::Signal),
+                // A reload while draining means nothing.
+                Some(Control::Reload) => {}
+                None => listening = false,
+            },
         }
     }
 }
@@ -299,12 +340,25 @@ pub fn start_offset(rule: &Rule, rules: usize) -> Duration {
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
     config: Config,
     deps: Deps<Q, T>,
+    control: mpsc::Receiver<Control>,
+    load: impl Fn() -> Result<Config, ConfigErrors> + Send + Sync + 'static,
+    grace: Duration,
+) -> Result<(), Aborted> {
+    run_electing(config, deps, None, control, load, grace).await
+}
+
+/// [`run`], with leader election when `leader` is given: its electors follow the kube
+/// contexts of the running rules, and stop after the drain.
+pub async fn run_electing<Q: QueueReader, T: ScaleTarget>(
+    config: Config,
+    deps: Deps<Q, T>,
+    leader: Option<Electors>,
     mut control: mpsc::Receiver<Control>,
     load: impl Fn() -> Result<Config, ConfigErrors> + Send + Sync + 'static,
     grace: Duration,
 ) -> Result<(), Aborted> {
     let load = Arc::new(load);
-    let mut supervisor = Supervisor::start(config, deps);
+    let mut supervisor = Supervisor::start_electing(config, deps, leader);
     while let Some(Control::Reload) = control.recv().await {
         // A burst of SIGHUPs is one reload: read the file once, after the burst.
         let mut shutdown = false;

@@ -9,14 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Rule;
+use crate::config::{Rule, TargetRef};
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
 use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError};
 use crate::status::{Observer, PollReport, RecordHandle};
-use crate::target::{ScaleTarget, TargetEvent, TargetView, format_time};
+use crate::target::{ScaleTarget, TargetError, TargetEvent, TargetView, format_time};
 
 /// A failing streak is reported as an Event at its first failure, then at most this
 /// often, so a broken rule does not flood the API server.
@@ -66,23 +67,58 @@ impl Streak {
     }
 }
 
-/// Unix time for the engine, advanced by tokio's clock (so tests can pause it).
+/// Unix time for the engine, and for the timestamps written to the cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
-    base_unix_ms: i64,
-    base: Instant,
+    /// `None`: the wall clock. `Some`: Unix time at a tokio instant, advanced by
+    /// tokio's clock.
+    virtual_base: Option<(i64, Instant)>,
 }
 
 impl Clock {
-    /// A clock reading the system time now and advancing with tokio's `Instant`.
+    /// The wall clock, read at every call. Timestamps written to the cluster are read
+    /// by other hosts (and by a restarted daemon), so they must be the time now, not
+    /// the time at start plus how long this process has run: the monotonic clock
+    /// does not count a suspended VM, and NTP may have stepped the wall clock since.
     pub fn system() -> Clock {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Clock { base_unix_ms: unix.as_millis() as i64, base: Instant::now() }
+        Clock { virtual_base: None }
+    }
+
+    /// Unix time now, advanced from here on by tokio's clock: for tests that pause
+    /// tokio's time.
+    pub fn tokio() -> Clock {
+        Clock { virtual_base: Some((unix_ms_now(), Instant::now())) }
     }
 
     pub fn now(&self) -> Time {
-        Time(self.base_unix_ms + self.base.elapsed().as_millis() as i64)
+        match self.virtual_base {
+            None => Time(unix_ms_now()),
+            Some((unix_ms, at)) => Time(unix_ms + at.elapsed().as_millis() as i64),
+        }
     }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// Runs a write for at most `budget` (the call timeout, or less when the lease's write
+/// margin comes first); past it the write is abandoned.
+async fn bounded(
+    target: &TargetRef,
+    budget: Duration,
+    write: impl Future<Output = Result<(), TargetError>>,
+) -> Result<(), TargetError> {
+    tokio::time::timeout(budget, write).await.unwrap_or_else(|_| {
+        Err(TargetError {
+            target: target.to_string(),
+            kind: "timeout",
+            message: format!(
+                "no answer within {}s (the call timeout, or the time left on the lease less its margin)",
+                budget.as_secs_f64()
+            ),
+        })
+    })
 }
 
 /// What every worker shares: the adapters, the clock and the run options.
@@ -126,6 +162,10 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
     // A clean stop stores what the budget held back, so a restart keeps the cooldown
     // exactly (only a crash can cost up to the budget's interval).
     Box::pin(worker.store_last_active()).await;
+    // Events still being published are writes too: the drain waits for them (each is
+    // bounded like any write).
+    worker.events.close();
+    worker.events.wait().await;
     debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
     worker.state
 }
@@ -143,6 +183,8 @@ struct Worker<Q, T> {
     read_failures: Streak,
     queue_failures: Streak,
     scale_failures: Streak,
+    /// Events being published, in tasks of their own.
+    events: TaskTracker,
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
@@ -159,6 +201,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             read_failures: Streak::default(),
             queue_failures: Streak::default(),
             scale_failures: Streak::default(),
+            events: TaskTracker::new(),
         }
     }
 
@@ -188,7 +231,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let decision;
         if let Some(mut view) = view {
             self.read_failures.ok();
-            self.adopt_last_active(&view);
+            self.adopt_last_active(&view, now);
             let queues = self.read_queues().await;
             match queues.iter().find_map(|r| r.as_ref().err()) {
                 Some(e) => {
@@ -225,7 +268,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                     match Box::pin(self.deps.targets.read_fresh(ctx, &rule.target)).await {
                         Ok(fresh) => {
                             debug!(rule = %rule.name, target = %rule.target, round, "the target changed under the write; deciding again");
-                            self.adopt_last_active(&fresh);
+                            self.adopt_last_active(&fresh, now);
                             (obs.replicas, obs.status_replicas) = (fresh.replicas, fresh.scale_status_replicas());
                             obs.pause = if rule.paused { Pause::Frozen } else { fresh.pause };
                             view = fresh;
@@ -260,21 +303,23 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "dry run: would scale");
                 Written::Nothing
             }
-            // A standby decides (so its windows stay warm) but only the leader writes.
-            Some(to) if !self.leads() => {
-                debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
-                Written::Nothing
-            }
             Some(to) => {
-                // Boxed, as every write: a poll's future is allocated whole when it
-                // starts, and most polls write nothing.
+                // Checked right before the write, not only before the poll: the poll's
+                // reads may have taken most of what was left of the lease.
+                let Some(budget) = self.write_budget() else {
+                    // A standby decides (so its windows stay warm) but only the leader writes.
+                    debug!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, backlog = d.backlog, "standby: not scaling");
+                    return Written::Nothing;
+                };
                 let write = self.deps.targets.scale(
                     rule.context.as_deref(),
                     &rule.target,
                     to,
                     view.resource_version.as_deref(),
                 );
-                match Box::pin(write).await {
+                // Boxed, as every write: a poll's future is allocated whole when it
+                // starts, and most polls write nothing.
+                match Box::pin(bounded(&rule.target, budget, write)).await {
                     Ok(()) => {
                         report.scaled = Some((from, to));
                         self.scale_failures.ok();
@@ -314,33 +359,48 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
-    fn leads(&self) -> bool {
-        self.deps.observer.leads(self.rule.context.as_deref())
+    /// How long a write to the target that starts now may run; `None` when none may
+    /// start: in a dry run, on a standby, or when the lease is too close to expiring.
+    fn write_budget(&self) -> Option<Duration> {
+        if self.deps.dry_run {
+            return None;
+        }
+        self.deps.observer.lead(self.rule.context.as_deref()).budget(self.deps.call_timeout)
     }
 
     /// Publishes an Event on the target without holding up the poll; a failure to
     /// record it is only logged (at debug: the API server's own problems show elsewhere).
     fn event(&self, warning: bool, reason: &'static str, note: String) {
-        if self.deps.dry_run || !self.leads() {
+        let Some(budget) = self.write_budget() else {
             return;
-        }
+        };
         let targets = self.deps.targets.clone();
         let rule = self.rule.clone();
         let event = TargetEvent { warning, reason, note };
-        tokio::spawn(async move {
-            if let Err(e) = targets.publish(rule.context.as_deref(), &rule.target, &event).await {
+        self.events.spawn(async move {
+            let publish = targets.publish(rule.context.as_deref(), &rule.target, &event);
+            if let Err(e) = bounded(&rule.target, budget, publish).await {
                 debug!(rule = %rule.name, target = %rule.target, error = %e, reason = event.reason, "recording an event failed");
             }
         });
     }
 
     /// Takes the stored `last_active` when it is newer than ours: after a restart (so the
-    /// cooldown is kept) or when another instance was leading.
-    fn adopt_last_active(&mut self, view: &TargetView) {
-        if let Some(at) = view.last_active
-            && self.state.last_active.is_none_or(|mine| at > mine)
-        {
-            self.state.last_active = Some(at);
+    /// cooldown is kept) or when another instance was leading. A time after `now` (a
+    /// clock that ran ahead wrote it) is taken as now: kept as it is, it would hold the
+    /// cooldown for as long as the clocks differed.
+    fn adopt_last_active(&mut self, view: &TargetView, now: Time) {
+        if let Some(at) = view.last_active {
+            if at > now {
+                let rule = &self.rule;
+                warn!(rule = %rule.name, target = %rule.target, last_active = %format_time(at), now = %format_time(now), "the stored last-active time lies in the future; taking it as now");
+                // Not recorded as stored: the leader writes the clamped time back.
+                self.state.last_active = Some(now);
+                return;
+            }
+            if self.state.last_active.is_none_or(|mine| at > mine) {
+                self.state.last_active = Some(at);
+            }
         }
         // Only what sqscale's state holds counts as stored: an annotation left by an older
         // version is copied into the state at the next write.
@@ -355,7 +415,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(at) = self.state.last_active else {
             return;
         };
-        if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
+        if self.deps.dry_run || self.persisted_last_active == Some(at) {
             return;
         }
         let every = LAST_ACTIVE_EVERY.max(self.rule.policy.cooldown / 4).as_millis() as i64;
@@ -370,11 +430,14 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(at) = self.state.last_active else {
             return;
         };
-        if self.deps.dry_run || !self.leads() || self.persisted_last_active == Some(at) {
+        if self.persisted_last_active == Some(at) {
             return;
         }
+        let Some(budget) = self.write_budget() else {
+            return;
+        };
         let write = self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at);
-        match Box::pin(write).await {
+        match Box::pin(bounded(&self.rule.target, budget, write)).await {
             Ok(()) => self.persisted_last_active = Some(at),
             Err(e) => {
                 let rule = &self.rule;
@@ -417,6 +480,19 @@ mod tests {
     use super::*;
     use crate::source::sqs::Sqs;
     use crate::target::kube::Kube;
+
+    /// Timestamps written to the cluster come from the wall clock at the time of the
+    /// write, however the monotonic clock has run since the start (it stops while a VM
+    /// is suspended; NTP steps only the wall clock). Tokio's paused clock stands in for
+    /// a monotonic clock that ran an hour more than the wall clock.
+    #[tokio::test(start_paused = true)]
+    async fn the_system_clock_reads_the_wall_clock_every_time() {
+        let (system, virtual_) = (Clock::system(), Clock::tokio());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let wall = unix_ms_now();
+        assert!((system.now().0 - wall).abs() < 1000, "{:?} vs {wall}", system.now());
+        assert!((virtual_.now().0 - wall - 3_600_000).abs() < 1000, "the test clock follows tokio's");
+    }
 
     /// A poll's future is allocated when the poll starts and lives until it ends; at
     /// start-up thousands of polls wait for the target cache's first list at once. Slow,

@@ -343,7 +343,6 @@ const OWN_REQUESTS: &[Request] = &[
     ("get", "coordination.k8s.io", "leases", Some("sqscale")),
     ("create", "coordination.k8s.io", "leases", None),
     ("update", "coordination.k8s.io", "leases", Some("sqscale")),
-    ("patch", "coordination.k8s.io", "leases", Some("sqscale")),
 ];
 
 const OWN_NAMESPACE: &str = "sqscale";

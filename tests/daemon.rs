@@ -52,7 +52,7 @@ async fn story_0_1_4_5_then_sighup_to_max_10_gives_6_then_0_after_the_purge() {
         assert!(p.query.as_deref().unwrap_or_default().contains("fieldManager=sqscale"), "{:?}", p.query);
         assert!(p.authorized);
     }
-    let state = kube.config_map(NS, "sqscale-state").expect("the state ConfigMap");
+    let state = kube.config_map("sqscale", "sqscale-state").expect("the state ConfigMap");
     let last_active = state["data"]["deployment.default.demo"].as_str().expect("last-active stored");
     assert!(last_active.ends_with('Z'), "{last_active}");
     let obj = kube.object(Kind::Deployment, NS, "demo").unwrap();
@@ -241,7 +241,7 @@ async fn a_steady_busy_rule_writes_nothing_and_its_state_on_the_edges() {
     sqs::purge(&queue).await;
     assert!(wait_until(Duration::from_secs(10), || replicas() == 0).await);
     assert_eq!(state_writes(&kube), 1, "{:?}", writes(&kube));
-    let stored = kube.config_map(NS, "sqscale-state").expect("the state ConfigMap");
+    let stored = kube.config_map("sqscale", "sqscale-state").expect("the state ConfigMap");
     let at = stored["data"]["deployment.default.demo"].as_str().expect("the target's key");
     assert_eq!(
         sqscale::target::parse_time(at),
@@ -266,7 +266,7 @@ async fn a_last_active_annotation_left_by_an_older_version_is_migrated() {
     let config = write(dir.path(), "sqscale.toml", &format!("{}{}", header(&sqs::endpoint()), rule));
     let daemon = Daemon::start(&config, &kubeconfig).await;
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
-    let stored = || kube.config_map(NS, "sqscale-state").map(|c| c["data"]["deployment.default.demo"].clone());
+    let stored = || kube.config_map("sqscale", "sqscale-state").map(|c| c["data"]["deployment.default.demo"].clone());
     assert!(wait_until(Duration::from_secs(3), || stored().is_some()).await, "copied into the state ConfigMap");
     assert_eq!(stored().unwrap(), serde_json::json!(written));
     assert_eq!(replicas(), 3, "the cooldown counts from the annotation");
@@ -346,11 +346,13 @@ async fn two_rules_on_one_queue_make_one_get_queue_attributes_per_round() {
     let both =
         || kube.replicas(Kind::Deployment, NS, "a") == Some(2) && kube.replicas(Kind::Deployment, NS, "b") == Some(2);
     assert!(wait_until(Duration::from_secs(10), both).await);
-    let statuses = daemon.observer.statuses();
-    let polls: u64 = statuses.iter().map(|s| s.polls).max().unwrap();
+    // Both counts once the daemon has stopped, so they describe the same polls.
+    let observer = daemon.observer.clone();
     assert_eq!(daemon.stop().await, Ok(()));
-    let calls = proxy.count("GetQueueAttributes");
-    assert!(calls as u64 <= polls + 1 && calls >= 2, "{calls} calls for {polls} rounds of two rules");
+    let polls: Vec<u64> = observer.statuses().iter().map(|s| s.polls).collect();
+    let calls = proxy.count("GetQueueAttributes") as u64;
+    assert_eq!(polls[0], polls[1], "the two rules poll in step");
+    assert_eq!(calls, polls[0], "one call per round of two rules: {calls} calls, polls {polls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,20 +431,25 @@ async fn an_idle_round_costs_one_sqs_call_and_no_kubernetes_call() {
     let daemon = Daemon::start(&config, &kubeconfig).await;
     assert!(wait_until(Duration::from_secs(5), || daemon.observer.readiness().is_ok()).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The baseline right after a poll has reported (its call made long before, the next
+    // one a second away), so that calls and polls count the same rounds.
+    let polls = || daemon.observer.statuses()[0].polls;
+    let reported = polls();
+    assert!(wait_until(Duration::from_secs(3), || polls() > reported).await);
     kube.clear_requests();
-    let before = proxy.count("GetQueueAttributes");
-    let polls_before = daemon.observer.statuses()[0].polls;
+    let (before, polls_before) = (proxy.count("GetQueueAttributes"), polls());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rounds = daemon.observer.statuses()[0].polls - polls_before;
+    let observer = daemon.observer.clone();
+    let requests = kube.requests();
+    assert_eq!(daemon.stop().await, Ok(()));
+    let rounds = observer.statuses()[0].polls - polls_before;
     let calls = proxy.count("GetQueueAttributes") - before;
     assert!(rounds >= 2, "{rounds} rounds");
     assert_eq!(calls as u64, rounds, "one GetQueueAttributes per round");
     // ... and it took the direct path, not the SDK (whose user agent is aws-sdk-rust).
     let agents = proxy.agents("GetQueueAttributes");
     assert!(agents[before..].iter().all(|a| a.starts_with("sqscale/")), "{agents:?}");
-    let requests = kube.requests();
     assert!(requests.is_empty(), "idle rounds read the watch cache, not the API server: {requests:?}");
-    assert_eq!(daemon.stop().await, Ok(()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

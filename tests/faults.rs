@@ -686,7 +686,7 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
     // in sqscale's state ConfigMap (never on the target).
     sqs::purge(&queue).await;
     let annotation = || {
-        let state = kube.config_map(NS, "sqscale-state")?;
+        let state = kube.config_map("sqscale", "sqscale-state")?;
         state["data"]["deployment.default.demo"].as_str().map(str::to_owned)
     };
     let inactive = |_, body: &str| {

@@ -1,29 +1,35 @@
 //! Two bastions, one cluster: leader election over a Lease with the real binary. Exactly
 //! one instance patches; a standby takes over within lease_duration after the leader is
-//! killed with SIGKILL; a leader that loses its lease stops patching at once.
+//! killed with SIGKILL; a leader that loses its lease stops patching at once; two
+//! look-alike instances (one host name, both PID 1) elect one leader; a leader whose
+//! renewals go unanswered stops writing before its lease could expire; a reload that adds
+//! a context campaigns there; a forced stop keeps the lease, a clean one hands it back.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
 
 mod support;
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::daemon::{cluster, demo_rule, wait_until, write};
-use support::fake_kube::{FakeKube, Kind};
-use support::process::{free_port, http_get, signal, spawn};
+use support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
+use support::process::{free_port, http_get, signal, spawn, spawn_as_pid1};
 use support::sqs;
 
 const NS: &str = "default";
 const LEASE: &str = "sqscale-test";
 
 fn config(dir: &Path, kubeconfig: &Path, queue: &str, port: u16, name: &str) -> std::path::PathBuf {
+    config_with(dir, kubeconfig, port, name, &demo_rule("demo", queue, ""))
+}
+
+/// Leader election at test speed (lease 3 s, renew deadline 2 s, retry 500 ms) with `rules`.
+fn config_with(dir: &Path, kubeconfig: &Path, port: u16, name: &str, rules: &str) -> std::path::PathBuf {
     let text = format!(
         "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-         [leader_election]\nenabled = true\nnamespace = \"{NS}\"\nlease_name = \"{LEASE}\"\nlease_duration = 3\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n{}",
+         [leader_election]\nenabled = true\nnamespace = \"{NS}\"\nlease_name = \"{LEASE}\"\nlease_duration = 3\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n{rules}",
         kubeconfig.display(),
         sqs::endpoint(),
-        demo_rule("demo", queue, "")
     );
     write(dir, name, &text)
 }
@@ -41,8 +47,24 @@ fn holder(kube: &FakeKube) -> Option<String> {
     kube.lease(NS, LEASE).and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
 }
 
-fn identity_of(child: &Child) -> String {
-    format!("_{}", child.id())
+/// The identity a daemon logged at start (its JSON log in `log`).
+fn identity_in(log: &Path) -> Option<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let fields = &v["fields"];
+        let started = fields["message"].as_str()?.starts_with("leader election on");
+        started.then(|| fields["identity"].as_str().map(str::to_owned)).flatten()
+    })
+}
+
+/// Waits for the identity `log` announces.
+async fn identity_of(log: &Path) -> String {
+    assert!(
+        wait_until(Duration::from_secs(10), || identity_in(log).is_some()).await,
+        "no identity logged in {}",
+        log.display()
+    );
+    identity_in(log).unwrap()
 }
 
 async fn metric(port: u16, name: &str) -> Option<String> {
@@ -60,10 +82,11 @@ async fn one_leader_patches_and_a_standby_takes_over_after_sigkill() {
     let b_cfg = config(dir.path(), &kubeconfig, &queue, port_b, "b.toml");
     let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let mut a = spawn(&["run", "--config", a_cfg.to_str().unwrap()], &[], &log_a);
-    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some_and(|h| h.ends_with(&identity_of(&a)))).await);
+    let id_a = identity_of(&log_a).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id_a.clone())).await);
     let mut b = spawn(&["run", "--config", b_cfg.to_str().unwrap()], &[], &log_b);
     let logs = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(10), || logs(&log_b).contains("leader election on")).await);
+    let id_b = identity_of(&log_b).await;
 
     sqs::send(&queue, 30).await;
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
@@ -82,7 +105,7 @@ async fn one_leader_patches_and_a_standby_takes_over_after_sigkill() {
     signal(&a, "-KILL");
     a.wait().unwrap();
     let killed = Instant::now();
-    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some_and(|h| h.ends_with(&identity_of(&b)))).await);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id_b.clone())).await);
     let takeover = killed.elapsed();
     assert!(takeover <= Duration::from_secs(3) + Duration::from_millis(1500), "took over after {takeover:?}");
     assert_eq!(kube.lease(NS, LEASE).unwrap()["spec"]["leaseTransitions"].as_i64(), Some(1));
@@ -237,4 +260,236 @@ async fn a_token_file_rotated_under_leader_election_keeps_the_lease_and_the_scal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_plugin_token_rotated_under_leader_election_keeps_the_lease_and_the_scaling() {
     rotation_under_leader_election(Credential::Exec).await;
+}
+
+/// Polls `/metrics` until `sqscale_is_leader` reads `want` (at most 5 s).
+async fn leader_metric_becomes(port: u16, want: &str) -> bool {
+    for _ in 0..50 {
+        if metric(port, "sqscale_is_leader").await.as_deref() == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Requests that wrote to the Deployment `demo` (its /scale or the object) and that the
+/// API server acted on.
+fn deployment_writes(kube: &FakeKube) -> Vec<support::fake_kube::Captured> {
+    kube.requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/deployments/demo"))
+        .filter(|r| r.status.is_some_and(|s| s < 300))
+        .collect()
+}
+
+/// Issue 12: two instances from one image under one host name, each PID 1 of its own PID
+/// namespace (as two containers are). An identity of host name and PID made them both
+/// lead, and leadership flapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_look_alike_instances_as_pid_1_elect_exactly_one_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("lookalike").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let a_cfg = config(dir.path(), &kubeconfig, &queue, port_a, "a.toml");
+    let b_cfg = config(dir.path(), &kubeconfig, &queue, port_b, "b.toml");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = spawn_as_pid1(&["run", "--config", a_cfg.to_str().unwrap()], &log_a);
+    let mut b = spawn_as_pid1(&["run", "--config", b_cfg.to_str().unwrap()], &log_b);
+    let (id_a, id_b) = (identity_of(&log_a).await, identity_of(&log_b).await);
+    assert_ne!(id_a, id_b);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert!(id_a.starts_with(&format!("{}_", host.trim())), "{id_a}");
+
+    let leader_metric = |port| async move { metric(port, "sqscale_is_leader").await };
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some()).await);
+    let first = holder(&kube).unwrap();
+    assert!(first == id_a || first == id_b, "{first}");
+    // Give the winner a few renewals to report itself.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Four lease periods: exactly one leads at every look, and it stays the same one.
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut looks = 0;
+    while Instant::now() < until {
+        let (la, lb) = (leader_metric(port_a).await, leader_metric(port_b).await);
+        let leaders = [la.as_deref(), lb.as_deref()].iter().filter(|m| **m == Some("sqscale_is_leader 1")).count();
+        assert_eq!(leaders, 1, "a: {la:?}, b: {lb:?} after {looks} looks");
+        let (leader_port, holder_now) =
+            if la.as_deref() == Some("sqscale_is_leader 1") { (port_a, &id_a) } else { (port_b, &id_b) };
+        assert_eq!(holder(&kube).as_ref(), Some(holder_now), "the instance on port {leader_port} reports leading");
+        assert_eq!(holder(&kube), Some(first.clone()), "leadership moved");
+        looks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(kube.lease(NS, LEASE).unwrap()["spec"]["leaseTransitions"].as_i64(), Some(0));
+    // `unshare` ignores SIGTERM while it waits; killing it sends SIGTERM to the daemon
+    // (--kill-child).
+    for child in [&mut a, &mut b] {
+        signal(child, "-KILL");
+        child.wait().unwrap();
+    }
+}
+
+/// Issue 12: a leader whose renewals go unanswered must have ended every write before its
+/// lease could expire: lease_duration after the start of its last successful renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_renewals_go_unanswered_stops_writing_before_its_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("unrenewed").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some()).await);
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap().contains("became the leader"))
+            .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await; // a few polls at 0: nothing to write
+
+    // Renewals get no answer from now on, and writes take 5 s to be acted on; then work
+    // arrives. The next poll (within a second) wants to scale, while the leader still
+    // holds a lease that has at most 3 s to run.
+    kube.set_latency_on("/leases/", Duration::from_secs(60));
+    kube.set_latency_on("/deployments/demo", Duration::from_secs(5));
+    sqs::send(&queue, 30).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap().contains("lost the lease")).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await; // any write started has been answered by now
+    let renewed = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with(&format!("/leases/{LEASE}")) && r.status == Some(200))
+        .map(|r| r.received)
+        .max()
+        .expect("renewed at least once");
+    for w in deployment_writes(&kube) {
+        let acted = w.answered.unwrap();
+        assert!(
+            acted <= renewed + Duration::from_secs(3),
+            "{} {} acted on {:?} after the last renewal arrived, past the lease's 3 s",
+            w.method,
+            w.path,
+            acted - renewed
+        );
+    }
+    assert_eq!(kube.replicas(Kind::Deployment, NS, "demo"), Some(0), "no scale without a valid lease");
+    assert!(
+        kube.requests().iter().any(|r| r.path.ends_with("/demo/scale") && r.method == "PATCH"),
+        "the write was tried (and abandoned), so the test saw the case it is about: {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 0"));
+    kube.clear_faults();
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+}
+
+/// Issue 12: a reload that adds a rule in another kube context campaigns for that
+/// cluster's lease; a reload that drops it hands that lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_context_campaigns_there_and_one_that_drops_it_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (FakeKube::start().await, FakeKube::start().await);
+    one.add_deployment(NS, "demo", 0);
+    two.add_deployment(NS, "other", 0);
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_multi_kubeconfig(&kubeconfig, &[("one", &one), ("two", &two)], "one");
+    let queue = sqs::queue("contexts").await;
+    let port = free_port();
+    let first = demo_rule("demo", &queue, "");
+    let cfg = config_with(dir.path(), &kubeconfig, port, "a.toml", &first);
+    let log = dir.path().join("a.log");
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&one) == Some(id.clone())).await);
+    assert!(two.lease(NS, LEASE).is_none(), "no rule uses context two yet");
+
+    let other = demo_rule("other", &queue, "context = \"two\"");
+    config_with(dir.path(), &kubeconfig, port, "a.toml", &format!("{first}\n{other}"));
+    signal(&a, "-HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || holder(&two) == Some(id.clone())).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(leader_metric_becomes(port, "sqscale_is_leader 1").await, "leads in both contexts");
+
+    config_with(dir.path(), &kubeconfig, port, "a.toml", &first);
+    signal(&a, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || holder(&two).is_none()).await, "released once unused");
+    assert_eq!(holder(&one), Some(id.clone()), "context one keeps its lease");
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0));
+    assert_eq!(holder(&one), None, "released on SIGTERM");
+}
+
+/// Issue 18: after a forced stop (a second SIGTERM while a write is in flight) the lease
+/// is kept, so that no standby takes over before it expires; it is not handed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_stop_keeps_the_lease_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("forced").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id.clone())).await);
+    // Writes to the target hang (renewals go on): every poll has a write in flight.
+    kube.set_latency_on("/deployments/demo", Duration::from_secs(60));
+    sqs::send(&queue, 30).await;
+    let pending = || {
+        kube.requests()
+            .iter()
+            .any(|r| r.path.contains("/deployments/demo") && r.method == "PATCH" && r.status.is_none())
+    };
+    assert!(wait_until(Duration::from_secs(5), pending).await);
+    signal(&a, "-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(1), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(holder(&kube), Some(id), "a forced stop does not hand the lease back");
+}
+
+/// A rule that names the default context explicitly and a rule that names none are in one
+/// cluster: one elector campaigns for the Lease, not two (two electors of one process on
+/// one Lease fight over its resourceVersion, and each reports leadership on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_naming_the_default_context_shares_its_elector() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    kube.add_deployment(NS, "named", 0);
+    let queue = sqs::queue("named-context").await;
+    let rules = format!("{}{}", demo_rule("demo", &queue, ""), demo_rule("named", &queue, "context = \"fake\""));
+    let port = free_port();
+    let cfg = config_with(dir.path(), &kubeconfig, port, "a.toml", &rules);
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some()).await, "{}", logs());
+    sqs::send(&queue, 30).await;
+    let replicas = |name| kube.replicas(Kind::Deployment, NS, name).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || replicas("demo") == 5 && replicas("named") == 5).await,
+        "{}",
+        logs()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lease_writes: Vec<_> = kube
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/leases") && r.method != "GET")
+        .map(|r| r.status)
+        .collect();
+    assert!(!lease_writes.contains(&Some(409)), "two electors fought over the lease: {lease_writes:?}");
+    assert_eq!(logs().matches("became the leader").count(), 1, "{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
 }

@@ -39,7 +39,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        World { queues: FakeQueues::default(), targets: FakeTargets::default(), clock: Clock::system() }
+        World { queues: FakeQueues::default(), targets: FakeTargets::default(), clock: Clock::tokio() }
     }
 
     fn deps(&self, dry_run: bool) -> Deps<FakeQueues, FakeTargets> {
@@ -363,6 +363,8 @@ async fn a_second_signal_or_the_deadline_aborts_the_drain() {
         let w = World::new();
         w.queues.set("q", Some(30));
         w.targets.add("demo", 0);
+        // The patch would take a minute; the worker gives up on it after the call
+        // timeout (5 s), which is past the grace (3 s).
         *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(60);
         let (tx, rx) = mpsc::channel(4);
         let daemon = tokio::spawn(supervisor::run(
@@ -370,7 +372,7 @@ async fn a_second_signal_or_the_deadline_aborts_the_drain() {
             w.deps(false),
             rx,
             || unreachable!(),
-            Duration::from_secs(20),
+            Duration::from_secs(3),
         ));
         sleep(Duration::from_secs(1)).await;
         tx.send(Control::Shutdown).await.unwrap();
@@ -456,4 +458,71 @@ async fn a_failure_streak_is_one_event_not_one_per_poll() {
     after_poll(start, 330).await; // five minutes after the first report: one more
     let count = w.targets.events.lock().unwrap().iter().filter(|(_, e)| e.reason == "FailedGetQueueAttributes").count();
     assert_eq!(count, 2);
+}
+
+/// Issue 18: a closed control channel (the signal task gone) must not make the drain wait
+/// forever: it ends once the patch in flight has finished.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_when_the_control_channel_closes() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(3);
+    let (tx, rx) = mpsc::channel(4);
+    let daemon = tokio::spawn(supervisor::run(
+        config(&[rule("demo", "q", "")]),
+        w.deps(false),
+        rx,
+        || unreachable!(),
+        Duration::from_secs(10),
+    ));
+    sleep(Duration::from_secs(1)).await;
+    drop(tx);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), daemon).await.expect("the drain ends");
+    assert_eq!(outcome.unwrap(), Ok(()));
+    assert_eq!(w.targets.get("demo").writes, [1], "the patch in flight completed");
+}
+
+/// Issue 18: an Event being published when shutdown starts is a write in flight too: the
+/// drain waits for it.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_events_being_published() {
+    let w = World::new();
+    w.queues.set("q", Some(30));
+    w.targets.add("demo", 0);
+    *w.targets.publish_delay.lock().unwrap() = Duration::from_secs(3);
+    let (tx, rx) = mpsc::channel(4);
+    let daemon = tokio::spawn(supervisor::run(
+        config(&[rule("demo", "q", "")]),
+        w.deps(false),
+        rx,
+        || unreachable!(),
+        Duration::from_secs(10),
+    ));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(w.targets.get("demo").writes, [1]);
+    assert!(w.targets.events.lock().unwrap().is_empty(), "the Event is still on its way");
+    tx.send(Control::Shutdown).await.unwrap();
+    assert_eq!(daemon.await.unwrap(), Ok(()));
+    let reasons: Vec<&str> = w.targets.events.lock().unwrap().iter().map(|(_, e)| e.reason).collect();
+    assert_eq!(reasons, ["ScaleTargetActivated"], "published before the daemon stopped");
+}
+
+/// Issue 12: a last-active time in the future (written by a host whose clock ran ahead)
+/// is taken as now, so the cooldown runs from now instead of from that future time.
+#[tokio::test(start_paused = true)]
+async fn a_last_active_time_in_the_future_is_taken_as_now() {
+    let w = World::new();
+    w.queues.set("q", Some(0));
+    w.targets.add("demo", 3);
+    let hour_ahead = sqscale::engine::Time(w.clock.now().0 + 3_600_000);
+    w.targets.with("demo", |o| o.last_active = Some(hour_ahead));
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(config(&[rule("demo", "q", "")]), w.deps(false));
+    after_poll(start, 0).await;
+    assert_eq!(w.targets.replicas("demo"), 3, "cooling down from the first poll");
+    let written = w.targets.get("demo").last_active.unwrap();
+    assert!(written < hour_ahead, "the clamped time is written back: {written:?}");
+    after_poll(start, 30).await;
+    assert_eq!(w.targets.replicas("demo"), 0, "30 s after the first poll, not an hour and 30 s");
 }

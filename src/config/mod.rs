@@ -86,8 +86,9 @@ pub struct ServerSettings {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 /// `[leader_election] namespace` when not set: sqscale's own namespace in each cluster,
-/// where its Lease and its state ConfigMap live.
-pub const DEFAULT_NAMESPACE: &str = "default";
+/// where its Lease and its state ConfigMap live; the one config/rbac.yaml creates and
+/// grants them in.
+pub const DEFAULT_NAMESPACE: &str = "sqscale";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaderElection {

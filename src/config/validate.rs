@@ -192,6 +192,7 @@ fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection
     }
     LeaderElection {
         enabled: le.enabled.unwrap_or(false),
+        // config/rbac.yaml grants the Lease and the state ConfigMap in this namespace.
         namespace: le.namespace.unwrap_or_else(|| super::DEFAULT_NAMESPACE.to_owned()),
         lease_name: le.lease_name.unwrap_or_else(|| "sqscale".to_owned()),
         lease_duration,

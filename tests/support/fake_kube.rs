@@ -89,6 +89,10 @@ pub struct Captured {
     pub authorized: bool,
     /// The HTTP status answered; `None` if the connection was dropped (or the answer is pending).
     pub status: Option<u16>,
+    /// When the request arrived.
+    pub received: std::time::Instant,
+    /// When it was acted on and answered (`None` while `status` is).
+    pub answered: Option<std::time::Instant>,
 }
 
 /// A fake Kubernetes API server running on `https://127.0.0.1:PORT` inside the test process.
@@ -389,7 +393,15 @@ impl FakeKube {
         self.shared.lock().faults.latency = latency;
     }
 
-    /// Cancels pending `fail_next`, `conflict_next` and `drop_next`, and sets the latency to zero.
+    /// Delays the answers to requests whose path contains `path_part`, as
+    /// [`FakeKube::set_latency`] does for all (the longer of the two applies).
+    pub fn set_latency_on(&self, path_part: &str, latency: Duration) {
+        let mut st = self.shared.lock();
+        st.faults.slow.retain(|(p, _)| p != path_part);
+        st.faults.slow.push((path_part.to_owned(), latency));
+    }
+
+    /// Cancels pending `fail_next`, `conflict_next` and `drop_next`, and sets every latency to zero.
     pub fn clear_faults(&self) {
         self.shared.lock().faults = Faults::default();
     }
@@ -852,6 +864,8 @@ struct Faults {
     conflict: usize,
     drop: usize,
     latency: Duration,
+    /// Extra latency for requests whose path contains the string.
+    slow: Vec<(String, Duration)>,
 }
 
 struct State {
@@ -2122,10 +2136,13 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
                 body: String::from_utf8_lossy(&body).into_owned(),
                 authorized,
                 status: None,
+                received: std::time::Instant::now(),
+                answered: None,
             },
         ));
         let verdict = decide(&mut st, authorized, &method, &route, &params, &path);
-        (id, verdict, st.faults.latency)
+        let slow = st.faults.slow.iter().filter(|(part, _)| path.contains(part.as_str())).map(|(_, d)| *d).max();
+        (id, verdict, slow.unwrap_or_default().max(st.faults.latency))
     };
 
     if shared.lock().faults.black_hole {
@@ -2147,6 +2164,7 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
     let mut st = shared.lock();
     if let Some((_, c)) = st.requests.iter_mut().find(|(i, _)| *i == id) {
         c.status = Some(response.status().as_u16());
+        c.answered = Some(std::time::Instant::now());
     }
     response
 }

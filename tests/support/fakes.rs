@@ -51,6 +51,8 @@ pub struct FakeObject {
 pub struct FakeTargets {
     pub objects: Arc<Mutex<HashMap<String, FakeObject>>>,
     pub scale_delay: Arc<Mutex<Duration>>,
+    /// How long publishing an Event takes (virtual time).
+    pub publish_delay: Arc<Mutex<Duration>>,
     /// Every Event published, with the target name.
     pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
     /// The targets passed to each `retain` (a reload), as `context/Kind/namespace/name`.
@@ -116,6 +118,8 @@ impl ScaleTarget for FakeTargets {
     }
 
     async fn publish(&self, _ctx: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
+        let delay = *self.publish_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         self.events.lock().unwrap().push((t.name.clone(), event.clone()));
         Ok(())
     }

@@ -41,6 +41,32 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Daemon {
     Daemon(cmd.spawn().expect("start sqscale"))
 }
 
+/// Starts `sqscale ARGS` as PID 1 of a PID namespace of its own (with its own /proc), as
+/// a container's entry point runs: `unshare --pid --fork --mount-proc --kill-child=SIGTERM`.
+/// The returned child is `unshare`, which ignores SIGTERM; killing it (SIGKILL) sends
+/// SIGTERM to the daemon. Panics, loudly,
+/// where PID namespaces cannot be made (they need root or CAP_SYS_ADMIN): a test that
+/// needs them must not pass without them.
+pub fn spawn_as_pid1(args: &[&str], log: &Path) -> Daemon {
+    let probe =
+        Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", "true"]).output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "`unshare --pid --fork --mount-proc` failed ({}; {}): this test runs two daemons as PID 1 of \
+             their own PID namespaces and needs root (or CAP_SYS_ADMIN); it cannot be skipped",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run `unshare` (util-linux): {e}; this test needs it and cannot be skipped"),
+    }
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", env!("CARGO_BIN_EXE_sqscale")]);
+    cmd.args(args).env("SQSCALE_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.stderr(std::fs::File::create(log).unwrap());
+    Daemon(cmd.spawn().expect("start unshare"))
+}
+
 pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
     assert!(ok, "kill {sig}");
