@@ -1,4 +1,4 @@
-//! The `sqscale` binary as a user runs it: `check`, `simulate` and `health`, their
+//! The `sqscale` binary as a user runs it: `check`, `simulate`, `health` and `import-keda` (from files), their
 //! output and their exit codes (0, 1, 64, 65, 78); the unit's and the image's settings.
 
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The `sqscale run` binary as systemd runs it: real signals, the sd_notify protocol on a
 //! NOTIFY_SOCKET, the HTTP endpoints, `sqscale status`, Events on the target, and exit
-//! codes. Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
+//! codes; `import-keda` against the fake API server. Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
 
 mod support;
 

@@ -55,7 +55,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
             ParseError { line: Some(e.line() as u64), column: Some(e.column() as u64), message: json_message(&e) }
         })?
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| {
+        serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()).map_err(|e| {
             let at = e.location().filter(|l| l.line() > 0);
             ParseError {
                 line: at.map(|l| l.line()),
@@ -69,6 +69,21 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
         open_lists(doc, None, &mut out);
     }
     Ok(out)
+}
+
+/// The YAML parser's limits, raised for what kubectl prints: the defaults (1,024
+/// documents, 250,000 nodes) stop at a few thousand ScaledObjects with their
+/// `managedFields`. The limits on aliases, which guard against documents that expand
+/// exponentially, stay.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1 << 20;
+    budget.max_nodes = 1 << 26;
+    budget.max_events = 1 << 28;
+    budget.max_total_scalar_bytes = 1 << 30;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// serde_json's message without its ` at line L column C` tail (the caller says where).

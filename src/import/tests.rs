@@ -544,3 +544,14 @@ fn an_empty_behavior_is_the_hpa_v2_defaults_and_idle_zero_with_min_zero_is_none(
     assert_eq!(behavior.scale_down.stabilization_window_ms, 300_000);
     assert_eq!(c.rules[0].policy.idle, None);
 }
+
+#[test]
+fn large_inputs_parse() {
+    // More documents and nodes than the YAML parser takes by default (1,024 documents,
+    // 250,000 nodes), as `kubectl get -A -o yaml` prints for a large cluster (where
+    // managedFields alone are dozens of nodes per object).
+    let many: String = (0..1_100).map(|i| format!("---\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n")).collect();
+    assert_eq!(parse_documents(&many).unwrap().len(), 1_100);
+    let nodes = format!("kind: ConfigMap\ndata: [{}]\n", vec!["0"; 260_000].join(","));
+    assert_eq!(parse_documents(&nodes).unwrap().len(), 1);
+}
