@@ -1,6 +1,8 @@
 //! Bad input never panics: arbitrary strings and mutated rule files fed to the rule-file
 //! parser, arbitrary CSV-like bytes fed to the trace parser, and every trace that parses
-//! replayed through the simulator. Errors always say what is wrong and where.
+//! replayed through the simulator; mutated KEDA objects and arbitrary text fed to
+//! `import-keda`, whose output is always a file `check` accepts. Errors always say what
+//! is wrong and where.
 //!
 //! The seeds are fixed (every run, and CI, sees the same cases) and no regression files
 //! are written. `PROPTEST_CASES` overrides the number of cases of every property.
@@ -634,4 +636,180 @@ fn absurd_times_are_rejected_or_replayed_promptly() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+// === import-keda ===
+
+/// KEDA objects whose every field import-keda reads is set: a ScaledObject naming a
+/// TriggerAuthentication and a ClusterTriggerAuthentication, and both of those.
+fn keda_base() -> serde_json::Value {
+    serde_json::json!([
+        {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+         "metadata": {"name": "orders", "namespace": "shop", "annotations": {
+             "autoscaling.keda.sh/paused": "false", "autoscaling.keda.sh/paused-replicas": "2",
+             "autoscaling.keda.sh/paused-scale-in": "true", "autoscaling.keda.sh/force-activation": "t"}},
+         "spec": {
+             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders-worker"},
+             "pollingInterval": 10, "cooldownPeriod": 30, "initialCooldownPeriod": 0,
+             "minReplicaCount": 1, "maxReplicaCount": 5, "idleReplicaCount": 0,
+             "fallback": {"failureThreshold": 3, "replicas": 2, "behavior": "static"},
+             "advanced": {"restoreToOriginalReplicaCount": false, "scalingModifiers": {"formula": "a", "target": "2"},
+                 "horizontalPodAutoscalerConfig": {"behavior": {
+                     "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "tolerance": "50m",
+                                 "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}]},
+                     "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Min", "tolerance": 0.1,
+                                   "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}}}},
+             "triggers": [
+                 {"type": "aws-sqs-queue", "name": "a", "metricType": "AverageValue",
+                  "authenticationRef": {"name": "role"},
+                  "metadata": {"queueURL": "https://sqs.ap-northeast-2.amazonaws.com/123456789012/keda-demo-queue",
+                               "queueLength": "5", "activationQueueLength": "0", "scaleOnInFlight": "true",
+                               "scaleOnDelayed": "false", "awsRegion": "ap-northeast-2",
+                               "awsEndpoint": "http://127.0.0.1:4566", "queueURLFromEnv": "Q"}},
+                 {"type": "aws-sqs-queue", "authenticationRef": {"name": "shared", "kind": "ClusterTriggerAuthentication"},
+                  "metadata": {"queueURL": "keda-demo-queue", "awsRegion": "us-east-1"}},
+                 {"type": "cron", "metadata": {"start": "0 8 * * *"}}]}},
+        {"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication",
+         "metadata": {"name": "role", "namespace": "shop"},
+         "spec": {"podIdentity": {"provider": "aws", "roleArn": "arn:aws:iam::123456789012:role/sqscale"},
+                  "secretTargetRef": [{"parameter": "awsAccessKeyID", "name": "s", "key": "k"}],
+                  "env": [{"parameter": "awsRegion", "name": "REGION"}]}},
+        {"apiVersion": "keda.sh/v1alpha1", "kind": "ClusterTriggerAuthentication", "metadata": {"name": "shared"},
+         "spec": {"podIdentity": {"provider": "aws", "identityOwner": "workload"},
+                  "configMapTargetRef": [{"parameter": "awsRoleArn", "name": "c", "key": "k"}]}}
+    ])
+}
+
+/// A value as KEDA users write them, or not: numbers as strings, strings as numbers,
+/// Go booleans, quantities, kinds, and structure where a scalar belongs.
+fn keda_leaf() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        3 => word().prop_map(serde_json::Value::String),
+        2 => prop::sample::select(vec![
+            "5", "05", "-1", "+5", "2.5", "1e3", " 7 ", "", "0", "true", "T", "yes", "50m", "1k", "Value",
+            "ClusterTriggerAuthentication", "TriggerAuthentication", "aws", "aws-eks", "workload", "Rollout",
+            "argoproj.io/v1alpha1", "apps/v1", "keda.sh/v1alpha1", "ScaledObject", "List", "ScaledObjectList",
+            "orders", "Orders.Shop", "a_b", "x".repeat(70).leak(),
+        ]).prop_map(|s: &str| json!(s)),
+        2 => prop::sample::select(INTS).prop_map(|i| json!(i)),
+        1 => prop_oneof![Just(0.5), Just(-0.5), Just(1e300), Just(0.0)].prop_map(|f| json!(f)),
+        1 => any::<bool>().prop_map(|b| json!(b)),
+        1 => Just(serde_json::Value::Null),
+        1 => prop_oneof![Just(json!({})), Just(json!([])), Just(json!([{}])), Just(json!({"name": "x"}))],
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum JsonStep {
+    Key(String),
+    Index(usize),
+}
+
+fn json_paths(v: &serde_json::Value, here: &mut Vec<JsonStep>, out: &mut Vec<Vec<JsonStep>>) {
+    out.push(here.clone());
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                here.push(JsonStep::Key(k.clone()));
+                json_paths(child, here, out);
+                here.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                here.push(JsonStep::Index(i));
+                json_paths(child, here, out);
+                here.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Replaces (or with `None`, removes) the value at a path picked by `at`.
+fn json_edit(doc: &mut serde_json::Value, at: prop::sample::Index, new: Option<serde_json::Value>) {
+    let mut paths = Vec::new();
+    json_paths(doc, &mut Vec::new(), &mut paths);
+    let path = at.get(&paths[1..]).clone();
+    let (last, parent) = path.split_last().expect("not the root");
+    let mut v = &mut *doc;
+    for step in parent {
+        v = match step {
+            JsonStep::Key(k) => &mut v[k.as_str()],
+            JsonStep::Index(i) => &mut v[*i],
+        };
+    }
+    match (last, new, v) {
+        (JsonStep::Key(k), None, serde_json::Value::Object(map)) => {
+            map.remove(k);
+        }
+        (JsonStep::Index(i), None, serde_json::Value::Array(items)) => {
+            items.remove(*i);
+        }
+        (JsonStep::Key(k), Some(new), v) => v[k.as_str()] = new,
+        (JsonStep::Index(i), Some(new), v) => v[*i] = new,
+        _ => {}
+    }
+}
+
+/// Whatever the objects, the import ends: every ScaledObject gives a rule or a reason,
+/// and the rules (with their comments) are a file `sqscale check` accepts.
+fn check_import(objects: &[serde_json::Value]) -> Result<(), TestCaseError> {
+    use sqscale::import;
+    let result = import::import(objects, &import::Options::default());
+    let scaled = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == "ScaledObject"
+                && o["apiVersion"].as_str().and_then(|a| a.rsplit_once('/')).is_some_and(|(g, _)| g == "keda.sh")
+        })
+        .count();
+    prop_assert_eq!(result.rules.len() + result.rejected.len(), scaled);
+    for r in &result.rejected {
+        prop_assert!(!r.reasons.is_empty(), "{} rejected without a reason", r.source);
+    }
+    if !result.rules.is_empty() {
+        let text = result.to_toml();
+        if let Err(e) = sqscale::config::from_str(&text) {
+            return Err(TestCaseError::fail(format!("{e}\n{text}")));
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config(1000, 0x6b6564))]
+
+    #[test]
+    fn mutated_keda_objects_import_to_a_valid_file_or_say_why(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), prop::option::weighted(0.8, keda_leaf())), 1..6),
+    ) {
+        let mut doc = keda_base();
+        for (at, new) in edits {
+            json_edit(&mut doc, at, new);
+        }
+        let objects = match doc {
+            serde_json::Value::Array(items) => items,
+            other => vec![other],
+        };
+        check_import(&objects)?;
+    }
+
+    #[test]
+    fn arbitrary_text_parses_or_fails_with_a_message(text in prop_oneof![
+        any::<String>(),
+        prop::collection::vec(prop_oneof![
+            prop::sample::select(vec!["apiVersion: keda.sh/v1alpha1\n", "kind: ScaledObject\n", "kind: List\n",
+                "items:\n", "- ", "  ", "metadata: {name: x}\n", "---\n", "{", "}", "[", "]", ",", ":", "\"", "\n",
+                "&a ", "*a", "!!str ", "spec:\n", "  triggers: [{type: aws-sqs-queue, metadata: {queueURL: q}}]\n"])
+                .prop_map(str::to_owned),
+            word(),
+        ], 0..30).prop_map(|parts| parts.concat()),
+    ]) {
+        match sqscale::import::parse_documents(&text) {
+            Ok(objects) => check_import(&objects)?,
+            Err(e) => prop_assert!(!e.message.is_empty(), "an error without a message for {:?}", text),
+        }
+    }
 }
