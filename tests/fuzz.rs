@@ -690,7 +690,7 @@ fn keda_leaf() -> impl Strategy<Value = serde_json::Value> {
             "5", "05", "-1", "+5", "2.5", "1e3", " 7 ", "", "0", "true", "T", "yes", "50m", "1k", "Value",
             "ClusterTriggerAuthentication", "TriggerAuthentication", "aws", "aws-eks", "workload", "Rollout",
             "argoproj.io/v1alpha1", "apps/v1", "keda.sh/v1alpha1", "ScaledObject", "List", "ScaledObjectList",
-            "orders", "Orders.Shop", "a_b", "x".repeat(70).leak(),
+            "orders", "Orders.Shop", "a_b", "x".repeat(70).leak(), "a\n[[rule]]\nb", "q\" = 1 #",
         ]).prop_map(|s: &str| json!(s)),
         2 => prop::sample::select(INTS).prop_map(|i| json!(i)),
         1 => prop_oneof![Just(0.5), Just(-0.5), Just(1e300), Just(0.0)].prop_map(|f| json!(f)),

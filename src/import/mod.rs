@@ -207,7 +207,7 @@ impl Import {
         );
         for r in &self.rules {
             out.push('\n');
-            out.push_str(&format!("# {}\n", r.source));
+            out.push_str(&comment(&r.source));
             for note in &r.notes {
                 out.push_str(&comment(&format!("not carried over: {note}")));
             }

@@ -555,3 +555,11 @@ fn large_inputs_parse() {
     let nodes = format!("kind: ConfigMap\ndata: [{}]\n", vec!["0"; 260_000].join(","));
     assert_eq!(parse_documents(&nodes).unwrap().len(), 1);
 }
+
+#[test]
+fn names_from_files_cannot_break_the_file() {
+    let mut obj = simple("shop", "a\n[[rule]]\nname = \"b", json!({}));
+    obj["spec"]["scaleTargetRef"]["name"] = json!("w");
+    let import = run(&[obj]);
+    assert_eq!(checked(&import).rules.len(), 1, "{}", import.to_toml());
+}
