@@ -224,9 +224,17 @@ impl Import {
     }
 }
 
-/// `text` as TOML comment lines.
+/// `text` as TOML comment lines. Names and values from the input may hold anything:
+/// control characters, which a TOML comment must not, are escaped.
 fn comment(text: &str) -> String {
-    text.lines().map(|l| if l.is_empty() { "#\n".to_owned() } else { format!("# {l}\n") }).collect()
+    let line = |l: &str| -> String {
+        let shown: String = l
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+            .collect();
+        if shown.is_empty() { "#\n".to_owned() } else { format!("# {shown}\n") }
+    };
+    text.lines().map(line).collect()
 }
 
 /// One `[[rule]]` with its sub-tables, as the rule file takes it.

@@ -558,7 +558,7 @@ fn large_inputs_parse() {
 
 #[test]
 fn names_from_files_cannot_break_the_file() {
-    let mut obj = simple("shop", "a\n[[rule]]\nname = \"b", json!({}));
+    let mut obj = simple("shop", "a\n[[rule]]\nname = \"b\u{0}\r", json!({}));
     obj["spec"]["scaleTargetRef"]["name"] = json!("w");
     let import = run(&[obj]);
     assert_eq!(checked(&import).rules.len(), 1, "{}", import.to_toml());
