@@ -422,4 +422,11 @@ async fn import_keda_lists_the_cluster() {
         stderr.contains("listing scaledobjects.keda.sh in namespace shop (context fake): forbidden: import-keda needs get and list on keda.sh"),
         "{stderr}"
     );
+
+    // A cluster without KEDA's CRDs answers 404 to the list.
+    kube.allow_all();
+    kube.fail_next(1, 404);
+    let (code, _, stderr) = sqscale_off_runtime(&["import-keda", "--kubeconfig", kubeconfig]).await;
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("the API server does not serve it; is KEDA installed?"), "{stderr}");
 }
