@@ -350,7 +350,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         }
         tokio::spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
         let deps = Deps {
-            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
+            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT).with_fallbacks(observer.sqs_fallbacks()))),
             targets: Arc::new(kube),
             clock: Clock::system(),
             dry_run,

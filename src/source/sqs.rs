@@ -1,21 +1,29 @@
 //! The SQS adapter: `GetQueueAttributes`, asking only for the attributes the rules need.
 //! One client per (region, endpoint, profile, role), built on first use and reused;
 //! queue names are resolved once with `GetQueueUrl`. Polls take the direct path
-//! ([`super::direct`]) and fall back to aws-sdk-sqs for anything but a clean answer.
+//! ([`super::direct`], unless `[aws] direct_path = false`) and fall back to aws-sdk-sqs
+//! for anything but a clean answer, within the same deadline; each fallback is counted
+//! by its reason. Every connection (SQS, STS, the credential chain) goes through
+//! [`crate::proxy::sdk_http_client`], so the environment's proxy settings apply.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::time::Instant;
 
-use super::direct::{self, Direct, HttpClient, Miss};
+use super::direct::{self, Direct, FALLBACK_REASONS, HttpClient, Miss};
 use super::{Attrs, QueueReader, SourceError, lock};
 use crate::config::QueueSource;
 use crate::engine::Counts;
@@ -56,6 +64,24 @@ struct Endpoint {
     direct: Option<Arc<Direct>>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// One of [`FALLBACK_REASONS`].
+    pub reason: &'static str,
+}
+
+/// `sqscale_sqs_fallbacks_total`: direct calls left to the SDK, by reason.
+pub type Fallbacks = Family<FallbackLabels, Counter>;
+
+/// A fallback counter with every reason's series present (at 0 until it happens).
+pub fn fallbacks() -> Fallbacks {
+    let family = Fallbacks::default();
+    for reason in FALLBACK_REASONS {
+        let _ = family.get_or_create(&FallbackLabels { reason });
+    }
+    family
+}
+
 /// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
 pub struct Sqs {
     /// A handful at most (one per region, endpoint, profile and role): a short list.
@@ -66,6 +92,9 @@ pub struct Sqs {
     fifo_noted: Mutex<HashSet<String>>,
     /// The direct path's HTTP client; `None` if no root certificates could be loaded.
     http: Option<HttpClient>,
+    /// The SDK's HTTP client, shared by every SDK client and credentials provider.
+    sdk_http: SharedHttpClient,
+    fallbacks: Fallbacks,
     timeout: Duration,
 }
 
@@ -83,8 +112,19 @@ impl Sqs {
             urls: Default::default(),
             fifo_noted: Default::default(),
             http,
+            sdk_http: crate::proxy::sdk_http_client(),
+            fallbacks: fallbacks(),
             timeout,
         }
+    }
+
+    /// Counts fallbacks into `family` (the observer's, so `/metrics` shows them).
+    pub fn with_fallbacks(mut self, family: Fallbacks) -> Sqs {
+        for reason in FALLBACK_REASONS {
+            let _ = family.get_or_create(&FallbackLabels { reason });
+        }
+        self.fallbacks = family;
+        self
     }
 
     fn known(&self, q: &QueueSource) -> Option<Endpoint> {
@@ -107,8 +147,18 @@ impl Sqs {
             return e;
         }
         let key = ClientKey::of(q);
+        let base = self.loader(&key).load().await;
+        let endpoint = self.endpoint_of(&key, &base).await;
+        lock(&self.clients).push((key, endpoint.clone()));
+        endpoint
+    }
+
+    /// The AWS config of `key`: its region, endpoint and profile, the call timeout, and
+    /// the proxied HTTP client.
+    fn loader(&self, key: &ClientKey) -> ConfigLoader {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(key.region.clone()))
+            .http_client(self.sdk_http.clone())
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .timeout_config(TimeoutConfig::builder().operation_timeout(self.timeout).build());
         if let Some(p) = &key.profile {
@@ -117,13 +167,18 @@ impl Sqs {
         if let Some(e) = &key.endpoint {
             loader = loader.endpoint_url(e);
         }
-        let base = loader.load().await;
-        let mut builder = aws_sdk_sqs::config::Builder::from(&base);
+        loader
+    }
+
+    /// The SDK client built from `base` (assuming `key`'s role, if any) and the direct
+    /// path to the endpoint that client resolves, with the same credentials.
+    async fn endpoint_of(&self, key: &ClientKey, base: &SdkConfig) -> Endpoint {
+        let mut builder = aws_sdk_sqs::config::Builder::from(base);
         let mut credentials = base.credentials_provider();
         if let Some(arn) = &key.role_arn {
             let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                 .session_name("sqscale")
-                .configure(&base)
+                .configure(base)
                 .build()
                 .await;
             let provider = SharedCredentialsProvider::new(provider);
@@ -134,7 +189,7 @@ impl Sqs {
         let direct = match credentials {
             Some(credentials) => Direct::new(
                 &key.region,
-                base.endpoint_url(),
+                sqs_endpoint_url(base).as_deref(),
                 base.use_fips().unwrap_or(false),
                 base.use_dual_stack().unwrap_or(false),
                 credentials,
@@ -145,9 +200,7 @@ impl Sqs {
             .map(Arc::new),
             None => None,
         };
-        let endpoint = Endpoint { client: Client::from_conf(config), direct };
-        lock(&self.clients).push((key, endpoint.clone()));
-        endpoint
+        Endpoint { client: Client::from_conf(config), direct }
     }
 
     /// The URL of a queue given by name: asked once with `GetQueueUrl`, then remembered.
@@ -179,6 +232,9 @@ impl Sqs {
 
 impl QueueReader for Sqs {
     async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
+        // One deadline for the poll: the direct call gets half of what is left when it
+        // starts, the SDK (if it must ask) the rest.
+        let deadline = Instant::now() + self.timeout;
         self.note_fifo(q);
         let Endpoint { client, direct } = self.endpoint(q).await;
         let resolved;
@@ -189,25 +245,52 @@ impl QueueReader for Sqs {
                 &resolved
             }
         };
-        if let (Some(direct), Some(http)) = (&direct, &self.http) {
-            match direct.read(http, url, attrs, self.timeout).await {
+        if q.direct
+            && let (Some(direct), Some(http)) = (&direct, &self.http)
+        {
+            let share = deadline.saturating_duration_since(Instant::now()) / 2;
+            match direct.read(http, url, attrs, share).await {
                 Ok(counts) => return Ok(counts),
-                Err(Miss::Timeout) => {
-                    return Err(SourceError {
-                        queue: q.display().to_owned(),
-                        kind: "timeout",
-                        message: format!("no answer within {}", humantime::format_duration(self.timeout)),
-                    });
+                Err(Miss::Refused { kind, message }) => {
+                    return Err(SourceError { queue: q.display().to_owned(), kind, message });
                 }
-                Err(Miss::Fallback(why)) => {
-                    tracing::debug!(queue = %q.display(), why, "direct GetQueueAttributes missed; asking through the SDK");
+                Err(Miss::Fallback { reason, message }) => {
+                    self.fallbacks.get_or_create(&FallbackLabels { reason }).inc();
+                    tracing::debug!(queue = %q.display(), reason, message, "direct GetQueueAttributes missed; asking through the SDK");
                 }
             }
         }
         // Boxed: the SDK's request future is large and rarely taken; inline, it would
         // make every poll's future (and its allocation) that much bigger.
-        Box::pin(read_with_sdk(&client, q, url, attrs)).await
+        match tokio::time::timeout_at(deadline, Box::pin(read_with_sdk(&client, q, url, attrs))).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError {
+                queue: q.display().to_owned(),
+                kind: "timeout",
+                message: format!("no answer within {}", humantime::format_duration(self.timeout)),
+            }),
+        }
     }
+}
+
+/// The endpoint URL aws-sdk-sqs takes from `config` (its `Config` keeps it private):
+/// the same lookups in the same order as `aws_sdk_sqs::config::Builder::from(&SdkConfig)`,
+/// so `AWS_ENDPOINT_URL_SQS` and the profile's `services` section apply as they do for
+/// the SDK. `None`: the SDK's endpoint rules pick one from the region.
+fn sqs_endpoint_url(config: &SdkConfig) -> Option<String> {
+    if config.get_origin("endpoint_url").is_client_config() {
+        return config.endpoint_url().map(str::to_owned);
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("SQS")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every field is set");
+    config
+        .service_config()
+        .and_then(|c| c.load_config(key))
+        .or_else(|| config.endpoint_url().map(str::to_owned))
 }
 
 /// `GetQueueAttributes` through the SDK: retries, and errors named with their kind.

@@ -1,0 +1,164 @@
+//! Outbound HTTP proxies, as the environment sets them (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, `NO_PROXY`, each also in lower case), for every AWS connection: the
+//! SDK's clients (SQS, STS, the credential chain, EKS token minting) through
+//! [`sdk_http_client`], and the direct SQS path through [`Connector`]. Both read the
+//! variables with hyper-util's `Matcher::from_env`, so they take the same decision for
+//! the same URL. (The Kubernetes client takes its proxy from kube's own config loader.)
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::{Builder, ConnectorBuilder, tls};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use hyper::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+/// The HTTP client for every AWS SDK client and credentials provider sqscale builds:
+/// the SDK's own hyper client (rustls with aws-lc and the platform's roots, the SDK's
+/// timeouts), with the proxies the environment names. Set it on each `aws_config`
+/// loader (`.http_client(..)`), so STS (AssumeRole, web identity) and the credential
+/// chain use it too.
+///
+/// Built fresh per call: its connection pool lives on the runtime that first uses it.
+pub fn sdk_http_client() -> SharedHttpClient {
+    // As aws-smithy-runtime builds its default client, with the proxy configuration
+    // explicit rather than dependent on the behavior version.
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A TCP connector for hyper-util's client that follows the proxy settings: straight
+/// to the host when no proxy applies (or `NO_PROXY` covers it), a `CONNECT` tunnel
+/// through the proxy for `https` destinations (TLS then runs end to end inside it),
+/// and a connection to the proxy itself for `http` destinations, marked as proxied so
+/// the client sends absolute-form requests. Wrap it in a TLS connector.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    tcp: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+impl Connector {
+    /// Proxies as the environment says.
+    pub fn from_env() -> Connector {
+        Connector::new(Matcher::from_env())
+    }
+
+    pub fn new(proxies: Matcher) -> Connector {
+        let mut tcp = HttpConnector::new();
+        // The TLS connector around this one checks the scheme.
+        tcp.enforce_http(false);
+        Connector { tcp, proxies: Arc::new(proxies) }
+    }
+
+    /// The `Proxy-Authorization` an `http` request to `dst` must carry: the proxy's
+    /// credentials when one with credentials carries it in absolute form. (Through a
+    /// tunnel they go in the `CONNECT` instead.)
+    pub fn http_proxy_authorization(&self, dst: &Uri) -> Option<hyper::header::HeaderValue> {
+        if dst.scheme_str() != Some("http") {
+            return None;
+        }
+        self.proxies.intercept(dst)?.basic_auth().cloned()
+    }
+}
+
+impl Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        // HttpConnector is always ready, so its clones can be called without waiting.
+        let mut tcp = self.tcp.clone();
+        let proxy = self.proxies.intercept(&dst);
+        Box::pin(async move {
+            let Some(proxy) = proxy else {
+                return Ok(Conn { io: tcp.call(dst).await?, proxied: false });
+            };
+            if proxy.uri().scheme_str() != Some("http") {
+                return Err(format!("proxy {}: only http:// proxies are supported here", proxy.uri()).into());
+            }
+            if dst.scheme_str() == Some("https") {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                let io = tunnel.call(dst).await.map_err(|e| format!("proxy {}: {e}", proxy.uri()))?;
+                Ok(Conn { io, proxied: false })
+            } else {
+                let io = tcp.call(proxy.uri().clone()).await.map_err(|e| format!("proxy {}: {e}", proxy.uri()))?;
+                Ok(Conn { io, proxied: true })
+            }
+        })
+    }
+}
+
+/// A connection made by [`Connector`]: TCP, and whether requests on it go to a proxy.
+#[derive(Debug)]
+pub struct Conn {
+    io: TokioIo<TcpStream>,
+    proxied: bool,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.proxied)
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
