@@ -162,3 +162,62 @@ impl Write for Conn {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// The first line each connection to `listener` sends; answers CONNECTs with 200.
+    async fn first_lines(listener: TcpListener) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if text.starts_with("CONNECT ") {
+                        let _ = conn.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await;
+                    }
+                    let _ = tx.send(text.lines().next().unwrap_or_default().to_owned());
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn connections_follow_the_proxy_settings() {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        let mut at_proxy = first_lines(proxy).await;
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_port = server.local_addr().unwrap().port();
+        let mut at_server = first_lines(server).await;
+        let matcher = Matcher::builder().http(proxy_url.clone()).https(proxy_url).no("127.0.0.1").build();
+        let mut connector = Connector::new(matcher);
+
+        // https: a CONNECT tunnel, through which the client then speaks TLS.
+        let conn = connector.call("https://kube.test:6443/".parse().unwrap()).await.unwrap();
+        assert!(!conn.connected().is_proxied());
+        assert_eq!(at_proxy.recv().await.unwrap(), "CONNECT kube.test:6443 HTTP/1.1");
+
+        // http: a connection to the proxy, marked so that requests go in absolute form.
+        let mut conn = connector.call("http://sqs.test:5000/".parse().unwrap()).await.unwrap();
+        assert!(conn.connected().is_proxied());
+        conn.io.inner_mut().write_all(b"POST http://sqs.test:5000/ HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(at_proxy.recv().await.unwrap(), "POST http://sqs.test:5000/ HTTP/1.1");
+
+        // NO_PROXY: straight to the server.
+        let dst = format!("http://127.0.0.1:{server_port}/");
+        let mut conn = connector.call(dst.parse().unwrap()).await.unwrap();
+        assert!(!conn.connected().is_proxied());
+        conn.io.inner_mut().write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(at_server.recv().await.unwrap(), "GET / HTTP/1.1");
+        assert!(at_proxy.try_recv().is_err());
+    }
+}

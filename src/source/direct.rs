@@ -573,6 +573,53 @@ mod tests {
         assert!(parse_answer(b"<html>", Attrs::default()).unwrap_err().contains("not JSON"));
     }
 
+    #[test]
+    fn error_codes_are_read_from_the_header_or_the_body() {
+        let code = |header, body: &str| error_code(header, body.as_bytes());
+        assert_eq!(code(Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "{}").as_deref(), Some("AWS.SimpleQueueService.NonExistentQueue"));
+        assert_eq!(code(None, r#"{"__type":"com.amazonaws.sqs#RequestThrottled"}"#).as_deref(), Some("RequestThrottled"));
+        assert_eq!(code(None, r#"{"__type":"ThrottlingException:http://internal"}"#).as_deref(), Some("ThrottlingException"));
+        assert_eq!(code(None, r#"{"code":"AccessDenied"}"#).as_deref(), Some("AccessDenied"));
+        assert_eq!(code(None, "<html>"), None);
+        assert_eq!(code(Some(""), "{}"), None);
+    }
+
+    /// A 403 drops the cached credentials (these have no expiry, so they would stay
+    /// cached for the cache's whole lifetime otherwise): the next call fetches again.
+    #[tokio::test]
+    async fn a_403_drops_the_cached_credentials() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Debug)]
+        struct Counting(std::sync::Arc<AtomicUsize>);
+        impl ProvideCredentials for Counting {
+            fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                let c = Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "counting");
+                aws_credential_types::provider::future::ProvideCredentials::ready(Ok(c))
+            }
+        }
+        let denied = r#"{"__type":"com.amazonaws.sqs#InvalidClientTokenId"}"#;
+        let counts = r#"{"Attributes":{"ApproximateNumberOfMessages":"3"}}"#;
+        let server =
+            crate::testing::TinyServer::start(move |n| Some(if n == 0 { (403, denied.to_owned()) } else { (200, counts.to_owned()) }))
+                .await;
+        let server_url = server.url.clone();
+        let fetched = std::sync::Arc::new(AtomicUsize::new(0));
+        let provider = SharedCredentialsProvider::new(Counting(fetched.clone()));
+        let d = Direct::new("eu-west-1", Some(&server_url), false, false, provider).await.unwrap();
+        let http = http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build())).unwrap();
+        let url = format!("{server_url}/1/q");
+        let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");
+        assert_eq!(d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap().visible, 3);
+        assert_eq!(d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap().visible, 3);
+        // Fetched for the first call, again after the 403, and kept from then on.
+        assert_eq!(fetched.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn credentials_are_fetched_once_until_they_near_expiry() {
         use std::sync::atomic::{AtomicUsize, Ordering};

@@ -355,6 +355,145 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TinyServer;
+    use aws_credential_types::Credentials;
+
+    const COUNTS: &str = r#"{"Attributes":{"ApproximateNumberOfMessages":"7"}}"#;
+
+    fn queue(endpoint: &str) -> QueueSource {
+        QueueSource {
+            url: Some(format!("{endpoint}/123456789012/q")),
+            name: "q".to_owned(),
+            region: "us-east-1".to_owned(),
+            endpoint: Some(endpoint.to_owned()),
+            profile: None,
+            role_arn: None,
+            direct: true,
+        }
+    }
+
+    /// A reader of `q` with its SDK client and direct path made as [`Sqs::build`] makes
+    /// them, with static test credentials.
+    async fn reader(q: &QueueSource, timeout: Duration) -> Sqs {
+        let sqs = Sqs::new(timeout);
+        let key = ClientKey::of(q);
+        let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+        let base = sqs.loader(&key).credentials_provider(credentials).load().await;
+        let endpoint = sqs.endpoint_of(&key, &base).await;
+        lock(&sqs.clients).push((key, endpoint));
+        sqs
+    }
+
+    /// Environment variables as aws-config's service config reads them
+    /// (`AWS_ENDPOINT_URL_SQS` for the key `AWS_ENDPOINT_URL` of service `SQS`).
+    #[derive(Debug)]
+    struct ServiceEnv(&'static str, String);
+
+    impl aws_types::service_config::LoadServiceConfig for ServiceEnv {
+        fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+            let name = format!("{}_{}", key.env(), key.service_id().to_uppercase().replace(' ', "_"));
+            (name == self.0).then(|| self.1.clone())
+        }
+    }
+
+    fn fallbacks_of(sqs: &Sqs, reason: &'static str) -> u64 {
+        sqs.fallbacks.get_or_create(&FallbackLabels { reason }).get()
+    }
+
+    fn total_fallbacks(sqs: &Sqs) -> u64 {
+        FALLBACK_REASONS.iter().map(|r| fallbacks_of(sqs, r)).sum()
+    }
+
+    /// The direct path goes where the SDK goes: `AWS_ENDPOINT_URL_SQS` over the general
+    /// `AWS_ENDPOINT_URL`, and an endpoint set in the rule file over both.
+    #[tokio::test]
+    async fn the_direct_path_goes_to_the_sdks_endpoint() {
+        use aws_types::origin::Origin;
+        let general = TinyServer::start(|_| Some((200, COUNTS.to_owned()))).await;
+        let specific = TinyServer::start(|_| Some((200, COUNTS.replace('7', "9")))).await;
+        let explicit = TinyServer::start(|_| Some((200, COUNTS.replace('7', "5")))).await;
+        for (endpoint, want, server) in [(None, 9, &specific), (Some(&explicit.url), 5, &explicit)] {
+            let mut q = QueueSource { endpoint: endpoint.cloned(), ..queue(&general.url) };
+            let sqs = Sqs::new(Duration::from_secs(5));
+            let key = ClientKey::of(&q);
+            let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+            let loaded = sqs.loader(&key).credentials_provider(credentials).load().await;
+            // As if loaded with AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS set.
+            let mut builder = loaded.into_builder().service_config(ServiceEnv("AWS_ENDPOINT_URL_SQS", specific.url.clone()));
+            if endpoint.is_none() {
+                builder.insert_origin("endpoint_url", Origin::shared_environment_variable());
+                builder.set_endpoint_url(Some(general.url.clone()));
+            }
+            let endpoint = sqs.endpoint_of(&key, &builder.build()).await;
+            lock(&sqs.clients).push((key, endpoint));
+
+            assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, want);
+            q.direct = false;
+            assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, want);
+            let agents = server.agents();
+            assert_eq!(agents.len(), 2, "{agents:?}");
+            assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+            assert_eq!(total_fallbacks(&sqs), 0);
+        }
+        assert!(general.agents().is_empty(), "{:?}", general.agents());
+    }
+
+    /// `[aws] direct_path = false`: only the SDK asks.
+    #[tokio::test]
+    async fn without_the_direct_path_the_sdk_asks() {
+        let server = TinyServer::start(|_| Some((200, COUNTS.to_owned()))).await;
+        let q = QueueSource { direct: false, ..queue(&server.url) };
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);
+        let agents = server.agents();
+        assert!(agents.len() == 1 && agents[0].starts_with("aws-sdk-rust/"), "{agents:?}");
+    }
+
+    /// A throttled direct call is the poll's answer: one call, not one plus the SDK's three.
+    #[tokio::test]
+    async fn throttling_is_answered_once() {
+        let throttled = r#"{"__type":"com.amazonaws.sqs#RequestThrottled","message":"Rate exceeded"}"#;
+        let server = TinyServer::start(move |_| Some((400, throttled.to_owned()))).await;
+        let q = queue(&server.url);
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+        assert_eq!(err.kind, "throttled", "{err}");
+        assert_eq!(server.agents().len(), 1, "{:?}", server.agents());
+        assert_eq!(total_fallbacks(&sqs), 0);
+    }
+
+    /// Any other miss is asked again through the SDK and counted with its reason.
+    #[tokio::test]
+    async fn a_fallback_is_counted_with_its_reason() {
+        let server = TinyServer::start(|n| Some(if n == 0 { (500, "{}".to_owned()) } else { (200, COUNTS.to_owned()) }))
+            .await;
+        let q = queue(&server.url);
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);
+        assert_eq!(fallbacks_of(&sqs, "http_error"), 1);
+        assert_eq!(total_fallbacks(&sqs), 1);
+        let agents = server.agents();
+        assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+    }
+
+    /// No answer: the direct call gives up with half the deadline, the SDK asks with the
+    /// rest, and the poll ends at the deadline, not later.
+    #[tokio::test]
+    async fn the_direct_call_and_the_sdk_share_one_deadline() {
+        let server = TinyServer::start(|_| None).await;
+        let q = queue(&server.url);
+        let timeout = Duration::from_secs(1);
+        let sqs = reader(&q, timeout).await;
+        let started = std::time::Instant::now();
+        let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind, "timeout", "{err}");
+        // Twice the timeout would be the direct call's and the SDK's each in full.
+        assert!(took >= timeout && took < timeout + Duration::from_millis(900), "{took:?}");
+        let agents = server.agents();
+        assert!(agents.len() == 2 && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+        assert_eq!(fallbacks_of(&sqs, "timeout"), 1);
+    }
 
     fn answer<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<&'a str> {
         |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
