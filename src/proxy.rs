@@ -3,7 +3,7 @@
 //! SDK's clients (SQS, STS, the credential chain, EKS token minting) through
 //! [`sdk_http_client`], and the direct SQS path through [`Connector`]. Both read the
 //! variables with hyper-util's `Matcher::from_env`, so they take the same decision for
-//! the same URL. (The Kubernetes client takes its proxy from kube's own config loader.)
+//! the same URL; [`set_kube_proxy`] makes it for the Kubernetes API server too.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -35,8 +35,8 @@ pub fn sdk_http_client() -> SharedHttpClient {
     // As aws-smithy-runtime builds its default client, with the proxy configuration
     // explicit rather than dependent on the behavior version.
     Builder::new().build_with_connector_fn(|settings, components| {
-        let mut connector = ConnectorBuilder::default()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
         connector.set_connector_settings(settings.cloned());
         if let Some(components) = components {
             connector.set_sleep_impl(components.sleep_impl());
@@ -44,6 +44,52 @@ pub fn sdk_http_client() -> SharedHttpClient {
         connector.set_proxy_config(Some(ProxyConfig::from_env()));
         connector.build()
     })
+}
+
+/// Sets the proxy of `config` (built from `kubeconfig`'s `context`, or in-cluster when
+/// `kubeconfig` is `None`) for its API server, as kubectl picks one: the context's
+/// cluster `proxy-url` if set, else the environment's, by the rules the AWS clients
+/// here follow (`HTTPS_PROXY` for an https server, `HTTP_PROXY` for http, `ALL_PROXY`,
+/// and `NO_PROXY` checked against the API server's host).
+///
+/// Why: kube-client 5's loader (`ConfigLoader::proxy_url`) checks `NO_PROXY` against the
+/// proxy's own URL rather than the server's, so `NO_PROXY=10.0.0.0/8` does not bypass
+/// the proxy for an API server at 10.0.0.1, and `NO_PROXY=.corp` bypasses it for every
+/// server when the proxy is `proxy.corp`; and it drops a kubeconfig's `proxy-url` the
+/// same way.
+pub fn set_kube_proxy(config: &mut kube::Config, kubeconfig: Option<&kube::config::Kubeconfig>, context: Option<&str>) {
+    let configured = kubeconfig.and_then(|kc| kubeconfig_proxy_url(kc, context));
+    config.proxy_url = kube_proxy_url(&Matcher::from_env(), &config.cluster_url, configured.as_deref());
+}
+
+/// The `proxy-url` of `context`'s cluster (the current context's when `None`).
+fn kubeconfig_proxy_url(kc: &kube::config::Kubeconfig, context: Option<&str>) -> Option<String> {
+    let name = context.or(kc.current_context.as_deref())?;
+    let cluster = &kc.contexts.iter().find(|c| c.name == name)?.context.as_ref()?.cluster;
+    let cluster = kc.clusters.iter().find(|c| &c.name == cluster)?.cluster.as_ref()?;
+    cluster.proxy_url.clone().filter(|p| !p.is_empty())
+}
+
+fn kube_proxy_url(proxies: &Matcher, server: &Uri, configured: Option<&str>) -> Option<Uri> {
+    // An unparsable `proxy-url` was already refused by kube's loader.
+    if let Some(url) = configured {
+        return url.parse().ok();
+    }
+    let proxy = proxies.intercept(server)?;
+    // The matcher keeps the proxy's credentials apart (as a header value); kube reads
+    // them from the URL's user info.
+    let credentials = proxy.basic_auth().and_then(|v| {
+        use base64::Engine;
+        let encoded = v.to_str().ok()?.strip_prefix("Basic ")?;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).ok()?).ok()
+    });
+    let Some((user, password)) = credentials.as_deref().and_then(|c| c.split_once(':')) else {
+        return Some(proxy.uri().clone());
+    };
+    let mut url = url::Url::parse(&proxy.uri().to_string()).ok()?;
+    url.set_username(user).ok()?;
+    url.set_password(Some(password)).ok()?;
+    url.as_str().parse().ok()
 }
 
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -188,6 +234,46 @@ mod tests {
             }
         });
         rx
+    }
+
+    #[test]
+    fn the_api_servers_proxy_is_chosen_for_the_server() {
+        let env = |no: &str| {
+            Matcher::builder().https("http://u%40x:p%3Aw@proxy.corp:3128").http("http://plain.corp:80").no(no).build()
+        };
+        let server = |u: &str| u.parse::<Uri>().unwrap();
+        let pick = |no: &str, s: &str, configured: Option<&str>| {
+            kube_proxy_url(&env(no), &server(s), configured).map(|u| u.to_string())
+        };
+        // NO_PROXY is matched against the API server, not the proxy.
+        assert_eq!(pick("10.0.0.0/8", "https://10.0.0.1:6443", None), None);
+        assert_eq!(
+            pick(".corp", "https://api.example.com", None).as_deref(),
+            Some("http://u%40x:p%3Aw@proxy.corp:3128/")
+        );
+        assert_eq!(pick("", "https://127.0.0.1:6443", None).as_deref(), Some("http://u%40x:p%3Aw@proxy.corp:3128/"));
+        assert_eq!(pick("", "http://api.example.com", None).as_deref(), Some("http://plain.corp:80/"));
+        // A kubeconfig's proxy-url is used as written, NO_PROXY or not.
+        assert_eq!(
+            pick("*", "https://10.0.0.1", Some("http://kc-proxy:8080")).as_deref(),
+            Some("http://kc-proxy:8080/")
+        );
+
+        let kc: kube::config::Kubeconfig = serde_json::from_value(serde_json::json!({
+            "clusters": [
+                {"name": "a", "cluster": {"server": "https://a", "proxy-url": "http://pa:1"}},
+                {"name": "b", "cluster": {"server": "https://b"}}
+            ],
+            "contexts": [
+                {"name": "ca", "context": {"cluster": "a"}},
+                {"name": "cb", "context": {"cluster": "b"}}
+            ],
+            "current-context": "ca"
+        }))
+        .unwrap();
+        assert_eq!(kubeconfig_proxy_url(&kc, None).as_deref(), Some("http://pa:1"));
+        assert_eq!(kubeconfig_proxy_url(&kc, Some("cb")), None);
+        assert_eq!(kubeconfig_proxy_url(&kc, Some("nope")), None);
     }
 
     #[tokio::test]

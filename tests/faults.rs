@@ -584,16 +584,19 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
 
 // === black holes ===
 
-/// A listening socket that accepts every connection and never answers; counts them.
-async fn black_hole() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// When a black hole accepted each connection.
+type Accepted = Arc<Mutex<Vec<std::time::Instant>>>;
+
+/// A listening socket that accepts every connection and never answers.
+async fn black_hole() -> (u16, Accepted) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
+    let accepted = Accepted::default();
+    let log = accepted.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((conn, _)) = listener.accept().await {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            log.lock().unwrap().push(std::time::Instant::now());
             held.push(conn);
         }
     });
@@ -605,12 +608,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the daemon on `rules` (with `env`) against a black-holed endpoint: the rule
 /// reports the failure within one call timeout of its first poll, a reload that changes
-/// the rule completes, and SIGTERM stops the daemon in time. Returns the failure.
-async fn black_holed(rules: &str, env: &[(&str, &str)]) -> String {
+/// the rule completes, and SIGTERM stops the daemon in time. Returns the failure and
+/// how many connections the black hole had accepted a second before it was first
+/// reported (the next poll starts as the failed one ends).
+async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> (String, usize) {
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path()).await;
     let port = free_port();
-    let with_listener = |r: &str| r.replace("[server]\nlisten = \"\"", &format!("[server]\nlisten = \"127.0.0.1:{port}\""));
+    let with_listener =
+        |r: &str| r.replace("[server]\nlisten = \"\"", &format!("[server]\nlisten = \"127.0.0.1:{port}\""));
     let config = write(dir.path(), "sqscale.toml", &with_listener(rules));
     let log = dir.path().join("sqscale.log");
     let started = std::time::Instant::now();
@@ -623,6 +629,8 @@ async fn black_holed(rules: &str, env: &[(&str, &str)]) -> String {
     };
     let status = http_until(port, "/status", CALL_TIMEOUT * 2, failed).await;
     let status = status.unwrap_or_else(|| panic!("no failure reported\n{}", logs()));
+    let before = std::time::Instant::now() - Duration::from_secs(1);
+    let connections = accepted.lock().unwrap().iter().filter(|at| **at < before).count();
     // Start-up, the first poll (at most one call timeout), and the report.
     assert!(started.elapsed() < CALL_TIMEOUT + Duration::from_secs(4), "{:?}\n{}", started.elapsed(), logs());
     let s: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -642,7 +650,7 @@ async fn black_holed(rules: &str, env: &[(&str, &str)]) -> String {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
-    error
+    (error, connections)
 }
 
 /// SQS accepts connections and never answers: the direct call gives up with half the
@@ -653,25 +661,25 @@ async fn a_black_holed_sqs_endpoint_fails_the_poll_on_time_after_asking_the_sdk_
     let (hole, accepted) = black_hole().await;
     let endpoint = format!("http://127.0.0.1:{hole}");
     let rules = format!("{}{}", header(&endpoint), demo_rule("demo", &format!("{endpoint}/123456789012/q"), ""));
-    let error = black_holed(&rules, &[]).await;
+    let (error, connections) = black_holed(&rules, &[], &accepted).await;
     assert!(error.contains("no answer within"), "{error}");
-    // At least the direct call and the SDK's, for the first poll.
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    // The first poll: the direct call's connection, then (half the deadline later) the SDK's.
+    assert_eq!(connections, 2);
 }
 
-/// STS (for the trigger's `role_arn`) accepts connections and never answers: the poll
-/// fails within the deadline, and reload and shutdown stay on time.
+/// STS (for the trigger's `role_arn`, at `AWS_ENDPOINT_URL_STS`) accepts connections and
+/// never answers: the poll fails within the deadline, and reload and shutdown stay on
+/// time. (Before, AssumeRole went to `[aws] endpoint_url`, SQS's endpoint.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_sts_endpoint_fails_the_poll_on_time() {
     let (hole, accepted) = black_hole().await;
     let queue = sqs::queue("sts-hole").await;
-    let rule = demo_rule("demo", &queue, "").replace(
-        "[[rule.trigger]]\n",
-        "[[rule.trigger]]\nrole_arn = \"arn:aws:iam::123456789012:role/sqscale\"\n",
-    );
+    let rule = demo_rule("demo", &queue, "")
+        .replace("[[rule.trigger]]\n", "[[rule.trigger]]\nrole_arn = \"arn:aws:iam::123456789012:role/sqscale\"\n");
     let rules = format!("{}{rule}", header(&sqs::endpoint()));
     let sts = format!("http://127.0.0.1:{hole}");
-    let error = black_holed(&rules, &[("AWS_ENDPOINT_URL_STS", &sts)]).await;
-    assert!(!error.is_empty());
-    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1, "STS was asked");
+    let (error, connections) = black_holed(&rules, &[("AWS_ENDPOINT_URL_STS", &sts)], &accepted).await;
+    assert!(error.contains("no answer within"), "{error}");
+    // AssumeRole went to STS's endpoint, not to `endpoint_url` (SQS's).
+    assert!(connections >= 1);
 }

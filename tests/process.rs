@@ -289,8 +289,13 @@ async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypa
     let queue = sqs::queue("proxied").await;
     let (port, path) = moto_port_and_path(&queue);
     sqs::send(&queue, 30).await;
-    let (mut child, log) =
-        run("demo", &format!("http://sqs.test:{port}{path}"), &named_kubeconfig, &format!("http://sqs.test:{port}"), "");
+    let (mut child, log) = run(
+        "demo",
+        &format!("http://sqs.test:{port}{path}"),
+        &named_kubeconfig,
+        &format!("http://sqs.test:{port}"),
+        "",
+    );
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(20), || replicas("demo") == 5).await, "at {}\n{}", replicas("demo"), logs());
     signal(&child, "-TERM");

@@ -97,7 +97,8 @@ pub enum Miss {
 
 /// Why the direct path left a call to the SDK: the `reason` label of
 /// `sqscale_sqs_fallbacks_total`.
-pub const FALLBACK_REASONS: [&str; 6] = ["timeout", "forbidden", "http_error", "bad_answer", "transport", "credentials"];
+pub const FALLBACK_REASONS: [&str; 6] =
+    ["timeout", "forbidden", "http_error", "bad_answer", "transport", "credentials"];
 
 fn fallback(reason: &'static str, message: impl Into<String>) -> Miss {
     debug_assert!(FALLBACK_REASONS.contains(&reason));
@@ -186,11 +187,13 @@ impl Direct {
     /// Signs and sends one request; the body of a `200` answer.
     async fn send(&self, http: &HttpClient, url: &str, attrs: Attrs) -> Result<Bytes, Miss> {
         let credentials = self.credentials().await.map_err(|e| fallback("credentials", e))?;
-        let mut request = self.request(url, attrs, &credentials, SystemTime::now()).map_err(|e| fallback("credentials", e))?;
+        let mut request =
+            self.request(url, attrs, &credentials, SystemTime::now()).map_err(|e| fallback("credentials", e))?;
         if let Some(auth) = http.proxies.http_proxy_authorization(&self.endpoint) {
             request.headers_mut().insert(hyper::header::PROXY_AUTHORIZATION, auth);
         }
-        let response = http.client.request(request).await.map_err(|e| fallback("transport", format!("sending: {e}")))?;
+        let response =
+            http.client.request(request).await.map_err(|e| fallback("transport", format!("sending: {e}")))?;
         let status = response.status();
         let query_error = response.headers().get("x-amzn-query-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = Limited::new(response.into_body(), MAX_ANSWER)
@@ -576,9 +579,18 @@ mod tests {
     #[test]
     fn error_codes_are_read_from_the_header_or_the_body() {
         let code = |header, body: &str| error_code(header, body.as_bytes());
-        assert_eq!(code(Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "{}").as_deref(), Some("AWS.SimpleQueueService.NonExistentQueue"));
-        assert_eq!(code(None, r#"{"__type":"com.amazonaws.sqs#RequestThrottled"}"#).as_deref(), Some("RequestThrottled"));
-        assert_eq!(code(None, r#"{"__type":"ThrottlingException:http://internal"}"#).as_deref(), Some("ThrottlingException"));
+        assert_eq!(
+            code(Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "{}").as_deref(),
+            Some("AWS.SimpleQueueService.NonExistentQueue")
+        );
+        assert_eq!(
+            code(None, r#"{"__type":"com.amazonaws.sqs#RequestThrottled"}"#).as_deref(),
+            Some("RequestThrottled")
+        );
+        assert_eq!(
+            code(None, r#"{"__type":"ThrottlingException:http://internal"}"#).as_deref(),
+            Some("ThrottlingException")
+        );
         assert_eq!(code(None, r#"{"code":"AccessDenied"}"#).as_deref(), Some("AccessDenied"));
         assert_eq!(code(None, "<html>"), None);
         assert_eq!(code(Some(""), "{}"), None);
@@ -603,14 +615,17 @@ mod tests {
         }
         let denied = r#"{"__type":"com.amazonaws.sqs#InvalidClientTokenId"}"#;
         let counts = r#"{"Attributes":{"ApproximateNumberOfMessages":"3"}}"#;
-        let server =
-            crate::testing::TinyServer::start(move |n| Some(if n == 0 { (403, denied.to_owned()) } else { (200, counts.to_owned()) }))
-                .await;
+        let server = crate::testing::TinyServer::start(move |n| {
+            Some(if n == 0 { (403, denied.to_owned()) } else { (200, counts.to_owned()) })
+        })
+        .await;
         let server_url = server.url.clone();
         let fetched = std::sync::Arc::new(AtomicUsize::new(0));
         let provider = SharedCredentialsProvider::new(Counting(fetched.clone()));
         let d = Direct::new("eu-west-1", Some(&server_url), false, false, provider).await.unwrap();
-        let http = http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build())).unwrap();
+        let http =
+            http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build()))
+                .unwrap();
         let url = format!("{server_url}/1/q");
         let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -176,9 +176,16 @@ impl Sqs {
         let mut builder = aws_sdk_sqs::config::Builder::from(base);
         let mut credentials = base.credentials_provider();
         if let Some(arn) = &key.role_arn {
+            // STS with the same settings but its own endpoint: `endpoint_url` is SQS's
+            // (often a VPC endpoint); on the shared config it would send AssumeRole there
+            // too, over `AWS_ENDPOINT_URL_STS` and the profile's sts endpoint.
+            let sts = match key.endpoint {
+                Some(_) => &self.loader(&ClientKey { endpoint: None, ..key.clone() }).load().await,
+                None => base,
+            };
             let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                 .session_name("sqscale")
-                .configure(base)
+                .configure(sts)
                 .build()
                 .await;
             let provider = SharedCredentialsProvider::new(provider);
@@ -287,10 +294,7 @@ fn sqs_endpoint_url(config: &SdkConfig) -> Option<String> {
         .profile("endpoint_url")
         .build()
         .expect("every field is set");
-    config
-        .service_config()
-        .and_then(|c| c.load_config(key))
-        .or_else(|| config.endpoint_url().map(str::to_owned))
+    config.service_config().and_then(|c| c.load_config(key)).or_else(|| config.endpoint_url().map(str::to_owned))
 }
 
 /// `GetQueueAttributes` through the SDK: retries, and errors named with their kind.
@@ -419,7 +423,8 @@ mod tests {
             let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
             let loaded = sqs.loader(&key).credentials_provider(credentials).load().await;
             // As if loaded with AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS set.
-            let mut builder = loaded.into_builder().service_config(ServiceEnv("AWS_ENDPOINT_URL_SQS", specific.url.clone()));
+            let mut builder =
+                loaded.into_builder().service_config(ServiceEnv("AWS_ENDPOINT_URL_SQS", specific.url.clone()));
             if endpoint.is_none() {
                 builder.insert_origin("endpoint_url", Origin::shared_environment_variable());
                 builder.set_endpoint_url(Some(general.url.clone()));
@@ -465,8 +470,8 @@ mod tests {
     /// Any other miss is asked again through the SDK and counted with its reason.
     #[tokio::test]
     async fn a_fallback_is_counted_with_its_reason() {
-        let server = TinyServer::start(|n| Some(if n == 0 { (500, "{}".to_owned()) } else { (200, COUNTS.to_owned()) }))
-            .await;
+        let server =
+            TinyServer::start(|n| Some(if n == 0 { (500, "{}".to_owned()) } else { (200, COUNTS.to_owned()) })).await;
         let q = queue(&server.url);
         let sqs = reader(&q, Duration::from_secs(5)).await;
         assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);

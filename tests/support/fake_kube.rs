@@ -117,8 +117,7 @@ impl FakeKube {
     /// only the test forward proxy resolves), binds 127.0.0.1:0 and serves.
     pub async fn start() -> FakeKube {
         let names = ["127.0.0.1", "localhost", "kube.test"].map(str::to_owned).to_vec();
-        let ck = rcgen::generate_simple_self_signed(names)
-            .expect("generate self-signed certificate");
+        let ck = rcgen::generate_simple_self_signed(names).expect("generate self-signed certificate");
         let ca_pem = ck.cert.pem();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
