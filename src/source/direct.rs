@@ -176,7 +176,7 @@ impl Direct {
         };
         let body = match tokio::time::timeout(timeout, call).await {
             Err(_) => {
-                let waited = humantime::format_duration(timeout);
+                let waited = humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
                 return Err(fallback("timeout", format!("no answer within {waited}")));
             }
             Ok(result) => result?,
