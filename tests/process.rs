@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::daemon::{cluster, demo_rule, wait_until, write};
 use support::fake_kube::Kind;
-use support::process::{free_port, http_get, signal, spawn};
+use support::process::{free_port, http_get, signal, spawn, spawn_without};
 use support::sqs;
 
 const NS: &str = "default";
@@ -248,7 +248,8 @@ fn moto_port_and_path(queue: &str) -> (u16, String) {
 /// `AWS_ENDPOINT_URL_SQS`) are reachable only through the proxy, which resolves those
 /// names; the daemon scales, and the proxy carried both. Then `NO_PROXY` covering the
 /// servers (addressed as 127.0.0.1) bypasses it: nothing more through the proxy, and the
-/// daemon still scales.
+/// daemon still scales (it used to exit at start when `HTTPS_PROXY` was set). The first
+/// run names the proxy in lower-case variables, the second in upper case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
     use support::forward_proxy::ForwardProxy;
@@ -261,31 +262,24 @@ async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypa
     assert_ne!(named, text);
     let named_kubeconfig = write(dir.path(), "kubeconfig-named", &named);
 
-    let run = |name: &str, queue: &str, kubeconfig: &Path, sqs_url: &str, no_proxy: &str| {
+    // Each run sees only the proxy variables it is given.
+    let all =
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+    let run = |name: &str, queue: &str, kubeconfig: &Path, sqs_url: &str, proxies: &[(&str, &str)]| {
         let config = write(
             dir.path(),
             &format!("{name}.toml"),
             &format!("[aws]\nregion = \"us-east-1\"\n[server]\nlisten = \"\"\n{}", demo_rule(name, queue, "")),
         );
         let args = ["run", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()];
-        let env = [
-            ("HTTPS_PROXY", proxy.url()),
-            ("HTTP_PROXY", proxy.url()),
-            ("https_proxy", String::new()),
-            ("http_proxy", String::new()),
-            ("ALL_PROXY", String::new()),
-            ("all_proxy", String::new()),
-            ("NO_PROXY", no_proxy.to_owned()),
-            ("no_proxy", String::new()),
-            ("AWS_ENDPOINT_URL_SQS", sqs_url.to_owned()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env = proxies.to_vec();
+        env.push(("AWS_ENDPOINT_URL_SQS", sqs_url));
         let log = dir.path().join(format!("{name}.log"));
-        (spawn(&args, &env, &log), log)
+        (spawn_without(&args, &env, &all, &log), log)
     };
     let replicas = |name: &str| kube.replicas(Kind::Deployment, NS, name).unwrap();
 
-    // Through the proxy.
+    // Through the proxy, named in lower case.
     let queue = sqs::queue("proxied").await;
     let (port, path) = moto_port_and_path(&queue);
     sqs::send(&queue, 30).await;
@@ -294,7 +288,7 @@ async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypa
         &format!("http://sqs.test:{port}{path}"),
         &named_kubeconfig,
         &format!("http://sqs.test:{port}"),
-        "",
+        &[("https_proxy", &proxy.url()), ("http_proxy", &proxy.url())],
     );
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(wait_until(Duration::from_secs(20), || replicas("demo") == 5).await, "at {}\n{}", replicas("demo"), logs());
@@ -305,11 +299,12 @@ async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypa
     let agents = proxy.agents("sqs.test");
     assert!(agents.iter().any(|a| a.starts_with("sqscale/")), "{agents:?}");
 
-    // NO_PROXY covers the servers: nothing goes through the proxy.
+    // Upper case, and NO_PROXY covers the servers: nothing goes through the proxy.
     let carried = proxy.carried().len();
     let queue = sqs::queue("bypassed").await;
     sqs::send(&queue, 30).await;
-    let (mut child, log) = run("direct", &queue, &kubeconfig, &sqs::endpoint(), "127.0.0.1");
+    let upper = [("HTTPS_PROXY", &*proxy.url()), ("HTTP_PROXY", &proxy.url()), ("NO_PROXY", "127.0.0.1")];
+    let (mut child, log) = run("direct", &queue, &kubeconfig, &sqs::endpoint(), &upper);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(20), || replicas("direct") == 5).await,
