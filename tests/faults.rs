@@ -608,10 +608,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the daemon on `rules` (with `env`) against a black-holed endpoint: the rule
 /// reports the failure within one call timeout of its first poll, a reload that changes
-/// the rule completes, and SIGTERM stops the daemon in time. Returns the failure and
-/// how many connections the black hole had accepted a second before it was first
-/// reported (the next poll starts as the failed one ends).
-async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> (String, usize) {
+/// the rule completes, and SIGTERM stops the daemon in time. Returns the failure, how
+/// many connections the black hole had accepted a second before it was first reported
+/// (the next poll starts as the failed one ends), and the metrics after the reload.
+async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> (String, usize, String) {
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path()).await;
     let port = free_port();
@@ -640,8 +640,8 @@ async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> 
     // A reload that restarts the rule (its in-flight poll is cancelled) completes.
     write(dir.path(), "sqscale.toml", &with_listener(&rules.replace("max_replica_count = 5", "max_replica_count = 6")));
     signal(&child, "-HUP");
-    let reloaded = metrics_until(port, |m| metric(m, RELOAD_OK) == 1.0).await;
-    assert!(reloaded.is_some(), "no reload\n{}", logs());
+    let metrics = metrics_until(port, |m| metric(m, RELOAD_OK) == 1.0).await;
+    let metrics = metrics.unwrap_or_else(|| panic!("no reload\n{}", logs()));
 
     let stopping = std::time::Instant::now();
     signal(&child, "-TERM");
@@ -650,7 +650,7 @@ async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
-    (error, connections)
+    (error, connections, metrics)
 }
 
 /// SQS accepts connections and never answers: the direct call gives up with half the
@@ -661,10 +661,12 @@ async fn a_black_holed_sqs_endpoint_fails_the_poll_on_time_after_asking_the_sdk_
     let (hole, accepted) = black_hole().await;
     let endpoint = format!("http://127.0.0.1:{hole}");
     let rules = format!("{}{}", header(&endpoint), demo_rule("demo", &format!("{endpoint}/123456789012/q"), ""));
-    let (error, connections) = black_holed(&rules, &[], &accepted).await;
+    let (error, connections, metrics) = black_holed(&rules, &[], &accepted).await;
     assert!(error.contains("no answer within"), "{error}");
     // The first poll: the direct call's connection, then (half the deadline later) the SDK's.
     assert_eq!(connections, 2);
+    assert!(metric(&metrics, "sqscale_sqs_fallbacks_total{reason=\"timeout\"}") >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "sqscale_sqs_fallbacks_total{reason=\"transport\"}"), 0.0, "{metrics}");
 }
 
 /// STS (for the trigger's `role_arn`, at `AWS_ENDPOINT_URL_STS`) accepts connections and
@@ -678,7 +680,7 @@ async fn a_black_holed_sts_endpoint_fails_the_poll_on_time() {
         .replace("[[rule.trigger]]\n", "[[rule.trigger]]\nrole_arn = \"arn:aws:iam::123456789012:role/sqscale\"\n");
     let rules = format!("{}{rule}", header(&sqs::endpoint()));
     let sts = format!("http://127.0.0.1:{hole}");
-    let (error, connections) = black_holed(&rules, &[("AWS_ENDPOINT_URL_STS", &sts)], &accepted).await;
+    let (error, connections, _) = black_holed(&rules, &[("AWS_ENDPOINT_URL_STS", &sts)], &accepted).await;
     assert!(error.contains("no answer within"), "{error}");
     // AssumeRole went to STS's endpoint, not to `endpoint_url` (SQS's).
     assert!(connections >= 1);

@@ -76,10 +76,14 @@ pub type Fallbacks = Family<FallbackLabels, Counter>;
 /// A fallback counter with every reason's series present (at 0 until it happens).
 pub fn fallbacks() -> Fallbacks {
     let family = Fallbacks::default();
+    seed(&family);
+    family
+}
+
+fn seed(family: &Fallbacks) {
     for reason in FALLBACK_REASONS {
         let _ = family.get_or_create(&FallbackLabels { reason });
     }
-    family
 }
 
 /// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
@@ -120,9 +124,7 @@ impl Sqs {
 
     /// Counts fallbacks into `family` (the observer's, so `/metrics` shows them).
     pub fn with_fallbacks(mut self, family: Fallbacks) -> Sqs {
-        for reason in FALLBACK_REASONS {
-            let _ = family.get_or_create(&FallbackLabels { reason });
-        }
+        seed(&family);
         self.fallbacks = family;
         self
     }
