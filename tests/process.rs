@@ -249,13 +249,15 @@ fn moto_port_and_path(queue: &str) -> (u16, String) {
 /// names; the daemon scales, and the proxy carried both. Then `NO_PROXY` covering the
 /// servers (addressed as 127.0.0.1) bypasses it: nothing more through the proxy, and the
 /// daemon still scales (it used to exit at start when `HTTPS_PROXY` was set). The first
-/// run names the proxy in lower-case variables, the second in upper case.
+/// run names the proxy in lower-case variables, the second in upper case. A third run
+/// has no variables but a kubeconfig whose cluster names the proxy (`proxy-url`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
+async fn proxies_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
     use support::forward_proxy::ForwardProxy;
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     kube.add_deployment(NS, "direct", 0);
+    kube.add_deployment(NS, "configured", 0);
     let proxy = ForwardProxy::start().await;
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
     let named = text.replace(&kube.url(), &format!("https://kube.test:{}", kube.addr().port()));
@@ -315,4 +317,20 @@ async fn proxies_from_the_environment_carry_kubernetes_and_sqs_and_no_proxy_bypa
     signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
     assert_eq!(proxy.carried().len(), carried, "{:?}", proxy.carried());
+
+    // No variables, but the kubeconfig's proxy-url: the API server through the proxy.
+    let mut with_proxy: serde_json::Value = serde_json::from_str(&named).unwrap();
+    with_proxy["clusters"][0]["cluster"]["proxy-url"] = proxy.url().into();
+    let with_proxy = write(dir.path(), "kubeconfig-proxy-url", &with_proxy.to_string());
+    let tunnels = proxy.count("kube.test");
+    let queue = sqs::queue("configured").await;
+    sqs::send(&queue, 30).await;
+    let (mut child, log) = run("configured", &queue, &with_proxy, &sqs::endpoint(), &[]);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let scaled = wait_until(Duration::from_secs(20), || replicas("configured") == 5).await;
+    assert!(scaled, "at {}\n{}", replicas("configured"), logs());
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(proxy.count("kube.test") > tunnels, "{:?}", proxy.carried());
+    assert!(proxy.agents("127.0.0.1").is_empty(), "SQS is not proxied: {:?}", proxy.carried());
 }
