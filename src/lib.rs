@@ -15,6 +15,8 @@
 //! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock
 //!   (`sqscale simulate`), and draws the chart.
 //! - [`cli`]: the command line; `main.rs` only calls it.
+//! - [`proxy`]: outbound HTTP proxies from the environment, for the AWS SDK's clients
+//!   and the direct SQS path.
 //!
 //! Data flows one way: config -> engine policy; observation -> engine -> decision; the
 //! callers (simulate, the daemon) own all I/O and time.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod leader;
+pub mod proxy;
 pub mod server;
 pub mod signals;
 pub mod simulate;

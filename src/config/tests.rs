@@ -311,3 +311,15 @@ fn environment_overrides_scalars_and_ignores_cli_variables() {
         Ok(())
     });
 }
+
+#[test]
+fn the_direct_path_is_on_unless_turned_off() {
+    let c = from_str(MINIMAL).unwrap();
+    assert!(c.aws.direct_path && c.rules[0].triggers[0].direct);
+    assert!(c.resolved_toml().contains("direct_path = true"), "{}", c.resolved_toml());
+    let c = from_str(&format!("[aws]\ndirect_path = false\n{MINIMAL}")).unwrap();
+    assert!(!c.aws.direct_path && !c.rules[0].triggers[0].direct);
+    assert_eq!(from_str(&c.resolved_toml()).unwrap(), c);
+    let p = problems(&format!("[aws]\ndirect_path = \"no\"\n{MINIMAL}"));
+    assert!(p.len() == 1 && p[0].contains("direct_path"), "{p:?}");
+}
