@@ -78,8 +78,8 @@ impl Minter {
     pub async fn load(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<Minter, String> {
         // Through the environment's proxy, as every AWS call (the credential chain may
         // call STS).
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(crate::proxy::sdk_http_client());
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(crate::proxy::sdk_http_client());
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }
