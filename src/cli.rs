@@ -359,7 +359,7 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         helpers.close();
         let named_by = kube.clone();
         let deps = Deps {
-            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT))),
+            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT).with_fallbacks(observer.sqs_fallbacks()))),
             targets: kube,
             clock: Clock::system(),
             dry_run,

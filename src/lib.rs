@@ -17,6 +17,8 @@
 //! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules (a pure core; the
 //!   command reads files or the cluster).
 //! - [`cli`]: the command line; `main.rs` only calls it.
+//! - [`proxy`]: outbound HTTP proxies from the environment, for the AWS SDK's clients
+//!   and the direct SQS path.
 //!
 //! Data flows one way: config -> engine policy; observation -> engine -> decision; the
 //! callers (simulate, the daemon) own all I/O and time.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod import;
 pub mod leader;
+pub mod proxy;
 pub mod server;
 pub mod signals;
 pub mod simulate;

@@ -35,6 +35,7 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     rules: Gauge,
     is_leader: Gauge,
+    sqs_fallbacks: crate::source::sqs::Fallbacks,
 }
 
 /// Everything `/status` shows of one rule.
@@ -253,6 +254,7 @@ impl Observer {
             reloads: Family::default(),
             rules: Gauge::default(),
             is_leader: Gauge::default(),
+            sqs_fallbacks: crate::source::sqs::fallbacks(),
         };
         let rules = Records::default();
         let mut r = Registry::default();
@@ -260,6 +262,11 @@ impl Observer {
         r.register("sqscale_poll_duration_seconds", "Time one poll of one rule takes", m.poll_duration.clone());
         r.register("sqscale_config_reloads", "Rule file reloads, by result", m.reloads.clone());
         r.register("sqscale_rules", "Rules running", m.rules.clone());
+        r.register(
+            "sqscale_sqs_fallbacks",
+            "Direct GetQueueAttributes calls asked again through the AWS SDK, by reason",
+            m.sqs_fallbacks.clone(),
+        );
         r.register(
             "sqscale_build",
             "Build information",
@@ -269,6 +276,12 @@ impl Observer {
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
         Observer { registry: r, metrics, rules, leadership: Mutex::default(), restart_required: Mutex::default() }
+    }
+
+    /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader
+    /// ([`crate::source::sqs::Sqs::with_fallbacks`]).
+    pub fn sqs_fallbacks(&self) -> crate::source::sqs::Fallbacks {
+        self.metrics.sqs_fallbacks.clone()
     }
 
     /// Registers `sqscale_is_leader`; from now on this instance writes to a context

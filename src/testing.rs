@@ -1,6 +1,7 @@
 //! Test helpers shared by unit tests: an independent SigV4 computation, written from the
 //! specification with aws-lc-rs, to check the signatures the daemon sends (its own for
-//! SQS, aws-sigv4's for EKS tokens).
+//! SQS, aws-sigv4's for EKS tokens); and [`TinyServer`], scripted HTTP answers on
+//! 127.0.0.1 for the SQS adapter.
 
 pub const ACCESS_KEY: &str = "AKIDEXAMPLE";
 pub const SECRET_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -38,4 +39,86 @@ pub fn signature(canonical_request: &str, amz_date: &str, region: &str, service:
         key = hmac(&key, part);
     }
     hex(&hmac(&key, &string_to_sign))
+}
+
+/// A scripted HTTP/1.1 server on 127.0.0.1: the `n`-th request (from 0) gets `answer(n)`,
+/// a status and an AWS JSON body, or no answer at all (`None`: the connection is held
+/// open and silent). Keeps each request's `User-Agent`.
+pub struct TinyServer {
+    pub url: String,
+    agents: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+type Answer = dyn Fn(usize) -> Option<(u16, String)> + Send + Sync;
+
+impl TinyServer {
+    pub async fn start(answer: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static) -> TinyServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer: std::sync::Arc<Answer> = std::sync::Arc::new(answer);
+        let seen = agents.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(conn, answer.clone(), seen.clone()));
+            }
+        });
+        TinyServer { url, agents }
+    }
+
+    /// The `User-Agent` of every request so far, in order.
+    pub fn agents(&self) -> Vec<String> {
+        self.agents.lock().unwrap().clone()
+    }
+
+    async fn serve(
+        mut conn: tokio::net::TcpStream,
+        answer: std::sync::Arc<Answer>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        loop {
+            // One request: its head, then as many body bytes as it says.
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let header = |name: &str| {
+                head.split("\r\n").find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+            };
+            let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..head_end + length);
+            let n = {
+                let mut agents = seen.lock().unwrap();
+                agents.push(header("user-agent").unwrap_or_default());
+                agents.len() - 1
+            };
+            let Some((status, body)) = answer(n) else {
+                std::future::pending::<()>().await;
+                return;
+            };
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if conn.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
 }

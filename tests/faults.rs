@@ -717,3 +717,107 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
     signal(&b, "-TERM");
     assert_eq!(b.wait().unwrap().code(), Some(0), "{}", logs(&log_b));
 }
+
+// === black holes ===
+
+/// When a black hole accepted each connection.
+type Accepted = Arc<Mutex<Vec<std::time::Instant>>>;
+
+/// A listening socket that accepts every connection and never answers.
+async fn black_hole() -> (u16, Accepted) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Accepted::default();
+    let log = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            log.lock().unwrap().push(std::time::Instant::now());
+            held.push(conn);
+        }
+    });
+    (port, accepted)
+}
+
+/// The binary's bound on each remote call (`CALL_TIMEOUT` in src/cli.rs).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the daemon on `rules` (with `env`) against a black-holed endpoint: the rule
+/// reports the failure within one call timeout of its first poll, a reload that changes
+/// the rule completes, and SIGTERM stops the daemon in time. Returns the failure, how
+/// many connections the black hole had accepted a second before it was first reported
+/// (the next poll starts as the failed one ends), and the metrics after the reload.
+async fn black_holed(rules: &str, env: &[(&str, &str)], accepted: &Accepted) -> (String, usize, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let port = free_port();
+    let with_listener =
+        |r: &str| r.replace("[server]\nlisten = \"\"", &format!("[server]\nlisten = \"127.0.0.1:{port}\""));
+    let config = write(dir.path(), "sqscale.toml", &with_listener(rules));
+    let log = dir.path().join("sqscale.log");
+    let started = std::time::Instant::now();
+    let args = ["run", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()];
+    let mut child = spawn(&args, env, &log);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let failed = |_, body: &str| {
+        let s: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        s["rules"][0]["consecutive_failures"].as_u64().unwrap_or(0) >= 1
+    };
+    let status = http_until(port, "/status", CALL_TIMEOUT * 2, failed).await;
+    let status = status.unwrap_or_else(|| panic!("no failure reported\n{}", logs()));
+    let before = std::time::Instant::now() - Duration::from_secs(1);
+    let connections = accepted.lock().unwrap().iter().filter(|at| **at < before).count();
+    // Start-up, the first poll (at most one call timeout), and the report.
+    assert!(started.elapsed() < CALL_TIMEOUT + Duration::from_secs(4), "{:?}\n{}", started.elapsed(), logs());
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let error = s["rules"][0]["last_error"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(replicas(&kube), 0, "a failed poll never scales");
+
+    // A reload that restarts the rule (its in-flight poll is cancelled) completes.
+    write(dir.path(), "sqscale.toml", &with_listener(&rules.replace("max_replica_count = 5", "max_replica_count = 6")));
+    signal(&child, "-HUP");
+    let metrics = metrics_until(port, |m| metric(m, RELOAD_OK) == 1.0).await;
+    let metrics = metrics.unwrap_or_else(|| panic!("no reload\n{}", logs()));
+
+    let stopping = std::time::Instant::now();
+    signal(&child, "-TERM");
+    while child.try_wait().unwrap().is_none() {
+        assert!(stopping.elapsed() < CALL_TIMEOUT + Duration::from_secs(2), "still running\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    (error, connections, metrics)
+}
+
+/// SQS accepts connections and never answers: the direct call gives up with half the
+/// deadline, the SDK is asked with the rest, and the poll fails within the deadline
+/// (before, the direct path's timeout failed the poll without asking the SDK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_sqs_endpoint_fails_the_poll_on_time_after_asking_the_sdk_too() {
+    let (hole, accepted) = black_hole().await;
+    let endpoint = format!("http://127.0.0.1:{hole}");
+    let rules = format!("{}{}", header(&endpoint), demo_rule("demo", &format!("{endpoint}/123456789012/q"), ""));
+    let (error, connections, metrics) = black_holed(&rules, &[], &accepted).await;
+    assert!(error.contains("no answer within"), "{error}");
+    // The first poll: the direct call's connection, then (half the deadline later) the SDK's.
+    assert_eq!(connections, 2);
+    assert!(metric(&metrics, "sqscale_sqs_fallbacks_total{reason=\"timeout\"}") >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "sqscale_sqs_fallbacks_total{reason=\"transport\"}"), 0.0, "{metrics}");
+}
+
+/// STS (for the trigger's `role_arn`, at `AWS_ENDPOINT_URL_STS`) accepts connections and
+/// never answers: the poll fails within the deadline, and reload and shutdown stay on
+/// time. (Before, AssumeRole went to `[aws] endpoint_url`, SQS's endpoint.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_sts_endpoint_fails_the_poll_on_time() {
+    let (hole, accepted) = black_hole().await;
+    let queue = sqs::queue("sts-hole").await;
+    let rule = demo_rule("demo", &queue, "")
+        .replace("[[rule.trigger]]\n", "[[rule.trigger]]\nrole_arn = \"arn:aws:iam::123456789012:role/sqscale\"\n");
+    let rules = format!("{}{rule}", header(&sqs::endpoint()));
+    let sts = format!("http://127.0.0.1:{hole}");
+    let (error, connections, _) = black_holed(&rules, &[("AWS_ENDPOINT_URL_STS", &sts)], &accepted).await;
+    assert!(error.contains("no answer within"), "{error}");
+    // AssumeRole went to STS's endpoint, not to `endpoint_url` (SQS's).
+    assert!(connections >= 1);
+}

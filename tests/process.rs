@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use support::daemon::{cluster, demo_rule, wait_until, write};
 use support::fake_kube::Kind;
-use support::process::{free_port, http_get, signal, spawn};
+use support::process::{free_port, http_get, signal, spawn, spawn_without};
 use support::sqs;
 
 const NS: &str = "default";
@@ -429,4 +429,103 @@ async fn import_keda_lists_the_cluster() {
     let (code, _, stderr) = sqscale_off_runtime(&["import-keda", "--kubeconfig", kubeconfig]).await;
     assert_eq!(code, Some(1));
     assert!(stderr.contains("the API server does not serve it; is KEDA installed?"), "{stderr}");
+}
+
+/// `http://host:port` of moto, as (port, queue path) for a queue URL it gave.
+fn moto_port_and_path(queue: &str) -> (u16, String) {
+    let rest = queue.strip_prefix("http://").expect("moto queue URLs are http");
+    let (authority, path) = rest.split_once('/').unwrap();
+    (authority.rsplit_once(':').unwrap().1.parse().unwrap(), format!("/{path}"))
+}
+
+/// Proxies from the environment, as a bastion sets them: the API server (`kube.test`, over
+/// a CONNECT tunnel) and SQS (`sqs.test`, plain http in absolute form, its endpoint from
+/// `AWS_ENDPOINT_URL_SQS`) are reachable only through the proxy, which resolves those
+/// names; the daemon scales, and the proxy carried both. Then `NO_PROXY` covering the
+/// servers (addressed as 127.0.0.1) bypasses it: nothing more through the proxy, and the
+/// daemon still scales (it used to exit at start when `HTTPS_PROXY` was set). The first
+/// run names the proxy in lower-case variables, the second in upper case. A third run
+/// has no variables but a kubeconfig whose cluster names the proxy (`proxy-url`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
+    use support::forward_proxy::ForwardProxy;
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    kube.add_deployment(NS, "direct", 0);
+    kube.add_deployment(NS, "configured", 0);
+    let proxy = ForwardProxy::start().await;
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let named = text.replace(&kube.url(), &format!("https://kube.test:{}", kube.addr().port()));
+    assert_ne!(named, text);
+    let named_kubeconfig = write(dir.path(), "kubeconfig-named", &named);
+
+    // Each run sees only the proxy variables it is given.
+    let all =
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"];
+    let run = |name: &str, queue: &str, kubeconfig: &Path, sqs_url: &str, proxies: &[(&str, &str)]| {
+        let config = write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!("[aws]\nregion = \"us-east-1\"\n[server]\nlisten = \"\"\n{}", demo_rule(name, queue, "")),
+        );
+        let args = ["run", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()];
+        let mut env = proxies.to_vec();
+        env.push(("AWS_ENDPOINT_URL_SQS", sqs_url));
+        let log = dir.path().join(format!("{name}.log"));
+        (spawn_without(&args, &env, &all, &log), log)
+    };
+    let replicas = |name: &str| kube.replicas(Kind::Deployment, NS, name).unwrap();
+
+    // Through the proxy, named in lower case.
+    let queue = sqs::queue("proxied").await;
+    let (port, path) = moto_port_and_path(&queue);
+    sqs::send(&queue, 30).await;
+    let (mut child, log) = run(
+        "demo",
+        &format!("http://sqs.test:{port}{path}"),
+        &named_kubeconfig,
+        &format!("http://sqs.test:{port}"),
+        &[("https_proxy", &proxy.url()), ("http_proxy", &proxy.url())],
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(20), || replicas("demo") == 5).await, "at {}\n{}", replicas("demo"), logs());
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(proxy.count("kube.test") > 0, "{:?}", proxy.carried());
+    // The polls took the direct path, to the endpoint AWS_ENDPOINT_URL_SQS names.
+    let agents = proxy.agents("sqs.test");
+    assert!(agents.iter().any(|a| a.starts_with("sqscale/")), "{agents:?}");
+
+    // Upper case, and NO_PROXY covers the servers: nothing goes through the proxy.
+    let carried = proxy.carried().len();
+    let queue = sqs::queue("bypassed").await;
+    sqs::send(&queue, 30).await;
+    let upper = [("HTTPS_PROXY", &*proxy.url()), ("HTTP_PROXY", &proxy.url()), ("NO_PROXY", "127.0.0.1")];
+    let (mut child, log) = run("direct", &queue, &kubeconfig, &sqs::endpoint(), &upper);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || replicas("direct") == 5).await,
+        "at {}\n{}",
+        replicas("direct"),
+        logs()
+    );
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert_eq!(proxy.carried().len(), carried, "{:?}", proxy.carried());
+
+    // No variables, but the kubeconfig's proxy-url: the API server through the proxy.
+    let mut with_proxy: serde_json::Value = serde_json::from_str(&named).unwrap();
+    with_proxy["clusters"][0]["cluster"]["proxy-url"] = proxy.url().into();
+    let with_proxy = write(dir.path(), "kubeconfig-proxy-url", &with_proxy.to_string());
+    let tunnels = proxy.count("kube.test");
+    let queue = sqs::queue("configured").await;
+    sqs::send(&queue, 30).await;
+    let (mut child, log) = run("configured", &queue, &with_proxy, &sqs::endpoint(), &[]);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let scaled = wait_until(Duration::from_secs(20), || replicas("configured") == 5).await;
+    assert!(scaled, "at {}\n{}", replicas("configured"), logs());
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(proxy.count("kube.test") > tunnels, "{:?}", proxy.carried());
+    assert!(proxy.agents("127.0.0.1").is_empty(), "SQS is not proxied: {:?}", proxy.carried());
 }

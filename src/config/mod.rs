@@ -70,12 +70,21 @@ impl Default for KubernetesSettings {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
+    /// Poll with the direct `GetQueueAttributes` path (`true`, the default) or only
+    /// through the SDK.
+    pub direct_path: bool,
+}
+
+impl Default for AwsSettings {
+    fn default() -> Self {
+        AwsSettings { region: None, endpoint_url: None, profile: None, role_arn: None, direct_path: true }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -164,6 +173,8 @@ pub struct QueueSource {
     pub endpoint: Option<String>,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
+    /// `[aws] direct_path`.
+    pub direct: bool,
 }
 
 impl QueueSource {
@@ -371,6 +382,7 @@ impl Config {
                 endpoint_url: self.aws.endpoint_url.clone(),
                 profile: self.aws.profile.clone(),
                 role_arn: self.aws.role_arn.clone(),
+                direct_path: Some(self.aws.direct_path),
             }),
             server: Some(RawServer { listen: Some(self.server.listen.map(|a| a.to_string()).unwrap_or_default()) }),
             leader_election: Some(RawLeaderElection {

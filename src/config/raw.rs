@@ -48,6 +48,8 @@ pub struct RawAws {
     pub profile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_path: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -311,3 +311,30 @@ fn environment_overrides_scalars_and_ignores_cli_variables() {
         Ok(())
     });
 }
+
+#[test]
+fn the_direct_path_is_on_unless_turned_off() {
+    let c = from_str(MINIMAL).unwrap();
+    assert!(c.aws.direct_path && c.rules[0].triggers[0].direct);
+    assert!(c.resolved_toml().contains("direct_path = true"), "{}", c.resolved_toml());
+    let c = from_str(&format!("[aws]\ndirect_path = false\n{MINIMAL}")).unwrap();
+    assert!(!c.aws.direct_path && !c.rules[0].triggers[0].direct);
+    assert_eq!(from_str(&c.resolved_toml()).unwrap(), c);
+    let p = problems(&format!("[aws]\ndirect_path = \"no\"\n{MINIMAL}"));
+    assert!(p.len() == 1 && p[0].contains("direct_path"), "{p:?}");
+}
+
+/// `[kubernetes] qps` and `burst`: KEDA's operator defaults, a positive rate and a whole
+/// burst of at least one, shown by `check`.
+#[test]
+fn the_write_budget_defaults_to_kedas_and_rejects_nonsense() {
+    let c = from_str(&one_rule("", "")).unwrap();
+    assert_eq!((c.kubernetes.qps, c.kubernetes.burst), (20.0, 30));
+    let c = from_str(&format!("[kubernetes]\nqps = 2.5\nburst = 1\n{}", one_rule("", ""))).unwrap();
+    assert_eq!((c.kubernetes.qps, c.kubernetes.burst), (2.5, 1));
+    assert!(c.resolved_toml().contains("qps = 2.5") && c.resolved_toml().contains("burst = 1"));
+    let p = problems(&format!("[kubernetes]\nqps = 0\nburst = 0\n{}", one_rule("", "")));
+    assert!(p.iter().any(|p| p.starts_with("[kubernetes]: qps (0)")), "{p:?}");
+    assert!(p.iter().any(|p| p.starts_with("[kubernetes]: burst (0)")), "{p:?}");
+    assert!(problems(&format!("[kubernetes]\nqps = -1.0\n{}", one_rule("", ""))).len() == 1);
+}

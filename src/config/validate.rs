@@ -80,6 +80,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         endpoint_url: aws.endpoint_url,
         profile: non_empty(&mut p, "[aws]", "profile", aws.profile),
         role_arn: aws.role_arn,
+        direct_path: aws.direct_path.unwrap_or(true),
     };
 
     let listen = raw.server.as_ref().and_then(|s| s.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
@@ -600,7 +601,15 @@ fn validate_trigger(
             scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
             scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
         },
-        QueueSource { url, name, region: region?, endpoint, profile: aws.profile.clone(), role_arn },
+        QueueSource {
+            url,
+            name,
+            region: region?,
+            endpoint,
+            profile: aws.profile.clone(),
+            role_arn,
+            direct: aws.direct_path,
+        },
     ))
 }
 

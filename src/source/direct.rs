@@ -8,9 +8,14 @@
 //! ([`Direct::sign`] writes out the canonical request of this one request shape), hyper
 //! sends, serde_json reads, the SDK's own endpoint resolver picks the URL and the SDK's
 //! credentials provider supplies the keys. Anything other than a clean `200` (an AWS
-//! error, a refused connection, an odd body, missing credentials) is left to the SDK
-//! client, which asks again with its standard retries and classifies the error: the SDK
-//! stays the source of truth for every unhappy path.
+//! error, a refused connection, an odd body, missing credentials, no answer in time) is
+//! left to the SDK client, which asks again with its standard retries and classifies
+//! the error: the SDK stays the source of truth for every unhappy path. One exception:
+//! a throttling answer is the poll's answer, since asking again (three more times,
+//! with the SDK's retries) is what a throttled caller must not do.
+//!
+//! Connections follow the environment's proxy settings ([`crate::proxy::Connector`]),
+//! as the SDK's own client does.
 
 use std::borrow::Cow;
 use std::sync::Mutex;
@@ -24,15 +29,19 @@ use aws_sigv4::sign::v4::{SigningParams, calculate_signature, generate_signing_k
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
 use super::{Attrs, lock};
 use crate::engine::Counts;
+use crate::proxy;
 
-/// The HTTP client shared by every endpoint (its pool is keyed by host).
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The HTTP client shared by every endpoint (its pool is keyed by host), and the proxy
+/// settings it connects with.
+pub struct HttpClient {
+    client: Client<hyper_rustls::HttpsConnector<proxy::Connector>, Full<Bytes>>,
+    proxies: proxy::Connector,
+}
 
 /// Calls in flight per endpoint, and so connections per endpoint: a spread-out round
 /// needs one or two; a burst (start-up, a reload) waits its turn instead of opening a
@@ -40,6 +49,9 @@ pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<B
 const MAX_IN_FLIGHT: usize = 16;
 /// Credentials are refreshed this long before they expire (the SDK's lazy cache uses 10 s).
 const CREDENTIALS_BUFFER: Duration = Duration::from_secs(60);
+/// How long credentials without an expiry are kept: as long as the SDK's identity
+/// cache keeps them (its default expiration), so a rotated key is picked up as soon.
+const CREDENTIALS_WITHOUT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// An answer is a few hundred bytes; anything this large is not one.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -57,24 +69,40 @@ struct SigningKey {
     key: Vec<u8>,
 }
 
-/// Builds the shared HTTPS client: the platform's root certificates, aws-lc-rs, HTTP/1.1.
+/// Builds the shared HTTPS client: the platform's root certificates, aws-lc-rs, HTTP/1.1,
+/// and the proxies the environment names.
 pub fn http_client() -> std::io::Result<HttpClient> {
+    http_client_with(proxy::Connector::from_env())
+}
+
+fn http_client_with(proxies: proxy::Connector) -> std::io::Result<HttpClient> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(provider)?
         .https_or_http()
         .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(MAX_IN_FLIGHT).build(https))
+        .wrap_connector(proxies.clone());
+    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(MAX_IN_FLIGHT).build(https);
+    Ok(HttpClient { client, proxies })
 }
 
 /// Why the direct call did not produce counts.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Miss {
-    /// No answer within the call timeout: asking again would only double the wait.
-    Timeout,
-    /// Anything else: the SDK asks again and explains.
-    Fallback(String),
+    /// An answer that stands: SQS throttled the call. (`kind` is a [`super::SourceError`] kind.)
+    Refused { kind: &'static str, message: String },
+    /// Anything else: the SDK asks again and explains. `reason` is one of [`FALLBACK_REASONS`].
+    Fallback { reason: &'static str, message: String },
+}
+
+/// Why the direct path left a call to the SDK: the `reason` label of
+/// `sqscale_sqs_fallbacks_total`.
+pub const FALLBACK_REASONS: [&str; 6] =
+    ["timeout", "forbidden", "http_error", "bad_answer", "transport", "credentials"];
+
+fn fallback(reason: &'static str, message: impl Into<String>) -> Miss {
+    debug_assert!(FALLBACK_REASONS.contains(&reason));
+    Miss::Fallback { reason, message: message.into() }
 }
 
 /// One SQS endpoint (region, endpoint URL, credentials) for direct calls.
@@ -89,7 +117,8 @@ pub struct Direct {
     /// The SigV4 signing key of the current day and access key.
     signing_key: Mutex<Option<SigningKey>>,
     credentials: SharedCredentialsProvider,
-    cached: Mutex<Option<Credentials>>,
+    /// The provider's credentials, and until when to use them.
+    cached: Mutex<Option<(Credentials, SystemTime)>>,
     refresh: tokio::sync::Mutex<()>,
     in_flight: tokio::sync::Semaphore,
 }
@@ -137,35 +166,61 @@ impl Direct {
         })
     }
 
-    /// Reads the counts of the queue at `url`; see the module docs for what a miss means.
+    /// Reads the counts of the queue at `url` within `timeout`; see the module docs for
+    /// what a miss means.
     pub async fn read(&self, http: &HttpClient, url: &str, attrs: Attrs, timeout: Duration) -> Result<Counts, Miss> {
         let call = async {
-            let _turn = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
+            let _turn = self.in_flight.acquire().await.map_err(|e| fallback("transport", e.to_string()))?;
             // Boxed once it has its turn: a read waiting for one holds only the wait.
             Box::pin(self.send(http, url, attrs)).await
         };
         let body = match tokio::time::timeout(timeout, call).await {
-            Err(_) => return Err(Miss::Timeout),
-            Ok(result) => result.map_err(Miss::Fallback)?,
+            Err(_) => {
+                let waited = humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64));
+                return Err(fallback("timeout", format!("no answer within {waited}")));
+            }
+            Ok(result) => result?,
         };
-        parse_answer(&body, attrs).map_err(Miss::Fallback)
+        parse_answer(&body, attrs).map_err(|e| fallback("bad_answer", e))
     }
 
     /// Signs and sends one request; the body of a `200` answer.
-    async fn send(&self, http: &HttpClient, url: &str, attrs: Attrs) -> Result<Bytes, String> {
-        let credentials = self.credentials().await?;
-        let request = self.request(url, attrs, &credentials, SystemTime::now())?;
-        let response = http.request(request).await.map_err(|e| format!("sending: {e}"))?;
+    async fn send(&self, http: &HttpClient, url: &str, attrs: Attrs) -> Result<Bytes, Miss> {
+        let credentials = self.credentials().await.map_err(|e| fallback("credentials", e))?;
+        let mut request =
+            self.request(url, attrs, &credentials, SystemTime::now()).map_err(|e| fallback("credentials", e))?;
+        if let Some(auth) = http.proxies.http_proxy_authorization(&self.endpoint) {
+            request.headers_mut().insert(hyper::header::PROXY_AUTHORIZATION, auth);
+        }
+        let response =
+            http.client.request(request).await.map_err(|e| fallback("transport", format!("sending: {e}")))?;
         let status = response.status();
+        let query_error = response.headers().get("x-amzn-query-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer: {e}"))?
+            .map_err(|e| fallback("transport", format!("reading the answer: {e}")))?
             .to_bytes();
-        if status != hyper::StatusCode::OK {
-            return Err(format!("HTTP {status}"));
+        if status == hyper::StatusCode::OK {
+            return Ok(body);
         }
-        Ok(body)
+        let code = error_code(query_error.as_deref(), &body);
+        let described = match &code {
+            Some(code) => format!("HTTP {status}, {code}"),
+            None => format!("HTTP {status}"),
+        };
+        if status == hyper::StatusCode::TOO_MANY_REQUESTS
+            || code.as_deref().is_some_and(|c| aws_runtime::retries::classifiers::THROTTLING_ERRORS.contains(&c))
+        {
+            return Err(Miss::Refused { kind: "throttled", message: format!("throttled: {described}") });
+        }
+        if status == hyper::StatusCode::FORBIDDEN {
+            // Rejected keys (rotated, revoked, or not yet valid): fetch them again next
+            // time rather than keep signing with them until they expire, if ever.
+            *lock(&self.cached) = None;
+            return Err(fallback("forbidden", described));
+        }
+        Err(fallback("http_error", described))
     }
 
     /// The signed request, at `now`.
@@ -298,10 +353,12 @@ impl Direct {
         Ok(())
     }
 
-    /// The provider's credentials, fetched once and kept until shortly before they expire.
+    /// The provider's credentials, fetched once and kept until shortly before they
+    /// expire (credentials without an expiry: as long as the SDK keeps them), or until
+    /// SQS rejects them.
     async fn credentials(&self) -> Result<Credentials, String> {
-        let fresh = |c: &Option<Credentials>| {
-            c.as_ref().filter(|c| c.expiry().is_none_or(|e| e > SystemTime::now() + CREDENTIALS_BUFFER)).cloned()
+        let fresh = |c: &Option<(Credentials, SystemTime)>| {
+            c.as_ref().filter(|(_, until)| *until > SystemTime::now()).map(|(c, _)| c.clone())
         };
         if let Some(c) = fresh(&lock(&self.cached)) {
             return Ok(c);
@@ -312,9 +369,34 @@ impl Direct {
             return Ok(c);
         }
         let c = self.credentials.provide_credentials().await.map_err(|e| format!("loading credentials: {e}"))?;
-        *lock(&self.cached) = Some(c.clone());
+        let until = match c.expiry() {
+            Some(expiry) => expiry.checked_sub(CREDENTIALS_BUFFER).unwrap_or(SystemTime::UNIX_EPOCH),
+            None => SystemTime::now() + CREDENTIALS_WITHOUT_EXPIRY,
+        };
+        *lock(&self.cached) = Some((c.clone(), until));
         Ok(c)
     }
+}
+
+/// The error code of an AWS JSON answer: the `x-amzn-query-error` header's code (SQS
+/// sends its query-protocol code there), else the body's `__type` without its namespace
+/// (`com.amazonaws.sqs#QueueDoesNotExist`) or the `code` field.
+fn error_code(query_error: Option<&str>, body: &[u8]) -> Option<String> {
+    if let Some(code) = query_error.and_then(|h| h.split(';').next()).filter(|c| !c.is_empty()) {
+        return Some(code.to_owned());
+    }
+    #[derive(serde::Deserialize)]
+    struct Error<'a> {
+        #[serde(rename = "__type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        code: Option<Cow<'a, str>>,
+    }
+    let e: Error = serde_json::from_slice(body).ok()?;
+    let raw = e.kind.or(e.code)?;
+    // `aws.protocoltests#Code:http://...` also occurs: the code sits between `#` and `:`.
+    let code = raw.rsplit('#').next().unwrap_or_default().split(':').next().unwrap_or_default();
+    (!code.is_empty()).then(|| code.to_owned())
 }
 
 /// The JSON body: the queue URL and the attributes wanted.
@@ -492,6 +574,65 @@ mod tests {
         let body = br#"{"Attributes":{"ApproximateNumberOfMessages":"30"}}"#;
         assert!(parse_answer(body, both).unwrap_err().contains("NotVisible"));
         assert!(parse_answer(b"<html>", Attrs::default()).unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn error_codes_are_read_from_the_header_or_the_body() {
+        let code = |header, body: &str| error_code(header, body.as_bytes());
+        assert_eq!(
+            code(Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "{}").as_deref(),
+            Some("AWS.SimpleQueueService.NonExistentQueue")
+        );
+        assert_eq!(
+            code(None, r#"{"__type":"com.amazonaws.sqs#RequestThrottled"}"#).as_deref(),
+            Some("RequestThrottled")
+        );
+        assert_eq!(
+            code(None, r#"{"__type":"ThrottlingException:http://internal"}"#).as_deref(),
+            Some("ThrottlingException")
+        );
+        assert_eq!(code(None, r#"{"code":"AccessDenied"}"#).as_deref(), Some("AccessDenied"));
+        assert_eq!(code(None, "<html>"), None);
+        assert_eq!(code(Some(""), "{}"), None);
+    }
+
+    /// A 403 drops the cached credentials (these have no expiry, so they would stay
+    /// cached for the cache's whole lifetime otherwise): the next call fetches again.
+    #[tokio::test]
+    async fn a_403_drops_the_cached_credentials() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Debug)]
+        struct Counting(std::sync::Arc<AtomicUsize>);
+        impl ProvideCredentials for Counting {
+            fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                let c = Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "counting");
+                aws_credential_types::provider::future::ProvideCredentials::ready(Ok(c))
+            }
+        }
+        let denied = r#"{"__type":"com.amazonaws.sqs#InvalidClientTokenId"}"#;
+        let counts = r#"{"Attributes":{"ApproximateNumberOfMessages":"3"}}"#;
+        let server = crate::testing::TinyServer::start(move |n| {
+            Some(if n == 0 { (403, denied.to_owned()) } else { (200, counts.to_owned()) })
+        })
+        .await;
+        let server_url = server.url.clone();
+        let fetched = std::sync::Arc::new(AtomicUsize::new(0));
+        let provider = SharedCredentialsProvider::new(Counting(fetched.clone()));
+        let d = Direct::new("eu-west-1", Some(&server_url), false, false, provider).await.unwrap();
+        let http =
+            http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build()))
+                .unwrap();
+        let url = format!("{server_url}/1/q");
+        let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");
+        assert_eq!(d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap().visible, 3);
+        assert_eq!(d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap().visible, 3);
+        // Fetched for the first call, again after the 403, and kept from then on.
+        assert_eq!(fetched.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

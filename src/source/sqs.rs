@@ -1,21 +1,29 @@
 //! The SQS adapter: `GetQueueAttributes`, asking only for the attributes the rules need.
 //! One client per (region, endpoint, profile, role), built on first use and reused;
 //! queue names are resolved once with `GetQueueUrl`. Polls take the direct path
-//! ([`super::direct`]) and fall back to aws-sdk-sqs for anything but a clean answer.
+//! ([`super::direct`], unless `[aws] direct_path = false`) and fall back to aws-sdk-sqs
+//! for anything but a clean answer, within the same deadline; each fallback is counted
+//! by its reason. Every connection (SQS, STS, the credential chain) goes through
+//! [`crate::proxy::sdk_http_client`], so the environment's proxy settings apply.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::time::Instant;
 
-use super::direct::{self, Direct, HttpClient, Miss};
+use super::direct::{self, Direct, FALLBACK_REASONS, HttpClient, Miss};
 use super::{Attrs, QueueReader, SourceError, lock};
 use crate::config::QueueSource;
 use crate::engine::Counts;
@@ -56,6 +64,28 @@ struct Endpoint {
     direct: Option<Arc<Direct>>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// One of [`FALLBACK_REASONS`].
+    pub reason: &'static str,
+}
+
+/// `sqscale_sqs_fallbacks_total`: direct calls left to the SDK, by reason.
+pub type Fallbacks = Family<FallbackLabels, Counter>;
+
+/// A fallback counter with every reason's series present (at 0 until it happens).
+pub fn fallbacks() -> Fallbacks {
+    let family = Fallbacks::default();
+    seed(&family);
+    family
+}
+
+fn seed(family: &Fallbacks) {
+    for reason in FALLBACK_REASONS {
+        let _ = family.get_or_create(&FallbackLabels { reason });
+    }
+}
+
 /// The SQS reader. Cheap to share; clients and resolved URLs are cached inside.
 pub struct Sqs {
     /// A handful at most (one per region, endpoint, profile and role): a short list.
@@ -66,6 +96,9 @@ pub struct Sqs {
     fifo_noted: Mutex<HashSet<String>>,
     /// The direct path's HTTP client; `None` if no root certificates could be loaded.
     http: Option<HttpClient>,
+    /// The SDK's HTTP client, shared by every SDK client and credentials provider.
+    sdk_http: SharedHttpClient,
+    fallbacks: Fallbacks,
     timeout: Duration,
 }
 
@@ -83,8 +116,17 @@ impl Sqs {
             urls: Default::default(),
             fifo_noted: Default::default(),
             http,
+            sdk_http: crate::proxy::sdk_http_client(),
+            fallbacks: fallbacks(),
             timeout,
         }
+    }
+
+    /// Counts fallbacks into `family` (the observer's, so `/metrics` shows them).
+    pub fn with_fallbacks(mut self, family: Fallbacks) -> Sqs {
+        seed(&family);
+        self.fallbacks = family;
+        self
     }
 
     fn known(&self, q: &QueueSource) -> Option<Endpoint> {
@@ -107,8 +149,18 @@ impl Sqs {
             return e;
         }
         let key = ClientKey::of(q);
+        let base = self.loader(&key).load().await;
+        let endpoint = self.endpoint_of(&key, &base).await;
+        lock(&self.clients).push((key, endpoint.clone()));
+        endpoint
+    }
+
+    /// The AWS config of `key`: its region, endpoint and profile, the call timeout, and
+    /// the proxied HTTP client.
+    fn loader(&self, key: &ClientKey) -> ConfigLoader {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(key.region.clone()))
+            .http_client(self.sdk_http.clone())
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .timeout_config(TimeoutConfig::builder().operation_timeout(self.timeout).build());
         if let Some(p) = &key.profile {
@@ -117,13 +169,25 @@ impl Sqs {
         if let Some(e) = &key.endpoint {
             loader = loader.endpoint_url(e);
         }
-        let base = loader.load().await;
-        let mut builder = aws_sdk_sqs::config::Builder::from(&base);
+        loader
+    }
+
+    /// The SDK client built from `base` (assuming `key`'s role, if any) and the direct
+    /// path to the endpoint that client resolves, with the same credentials.
+    async fn endpoint_of(&self, key: &ClientKey, base: &SdkConfig) -> Endpoint {
+        let mut builder = aws_sdk_sqs::config::Builder::from(base);
         let mut credentials = base.credentials_provider();
         if let Some(arn) = &key.role_arn {
+            // STS with the same settings but its own endpoint: `endpoint_url` is SQS's
+            // (often a VPC endpoint); on the shared config it would send AssumeRole there
+            // too, over `AWS_ENDPOINT_URL_STS` and the profile's sts endpoint.
+            let sts = match key.endpoint {
+                Some(_) => &self.loader(&ClientKey { endpoint: None, ..key.clone() }).load().await,
+                None => base,
+            };
             let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                 .session_name("sqscale")
-                .configure(&base)
+                .configure(sts)
                 .build()
                 .await;
             let provider = SharedCredentialsProvider::new(provider);
@@ -134,7 +198,7 @@ impl Sqs {
         let direct = match credentials {
             Some(credentials) => Direct::new(
                 &key.region,
-                base.endpoint_url(),
+                sqs_endpoint_url(base).as_deref(),
                 base.use_fips().unwrap_or(false),
                 base.use_dual_stack().unwrap_or(false),
                 credentials,
@@ -145,9 +209,7 @@ impl Sqs {
             .map(Arc::new),
             None => None,
         };
-        let endpoint = Endpoint { client: Client::from_conf(config), direct };
-        lock(&self.clients).push((key, endpoint.clone()));
-        endpoint
+        Endpoint { client: Client::from_conf(config), direct }
     }
 
     /// The URL of a queue given by name: asked once with `GetQueueUrl`, then remembered.
@@ -179,6 +241,9 @@ impl Sqs {
 
 impl QueueReader for Sqs {
     async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
+        // One deadline for the poll: the direct call gets half of what is left when it
+        // starts, the SDK (if it must ask) the rest.
+        let deadline = Instant::now() + self.timeout;
         self.note_fifo(q);
         let Endpoint { client, direct } = self.endpoint(q).await;
         let resolved;
@@ -189,25 +254,49 @@ impl QueueReader for Sqs {
                 &resolved
             }
         };
-        if let (Some(direct), Some(http)) = (&direct, &self.http) {
-            match direct.read(http, url, attrs, self.timeout).await {
+        if q.direct
+            && let (Some(direct), Some(http)) = (&direct, &self.http)
+        {
+            let share = deadline.saturating_duration_since(Instant::now()) / 2;
+            match direct.read(http, url, attrs, share).await {
                 Ok(counts) => return Ok(counts),
-                Err(Miss::Timeout) => {
-                    return Err(SourceError {
-                        queue: q.display().to_owned(),
-                        kind: "timeout",
-                        message: format!("no answer within {}", humantime::format_duration(self.timeout)),
-                    });
+                Err(Miss::Refused { kind, message }) => {
+                    return Err(SourceError { queue: q.display().to_owned(), kind, message });
                 }
-                Err(Miss::Fallback(why)) => {
-                    tracing::debug!(queue = %q.display(), why, "direct GetQueueAttributes missed; asking through the SDK");
+                Err(Miss::Fallback { reason, message }) => {
+                    self.fallbacks.get_or_create(&FallbackLabels { reason }).inc();
+                    tracing::debug!(queue = %q.display(), reason, message, "direct GetQueueAttributes missed; asking through the SDK");
                 }
             }
         }
         // Boxed: the SDK's request future is large and rarely taken; inline, it would
         // make every poll's future (and its allocation) that much bigger.
-        Box::pin(read_with_sdk(&client, q, url, attrs)).await
+        match tokio::time::timeout_at(deadline, Box::pin(read_with_sdk(&client, q, url, attrs))).await {
+            Ok(result) => result,
+            Err(_) => Err(SourceError {
+                queue: q.display().to_owned(),
+                kind: "timeout",
+                message: format!("no answer within {}", humantime::format_duration(self.timeout)),
+            }),
+        }
     }
+}
+
+/// The endpoint URL aws-sdk-sqs takes from `config` (its `Config` keeps it private):
+/// the same lookups in the same order as `aws_sdk_sqs::config::Builder::from(&SdkConfig)`,
+/// so `AWS_ENDPOINT_URL_SQS` and the profile's `services` section apply as they do for
+/// the SDK. `None`: the SDK's endpoint rules pick one from the region.
+fn sqs_endpoint_url(config: &SdkConfig) -> Option<String> {
+    if config.get_origin("endpoint_url").is_client_config() {
+        return config.endpoint_url().map(str::to_owned);
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("SQS")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every field is set");
+    config.service_config().and_then(|c| c.load_config(key)).or_else(|| config.endpoint_url().map(str::to_owned))
 }
 
 /// `GetQueueAttributes` through the SDK: retries, and errors named with their kind.
@@ -272,6 +361,146 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TinyServer;
+    use aws_credential_types::Credentials;
+
+    const COUNTS: &str = r#"{"Attributes":{"ApproximateNumberOfMessages":"7"}}"#;
+
+    fn queue(endpoint: &str) -> QueueSource {
+        QueueSource {
+            url: Some(format!("{endpoint}/123456789012/q")),
+            name: "q".to_owned(),
+            region: "us-east-1".to_owned(),
+            endpoint: Some(endpoint.to_owned()),
+            profile: None,
+            role_arn: None,
+            direct: true,
+        }
+    }
+
+    /// A reader of `q` with its SDK client and direct path made as [`Sqs::build`] makes
+    /// them, with static test credentials.
+    async fn reader(q: &QueueSource, timeout: Duration) -> Sqs {
+        let sqs = Sqs::new(timeout);
+        let key = ClientKey::of(q);
+        let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+        let base = sqs.loader(&key).credentials_provider(credentials).load().await;
+        let endpoint = sqs.endpoint_of(&key, &base).await;
+        lock(&sqs.clients).push((key, endpoint));
+        sqs
+    }
+
+    /// Environment variables as aws-config's service config reads them
+    /// (`AWS_ENDPOINT_URL_SQS` for the key `AWS_ENDPOINT_URL` of service `SQS`).
+    #[derive(Debug)]
+    struct ServiceEnv(&'static str, String);
+
+    impl aws_types::service_config::LoadServiceConfig for ServiceEnv {
+        fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+            let name = format!("{}_{}", key.env(), key.service_id().to_uppercase().replace(' ', "_"));
+            (name == self.0).then(|| self.1.clone())
+        }
+    }
+
+    fn fallbacks_of(sqs: &Sqs, reason: &'static str) -> u64 {
+        sqs.fallbacks.get_or_create(&FallbackLabels { reason }).get()
+    }
+
+    fn total_fallbacks(sqs: &Sqs) -> u64 {
+        FALLBACK_REASONS.iter().map(|r| fallbacks_of(sqs, r)).sum()
+    }
+
+    /// The direct path goes where the SDK goes: `AWS_ENDPOINT_URL_SQS` over the general
+    /// `AWS_ENDPOINT_URL`, and an endpoint set in the rule file over both.
+    #[tokio::test]
+    async fn the_direct_path_goes_to_the_sdks_endpoint() {
+        use aws_types::origin::Origin;
+        let general = TinyServer::start(|_| Some((200, COUNTS.to_owned()))).await;
+        let specific = TinyServer::start(|_| Some((200, COUNTS.replace('7', "9")))).await;
+        let explicit = TinyServer::start(|_| Some((200, COUNTS.replace('7', "5")))).await;
+        for (endpoint, want, server) in [(None, 9, &specific), (Some(&explicit.url), 5, &explicit)] {
+            let mut q = QueueSource { endpoint: endpoint.cloned(), ..queue(&general.url) };
+            let sqs = Sqs::new(Duration::from_secs(5));
+            let key = ClientKey::of(&q);
+            let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+            let loaded = sqs.loader(&key).credentials_provider(credentials).load().await;
+            // As if loaded with AWS_ENDPOINT_URL and AWS_ENDPOINT_URL_SQS set.
+            let mut builder =
+                loaded.into_builder().service_config(ServiceEnv("AWS_ENDPOINT_URL_SQS", specific.url.clone()));
+            if endpoint.is_none() {
+                builder.insert_origin("endpoint_url", Origin::shared_environment_variable());
+                builder.set_endpoint_url(Some(general.url.clone()));
+            }
+            let endpoint = sqs.endpoint_of(&key, &builder.build()).await;
+            lock(&sqs.clients).push((key, endpoint));
+
+            assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, want);
+            q.direct = false;
+            assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, want);
+            let agents = server.agents();
+            assert_eq!(agents.len(), 2, "{agents:?}");
+            assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+            assert_eq!(total_fallbacks(&sqs), 0);
+        }
+        assert!(general.agents().is_empty(), "{:?}", general.agents());
+    }
+
+    /// `[aws] direct_path = false`: only the SDK asks.
+    #[tokio::test]
+    async fn without_the_direct_path_the_sdk_asks() {
+        let server = TinyServer::start(|_| Some((200, COUNTS.to_owned()))).await;
+        let q = QueueSource { direct: false, ..queue(&server.url) };
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);
+        let agents = server.agents();
+        assert!(agents.len() == 1 && agents[0].starts_with("aws-sdk-rust/"), "{agents:?}");
+    }
+
+    /// A throttled direct call is the poll's answer: one call, not one plus the SDK's three.
+    #[tokio::test]
+    async fn throttling_is_answered_once() {
+        let throttled = r#"{"__type":"com.amazonaws.sqs#RequestThrottled","message":"Rate exceeded"}"#;
+        let server = TinyServer::start(move |_| Some((400, throttled.to_owned()))).await;
+        let q = queue(&server.url);
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+        assert_eq!(err.kind, "throttled", "{err}");
+        assert_eq!(server.agents().len(), 1, "{:?}", server.agents());
+        assert_eq!(total_fallbacks(&sqs), 0);
+    }
+
+    /// Any other miss is asked again through the SDK and counted with its reason.
+    #[tokio::test]
+    async fn a_fallback_is_counted_with_its_reason() {
+        let server =
+            TinyServer::start(|n| Some(if n == 0 { (500, "{}".to_owned()) } else { (200, COUNTS.to_owned()) })).await;
+        let q = queue(&server.url);
+        let sqs = reader(&q, Duration::from_secs(5)).await;
+        assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);
+        assert_eq!(fallbacks_of(&sqs, "http_error"), 1);
+        assert_eq!(total_fallbacks(&sqs), 1);
+        let agents = server.agents();
+        assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+    }
+
+    /// No answer: the direct call gives up with half the deadline, the SDK asks with the
+    /// rest, and the poll ends at the deadline, not later.
+    #[tokio::test]
+    async fn the_direct_call_and_the_sdk_share_one_deadline() {
+        let server = TinyServer::start(|_| None).await;
+        let q = queue(&server.url);
+        let timeout = Duration::from_secs(1);
+        let sqs = reader(&q, timeout).await;
+        let started = std::time::Instant::now();
+        let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind, "timeout", "{err}");
+        // Twice the timeout would be the direct call's and the SDK's each in full.
+        assert!(took >= timeout && took < timeout + Duration::from_millis(900), "{took:?}");
+        let agents = server.agents();
+        assert!(agents.len() == 2 && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+        assert_eq!(fallbacks_of(&sqs, "timeout"), 1);
+    }
 
     fn answer<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<&'a str> {
         |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)

@@ -64,13 +64,21 @@ impl ConfigSource {
             Some(c) => format!("kube context {c:?}: {e}"),
             None => format!("kubeconfig: {e}"),
         };
+        // The proxy is chosen again for the API server (see `proxy::set_kube_proxy`: kube's
+        // loader checks NO_PROXY against the proxy, not the server).
         match &self.kubeconfig {
             Some(path) => {
                 let kc = Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-                Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| named(&e))
+                let mut config = Config::from_custom_kubeconfig(kc.clone(), &options).await.map_err(|e| named(&e))?;
+                crate::proxy::set_kube_proxy(&mut config, Some(&kc), context);
+                Ok(config)
             }
             None => match Config::from_kubeconfig(&options).await {
-                Ok(c) => Ok(c),
+                Ok(mut config) => {
+                    let kc = Kubeconfig::read().ok();
+                    crate::proxy::set_kube_proxy(&mut config, kc.as_ref(), context);
+                    Ok(config)
+                }
                 // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
                 Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
                     format!(

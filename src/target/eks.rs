@@ -76,7 +76,10 @@ impl Minter {
     /// A minter with the AWS default credential chain (optionally a profile); the
     /// region is STS's, `None` takes the SDK's (AWS_REGION, profile).
     pub async fn load(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<Minter, String> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // Through the environment's proxy, as every AWS call (the credential chain may
+        // call STS).
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(crate::proxy::sdk_http_client());
         if let Some(r) = region {
             loader = loader.region(aws_config::Region::new(r.to_owned()));
         }

@@ -817,6 +817,19 @@ fn timed_out(e: &kube::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// The budget lets `burst` writes go at once and then holds the next one back (at
+    /// 0.5 a second, for two seconds: far more than this test takes to ask).
+    #[tokio::test]
+    async fn the_write_budget_holds_writes_beyond_the_burst() {
+        let limit = WriteLimit::new(0.5, 2);
+        assert!(limit.0.check().is_ok() && limit.0.check().is_ok());
+        assert!(limit.0.check().is_err(), "a third write within the burst's second");
+        // `wait` returns at once while a token is there.
+        let fresh = WriteLimit::new(0.5, 1);
+        assert!(futures::FutureExt::now_or_never(fresh.wait()).is_some());
+        assert!(futures::FutureExt::now_or_never(fresh.wait()).is_none(), "the second waits");
+    }
+
     /// The cache keeps what a poll reads and nothing else, and reads it back the same as
     /// the full object.
     #[test]

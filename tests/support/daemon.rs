@@ -42,7 +42,7 @@ impl Daemon {
     fn spawn<T: ScaleTarget>(cfg: Config, config: &Path, targets: T) -> Daemon {
         let observer = Arc::new(Observer::new());
         let deps = Deps {
-            queues: Arc::new(Shared::new(Sqs::new(TIMEOUT))),
+            queues: Arc::new(Shared::new(Sqs::new(TIMEOUT).with_fallbacks(observer.sqs_fallbacks()))),
             targets: Arc::new(targets),
             clock: Clock::system(),
             dry_run: false,

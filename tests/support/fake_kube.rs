@@ -126,10 +126,11 @@ pub struct FakeKube {
 }
 
 impl FakeKube {
-    /// Generates a self-signed certificate for 127.0.0.1 and localhost, binds 127.0.0.1:0 and serves.
+    /// Generates a self-signed certificate for 127.0.0.1, localhost and kube.test (a name
+    /// only the test forward proxy resolves), binds 127.0.0.1:0 and serves.
     pub async fn start() -> FakeKube {
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("generate self-signed certificate");
+        let names = ["127.0.0.1", "localhost", "kube.test"].map(str::to_owned).to_vec();
+        let ck = rcgen::generate_simple_self_signed(names).expect("generate self-signed certificate");
         let ca_pem = ck.cert.pem();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -35,7 +35,15 @@ impl Drop for Daemon {
 
 /// Starts `sqscale ARGS` with extra environment, stderr (the logs) going to `log`.
 pub fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Daemon {
+    spawn_without(args, env, &[], log)
+}
+
+/// [`spawn`], with the variables `unset` removed from the inherited environment.
+pub fn spawn_without(args: &[&str], env: &[(&str, &str)], unset: &[&str], log: &Path) -> Daemon {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqscale"));
+    for name in unset {
+        cmd.env_remove(name);
+    }
     cmd.args(args).env("SQSCALE_LOG", "info").envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null());
     cmd.stderr(std::fs::File::create(log).unwrap());
     Daemon(cmd.spawn().expect("start sqscale"))
