@@ -158,12 +158,15 @@ async fn an_sqs_outage_never_scales_in_and_recovery_resumes() {
     assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "at {}", replicas());
 
     // The queue empties while SQS is unreachable: well past the cooldown, nothing moves.
+    // (A failed poll may take up to the call timeout, 5 s, as the SDK retries: wait for two
+    // of them, and for twice the cooldown, whichever is later.)
     proxy.set_down(true);
     sqs::purge(&queue).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let down = tokio::time::Instant::now();
+    let failed_twice = || daemon.observer.statuses()[0].consecutive_failures >= 2;
+    assert!(wait_until(Duration::from_secs(20), failed_twice).await, "{:?}", daemon.observer.statuses());
+    tokio::time::sleep_until(down + Duration::from_secs(6)).await;
     assert_eq!(kube.scale_history(Kind::Deployment, NS, "demo"), [1, 4, 5], "no scale-in during the outage");
-    let status = &daemon.observer.statuses()[0];
-    assert!(status.consecutive_failures >= 2, "{status:?}");
     assert!(daemon.observer.encode_metrics().contains("sqscale_poll_errors_total{rule=\"demo\",source=\"sqs\"}"));
 
     // SQS is back and reports the empty queue: the cooldown ran long ago, so it goes to 0.
