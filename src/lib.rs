@@ -37,6 +37,7 @@ pub mod simulate;
 pub mod source;
 pub mod status;
 pub mod supervisor;
+mod sync;
 pub mod systemd;
 pub mod target;
 pub mod telemetry;

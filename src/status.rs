@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::Rule;
 use crate::engine::{Decision, Reason, Time};
-use crate::source::lock;
+use crate::sync::lock;
 use crate::target::format_time;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

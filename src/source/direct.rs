@@ -17,7 +17,6 @@
 //! Connections follow the environment's proxy settings ([`crate::proxy::Connector`]),
 //! as the SDK's own client does.
 
-use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -32,9 +31,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
-use super::{Attrs, lock};
+use super::Attrs;
+use super::wire::{error_code, parse_answer, request_body};
 use crate::engine::Counts;
 use crate::proxy;
+use crate::sync::lock;
 
 /// The HTTP client shared by every endpoint (its pool is keyed by host), and the proxy
 /// settings it connects with.
@@ -378,71 +379,6 @@ impl Direct {
     }
 }
 
-/// The error code of an AWS JSON answer: the `x-amzn-query-error` header's code (SQS
-/// sends its query-protocol code there), else the body's `__type` without its namespace
-/// (`com.amazonaws.sqs#QueueDoesNotExist`) or the `code` field.
-fn error_code(query_error: Option<&str>, body: &[u8]) -> Option<String> {
-    if let Some(code) = query_error.and_then(|h| h.split(';').next()).filter(|c| !c.is_empty()) {
-        return Some(code.to_owned());
-    }
-    #[derive(serde::Deserialize)]
-    struct Error<'a> {
-        #[serde(rename = "__type", borrow)]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        code: Option<Cow<'a, str>>,
-    }
-    let e: Error = serde_json::from_slice(body).ok()?;
-    let raw = e.kind.or(e.code)?;
-    // `aws.protocoltests#Code:http://...` also occurs: the code sits between `#` and `:`.
-    let code = raw.rsplit('#').next().unwrap_or_default().split(':').next().unwrap_or_default();
-    (!code.is_empty()).then(|| code.to_owned())
-}
-
-/// The JSON body: the queue URL and the attributes wanted.
-fn request_body(url: &str, attrs: Attrs) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Body<'a> {
-        queue_url: &'a str,
-        attribute_names: Vec<&'a str>,
-    }
-    let wanted = super::sqs::attribute_names(attrs);
-    let names = wanted.iter().map(|n| n.as_str()).collect();
-    serde_json::to_vec(&Body { queue_url: url, attribute_names: names }).expect("strings serialize")
-}
-
-/// A `GetQueueAttributes` answer, read in place: the three counts it can hold, borrowed
-/// from the body (a `Cow` copies only a value with escapes), everything else skipped.
-#[derive(serde::Deserialize)]
-struct Answer<'a> {
-    #[serde(rename = "Attributes", default, borrow)]
-    attributes: Counted<'a>,
-}
-
-#[derive(Default, serde::Deserialize)]
-struct Counted<'a> {
-    #[serde(rename = "ApproximateNumberOfMessages", borrow)]
-    visible: Option<Cow<'a, str>>,
-    #[serde(rename = "ApproximateNumberOfMessagesNotVisible", borrow)]
-    in_flight: Option<Cow<'a, str>>,
-    #[serde(rename = "ApproximateNumberOfMessagesDelayed", borrow)]
-    delayed: Option<Cow<'a, str>>,
-}
-
-/// Reads the counts out of a `200` answer's body.
-fn parse_answer(body: &[u8], attrs: Attrs) -> Result<Counts, String> {
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    let a = &answer.attributes;
-    let value = |name: &str| match name {
-        "ApproximateNumberOfMessages" => a.visible.as_deref(),
-        "ApproximateNumberOfMessagesNotVisible" => a.in_flight.as_deref(),
-        "ApproximateNumberOfMessagesDelayed" => a.delayed.as_deref(),
-        _ => None,
-    };
-    super::sqs::parse_counts(value, attrs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,23 +404,6 @@ mod tests {
         assert_eq!(direct(None, true, false).await.endpoint_text, "https://sqs-fips.eu-west-1.amazonaws.com");
         assert_eq!(direct(None, false, true).await.endpoint_text, "https://sqs.eu-west-1.api.aws");
         assert_eq!(direct(Some("http://127.0.0.1:5000"), false, false).await.endpoint_text, "http://127.0.0.1:5000");
-    }
-
-    #[test]
-    fn the_body_names_the_queue_and_only_the_attributes_needed() {
-        let body = |attrs| serde_json::from_slice::<serde_json::Value>(&request_body("https://q/1/a", attrs)).unwrap();
-        assert_eq!(
-            body(Attrs::default()),
-            serde_json::json!({"QueueUrl": "https://q/1/a", "AttributeNames": ["ApproximateNumberOfMessages"]})
-        );
-        assert_eq!(
-            body(Attrs { in_flight: true, delayed: true })["AttributeNames"],
-            serde_json::json!([
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed"
-            ])
-        );
     }
 
     /// What SQS checks: the signature, recomputed from the request as sent (its signed
@@ -558,42 +477,6 @@ mod tests {
         }
         // An endpoint with a path is left to aws-sigv4.
         assert!(direct(Some("http://127.0.0.1:5000/sqs"), false, false).await.signed_host.is_none());
-    }
-
-    #[test]
-    fn answers_are_read_strictly() {
-        let both = Attrs { in_flight: true, delayed: false };
-        let body =
-            br#"{"Attributes":{"ApproximateNumberOfMessages":"30","ApproximateNumberOfMessagesNotVisible":"2"}}"#;
-        assert_eq!(parse_answer(body, both).unwrap(), Counts { visible: 30, in_flight: 2, delayed: 0 });
-        // Other attributes are skipped; an escaped value is read too (copied, not borrowed).
-        let body = br#"{"Attributes":{"QueueArn":"arn:aws:sqs:x","ApproximateNumberOfMessages":"\u00331"}}"#;
-        assert_eq!(parse_answer(body, Attrs::default()).unwrap().visible, 31);
-        // No Attributes at all, an attribute missing, or not JSON: errors, never 0.
-        assert!(parse_answer(b"{}", Attrs::default()).unwrap_err().contains("missing"));
-        let body = br#"{"Attributes":{"ApproximateNumberOfMessages":"30"}}"#;
-        assert!(parse_answer(body, both).unwrap_err().contains("NotVisible"));
-        assert!(parse_answer(b"<html>", Attrs::default()).unwrap_err().contains("not JSON"));
-    }
-
-    #[test]
-    fn error_codes_are_read_from_the_header_or_the_body() {
-        let code = |header, body: &str| error_code(header, body.as_bytes());
-        assert_eq!(
-            code(Some("AWS.SimpleQueueService.NonExistentQueue;Sender"), "{}").as_deref(),
-            Some("AWS.SimpleQueueService.NonExistentQueue")
-        );
-        assert_eq!(
-            code(None, r#"{"__type":"com.amazonaws.sqs#RequestThrottled"}"#).as_deref(),
-            Some("RequestThrottled")
-        );
-        assert_eq!(
-            code(None, r#"{"__type":"ThrottlingException:http://internal"}"#).as_deref(),
-            Some("ThrottlingException")
-        );
-        assert_eq!(code(None, r#"{"code":"AccessDenied"}"#).as_deref(), Some("AccessDenied"));
-        assert_eq!(code(None, "<html>"), None);
-        assert_eq!(code(Some(""), "{}"), None);
     }
 
     /// A 403 drops the cached credentials (these have no expiry, so they would stay

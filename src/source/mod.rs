@@ -1,9 +1,11 @@
 //! Reading queue counts. [`QueueReader`] is the port the workers use; [`sqs`] is the
-//! AWS adapter; [`Shared`] sits in front of any reader so that rules reading the same
+//! AWS adapter, [`direct`] its hot path and [`wire`] the request and answer format both
+//! share; [`Shared`] sits in front of any reader so that rules reading the same
 //! queue in the same round share one call.
 
 pub mod direct;
 pub mod sqs;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{QueueSource, Rule};
 use crate::engine::{Counts, TriggerPolicy};
+use crate::sync::lock;
 
 /// Which optional attributes a read must fetch (`ApproximateNumberOfMessages` always).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -167,10 +170,4 @@ impl<R: QueueReader> Shared<R> {
         *cached = Some(Cached { at, attrs, result: result.clone() });
         result
     }
-}
-
-/// Locks a std mutex that guards plain maps: no code panics while holding it, so a
-/// poisoned lock still holds consistent data.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -24,9 +24,11 @@ use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 
 use super::direct::{self, Direct, FALLBACK_REASONS, HttpClient, Miss};
-use super::{Attrs, QueueReader, SourceError, lock};
+use super::wire::{attribute_names, parse_counts};
+use super::{Attrs, QueueReader, SourceError};
 use crate::config::QueueSource;
 use crate::engine::Counts;
+use crate::sync::lock;
 
 /// What makes two triggers need different clients.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -308,33 +310,6 @@ async fn read_with_sdk(client: &Client, q: &QueueSource, url: &str, attrs: Attrs
         .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
 }
 
-/// The attributes a read asks for: the visible count always, the others as `attrs` says.
-pub fn attribute_names(attrs: Attrs) -> Vec<QueueAttributeName> {
-    let mut names = vec![QueueAttributeName::ApproximateNumberOfMessages];
-    if attrs.in_flight {
-        names.push(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
-    }
-    if attrs.delayed {
-        names.push(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
-    }
-    names
-}
-
-/// Reads the requested counts out of a GetQueueAttributes answer (`attribute` looks one
-/// up by name). A missing or unparsable attribute is an error, never 0 (KEDA does the same).
-pub fn parse_counts<'a>(attribute: impl Fn(&str) -> Option<&'a str>, attrs: Attrs) -> Result<Counts, String> {
-    let get = |name: QueueAttributeName| -> Result<u64, String> {
-        let v = attribute(name.as_str())
-            .ok_or_else(|| format!("attribute {} is missing from the answer", name.as_str()))?;
-        v.trim().parse().map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
-    };
-    Ok(Counts {
-        visible: get(QueueAttributeName::ApproximateNumberOfMessages)?,
-        in_flight: if attrs.in_flight { get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)? } else { 0 },
-        delayed: if attrs.delayed { get(QueueAttributeName::ApproximateNumberOfMessagesDelayed)? } else { 0 },
-    })
-}
-
 /// Classifies an SDK error into a [`SourceError`] with a stable kind.
 fn error<E, R>(q: &QueueSource, e: SdkError<E, R>) -> SourceError
 where
@@ -500,30 +475,5 @@ mod tests {
         let agents = server.agents();
         assert!(agents.len() == 2 && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
         assert_eq!(fallbacks_of(&sqs, "timeout"), 1);
-    }
-
-    fn answer<'a>(pairs: &'a [(&str, &str)]) -> impl Fn(&str) -> Option<&'a str> {
-        |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
-    }
-
-    #[test]
-    fn counts_are_read_for_the_requested_attributes_only() {
-        let a = [("ApproximateNumberOfMessages", "22"), ("ApproximateNumberOfMessagesNotVisible", "8")];
-        let c = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap();
-        assert_eq!(c, Counts { visible: 22, in_flight: 8, delayed: 0 });
-        // Values above 2^31 are fine.
-        let a = [("ApproximateNumberOfMessages", "4294967296")];
-        assert_eq!(parse_counts(answer(&a), Attrs::default()).unwrap().visible, 4_294_967_296);
-    }
-
-    /// TV-37: a missing or unparsable attribute is an error, never 0.
-    #[test]
-    fn tv37_missing_or_bad_attribute_is_an_error() {
-        let a = [("ApproximateNumberOfMessages", "3")];
-        let err = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap_err();
-        assert_eq!(err, "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer");
-        let a = [("ApproximateNumberOfMessages", "NotInt")];
-        assert!(parse_counts(answer(&a), Attrs::default()).unwrap_err().contains("is not a count"));
-        assert!(parse_counts(|_| None, Attrs::default()).is_err());
     }
 }

@@ -26,7 +26,7 @@ use super::state::Store;
 use super::{FIELD_MANAGER, ScaleTarget, TargetError, TargetEvent, TargetView, count, view_of};
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
-use crate::source::lock;
+use crate::sync::lock;
 
 /// The context's write budget: every `/scale` patch and every state write takes a token
 /// first, so ten thousand rules can never flood an API server (API Priority and

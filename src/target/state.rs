@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{FIELD_MANAGER, format_time, parse_time};
 use crate::config::TargetRef;
 use crate::engine::Time;
-use crate::source::lock;
+use crate::sync::lock;
 
 /// The ConfigMap's name.
 pub const STATE_CONFIGMAP: &str = "sqscale-state";
