@@ -187,12 +187,12 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
         for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
             match sqs.read(q, Attrs::of(t)).await {
                 Ok(c) => facts.push(format!("queue {} has {} messages", q.name, t.backlog(&c))),
-                Err(e) => problems.push(format!("{e} [{}]", e.kind)),
+                Err(e) => problems.push(format!("{e} [{}]", e.kind())),
             }
         }
         match kube.read(ctx, &rule.target).await {
             Ok(v) => facts.push(format!("{} has {} replicas", rule.target, v.replicas)),
-            Err(e) => problems.push(format!("{e} [{}]", e.kind)),
+            Err(e) => problems.push(format!("{e} [{}]", e.kind())),
         }
         for access in kube.needs(&rule.target) {
             match kube.may(ctx, &rule.target, &access).await {

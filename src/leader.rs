@@ -304,7 +304,7 @@ impl Elector {
     }
 
     async fn api(&self) -> Result<Api<Lease>, String> {
-        let client = self.kube.client(self.context.as_deref()).await?;
+        let client = self.kube.client(self.context.as_deref()).await.map_err(|e| crate::error::chain(&e))?;
         Ok(Api::namespaced(client, &self.settings.namespace))
     }
 

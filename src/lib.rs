@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod import;
 pub mod leader;
 pub mod proxy;

@@ -15,9 +15,9 @@ use tracing::{debug, info, warn};
 use crate::config::{Rule, TargetRef};
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
-use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError};
+use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError, SourceErrorKind};
 use crate::status::{Observer, PollReport, RecordHandle};
-use crate::target::{ScaleTarget, TargetError, TargetEvent, TargetView, format_time};
+use crate::target::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView, format_time};
 
 /// A failing streak is reported as an Event at its first failure, then at most this
 /// often, so a broken rule does not flood the API server.
@@ -110,14 +110,11 @@ async fn bounded(
     write: impl Future<Output = Result<(), TargetError>>,
 ) -> Result<(), TargetError> {
     tokio::time::timeout(budget, write).await.unwrap_or_else(|_| {
-        Err(TargetError {
-            target: target.to_string(),
-            kind: "timeout",
-            message: format!(
-                "no answer within {}s (the call timeout, or the time left on the lease less its margin)",
-                budget.as_secs_f64()
-            ),
-        })
+        let message = format!(
+            "no answer within {}s (the call timeout, or the time left on the lease less its margin)",
+            budget.as_secs_f64()
+        );
+        Err(TargetError::new(target.to_string(), TargetErrorKind::Timeout, message))
     })
 }
 
@@ -219,7 +216,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             Ok(v) => Some(v),
             Err(e) => {
                 // Without the current replicas there is nothing to decide (KEDA aborts too).
-                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, "reading the target failed");
+                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind(), "reading the target failed");
                 if self.read_failures.fail() {
                     let failures = self.read_failures.failures;
                     self.event(true, "FailedGetScale", format!("{e} ({failures} failed polls in a row)"));
@@ -333,13 +330,13 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                         self.event(false, reason, format!("New size: {to}; reason: {}; backlog: {backlog}", d.reason));
                         Written::Scaled(from, to)
                     }
-                    Err(e) if e.kind == "conflict" => {
+                    Err(e) if e.error_kind() == TargetErrorKind::Conflict => {
                         info!(rule = %rule.name, target = %rule.target, from, to, reason = %d.reason, "the target changed since it was read; not scaling on a stale view");
                         report.scale_error = Some(e.to_string());
                         Written::Conflict
                     }
                     Err(e) => {
-                        warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, from, to, reason = %d.reason, "scaling failed");
+                        warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind(), from, to, reason = %d.reason, "scaling failed");
                         if self.scale_failures.fail() {
                             self.event(
                                 true,
@@ -441,7 +438,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             Ok(()) => self.persisted_last_active = Some(at),
             Err(e) => {
                 let rule = &self.rule;
-                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, last_active = %format_time(at), "recording last-active failed")
+                warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind(), last_active = %format_time(at), "recording last-active failed")
             }
         }
     }
@@ -461,15 +458,15 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let read = self.deps.queues.read(&self.slots[i], q, Attrs::of(t));
         let result = match tokio::time::timeout(self.deps.call_timeout, read).await {
             Ok(r) => r,
-            Err(_) => Err(SourceError {
-                queue: q.display().to_owned(),
-                kind: "timeout",
-                message: format!("no answer within {}s", self.deps.call_timeout.as_secs_f64()),
-            }),
+            Err(_) => Err(SourceError::new(
+                q.display(),
+                SourceErrorKind::Timeout,
+                format!("no answer within {}s", self.deps.call_timeout.as_secs_f64()),
+            )),
         };
         if let Err(e) = &result {
             let rule = &self.rule;
-            warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind, "reading the queue failed");
+            warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind(), "reading the queue failed");
         }
         result
     }

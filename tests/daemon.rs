@@ -502,7 +502,7 @@ async fn a_direct_miss_is_asked_again_through_the_sdk_which_names_the_error() {
 
     let ghost = url.replace("direct", "no-such-queue");
     let err = reader.read(&source(&ghost), Attrs::default()).await.unwrap_err();
-    assert_eq!(err.kind, "not_found", "{err}");
+    assert_eq!(err.kind(), "not_found", "{err}");
     let agents = proxy.agents("GetQueueAttributes");
     assert_eq!(agents.len(), 3, "{agents:?}");
     assert!(agents[1].starts_with("sqscale/") && agents[2].starts_with("aws-sdk-rust/"), "{agents:?}");

@@ -127,7 +127,7 @@ impl ScaleTarget for Armed {
             self.log.lock().unwrap().push(Outcome {
                 fault,
                 took: started.elapsed(),
-                result: result.as_ref().map(drop).map_err(|e| e.kind),
+                result: result.as_ref().map(drop).map_err(|e| e.kind()),
                 message: result.as_ref().err().map(ToString::to_string).unwrap_or_default(),
             });
         }
@@ -463,7 +463,7 @@ async fn eks_tokens_are_minted_again_before_they_expire_and_after_a_401() {
             n += 1;
             // Spaced wider than the refresher's minimum interval (1 s) after a 401.
             let written = adapter.scale(None, &target, n % 3, None).await;
-            outcomes.push(written.map_err(|e| (started.elapsed(), e.kind)));
+            outcomes.push(written.map_err(|e| (started.elapsed(), e.kind())));
             tokio::time::sleep(Duration::from_millis(1200)).await;
         }
         let failures: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();

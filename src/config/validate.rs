@@ -553,7 +553,7 @@ fn validate_trigger(
         Some(q) if q.contains("://") || q.starts_with('/') => match queue_name_from_url(q) {
             Ok(name) => (Some(q.to_owned()), name),
             Err(e) => {
-                p.add(at, format!("queue_url ({q:?}): {e}"));
+                p.add(at, format!("queue_url ({q:?}): {}", crate::error::chain(&e)));
                 (None, String::new())
             }
         },
@@ -613,17 +613,26 @@ fn validate_trigger(
     ))
 }
 
+/// Why a `queue_url` names no queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueUrlError {
+    #[error("not a valid URL")]
+    NotAUrl(#[source] url::ParseError),
+    #[error("cannot get the queue name: the path must be /<account>/<name>")]
+    NotAQueuePath,
+}
+
 /// KEDA's rule: the URL path must be exactly `/<account>/<name>`.
-pub fn queue_name_from_url(q: &str) -> Result<String, String> {
+pub fn queue_name_from_url(q: &str) -> Result<String, QueueUrlError> {
     let path = if q.starts_with('/') {
         q.to_owned()
     } else {
-        url::Url::parse(q).map_err(|e| format!("not a valid URL: {e}"))?.path().to_owned()
+        url::Url::parse(q).map_err(QueueUrlError::NotAUrl)?.path().to_owned()
     };
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
         ["", account, name] if !account.is_empty() && !name.is_empty() => Ok((*name).to_owned()),
-        _ => Err("cannot get the queue name: the path must be /<account>/<name>".to_owned()),
+        _ => Err(QueueUrlError::NotAQueuePath),
     }
 }
 

@@ -186,7 +186,7 @@ fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), String> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
     runtime.block_on(async {
         let kube = Kube::new(args.kubeconfig.clone(), args.context.clone(), CALL_TIMEOUT);
-        let client = kube.client(None).await?;
+        let client = kube.client(None).await.map_err(|e| crate::error::chain(&e))?;
         let context = match kube.context_key(None) {
             "" => "in-cluster".to_owned(),
             c => format!("context {c}"),

@@ -31,9 +31,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
-use super::Attrs;
 use super::wire::{error_code, parse_answer, request_body};
+use super::{Attrs, SourceErrorKind};
 use crate::engine::Counts;
+use crate::error::chain;
 use crate::proxy;
 use crate::sync::lock;
 
@@ -87,11 +88,33 @@ fn http_client_with(proxies: proxy::Connector) -> std::io::Result<HttpClient> {
     Ok(HttpClient { client, proxies })
 }
 
+/// Why the direct path could not be set up, or a request not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    /// The SDK's endpoint rules gave no endpoint for these settings.
+    #[error(transparent)]
+    Endpoint(BoxError),
+    #[error("endpoint {0}")]
+    BadEndpoint(String, #[source] hyper::http::uri::InvalidUri),
+    #[error("loading credentials")]
+    Credentials(#[source] aws_credential_types::provider::error::CredentialsError),
+    #[error("signing")]
+    Signing(#[source] BoxError),
+    #[error("building the request")]
+    Request(#[source] hyper::http::Error),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn signing(e: impl Into<BoxError>) -> DirectError {
+    DirectError::Signing(e.into())
+}
+
 /// Why the direct call did not produce counts.
 #[derive(Debug, PartialEq)]
 pub enum Miss {
-    /// An answer that stands: SQS throttled the call. (`kind` is a [`super::SourceError`] kind.)
-    Refused { kind: &'static str, message: String },
+    /// An answer that stands: SQS throttled the call.
+    Refused { kind: SourceErrorKind, message: String },
     /// Anything else: the SDK asks again and explains. `reason` is one of [`FALLBACK_REASONS`].
     Fallback { reason: &'static str, message: String },
 }
@@ -132,15 +155,16 @@ impl Direct {
         use_fips: bool,
         use_dual_stack: bool,
         credentials: SharedCredentialsProvider,
-    ) -> Result<Direct, String> {
+    ) -> Result<Direct, DirectError> {
         let mut params = Params::builder().region(region).use_fips(use_fips).use_dual_stack(use_dual_stack);
         if let Some(e) = endpoint_url {
             params = params.endpoint(e);
         }
-        let params = params.build().map_err(|e| e.to_string())?;
-        let endpoint = DefaultResolver::new().resolve_endpoint(&params).await.map_err(|e| e.to_string())?;
+        let params = params.build().map_err(|e| DirectError::Endpoint(e.into()))?;
+        let endpoint = DefaultResolver::new().resolve_endpoint(&params).await.map_err(DirectError::Endpoint)?;
         let endpoint_text = endpoint.url().to_owned();
-        let endpoint: hyper::Uri = endpoint_text.parse().map_err(|e| format!("endpoint {endpoint_text}: {e}"))?;
+        let endpoint: hyper::Uri =
+            endpoint_text.parse().map_err(|e| DirectError::BadEndpoint(endpoint_text.clone(), e))?;
         let signed_host = match (endpoint.path(), endpoint.host()) {
             ("" | "/", Some(host)) => {
                 let default_port = matches!(
@@ -182,14 +206,15 @@ impl Direct {
             }
             Ok(result) => result?,
         };
-        parse_answer(&body, attrs).map_err(|e| fallback("bad_answer", e))
+        parse_answer(&body, attrs).map_err(|e| fallback("bad_answer", chain(&e)))
     }
 
     /// Signs and sends one request; the body of a `200` answer.
     async fn send(&self, http: &HttpClient, url: &str, attrs: Attrs) -> Result<Bytes, Miss> {
-        let credentials = self.credentials().await.map_err(|e| fallback("credentials", e))?;
-        let mut request =
-            self.request(url, attrs, &credentials, SystemTime::now()).map_err(|e| fallback("credentials", e))?;
+        let credentials = self.credentials().await.map_err(|e| fallback("credentials", chain(&e)))?;
+        let mut request = self
+            .request(url, attrs, &credentials, SystemTime::now())
+            .map_err(|e| fallback("credentials", chain(&e)))?;
         if let Some(auth) = http.proxies.http_proxy_authorization(&self.endpoint) {
             request.headers_mut().insert(hyper::header::PROXY_AUTHORIZATION, auth);
         }
@@ -213,7 +238,7 @@ impl Direct {
         if status == hyper::StatusCode::TOO_MANY_REQUESTS
             || code.as_deref().is_some_and(|c| aws_runtime::retries::classifiers::THROTTLING_ERRORS.contains(&c))
         {
-            return Err(Miss::Refused { kind: "throttled", message: format!("throttled: {described}") });
+            return Err(Miss::Refused { kind: SourceErrorKind::Throttled, message: format!("throttled: {described}") });
         }
         if status == hyper::StatusCode::FORBIDDEN {
             // Rejected keys (rotated, revoked, or not yet valid): fetch them again next
@@ -231,7 +256,7 @@ impl Direct {
         attrs: Attrs,
         credentials: &Credentials,
         now: SystemTime,
-    ) -> Result<hyper::Request<Full<Bytes>>, String> {
+    ) -> Result<hyper::Request<Full<Bytes>>, DirectError> {
         let body = request_body(url, attrs);
         let mut request = self.unsigned()?;
         match &self.signed_host {
@@ -241,13 +266,13 @@ impl Direct {
         Ok(request.map(|()| Full::new(Bytes::from(body))))
     }
 
-    fn unsigned(&self) -> Result<hyper::Request<()>, String> {
+    fn unsigned(&self) -> Result<hyper::Request<()>, DirectError> {
         hyper::Request::post(self.endpoint.clone())
             .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
             .header(X_AMZ_TARGET, TARGET)
             .header(hyper::header::USER_AGENT, concat!("sqscale/", env!("CARGO_PKG_VERSION")))
             .body(())
-            .map_err(|e| e.to_string())
+            .map_err(DirectError::Request)
     }
 
     /// SigV4 for the one request this module sends (a POST to the endpoint's root with
@@ -264,8 +289,8 @@ impl Direct {
         body: &[u8],
         credentials: &Credentials,
         now: SystemTime,
-    ) -> Result<(), String> {
-        let time = jiff::Timestamp::try_from(now).map_err(|e| format!("signing: {e}"))?;
+    ) -> Result<(), DirectError> {
+        let time = jiff::Timestamp::try_from(now).map_err(signing)?;
         let amz_date = time.strftime("%Y%m%dT%H%M%SZ").to_string();
         let date = &amz_date[..8];
         let token = credentials.session_token();
@@ -319,7 +344,7 @@ impl Direct {
             credentials.access_key_id()
         );
         let headers = request.headers_mut();
-        let value = |v: &str| hyper::header::HeaderValue::from_str(v).map_err(|e| format!("signing: {e}"));
+        let value = |v: &str| hyper::header::HeaderValue::from_str(v).map_err(signing);
         headers.insert(X_AMZ_DATE, value(&amz_date)?);
         if let Some(token) = token {
             headers.insert(X_AMZ_SECURITY_TOKEN, value(token)?);
@@ -335,10 +360,10 @@ impl Direct {
         body: &[u8],
         credentials: &Credentials,
         now: SystemTime,
-    ) -> Result<(), String> {
+    ) -> Result<(), DirectError> {
         let headers = request.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-        let signable = SignableRequest::new("POST", &self.endpoint_text, headers, SignableBody::Bytes(body))
-            .map_err(|e| format!("signing: {e}"))?;
+        let signable =
+            SignableRequest::new("POST", &self.endpoint_text, headers, SignableBody::Bytes(body)).map_err(signing)?;
         let identity = credentials.clone().into();
         let params = SigningParams::builder()
             .identity(&identity)
@@ -347,9 +372,9 @@ impl Direct {
             .time(now)
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| format!("signing: {e}"))?
+            .map_err(signing)?
             .into();
-        let (instructions, _signature) = sign(signable, &params).map_err(|e| format!("signing: {e}"))?.into_parts();
+        let (instructions, _signature) = sign(signable, &params).map_err(signing)?.into_parts();
         instructions.apply_to_request_http1x(request);
         Ok(())
     }
@@ -357,7 +382,7 @@ impl Direct {
     /// The provider's credentials, fetched once and kept until shortly before they
     /// expire (credentials without an expiry: as long as the SDK keeps them), or until
     /// SQS rejects them.
-    async fn credentials(&self) -> Result<Credentials, String> {
+    async fn credentials(&self) -> Result<Credentials, DirectError> {
         let fresh = |c: &Option<(Credentials, SystemTime)>| {
             c.as_ref().filter(|(_, until)| *until > SystemTime::now()).map(|(c, _)| c.clone())
         };
@@ -369,7 +394,7 @@ impl Direct {
         if let Some(c) = fresh(&lock(&self.cached)) {
             return Ok(c);
         }
-        let c = self.credentials.provide_credentials().await.map_err(|e| format!("loading credentials: {e}"))?;
+        let c = self.credentials.provide_credentials().await.map_err(DirectError::Credentials)?;
         let until = match c.expiry() {
             Some(expiry) => expiry.checked_sub(CREDENTIALS_BUFFER).unwrap_or(SystemTime::UNIX_EPOCH),
             None => SystemTime::now() + CREDENTIALS_WITHOUT_EXPIRY,

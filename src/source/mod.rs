@@ -43,15 +43,82 @@ impl Attrs {
     }
 }
 
-/// A failed read. `kind` is a stable low-cardinality label for logs and metrics.
+/// A failed read of one queue. [`SourceError::kind`] is a stable low-cardinality label
+/// for logs and metrics, decided from the typed cause where it is made (an SDK error's
+/// variant and metadata code, an HTTP status, the error types in its source chain),
+/// never from message text.
+///
+/// Cheap to clone: one read's result is shared by every rule reading that queue. Its
+/// `Display` is the whole story, as logs and `/status` show it (the cause's chain
+/// included); [`std::error::Error::source`] is the typed cause for code that inspects
+/// it, so a chain walker would print the cause twice: print this with `{}`.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("reading queue {queue}: {message}")]
 pub struct SourceError {
     pub queue: String,
-    /// `not_found`, `forbidden`, `credentials`, `throttled`, `timeout`, `unreachable`,
-    /// `bad_response` or `other`.
-    pub kind: &'static str,
-    pub message: String,
+    kind: SourceErrorKind,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// What kind of failure a [`SourceError`] is; [`SourceErrorKind::as_str`] is its label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceErrorKind {
+    /// The queue does not exist.
+    NotFound,
+    /// SQS refused this identity.
+    Forbidden,
+    /// No credentials could be loaded.
+    Credentials,
+    /// SQS throttled the call.
+    Throttled,
+    /// No answer in time.
+    Timeout,
+    /// The connection failed.
+    Unreachable,
+    /// An answer that is not what `GetQueueAttributes` or `GetQueueUrl` answers.
+    BadResponse,
+    Other,
+}
+
+impl SourceErrorKind {
+    /// The stable label: `not_found`, `forbidden`, `credentials`, `throttled`,
+    /// `timeout`, `unreachable`, `bad_response` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceErrorKind::NotFound => "not_found",
+            SourceErrorKind::Forbidden => "forbidden",
+            SourceErrorKind::Credentials => "credentials",
+            SourceErrorKind::Throttled => "throttled",
+            SourceErrorKind::Timeout => "timeout",
+            SourceErrorKind::Unreachable => "unreachable",
+            SourceErrorKind::BadResponse => "bad_response",
+            SourceErrorKind::Other => "other",
+        }
+    }
+}
+
+impl SourceError {
+    /// A failure of `queue` (as [`QueueSource::display`] names it) described by `message`.
+    pub fn new(queue: impl Into<String>, kind: SourceErrorKind, message: impl Into<String>) -> SourceError {
+        SourceError { queue: queue.into(), kind, message: message.into(), source: None }
+    }
+
+    /// The same failure with its typed cause, for [`std::error::Error::source`].
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> SourceError {
+        self.source = Some(Arc::new(cause));
+        self
+    }
+
+    /// The stable label of [`SourceErrorKind`].
+    pub fn kind(&self) -> &'static str {
+        self.kind.as_str()
+    }
+
+    pub fn error_kind(&self) -> SourceErrorKind {
+        self.kind
+    }
 }
 
 /// The port: the counts of one queue, now.

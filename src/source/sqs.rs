@@ -14,6 +14,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -25,9 +26,10 @@ use tokio::time::Instant;
 
 use super::direct::{self, Direct, FALLBACK_REASONS, HttpClient, Miss};
 use super::wire::{attribute_names, parse_counts};
-use super::{Attrs, QueueReader, SourceError};
+use super::{Attrs, QueueReader, SourceError, SourceErrorKind};
 use crate::config::QueueSource;
 use crate::engine::Counts;
+use crate::error::{any_cause, chain};
 use crate::sync::lock;
 
 /// What makes two triggers need different clients.
@@ -206,7 +208,7 @@ impl Sqs {
                 credentials,
             )
             .await
-            .inspect_err(|e| tracing::warn!(region = %key.region, "direct SQS calls disabled: {e}"))
+            .inspect_err(|e| tracing::warn!(region = %key.region, "direct SQS calls disabled: {}", chain(e)))
             .ok()
             .map(Arc::new),
             None => None,
@@ -220,10 +222,8 @@ impl Sqs {
             return Ok(url.clone());
         }
         let out = client.get_queue_url().queue_name(&q.name).send().await.map_err(|e| error(q, e))?;
-        let url = out.queue_url().ok_or_else(|| SourceError {
-            queue: q.name.clone(),
-            kind: "bad_response",
-            message: "GetQueueUrl answered without a QueueUrl".to_owned(),
+        let url = out.queue_url().ok_or_else(|| {
+            SourceError::new(&q.name, SourceErrorKind::BadResponse, "GetQueueUrl answered without a QueueUrl")
         })?;
         tracing::info!(queue = %q.name, url, "resolved queue name");
         lock(&self.urls).insert(q.clone(), url.to_owned());
@@ -263,7 +263,7 @@ impl QueueReader for Sqs {
             match direct.read(http, url, attrs, share).await {
                 Ok(counts) => return Ok(counts),
                 Err(Miss::Refused { kind, message }) => {
-                    return Err(SourceError { queue: q.display().to_owned(), kind, message });
+                    return Err(SourceError::new(q.display(), kind, message));
                 }
                 Err(Miss::Fallback { reason, message }) => {
                     self.fallbacks.get_or_create(&FallbackLabels { reason }).inc();
@@ -275,11 +275,11 @@ impl QueueReader for Sqs {
         // make every poll's future (and its allocation) that much bigger.
         match tokio::time::timeout_at(deadline, Box::pin(read_with_sdk(&client, q, url, attrs))).await {
             Ok(result) => result,
-            Err(_) => Err(SourceError {
-                queue: q.display().to_owned(),
-                kind: "timeout",
-                message: format!("no answer within {}", humantime::format_duration(self.timeout)),
-            }),
+            Err(_) => Err(SourceError::new(
+                q.display(),
+                SourceErrorKind::Timeout,
+                format!("no answer within {}", humantime::format_duration(self.timeout)),
+            )),
         }
     }
 }
@@ -307,30 +307,40 @@ async fn read_with_sdk(client: &Client, q: &QueueSource, url: &str, attrs: Attrs
     let out = req.send().await.map_err(|e| error(q, e))?;
     let answer = out.attributes();
     parse_counts(|name| answer?.get(&QueueAttributeName::from(name)).map(String::as_str), attrs)
-        .map_err(|message| SourceError { queue: q.display().to_owned(), kind: "bad_response", message })
+        .map_err(|e| SourceError::new(q.display(), SourceErrorKind::BadResponse, e.to_string()).caused_by(e))
 }
 
-/// Classifies an SDK error into a [`SourceError`] with a stable kind.
+/// Classifies an SDK error into a [`SourceError`] by its variant, the service's error
+/// code, and the error types in its source chain.
 fn error<E, R>(q: &QueueSource, e: SdkError<E, R>) -> SourceError
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let message = DisplayErrorContext(&e).to_string();
     let kind = match &e {
-        SdkError::TimeoutError(_) => "timeout",
-        SdkError::DispatchFailure(d) if d.is_timeout() => "timeout",
-        SdkError::DispatchFailure(d) if d.is_io() => "unreachable",
-        _ if message.contains("credentials") => "credentials",
-        SdkError::ServiceError(s) => match s.err().code().unwrap_or_default() {
-            "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => "not_found",
-            "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => "forbidden",
-            "RequestThrottled" | "ThrottlingException" | "Throttling" => "throttled",
-            _ => "other",
-        },
-        _ => "other",
+        SdkError::TimeoutError(_) => SourceErrorKind::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => SourceErrorKind::Timeout,
+        SdkError::DispatchFailure(d) if d.is_io() => SourceErrorKind::Unreachable,
+        // The credentials provider failed: the orchestrator resolves the identity before
+        // it sends, and hands the provider's error on as the failure's cause.
+        _ if any_cause::<CredentialsError>(&e, |_| true) => SourceErrorKind::Credentials,
+        SdkError::ServiceError(s) => kind_of_code(s.err().code().unwrap_or_default()),
+        _ => SourceErrorKind::Other,
     };
-    SourceError { queue: q.display().to_owned(), kind, message }
+    SourceError::new(q.display(), kind, message).caused_by(e)
+}
+
+/// The kind of an SQS error code (the query protocol's and the JSON protocol's names).
+fn kind_of_code(code: &str) -> SourceErrorKind {
+    match code {
+        "AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist" => SourceErrorKind::NotFound,
+        "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" | "SignatureDoesNotMatch" => {
+            SourceErrorKind::Forbidden
+        }
+        "RequestThrottled" | "ThrottlingException" | "Throttling" => SourceErrorKind::Throttled,
+        _ => SourceErrorKind::Other,
+    }
 }
 
 #[cfg(test)]
@@ -439,7 +449,7 @@ mod tests {
         let q = queue(&server.url);
         let sqs = reader(&q, Duration::from_secs(5)).await;
         let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
-        assert_eq!(err.kind, "throttled", "{err}");
+        assert_eq!(err.kind(), "throttled", "{err}");
         assert_eq!(server.agents().len(), 1, "{:?}", server.agents());
         assert_eq!(total_fallbacks(&sqs), 0);
     }
@@ -458,6 +468,36 @@ mod tests {
         assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
     }
 
+    /// Credentials that cannot be loaded are a `credentials` error, known by the
+    /// provider's error type in the SDK error's chain (its text need not say
+    /// "credentials"): the direct path leaves it to the SDK, which fails the same way.
+    #[tokio::test]
+    async fn missing_credentials_are_classified_by_type() {
+        use aws_credential_types::provider::{ProvideCredentials, future};
+        #[derive(Debug)]
+        struct Failing;
+        impl ProvideCredentials for Failing {
+            fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                future::ProvideCredentials::ready(Err(CredentialsError::not_loaded("no profile, no role")))
+            }
+        }
+        let server = TinyServer::start(|_| Some((200, COUNTS.to_owned()))).await;
+        let q = queue(&server.url);
+        let sqs = Sqs::new(Duration::from_secs(5));
+        let key = ClientKey::of(&q);
+        let base = sqs.loader(&key).credentials_provider(Failing).load().await;
+        let endpoint = sqs.endpoint_of(&key, &base).await;
+        lock(&sqs.clients).push((key, endpoint));
+        let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+        assert_eq!(err.kind(), "credentials", "{err}");
+        assert!(any_cause::<CredentialsError>(&err, |_| true), "{err:?}");
+        assert_eq!(fallbacks_of(&sqs, "credentials"), 1);
+        assert!(server.agents().is_empty(), "{:?}", server.agents());
+    }
+
     /// No answer: the direct call gives up with half the deadline, the SDK asks with the
     /// rest, and the poll ends at the deadline, not later.
     #[tokio::test]
@@ -469,7 +509,7 @@ mod tests {
         let started = std::time::Instant::now();
         let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
         let took = started.elapsed();
-        assert_eq!(err.kind, "timeout", "{err}");
+        assert_eq!(err.kind(), "timeout", "{err}");
         // Twice the timeout would be the direct call's and the SDK's each in full.
         assert!(took >= timeout && took < timeout + Duration::from_millis(900), "{took:?}");
         let agents = server.agents();

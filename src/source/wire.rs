@@ -11,6 +11,17 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::Attrs;
 use crate::engine::Counts;
 
+/// An answer without the counts asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum BadAnswer {
+    #[error("attribute {} is missing from the answer", .0.as_str())]
+    Missing(QueueAttributeName),
+    #[error("attribute {} ({:?}) is not a count", .0.as_str(), .1)]
+    NotACount(QueueAttributeName, String),
+    #[error("the answer is not JSON")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// The attributes a read asks for: the visible count always, the others as `attrs` says.
 pub fn attribute_names(attrs: Attrs) -> Vec<QueueAttributeName> {
     let mut names = vec![QueueAttributeName::ApproximateNumberOfMessages];
@@ -25,11 +36,10 @@ pub fn attribute_names(attrs: Attrs) -> Vec<QueueAttributeName> {
 
 /// Reads the requested counts out of a GetQueueAttributes answer (`attribute` looks one
 /// up by name). A missing or unparsable attribute is an error, never 0 (KEDA does the same).
-pub fn parse_counts<'a>(attribute: impl Fn(&str) -> Option<&'a str>, attrs: Attrs) -> Result<Counts, String> {
-    let get = |name: QueueAttributeName| -> Result<u64, String> {
-        let v = attribute(name.as_str())
-            .ok_or_else(|| format!("attribute {} is missing from the answer", name.as_str()))?;
-        v.trim().parse().map_err(|_| format!("attribute {} ({v:?}) is not a count", name.as_str()))
+pub fn parse_counts<'a>(attribute: impl Fn(&str) -> Option<&'a str>, attrs: Attrs) -> Result<Counts, BadAnswer> {
+    let get = |name: QueueAttributeName| -> Result<u64, BadAnswer> {
+        let v = attribute(name.as_str()).ok_or_else(|| BadAnswer::Missing(name.clone()))?;
+        v.trim().parse().map_err(|_| BadAnswer::NotACount(name.clone(), v.to_owned()))
     };
     Ok(Counts {
         visible: get(QueueAttributeName::ApproximateNumberOfMessages)?,
@@ -91,8 +101,8 @@ struct Counted<'a> {
 }
 
 /// Reads the counts out of a `200` answer's body.
-pub(crate) fn parse_answer(body: &[u8], attrs: Attrs) -> Result<Counts, String> {
-    let answer: Answer = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+pub(crate) fn parse_answer(body: &[u8], attrs: Attrs) -> Result<Counts, BadAnswer> {
+    let answer: Answer = serde_json::from_slice(body).map_err(BadAnswer::NotJson)?;
     let a = &answer.attributes;
     let value = |name: &str| match name {
         "ApproximateNumberOfMessages" => a.visible.as_deref(),
@@ -134,10 +144,13 @@ mod tests {
         let body = br#"{"Attributes":{"QueueArn":"arn:aws:sqs:x","ApproximateNumberOfMessages":"\u00331"}}"#;
         assert_eq!(parse_answer(body, Attrs::default()).unwrap().visible, 31);
         // No Attributes at all, an attribute missing, or not JSON: errors, never 0.
-        assert!(parse_answer(b"{}", Attrs::default()).unwrap_err().contains("missing"));
+        let text = |e: BadAnswer| crate::error::chain(&e);
+        assert!(text(parse_answer(b"{}", Attrs::default()).unwrap_err()).contains("missing"));
         let body = br#"{"Attributes":{"ApproximateNumberOfMessages":"30"}}"#;
-        assert!(parse_answer(body, both).unwrap_err().contains("NotVisible"));
-        assert!(parse_answer(b"<html>", Attrs::default()).unwrap_err().contains("not JSON"));
+        assert!(text(parse_answer(body, both).unwrap_err()).contains("NotVisible"));
+        let not_json = parse_answer(b"<html>", Attrs::default()).unwrap_err();
+        assert!(matches!(not_json, BadAnswer::NotJson(_)), "{not_json:?}");
+        assert!(text(not_json).starts_with("the answer is not JSON: expected value"));
     }
 
     #[test]
@@ -178,10 +191,11 @@ mod tests {
     #[test]
     fn tv37_missing_or_bad_attribute_is_an_error() {
         let a = [("ApproximateNumberOfMessages", "3")];
-        let err = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap_err();
+        let err = parse_counts(answer(&a), Attrs { in_flight: true, delayed: false }).unwrap_err().to_string();
         assert_eq!(err, "attribute ApproximateNumberOfMessagesNotVisible is missing from the answer");
         let a = [("ApproximateNumberOfMessages", "NotInt")];
-        assert!(parse_counts(answer(&a), Attrs::default()).unwrap_err().contains("is not a count"));
+        let err = parse_counts(answer(&a), Attrs::default()).unwrap_err().to_string();
+        assert_eq!(err, r#"attribute ApproximateNumberOfMessages ("NotInt") is not a count"#);
         assert!(parse_counts(|_| None, Attrs::default()).is_err());
     }
 }

@@ -45,6 +45,49 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// Why a context's config or bearer token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("kubeconfig {}", .0.display())]
+    ReadKubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
+    /// The kubeconfig has no usable context (`None`: its current-context).
+    #[error("{}", match .0 { Some(c) => format!("kube context {c:?}"), None => "kubeconfig".to_owned() })]
+    Context(Option<String>, #[source] kube::config::KubeconfigError),
+    /// Neither a kubeconfig nor a cluster to be in: both reasons, side by side.
+    #[error("no kubeconfig ({0}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({1})")]
+    Nowhere(kube::config::KubeconfigError, kube::config::InClusterError),
+    #[error(transparent)]
+    Eks(#[from] super::eks::EksError),
+    #[error("no credential within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("tokenFile {0}")]
+    ReadTokenFile(String, #[source] std::io::Error),
+    #[error("tokenFile {0} is empty")]
+    EmptyTokenFile(String),
+    #[error("the kubeconfig's user no longer has a token, tokenFile or exec plugin")]
+    NoToken,
+    #[error("exec plugin without a command")]
+    ExecWithoutCommand,
+    #[error("exec plugin {0}")]
+    ExecInfo(String, #[source] serde_json::Error),
+    #[error("exec plugin {0}: no answer within {within}", within = humantime::format_duration(*.1))]
+    ExecTimeout(String, Duration),
+    #[error("exec plugin {0}")]
+    ExecStart(String, #[source] std::io::Error),
+    #[error("exec plugin {0} failed ({1}): {2}")]
+    ExecFailed(String, std::process::ExitStatus, String),
+    #[error("exec plugin {0}: its output is not an ExecCredential")]
+    ExecOutput(String, #[source] serde_json::Error),
+    #[error("exec plugin {0}: no status in its output")]
+    ExecNoStatus(String),
+    #[error("exec plugin {0} gave {1}; sqscale needs a bearer token from it")]
+    ExecNoToken(String, &'static str),
+    #[error("exec plugin {0}: expiry {1:?}")]
+    ExecExpiry(String, String, #[source] jiff::Error),
+    #[error("{0}: the token is not a valid header value")]
+    InvalidToken(String),
+}
+
 /// Where a context's kube config comes from: the file (or `$KUBECONFIG`, or in-cluster)
 /// and the context in it. Read again on every refresh.
 #[derive(Clone, Debug)]
@@ -57,19 +100,16 @@ pub struct ConfigSource {
 
 impl ConfigSource {
     /// Loads the context's config the way kubectl resolves it.
-    pub async fn load(&self) -> Result<Config, String> {
+    pub async fn load(&self) -> Result<Config, AuthError> {
         let context = self.context.as_deref();
         let options = KubeConfigOptions { context: context.map(str::to_owned), ..Default::default() };
-        let named = |e: &dyn std::fmt::Display| match context {
-            Some(c) => format!("kube context {c:?}: {e}"),
-            None => format!("kubeconfig: {e}"),
-        };
+        let named = |e| AuthError::Context(self.context.clone(), e);
         // The proxy is chosen again for the API server (see `proxy::set_kube_proxy`: kube's
         // loader checks NO_PROXY against the proxy, not the server).
         match &self.kubeconfig {
             Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
-                let mut config = Config::from_custom_kubeconfig(kc.clone(), &options).await.map_err(|e| named(&e))?;
+                let kc = Kubeconfig::read_from(path).map_err(|e| AuthError::ReadKubeconfig(path.clone(), e))?;
+                let mut config = Config::from_custom_kubeconfig(kc.clone(), &options).await.map_err(named)?;
                 crate::proxy::set_kube_proxy(&mut config, Some(&kc), context);
                 Ok(config)
             }
@@ -80,12 +120,8 @@ impl ConfigSource {
                     Ok(config)
                 }
                 // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
-                Err(e) if context.is_none() => Config::incluster().map_err(|ie| {
-                    format!(
-                        "no kubeconfig ({e}; set KUBECONFIG or [kubernetes] kubeconfig) and not in a cluster ({ie})"
-                    )
-                }),
-                Err(e) => Err(named(&e)),
+                Err(e) if context.is_none() => Config::incluster().map_err(|ie| AuthError::Nowhere(e, ie)),
+                Err(e) => Err(named(e)),
             },
         }
     }
@@ -122,7 +158,7 @@ pub struct Token {
 
 impl Bearer {
     /// Fetches a fresh token, within `timeout`.
-    pub async fn fetch(&self, timeout: Duration) -> Result<Token, String> {
+    pub async fn fetch(&self, timeout: Duration) -> Result<Token, AuthError> {
         let fetch = async {
             match self {
                 Bearer::Eks(minter) => {
@@ -135,29 +171,27 @@ impl Bearer {
                 }
             }
         };
-        tokio::time::timeout(timeout, fetch)
-            .await
-            .unwrap_or_else(|_| Err(format!("no credential within {}", humantime::format_duration(timeout))))
+        tokio::time::timeout(timeout, fetch).await.unwrap_or(Err(AuthError::Timeout(timeout)))
     }
 }
 
 /// The bearer token of a kubeconfig user: its `token`, its `tokenFile` read now, or its
 /// exec plugin run now (killed if it outlives `timeout`).
-async fn token_of(user: &AuthInfo, server: &hyper::Uri, timeout: Duration) -> Result<Token, String> {
+async fn token_of(user: &AuthInfo, server: &hyper::Uri, timeout: Duration) -> Result<Token, AuthError> {
     if let Some(exec) = &user.exec {
         return run_exec(exec, server, timeout).await;
     }
     if let Some(file) = &user.token_file {
-        let value = tokio::fs::read_to_string(file).await.map_err(|e| format!("tokenFile {file}: {e}"))?;
+        let value = tokio::fs::read_to_string(file).await.map_err(|e| AuthError::ReadTokenFile(file.clone(), e))?;
         let value = value.trim().to_owned();
         if value.is_empty() {
-            return Err(format!("tokenFile {file} is empty"));
+            return Err(AuthError::EmptyTokenFile(file.clone()));
         }
         return Ok(Token { value, refresh_at: Some(SystemTime::now() + FILE_REREAD) });
     }
     match &user.token {
         Some(token) => Ok(Token { value: token.expose_secret().trim().to_owned(), refresh_at: None }),
-        None => Err("the kubeconfig's user no longer has a token, tokenFile or exec plugin".to_owned()),
+        None => Err(AuthError::NoToken),
     }
 }
 
@@ -177,8 +211,8 @@ struct ExecStatus {
 
 /// Runs a kubeconfig exec plugin (`aws eks get-token`, `gke-gcloud-auth-plugin`, …) as
 /// client-go does, never interactively: a daemon has no one to answer a prompt.
-async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> Result<Token, String> {
-    let command = exec.command.as_deref().ok_or("exec plugin without a command")?;
+async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> Result<Token, AuthError> {
+    let command = exec.command.as_deref().ok_or(AuthError::ExecWithoutCommand)?;
     let mut cmd = tokio::process::Command::new(command);
     cmd.args(exec.args.iter().flatten());
     for pair in exec.env.iter().flatten() {
@@ -192,7 +226,7 @@ async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> 
     let mut spec = serde_json::json!({ "interactive": false });
     if exec.provide_cluster_info {
         spec["cluster"] = match &exec.cluster {
-            Some(cluster) => serde_json::to_value(cluster).map_err(|e| format!("exec plugin {command}: {e}"))?,
+            Some(cluster) => serde_json::to_value(cluster).map_err(|e| AuthError::ExecInfo(command.to_owned(), e))?,
             None => serde_json::json!({ "server": server.to_string() }),
         };
     }
@@ -205,22 +239,23 @@ async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> 
     cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let output = tokio::time::timeout(timeout, cmd.output())
         .await
-        .map_err(|_| format!("exec plugin {command}: no answer within {}", humantime::format_duration(timeout)))?
-        .map_err(|e| format!("exec plugin {command}: {e}"))?;
+        .map_err(|_| AuthError::ExecTimeout(command.to_owned(), timeout))?
+        .map_err(|e| AuthError::ExecStart(command.to_owned(), e))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(format!("exec plugin {command} failed ({}): {}", output.status, stderr.trim()));
+        return Err(AuthError::ExecFailed(command.to_owned(), output.status, stderr.trim().to_owned()));
     }
-    let credential: ExecCredential = serde_json::from_slice(&output.stdout)
-        .map_err(|e| format!("exec plugin {command}: its output is not an ExecCredential: {e}"))?;
-    let status = credential.status.ok_or_else(|| format!("exec plugin {command}: no status in its output"))?;
+    let credential: ExecCredential =
+        serde_json::from_slice(&output.stdout).map_err(|e| AuthError::ExecOutput(command.to_owned(), e))?;
+    let status = credential.status.ok_or_else(|| AuthError::ExecNoStatus(command.to_owned()))?;
     let Some(value) = status.token.filter(|t| !t.is_empty()) else {
         let what = if status.client_certificate_data.is_some() { "a client certificate" } else { "no token" };
-        return Err(format!("exec plugin {command} gave {what}; sqscale needs a bearer token from it"));
+        return Err(AuthError::ExecNoToken(command.to_owned(), what));
     };
     let refresh_at = match status.expiration_timestamp {
         Some(at) => {
-            let at = at.parse::<jiff::Timestamp>().map_err(|e| format!("exec plugin {command}: expiry {at:?}: {e}"))?;
+            let parsed = at.parse::<jiff::Timestamp>();
+            let at = parsed.map_err(|e| AuthError::ExecExpiry(command.to_owned(), at.clone(), e))?;
             Some(refresh_time(SystemTime::from(at), SystemTime::now()))
         }
         None => None,
@@ -251,9 +286,9 @@ impl Credentials {
     }
 
     /// Puts `token` in force for every request from now on.
-    pub fn set(&self, token: &str) -> Result<(), String> {
+    pub fn set(&self, token: &str) -> Result<(), AuthError> {
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| format!("{}: the token is not a valid header value", self.name))?;
+            .map_err(|_| AuthError::InvalidToken(self.name.clone()))?;
         value.set_sensitive(true);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((value, generation));
@@ -300,12 +335,14 @@ pub async fn refresh(credentials: Arc<Credentials>, bearer: Bearer, first: Token
                 match credentials.set(&token.value) {
                     Ok(()) => tracing::debug!(context = %credentials.name, why, "refreshed the Kubernetes credential"),
                     Err(e) => {
-                        tracing::warn!(context = %credentials.name, error = %e, "refreshing the Kubernetes credential")
+                        let error = crate::error::chain(&e);
+                        tracing::warn!(context = %credentials.name, %error, "refreshing the Kubernetes credential")
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(context = %credentials.name, why, error = %e, retry_in = ?retry, "refreshing the Kubernetes credential failed; the old one stays in use");
+                let error = crate::error::chain(&e);
+                tracing::warn!(context = %credentials.name, why, %error, retry_in = ?retry, "refreshing the Kubernetes credential failed; the old one stays in use");
                 refresh_at = Some(SystemTime::now() + retry);
                 retry = (retry * 2).min(MAX_RETRY);
             }
@@ -436,13 +473,13 @@ mod tests {
         // A plugin that hangs is killed at the deadline; one that fails says why.
         let hang: ExecConfig = serde_json::from_value(serde_json::json!({"command": "sleep", "args": ["30"]})).unwrap();
         let started = std::time::Instant::now();
-        let e = run_exec(&hang, &server, Duration::from_millis(300)).await.unwrap_err();
+        let e = run_exec(&hang, &server, Duration::from_millis(300)).await.unwrap_err().to_string();
         assert!(e.contains("no answer within"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5));
         let fail: ExecConfig =
             serde_json::from_value(serde_json::json!({"command": "sh", "args": ["-c", "echo denied >&2; exit 3"]}))
                 .unwrap();
-        let e = run_exec(&fail, &server, Duration::from_secs(10)).await.unwrap_err();
+        let e = run_exec(&fail, &server, Duration::from_secs(10)).await.unwrap_err().to_string();
         assert!(e.contains("denied") && e.contains("failed"), "{e}");
     }
 }

@@ -20,8 +20,25 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(10 * 60);
 /// The presigned URL's own validity, as aws-iam-authenticator sets it.
 const PRESIGN_EXPIRES: Duration = Duration::from_secs(60);
 
+/// Why no EKS token could be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum EksError {
+    #[error("presigning GetCallerIdentity")]
+    Presign(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("eks_cluster {0:?}: no AWS region for STS; set [aws] region or AWS_REGION")]
+    NoRegion(String),
+    #[error("eks_cluster {0:?}: no AWS credentials provider")]
+    NoCredentialsProvider(String),
+    #[error("eks_cluster {0:?}: loading AWS credentials")]
+    Credentials(String, #[source] aws_credential_types::provider::error::CredentialsError),
+}
+
+fn presign(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> EksError {
+    EksError::Presign(e.into())
+}
+
 /// Mints a token for `cluster` with `credentials`, signed for STS in `region` at `at`.
-pub fn token(credentials: &Credentials, region: &str, cluster: &str, at: SystemTime) -> Result<String, String> {
+pub fn token(credentials: &Credentials, region: &str, cluster: &str, at: SystemTime) -> Result<String, EksError> {
     let url = format!("https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15");
     let host = format!("sts.{region}.amazonaws.com");
     let request = SignableRequest::new(
@@ -30,7 +47,7 @@ pub fn token(credentials: &Credentials, region: &str, cluster: &str, at: SystemT
         [("host", host.as_str()), ("x-k8s-aws-id", cluster)].into_iter(),
         SignableBody::Bytes(&[]),
     )
-    .map_err(|e| format!("presigning GetCallerIdentity: {e}"))?;
+    .map_err(presign)?;
     let mut settings = SigningSettings::default();
     settings.signature_location = SignatureLocation::QueryParams;
     settings.expires_in = Some(PRESIGN_EXPIRES);
@@ -42,12 +59,11 @@ pub fn token(credentials: &Credentials, region: &str, cluster: &str, at: SystemT
         .time(at)
         .settings(settings)
         .build()
-        .map_err(|e| format!("presigning GetCallerIdentity: {e}"))?
+        .map_err(presign)?
         .into();
-    let (instructions, _signature) =
-        sign(request, &params).map_err(|e| format!("presigning GetCallerIdentity: {e}"))?.into_parts();
+    let (instructions, _signature) = sign(request, &params).map_err(presign)?.into_parts();
     let (_, query) = instructions.into_parts();
-    let mut presigned = url::Url::parse(&url).map_err(|e| e.to_string())?;
+    let mut presigned = url::Url::parse(&url).map_err(presign)?;
     {
         let mut pairs = presigned.query_pairs_mut();
         for (name, value) in &query {
@@ -75,7 +91,7 @@ impl std::fmt::Debug for Minter {
 impl Minter {
     /// A minter with the AWS default credential chain (optionally a profile); the
     /// region is STS's, `None` takes the SDK's (AWS_REGION, profile).
-    pub async fn load(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<Minter, String> {
+    pub async fn load(cluster: &str, region: Option<&str>, profile: Option<&str>) -> Result<Minter, EksError> {
         // Through the environment's proxy, as every AWS call (the credential chain may
         // call STS).
         let mut loader =
@@ -87,13 +103,9 @@ impl Minter {
             loader = loader.profile_name(p);
         }
         let config = loader.load().await;
-        let region = config
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS region for STS; set [aws] region or AWS_REGION"))?;
-        let credentials = config
-            .credentials_provider()
-            .ok_or_else(|| format!("eks_cluster {cluster:?}: no AWS credentials provider"))?;
+        let region = config.region().map(|r| r.to_string()).ok_or_else(|| EksError::NoRegion(cluster.to_owned()))?;
+        let credentials =
+            config.credentials_provider().ok_or_else(|| EksError::NoCredentialsProvider(cluster.to_owned()))?;
         Ok(Minter::new(cluster, &region, credentials))
     }
 
@@ -114,13 +126,10 @@ impl Minter {
     }
 
     /// A token signed now.
-    pub async fn mint(&self) -> Result<String, String> {
+    pub async fn mint(&self) -> Result<String, EksError> {
         let cluster = &self.cluster;
-        let credentials = self
-            .credentials
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("eks_cluster {cluster:?}: loading AWS credentials: {e}"))?;
+        let credentials =
+            self.credentials.provide_credentials().await.map_err(|e| EksError::Credentials(cluster.clone(), e))?;
         token(&credentials, &self.region, cluster, SystemTime::now())
     }
 }

@@ -20,12 +20,15 @@ use serde_json::json;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::auth::{self, AuthLayer, Bearer, ConfigSource, Credentials};
+use super::auth::{self, AuthError, AuthLayer, Bearer, ConfigSource, Credentials};
 use super::eks::Minter;
+use super::error::kube_error;
+use super::state::StateError;
 use super::state::Store;
-use super::{FIELD_MANAGER, ScaleTarget, TargetError, TargetEvent, TargetView, count, view_of};
+use super::{FIELD_MANAGER, ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView, count, view_of};
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
+use crate::error::chain;
 use crate::sync::lock;
 
 /// The context's write budget: every `/scale` patch and every state write takes a token
@@ -111,15 +114,33 @@ impl Drop for AbortOnDrop {
 }
 
 /// Why a context has no client.
-struct Unconnected {
-    timeout: bool,
-    message: String,
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0}: no Kubernetes client within {within} (kubeconfig, credentials)", within = humantime::format_duration(*.1))]
+    Timeout(String, Duration),
+    /// The kubeconfig, the EKS settings, or the token they gave.
+    #[error(transparent)]
+    Config(#[from] AuthError),
+    /// The context's first bearer token (`.0` names the context).
+    #[error("{0}")]
+    Credential(String, #[source] AuthError),
+    #[error("building the Kubernetes client")]
+    Spawn(#[source] tokio::task::JoinError),
+    #[error("building the Kubernetes client for {0}")]
+    Build(String, #[source] kube::Error),
 }
 
-impl Unconnected {
+impl KubeError {
+    pub fn kind(&self) -> TargetErrorKind {
+        match self {
+            KubeError::Timeout(..) => TargetErrorKind::Timeout,
+            _ => TargetErrorKind::Config,
+        }
+    }
+
+    /// This failure as the failure of a call about `t`.
     fn at(self, t: &TargetRef) -> TargetError {
-        let kind = if self.timeout { "timeout" } else { "config" };
-        TargetError { target: t.to_string(), kind, message: self.message }
+        TargetError::new(t.to_string(), self.kind(), chain(&self)).caused_by(self)
     }
 }
 
@@ -358,11 +379,11 @@ impl Kube {
     }
 
     /// The client for `context` (`None`: the default context), built on first use.
-    pub async fn client(&self, context: Option<&str>) -> Result<Client, String> {
-        self.connection(context).await.map(|c| c.client.clone()).map_err(|e| e.message)
+    pub async fn client(&self, context: Option<&str>) -> Result<Client, KubeError> {
+        self.connection(context).await.map(|c| c.client.clone())
     }
 
-    async fn connection(&self, context: Option<&str>) -> Result<Arc<Connection>, Unconnected> {
+    async fn connection(&self, context: Option<&str>) -> Result<Arc<Connection>, KubeError> {
         let key = self.context_key(context);
         let cell = lock(&self.contexts).entry(key.to_owned()).or_default().clone();
         if let Some(c) = cell.get() {
@@ -375,14 +396,7 @@ impl Kube {
             Box::pin(async move {
                 match tokio::time::timeout(self.timeout, self.connect(key)).await {
                     Ok(connected) => connected.map(Arc::new),
-                    Err(_) => Err(Unconnected {
-                        timeout: true,
-                        message: format!(
-                            "{}: no Kubernetes client within {} (kubeconfig, credentials)",
-                            display_context(key),
-                            humantime::format_duration(self.timeout)
-                        ),
-                    }),
+                    Err(_) => Err(KubeError::Timeout(display_context(key), self.timeout)),
                 }
             })
         };
@@ -390,11 +404,10 @@ impl Kube {
     }
 
     /// Builds the client of the context kept under `key`.
-    async fn connect(&self, key: &str) -> Result<Connection, Unconnected> {
-        let failed = |message: String| Unconnected { timeout: false, message };
+    async fn connect(&self, key: &str) -> Result<Connection, KubeError> {
         let source =
             ConfigSource { kubeconfig: self.kubeconfig.clone(), context: (!key.is_empty()).then(|| key.to_owned()) };
-        let mut config = source.load().await.map_err(failed)?;
+        let mut config = source.load().await?;
         // Watches hold their request open for minutes: no read timeout. Every call has
         // its own deadline instead ([`Kube::call`]).
         config.read_timeout = None;
@@ -403,9 +416,11 @@ impl Kube {
         let bearer = if eks {
             let minter = match (&self.minter, &self.eks) {
                 (Some(m), _) => m.clone(),
-                (None, Some(e)) => {
-                    Arc::new(Minter::load(&e.cluster, e.region.as_deref(), e.profile.as_deref()).await.map_err(failed)?)
-                }
+                (None, Some(e)) => Arc::new(
+                    Minter::load(&e.cluster, e.region.as_deref(), e.profile.as_deref())
+                        .await
+                        .map_err(AuthError::from)?,
+                ),
                 (None, None) => unreachable!("eks is set"),
             };
             Some(Bearer::Eks(minter))
@@ -417,10 +432,9 @@ impl Kube {
         let mut credentials = None;
         let mut refresher = None;
         if let Some(bearer) = bearer {
-            let token =
-                bearer.fetch(self.timeout).await.map_err(|e| failed(format!("{}: {e}", display_context(key))))?;
+            let token = bearer.fetch(self.timeout).await.map_err(|e| KubeError::Credential(display_context(key), e))?;
             let cell = Arc::new(Credentials::new(display_context(key)));
-            cell.set(&token.value).map_err(failed)?;
+            cell.set(&token.value)?;
             auth::strip(&mut config.auth_info);
             let task = tokio::spawn(auth::refresh(cell.clone(), bearer, token, self.timeout));
             refresher = Some(AbortOnDrop(task));
@@ -435,8 +449,8 @@ impl Kube {
             })
         })
         .await
-        .map_err(|e| failed(format!("building the Kubernetes client: {e}")))?
-        .map_err(|e| failed(format!("building the Kubernetes client for {}: {e}", display_context(key))))?;
+        .map_err(KubeError::Spawn)?
+        .map_err(|e| KubeError::Build(display_context(key), e))?;
         let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
         let state =
             Store::new(Api::namespaced(client.clone(), &self.state_namespace), &self.state_namespace, self.timeout);
@@ -503,10 +517,9 @@ impl Kube {
             cache.settle(self.timeout).await;
         }
         if cache.ready.load(Ordering::SeqCst) {
-            return cache.get(&t.name).ok_or_else(|| TargetError {
-                target: t.to_string(),
-                kind: "not_found",
-                message: format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace),
+            return cache.get(&t.name).ok_or_else(|| {
+                let message = format!("{} {:?} not found in namespace {:?}", t.kind.plural(), t.name, t.namespace);
+                TargetError::new(t.to_string(), TargetErrorKind::NotFound, message)
             });
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -517,11 +530,7 @@ impl Kube {
     /// older sqscale left on the target (read, never written again).
     async fn add_state(&self, context: Option<&str>, t: &TargetRef, view: &mut TargetView) -> Result<(), TargetError> {
         let connection = self.connection(context).await.map_err(|e| e.at(t))?;
-        let stored = Box::pin(connection.state.get(t)).await.map_err(|message| TargetError {
-            target: t.to_string(),
-            kind: "state",
-            message,
-        })?;
+        let stored = Box::pin(connection.state.get(t)).await.map_err(|e| state_error(t, e))?;
         view.last_active = view.last_active.max(stored);
         view.stored_last_active = stored;
         Ok(())
@@ -565,12 +574,12 @@ impl Kube {
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(within, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(error(t, what, &e)),
-            Err(_) => Err(TargetError {
-                target: t.to_string(),
-                kind: "timeout",
-                message: format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
-            }),
+            Ok(Err(e)) => Err(kube_error(t, what, e)),
+            Err(_) => Err(TargetError::new(
+                t.to_string(),
+                TargetErrorKind::Timeout,
+                format!("{what}: no answer within {}s", self.timeout.as_secs_f64()),
+            )),
         }
     }
 }
@@ -650,11 +659,11 @@ impl Kube {
 
     /// Whether this identity is allowed `access`: a SelfSubjectAccessReview, which every
     /// authenticated user may make.
-    pub async fn may(&self, context: Option<&str>, t: &TargetRef, access: &Access) -> Result<bool, String> {
+    pub async fn may(&self, context: Option<&str>, t: &TargetRef, access: &Access) -> Result<bool, TargetError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
         };
-        let client = self.client(context).await?;
+        let client = self.client(context).await.map_err(|e| e.at(t))?;
         let review = SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
@@ -671,10 +680,7 @@ impl Kube {
             ..SelfSubjectAccessReview::default()
         };
         let api: Api<SelfSubjectAccessReview> = Api::all(client);
-        let answer = self
-            .call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review))
-            .await
-            .map_err(|e| e.to_string())?;
+        let answer = self.call(t, "asking for access", api.create(&kube::api::PostParams::default(), &review)).await?;
         Ok(answer.status.is_some_and(|s| s.allowed))
     }
 }
@@ -705,14 +711,11 @@ impl ScaleTarget for Kube {
         let connection = self.connection(context).await.map_err(|e| e.at(t))?;
         let api: Api<Scalable> = Api::namespaced_with(connection.client.clone(), &t.namespace, &t.kind);
         if tokio::time::timeout_at(deadline, connection.limit.wait()).await.is_err() {
-            return Err(TargetError {
-                target: t.to_string(),
-                kind: "throttled",
-                message: format!(
-                    "patching /scale: no write allowed within {}s by [kubernetes] qps and burst",
-                    self.timeout.as_secs_f64()
-                ),
-            });
+            let message = format!(
+                "patching /scale: no write allowed within {}s by [kubernetes] qps and burst",
+                self.timeout.as_secs_f64()
+            );
+            return Err(TargetError::new(t.to_string(), TargetErrorKind::Throttled, message));
         }
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         // The version the decision was made on: a change since (a `kubectl scale`, a
@@ -729,11 +732,7 @@ impl ScaleTarget for Kube {
 
     async fn set_last_active(&self, context: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
         let connection = self.connection(context).await.map_err(|e| e.at(t))?;
-        connection.state.set(t, at).await.map_err(|message| TargetError {
-            target: t.to_string(),
-            kind: "state",
-            message,
-        })
+        connection.state.set(t, at).await.map_err(|e| state_error(t, e))
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -768,49 +767,9 @@ impl ScaleTarget for Kube {
     }
 }
 
-/// Classifies a kube error with a stable kind; the message keeps the API's own words.
-fn error(t: &TargetRef, what: &str, e: &kube::Error) -> TargetError {
-    let kind = match e {
-        kube::Error::Api(s) => match s.code {
-            401 => "unauthorized",
-            403 => "forbidden",
-            404 => "not_found",
-            409 => "conflict",
-            429 => "throttled",
-            500..=599 => "server_error",
-            _ => "other",
-        },
-        _ if timed_out(e) => "timeout",
-        kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
-        kube::Error::Auth(_) => "unauthorized",
-        _ => "other",
-    };
-    let message = match e {
-        kube::Error::Api(s) => format!("{what}: {} ({}, {})", s.message, s.reason, s.code),
-        other => {
-            let mut m = format!("{what}: {other}");
-            let mut source = std::error::Error::source(other);
-            while let Some(s) = source {
-                m.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            m
-        }
-    };
-    TargetError { target: t.to_string(), kind, message }
-}
-
-fn timed_out(e: &kube::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || s.to_string().contains("timed out")
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+/// A failure of sqscale's own state ConfigMap, as a failure of the call about `t`.
+fn state_error(t: &TargetRef, e: StateError) -> TargetError {
+    TargetError::new(t.to_string(), TargetErrorKind::State, chain(&e)).caused_by(e)
 }
 
 #[cfg(test)]

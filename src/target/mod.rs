@@ -1,11 +1,14 @@
 //! The scale targets: reading a Deployment or StatefulSet's replicas and annotations,
 //! and patching its `/scale` subresource. [`ScaleTarget`] is the port the workers use;
-//! [`kube`] is the Kubernetes adapter.
+//! [`kube`] is the Kubernetes adapter, [`error`] the port's error and its classification.
 
 pub mod auth;
 pub mod eks;
+pub mod error;
 pub mod kube;
 pub mod state;
+
+pub use error::{TargetError, TargetErrorKind};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -87,18 +90,6 @@ pub fn format_time(t: Time) -> String {
 /// Parses an RFC 3339 timestamp into a [`Time`].
 pub fn parse_time(s: &str) -> Option<Time> {
     s.trim().parse::<jiff::Timestamp>().ok().map(|ts| Time(ts.as_millisecond()))
-}
-
-/// A failed read or write of a target. `kind` is a stable label for logs and metrics.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{target}: {message}")]
-pub struct TargetError {
-    /// `Kind/namespace/name`.
-    pub target: String,
-    /// `not_found`, `forbidden`, `unauthorized`, `conflict`, `throttled`,
-    /// `server_error`, `timeout`, `unreachable`, `config` or `other`.
-    pub kind: &'static str,
-    pub message: String,
 }
 
 /// The port: one target, addressed by kube context and reference.

@@ -22,6 +22,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use tokio::sync::{Notify, oneshot};
 
+use super::error::KubeFailure;
 use super::{FIELD_MANAGER, format_time, parse_time};
 use crate::config::TargetRef;
 use crate::engine::Time;
@@ -36,11 +37,29 @@ pub fn key(t: &TargetRef) -> String {
     format!("{}.{}.{}", t.kind.as_str().to_ascii_lowercase(), t.namespace, t.name)
 }
 
+/// Why the state ConfigMap could not be read or written. Cloned to every write that
+/// waited for the same PATCH.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("reading {0}")]
+    Read(String, #[source] Arc<KubeFailure>),
+    #[error("reading {0}: no answer within {1}s")]
+    ReadTimeout(String, f64),
+    #[error("writing {0}")]
+    Write(String, #[source] Arc<KubeFailure>),
+    #[error("writing {0}: no answer within {1}s")]
+    WriteTimeout(String, f64),
+    #[error("writing {0}: the writer stopped")]
+    WriterStopped(String),
+    #[error("writing {0}: created and deleted again while writing")]
+    Vanished(String),
+}
+
 /// A write waiting for the next PATCH, and who waits for its outcome.
 #[derive(Default)]
 struct Batch {
     data: BTreeMap<String, String>,
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    waiters: Vec<oneshot::Sender<Result<(), StateError>>>,
 }
 
 /// One context's state ConfigMap: what it held when first read, what was written since,
@@ -75,18 +94,18 @@ impl Store {
 
     /// The stored last-active of `t`; the ConfigMap is read on the first call (a failed
     /// read fails this call and is tried again on the next).
-    pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, String> {
+    pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, StateError> {
         if self.loaded.get().is_none() {
             Box::pin(self.loaded.get_or_try_init(|| self.load())).await?;
         }
         Ok(lock(&self.values).get(&key(t)).copied())
     }
 
-    async fn load(&self) -> Result<(), String> {
+    async fn load(&self) -> Result<(), StateError> {
         let read = tokio::time::timeout(self.timeout, self.api.get_opt(STATE_CONFIGMAP))
             .await
-            .map_err(|_| format!("reading {}: no answer within {}s", self.name(), self.timeout.as_secs_f64()))?
-            .map_err(|e| format!("reading {}: {}", self.name(), describe(&e)))?;
+            .map_err(|_| StateError::ReadTimeout(self.name(), self.timeout.as_secs_f64()))?
+            .map_err(|e| StateError::Read(self.name(), Arc::new(KubeFailure(e))))?;
         let data = read.and_then(|cm| cm.data).unwrap_or_default();
         let mut values = lock(&self.values);
         for (k, v) in data {
@@ -103,7 +122,7 @@ impl Store {
     /// Stores `at` as `t`'s last-active. Writes that arrive while a PATCH is in flight go
     /// out together in the next one; this returns when the PATCH carrying `at` is
     /// answered (or the adapter's timeout passes).
-    pub async fn set(&self, t: &TargetRef, at: Time) -> Result<(), String> {
+    pub async fn set(&self, t: &TargetRef, at: Time) -> Result<(), StateError> {
         let (done, outcome) = oneshot::channel();
         {
             let mut batch = lock(&self.batch);
@@ -118,8 +137,8 @@ impl Store {
                 }
                 result
             }
-            Ok(Err(_)) => Err(format!("writing {}: the writer stopped", self.name())),
-            Err(_) => Err(format!("writing {}: no answer within {}s", self.name(), self.timeout.as_secs_f64())),
+            Ok(Err(_)) => Err(StateError::WriterStopped(self.name())),
+            Err(_) => Err(StateError::WriteTimeout(self.name(), self.timeout.as_secs_f64())),
         }
     }
 
@@ -136,8 +155,7 @@ impl Store {
             }
             let result = tokio::time::timeout(self.timeout, self.write(&batch.data))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {}s", self.timeout.as_secs_f64())))
-                .map_err(|e| format!("writing {}: {e}", self.name()));
+                .unwrap_or_else(|_| Err(StateError::WriteTimeout(self.name(), self.timeout.as_secs_f64())));
             for waiter in batch.waiters {
                 let _ = waiter.send(result.clone());
             }
@@ -145,14 +163,15 @@ impl Store {
     }
 
     /// A merge patch of `data` into the ConfigMap, creating it when it is missing.
-    async fn write(&self, data: &BTreeMap<String, String>) -> Result<(), String> {
+    async fn write(&self, data: &BTreeMap<String, String>) -> Result<(), StateError> {
+        let failed = |e| StateError::Write(self.name(), Arc::new(KubeFailure(e)));
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = serde_json::json!({ "data": data });
         for _ in 0..2 {
             match self.api.patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body)).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(describe(&e)),
+                Err(e) => return Err(failed(e)),
             }
             let map = ConfigMap {
                 metadata: ObjectMeta {
@@ -168,18 +187,10 @@ impl Store {
                 Ok(_) => return Ok(()),
                 // Created meanwhile (another instance): patch it.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(describe(&e)),
+                Err(e) => return Err(failed(e)),
             }
         }
-        Err("created and deleted again while writing".to_owned())
-    }
-}
-
-/// The API's own words for an API error; the error's text otherwise.
-fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({}, {})", s.message, s.reason, s.code),
-        other => other.to_string(),
+        Err(StateError::Vanished(self.name()))
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use sqscale::config::{QueueSource, TargetRef};
 use sqscale::engine::{Counts, Pause, Time};
-use sqscale::source::{Attrs, QueueReader, SourceError};
-use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
+use sqscale::source::{Attrs, QueueReader, SourceError, SourceErrorKind};
+use sqscale::target::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
 
 /// Queues by name: a backlog, or `None` for "fails".
 #[derive(Clone, Default)]
@@ -32,7 +32,7 @@ impl QueueReader for FakeQueues {
         self.reads.lock().unwrap().push(q.name.clone());
         match self.backlog.lock().unwrap().get(&q.name).copied().flatten() {
             Some(visible) => Ok(Counts { visible, ..Counts::default() }),
-            None => Err(SourceError { queue: q.name.clone(), kind: "unreachable", message: "scripted failure".into() }),
+            None => Err(SourceError::new(&q.name, SourceErrorKind::Unreachable, "scripted failure")),
         }
     }
 }
@@ -77,7 +77,7 @@ impl FakeTargets {
     }
 
     fn missing(t: &TargetRef) -> TargetError {
-        TargetError { target: t.to_string(), kind: "not_found", message: "no such object".into() }
+        TargetError::new(t.to_string(), TargetErrorKind::NotFound, "no such object")
     }
 }
 
