@@ -1,4 +1,5 @@
 //! The command line: argument parsing, and mapping every outcome to an exit code.
+//! `sqscale run` hands over to [`crate::daemon::run`], the composition root.
 //!
 //! Exit codes follow sysexits(3), as the contract fixes them: 0 success, 64 bad usage,
 //! 65 bad input data (a trace, KEDA objects), 78 bad configuration, 1 anything else.
@@ -8,28 +9,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Config};
+use crate::daemon::{self, CALL_TIMEOUT};
+use crate::signals;
 use crate::simulate;
-use crate::source::{Shared, sqs::Sqs};
-use crate::status::Observer;
+use crate::source::sqs::Sqs;
 use crate::target::kube::Kube;
 use crate::telemetry::{self, LogFormat};
-use crate::worker::{Clock, Deps};
-use crate::{server, signals, supervisor};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// Bound on every remote call of a poll (SQS, Kubernetes).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on `sqscale health`: a daemon that cannot answer /healthz this fast is not
 /// healthy (and a container health check must not hang).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How long the HTTP server may take to finish its answers after the drain.
-const HELPERS_GRACE: Duration = Duration::from_secs(2);
 
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
@@ -309,97 +300,26 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
                 return ExitCode::FAILURE;
             }
         };
-        let kube = Kube::from_config(&config, kubeconfig, CALL_TIMEOUT);
-        let mut config = config;
-        name_contexts(&mut config, &kube);
-        // Build every context's client now: a broken kubeconfig is a start-up error,
-        // not a warning on every poll.
-        let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();
-        contexts.dedup();
-        for context in contexts {
-            if let Err(e) = kube.client(context).await {
-                tracing::error!(error = %e, "cannot reach Kubernetes");
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        // Start the targets' watches and wait for their first lists (at most the call
-        // timeout), so the first polls read the caches instead of queueing behind the
-        // lists: at ten thousand rules that queue held thousands of polls at once.
-        kube.watch(config.rules.iter().map(|r| (r.context.as_deref(), &r.target))).await;
-        let kube = Arc::new(kube);
-        let mut observer = Observer::new();
-        let identity = config.leader_election.enabled.then(crate::leader::identity);
-        if let Some(identity) = &identity {
-            observer.enable_leader_election();
-            let le = &config.leader_election;
-            tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, "leader election on; starting as a standby");
-        }
-        let observer = Arc::new(observer);
-        let leader = identity.map(|identity| {
-            crate::leader::Electors::new(config.leader_election.clone(), identity, kube.clone(), observer.clone())
-        });
-        // The HTTP server and the sd_notify task run until the daemon has drained (so
-        // /healthz answers during the drain), then stop; see the end of this function.
-        let stop_server = CancellationToken::new();
-        let helpers = TaskTracker::new();
-        if let Some(addr) = config.server.listen {
-            let listener = match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, %addr, "cannot listen");
-                    eprintln!("error: [server] listen {addr}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz and /status");
-            helpers.spawn(server::serve(listener, observer.clone(), stop_server.clone()));
-        }
-        helpers.spawn(crate::systemd::run(observer.clone(), stop_server.clone()));
-        helpers.close();
-        let named_by = kube.clone();
-        let deps = Deps {
-            queues: Arc::new(Shared::new(Sqs::new(CALL_TIMEOUT).with_fallbacks(observer.sqs_fallbacks()))),
-            targets: kube,
-            clock: Clock::system(),
-            dry_run,
-            call_timeout: CALL_TIMEOUT,
-            observer,
-        };
-        let reload_path = path.to_owned();
-        let load = move || {
-            config::load_compact(&reload_path).map(|mut c| {
-                name_contexts(&mut c, &named_by);
-                c
-            })
-        };
-        // The supervisor stops the electors after the drain: a lease is handed back
-        // only when no worker can write any more.
-        let outcome = supervisor::run_electing(config, deps, leader, control, load, grace).await;
-        stop_server.cancel();
-        // Open connections get a moment to finish their answers; then they are cut.
-        if tokio::time::timeout(HELPERS_GRACE, helpers.wait()).await.is_err() {
-            tracing::warn!("the HTTP server did not stop within {HELPERS_GRACE:?}; closing its connections");
-        }
-        match outcome {
+        let options = daemon::Options { config_path: path.to_owned(), kubeconfig, dry_run, shutdown_grace: grace };
+        match daemon::run(config, options, control).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
+            Err(e @ daemon::Error::Kubernetes(_)) => {
+                let error = crate::error::chain(&e);
+                tracing::error!(%error, "cannot reach Kubernetes");
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+            Err(daemon::Error::Listen { addr, source }) => {
+                tracing::error!(error = %source, %addr, "cannot listen");
+                eprintln!("error: [server] listen {addr}: {source}");
+                ExitCode::FAILURE
+            }
+            Err(daemon::Error::Aborted(e)) => {
                 tracing::error!(error = %e, "shutdown aborted");
                 ExitCode::FAILURE
             }
         }
     })
-}
-
-/// Gives every rule its kube context by name (`[kubernetes] context`, else the
-/// kubeconfig's current-context; `None` only in a cluster without a kubeconfig), so a rule
-/// that names the default context and a rule that names none share one client, one
-/// watch per namespace and kind, and one elector on the Lease.
-fn name_contexts(config: &mut Config, kube: &Kube) {
-    for rule in &mut config.rules {
-        let name = kube.context_key(rule.context.as_deref());
-        rule.context = (!name.is_empty()).then(|| name.to_owned());
-    }
 }
 
 /// The daemon's base URL: `--server`, else `[server] listen` of the rule file, else the
