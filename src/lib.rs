@@ -7,18 +7,35 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the rule file. `raw` mirrors the TOML; `validate` turns it into
-//!   [`config::Config`], collecting every problem with its rule and key;
-//!   `insecure` names the settings that expose something (`check` and `run` warn).
-//! - [`engine`]: the decision engine, a pure function of (policy, state, observation,
-//!   now). No I/O, no clock reads, no logging. `engine::hpa` is the HPA's arithmetic.
-//! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock
-//!   (`sqscale simulate`), and draws the chart.
-//! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules (a pure core; the
-//!   command reads files or the cluster).
-//! - [`cli`]: the command line; `main.rs` only calls it.
-//! - [`proxy`]: outbound HTTP proxies from the environment, for the AWS SDK's clients
-//!   and the direct SQS path.
+//! - [`cli`]: the commands: parses arguments, runs one, maps its outcome to an exit code.
+//! - [`daemon`]: the composition root of `sqscale run`: adapters, observer, electors,
+//!   server, then the supervisor until it has drained.
+//! - [`config`]: the rule file: `raw` mirrors the TOML, `validate` collects every problem
+//!   with its rule and key into a [`config::Config`], `insecure` names exposing settings.
+//! - [`engine`]: the pure decision engine (KEDA's phase, `engine::hpa` the HPA's
+//!   arithmetic): no I/O, no clock reads, no logging.
+//! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock;
+//!   `simulate::chart` draws it.
+//! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules: a pure core,
+//!   `command` reads files or the cluster, `diff` compares with an existing file.
+//! - [`supervisor`]: one worker per rule, reloads applied as a diff, the drain on shutdown.
+//! - [`worker`]: one task per rule: read the target and the queues, decide, write.
+//! - [`leader`]: Lease election per kube context; only the leader's workers write.
+//! - [`signals`]: the only place that knows Unix signals; turns them into `Control`.
+//! - [`source`]: the queue port and shared reads; `sqs` the AWS adapter, `direct` its
+//!   hot path, `wire` the `GetQueueAttributes` format both use.
+//! - [`target`]: the target port; `kube` the Kubernetes adapter, `auth` refreshing
+//!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
+//!   port's error and how kube errors are classified.
+//! - [`status`]: metrics, each rule's record and health, and the `sqscale status` client.
+//! - [`server`]: the HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
+//! - [`systemd`]: sd_notify readiness, reloads, stopping and the watchdog.
+//! - [`telemetry`]: logging (`SQSCALE_LOG`, plain or JSON).
+//! - [`proxy`]: outbound HTTP proxies from the environment, for every AWS connection.
+//! - [`error`]: renders an error's chain once, and finds typed causes in it.
+//! - `sync`: the lock helper for std mutexes that guard plain maps.
+//! - `testing` (unit tests only): an independent SigV4 computation and a scripted
+//!   HTTP server.
 //!
 //! Data flows one way: config -> engine policy; observation -> engine -> decision; the
 //! callers (simulate, the daemon) own all I/O and time.
