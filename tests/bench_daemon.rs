@@ -35,7 +35,7 @@
 //! counted as the daemon's); the watch's own delivery delay is calibrated with writes
 //! to a Deployment no rule targets and printed, so it can be subtracted by eye.
 
-#[path = "support/fake_kube.rs"]
+#[path = "it/support/fake_kube.rs"]
 mod fake_kube;
 
 use std::collections::{BTreeMap, HashMap};

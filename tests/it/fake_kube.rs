@@ -1,9 +1,6 @@
 //! Self-test of the fake Kubernetes API server (`tests/support/fake_kube.rs`), driven by the real `kube` client.
 
-// Included by path rather than through `mod support;`, so this test does not depend on the other
-// support modules (and through them on the daemon's internal API).
-#[path = "support/fake_kube.rs"]
-mod fake_kube;
+use crate::support::fake_kube;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -6,8 +6,6 @@
 //! the fake API server only ever holds the right steps), and the failures show.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto); polls run every second.
 
-mod support;
-
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,11 +16,11 @@ use sqscale::engine::Time;
 use sqscale::status::{Observer, RuleStatus};
 use sqscale::target::kube::Kube;
 use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
-use support::daemon::{Daemon, demo_rule, header, wait_until, write};
-use support::fake_kube::{FakeKube, Kind};
-use support::moto::Moto;
-use support::process::{free_port, signal, spawn};
-use support::sqs;
+use crate::support::daemon::{Daemon, demo_rule, header, wait_until, write};
+use crate::support::fake_kube::{FakeKube, Kind};
+use crate::support::moto::Moto;
+use crate::support::process::{free_port, signal, spawn};
+use crate::support::sqs;
 
 const NS: &str = "default";
 
@@ -30,7 +28,7 @@ const NS: &str = "default";
 
 /// A fake API server with the Deployment `default/demo` at 0 replicas, and its kubeconfig.
 async fn cluster(dir: &Path) -> (Arc<FakeKube>, PathBuf) {
-    let (kube, kubeconfig) = support::daemon::cluster(dir, "demo", 0).await;
+    let (kube, kubeconfig) = crate::support::daemon::cluster(dir, "demo", 0).await;
     (Arc::new(kube), kubeconfig)
 }
 
@@ -570,7 +568,7 @@ fn rules(queue: &str, port: u16, extra: &str) -> String {
     )
 }
 
-fn run(config: &Path, kubeconfig: &Path, log: &Path) -> support::process::Daemon {
+fn run(config: &Path, kubeconfig: &Path, log: &Path) -> crate::support::process::Daemon {
     spawn(&["run", "--config", config.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()], &[], log)
 }
 

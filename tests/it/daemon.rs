@@ -2,14 +2,12 @@
 //! the real kube client against the fake API server over HTTPS with a bearer token.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto). Polls run every second.
 
-mod support;
-
 use std::time::Duration;
 
-use support::daemon::{Daemon, cluster, demo_rule, header, wait_until, write};
-use support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
-use support::proxy::Proxy;
-use support::sqs;
+use crate::support::daemon::{Daemon, cluster, demo_rule, header, wait_until, write};
+use crate::support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
+use crate::support::proxy::Proxy;
+use crate::support::sqs;
 
 const NS: &str = "default";
 

@@ -5,16 +5,14 @@
 //! paths log too. A second run mints EKS tokens (presigned STS URLs) instead.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::daemon::{demo_rule, wait_until, write};
-use support::fake_kube::{FakeKube, Kind};
-use support::process::{free_port, signal, spawn};
-use support::sqs;
+use crate::support::daemon::{demo_rule, wait_until, write};
+use crate::support::fake_kube::{FakeKube, Kind};
+use crate::support::process::{free_port, signal, spawn};
+use crate::support::sqs;
 
 const NS: &str = "default";
 

@@ -6,14 +6,12 @@
 //! cooldown, about 90 s) and narrates; in the test suite the same flow runs with 1 s
 //! polls and a 3 s cooldown.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::daemon::wait_until;
-use support::fake_kube::{FakeKube, Kind};
-use support::process::{free_port, signal, spawn};
-use support::sqs;
+use crate::support::daemon::wait_until;
+use crate::support::fake_kube::{FakeKube, Kind};
+use crate::support::process::{free_port, signal, spawn};
+use crate::support::sqs;
 
 const QUEUE: &str = "keda-demo-queue";
 /// The demo queue's region, from config/demo.toml's queue URL.

@@ -6,15 +6,13 @@
 //! a context campaigns there; a forced stop keeps the lease, a clean one hands it back.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::daemon::{cluster, demo_rule, wait_until, write};
-use support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
-use support::process::{free_port, http_get, signal, spawn, spawn_as_pid1};
-use support::sqs;
+use crate::support::daemon::{cluster, demo_rule, wait_until, write};
+use crate::support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
+use crate::support::process::{free_port, http_get, signal, spawn, spawn_as_pid1};
+use crate::support::sqs;
 
 const NS: &str = "default";
 const LEASE: &str = "sqscale-test";
@@ -184,7 +182,7 @@ fn write_credential(dir: &Path, kube: &FakeKube, credential: Credential, token: 
             json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh", "args": [script], "interactiveMode": "Never"}})
         }
     };
-    support::fake_kube::write_kubeconfig_with_users(&kubeconfig, &[("fake", kube)], &[user], "fake");
+    crate::support::fake_kube::write_kubeconfig_with_users(&kubeconfig, &[("fake", kube)], &[user], "fake");
     kubeconfig
 }
 
@@ -275,7 +273,7 @@ async fn leader_metric_becomes(port: u16, want: &str) -> bool {
 
 /// Requests that wrote to the Deployment `demo` (its /scale or the object) and that the
 /// API server acted on.
-fn deployment_writes(kube: &FakeKube) -> Vec<support::fake_kube::Captured> {
+fn deployment_writes(kube: &FakeKube) -> Vec<crate::support::fake_kube::Captured> {
     kube.requests()
         .into_iter()
         .filter(|r| r.method != "GET" && r.path.contains("/deployments/demo"))

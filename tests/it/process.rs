@@ -2,17 +2,15 @@
 //! NOTIFY_SOCKET, the HTTP endpoints, `sqscale status`, Events on the target, and exit
 //! codes; `import-keda` against the fake API server. Needs `SQS_ENDPOINT_URL` (scripts/test starts moto).
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::daemon::{cluster, demo_rule, wait_until, write};
-use support::fake_kube::Kind;
-use support::process::{free_port, http_get, signal, spawn, spawn_without};
-use support::sqs;
+use crate::support::daemon::{cluster, demo_rule, wait_until, write};
+use crate::support::fake_kube::Kind;
+use crate::support::process::{free_port, http_get, signal, spawn, spawn_without};
+use crate::support::sqs;
 
 const NS: &str = "default";
 
@@ -331,7 +329,7 @@ async fn checked_rules(dir: &Path, text: &str) -> Vec<(String, String, Option<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_keda_lists_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let kube = support::fake_kube::FakeKube::start().await;
+    let kube = crate::support::fake_kube::FakeKube::start().await;
     let kubeconfig = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig);
     // The context's namespace is where kubectl (and import-keda) looks by default.
@@ -448,7 +446,7 @@ fn moto_port_and_path(queue: &str) -> (u16, String) {
 /// has no variables but a kubeconfig whose cluster names the proxy (`proxy-url`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
-    use support::forward_proxy::ForwardProxy;
+    use crate::support::forward_proxy::ForwardProxy;
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
     kube.add_deployment(NS, "direct", 0);

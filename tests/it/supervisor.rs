@@ -2,8 +2,6 @@
 //! semantics, shutdown and drain, dry run, failures. Fast and deterministic; the same
 //! behaviours against real protocols are in `tests/daemon.rs`.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,7 +11,7 @@ use sqscale::signals::Control;
 use sqscale::source::Shared;
 use sqscale::supervisor::{self, Aborted, ReloadOutcome, Supervisor};
 use sqscale::worker::{Clock, Deps};
-use support::fakes::{FakeQueues, FakeTargets};
+use crate::support::fakes::{FakeQueues, FakeTargets};
 use tokio::sync::mpsc;
 use tokio::time::sleep;
 
