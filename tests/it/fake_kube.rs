@@ -1,4 +1,4 @@
-//! Self-test of the fake Kubernetes API server (`tests/support/fake_kube.rs`), driven by the real `kube` client.
+//! Self-test of the fake Kubernetes API server (`tests/it/support/fake_kube.rs`), driven by the real `kube` client.
 
 use crate::support::fake_kube;
 

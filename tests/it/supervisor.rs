@@ -1,6 +1,6 @@
 //! The supervisor and its workers with in-memory fakes on tokio's paused clock: reload
 //! semantics, shutdown and drain, dry run, failures. Fast and deterministic; the same
-//! behaviours against real protocols are in `tests/daemon.rs`.
+//! behaviours against real protocols are in `tests/it/daemon.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
