@@ -16,7 +16,7 @@ use crate::daemon::{self, CALL_TIMEOUT};
 use crate::signals;
 use crate::simulate;
 use crate::source::sqs::Sqs;
-use crate::target::kube::Kube;
+use crate::workload::kube::Kube;
 use crate::telemetry::{self, LogFormat};
 /// Bound on `sqscale health`: a daemon that cannot answer /healthz this fast is not
 /// healthy (and a container health check must not hang).
@@ -167,7 +167,7 @@ fn check(path: &Path, remote: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
 /// `check --remote`: one line per rule on stdout; returns how many rules failed.
 async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
     use crate::source::{Attrs, QueueReader};
-    use crate::target::ScaleTarget;
+    use crate::workload::ScaleTarget;
     let sqs = Sqs::new(CALL_TIMEOUT);
     let kube = Kube::from_config(config, kubeconfig, CALL_TIMEOUT);
     let mut failed = 0;

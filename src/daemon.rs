@@ -17,7 +17,7 @@ use crate::signals::Control;
 use crate::source::{Shared, sqs::Sqs};
 use crate::status::Observer;
 use crate::supervisor::{self, Aborted};
-use crate::target::kube::{Kube, KubeError};
+use crate::workload::kube::{Kube, KubeError};
 use crate::worker::{Clock, Deps};
 
 /// Bound on every remote call of a poll (SQS, Kubernetes).

@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::config::LeaderElection;
 use crate::status::Observer;
-use crate::target::kube::Kube;
+use crate::workload::kube::Kube;
 
 /// How long a clean stop waits for the API server to take the lease back. Past it the
 /// lease expires on its own, `lease_duration` after the last renewal.

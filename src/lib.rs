@@ -24,7 +24,7 @@
 //! - [`signals`]: the only place that knows Unix signals; turns them into `Control`.
 //! - [`source`]: the queue port and shared reads; `sqs` the AWS adapter, `direct` its
 //!   hot path, `wire` the `GetQueueAttributes` format both use.
-//! - [`target`]: the target port; `kube` the Kubernetes adapter, `auth` refreshing
+//! - [`workload`]: the target port; `kube` the Kubernetes adapter, `auth` refreshing
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
 //! - [`status`]: metrics, each rule's record and health, and the `sqscale status` client.
@@ -58,7 +58,7 @@ pub mod status;
 pub mod supervisor;
 mod sync;
 pub mod systemd;
-pub mod target;
+pub mod workload;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;

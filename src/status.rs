@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::config::Rule;
 use crate::engine::{Decision, Reason, Time};
 use crate::sync::lock;
-use crate::target::format_time;
+use crate::workload::format_time;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {

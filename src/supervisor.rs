@@ -17,7 +17,7 @@ use crate::engine::State;
 use crate::leader::Electors;
 use crate::signals::Control;
 use crate::source::QueueReader;
-use crate::target::ScaleTarget;
+use crate::workload::ScaleTarget;
 use crate::worker::{self, Deps};
 
 /// How a reload went.

@@ -17,7 +17,7 @@ use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
 use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError, SourceErrorKind};
 use crate::status::{Observer, PollReport, RecordHandle};
-use crate::target::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView, format_time};
+use crate::workload::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView, format_time};
 
 /// A failing streak is reported as an Event at its first failure, then at most this
 /// often, so a broken rule does not flood the API server.
@@ -476,7 +476,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
 mod tests {
     use super::*;
     use crate::source::sqs::Sqs;
-    use crate::target::kube::Kube;
+    use crate::workload::kube::Kube;
 
     /// Timestamps written to the cluster come from the wall clock at the time of the
     /// write, however the monotonic clock has run since the start (it stops while a VM

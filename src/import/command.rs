@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Import, Options};
 use crate::cli::{EX_CONFIG, EX_DATAERR};
-use crate::target::kube::Kube;
+use crate::workload::kube::Kube;
 
 /// Bound on each request to the API server (a list of every ScaledObject of a large
 /// cluster is one request).

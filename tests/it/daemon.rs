@@ -245,8 +245,8 @@ async fn a_steady_busy_rule_writes_nothing_and_its_state_on_the_edges() {
     let stored = kube.config_map("sqscale", "sqscale-state").expect("the state ConfigMap");
     let at = stored["data"]["deployment.default.demo"].as_str().expect("the target's key");
     assert_eq!(
-        sqscale::target::parse_time(at),
-        daemon.observer.statuses()[0].last_active.as_deref().and_then(sqscale::target::parse_time)
+        sqscale::workload::parse_time(at),
+        daemon.observer.statuses()[0].last_active.as_deref().and_then(sqscale::workload::parse_time)
     );
     assert!(!writes(&kube).iter().any(whole_workload));
     assert_eq!(daemon.stop().await, Ok(()));
@@ -260,7 +260,7 @@ async fn a_last_active_annotation_left_by_an_older_version_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path(), "demo", 3).await;
     let last_active = sqscale::engine::Time(jiff::Timestamp::now().as_millisecond() - 1000);
-    let written = sqscale::target::format_time(last_active);
+    let written = sqscale::workload::format_time(last_active);
     kube.annotate(Kind::Deployment, NS, "demo", "sqscale.io/last-active", Some(&written));
     let queue = sqs::queue("migrated").await;
     let rule = demo_rule("demo", &queue, "").replace("cooldown_period = 3", "cooldown_period = 6");

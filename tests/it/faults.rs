@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqscale::config::TargetRef;
 use sqscale::engine::Time;
 use sqscale::status::{Observer, RuleStatus};
-use sqscale::target::kube::Kube;
-use sqscale::target::{ScaleTarget, TargetError, TargetEvent, TargetView};
+use sqscale::workload::kube::Kube;
+use sqscale::workload::{ScaleTarget, TargetError, TargetEvent, TargetView};
 use crate::support::daemon::{Daemon, demo_rule, header, wait_until, write};
 use crate::support::fake_kube::{FakeKube, Kind};
 use crate::support::moto::Moto;
@@ -442,7 +442,7 @@ async fn a_rotated_token_is_read_from_the_new_kubeconfig_with_a_default_context(
 async fn eks_tokens_are_minted_again_before_they_expire_and_after_a_401() {
     use aws_credential_types::Credentials;
     use aws_credential_types::provider::SharedCredentialsProvider;
-    use sqscale::target::eks::Minter;
+    use sqscale::workload::eks::Minter;
     let dir = tempfile::tempdir().unwrap();
     let (kube, kubeconfig) = cluster(dir.path()).await;
     kube.accept_eks_tokens(Duration::from_secs(3));
@@ -693,7 +693,7 @@ async fn sigkill_and_restart_keep_last_active_no_early_scale_to_zero() {
         rule["active"] == false && rule["last_active"].as_str().is_some_and(|t| Some(t) == annotation().as_deref())
     };
     assert!(http_until(port, "/status", Duration::from_secs(5), inactive).await.is_some(), "{}", logs(&log_a));
-    let last_active = sqscale::target::parse_time(&annotation().unwrap()).unwrap();
+    let last_active = sqscale::workload::parse_time(&annotation().unwrap()).unwrap();
 
     signal(&a, "-KILL");
     a.wait().unwrap();

@@ -440,7 +440,7 @@ impl FakeKube {
     /// Also accepts EKS tokens (`k8s-aws-v1.` + a presigned STS GetCallerIdentity URL that
     /// signs the `x-k8s-aws-id` cluster header) whose signing time (`X-Amz-Date`) is at
     /// most `max_age` old, as EKS does with 15 minutes. Nothing is sent to STS, so the
-    /// signature itself is not checked (the unit tests of `target::eks` check it).
+    /// signature itself is not checked (the unit tests of `workload::eks` check it).
     pub fn accept_eks_tokens(&self, max_age: Duration) {
         self.shared.lock().eks = Some(max_age);
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqscale::config::{QueueSource, TargetRef};
 use sqscale::engine::{Counts, Pause, Time};
 use sqscale::source::{Attrs, QueueReader, SourceError, SourceErrorKind};
-use sqscale::target::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
+use sqscale::workload::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
 
 /// Queues by name: a backlog, or `None` for "fails".
 #[derive(Clone, Default)]
