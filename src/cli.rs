@@ -16,8 +16,8 @@ use crate::daemon::{self, CALL_TIMEOUT};
 use crate::signals;
 use crate::simulate;
 use crate::source::sqs::Sqs;
-use crate::workload::kube::Kube;
 use crate::telemetry::{self, LogFormat};
+use crate::workload::kube::Kube;
 /// Bound on `sqscale health`: a daemon that cannot answer /healthz this fast is not
 /// healthy (and a container health check must not hang).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);

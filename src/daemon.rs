@@ -17,8 +17,8 @@ use crate::signals::Control;
 use crate::source::{Shared, sqs::Sqs};
 use crate::status::Observer;
 use crate::supervisor::{self, Aborted};
-use crate::workload::kube::{Kube, KubeError};
 use crate::worker::{Clock, Deps};
+use crate::workload::kube::{Kube, KubeError};
 
 /// Bound on every remote call of a poll (SQS, Kubernetes).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -58,8 +58,8 @@ pub mod status;
 pub mod supervisor;
 mod sync;
 pub mod systemd;
-pub mod workload;
 pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod worker;
+pub mod workload;

@@ -17,8 +17,8 @@ use crate::engine::State;
 use crate::leader::Electors;
 use crate::signals::Control;
 use crate::source::QueueReader;
-use crate::workload::ScaleTarget;
 use crate::worker::{self, Deps};
+use crate::workload::ScaleTarget;
 
 /// How a reload went.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,16 +11,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqscale::config::TargetRef;
-use sqscale::engine::Time;
-use sqscale::status::{Observer, RuleStatus};
-use sqscale::workload::kube::Kube;
-use sqscale::workload::{ScaleTarget, TargetError, TargetEvent, TargetView};
 use crate::support::daemon::{Daemon, demo_rule, header, wait_until, write};
 use crate::support::fake_kube::{FakeKube, Kind};
 use crate::support::moto::Moto;
 use crate::support::process::{free_port, signal, spawn};
 use crate::support::sqs;
+use sqscale::config::TargetRef;
+use sqscale::engine::Time;
+use sqscale::status::{Observer, RuleStatus};
+use sqscale::workload::kube::Kube;
+use sqscale::workload::{ScaleTarget, TargetError, TargetEvent, TargetView};
 
 const NS: &str = "default";
 

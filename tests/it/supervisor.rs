@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::fakes::{FakeQueues, FakeTargets};
 use sqscale::config::{self, Config, ConfigErrors};
 use sqscale::signals::Control;
 use sqscale::source::Shared;
 use sqscale::supervisor::{self, Aborted, ReloadOutcome, Supervisor};
 use sqscale::worker::{Clock, Deps};
-use crate::support::fakes::{FakeQueues, FakeTargets};
 use tokio::sync::mpsc;
 use tokio::time::sleep;
 

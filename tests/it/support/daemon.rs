@@ -10,9 +10,9 @@ use sqscale::signals::Control;
 use sqscale::source::{Shared, sqs::Sqs};
 use sqscale::status::Observer;
 use sqscale::supervisor::{self, Aborted};
+use sqscale::worker::{Clock, Deps};
 use sqscale::workload::ScaleTarget;
 use sqscale::workload::kube::Kube;
-use sqscale::worker::{Clock, Deps};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
