@@ -24,7 +24,9 @@
 //! - [`signals`]: the only place that knows Unix signals; turns them into `Control`.
 //! - [`source`]: the queue port and shared reads; `sqs` the AWS adapter, `direct` its
 //!   hot path, `wire` the `GetQueueAttributes` format both use.
-//! - [`workload`]: the target port; `kube` the Kubernetes adapter, `auth` refreshing
+//! - [`workload`]: the target port; `kube` the Kubernetes adapter (its client per
+//!   context, `kube::cache` the watch-backed caches, `kube::writes` the port's reads and
+//!   writes, `kube::access` the permissions and the access review), `auth` refreshing
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
 //! - [`status`]: metrics, each rule's record and health, and the `sqscale status` client.
