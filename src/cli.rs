@@ -328,9 +328,9 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
         let mut observer = Observer::new();
         let identity = config.leader_election.enabled.then(crate::leader::identity);
         if let Some(identity) = &identity {
-            observer.enable_leader_election();
             let le = &config.leader_election;
-            tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, "leader election on; starting as a standby");
+            observer.enable_leader_election(identity, le.standby);
+            tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, standby = le.standby.as_str(), "leader election on; starting as a standby");
         }
         let observer = Arc::new(observer);
         let leader = identity.map(|identity| {
@@ -433,6 +433,9 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
     };
     match runtime.block_on(crate::status::fetch(&base)) {
         Ok(status) => {
+            if let Some(election) = &status.leader_election {
+                print!("{}", crate::status::election_lines(election));
+            }
             print!("{}", crate::status::table(&status.rules));
             if !status.restart_required.is_empty() {
                 eprintln!(

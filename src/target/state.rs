@@ -14,6 +14,7 @@
 //! it is still read (the newer of the two wins) and never written again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,8 +50,13 @@ pub struct Store {
     api: Api<ConfigMap>,
     namespace: String,
     timeout: Duration,
-    /// Set once the ConfigMap has been read (a missing one reads as empty).
-    loaded: tokio::sync::OnceCell<()>,
+    /// Bumped to have the ConfigMap read again (see [`Store::reread`]).
+    wanted: AtomicU64,
+    /// The last `wanted` the ConfigMap was read for (a missing one reads as empty);
+    /// the lock makes concurrent readers wait for one read.
+    loaded: tokio::sync::Mutex<Option<u64>>,
+    /// `loaded`, readable without the lock: `u64::MAX` before the first read.
+    loaded_at: AtomicU64,
     values: Mutex<HashMap<String, Time>>,
     batch: Mutex<Batch>,
     wake: Notify,
@@ -62,7 +68,9 @@ impl Store {
             api,
             namespace: namespace.to_owned(),
             timeout,
+            wanted: AtomicU64::new(0),
             loaded: Default::default(),
+            loaded_at: AtomicU64::new(u64::MAX),
             values: Default::default(),
             batch: Default::default(),
             wake: Notify::new(),
@@ -76,10 +84,29 @@ impl Store {
     /// The stored last-active of `t`; the ConfigMap is read on the first call (a failed
     /// read fails this call and is tried again on the next).
     pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, String> {
-        if self.loaded.get().is_none() {
-            Box::pin(self.loaded.get_or_try_init(|| self.load())).await?;
+        let wanted = self.wanted.load(Ordering::Acquire);
+        if self.loaded_at.load(Ordering::Acquire) != wanted {
+            Box::pin(self.load_once(wanted)).await?;
         }
         Ok(lock(&self.values).get(&key(t)).copied())
+    }
+
+    /// The next [`Store::get`] reads the ConfigMap again (what was read is kept, and
+    /// the newer time of each key wins): another instance may have written it since.
+    pub fn reread(&self) {
+        self.wanted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the ConfigMap for `wanted`, unless a concurrent caller just did.
+    async fn load_once(&self, wanted: u64) -> Result<(), String> {
+        let mut loaded = self.loaded.lock().await;
+        if *loaded == Some(wanted) {
+            return Ok(());
+        }
+        self.load().await?;
+        *loaded = Some(wanted);
+        self.loaded_at.store(wanted, Ordering::Release);
+        Ok(())
     }
 
     async fn load(&self) -> Result<(), String> {
