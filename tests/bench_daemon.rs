@@ -1006,6 +1006,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
         let _ = writeln!(details, "daemon warnings/errors in the window: {problems:?}");
     }
     if case != Case::Idle {
+        (row.patch_p50, row.patch_p99, row.reload_ms) = (f64::NAN, f64::NAN, f64::NAN);
         // The steady cases end here: the backlog phase and the reload are the idle
         // case's (the figures PERFORMANCE.md has had from the start).
         return finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await;

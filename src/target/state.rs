@@ -31,6 +31,13 @@ use crate::source::lock;
 /// The ConfigMap's name.
 pub const STATE_CONFIGMAP: &str = "sqscale-state";
 
+/// At most one PATCH of the state per context this often: writes that arrive meanwhile
+/// wait and go out together. A busy fleet refreshes every rule's last-active once a
+/// minute, and the API server answers each PATCH with the whole ConfigMap (half a
+/// megabyte at ten thousand targets); one PATCH per token of the write budget would be
+/// twenty such answers a second. A write after a quiet second goes out at once.
+pub const WRITE_SPACING: Duration = Duration::from_secs(1);
+
 /// The key of `t` in the ConfigMap: `<kind>.<namespace>.<name>`, which is a valid
 /// ConfigMap key (names and namespaces are DNS labels or subdomains).
 pub fn key(t: &TargetRef) -> String {
@@ -48,6 +55,7 @@ struct Batch {
 /// and the writes waiting for the writer task.
 pub struct Store {
     api: Api<ConfigMap>,
+    client: kube::Client,
     namespace: String,
     timeout: Duration,
     /// Bumped to have the ConfigMap read again (see [`Store::reread`]).
@@ -65,6 +73,7 @@ pub struct Store {
 impl Store {
     pub fn new(api: Api<ConfigMap>, namespace: &str, timeout: Duration) -> Arc<Store> {
         Arc::new(Store {
+            client: api.clone().into_client(),
             api,
             namespace: namespace.to_owned(),
             timeout,
@@ -154,13 +163,18 @@ impl Store {
     /// last, after a token from `limit` (the context's write budget). Runs until the
     /// context's connection is dropped.
     pub async fn write_loop(self: Arc<Self>, limit: Arc<super::kube::WriteLimit>) {
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
             self.wake.notified().await;
+            if let Some(at) = last {
+                tokio::time::sleep_until(at + WRITE_SPACING).await;
+            }
             limit.wait().await;
             let batch = std::mem::take(&mut *lock(&self.batch));
             if batch.waiters.is_empty() {
                 continue;
             }
+            last = Some(tokio::time::Instant::now());
             let result = tokio::time::timeout(self.timeout, self.write(&batch.data))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {}s", self.timeout.as_secs_f64())))
@@ -176,7 +190,12 @@ impl Store {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = serde_json::json!({ "data": data });
         for _ in 0..2 {
-            match self.api.patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body)).await {
+            // The answer is the whole ConfigMap: read past it rather than build a map of
+            // every target's time only to drop it.
+            let request = kube::core::Request::new(self.api.resource_url())
+                .patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body))
+                .map_err(|e| e.to_string())?;
+            match self.client.request::<serde::de::IgnoredAny>(request).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(describe(&e)),
