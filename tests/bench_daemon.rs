@@ -23,6 +23,25 @@
 //!   polls again;
 //! * the drain on SIGTERM.
 //!
+//! Each N runs the cases of `SQSCALE_BENCH_CASES` (default `idle,busy,tls-idle,tls-busy`),
+//! each with a daemon of its own:
+//!
+//! * `idle`: everything above (empty queues, plain HTTP);
+//! * `busy`: every queue holds 10 messages from the start and every target runs the 2
+//!   replicas that asks for (`queue_length = 5`), so every rule is active and nothing
+//!   scales after start-up: start-up and the measured window only;
+//! * `tls-idle`, `tls-busy`: the same over HTTPS. The SQS endpoint serves a fresh
+//!   self-signed certificate for 127.0.0.1, and the daemon trusts it (and only it)
+//!   through `SSL_CERT_FILE`, as it would a corporate CA.
+//!
+//! Every case prints the Kubernetes reads (GET, LIST, WATCH) and writes (PATCH, POST,
+//! PUT) per rule per minute in its window, the last-active times the state writes
+//! carried, the replica changes seen, and the CPU of the SQS endpoint's own thread (it
+//! runs on a thread and runtime of its own, so its CPU is read from
+//! `/proc/self/task/TID/stat`: far below a core means it keeps up and the figures are
+//! the daemon's). After the table: busy against idle over the same transport, CPU ratio
+//! and RSS difference in the same run.
+//!
 //! Knobs: `SQSCALE_BENCH_LOG` sets the daemon's `SQSCALE_LOG` (default `info`);
 //! `SQSCALE_BENCH_KEEP=1` keeps each size's rule file and daemon log.
 //!
