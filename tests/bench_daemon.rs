@@ -233,9 +233,8 @@ fn start_sqs(n: usize, tls: bool) -> (Arc<Sqs>, SqsServer) {
                         let (app, acceptor) = (app.clone(), acceptor.clone());
                         tokio::spawn(async move {
                             let service = hyper_util::service::TowerToHyperService::new(app);
-                            let builder = hyper_util::server::conn::auto::Builder::new(
-                                hyper_util::rt::TokioExecutor::new(),
-                            );
+                            let builder =
+                                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                             match acceptor {
                                 Some(acceptor) => {
                                     let Ok(tls) = acceptor.accept(tcp).await else { return };
@@ -351,7 +350,11 @@ impl KubeCounts {
 
     /// Requests that change something at the API server (PATCH, POST, PUT, DELETE).
     fn writes(&self) -> u64 {
-        self.by_kind.iter().filter(|(k, _)| !k.starts_with("GET") && !k.starts_with("LIST") && **k != "WATCH").map(|(_, v)| v).sum()
+        self.by_kind
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET") && !k.starts_with("LIST") && **k != "WATCH")
+            .map(|(_, v)| v)
+            .sum()
     }
 
     fn reads(&self) -> u64 {

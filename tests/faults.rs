@@ -727,7 +727,9 @@ async fn the_stored_state_is_read_again_when_this_instance_starts_to_lead() {
     let (kube, kubeconfig) = cluster(dir.path()).await;
     let adapter = Kube::new(Some(kubeconfig), None, Duration::from_secs(5));
     let target = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: "demo".into(), namespace: NS.into() };
-    let stored = |at: &str| kube.put_config_map("sqscale", "sqscale-state", serde_json::json!({ "deployment.default.demo": at }));
+    let stored = |at: &str| {
+        kube.put_config_map("sqscale", "sqscale-state", serde_json::json!({ "deployment.default.demo": at }))
+    };
     let read = || async { adapter.read(None, &target).await.unwrap().last_active.map(sqscale::target::format_time) };
     stored("2026-12-02T07:00:00Z");
     assert_eq!(read().await.as_deref(), Some("2026-12-02T07:00:00Z"));
@@ -735,7 +737,8 @@ async fn the_stored_state_is_read_again_when_this_instance_starts_to_lead() {
     assert_eq!(read().await.as_deref(), Some("2026-12-02T07:00:00Z"), "the copy read once");
     adapter.reread_state(None);
     assert_eq!(read().await.as_deref(), Some("2026-12-02T07:05:00Z"), "read again");
-    let gets = kube.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with("/configmaps/sqscale-state")).count();
+    let gets =
+        kube.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with("/configmaps/sqscale-state")).count();
     assert_eq!(gets, 2);
 }
 
@@ -753,14 +756,19 @@ async fn a_stream_of_state_writes_is_folded_into_one_patch_a_second() {
         let adapter = adapter.clone();
         writes.spawn(async move {
             tokio::time::sleep_until(started + Duration::from_millis(20 * i)).await;
-            let t = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: format!("d-{i}"), namespace: NS.into() };
+            let t = TargetRef {
+                kind: sqscale::config::TargetKind::Deployment,
+                name: format!("d-{i}"),
+                namespace: NS.into(),
+            };
             adapter.set_last_active(None, &t, Time(1_795_000_000_000 + i as i64)).await
         });
     }
     while let Some(done) = writes.join_next().await {
         done.unwrap().unwrap();
     }
-    let patches = kube.requests().iter().filter(|r| r.path.ends_with("/configmaps/sqscale-state") && r.method != "GET").count();
+    let patches =
+        kube.requests().iter().filter(|r| r.path.ends_with("/configmaps/sqscale-state") && r.method != "GET").count();
     assert!(patches <= 3, "{patches} writes of the state for 40 times over 0.8 s");
     let data = kube.config_map("sqscale", "sqscale-state").unwrap()["data"].clone();
     assert_eq!(data.as_object().unwrap().len(), 40, "every time stored: {data}");

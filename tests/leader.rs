@@ -587,7 +587,12 @@ async fn a_cold_standby_polls_nothing_until_it_leads_and_keeps_the_stored_cooldo
     assert!(took_over < last_active + 7_000, "took over too late to tell: {}", took_over - last_active);
     assert!(wait_until(Duration::from_secs(20), || replicas() == 0).await, "{}", logs(&log_b));
     let zero = unix_ms();
-    assert!(zero >= last_active + 8_000, "scaled to zero {} ms after last-active: {}", zero - last_active, logs(&log_b));
+    assert!(
+        zero >= last_active + 8_000,
+        "scaled to zero {} ms after last-active: {}",
+        zero - last_active,
+        logs(&log_b)
+    );
     assert!(proxy_b.count("GetQueueAttributes") > 0, "the new leader polls");
 
     // And it scales as a leader.
