@@ -29,7 +29,8 @@
 //! * `idle`: everything above (empty queues, plain HTTP);
 //! * `busy`: every queue holds 10 messages from the start and every target runs the 2
 //!   replicas that asks for (`queue_length = 5`), so every rule is active and nothing
-//!   scales after start-up: start-up and the measured window only;
+//!   scales after start-up: start-up and the measured window only, which is at least
+//!   80 s (one refresh of every rule's stored last-active, see [`BUSY_WINDOW`]);
 //! * `tls-idle`, `tls-busy`: the same over HTTPS. The SQS endpoint serves a fresh
 //!   self-signed certificate for 127.0.0.1, and the daemon trusts it (and only it)
 //!   through `SSL_CERT_FILE`, as it would a corporate CA.
@@ -751,6 +752,10 @@ impl Case {
 /// ask for exactly 2 (the HPA's ratio is 1.0), so nothing scales after start-up.
 const BUSY_BACKLOG: u64 = 10;
 const BUSY_REPLICAS: u32 = 2;
+/// A busy rule stores its last-active every max(60 s, cooldown / 4) = 75 s, i.e. on
+/// every 8th poll: a busy window is at least those 80 s, so that it holds exactly one
+/// refresh of every rule and its writes per minute are the long-run rate.
+const BUSY_WINDOW: Duration = Duration::from_secs(80);
 
 /// One size's results.
 #[derive(Default)]
@@ -936,7 +941,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
     let me = std::process::id() as i32;
     let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s0 = sqs_server.cpu_seconds();
-    tokio::time::sleep(window).await;
+    tokio::time::sleep(if case.busy() { window.max(BUSY_WINDOW) } else { window }).await;
     let (w1, d1, h1, k1, log1) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s1 = sqs_server.cpu_seconds();
     let minutes = (w1 - w0).as_secs_f64() / 60.0;
@@ -962,7 +967,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
     row.problems_in_window = problems.values().sum();
     let _ = writeln!(
         details,
-        "idle window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
+        "window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
          this process (SQS + fake API server + watch): {:.2} s/min",
         (w1 - w0).as_secs_f64(),
         mib(d0.rss_kib),
