@@ -90,8 +90,9 @@ impl Store {
         format!("ConfigMap {}/{STATE_CONFIGMAP}", self.namespace)
     }
 
-    /// The stored last-active of `t`; the ConfigMap is read on the first call (a failed
-    /// read fails this call and is tried again on the next).
+    /// The stored last-active of `t`; the ConfigMap is read on the first call and on the
+    /// first after each [`Store::reread`] (a failed read fails this call and is tried
+    /// again on the next).
     pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, String> {
         let wanted = self.wanted.load(Ordering::Acquire);
         if self.loaded_at.load(Ordering::Acquire) != wanted {
