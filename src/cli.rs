@@ -356,6 +356,9 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
     };
     match runtime.block_on(crate::status::fetch(&base)) {
         Ok(status) => {
+            if let Some(election) = &status.leader_election {
+                print!("{}", crate::status::election_lines(election));
+            }
             print!("{}", crate::status::table(&status.rules));
             if !status.restart_required.is_empty() {
                 eprintln!(

@@ -85,9 +85,9 @@ pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Contr
     let mut observer = Observer::new();
     let identity = config.leader_election.enabled.then(crate::leader::identity);
     if let Some(identity) = &identity {
-        observer.enable_leader_election();
         let le = &config.leader_election;
-        tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, "leader election on; starting as a standby");
+        observer.enable_leader_election(identity, le.standby);
+        tracing::info!(%identity, lease = %le.lease_name, namespace = %le.namespace, standby = le.standby.as_str(), "leader election on; starting as a standby");
     }
     let observer = Arc::new(observer);
     let leader = identity.map(|identity| {

@@ -267,14 +267,18 @@ impl Elector {
             if until.is_some() != leading {
                 leading = until.is_some();
                 if leading {
+                    // While another instance led, it stored newer last-active times:
+                    // the rules read them again before they decide as the leader.
+                    self.kube.reread_state(context);
                     info!(lease = %self.settings.lease_name, identity = %self.identity, "became the leader");
                 } else {
                     warn!(lease = %self.settings.lease_name, "lost the lease; no more writes");
                 }
             }
-            self.observer.set_leading(context, self.generation, until);
+            let holder = observed.as_ref().and_then(|o| o.holder.as_deref());
+            self.observer.set_leading(context, self.generation, until, holder);
         };
-        self.observer.set_leading(context, self.generation, None);
+        self.observer.set_leading(context, self.generation, None, None);
         if clean && renewed.is_some() {
             self.release().await;
         }

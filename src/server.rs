@@ -58,5 +58,9 @@ async fn readyz(State(o): State<Arc<Observer>>) -> Response {
 }
 
 async fn status(State(o): State<Arc<Observer>>) -> Response {
-    axum::Json(serde_json::json!({ "rules": o.statuses(), "restart_required": o.restart_required() })).into_response()
+    let mut body = serde_json::json!({ "rules": o.statuses(), "restart_required": o.restart_required() });
+    if let Some(election) = o.election() {
+        body["leader_election"] = serde_json::json!(election);
+    }
+    axum::Json(body).into_response()
 }

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::Rule;
+use crate::config::{Rule, Standby};
 use crate::engine::{Decision, Reason, Time};
 use crate::sync::lock;
 use crate::workload::format_time;
@@ -200,18 +200,47 @@ pub struct Observer {
     /// campaign that reports for it and until when it may write. Without: `None`, and
     /// this instance always leads.
     leadership: Mutex<Option<BTreeMap<Option<String>, Campaign>>>,
+    /// With leader election: this instance's identity in the leases, and what it does
+    /// while it stands by.
+    election: Option<(String, Standby)>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
 }
 
 /// One context's election as the observer keeps it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Campaign {
     /// Which elector reports: a context dropped and added again by reloads gets a new
     /// elector, and the old one's last words must not count.
     generation: u64,
     /// `Some`: leading, and writes must end before this instant.
     until: Option<Instant>,
+    /// The lease's holder as last read (`holderIdentity`): who leads.
+    holder: Option<String>,
+}
+
+/// `/status` of an instance with leader election: who it is, whether it stands by,
+/// and who leads each cluster.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ElectionStatus {
+    /// This instance's identity in the leases.
+    pub identity: String,
+    /// `cold` or `warm`: what this instance does while it stands by.
+    pub standby_mode: String,
+    /// True unless this instance leads in every cluster.
+    pub standby: bool,
+    pub contexts: Vec<ContextLead>,
+}
+
+/// One cluster's lease as this instance last saw it.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ContextLead {
+    /// The kube context (`null`: the default one).
+    pub context: Option<String>,
+    /// Whether this instance holds the lease and may write.
+    pub leading: bool,
+    /// The lease's `holderIdentity`: the instance that leads (`null`: none yet).
+    pub leader: Option<String>,
 }
 
 /// Whether, and until when, this instance may write to the targets of one kube context.
@@ -275,7 +304,14 @@ impl Observer {
         r.register_collector(Box::new(RuleMetrics(rules.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
-        Observer { registry: r, metrics, rules, leadership: Mutex::default(), restart_required: Mutex::default() }
+        Observer {
+            registry: r,
+            metrics,
+            rules,
+            leadership: Mutex::default(),
+            election: None,
+            restart_required: Mutex::default(),
+        }
     }
 
     /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader
@@ -284,9 +320,11 @@ impl Observer {
         self.metrics.sqs_fallbacks.clone()
     }
 
-    /// Registers `sqscale_is_leader`; from now on this instance writes to a context
-    /// only while its elector reports a lease held there (see [`Observer::campaign`]).
-    pub fn enable_leader_election(&mut self) {
+    /// Registers `sqscale_is_leader`; from now on this instance, `identity` in the
+    /// leases, writes to a context only while its elector reports a lease held there
+    /// (see [`Observer::campaign`]), and while it does not, does what `standby` says.
+    pub fn enable_leader_election(&mut self, identity: &str, standby: Standby) {
+        self.election = Some((identity.to_owned(), standby));
         self.registry.register(
             "sqscale_is_leader",
             "1 while this instance holds the lease of every cluster it scales",
@@ -299,15 +337,19 @@ impl Observer {
     /// reports a lease. It replaces any older elector of the context.
     pub fn campaign(&self, context: Option<&str>, generation: u64) {
         self.update_leadership(|map| {
-            map.insert(context.map(str::to_owned), Campaign { generation, until: None });
+            map.insert(context.map(str::to_owned), Campaign { generation, until: None, holder: None });
         });
     }
 
-    /// Elector `generation` of `context` leads until `until`, or (`None`) not at all.
-    pub fn set_leading(&self, context: Option<&str>, generation: u64, until: Option<Instant>) {
+    /// Elector `generation` of `context` leads until `until`, or (`None`) not at all;
+    /// the lease names `holder`.
+    pub fn set_leading(&self, context: Option<&str>, generation: u64, until: Option<Instant>, holder: Option<&str>) {
         self.update_leadership(|map| {
             if let Some(c) = map.get_mut(&context.map(str::to_owned)).filter(|c| c.generation == generation) {
                 c.until = until;
+                if c.holder.as_deref() != holder {
+                    c.holder = holder.map(str::to_owned);
+                }
             }
         });
     }
@@ -340,6 +382,36 @@ impl Observer {
                 _ => Lead::Standby,
             },
         }
+    }
+
+    /// Whether rules of `context` should skip their polls: this instance is a cold
+    /// standby there (see [`Standby::Cold`]).
+    pub fn cold_standby(&self, context: Option<&str>) -> bool {
+        matches!(self.election, Some((_, Standby::Cold))) && self.lead(context) == Lead::Standby
+    }
+
+    /// `/status`'s account of the election; `None` without one.
+    pub fn election(&self) -> Option<ElectionStatus> {
+        let (identity, mode) = self.election.as_ref()?;
+        let now = Instant::now();
+        let contexts: Vec<ContextLead> = lock(&self.leadership)
+            .as_ref()
+            .map(|m| {
+                m.iter()
+                    .map(|(context, c)| ContextLead {
+                        context: context.clone(),
+                        leading: c.until.is_some_and(|u| u > now),
+                        leader: c.holder.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ElectionStatus {
+            identity: identity.clone(),
+            standby_mode: mode.as_str().to_owned(),
+            standby: contexts.is_empty() || contexts.iter().any(|c| !c.leading),
+            contexts,
+        })
     }
 
     fn leads_everywhere(&self) -> bool {
@@ -458,6 +530,15 @@ impl Observer {
             r.consecutive_failures += 1;
             r.last_error = Some(errors.join("; "));
         }
+    }
+
+    /// A cold standby's turn of the rule of `record`: no poll, but the rule is alive
+    /// (for `/healthz` and the watchdog) and counts as started (for READY=1).
+    pub fn stood_by(&self, record: &RecordHandle, next_poll: Time) {
+        let r = &mut *lock(&record.0);
+        r.polled = true;
+        r.since = Instant::now();
+        r.next_poll = Some(next_poll);
     }
 
     /// `/status`: every rule, in name order.
@@ -634,6 +715,10 @@ pub struct Status {
     /// Keys whose change waits for a restart (absent from older daemons).
     #[serde(default)]
     pub restart_required: Vec<String>,
+    /// With leader election: who this instance is and who leads (absent from older
+    /// daemons, and without leader election).
+    #[serde(default)]
+    pub leader_election: Option<ElectionStatus>,
 }
 
 /// GETs `path` from a running daemon at `base` (`http://127.0.0.1:9464`), waiting at
@@ -678,6 +763,25 @@ pub async fn check_health(base: &str, timeout: Duration) -> Result<String, Strin
     } else {
         Err(format!("{}/healthz: {status}: {text}", base.trim_end_matches('/')))
     }
+}
+
+/// Who this instance is in the leader election and who leads, above the table: a
+/// standby's table shows the figures of its last turn as a leader (a cold standby
+/// polls nothing), so it must say that it is one.
+pub fn election_lines(e: &ElectionStatus) -> String {
+    let mut out = String::new();
+    let role = if e.standby { format!("a {} standby", e.standby_mode) } else { "the leader".to_owned() };
+    out.push_str(&format!("instance {}: {role}\n", e.identity));
+    for c in &e.contexts {
+        let context = c.context.as_deref().unwrap_or("(default context)");
+        let leader = match (&c.leader, c.leading) {
+            (_, true) => "this instance".to_owned(),
+            (Some(l), false) => l.clone(),
+            (None, false) => "no instance yet".to_owned(),
+        };
+        out.push_str(&format!("  {context}: led by {leader}\n"));
+    }
+    out
 }
 
 /// Renders statuses as a table, one line per rule.
@@ -752,28 +856,37 @@ mod tests {
         let cap = Duration::from_secs(10);
         assert_eq!(Observer::new().lead(None).budget(cap), Some(cap), "no election: always");
         let mut o = Observer::new();
-        o.enable_leader_election();
+        o.enable_leader_election("me", Standby::Cold);
         let leader = |o: &Observer| o.encode_metrics().lines().any(|l| l == "sqscale_is_leader 1");
         assert!(!leader(&o), "no context held yet");
         o.campaign(None, 1);
         o.campaign(Some("b"), 2);
         assert_eq!(o.lead(None), Lead::Standby);
         let until = Instant::now() + Duration::from_secs(3);
-        o.set_leading(None, 1, Some(until));
+        assert!(o.cold_standby(None), "a cold standby skips its polls");
+        assert_eq!(o.election().unwrap().contexts[0].leader, None);
+        o.set_leading(None, 1, None, Some("other"));
+        let e = o.election().unwrap();
+        assert!(e.standby && e.standby_mode == "cold", "{e:?}");
+        assert_eq!((e.contexts[0].leading, e.contexts[0].leader.as_deref()), (false, Some("other")));
+        assert!(election_lines(&e).contains("(default context): led by other"), "{}", election_lines(&e));
+        o.set_leading(None, 1, Some(until), Some("me"));
+        assert!(!o.cold_standby(None), "the leader polls");
         assert_eq!(o.lead(None).budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
         assert!(!leader(&o), "context b is not held");
-        o.set_leading(Some("b"), 2, Some(until));
+        o.set_leading(Some("b"), 2, Some(until), Some("me"));
+        assert!(!o.election().unwrap().standby, "leads everywhere");
         assert!(leader(&o) && o.readiness().is_err(), "leads everywhere (not ready: no rule has polled)");
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(o.lead(None).budget(cap), None, "the lease's margin has run out");
         // Context b dropped and added again by reloads: a new elector, a standby until
         // it holds the lease; the old one's last words do not count.
         o.campaign(Some("b"), 3);
-        o.set_leading(Some("b"), 2, Some(Instant::now() + cap));
+        o.set_leading(Some("b"), 2, Some(Instant::now() + cap), Some("me"));
         o.forget(Some("b"), 2);
         assert_eq!(o.lead(Some("b")), Lead::Standby);
         o.forget(Some("b"), 3);
-        o.set_leading(None, 1, Some(Instant::now() + cap));
+        o.set_leading(None, 1, Some(Instant::now() + cap), Some("me"));
         assert!(leader(&o), "a forgotten context no longer counts");
     }
 

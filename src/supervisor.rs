@@ -224,7 +224,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         // Destructured, so that a new key cannot be forgotten here.
         let KubernetesSettings { kubeconfig, context, eks_cluster, qps, burst } = &self.kubernetes;
         let ServerSettings { listen } = &self.server;
-        let LeaderElection { enabled, namespace, lease_name, lease_duration, renew_deadline, retry_period } =
+        let LeaderElection { enabled, namespace, lease_name, lease_duration, renew_deadline, retry_period, standby } =
             &self.leader_election;
         let (k, s, l) = (&new.kubernetes, &new.server, &new.leader_election);
         [
@@ -240,6 +240,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             ("leader_election.lease_duration", *lease_duration != l.lease_duration),
             ("leader_election.renew_deadline", *renew_deadline != l.renew_deadline),
             ("leader_election.retry_period", *retry_period != l.retry_period),
+            ("leader_election.standby", *standby != l.standby),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

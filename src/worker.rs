@@ -182,6 +182,8 @@ struct Worker<Q, T> {
     scale_failures: Streak,
     /// Events being published, in tasks of their own.
     events: TaskTracker,
+    /// The last turn was skipped as a cold standby.
+    standing_by: bool,
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
@@ -199,6 +201,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             queue_failures: Streak::default(),
             scale_failures: Streak::default(),
             events: TaskTracker::new(),
+            standing_by: false,
         }
     }
 
@@ -212,6 +215,22 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             next_poll: Time(now.0 + rule.polling_interval.as_millis() as i64),
             ..PollReport::default()
         };
+        if self.deps.observer.cold_standby(ctx) {
+            // Another instance leads: no queue read, no target read, until this one does.
+            self.standing_by = true;
+            if let Some(record) = &self.record {
+                self.deps.observer.stood_by(record, report.next_poll);
+            }
+            return;
+        }
+        if std::mem::take(&mut self.standing_by) {
+            // Taking over from a cold standby: the HPA phase starts afresh (seeded with
+            // the replicas at first sight), as a controller-manager's HPAs do after a
+            // failover; last-active comes from the stored state, read below (the
+            // elector had it read again), so the cooldown the last leader ran is kept.
+            self.state.reset_hpa();
+            debug!(rule = %rule.name, target = %rule.target, "leading: polling again, the HPA phase afresh");
+        }
         let view = match self.deps.targets.read(ctx, &rule.target).await {
             Ok(v) => Some(v),
             Err(e) => {

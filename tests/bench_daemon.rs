@@ -23,6 +23,26 @@
 //!   polls again;
 //! * the drain on SIGTERM.
 //!
+//! Each N runs the cases of `SQSCALE_BENCH_CASES` (default `idle,busy,tls-idle,tls-busy`),
+//! each with a daemon of its own:
+//!
+//! * `idle`: everything above (empty queues, plain HTTP);
+//! * `busy`: every queue holds 10 messages from the start and every target runs the 2
+//!   replicas that asks for (`queue_length = 5`), so every rule is active and nothing
+//!   scales after start-up: start-up and the measured window only, which is at least
+//!   80 s (one refresh of every rule's stored last-active, see [`BUSY_WINDOW`]);
+//! * `tls-idle`, `tls-busy`: the same over HTTPS. The SQS endpoint serves a fresh
+//!   self-signed certificate for 127.0.0.1, and the daemon trusts it (and only it)
+//!   through `SSL_CERT_FILE`, as it would a corporate CA.
+//!
+//! Every case prints the Kubernetes reads (GET, LIST, WATCH) and writes (PATCH, POST,
+//! PUT) per rule per minute in its window, the last-active times the state writes
+//! carried, the replica changes seen, and the CPU of the SQS endpoint's own thread (it
+//! runs on a thread and runtime of its own, so its CPU is read from
+//! `/proc/self/task/TID/stat`: far below a core means it keeps up and the figures are
+//! the daemon's). After the table: busy against idle over the same transport, CPU ratio
+//! and RSS difference in the same run.
+//!
 //! Knobs: `SQSCALE_BENCH_LOG` sets the daemon's `SQSCALE_LOG` (default `info`);
 //! `SQSCALE_BENCH_KEEP=1` keeps each size's rule file and daemon log.
 //!
@@ -52,7 +72,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::serve::ListenerExt;
 use fake_kube::{FakeKube, Kind};
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -138,20 +157,110 @@ fn queue_index(url: &str) -> Option<usize> {
     url.rsplit('/').next()?.strip_prefix("q-")?.parse().ok()
 }
 
-async fn start_sqs(n: usize) -> (Arc<Sqs>, tokio::task::JoinHandle<()>) {
+/// The SQS endpoint's server: its own thread and runtime, so its CPU can be read apart
+/// from the fake API server's (`/proc/self/task/TID/stat`), and stopped with the size.
+struct SqsServer {
+    tid: u32,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// PEM of the server's self-signed certificate (the throwaway CA the daemon trusts
+    /// through `SSL_CERT_FILE`); `None` over plain HTTP.
+    ca_pem: Option<String>,
+}
+
+impl SqsServer {
+    /// CPU seconds the server's thread has used.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{}/stat", self.tid)).unwrap_or_default();
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / procfs::ticks_per_second() as f64
+    }
+}
+
+impl Drop for SqsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the SQS endpoint for `n` queues on a thread of its own: plain HTTP, or with
+/// `tls` HTTPS with a fresh self-signed certificate for 127.0.0.1, as real SQS speaks.
+fn start_sqs(n: usize, tls: bool) -> (Arc<Sqs>, SqsServer) {
     let sqs = Arc::new(Sqs::new(n));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    *sqs.url.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
-    let counter = sqs.clone();
-    let listener = listener.tap_io(move |tcp| {
-        let _ = tcp.set_nodelay(true);
-        counter.connections.fetch_add(1, Ordering::Relaxed);
-    });
-    let app = Router::new().fallback(sqs_handler).with_state(sqs.clone());
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (sqs, server)
+    let (acceptor, ca_pem) = if tls {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("generate a certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("TLS certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Some(ck.cert.pem()))
+    } else {
+        (None, None)
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started, bound) = std::sync::mpsc::channel();
+    let state = sqs.clone();
+    let thread = std::thread::Builder::new()
+        .name("bench-sqs".to_owned())
+        .spawn(move || {
+            // "/proc/thread-self" links to "<pid>/task/<tid>".
+            let tid: u32 = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+                .unwrap_or(0);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                started.send((tid, listener.local_addr().unwrap())).unwrap();
+                let app = Router::new().fallback(sqs_handler).with_state(state.clone());
+                let accept = async {
+                    loop {
+                        let Ok((tcp, _)) = listener.accept().await else { continue };
+                        let _ = tcp.set_nodelay(true);
+                        state.connections.fetch_add(1, Ordering::Relaxed);
+                        let (app, acceptor) = (app.clone(), acceptor.clone());
+                        tokio::spawn(async move {
+                            let service = hyper_util::service::TowerToHyperService::new(app);
+                            let builder =
+                                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                            match acceptor {
+                                Some(acceptor) => {
+                                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                                    let io = hyper_util::rt::TokioIo::new(tls);
+                                    let _ = builder.serve_connection(io, service).await;
+                                }
+                                None => {
+                                    let io = hyper_util::rt::TokioIo::new(tcp);
+                                    let _ = builder.serve_connection(io, service).await;
+                                }
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        })
+        .expect("start the SQS endpoint's thread");
+    let (tid, addr) = bound.recv().expect("the SQS endpoint started");
+    let scheme = if ca_pem.is_some() { "https" } else { "http" };
+    *sqs.url.lock().unwrap() = format!("{scheme}://{addr}");
+    (sqs, SqsServer { tid, stop: Some(stop), thread: Some(thread), ca_pem })
 }
 
 async fn sqs_handler(State(sqs): State<Arc<Sqs>>, request: Request) -> Response {
@@ -231,11 +340,26 @@ struct KubeCounts {
     failed: u64,
     /// This process's own requests (the watch), not counted above.
     own: u64,
+    /// Targets' last-active times carried by the state writes (one write folds many).
+    state_keys: u64,
 }
 
 impl KubeCounts {
     fn total(&self) -> u64 {
         self.by_kind.values().sum()
+    }
+
+    /// Requests that change something at the API server (PATCH, POST, PUT, DELETE).
+    fn writes(&self) -> u64 {
+        self.by_kind
+            .iter()
+            .filter(|(k, _)| !k.starts_with("GET") && !k.starts_with("LIST") && **k != "WATCH")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn reads(&self) -> u64 {
+        self.total() - self.writes()
     }
 
     fn minus(&self, earlier: &KubeCounts) -> KubeCounts {
@@ -245,7 +369,12 @@ impl KubeCounts {
             .map(|(k, v)| (*k, v - earlier.by_kind.get(k).copied().unwrap_or(0)))
             .filter(|(_, v)| *v > 0)
             .collect();
-        KubeCounts { by_kind, failed: self.failed - earlier.failed, own: self.own - earlier.own }
+        KubeCounts {
+            by_kind,
+            failed: self.failed - earlier.failed,
+            own: self.own - earlier.own,
+            state_keys: self.state_keys - earlier.state_keys,
+        }
     }
 
     fn describe(&self, per: f64) -> String {
@@ -265,6 +394,9 @@ fn classify(method: &str, path: &str, query: Option<&str>) -> &'static str {
         "PATCH" if path.ends_with("/scale") => "PATCH scale",
         "PATCH" if path.contains("/deployments/") => "PATCH deployment",
         "POST" if path.ends_with("/events") => "POST event",
+        "PATCH" if path.contains("/configmaps/") => "PATCH state",
+        "POST" if path.ends_with("/configmaps") => "POST state",
+        "GET" if path.contains("/configmaps") => "GET state",
         "GET" => "GET other",
         _ => "other",
     }
@@ -289,7 +421,12 @@ impl KubeMeter {
                 counts.own += 1;
                 continue;
             }
-            *counts.by_kind.entry(classify(&r.method, &r.path, r.query.as_deref())).or_default() += 1;
+            let kind = classify(&r.method, &r.path, r.query.as_deref());
+            *counts.by_kind.entry(kind).or_default() += 1;
+            if kind == "PATCH state" || kind == "POST state" {
+                let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+                counts.state_keys += body["data"].as_object().map_or(0, |d| d.len() as u64);
+            }
             if r.status.is_some_and(|s| s >= 400) {
                 counts.failed += 1;
             }
@@ -570,10 +707,70 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
+/// What the queues hold and how SQS is spoken to, for one run of the daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Case {
+    /// Every queue empty, plain HTTP; then a backlog on a few queues, a reload and the
+    /// drain (the figures PERFORMANCE.md has had from the start).
+    #[default]
+    Idle,
+    /// Every queue holds [`BUSY_BACKLOG`] messages from the start and every target
+    /// runs [`BUSY_REPLICAS`], which is what the backlog asks for: active rules whose
+    /// replicas hold steady.
+    Busy,
+    TlsIdle,
+    TlsBusy,
+}
+
+impl Case {
+    const ALL: [Case; 4] = [Case::Idle, Case::Busy, Case::TlsIdle, Case::TlsBusy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Idle => "idle",
+            Case::Busy => "busy",
+            Case::TlsIdle => "tls-idle",
+            Case::TlsBusy => "tls-busy",
+        }
+    }
+
+    fn busy(self) -> bool {
+        matches!(self, Case::Busy | Case::TlsBusy)
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Case::TlsIdle | Case::TlsBusy)
+    }
+
+    /// The case over the same transport with empty queues.
+    fn idle(self) -> Case {
+        if self.tls() { Case::TlsIdle } else { Case::Idle }
+    }
+}
+
+/// A busy queue's backlog and its targets' replicas: 10 messages at `queue_length = 5`
+/// ask for exactly 2 (the HPA's ratio is 1.0), so nothing scales after start-up.
+const BUSY_BACKLOG: u64 = 10;
+const BUSY_REPLICAS: u32 = 2;
+/// A busy rule stores its last-active every max(60 s, cooldown / 4) = 75 s, i.e. on
+/// every 8th poll: a busy window is at least those 80 s, so that it holds exactly one
+/// refresh of every rule and its writes per minute are the long-run rate.
+const BUSY_WINDOW: Duration = Duration::from_secs(80);
+
 /// One size's results.
 #[derive(Default)]
 struct Row {
     rules: usize,
+    case: Case,
+    /// Kubernetes requests per rule per minute in the window: reads (GET, LIST, WATCH)
+    /// and writes (PATCH, POST, PUT), and the last-active times the writes carried.
+    kube_reads_per_rule_min: f64,
+    kube_writes_per_rule_min: f64,
+    state_keys_per_rule_min: f64,
+    /// Replica changes seen in the window (a steady case has none).
+    changes_in_window: usize,
+    /// CPU of the load driver's SQS endpoint thread in the window, % of one core.
+    sqs_cpu_pct: f64,
     startup_ms: f64,
     first_round_ms: f64,
     ready1_ms: f64,
@@ -597,16 +794,22 @@ struct Row {
 // The run
 // ---------------------------------------------------------------------------------------------
 
-async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
-    let mut row = Row { rules: n, ..Row::default() };
+async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
+    let mut row = Row { rules: n, case, ..Row::default() };
     let mut details = String::new();
     let dir = tempfile::tempdir().unwrap();
-    let (sqs, sqs_server) = start_sqs(n).await;
+    let (sqs, sqs_server) = start_sqs(n, case.tls());
+    let replicas = if case.busy() { BUSY_REPLICAS } else { 0 };
+    if case.busy() {
+        for i in 0..n {
+            sqs.set_backlog(i, BUSY_BACKLOG);
+        }
+    }
 
     let fake = Arc::new(FakeKube::start().await);
     let made = Instant::now();
     for i in 0..n {
-        fake.add_deployment(NS, &format!("d-{i}"), 0);
+        fake.add_deployment(NS, &format!("d-{i}"), replicas);
     }
     fake.add_deployment(NS, PROBE, 0);
     let kubeconfig = dir.path().join("kubeconfig");
@@ -640,6 +843,12 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
     // Empty AWS config and credentials files: only the environment's test keys count.
     let aws_files = dir.path().join("aws-empty");
     std::fs::write(&aws_files, "").unwrap();
+    // Over TLS the daemon trusts the endpoint's certificate through SSL_CERT_FILE (read
+    // by rustls-native-certs), and nothing else.
+    let ca_file = dir.path().join("sqs-ca.pem");
+    if let Some(pem) = &sqs_server.ca_pem {
+        std::fs::write(&ca_file, pem).unwrap();
+    }
 
     // --- start-up ---
     let spawned = Instant::now();
@@ -656,6 +865,7 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
         .env("AWS_SHARED_CREDENTIALS_FILE", &aws_files)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("NOTIFY_SOCKET", &notify_path)
+        .env("SSL_CERT_FILE", if case.tls() { ca_file.as_os_str() } else { std::ffi::OsStr::new("/dev/null") })
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -730,8 +940,10 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
     tokio::time::sleep(INTERVAL + INTERVAL / 2).await;
     let me = std::process::id() as i32;
     let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
-    tokio::time::sleep(window).await;
+    let s0 = sqs_server.cpu_seconds();
+    tokio::time::sleep(if case.busy() { window.max(BUSY_WINDOW) } else { window }).await;
     let (w1, d1, h1, k1, log1) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
+    let s1 = sqs_server.cpu_seconds();
     let minutes = (w1 - w0).as_secs_f64() / 60.0;
     let rounds = (w1 - w0).as_secs_f64() / INTERVAL.as_secs_f64();
     row.rss_kib = d1.rss_kib;
@@ -745,11 +957,17 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
     row.sqs_per_round = sqs_calls as f64 / rounds;
     let kube = k1.minus(&k0);
     row.kube_per_round = kube.total() as f64 / rounds;
+    let per_rule_min = |v: u64| v as f64 / n as f64 / minutes;
+    row.kube_reads_per_rule_min = per_rule_min(kube.reads());
+    row.kube_writes_per_rule_min = per_rule_min(kube.writes());
+    row.state_keys_per_rule_min = per_rule_min(kube.state_keys);
+    row.changes_in_window = seen.lock().unwrap().iter().filter(|s| s.at >= w0 && s.at < w1 && s.name != PROBE).count();
+    row.sqs_cpu_pct = (s1 - s0) / (w1 - w0).as_secs_f64() * 100.0;
     let problems = log_problems(&log, log0, Some(log1));
     row.problems_in_window = problems.values().sum();
     let _ = writeln!(
         details,
-        "idle window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
+        "window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
          this process (SQS + fake API server + watch): {:.2} s/min",
         (w1 - w0).as_secs_f64(),
         mib(d0.rss_kib),
@@ -799,8 +1017,26 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
         kube.describe(rounds),
         kube.failed
     );
+    let _ = writeln!(
+        details,
+        "per rule per minute: Kubernetes reads {:.3}, writes {:.4} (last-active times carried {:.3}); \
+         replica changes in the window {}; the SQS endpoint's own thread: {:.1}% of one core ({} answering over {})",
+        row.kube_reads_per_rule_min,
+        row.kube_writes_per_rule_min,
+        row.state_keys_per_rule_min,
+        row.changes_in_window,
+        row.sqs_cpu_pct,
+        n,
+        if case.tls() { "HTTPS" } else { "HTTP" },
+    );
     if !problems.is_empty() {
-        let _ = writeln!(details, "daemon warnings/errors in the idle window: {problems:?}");
+        let _ = writeln!(details, "daemon warnings/errors in the window: {problems:?}");
+    }
+    if case != Case::Idle {
+        (row.patch_p50, row.patch_p99, row.reload_ms) = (f64::NAN, f64::NAN, f64::NAN);
+        // The steady cases end here: the backlog phase and the reload are the idle
+        // case's (the figures PERFORMANCE.md has had from the start).
+        return finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await;
     }
 
     // --- backlog on a few dozen queues: observation -> patch ---
@@ -931,6 +1167,23 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
         }
     }
 
+    finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await
+}
+
+/// SIGTERM and the drain, then the servers stop.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    mut row: Row,
+    mut details: String,
+    mut child: tokio::process::Child,
+    sqs_server: SqsServer,
+    fake: Arc<FakeKube>,
+    watcher: tokio::task::JoinHandle<()>,
+    draining: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+    log: &Path,
+) -> Row {
+    let pid = child.id().expect("pid") as i32;
     // --- drain on SIGTERM ---
     let after = sample(pid);
     let term = Instant::now();
@@ -946,14 +1199,14 @@ async fn run_size(bin: &str, n: usize, window: Duration) -> Row {
         },
         mib(after.hwm_kib)
     );
-    let problems = log_problems(&log, 0, None);
+    let problems = log_problems(log, 0, None);
     if !problems.is_empty() {
         let _ = writeln!(details, "daemon warnings/errors over the whole run: {problems:?}");
     }
 
     watcher.abort();
     draining.abort();
-    sqs_server.abort();
+    drop(sqs_server);
     fake.shutdown();
     if std::env::var_os("SQSCALE_BENCH_KEEP").is_some() {
         let _ = writeln!(details, "kept: rule file and daemon log in {}", dir.keep().display());
@@ -995,6 +1248,19 @@ async fn daemon_under_load() {
     let seconds: u64 = std::env::var("SQSCALE_BENCH_SECONDS")
         .map_or(60, |s| s.trim().parse().expect("SQSCALE_BENCH_SECONDS: whole seconds"));
     let window = Duration::from_secs(seconds);
+    let cases: Vec<Case> = std::env::var("SQSCALE_BENCH_CASES").map_or_else(
+        |_| Case::ALL.to_vec(),
+        |v| {
+            v.split(',')
+                .map(|c| {
+                    let c = c.trim();
+                    *Case::ALL.iter().find(|k| k.name() == c).unwrap_or_else(|| {
+                        panic!("SQSCALE_BENCH_CASES: {c:?} is not one of idle, busy, tls-idle, tls-busy")
+                    })
+                })
+                .collect()
+        },
+    );
     let size = std::fs::metadata(&bin).map_or(0, |m| m.len());
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
     let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("").split_whitespace().nth(3);
@@ -1002,25 +1268,29 @@ async fn daemon_under_load() {
     println!("host: {}", host());
     println!("binary: {bin}, {size} bytes ({:.1} MiB)", size as f64 / 1048576.0);
     println!("open-file limit (soft) of this process and the daemon: {}", nofile.unwrap_or("?"));
-    println!("sizes: {sizes:?}; idle window {seconds} s per size; polling_interval 10 s\n");
+    let names: Vec<&str> = cases.iter().map(|c| c.name()).collect();
+    println!("sizes: {sizes:?}; cases: {names:?}; measured window {seconds} s per case; polling_interval 10 s\n");
 
     let mut rows = Vec::new();
     for &n in &sizes {
-        println!("=== {n} rules ===");
-        let row = run_size(&bin, n, window).await;
-        print!("{}", row.details);
-        println!();
-        rows.push(row);
+        for &case in &cases {
+            println!("=== {n} rules, {} ===", case.name());
+            let row = run_size(&bin, n, window, case).await;
+            print!("{}", row.details);
+            println!();
+            rows.push(row);
+        }
     }
 
     println!(
-        "| rules | start-up: every rule polled (/readyz 200) | RSS after warm-up | peak RSS (VmHWM) | CPU s/min (% of a core) | poll lateness p50 / p99 (max) | SQS calls / round | Kubernetes calls / round | SQS answer -> patch p50 / p99 (n) | reload (RELOADING -> READY) | warnings in window |"
+        "| rules | case | start-up: every rule polled (/readyz 200) | RSS after warm-up | peak RSS (VmHWM) | CPU s/min (% of a core) | poll lateness p50 / p99 (max) | SQS calls / round | Kubernetes calls / round | Kubernetes reads / writes per rule per minute | replica changes in window | SQS endpoint CPU | SQS answer -> patch p50 / p99 (n) | reload (RELOADING -> READY) | warnings in window |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} ({}) | {} | {} | {:.2} ({:.1}%) | {} / {} ({}) | {:.0} | {:.0} | {} / {} ({}) | {} | {} |",
+            "| {} | {} | {} ({}) | {} | {} | {:.2} ({:.1}%) | {} / {} ({}) | {:.0} | {:.0} | {:.3} / {:.4} | {} | {:.1}% | {} / {} ({}) | {} | {} |",
             r.rules,
+            r.case.name(),
             fmt_ms(r.first_round_ms),
             fmt_ms(r.startup_ms),
             mib(r.rss_kib),
@@ -1032,6 +1302,10 @@ async fn daemon_under_load() {
             fmt_ms(r.late_max),
             r.sqs_per_round,
             r.kube_per_round,
+            r.kube_reads_per_rule_min,
+            r.kube_writes_per_rule_min,
+            r.changes_in_window,
+            r.sqs_cpu_pct,
             fmt_ms(r.patch_p50),
             fmt_ms(r.patch_p99),
             r.patch_n,
@@ -1039,11 +1313,27 @@ async fn daemon_under_load() {
             r.problems_in_window
         );
     }
-    if rows.len() >= 2 {
-        let (a, b) = (&rows[0], &rows[rows.len() - 1]);
+    // Busy against idle over the same transport, in this run.
+    for busy in rows.iter().filter(|r| r.case.busy()) {
+        if let Some(idle) = rows.iter().find(|r| r.rules == busy.rules && r.case == busy.case.idle()) {
+            println!(
+                "\n{} rules, {} against {}: CPU x{:.2}, RSS {:+.1} MiB; Kubernetes writes {:.4} per rule per minute, replica changes {}",
+                busy.rules,
+                busy.case.name(),
+                idle.case.name(),
+                busy.cpu_s_per_min / idle.cpu_s_per_min,
+                (busy.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
+                busy.kube_writes_per_rule_min,
+                busy.changes_in_window
+            );
+        }
+    }
+    let idle_rows: Vec<&Row> = rows.iter().filter(|r| r.case == Case::Idle).collect();
+    if idle_rows.len() >= 2 {
+        let (a, b) = (idle_rows[0], idle_rows[idle_rows.len() - 1]);
         let extra = (b.rules - a.rules) as f64;
         println!(
-            "\nper extra rule ({} -> {} rules): RSS {:.1} KiB, CPU {:.3} ms per minute, SQS calls {:.3} and Kubernetes calls {:.3} per round",
+            "\nper extra rule, idle ({} -> {} rules): RSS {:.1} KiB, CPU {:.3} ms per minute, SQS calls {:.3} and Kubernetes calls {:.3} per round",
             a.rules,
             b.rules,
             (b.rss_kib as f64 - a.rss_kib as f64) / extra,

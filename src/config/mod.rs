@@ -107,6 +107,30 @@ pub struct LeaderElection {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// What an instance does while another one leads.
+    pub standby: Standby,
+}
+
+/// `[leader_election] standby`: what a standby does while another instance leads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Standby {
+    /// Polls no queue and reads no target; on taking over, each rule starts its HPA
+    /// phase afresh (as kube-controller-manager's HPAs do after a failover) and takes
+    /// last-active from the stored state. KEDA's standby operator replica does not poll
+    /// either. Half the SQS requests of two instances.
+    #[default]
+    Cold,
+    /// Polls and decides at the full rate (its windows stay warm), never writes.
+    Warm,
+}
+
+impl Standby {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standby::Cold => "cold",
+            Standby::Warm => "warm",
+        }
+    }
 }
 
 /// One validated `[[rule]]`: which target to size, from which queues, and the numbers
@@ -392,6 +416,7 @@ impl Config {
                 lease_duration: secs(self.leader_election.lease_duration),
                 renew_deadline: secs(self.leader_election.renew_deadline),
                 retry_period: secs(self.leader_election.retry_period),
+                standby: Some(self.leader_election.standby.as_str().to_owned()),
             }),
             defaults: None,
             rule: self

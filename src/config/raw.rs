@@ -72,6 +72,8 @@ pub struct RawLeaderElection {
     pub renew_deadline: Option<RawDuration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_period: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
 }
 
 /// A duration as KEDA writes it (whole seconds) or as a person does (`"30s"`, `"5m"`).

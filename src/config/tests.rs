@@ -281,6 +281,13 @@ fn leader_election_defaults_and_checks() {
     assert_eq!(c.leader_election.lease_duration, Duration::from_secs(15));
     let p = problems(&format!("[leader_election]\nlease_duration = 5\n{MINIMAL}"));
     assert_eq!(p, ["[leader_election]: lease_duration (5s) must be greater than renew_deadline (10s)"]);
+    // A standby is cold unless asked to keep its windows warm (and poll twice as often).
+    assert_eq!(c.leader_election.standby, crate::config::Standby::Cold);
+    let c = from_str(&format!("[leader_election]\nstandby = \"warm\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.leader_election.standby, crate::config::Standby::Warm);
+    assert!(c.resolved_toml().contains("standby = \"warm\""), "{}", c.resolved_toml());
+    let p = problems(&format!("[leader_election]\nstandby = \"hot\"\n{MINIMAL}"));
+    assert_eq!(p, [r#"[leader_election]: standby must be "cold" or "warm", not "hot""#]);
 }
 
 #[test]

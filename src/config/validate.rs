@@ -191,6 +191,14 @@ fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection
     if retry_period.is_zero() {
         p.add(at, "retry_period must be greater than 0");
     }
+    let standby = match le.standby.as_deref() {
+        None | Some("cold") => super::Standby::Cold,
+        Some("warm") => super::Standby::Warm,
+        Some(other) => {
+            p.add(at, format!("standby must be \"cold\" or \"warm\", not {other:?}"));
+            super::Standby::Cold
+        }
+    };
     LeaderElection {
         enabled: le.enabled.unwrap_or(false),
         // config/rbac.yaml grants the Lease and the state ConfigMap in this namespace.
@@ -199,6 +207,7 @@ fn validate_leader_election(p: &mut Problems, raw: &RawConfig) -> LeaderElection
         lease_duration,
         renew_deadline,
         retry_period,
+        standby,
     }
 }
 

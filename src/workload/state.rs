@@ -14,6 +14,7 @@
 //! it is still read (the newer of the two wins) and never written again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +31,13 @@ use crate::sync::lock;
 
 /// The ConfigMap's name.
 pub const STATE_CONFIGMAP: &str = "sqscale-state";
+
+/// At most one PATCH of the state per context this often: writes that arrive meanwhile
+/// wait and go out together. A busy fleet refreshes every rule's last-active once a
+/// minute, and the API server answers each PATCH with the whole ConfigMap (half a
+/// megabyte at ten thousand targets); one PATCH per token of the write budget would be
+/// twenty such answers a second. A write after a quiet second goes out at once.
+pub const WRITE_SPACING: Duration = Duration::from_secs(1);
 
 /// The key of `t` in the ConfigMap: `<kind>.<namespace>.<name>`, which is a valid
 /// ConfigMap key (names and namespaces are DNS labels or subdomains).
@@ -66,10 +74,16 @@ struct Batch {
 /// and the writes waiting for the writer task.
 pub struct Store {
     api: Api<ConfigMap>,
+    client: kube::Client,
     namespace: String,
     timeout: Duration,
-    /// Set once the ConfigMap has been read (a missing one reads as empty).
-    loaded: tokio::sync::OnceCell<()>,
+    /// Bumped to have the ConfigMap read again (see [`Store::reread`]).
+    wanted: AtomicU64,
+    /// The last `wanted` the ConfigMap was read for (a missing one reads as empty);
+    /// the lock makes concurrent readers wait for one read.
+    loaded: tokio::sync::Mutex<Option<u64>>,
+    /// `loaded`, readable without the lock: `u64::MAX` before the first read.
+    loaded_at: AtomicU64,
     values: Mutex<HashMap<String, Time>>,
     batch: Mutex<Batch>,
     wake: Notify,
@@ -78,10 +92,13 @@ pub struct Store {
 impl Store {
     pub fn new(api: Api<ConfigMap>, namespace: &str, timeout: Duration) -> Arc<Store> {
         Arc::new(Store {
+            client: api.clone().into_client(),
             api,
             namespace: namespace.to_owned(),
             timeout,
+            wanted: AtomicU64::new(0),
             loaded: Default::default(),
+            loaded_at: AtomicU64::new(u64::MAX),
             values: Default::default(),
             batch: Default::default(),
             wake: Notify::new(),
@@ -92,13 +109,33 @@ impl Store {
         format!("ConfigMap {}/{STATE_CONFIGMAP}", self.namespace)
     }
 
-    /// The stored last-active of `t`; the ConfigMap is read on the first call (a failed
-    /// read fails this call and is tried again on the next).
+    /// The stored last-active of `t`; the ConfigMap is read on the first call and on the
+    /// first after each [`Store::reread`] (a failed read fails this call and is tried
+    /// again on the next).
     pub async fn get(&self, t: &TargetRef) -> Result<Option<Time>, StateError> {
-        if self.loaded.get().is_none() {
-            Box::pin(self.loaded.get_or_try_init(|| self.load())).await?;
+        let wanted = self.wanted.load(Ordering::Acquire);
+        if self.loaded_at.load(Ordering::Acquire) != wanted {
+            Box::pin(self.load_once(wanted)).await?;
         }
         Ok(lock(&self.values).get(&key(t)).copied())
+    }
+
+    /// The next [`Store::get`] reads the ConfigMap again (what was read is kept, and
+    /// the newer time of each key wins): another instance may have written it since.
+    pub fn reread(&self) {
+        self.wanted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the ConfigMap for `wanted`, unless a concurrent caller just did.
+    async fn load_once(&self, wanted: u64) -> Result<(), StateError> {
+        let mut loaded = self.loaded.lock().await;
+        if *loaded == Some(wanted) {
+            return Ok(());
+        }
+        self.load().await?;
+        *loaded = Some(wanted);
+        self.loaded_at.store(wanted, Ordering::Release);
+        Ok(())
     }
 
     async fn load(&self) -> Result<(), StateError> {
@@ -146,13 +183,18 @@ impl Store {
     /// last, after a token from `limit` (the context's write budget). Runs until the
     /// context's connection is dropped.
     pub async fn write_loop(self: Arc<Self>, limit: Arc<super::kube::WriteLimit>) {
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
             self.wake.notified().await;
+            if let Some(at) = last {
+                tokio::time::sleep_until(at + WRITE_SPACING).await;
+            }
             limit.wait().await;
             let batch = std::mem::take(&mut *lock(&self.batch));
             if batch.waiters.is_empty() {
                 continue;
             }
+            last = Some(tokio::time::Instant::now());
             let result = tokio::time::timeout(self.timeout, self.write(&batch.data))
                 .await
                 .unwrap_or_else(|_| Err(StateError::WriteTimeout(self.name(), self.timeout.as_secs_f64())));
@@ -168,7 +210,12 @@ impl Store {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = serde_json::json!({ "data": data });
         for _ in 0..2 {
-            match self.api.patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body)).await {
+            // The answer is the whole ConfigMap: read past it rather than build a map of
+            // every target's time only to drop it.
+            let request = kube::core::Request::new(self.api.resource_url())
+                .patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body))
+                .map_err(|e| failed(kube::Error::BuildRequest(e)))?;
+            match self.client.request::<serde::de::IgnoredAny>(request).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(failed(e)),

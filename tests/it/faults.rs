@@ -819,3 +819,59 @@ async fn a_black_holed_sts_endpoint_fails_the_poll_on_time() {
     // AssumeRole went to STS's endpoint, not to `endpoint_url` (SQS's).
     assert!(connections >= 1);
 }
+
+/// A new leader reads the stored state again: while another instance led, that one
+/// stored newer last-active times, and a copy read before would let a target scale to
+/// zero early. Until told, reads keep the copy (one GET per context, not per poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stored_state_is_read_again_when_this_instance_starts_to_lead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let adapter = Kube::new(Some(kubeconfig), None, Duration::from_secs(5));
+    let target = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: "demo".into(), namespace: NS.into() };
+    let stored = |at: &str| {
+        kube.put_config_map("sqscale", "sqscale-state", serde_json::json!({ "deployment.default.demo": at }))
+    };
+    let read = || async { adapter.read(None, &target).await.unwrap().last_active.map(sqscale::workload::format_time) };
+    stored("2026-12-02T07:00:00Z");
+    assert_eq!(read().await.as_deref(), Some("2026-12-02T07:00:00Z"));
+    stored("2026-12-02T07:05:00Z");
+    assert_eq!(read().await.as_deref(), Some("2026-12-02T07:00:00Z"), "the copy read once");
+    adapter.reread_state(None);
+    assert_eq!(read().await.as_deref(), Some("2026-12-02T07:05:00Z"), "read again");
+    let gets =
+        kube.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with("/configmaps/sqscale-state")).count();
+    assert_eq!(gets, 2);
+}
+
+/// Last-active writes that arrive in a stream (a busy fleet refreshing its times) go out
+/// together, at most one PATCH a second: each PATCH is answered with the whole ConfigMap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_state_writes_is_folded_into_one_patch_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let adapter = Arc::new(Kube::new(Some(kubeconfig), None, Duration::from_secs(5)));
+    let started = tokio::time::Instant::now();
+    let mut writes = tokio::task::JoinSet::new();
+    // Forty writes over 0.8 s, one every 20 ms.
+    for i in 0..40u64 {
+        let adapter = adapter.clone();
+        writes.spawn(async move {
+            tokio::time::sleep_until(started + Duration::from_millis(20 * i)).await;
+            let t = TargetRef {
+                kind: sqscale::config::TargetKind::Deployment,
+                name: format!("d-{i}"),
+                namespace: NS.into(),
+            };
+            adapter.set_last_active(None, &t, Time(1_795_000_000_000 + i as i64)).await
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let patches =
+        kube.requests().iter().filter(|r| r.path.ends_with("/configmaps/sqscale-state") && r.method != "GET").count();
+    assert!(patches <= 3, "{patches} writes of the state for 40 times over 0.8 s");
+    let data = kube.config_map("sqscale", "sqscale-state").unwrap()["data"].clone();
+    assert_eq!(data.as_object().unwrap().len(), 40, "every time stored: {data}");
+}

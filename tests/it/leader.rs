@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support::daemon::{cluster, demo_rule, wait_until, write};
 use crate::support::fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
 use crate::support::process::{free_port, http_get, signal, spawn, spawn_as_pid1};
+use crate::support::proxy::Proxy;
 use crate::support::sqs;
 
 const NS: &str = "default";
@@ -490,4 +491,111 @@ async fn a_rule_naming_the_default_context_shares_its_elector() {
     assert_eq!(logs().matches("became the leader").count(), 1, "{}", logs());
     signal(&a, "-TERM");
     assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// The stored last-active of the `demo` Deployment in the state ConfigMap (Unix ms).
+fn stored_last_active(kube: &FakeKube) -> Option<i64> {
+    let map = kube.config_map(NS, "sqscale-state")?;
+    let text = map["data"]["deployment.default.demo"].as_str()?.to_owned();
+    Some(text.parse::<jiff::Timestamp>().ok()?.as_millisecond())
+}
+
+fn unix_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A cold standby (the default) makes no SQS call and reads no target while another
+/// instance leads, says so on /status and in `sqscale status`; a warm one polls at the
+/// full rate. On taking over, the cold one keeps the cooldown the last leader stored
+/// (it does not scale to zero early) and then scales as a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_standby_polls_nothing_until_it_leads_and_keeps_the_stored_cooldown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("cold").await;
+    let (proxy_b, proxy_c) = (Proxy::start(&sqs::endpoint()).await, Proxy::start(&sqs::endpoint()).await);
+    let ports = (free_port(), free_port(), free_port());
+    // Cooldown 8 s: long enough that a takeover (lease 3 s) lands inside it.
+    let rule = format!(
+        "[[rule]]\nname = \"demo\"\ntarget = {{ name = \"demo\" }}\npolling_interval = 1\ncooldown_period = 8\n\
+         max_replica_count = 5\n[[rule.trigger]]\nqueue_url = \"{queue}\"\nqueue_length = 5\n"
+    );
+    let with_endpoint = |port: u16, name: &str, endpoint: &str, standby: &str| {
+        let text = format!(
+            "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+             [server]\nlisten = \"127.0.0.1:{port}\"\n[leader_election]\nenabled = true\nnamespace = \"{NS}\"\n\
+             lease_name = \"{LEASE}\"\nlease_duration = 3\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\n\
+             standby = \"{standby}\"\n{rule}",
+            kubeconfig.display()
+        );
+        write(dir.path(), name, &text)
+    };
+    let a_cfg = with_endpoint(ports.0, "a.toml", &sqs::endpoint(), "cold");
+    let b_cfg = with_endpoint(ports.1, "b.toml", &proxy_b.url(), "cold");
+    let c_cfg = with_endpoint(ports.2, "c.toml", &proxy_c.url(), "warm");
+    let logs = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let (log_a, log_b, log_c) = (dir.path().join("a.log"), dir.path().join("b.log"), dir.path().join("c.log"));
+    let mut a = spawn(&["run", "--config", a_cfg.to_str().unwrap()], &[], &log_a);
+    let id_a = identity_of(&log_a).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id_a.clone())).await);
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs(&log_a));
+
+    let mut b = spawn(&["run", "--config", b_cfg.to_str().unwrap()], &[], &log_b);
+    let mut c = spawn(&["run", "--config", c_cfg.to_str().unwrap()], &[], &log_c);
+    identity_of(&log_b).await;
+    identity_of(&log_c).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(proxy_b.count("GetQueueAttributes") + proxy_b.count("GetQueueUrl"), 0, "{}", logs(&log_b));
+    assert!(proxy_c.count("GetQueueAttributes") >= 2, "a warm standby polls: {}", logs(&log_c));
+    let (_, body) = http_get(ports.1, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let election = &status["leader_election"];
+    assert_eq!(election["standby"], true, "{body}");
+    assert_eq!(election["standby_mode"], "cold", "{body}");
+    assert_eq!(election["contexts"][0]["leader"].as_str(), Some(id_a.as_str()), "{body}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{}", ports.1)])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("a cold standby") && printed.contains(&format!("led by {id_a}")), "{printed}");
+    signal(&c, "-TERM");
+    assert_eq!(c.wait().unwrap().code(), Some(0));
+
+    // The queue empties; the leader stores last-active on the edge to inactive, then
+    // dies without handing the lease over.
+    let before = stored_last_active(&kube);
+    sqs::purge(&queue).await;
+    assert!(
+        wait_until(Duration::from_secs(5), || stored_last_active(&kube) != before).await,
+        "no last-active stored on the edge: {}",
+        logs(&log_a)
+    );
+    let last_active = stored_last_active(&kube).unwrap();
+    signal(&a, "-KILL");
+    a.wait().unwrap();
+    assert_eq!(proxy_b.count("GetQueueAttributes") + proxy_b.count("GetQueueUrl"), 0, "{}", logs(&log_b));
+
+    // The standby takes over inside the cooldown and waits it out: zero replicas no
+    // earlier than the stored last-active plus 8 s.
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube).is_some_and(|h| h != id_a)).await);
+    let took_over = unix_ms();
+    assert!(took_over < last_active + 7_000, "took over too late to tell: {}", took_over - last_active);
+    assert!(wait_until(Duration::from_secs(20), || replicas() == 0).await, "{}", logs(&log_b));
+    let zero = unix_ms();
+    assert!(
+        zero >= last_active + 8_000,
+        "scaled to zero {} ms after last-active: {}",
+        zero - last_active,
+        logs(&log_b)
+    );
+    assert!(proxy_b.count("GetQueueAttributes") > 0, "the new leader polls");
+
+    // And it scales as a leader.
+    sqs::send(&queue, 30).await;
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs(&log_b));
+    signal(&b, "-TERM");
+    assert_eq!(b.wait().unwrap().code(), Some(0));
 }

@@ -224,6 +224,15 @@ impl Kube {
         }
     }
 
+    /// The stored state of `context` is read again before its next use: another
+    /// instance may have written it (called when this one starts to lead).
+    pub fn reread_state(&self, context: Option<&str>) {
+        let cell = lock(&self.contexts).get(self.context_key(context)).cloned();
+        if let Some(connection) = cell.as_ref().and_then(|c| c.get()) {
+            connection.state.reread();
+        }
+    }
+
     /// The client for `context` (`None`: the default context), built on first use.
     pub async fn client(&self, context: Option<&str>) -> Result<Client, KubeError> {
         self.connection(context).await.map(|c| c.client.clone())
