@@ -29,7 +29,9 @@
 //!   writes, `kube::access` the permissions and the access review), `auth` refreshing
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
-//! - [`status`]: metrics, each rule's record and health, and the `sqscale status` client.
+//! - [`status`]: each rule's record, readiness and health; `status::metrics` the
+//!   Prometheus side, `status::leadership` whether this instance may write per context,
+//!   `status::client` the `sqscale status` and `sqscale health` client.
 //! - [`server`]: the HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
 //! - [`systemd`]: sd_notify readiness, reloads, stopping and the watchdog.
 //! - [`telemetry`]: logging (`SQSCALE_LOG`, plain or JSON).

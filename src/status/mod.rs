@@ -1,6 +1,19 @@
-//! What an operator sees without reading logs: the Prometheus metrics, each rule's
-//! status (`/status`), readiness and health. Workers report each poll here; the HTTP
-//! server and the systemd watchdog read from here.
+//! What an operator sees without reading logs: each rule's record and status
+//! (`/status`), readiness and health. Workers report each poll here; the HTTP server and
+//! the systemd watchdog read from here.
+//!
+//! [`metrics`] renders the records and the daemon's counters for Prometheus;
+//! [`leadership`] keeps, per kube context, whether this instance may write (the electors
+//! report, the workers ask); [`client`] is `sqscale status` and `sqscale health`.
+
+mod client;
+mod leadership;
+mod metrics;
+
+pub use client::{Status, check_health, election_lines, fetch, table};
+use leadership::Campaign;
+pub use leadership::{ContextLead, ElectionStatus, Lead};
+use metrics::{Metrics, ProcessCollector, ResultLabels, RuleMetrics};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,21 +35,6 @@ use crate::config::{Rule, Standby};
 use crate::engine::{Decision, Reason, Time};
 use crate::sync::lock;
 use crate::workload::format_time;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-/// The metric families that are not per rule (those are rendered from the rules'
-/// records when scraped: see [`RuleMetrics`]).
-struct Metrics {
-    poll_duration: Histogram,
-    reloads: Family<ResultLabels, Counter>,
-    rules: Gauge,
-    is_leader: Gauge,
-    sqs_fallbacks: crate::source::sqs::Fallbacks,
-}
 
 /// Everything `/status` shows of one rule.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
@@ -207,69 +205,6 @@ pub struct Observer {
     restart_required: Mutex<Vec<String>>,
 }
 
-/// One context's election as the observer keeps it.
-#[derive(Clone, Debug)]
-struct Campaign {
-    /// Which elector reports: a context dropped and added again by reloads gets a new
-    /// elector, and the old one's last words must not count.
-    generation: u64,
-    /// `Some`: leading, and writes must end before this instant.
-    until: Option<Instant>,
-    /// The lease's holder as last read (`holderIdentity`): who leads.
-    holder: Option<String>,
-}
-
-/// `/status` of an instance with leader election: who it is, whether it stands by,
-/// and who leads each cluster.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct ElectionStatus {
-    /// This instance's identity in the leases.
-    pub identity: String,
-    /// `cold` or `warm`: what this instance does while it stands by.
-    pub standby_mode: String,
-    /// True unless this instance leads in every cluster.
-    pub standby: bool,
-    pub contexts: Vec<ContextLead>,
-}
-
-/// One cluster's lease as this instance last saw it.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct ContextLead {
-    /// The kube context (`null`: the default one).
-    pub context: Option<String>,
-    /// Whether this instance holds the lease and may write.
-    pub leading: bool,
-    /// The lease's `holderIdentity`: the instance that leads (`null`: none yet).
-    pub leader: Option<String>,
-}
-
-/// Whether, and until when, this instance may write to the targets of one kube context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lead {
-    /// No leader election: writes are bounded only by the call timeout.
-    Unelected,
-    /// Holding the lease: a write must end before this instant, the lease's earliest
-    /// possible expiry less the write margin (see [`crate::leader`]).
-    Until(Instant),
-    /// A standby, or a leader whose lease may be about to expire: no writes.
-    Standby,
-}
-
-impl Lead {
-    /// How long a write that starts now may run: `cap`, or less when the lease's margin
-    /// comes first; `None` when no write may start.
-    pub fn budget(self, cap: Duration) -> Option<Duration> {
-        match self {
-            Lead::Unelected => Some(cap),
-            Lead::Until(end) => {
-                let left = end.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(cap))
-            }
-            Lead::Standby => None,
-        }
-    }
-}
-
 impl Default for Observer {
     fn default() -> Self {
         Observer::new()
@@ -318,107 +253,6 @@ impl Observer {
     /// ([`crate::source::sqs::Sqs::with_fallbacks`]).
     pub fn sqs_fallbacks(&self) -> crate::source::sqs::Fallbacks {
         self.metrics.sqs_fallbacks.clone()
-    }
-
-    /// Registers `sqscale_is_leader`; from now on this instance, `identity` in the
-    /// leases, writes to a context only while its elector reports a lease held there
-    /// (see [`Observer::campaign`]), and while it does not, does what `standby` says.
-    pub fn enable_leader_election(&mut self, identity: &str, standby: Standby) {
-        self.election = Some((identity.to_owned(), standby));
-        self.registry.register(
-            "sqscale_is_leader",
-            "1 while this instance holds the lease of every cluster it scales",
-            self.metrics.is_leader.clone(),
-        );
-        *lock(&self.leadership) = Some(BTreeMap::new());
-    }
-
-    /// A new elector (`generation`) campaigns for `context`: a standby there until it
-    /// reports a lease. It replaces any older elector of the context.
-    pub fn campaign(&self, context: Option<&str>, generation: u64) {
-        self.update_leadership(|map| {
-            map.insert(context.map(str::to_owned), Campaign { generation, until: None, holder: None });
-        });
-    }
-
-    /// Elector `generation` of `context` leads until `until`, or (`None`) not at all;
-    /// the lease names `holder`.
-    pub fn set_leading(&self, context: Option<&str>, generation: u64, until: Option<Instant>, holder: Option<&str>) {
-        self.update_leadership(|map| {
-            if let Some(c) = map.get_mut(&context.map(str::to_owned)).filter(|c| c.generation == generation) {
-                c.until = until;
-                if c.holder.as_deref() != holder {
-                    c.holder = holder.map(str::to_owned);
-                }
-            }
-        });
-    }
-
-    /// Elector `generation` of `context` has stopped: the context no longer counts.
-    pub fn forget(&self, context: Option<&str>, generation: u64) {
-        self.update_leadership(|map| {
-            let key = context.map(str::to_owned);
-            if map.get(&key).is_some_and(|c| c.generation == generation) {
-                map.remove(&key);
-            }
-        });
-    }
-
-    fn update_leadership(&self, change: impl FnOnce(&mut BTreeMap<Option<String>, Campaign>)) {
-        let mut guard = lock(&self.leadership);
-        if let Some(map) = guard.as_mut() {
-            change(map);
-            let leading = !map.is_empty() && map.values().all(|c| c.until.is_some());
-            self.metrics.is_leader.set(i64::from(leading));
-        }
-    }
-
-    /// Whether, and until when, this instance may write to targets in `context`.
-    pub fn lead(&self, context: Option<&str>) -> Lead {
-        match lock(&self.leadership).as_ref() {
-            None => Lead::Unelected,
-            Some(map) => match map.get(&context.map(str::to_owned)).and_then(|c| c.until) {
-                Some(until) if until > Instant::now() => Lead::Until(until),
-                _ => Lead::Standby,
-            },
-        }
-    }
-
-    /// Whether rules of `context` should skip their polls: this instance is a cold
-    /// standby there (see [`Standby::Cold`]).
-    pub fn cold_standby(&self, context: Option<&str>) -> bool {
-        matches!(self.election, Some((_, Standby::Cold))) && self.lead(context) == Lead::Standby
-    }
-
-    /// `/status`'s account of the election; `None` without one.
-    pub fn election(&self) -> Option<ElectionStatus> {
-        let (identity, mode) = self.election.as_ref()?;
-        let now = Instant::now();
-        let contexts: Vec<ContextLead> = lock(&self.leadership)
-            .as_ref()
-            .map(|m| {
-                m.iter()
-                    .map(|(context, c)| ContextLead {
-                        context: context.clone(),
-                        leading: c.until.is_some_and(|u| u > now),
-                        leader: c.holder.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Some(ElectionStatus {
-            identity: identity.clone(),
-            standby_mode: mode.as_str().to_owned(),
-            standby: contexts.is_empty() || contexts.iter().any(|c| !c.leading),
-            contexts,
-        })
-    }
-
-    fn leads_everywhere(&self) -> bool {
-        let now = Instant::now();
-        lock(&self.leadership)
-            .as_ref()
-            .is_none_or(|m| !m.is_empty() && m.values().all(|c| c.until.is_some_and(|u| u > now)))
     }
 
     /// The rules now running (after a start or a reload): a new rule gets a record, a
@@ -590,259 +424,7 @@ impl Observer {
     }
 }
 
-/// The per-rule families, rendered from the records when scraped.
-#[derive(Debug)]
-struct RuleMetrics(Records);
-
-impl std::fmt::Debug for Record {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record").field("rule", &self.rule.name).finish_non_exhaustive()
-    }
-}
-
-impl Collector for RuleMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let rules = lock(&self.0);
-        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
-        {
-            let help = "Queue backlog as the trigger counts it (messages)";
-            let mut family = encoder.encode_descriptor("sqscale_queue_backlog", help, None, MetricType::Gauge)?;
-            for r in rules.iter().map(|r| lock(&r.0)) {
-                for (queue, v) in r.backlog_series() {
-                    gauge(v).encode(family.encode_family(&[("rule", r.rule.name.as_str()), ("queue", queue)])?)?;
-                }
-            }
-        }
-        for (metric, help, value) in [
-            (
-                "sqscale_desired_replicas",
-                "Replicas sqscale wants for the target after the last poll",
-                (|r: &Record| r.desired) as fn(&Record) -> Option<u32>,
-            ),
-            ("sqscale_current_replicas", "The target's spec.replicas at the last poll", |r: &Record| r.current),
-        ] {
-            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
-            for r in rules.iter().map(|r| lock(&r.0)) {
-                if let Some(v) = value(&r) {
-                    gauge(u64::from(v)).encode(family.encode_family(&[("rule", r.rule.name.as_str())])?)?;
-                }
-            }
-        }
-        let counted = |encoder: &mut DescriptorEncoder,
-                       metric: &str,
-                       help: &str,
-                       label: &str,
-                       series: &dyn Fn(&Record) -> Vec<(&'static str, u64)>|
-         -> Result<(), std::fmt::Error> {
-            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
-            for r in rules.iter().map(|r| lock(&r.0)) {
-                for (value, n) in series(&r) {
-                    if n > 0 {
-                        let labels = [("rule", r.rule.name.as_str()), (label, value)];
-                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
-                    }
-                }
-            }
-            Ok(())
-        };
-        counted(
-            &mut encoder,
-            "sqscale_scale",
-            "Replica changes the target confirmed, by direction",
-            "direction",
-            &|r| vec![("up", r.scales[UP]), ("down", r.scales[DOWN])],
-        )?;
-        counted(&mut encoder, "sqscale_poll_errors", "Failed reads, by source (sqs or kubernetes)", "source", &|r| {
-            vec![("sqs", r.errors[SQS]), ("kubernetes", r.errors[KUBERNETES])]
-        })?;
-        counted(&mut encoder, "sqscale_decisions", "Poll outcomes, by decision reason", "reason", &|r| {
-            r.decisions.iter().map(|(reason, n)| (reason.as_str(), *n)).collect()
-        })
-    }
-}
-
-/// The standard `process_*` metrics, read from /proc/self when scraped.
-#[derive(Debug)]
-struct ProcessCollector {
-    /// Unix time the observer was made, i.e. start-up: /proc/stat (for the boot time)
-    /// is hidden under systemd's ProcSubset=pid, so it is recorded rather than derived.
-    started: f64,
-}
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(me) = procfs::process::Process::myself() else {
-            return Ok(());
-        };
-        if let Ok(stat) = me.stat() {
-            let ticks = procfs::ticks_per_second() as f64;
-            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
-            cpu.encode(encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time",
-                None,
-                cpu.metric_type(),
-            )?)?;
-            let rss = ConstGauge::new((stat.rss * procfs::page_size()) as i64);
-            rss.encode(encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory",
-                None,
-                rss.metric_type(),
-            )?)?;
-        }
-        let start = ConstGauge::new(self.started);
-        start.encode(encoder.encode_descriptor(
-            "process_start_time_seconds",
-            "Start time since the Unix epoch",
-            None,
-            start.metric_type(),
-        )?)?;
-        if let Ok(fds) = me.fd_count() {
-            let g = ConstGauge::new(fds as i64);
-            g.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, g.metric_type())?)?;
-        }
-        Ok(())
-    }
-}
-
 // === `sqscale status` ===
-
-/// `/status` of a running daemon.
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
-pub struct Status {
-    pub rules: Vec<RuleStatus>,
-    /// Keys whose change waits for a restart (absent from older daemons).
-    #[serde(default)]
-    pub restart_required: Vec<String>,
-    /// With leader election: who this instance is and who leads (absent from older
-    /// daemons, and without leader election).
-    #[serde(default)]
-    pub leader_election: Option<ElectionStatus>,
-}
-
-/// GETs `path` from a running daemon at `base` (`http://127.0.0.1:9464`), waiting at
-/// most `timeout` for the whole answer: its status and body.
-async fn get(base: &str, path: &str, timeout: Duration) -> Result<(hyper::StatusCode, hyper::body::Bytes), String> {
-    use http_body_util::BodyExt;
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// is served"));
-    }
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-    let answer = async {
-        let response = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, answer)
-        .await
-        .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
-}
-
-/// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).
-pub async fn fetch(base: &str) -> Result<Status, String> {
-    let (status, body) = get(base, "/status", Duration::from_secs(5)).await?;
-    let url = format!("{}/status", base.trim_end_matches('/'));
-    if !status.is_success() {
-        return Err(format!("{url}: {status}"));
-    }
-    serde_json::from_slice::<Status>(&body).map_err(|e| format!("{url}: not a sqscale /status answer: {e}"))
-}
-
-/// Asks a running daemon at `base` for `/healthz` within `timeout`: `Ok` with its
-/// answer when that is 200, else why not.
-pub async fn check_health(base: &str, timeout: Duration) -> Result<String, String> {
-    let (status, body) = get(base, "/healthz", timeout).await?;
-    let text = String::from_utf8_lossy(&body).trim().to_owned();
-    if status == hyper::StatusCode::OK {
-        Ok(text)
-    } else {
-        Err(format!("{}/healthz: {status}: {text}", base.trim_end_matches('/')))
-    }
-}
-
-/// Who this instance is in the leader election and who leads, above the table: a
-/// standby's table shows the figures of its last turn as a leader (a cold standby
-/// polls nothing), so it must say that it is one.
-pub fn election_lines(e: &ElectionStatus) -> String {
-    let mut out = String::new();
-    let role = if e.standby { format!("a {} standby", e.standby_mode) } else { "the leader".to_owned() };
-    out.push_str(&format!("instance {}: {role}\n", e.identity));
-    for c in &e.contexts {
-        let context = c.context.as_deref().unwrap_or("(default context)");
-        let leader = match (&c.leader, c.leading) {
-            (_, true) => "this instance".to_owned(),
-            (Some(l), false) => l.clone(),
-            (None, false) => "no instance yet".to_owned(),
-        };
-        out.push_str(&format!("  {context}: led by {leader}\n"));
-    }
-    out
-}
-
-/// Renders statuses as a table, one line per rule.
-pub fn table(rules: &[RuleStatus]) -> String {
-    let header = [
-        "RULE",
-        "TARGET",
-        "REPLICAS",
-        "DESIRED",
-        "BACKLOG",
-        "ACTIVE",
-        "REASON",
-        "FAILURES",
-        "LAST ACTIVE",
-        "NEXT POLL",
-    ];
-    let dash = || "-".to_owned();
-    let rows: Vec<[String; 10]> = rules
-        .iter()
-        .map(|r| {
-            let backlog = if r.backlog.is_empty() {
-                dash()
-            } else {
-                r.backlog
-                    .values()
-                    .map(|b| b.map_or("error".to_owned(), |v| v.to_string()))
-                    .collect::<Vec<_>>()
-                    .join("+")
-            };
-            [
-                r.rule.clone(),
-                r.target.clone(),
-                r.current_replicas.map_or_else(dash, |v| v.to_string()),
-                r.desired_replicas.map_or_else(dash, |v| v.to_string()),
-                backlog,
-                if r.active { "yes" } else { "no" }.to_owned(),
-                r.last_reason.clone().unwrap_or_else(dash),
-                r.consecutive_failures.to_string(),
-                r.last_active.clone().unwrap_or_else(dash),
-                r.next_poll.clone().unwrap_or_else(dash),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(parts.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec(), &mut out);
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {

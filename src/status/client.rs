@@ -1,0 +1,140 @@
+//! `sqscale status` and `sqscale health`: the running daemon's `/status` and `/healthz`,
+//! asked over HTTP and shown as a table.
+
+use super::*;
+
+/// `/status` of a running daemon.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct Status {
+    pub rules: Vec<RuleStatus>,
+    /// Keys whose change waits for a restart (absent from older daemons).
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+    /// With leader election: who this instance is and who leads (absent from older
+    /// daemons, and without leader election).
+    #[serde(default)]
+    pub leader_election: Option<ElectionStatus>,
+}
+
+/// GETs `path` from a running daemon at `base` (`http://127.0.0.1:9464`), waiting at
+/// most `timeout` for the whole answer: its status and body.
+async fn get(base: &str, path: &str, timeout: Duration) -> Result<(hyper::StatusCode, hyper::body::Bytes), String> {
+    use http_body_util::BodyExt;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url}: only http:// is served"));
+    }
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+    let answer = async {
+        let response = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
+}
+
+/// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).
+pub async fn fetch(base: &str) -> Result<Status, String> {
+    let (status, body) = get(base, "/status", Duration::from_secs(5)).await?;
+    let url = format!("{}/status", base.trim_end_matches('/'));
+    if !status.is_success() {
+        return Err(format!("{url}: {status}"));
+    }
+    serde_json::from_slice::<Status>(&body).map_err(|e| format!("{url}: not a sqscale /status answer: {e}"))
+}
+
+/// Asks a running daemon at `base` for `/healthz` within `timeout`: `Ok` with its
+/// answer when that is 200, else why not.
+pub async fn check_health(base: &str, timeout: Duration) -> Result<String, String> {
+    let (status, body) = get(base, "/healthz", timeout).await?;
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    if status == hyper::StatusCode::OK {
+        Ok(text)
+    } else {
+        Err(format!("{}/healthz: {status}: {text}", base.trim_end_matches('/')))
+    }
+}
+
+/// Who this instance is in the leader election and who leads, above the table: a
+/// standby's table shows the figures of its last turn as a leader (a cold standby
+/// polls nothing), so it must say that it is one.
+pub fn election_lines(e: &ElectionStatus) -> String {
+    let mut out = String::new();
+    let role = if e.standby { format!("a {} standby", e.standby_mode) } else { "the leader".to_owned() };
+    out.push_str(&format!("instance {}: {role}\n", e.identity));
+    for c in &e.contexts {
+        let context = c.context.as_deref().unwrap_or("(default context)");
+        let leader = match (&c.leader, c.leading) {
+            (_, true) => "this instance".to_owned(),
+            (Some(l), false) => l.clone(),
+            (None, false) => "no instance yet".to_owned(),
+        };
+        out.push_str(&format!("  {context}: led by {leader}\n"));
+    }
+    out
+}
+
+/// Renders statuses as a table, one line per rule.
+pub fn table(rules: &[RuleStatus]) -> String {
+    let header = [
+        "RULE",
+        "TARGET",
+        "REPLICAS",
+        "DESIRED",
+        "BACKLOG",
+        "ACTIVE",
+        "REASON",
+        "FAILURES",
+        "LAST ACTIVE",
+        "NEXT POLL",
+    ];
+    let dash = || "-".to_owned();
+    let rows: Vec<[String; 10]> = rules
+        .iter()
+        .map(|r| {
+            let backlog = if r.backlog.is_empty() {
+                dash()
+            } else {
+                r.backlog
+                    .values()
+                    .map(|b| b.map_or("error".to_owned(), |v| v.to_string()))
+                    .collect::<Vec<_>>()
+                    .join("+")
+            };
+            [
+                r.rule.clone(),
+                r.target.clone(),
+                r.current_replicas.map_or_else(dash, |v| v.to_string()),
+                r.desired_replicas.map_or_else(dash, |v| v.to_string()),
+                backlog,
+                if r.active { "yes" } else { "no" }.to_owned(),
+                r.last_reason.clone().unwrap_or_else(dash),
+                r.consecutive_failures.to_string(),
+                r.last_active.clone().unwrap_or_else(dash),
+                r.next_poll.clone().unwrap_or_else(dash),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}

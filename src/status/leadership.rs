@@ -1,0 +1,171 @@
+//! Whether this instance may write, per kube context: the electors report what they
+//! hold (`campaign`, `set_leading`, `forget`), the workers ask before each write
+//! (`lead`), and `/status` and `sqscale_is_leader` show it.
+
+use super::*;
+
+/// One context's election as the observer keeps it.
+#[derive(Clone, Debug)]
+pub(super) struct Campaign {
+    /// Which elector reports: a context dropped and added again by reloads gets a new
+    /// elector, and the old one's last words must not count.
+    pub(super) generation: u64,
+    /// `Some`: leading, and writes must end before this instant.
+    pub(super) until: Option<Instant>,
+    /// The lease's holder as last read (`holderIdentity`): who leads.
+    pub(super) holder: Option<String>,
+}
+
+/// `/status` of an instance with leader election: who it is, whether it stands by,
+/// and who leads each cluster.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ElectionStatus {
+    /// This instance's identity in the leases.
+    pub identity: String,
+    /// `cold` or `warm`: what this instance does while it stands by.
+    pub standby_mode: String,
+    /// True unless this instance leads in every cluster.
+    pub standby: bool,
+    pub contexts: Vec<ContextLead>,
+}
+
+/// One cluster's lease as this instance last saw it.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ContextLead {
+    /// The kube context (`null`: the default one).
+    pub context: Option<String>,
+    /// Whether this instance holds the lease and may write.
+    pub leading: bool,
+    /// The lease's `holderIdentity`: the instance that leads (`null`: none yet).
+    pub leader: Option<String>,
+}
+
+/// Whether, and until when, this instance may write to the targets of one kube context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// No leader election: writes are bounded only by the call timeout.
+    Unelected,
+    /// Holding the lease: a write must end before this instant, the lease's earliest
+    /// possible expiry less the write margin (see [`crate::leader`]).
+    Until(Instant),
+    /// A standby, or a leader whose lease may be about to expire: no writes.
+    Standby,
+}
+
+impl Lead {
+    /// How long a write that starts now may run: `cap`, or less when the lease's margin
+    /// comes first; `None` when no write may start.
+    pub fn budget(self, cap: Duration) -> Option<Duration> {
+        match self {
+            Lead::Unelected => Some(cap),
+            Lead::Until(end) => {
+                let left = end.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(cap))
+            }
+            Lead::Standby => None,
+        }
+    }
+}
+
+impl Observer {
+    /// Registers `sqscale_is_leader`; from now on this instance, `identity` in the
+    /// leases, writes to a context only while its elector reports a lease held there
+    /// (see [`Observer::campaign`]), and while it does not, does what `standby` says.
+    pub fn enable_leader_election(&mut self, identity: &str, standby: Standby) {
+        self.election = Some((identity.to_owned(), standby));
+        self.registry.register(
+            "sqscale_is_leader",
+            "1 while this instance holds the lease of every cluster it scales",
+            self.metrics.is_leader.clone(),
+        );
+        *lock(&self.leadership) = Some(BTreeMap::new());
+    }
+
+    /// A new elector (`generation`) campaigns for `context`: a standby there until it
+    /// reports a lease. It replaces any older elector of the context.
+    pub fn campaign(&self, context: Option<&str>, generation: u64) {
+        self.update_leadership(|map| {
+            map.insert(context.map(str::to_owned), Campaign { generation, until: None, holder: None });
+        });
+    }
+
+    /// Elector `generation` of `context` leads until `until`, or (`None`) not at all;
+    /// the lease names `holder`.
+    pub fn set_leading(&self, context: Option<&str>, generation: u64, until: Option<Instant>, holder: Option<&str>) {
+        self.update_leadership(|map| {
+            if let Some(c) = map.get_mut(&context.map(str::to_owned)).filter(|c| c.generation == generation) {
+                c.until = until;
+                if c.holder.as_deref() != holder {
+                    c.holder = holder.map(str::to_owned);
+                }
+            }
+        });
+    }
+
+    /// Elector `generation` of `context` has stopped: the context no longer counts.
+    pub fn forget(&self, context: Option<&str>, generation: u64) {
+        self.update_leadership(|map| {
+            let key = context.map(str::to_owned);
+            if map.get(&key).is_some_and(|c| c.generation == generation) {
+                map.remove(&key);
+            }
+        });
+    }
+
+    pub(super) fn update_leadership(&self, change: impl FnOnce(&mut BTreeMap<Option<String>, Campaign>)) {
+        let mut guard = lock(&self.leadership);
+        if let Some(map) = guard.as_mut() {
+            change(map);
+            let leading = !map.is_empty() && map.values().all(|c| c.until.is_some());
+            self.metrics.is_leader.set(i64::from(leading));
+        }
+    }
+
+    /// Whether, and until when, this instance may write to targets in `context`.
+    pub fn lead(&self, context: Option<&str>) -> Lead {
+        match lock(&self.leadership).as_ref() {
+            None => Lead::Unelected,
+            Some(map) => match map.get(&context.map(str::to_owned)).and_then(|c| c.until) {
+                Some(until) if until > Instant::now() => Lead::Until(until),
+                _ => Lead::Standby,
+            },
+        }
+    }
+
+    /// Whether rules of `context` should skip their polls: this instance is a cold
+    /// standby there (see [`Standby::Cold`]).
+    pub fn cold_standby(&self, context: Option<&str>) -> bool {
+        matches!(self.election, Some((_, Standby::Cold))) && self.lead(context) == Lead::Standby
+    }
+
+    /// `/status`'s account of the election; `None` without one.
+    pub fn election(&self) -> Option<ElectionStatus> {
+        let (identity, mode) = self.election.as_ref()?;
+        let now = Instant::now();
+        let contexts: Vec<ContextLead> = lock(&self.leadership)
+            .as_ref()
+            .map(|m| {
+                m.iter()
+                    .map(|(context, c)| ContextLead {
+                        context: context.clone(),
+                        leading: c.until.is_some_and(|u| u > now),
+                        leader: c.holder.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ElectionStatus {
+            identity: identity.clone(),
+            standby_mode: mode.as_str().to_owned(),
+            standby: contexts.is_empty() || contexts.iter().any(|c| !c.leading),
+            contexts,
+        })
+    }
+
+    pub(super) fn leads_everywhere(&self) -> bool {
+        let now = Instant::now();
+        lock(&self.leadership)
+            .as_ref()
+            .is_none_or(|m| !m.is_empty() && m.values().all(|c| c.until.is_some_and(|u| u > now)))
+    }
+}
