@@ -483,3 +483,31 @@ mod tests {
         assert!(e.contains("denied") && e.contains("failed"), "{e}");
     }
 }
+
+/// The layer in front of a mock service: the header it stamps, and what a 401 does.
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    #[tokio::test]
+    async fn the_layer_stamps_the_token_in_force_and_a_401_wakes_the_refresher() {
+        let credentials = Arc::new(Credentials::new("ctx".into()));
+        credentials.set("one").unwrap();
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<()>>();
+        let mut service = AuthLayer(credentials.clone()).layer(mock);
+        for (token, code) in [("one", 401), ("two", 200)] {
+            futures::future::poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+            let response = service.call(Request::new(()));
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.headers()[AUTHORIZATION], format!("Bearer {token}").as_str());
+            send.send_response(Response::builder().status(code).body(()).unwrap());
+            assert_eq!(response.await.unwrap().status(), code);
+            let woken = futures::FutureExt::now_or_never(credentials.rejected.notified()).is_some();
+            assert_eq!(woken, code == 401, "token {token}");
+            // The refresher's new token is in force for the next request.
+            credentials.set("two").unwrap();
+        }
+    }
+}

@@ -306,12 +306,29 @@ impl Kube {
         .await
         .map_err(KubeError::Spawn)?
         .map_err(|e| KubeError::Build(display_context(key), e))?;
+        Ok(self.connection_of(client, refresher))
+    }
+
+    /// The connection around a built client: its Event recorder, state ConfigMap, write
+    /// budget and state writer.
+    fn connection_of(&self, client: Client, refresher: Option<AbortOnDrop>) -> Connection {
         let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
         let state =
             Store::new(Api::namespaced(client.clone(), &self.state_namespace), &self.state_namespace, self.timeout);
         let limit = Arc::new(WriteLimit::new(self.qps, self.burst));
         let writer = AbortOnDrop(tokio::spawn(state.clone().write_loop(limit.clone())));
-        Ok(Connection { client, recorder, state, limit, _refresher: refresher, _writer: writer })
+        Connection { client, recorder, state, limit, _refresher: refresher, _writer: writer }
+    }
+
+    /// An adapter whose default context (`test`) is served by `client`: unit tests give a
+    /// client over a mock service and answer each request themselves.
+    #[cfg(test)]
+    pub(crate) fn with_client(client: Client, timeout: Duration) -> Kube {
+        let kube = Kube::new(None, Some("test".to_owned()), timeout);
+        let connection = Arc::new(kube.connection_of(client, None));
+        let cell = Arc::new(tokio::sync::OnceCell::new_with(Some(connection)));
+        lock(&kube.contexts).insert("test".to_owned(), cell);
+        kube
     }
 
     async fn api(&self, context: Option<&str>, t: &TargetRef) -> Result<Api<Scalable>, TargetError> {

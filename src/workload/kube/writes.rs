@@ -113,3 +113,105 @@ impl ScaleTarget for Kube {
 fn state_error(t: &TargetRef, e: StateError) -> TargetError {
     TargetError::new(t.to_string(), TargetErrorKind::State, chain(&e)).caused_by(e)
 }
+
+/// The requests the adapter sends, answered one by one by the test over a mock service
+/// (no server, no TLS): what each carries, and what each answer becomes.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use hyper::{Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{Handle, SendResponse};
+
+    use super::*;
+    use crate::config::TargetKind;
+
+    type Mock = Handle<Request<Body>, Response<Body>>;
+
+    fn adapter() -> (Kube, Mock) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Kube::with_client(Client::new(service, "default"), Duration::from_secs(5)), handle)
+    }
+
+    fn target() -> TargetRef {
+        TargetRef { kind: TargetKind::Deployment, name: "w".into(), namespace: "shop".into() }
+    }
+
+    /// The next request: method, path, query, content type and JSON body.
+    async fn next(handle: &mut Mock) -> (String, String, String, Option<String>, Value, SendResponse<Response<Body>>) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+        let content_type = parts.headers.get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        (parts.method.to_string(), parts.uri.path().to_owned(), query, content_type, json, send)
+    }
+
+    fn answer(code: u16, body: Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+    }
+
+    #[tokio::test]
+    async fn a_scale_patch_carries_the_version_decided_on_and_a_409_is_a_conflict_not_resent() {
+        let (kube, mut handle) = adapter();
+        let write = tokio::spawn(async move { kube.scale(None, &target(), 3, Some("7")).await });
+        let (method, path, query, content_type, body, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/apis/apps/v1/namespaces/shop/deployments/w/scale"));
+        assert!(query.contains("fieldManager=sqscale"), "{query}");
+        assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
+        assert_eq!(body, json!({"spec": {"replicas": 3}, "metadata": {"resourceVersion": "7"}}));
+        send.send_response(answer(409, status(409, "Conflict")));
+        // (An adapter that resent the count would now wait for a second answer.)
+        let e =
+            tokio::time::timeout(Duration::from_secs(5), write).await.expect("answered at once").unwrap().unwrap_err();
+        assert_eq!(e.kind(), "conflict");
+        // Decided again by the worker, never resent here: no second request.
+        assert!(futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_401_is_unauthorized_and_a_403_forbidden() {
+        for (code, reason, kind) in [(401, "Unauthorized", "unauthorized"), (403, "Forbidden", "forbidden")] {
+            let (kube, mut handle) = adapter();
+            let write = tokio::spawn(async move { kube.scale(None, &target(), 1, None).await });
+            let (_, _, _, _, body, send) = next(&mut handle).await;
+            // Without a version (none was read), the patch sets the replicas alone.
+            assert_eq!(body, json!({"spec": {"replicas": 1}}));
+            send.send_response(answer(code, status(code, reason)));
+            assert_eq!(write.await.unwrap().unwrap_err().kind(), kind);
+        }
+    }
+
+    #[tokio::test]
+    async fn last_active_goes_to_the_state_configmap_created_when_missing() {
+        let (kube, mut handle) = adapter();
+        let at = Time(1_795_780_800_000);
+        let write = tokio::spawn(async move { kube.set_last_active(None, &target(), at).await });
+        let (method, path, _, content_type, body, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/api/v1/namespaces/sqscale/configmaps/sqscale-state"));
+        assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
+        assert_eq!(body, json!({"data": {"deployment.shop.w": "2026-11-27T12:00:00Z"}}));
+        send.send_response(answer(404, status(404, "NotFound")));
+        let (method, path, _, _, body, send) = next(&mut handle).await;
+        assert_eq!((method.as_str(), path.as_str()), ("POST", "/api/v1/namespaces/sqscale/configmaps"));
+        assert_eq!(body["metadata"]["name"], "sqscale-state");
+        assert_eq!(body["data"], json!({"deployment.shop.w": "2026-11-27T12:00:00Z"}));
+        send.send_response(answer(201, body));
+        write.await.unwrap().unwrap();
+        // Nothing was written on the target itself.
+        assert!(futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none());
+    }
+}
