@@ -431,9 +431,6 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(at) = self.state.last_active else {
             return;
         };
-        if self.deps.dry_run || self.persisted_last_active == Some(at) {
-            return;
-        }
         let every = LAST_ACTIVE_EVERY.max(self.rule.policy.cooldown / 4).as_millis() as i64;
         let due = !decision.active || self.persisted_last_active.is_none_or(|p| at.0 - p.0 >= every);
         if due {
@@ -441,7 +438,8 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
-    /// Stores last-active if it differs from what was stored (as the leader only).
+    /// Stores last-active if it differs from what was stored (as the leader only, never
+    /// in a dry run: see [`Worker::write_budget`]).
     async fn store_last_active(&mut self) {
         let Some(at) = self.state.last_active else {
             return;

@@ -106,24 +106,29 @@ impl ConfigSource {
         let named = |e| AuthError::Context(self.context.clone(), e);
         // The proxy is chosen again for the API server (see `proxy::set_kube_proxy`: kube's
         // loader checks NO_PROXY against the proxy, not the server).
-        match &self.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| AuthError::ReadKubeconfig(path.clone(), e))?;
-                let mut config = Config::from_custom_kubeconfig(kc.clone(), &options).await.map_err(named)?;
-                crate::proxy::set_kube_proxy(&mut config, Some(&kc), context);
-                Ok(config)
-            }
-            None => match Config::from_kubeconfig(&options).await {
-                Ok(mut config) => {
-                    let kc = Kubeconfig::read().ok();
-                    crate::proxy::set_kube_proxy(&mut config, kc.as_ref(), context);
-                    Ok(config)
-                }
+        // The file(s) are read once: the config is built from what was read, and the
+        // proxy chosen from the same.
+        let kc = match &self.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path).map_err(|e| AuthError::ReadKubeconfig(path.clone(), e))?,
+            // `$KUBECONFIG` (merged) or `~/.kube/config`, as `Config::from_kubeconfig` reads.
+            None => match Kubeconfig::read() {
+                Ok(kc) => kc,
                 // No kubeconfig at all and no context asked for: in-cluster, as kubectl.
-                Err(e) if context.is_none() => Config::incluster().map_err(|ie| AuthError::Nowhere(e, ie)),
-                Err(e) => Err(named(e)),
+                Err(e) if context.is_none() => return Config::incluster().map_err(|ie| AuthError::Nowhere(e, ie)),
+                Err(e) => return Err(named(e)),
             },
-        }
+        };
+        let mut config = match Config::from_custom_kubeconfig(kc.clone(), &options).await {
+            Ok(config) => config,
+            // As before: without a file named and a context asked for, a kubeconfig that
+            // names no usable context falls back to in-cluster too.
+            Err(e) if self.kubeconfig.is_none() && context.is_none() => {
+                return Config::incluster().map_err(|ie| AuthError::Nowhere(e, ie));
+            }
+            Err(e) => return Err(named(e)),
+        };
+        crate::proxy::set_kube_proxy(&mut config, Some(&kc), context);
+        Ok(config)
     }
 }
 
@@ -157,15 +162,24 @@ pub struct Token {
 }
 
 impl Bearer {
-    /// Fetches a fresh token, within `timeout`.
+    /// Fetches a fresh token, within `timeout` (a kubeconfig is read again).
     pub async fn fetch(&self, timeout: Duration) -> Result<Token, AuthError> {
+        self.fetch_with(None, timeout).await
+    }
+
+    /// Fetches a token, within `timeout`, from `loaded` when given: the config the client
+    /// is being built from, so a first token does not read the kubeconfig twice.
+    pub async fn fetch_with(&self, loaded: Option<&Config>, timeout: Duration) -> Result<Token, AuthError> {
         let fetch = async {
-            match self {
-                Bearer::Eks(minter) => {
+            match (self, loaded) {
+                (Bearer::Eks(minter), _) => {
                     let value = minter.mint().await?;
                     Ok(Token { value, refresh_at: Some(SystemTime::now() + minter.refresh_after()) })
                 }
-                Bearer::Kubeconfig(source) => {
+                (Bearer::Kubeconfig(_), Some(config)) => {
+                    token_of(&config.auth_info, &config.cluster_url, timeout).await
+                }
+                (Bearer::Kubeconfig(source), None) => {
                     let config = source.load().await?;
                     token_of(&config.auth_info, &config.cluster_url, timeout).await
                 }

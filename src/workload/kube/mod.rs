@@ -287,7 +287,10 @@ impl Kube {
         let mut credentials = None;
         let mut refresher = None;
         if let Some(bearer) = bearer {
-            let token = bearer.fetch(self.timeout).await.map_err(|e| KubeError::Credential(display_context(key), e))?;
+            let token = bearer
+                .fetch_with(Some(&config), self.timeout)
+                .await
+                .map_err(|e| KubeError::Credential(display_context(key), e))?;
             let cell = Arc::new(Credentials::new(display_context(key)));
             cell.set(&token.value)?;
             auth::strip(&mut config.auth_info);
