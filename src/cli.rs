@@ -257,9 +257,14 @@ fn simulate(
         return ExitCode::FAILURE;
     }
     if let Some(out) = chart {
-        let written =
-            simulate::chart::render(&rows).and_then(|svg| std::fs::write(out, svg).map_err(|e| e.to_string()));
-        if let Err(e) = written {
+        let svg = match simulate::chart::render(&rows) {
+            Ok(svg) => svg,
+            Err(e) => {
+                eprintln!("error: {}: {}", out.display(), crate::error::chain(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = std::fs::write(out, svg) {
             eprintln!("error: {}: {e}", out.display());
             return ExitCode::FAILURE;
         }
@@ -269,7 +274,7 @@ fn simulate(
 
 fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration, log_format: LogFormat) -> ExitCode {
     if let Err(e) = telemetry::init(log_format) {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", crate::error::chain(&e));
         return ExitCode::from(EX_USAGE);
     }
     let config = match config::load_compact(path) {
@@ -369,7 +374,7 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: daemon unreachable: {e}");
+            eprintln!("error: daemon unreachable: {}", crate::error::chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -387,7 +392,7 @@ fn health(server: Option<String>, path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("unhealthy: {e}");
+            eprintln!("unhealthy: {}", crate::error::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -10,14 +10,16 @@
 //! Beyond client-go, a leader fences its own writes: its lease is valid until the start
 //! of its last successful renewal plus the lease duration (a standby can only have seen
 //! that renewal after the request started, so it cannot take over earlier), and every
-//! write to a target must end [`write_margin`] before that (see
-//! [`crate::status::Lead`]). A write that
+//! write to a target must end [`write_margin`] before that (see [`Lead`]). A write that
 //! would run past it is not started, or is abandoned.
 //!
 //! [`Electors`] owns the electors, one per kube context the running rules use. The
-//! supervisor tells it the contexts on start and on each reload, and tracks each
-//! context's workers with [`Electors::users`], so that a context no rule uses any more
-//! hands its lease back only once its last worker has stopped.
+//! supervisor tells it the contexts on start and on each reload, hands each worker its
+//! context's [`Leadership`] (the receiving end of a `watch` channel the context's
+//! elector publishes on), and tracks each context's workers with [`Electors::users`],
+//! so that a context no rule uses any more hands its lease back only once its last
+//! worker has stopped. The observer only hears of leadership for `/status`, the
+//! `sqscale_is_leader` gauge and readiness; no worker asks it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -27,14 +29,17 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Api;
 use kube::api::PostParams;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::LeaderElection;
+use crate::config::{LeaderElection, Standby};
+use crate::error::chain;
 use crate::status::Observer;
-use crate::workload::kube::Kube;
+use crate::workload::error::{KubeFailure, kind_of};
+use crate::workload::kube::{Kube, KubeError};
 
 /// How long a clean stop waits for the API server to take the lease back. Past it the
 /// lease expires on its own, `lease_duration` after the last renewal.
@@ -70,6 +75,100 @@ pub fn write_margin(lease_duration: Duration) -> Duration {
     (lease_duration / 4).min(Duration::from_secs(2))
 }
 
+/// Whether, and until when, this instance may write to the targets of one kube context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// No leader election: writes are bounded only by the call timeout.
+    Unelected,
+    /// Holding the lease: a write must end before this instant, the lease's earliest
+    /// possible expiry less the write margin.
+    Until(Instant),
+    /// A standby, or a leader whose lease may be about to expire: no writes.
+    Standby,
+}
+
+impl Lead {
+    /// How long a write that starts now may run: `cap`, or less when the lease's margin
+    /// comes first; `None` when no write may start.
+    pub fn budget(self, cap: Duration) -> Option<Duration> {
+        match self {
+            Lead::Unelected => Some(cap),
+            Lead::Until(end) => {
+                let left = end.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(cap))
+            }
+            Lead::Standby => None,
+        }
+    }
+}
+
+/// A worker's view of its context's election: the receiving end of the channel the
+/// context's elector publishes on, read before every write (no lock shared with other
+/// contexts, no allocation), and what to do while another instance leads.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    lead: watch::Receiver<Lead>,
+    standby: Standby,
+}
+
+impl Leadership {
+    /// Without leader election: every write may run for its whole call timeout.
+    pub fn unelected() -> Leadership {
+        // The sender may go: a receiver keeps the last value.
+        Leadership { lead: watch::channel(Lead::Unelected).1, standby: Standby::Warm }
+    }
+
+    /// A context without an elector under leader election: never writes. (The
+    /// supervisor starts an elector for every context before its workers, so this is
+    /// only the safe answer to a context that is not known.)
+    fn never(standby: Standby) -> Leadership {
+        Leadership { lead: watch::channel(Lead::Standby).1, standby }
+    }
+
+    /// Whether, and until when, this instance may write now.
+    pub fn lead(&self) -> Lead {
+        match *self.lead.borrow() {
+            Lead::Until(until) if until <= Instant::now() => Lead::Standby,
+            lead => lead,
+        }
+    }
+
+    /// How long a write that starts now may run (see [`Lead::budget`]).
+    pub fn budget(&self, cap: Duration) -> Option<Duration> {
+        self.lead().budget(cap)
+    }
+
+    /// Whether the worker should skip its poll: this instance is a cold standby in the
+    /// context (see [`Standby::Cold`]).
+    pub fn cold_standby(&self) -> bool {
+        self.standby == Standby::Cold && self.lead() == Lead::Standby
+    }
+}
+
+/// Why a round of the election failed (it is tried again on the next round).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("no Kubernetes client for the lease")]
+    Client(#[source] KubeError),
+    #[error("reading Lease {0}")]
+    Read(String, #[source] KubeFailure),
+    #[error("creating Lease {0}")]
+    Create(String, #[source] KubeFailure),
+    #[error("writing Lease {0}")]
+    Write(String, #[source] KubeFailure),
+}
+
+impl LeaseError {
+    /// The same stable labels as a target's errors (`unauthorized`, `timeout`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseError::Client(e) => e.kind(),
+            LeaseError::Read(_, e) | LeaseError::Create(_, e) | LeaseError::Write(_, e) => kind_of(&e.0),
+        }
+        .as_str()
+    }
+}
+
 /// The electors of this instance, one per kube context the running rules use.
 pub struct Electors {
     settings: LeaderElection,
@@ -98,6 +197,8 @@ impl Drop for Electors {
 
 /// One context's elector, as [`Electors`] keeps it.
 struct Campaign {
+    /// What the context's elector publishes; cloned for each worker.
+    lead: watch::Receiver<Lead>,
     /// The context's workers. Closed once no rule uses the context; the elector hands
     /// the lease back and stops when it is also empty.
     users: TaskTracker,
@@ -150,7 +251,8 @@ impl Electors {
 
     fn start(&mut self, context: Option<String>) {
         self.generation += 1;
-        let campaign = Campaign { users: TaskTracker::new(), done: CancellationToken::new() };
+        let (publish, lead) = watch::channel(Lead::Standby);
+        let campaign = Campaign { lead, users: TaskTracker::new(), done: CancellationToken::new() };
         self.observer.campaign(context.as_deref(), self.generation);
         let elector = Elector {
             kube: self.kube.clone(),
@@ -159,6 +261,7 @@ impl Electors {
             context: context.clone(),
             generation: self.generation,
             observer: self.observer.clone(),
+            lead: publish,
         };
         let previous = self.retiring.remove(&context);
         self.tasks.spawn(elector.run(
@@ -174,6 +277,14 @@ impl Electors {
     /// The tracker of `context`'s workers; `None` for a context no rule uses.
     pub fn users(&self, context: Option<&str>) -> Option<&TaskTracker> {
         self.campaigns.get(&context.map(str::to_owned)).map(|c| &c.users)
+    }
+
+    /// What a worker of `context` reads before it polls and before each write.
+    pub fn leadership(&self, context: Option<&str>) -> Leadership {
+        match self.campaigns.get(&context.map(str::to_owned)) {
+            Some(c) => Leadership { lead: c.lead.clone(), standby: self.settings.standby },
+            None => Leadership::never(self.settings.standby),
+        }
     }
 
     /// Stops every elector. `release`: the drain was clean, so no write can be in
@@ -199,7 +310,10 @@ struct Elector {
     /// The kube context this lease guards (`None`: the default context).
     context: Option<String>,
     generation: u64,
+    /// Reports to `/status` and the `sqscale_is_leader` gauge.
     observer: Arc<Observer>,
+    /// What the context's workers read: published after every round.
+    lead: watch::Sender<Lead>,
 }
 
 /// What this instance last saw of the lease.
@@ -260,7 +374,9 @@ impl Elector {
                 Ok(Ok(true)) => renewed = Some(started),
                 // Another holder, or another instance wrote first: no more writes.
                 Ok(Ok(false)) => renewed = None,
-                Ok(Err(e)) => warn!(error = %e, lease = %self.settings.lease_name, "lease update failed"),
+                Ok(Err(e)) => {
+                    warn!(error = %chain(&e), kind = e.kind(), lease = %self.settings.lease_name, "lease update failed")
+                }
                 Err(_) => warn!(lease = %self.settings.lease_name, "lease update timed out"),
             }
             let until = renewed.and_then(|r| self.writes_until(r));
@@ -275,14 +391,21 @@ impl Elector {
                     warn!(lease = %self.settings.lease_name, "lost the lease; no more writes");
                 }
             }
+            self.publish(until.map_or(Lead::Standby, Lead::Until));
             let holder = observed.as_ref().and_then(|o| o.holder.as_deref());
             self.observer.set_leading(context, self.generation, until, holder);
         };
+        self.publish(Lead::Standby);
         self.observer.set_leading(context, self.generation, None, None);
         if clean && renewed.is_some() {
             self.release().await;
         }
         self.observer.forget(context, self.generation);
+    }
+
+    /// Tells the context's workers, waking none of them when nothing changed.
+    fn publish(&self, lead: Lead) {
+        self.lead.send_if_modified(|current| std::mem::replace(current, lead) != lead);
     }
 
     /// Until when writes may run after a renewal that started at `renewed`: the lease's
@@ -307,14 +430,19 @@ impl Elector {
         i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX).max(1)
     }
 
-    async fn api(&self) -> Result<Api<Lease>, String> {
-        let client = self.kube.client(self.context.as_deref()).await.map_err(|e| crate::error::chain(&e))?;
+    async fn api(&self) -> Result<Api<Lease>, LeaseError> {
+        let client = self.kube.client(self.context.as_deref()).await.map_err(LeaseError::Client)?;
         Ok(Api::namespaced(client, &self.settings.namespace))
+    }
+
+    /// `namespace/name` of the lease, for errors.
+    fn lease(&self) -> String {
+        format!("{}/{}", self.settings.namespace, self.settings.lease_name)
     }
 
     /// One round of client-go's `tryAcquireOrRenew`. Ok(true) when this instance holds
     /// the lease afterwards.
-    async fn try_acquire_or_renew(&self, observed: &mut Option<Observed>) -> Result<bool, String> {
+    async fn try_acquire_or_renew(&self, observed: &mut Option<Observed>) -> Result<bool, LeaseError> {
         let api = self.api().await?;
         let name = &self.settings.lease_name;
         let existing = match api.get(name).await {
@@ -335,10 +463,10 @@ impl Elector {
                     Ok(_) => Ok(true),
                     // Someone else created it first: not ours this round.
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(LeaseError::Create(self.lease(), KubeFailure(e))),
                 };
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(LeaseError::Read(self.lease(), KubeFailure(e))),
         };
         let spec = existing.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
@@ -371,7 +499,7 @@ impl Elector {
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(LeaseError::Write(self.lease(), KubeFailure(e))),
         }
     }
 
@@ -381,7 +509,7 @@ impl Elector {
         let name = &self.settings.lease_name;
         let work = async {
             let api = self.api().await?;
-            let mut lease = api.get(name).await.map_err(|e| e.to_string())?;
+            let mut lease = api.get(name).await.map_err(|e| LeaseError::Read(self.lease(), KubeFailure(e)))?;
             let Some(spec) = lease.spec.as_mut() else { return Ok(false) };
             if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
                 return Ok(false);
@@ -389,13 +517,17 @@ impl Elector {
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
             spec.renew_time = Some(Self::now());
-            api.replace(name, &PostParams::default(), &lease).await.map_err(|e| e.to_string())?;
-            Ok::<bool, String>(true)
+            api.replace(name, &PostParams::default(), &lease)
+                .await
+                .map_err(|e| LeaseError::Write(self.lease(), KubeFailure(e)))?;
+            Ok::<bool, LeaseError>(true)
         };
         match tokio::time::timeout(RELEASE_TIMEOUT, work).await {
             Ok(Ok(true)) => info!(lease = %name, "released the lease"),
             Ok(Ok(false)) => {}
-            Ok(Err(e)) => warn!(error = %e, lease = %name, "releasing the lease failed; it expires on its own"),
+            Ok(Err(e)) => {
+                warn!(error = %chain(&e), kind = e.kind(), lease = %name, "releasing the lease failed; it expires on its own")
+            }
             Err(_) => warn!(lease = %name, "releasing the lease timed out; it expires on its own"),
         }
     }
@@ -411,6 +543,35 @@ mod tests {
         assert_ne!(a, b, "two starts under one host name and PID must differ");
         let host = hostname::get().unwrap().into_string().unwrap();
         assert!(a.starts_with(&format!("{}_", host.trim())), "{a}");
+    }
+
+    /// What a worker reads of its context's election: the whole call timeout without
+    /// election; under it, only the lease's time left while the elector says it holds
+    /// the lease, nothing once that has run out or the elector says standby (a cold
+    /// standby then skips its polls, a warm one polls).
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_writes_only_within_what_its_elector_last_published() {
+        let cap = Duration::from_secs(10);
+        let free = Leadership::unelected();
+        assert_eq!((free.budget(cap), free.cold_standby()), (Some(cap), false));
+        assert_eq!(Leadership::never(Standby::Cold).budget(cap), None);
+
+        let (publish, lead) = watch::channel(Lead::Standby);
+        let cold = Leadership { lead: lead.clone(), standby: Standby::Cold };
+        let warm = Leadership { lead, standby: Standby::Warm };
+        assert!(cold.cold_standby() && !warm.cold_standby());
+        assert_eq!(cold.budget(cap), None);
+
+        publish.send_replace(Lead::Until(Instant::now() + Duration::from_secs(3)));
+        assert_eq!(cold.budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
+        assert!(!cold.cold_standby(), "the leader polls");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(cold.lead(), Lead::Standby, "the margin has run out, whatever was published");
+        assert!(cold.cold_standby());
+
+        publish.send_replace(Lead::Until(Instant::now() + cap));
+        drop(publish);
+        assert_eq!(warm.budget(cap), Some(cap), "the last word counts after the elector has gone");
     }
 
     #[test]

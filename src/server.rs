@@ -42,7 +42,7 @@ async fn metrics(State(o): State<Arc<Observer>>) -> Response {
         .into_response()
 }
 
-fn check(result: Result<(), String>) -> Response {
+fn check(result: Result<(), crate::status::NotReady>) -> Response {
     match result {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),

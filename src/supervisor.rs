@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigErrors, KubernetesSettings, LeaderElection, Rule, ServerSettings};
 use crate::engine::State;
-use crate::leader::Electors;
+use crate::leader::{Electors, Leadership};
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::worker::{self, Deps};
@@ -111,9 +111,10 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         let cancel = self.root.child_token();
         let first_poll = start_offset(&rule, rules);
         let (deps, token) = (self.deps.clone(), cancel.clone());
+        let lead = self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(rule.context.as_deref()));
         let work: std::pin::Pin<Box<dyn Future<Output = State> + Send>> = match previous {
-            None => Box::pin(worker::run(rule.clone(), deps, token, first_poll, None)),
-            Some(previous) => Box::pin(take_over(previous, rule.clone(), deps, token, first_poll)),
+            None => Box::pin(worker::run(rule.clone(), deps, lead, token, first_poll, None)),
+            Some(previous) => Box::pin(take_over(previous, rule.clone(), deps, lead, token, first_poll)),
         };
         // Under leader election the worker also counts as a user of its context's
         // lease, which is handed back only once no worker of the context runs.
@@ -298,6 +299,7 @@ async fn take_over<Q: QueueReader, T: ScaleTarget>(
     previous: Running,
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
+    lead: Leadership,
     cancel: CancellationToken,
     first_poll: Duration,
 ) -> State {
@@ -315,7 +317,7 @@ async fn take_over<Q: QueueReader, T: ScaleTarget>(
     {
         state.reset_hpa();
     }
-    worker::run(rule, deps, cancel, first_poll, state).await
+    worker::run(rule, deps, lead, cancel, first_poll, state).await
 }
 
 /// When a rule polls first, after it starts. Ten thousand rules must not all fire in

@@ -17,11 +17,20 @@ pub enum LogFormat {
 /// The default filter keeps the AWS SDK and hyper quiet unless asked.
 const DEFAULT_FILTER: &str = "info,aws_config=warn,aws_smithy_runtime=warn,hyper=warn,kube_client=warn";
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("SQSCALE_LOG ({0:?})")]
+    Filter(String, #[source] tracing_subscriber::filter::ParseError),
+    #[error("installing the log subscriber")]
+    Install(#[source] tracing_subscriber::util::TryInitError),
+}
+
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat) -> Result<(), String> {
+pub fn init(format: LogFormat) -> Result<(), TelemetryError> {
     let filter = match std::env::var("SQSCALE_LOG") {
         Ok(spec) => EnvFilter::try_new(&spec)
-            .map_err(|e| format!("SQSCALE_LOG ({spec:?}): {e}"))?
+            .map_err(|e| TelemetryError::Filter(spec.clone(), e))?
             // aws_sigv4 logs canonical requests at trace, presigned query (session
             // token, credential scope) included: never let a filter turn that on.
             .add_directive("aws_sigv4=info".parse().expect("a constant, valid directive")),
@@ -40,5 +49,5 @@ pub fn init(format: LogFormat) -> Result<(), String> {
     } else {
         registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal())).try_init()
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(TelemetryError::Install)
 }

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Rule, TargetRef};
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
+use crate::leader::Leadership;
 use crate::source::{Attrs, QueueReader, Shared, Slot, SourceError, SourceErrorKind};
 use crate::status::{Observer, PollReport, RecordHandle};
 use crate::workload::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView, format_time};
@@ -133,38 +134,44 @@ pub struct Deps<Q, T> {
 /// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
 /// `polling_interval`; a late poll delays the next one, never bursts. Starts from
 /// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
-/// it ends with, including the poll that was in flight when `cancel` fired. (Boxed: an
-/// async fn keeps its arguments for its whole life, and every idle rule would carry a
-/// second copy of the state inline.)
-pub async fn run<Q: QueueReader, T: ScaleTarget>(
+/// it ends with, including the poll that was in flight when `cancel` fired. `lead` says
+/// whether this instance may write to the rule's context.
+///
+/// Not an `async fn`: one keeps its arguments for its whole life, beside the worker
+/// built from them, and every idle rule's task would carry both. The worker is built
+/// here and only it, the token and the timer live in the task.
+pub fn run<Q: QueueReader, T: ScaleTarget>(
     rule: Arc<Rule>,
     deps: Arc<Deps<Q, T>>,
+    lead: Leadership,
     cancel: CancellationToken,
     first_poll: Duration,
     state: Option<Box<State>>,
-) -> State {
-    let mut worker = Worker::new(rule, deps, state);
-    let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => {}
+) -> impl Future<Output = State> + Send {
+    let mut worker = Worker::new(rule, deps, lead, state);
+    async move {
+        let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // Boxed: a poll's future holds the HTTP clients' request futures; inline,
+            // every idle task would carry that size for good.
+            Box::pin(worker.poll()).await;
         }
-        // Boxed: a poll's future holds the HTTP clients' request futures; inline, every
-        // idle task would carry that size for good.
-        Box::pin(worker.poll()).await;
+        // A clean stop stores what the budget held back, so a restart keeps the cooldown
+        // exactly (only a crash can cost up to the budget's interval).
+        Box::pin(worker.store_last_active()).await;
+        // Events still being published are writes too: the drain waits for them (each
+        // is bounded like any write).
+        worker.events.close();
+        worker.events.wait().await;
+        debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
+        worker.state
     }
-    // A clean stop stores what the budget held back, so a restart keeps the cooldown
-    // exactly (only a crash can cost up to the budget's interval).
-    Box::pin(worker.store_last_active()).await;
-    // Events still being published are writes too: the drain waits for them (each is
-    // bounded like any write).
-    worker.events.close();
-    worker.events.wait().await;
-    debug!(rule = %worker.rule.name, target = %worker.rule.target, "stopped");
-    worker.state
 }
 
 struct Worker<Q, T> {
@@ -174,6 +181,8 @@ struct Worker<Q, T> {
     /// Per trigger, its queue's shared reads.
     slots: Box<[Arc<Slot>]>,
     deps: Arc<Deps<Q, T>>,
+    /// Whether this instance may write to the rule's context, as its elector says.
+    lead: Leadership,
     state: State,
     /// The last `last_active` written to (or read from) the target's annotation.
     persisted_last_active: Option<Time>,
@@ -189,8 +198,9 @@ struct Worker<Q, T> {
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
     /// A new worker, on `state` or a fresh one: its record and its queues' slots are
     /// taken once, here.
-    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, state: Option<Box<State>>) -> Self {
+    fn new(rule: Arc<Rule>, deps: Arc<Deps<Q, T>>, lead: Leadership, state: Option<Box<State>>) -> Self {
         Worker {
+            lead,
             state: state.map_or_else(|| State::new(deps.clock.now()), |s| *s),
             persisted_last_active: None,
             record: deps.observer.record(&rule.name),
@@ -215,7 +225,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             next_poll: Time(now.0 + rule.polling_interval.as_millis() as i64),
             ..PollReport::default()
         };
-        if self.deps.observer.cold_standby(ctx) {
+        if self.lead.cold_standby() {
             // Another instance leads: no queue read, no target read, until this one does.
             self.standing_by = true;
             if let Some(record) = &self.record {
@@ -258,13 +268,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 }
                 None => self.queue_failures.ok(),
             }
-            report.queues = rule
-                .policy
-                .triggers
-                .iter()
-                .zip(&queues)
-                .map(|(t, r)| r.as_ref().map(|c| t.backlog(c)).map_err(|e| e.to_string()))
-                .collect();
+            report.queues =
+                rule.policy.triggers.iter().zip(&queues).map(|(t, r)| r.as_ref().ok().map(|c| t.backlog(c))).collect();
+            report.queue_errors = queues.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
             let mut obs = Observation {
                 replicas: view.replicas,
                 status_replicas: view.scale_status_replicas(),
@@ -381,7 +387,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         if self.deps.dry_run {
             return None;
         }
-        self.deps.observer.lead(self.rule.context.as_deref()).budget(self.deps.call_timeout)
+        self.lead.budget(self.deps.call_timeout)
     }
 
     /// Publishes an Event on the target without holding up the poll; a failure to
@@ -529,11 +535,12 @@ mod tests {
             observer: Arc::new(Observer::new()),
         });
         // What every idle rule holds for good: its task's future.
-        let task = run(rule.clone(), deps.clone(), CancellationToken::new(), Duration::ZERO, None);
+        let task =
+            run(rule.clone(), deps.clone(), Leadership::unelected(), CancellationToken::new(), Duration::ZERO, None);
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");
-        let mut worker = Worker::new(rule, deps, None);
+        let mut worker = Worker::new(rule, deps, Leadership::unelected(), None);
         let size = std::mem::size_of_val(&worker.poll());
         println!("poll future: {size} bytes");
         assert!(size <= 1536, "a poll's future is {size} bytes");

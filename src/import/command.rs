@@ -53,7 +53,7 @@ pub fn main(args: Args) -> ExitCode {
         match from_cluster(&args) {
             Ok(read) => read,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error::chain(&e));
                 return ExitCode::FAILURE;
             }
         }
@@ -65,7 +65,7 @@ pub fn main(args: Args) -> ExitCode {
                 (objects, options, names.join(", "))
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::error::chain(&e));
                 return ExitCode::from(EX_DATAERR);
             }
         }
@@ -149,9 +149,32 @@ fn display(path: &std::path::Path) -> String {
     if path.as_os_str() == "-" { "<stdin>".to_owned() } else { path.display().to_string() }
 }
 
+/// Why the KEDA objects could not be read: from a file, or from the cluster.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    File(String, #[source] std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, super::ParseError),
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("no Kubernetes client")]
+    Client(#[source] crate::workload::kube::KubeError),
+    /// What was being done, and the timeout in seconds.
+    #[error("{0}: no answer within {1}s")]
+    Timeout(String, u64),
+    /// What was being done; the Status message.
+    #[error("{0}: the API server does not serve it; is KEDA installed? ({1})")]
+    NotServed(String, String),
+    #[error("{0}: forbidden: import-keda needs get and list on keda.sh ({1})")]
+    Forbidden(String, String),
+    #[error("{0}")]
+    Api(String, #[source] crate::workload::error::KubeFailure),
+}
+
 /// Every object of every file, in order. A file that cannot be read or parsed is an
 /// error naming it (and the line, where the parser gives one).
-fn from_files(files: &[PathBuf]) -> Result<Vec<Value>, String> {
+fn from_files(files: &[PathBuf]) -> Result<Vec<Value>, ReadError> {
     let mut objects = Vec::new();
     for path in files {
         let name = display(path);
@@ -161,8 +184,8 @@ fn from_files(files: &[PathBuf]) -> Result<Vec<Value>, String> {
         } else {
             std::fs::read_to_string(path)
         }
-        .map_err(|e| format!("{name}: {e}"))?;
-        objects.extend(super::parse_documents(&text).map_err(|e| format!("{name}: {e}"))?);
+        .map_err(|e| ReadError::File(name.clone(), e))?;
+        objects.extend(super::parse_documents(&text).map_err(|e| ReadError::Parse(name, e))?);
     }
     Ok(objects)
 }
@@ -181,12 +204,11 @@ fn keda(kind: &str, plural: &str) -> ApiResource {
 /// the namespace (or all), and the ClusterTriggerAuthentications they name (by `get`,
 /// so a user without cluster-wide rights can still import). Returns them with the
 /// options and a description of where they came from.
-fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), String> {
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), ReadError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ReadError::Runtime)?;
     runtime.block_on(async {
         let kube = Kube::new(args.kubeconfig.clone(), args.context.clone(), CALL_TIMEOUT);
-        let client = kube.client(None).await.map_err(|e| crate::error::chain(&e))?;
+        let client = kube.client(None).await.map_err(ReadError::Client)?;
         let context = match kube.context_key(None) {
             "" => "in-cluster".to_owned(),
             c => format!("context {c}"),
@@ -211,9 +233,9 @@ fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), String> {
             async move {
                 let listed = tokio::time::timeout(CALL_TIMEOUT, api.list(&ListParams::default()))
                     .await
-                    .map_err(|_| format!("listing {what}: no answer within {}s", CALL_TIMEOUT.as_secs()))?
-                    .map_err(|e| describe(&e, &format!("listing {what}")))?;
-                Ok::<_, String>(listed.items.into_iter().map(|o| object(o, &ar)).collect::<Vec<_>>())
+                    .map_err(|_| ReadError::Timeout(format!("listing {what}"), CALL_TIMEOUT.as_secs()))?
+                    .map_err(|e| describe(e, format!("listing {what}")))?;
+                Ok::<_, ReadError>(listed.items.into_iter().map(|o| object(o, &ar)).collect::<Vec<_>>())
             }
         };
         let mut objects = list("ScaledObject", "scaledobjects").await?;
@@ -236,8 +258,8 @@ fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), String> {
                 Ok(Ok(Some(o))) => cluster.push(object(o, &ar)),
                 // Not there: the ScaledObjects that name it are told so.
                 Ok(Ok(None)) => {}
-                Ok(Err(e)) => return Err(describe(&e, &format!("reading {what}"))),
-                Err(_) => return Err(format!("reading {what}: no answer within {}s", CALL_TIMEOUT.as_secs())),
+                Ok(Err(e)) => return Err(describe(e, format!("reading {what}"))),
+                Err(_) => return Err(ReadError::Timeout(format!("reading {what}"), CALL_TIMEOUT.as_secs())),
             }
         }
         objects.extend(cluster);
@@ -256,15 +278,10 @@ fn object(o: DynamicObject, ar: &ApiResource) -> Value {
     v
 }
 
-fn describe(e: &kube::Error, doing: &str) -> String {
+fn describe(e: kube::Error, doing: String) -> ReadError {
     match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            format!("{doing}: the API server does not serve it; is KEDA installed? ({})", s.message)
-        }
-        kube::Error::Api(s) if s.code == 403 => {
-            format!("{doing}: forbidden: import-keda needs get and list on keda.sh ({})", s.message)
-        }
-        kube::Error::Api(s) => format!("{doing}: {} ({}, {})", s.message, s.reason, s.code),
-        other => format!("{doing}: {other}"),
+        kube::Error::Api(s) if s.code == 404 => ReadError::NotServed(doing, s.message),
+        kube::Error::Api(s) if s.code == 403 => ReadError::Forbidden(doing, s.message),
+        other => ReadError::Api(doing, crate::workload::error::KubeFailure(other)),
     }
 }

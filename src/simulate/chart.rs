@@ -7,8 +7,13 @@ use plotters::prelude::*;
 
 use super::Row;
 
+/// plotters could not draw the chart (its backends' errors are boxed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw the chart")]
+pub struct ChartError(#[source] Box<dyn std::error::Error>);
+
 /// Renders the timeline as an SVG document.
-pub fn render(rows: &[Row]) -> Result<String, String> {
+pub fn render(rows: &[Row]) -> Result<String, ChartError> {
     let mut by_rule: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for r in rows {
         by_rule.entry(r.rule.as_str()).or_default().push(r);
@@ -19,7 +24,7 @@ pub fn render(rows: &[Row]) -> Result<String, String> {
     let replicas_max = rows.iter().map(|r| r.replicas).max().unwrap_or(0).max(1) as f64 * 1.15;
 
     let mut svg = String::new();
-    draw(&mut svg, &by_rule, x_max, backlog_max, replicas_max).map_err(|e| format!("cannot draw the chart: {e}"))?;
+    draw(&mut svg, &by_rule, x_max, backlog_max, replicas_max).map_err(ChartError)?;
     Ok(svg)
 }
 

@@ -151,16 +151,22 @@ fn step_ms(rule: &Rule) -> i64 {
     i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
+/// Why a trace cannot be replayed through the rules.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("rule {0:?} reads queue {1:?}, which has no row in the trace (select other rules with --rule)")]
+    UnknownQueue(String, String),
+    #[error("rule {0:?} would poll {1} times up to {2}s; give an earlier --until")]
+    TooLong(String, i64, i64),
+}
+
 /// Replays `trace` through every rule in `rules`. Fails if a rule reads a queue the
 /// trace never mentions (a typo there would silently read as an empty queue).
-pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>, String> {
+pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>, RunError> {
     for rule in rules {
         for q in &rule.triggers {
             if !trace.has(&q.name) {
-                return Err(format!(
-                    "rule {:?} reads queue {:?}, which has no row in the trace (select other rules with --rule)",
-                    rule.name, q.name
-                ));
+                return Err(RunError::UnknownQueue(rule.name.clone(), q.name.clone()));
             }
         }
     }
@@ -171,11 +177,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
     for rule in rules {
         let polls = until.0 / step_ms(rule) + 1;
         if polls > 10_000_000 {
-            return Err(format!(
-                "rule {:?} would poll {polls} times up to {}s; give an earlier --until",
-                rule.name,
-                until.0 / 1000
-            ));
+            return Err(RunError::TooLong(rule.name.clone(), polls, until.0 / 1000));
         }
     }
 

@@ -68,7 +68,8 @@ fn a_rule_reading_a_queue_missing_from_the_trace_is_an_error() {
     let config = demo_rule();
     let trace = Trace::parse("time,queue,visible,in_flight,delayed\n0,other,1,0,0\n".as_bytes()).unwrap();
     let err = run(&[&config.rules[0]], &trace, &Options::default()).unwrap_err();
-    assert!(err.contains("keda-demo-queue"), "{err}");
+    assert_eq!(err, RunError::UnknownQueue(config.rules[0].name.clone(), "keda-demo-queue".into()));
+    assert!(err.to_string().contains("has no row in the trace"), "{err}");
 }
 
 #[test]

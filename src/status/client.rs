@@ -16,48 +16,68 @@ pub struct Status {
     pub leader_election: Option<ElectionStatus>,
 }
 
+/// Why `sqscale status` or `sqscale health` got no good answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("{0}: not a URL")]
+    Url(String, #[source] hyper::http::uri::InvalidUri),
+    #[error("{0}: only http:// is served")]
+    Scheme(String),
+    #[error("{0}")]
+    Request(String, #[source] hyper_util::client::legacy::Error),
+    #[error("{0}: reading the answer")]
+    Body(String, #[source] hyper::Error),
+    #[error("{0}: no answer within {1}s")]
+    Timeout(String, u64),
+    /// An answer other than 200: the status line and what the daemon said.
+    #[error("{url}: {status}{}", if said.is_empty() { String::new() } else { format!(": {said}") })]
+    Refused { url: String, status: hyper::StatusCode, said: String },
+    #[error("{0}: not a sqscale /status answer")]
+    NotStatus(String, #[source] serde_json::Error),
+}
+
 /// GETs `path` from a running daemon at `base` (`http://127.0.0.1:9464`), waiting at
-/// most `timeout` for the whole answer: its status and body.
-async fn get(base: &str, path: &str, timeout: Duration) -> Result<(hyper::StatusCode, hyper::body::Bytes), String> {
+/// most `timeout` for the whole answer: its status and body, and the URL asked.
+async fn get(
+    base: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(hyper::StatusCode, hyper::body::Bytes, String), AskError> {
     use http_body_util::BodyExt;
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let uri: hyper::Uri = url.parse().map_err(|e| AskError::Url(url.clone(), e))?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("{url}: only http:// is served"));
+        return Err(AskError::Scheme(url));
     }
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
     let answer = async {
-        let response = client.get(uri).await.map_err(|e| format!("{url}: {e}"))?;
+        let response = client.get(uri).await.map_err(|e| AskError::Request(url.clone(), e))?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+        let body = response.into_body().collect().await.map_err(|e| AskError::Body(url.clone(), e))?.to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, answer)
+    let (status, body) = tokio::time::timeout(timeout, answer)
         .await
-        .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
+        .map_err(|_| AskError::Timeout(url.clone(), timeout.as_secs()))??;
+    Ok((status, body, url))
 }
 
 /// Fetches `/status` from a running daemon at `base` (`http://127.0.0.1:9464`).
-pub async fn fetch(base: &str) -> Result<Status, String> {
-    let (status, body) = get(base, "/status", Duration::from_secs(5)).await?;
-    let url = format!("{}/status", base.trim_end_matches('/'));
+pub async fn fetch(base: &str) -> Result<Status, AskError> {
+    let (status, body, url) = get(base, "/status", Duration::from_secs(5)).await?;
     if !status.is_success() {
-        return Err(format!("{url}: {status}"));
+        return Err(AskError::Refused { url, status, said: String::from_utf8_lossy(&body).trim().to_owned() });
     }
-    serde_json::from_slice::<Status>(&body).map_err(|e| format!("{url}: not a sqscale /status answer: {e}"))
+    serde_json::from_slice::<Status>(&body).map_err(|e| AskError::NotStatus(url, e))
 }
 
 /// Asks a running daemon at `base` for `/healthz` within `timeout`: `Ok` with its
 /// answer when that is 200, else why not.
-pub async fn check_health(base: &str, timeout: Duration) -> Result<String, String> {
-    let (status, body) = get(base, "/healthz", timeout).await?;
+pub async fn check_health(base: &str, timeout: Duration) -> Result<String, AskError> {
+    let (status, body, url) = get(base, "/healthz", timeout).await?;
     let text = String::from_utf8_lossy(&body).trim().to_owned();
-    if status == hyper::StatusCode::OK {
-        Ok(text)
-    } else {
-        Err(format!("{}/healthz: {status}: {text}", base.trim_end_matches('/')))
-    }
+    if status == hyper::StatusCode::OK { Ok(text) } else { Err(AskError::Refused { url, status, said: text }) }
 }
 
 /// Who this instance is in the leader election and who leads, above the table: a

@@ -1,6 +1,6 @@
-//! Whether this instance may write, per kube context: the electors report what they
-//! hold (`campaign`, `set_leading`, `forget`), the workers ask before each write
-//! (`lead`), and `/status` and `sqscale_is_leader` show it.
+//! Leadership as `/status`, `sqscale_is_leader` and readiness show it: the electors
+//! report what they hold (`campaign`, `set_leading`, `forget`). Workers do not ask here:
+//! each reads its context's [`crate::leader::Leadership`].
 
 use super::*;
 
@@ -38,33 +38,6 @@ pub struct ContextLead {
     pub leading: bool,
     /// The lease's `holderIdentity`: the instance that leads (`null`: none yet).
     pub leader: Option<String>,
-}
-
-/// Whether, and until when, this instance may write to the targets of one kube context.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lead {
-    /// No leader election: writes are bounded only by the call timeout.
-    Unelected,
-    /// Holding the lease: a write must end before this instant, the lease's earliest
-    /// possible expiry less the write margin (see [`crate::leader`]).
-    Until(Instant),
-    /// A standby, or a leader whose lease may be about to expire: no writes.
-    Standby,
-}
-
-impl Lead {
-    /// How long a write that starts now may run: `cap`, or less when the lease's margin
-    /// comes first; `None` when no write may start.
-    pub fn budget(self, cap: Duration) -> Option<Duration> {
-        match self {
-            Lead::Unelected => Some(cap),
-            Lead::Until(end) => {
-                let left = end.saturating_duration_since(Instant::now());
-                (!left.is_zero()).then(|| left.min(cap))
-            }
-            Lead::Standby => None,
-        }
-    }
 }
 
 impl Observer {
@@ -119,23 +92,6 @@ impl Observer {
             let leading = !map.is_empty() && map.values().all(|c| c.until.is_some());
             self.metrics.is_leader.set(i64::from(leading));
         }
-    }
-
-    /// Whether, and until when, this instance may write to targets in `context`.
-    pub fn lead(&self, context: Option<&str>) -> Lead {
-        match lock(&self.leadership).as_ref() {
-            None => Lead::Unelected,
-            Some(map) => match map.get(&context.map(str::to_owned)).and_then(|c| c.until) {
-                Some(until) if until > Instant::now() => Lead::Until(until),
-                _ => Lead::Standby,
-            },
-        }
-    }
-
-    /// Whether rules of `context` should skip their polls: this instance is a cold
-    /// standby there (see [`Standby::Cold`]).
-    pub fn cold_standby(&self, context: Option<&str>) -> bool {
-        matches!(self.election, Some((_, Standby::Cold))) && self.lead(context) == Lead::Standby
     }
 
     /// `/status`'s account of the election; `None` without one.

@@ -10,9 +10,9 @@ mod client;
 mod leadership;
 mod metrics;
 
-pub use client::{Status, check_health, election_lines, fetch, table};
+pub use client::{AskError, Status, check_health, election_lines, fetch, table};
 use leadership::Campaign;
-pub use leadership::{ContextLead, ElectionStatus, Lead};
+pub use leadership::{ContextLead, ElectionStatus};
 use metrics::{Metrics, ProcessCollector, ResultLabels, RuleMetrics};
 
 use std::collections::BTreeMap;
@@ -65,14 +65,34 @@ pub struct PollReport<'a> {
     pub next_poll: Time,
     /// The target could not be read: nothing else happened.
     pub target_error: Option<String>,
-    /// Per trigger, in the rule's order: its backlog, or the error. Empty when the
-    /// queues were not read.
-    pub queues: Vec<Result<u64, String>>,
+    /// Per trigger, in the rule's order: its backlog (`None`: the read failed). Empty
+    /// when the queues were not read.
+    pub queues: Vec<Option<u64>>,
+    /// What the failed reads said, in the rule's order.
+    pub queue_errors: Vec<String>,
     pub decision: Option<&'a Decision>,
     /// A write the target confirmed: (from, to).
     pub scaled: Option<(u32, u32)>,
     pub scale_error: Option<String>,
     pub last_active: Option<Time>,
+}
+
+/// Why `/readyz` or `/healthz` answers 503 (and systemd hears no READY=1 or keep-alive).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("no rules loaded yet")]
+    NoRules,
+    #[error("waiting for the first poll of: {}", .0.join(", "))]
+    FirstPoll(Vec<String>),
+    #[error("standby: another instance holds the lease")]
+    Standby,
+    /// Rules, and for how many seconds each has not finished a poll.
+    #[error("rules not polling: {}", stuck(.0))]
+    Stuck(Vec<(String, u64)>),
+}
+
+fn stuck(rules: &[(String, u64)]) -> String {
+    rules.iter().map(|(name, s)| format!("{name} (no poll for {s}s)")).collect::<Vec<_>>().join(", ")
 }
 
 /// Everything known of one rule, kept as numbers: `/status` and `/metrics` render it
@@ -330,16 +350,16 @@ impl Observer {
             r.errors[KUBERNETES] += 1;
             errors.push(e);
         }
-        for (b, result) in r.backlog.iter_mut().zip(&report.queues) {
-            match result {
-                Ok(v) => *b = Backlog { shown: Some(Some(*v)), gauge: Some(*v) },
-                Err(e) => {
+        for (b, backlog) in r.backlog.iter_mut().zip(&report.queues) {
+            match backlog {
+                Some(v) => *b = Backlog { shown: Some(Some(*v)), gauge: Some(*v) },
+                None => {
                     b.shown = Some(None);
                     r.errors[SQS] += 1;
-                    errors.push(e);
                 }
             }
         }
+        errors.extend(report.queue_errors.iter().map(String::as_str));
         if let Some(e) = &report.scale_error {
             r.errors[KUBERNETES] += 1;
             errors.push(e);
@@ -381,37 +401,37 @@ impl Observer {
     }
 
     /// Whether every rule has finished at least one poll.
-    pub fn first_round(&self) -> Result<(), String> {
+    pub fn first_round(&self) -> Result<(), NotReady> {
         let rules = lock(&self.rules);
         if rules.is_empty() {
-            return Err("no rules loaded yet".to_owned());
+            return Err(NotReady::NoRules);
         }
         let waiting: Vec<String> =
             rules.iter().map(|r| lock(&r.0)).filter(|r| !r.polled).map(|r| r.rule.name.clone()).collect();
-        if waiting.is_empty() { Ok(()) } else { Err(format!("waiting for the first poll of: {}", waiting.join(", "))) }
+        if waiting.is_empty() { Ok(()) } else { Err(NotReady::FirstPoll(waiting)) }
     }
 
     /// Ready when every rule has finished at least one poll (and, with leader election,
     /// this instance leads).
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         self.first_round()?;
         if !self.leads_everywhere() {
-            return Err("standby: another instance holds the lease".to_owned());
+            return Err(NotReady::Standby);
         }
         Ok(())
     }
 
     /// Healthy while every rule keeps polling: none has gone two intervals plus `slack`
     /// without finishing a poll.
-    pub fn health(&self, slack: Duration) -> Result<(), String> {
+    pub fn health(&self, slack: Duration) -> Result<(), NotReady> {
         let now = Instant::now();
-        let stuck: Vec<String> = lock(&self.rules)
+        let stuck: Vec<(String, u64)> = lock(&self.rules)
             .iter()
             .map(|r| lock(&r.0))
             .filter(|r| now.duration_since(r.since) > 2 * r.rule.polling_interval + slack)
-            .map(|r| format!("{} (no poll for {}s)", r.rule.name, now.duration_since(r.since).as_secs()))
+            .map(|r| (r.rule.name.clone(), now.duration_since(r.since).as_secs()))
             .collect();
-        if stuck.is_empty() { Ok(()) } else { Err(format!("rules not polling: {}", stuck.join(", "))) }
+        if stuck.is_empty() { Ok(()) } else { Err(NotReady::Stuck(stuck)) }
     }
 
     /// The metrics in the Prometheus (OpenMetrics) text format.
@@ -430,22 +450,19 @@ impl Observer {
 mod tests {
     use super::*;
 
-    /// Leadership per context, as electors report it: a write budget only while a lease
-    /// is held and unexpired; an elector replaced by a newer one of the same context has
-    /// no say any more; `sqscale_is_leader` is 1 only while every context leads.
+    /// Leadership per context, as electors report it: an elector replaced by a newer
+    /// one of the same context has no say any more; `sqscale_is_leader` is 1 only while
+    /// every context leads.
     #[tokio::test(start_paused = true)]
     async fn leadership_follows_the_current_elector_of_each_context() {
         let cap = Duration::from_secs(10);
-        assert_eq!(Observer::new().lead(None).budget(cap), Some(cap), "no election: always");
         let mut o = Observer::new();
         o.enable_leader_election("me", Standby::Cold);
         let leader = |o: &Observer| o.encode_metrics().lines().any(|l| l == "sqscale_is_leader 1");
         assert!(!leader(&o), "no context held yet");
         o.campaign(None, 1);
         o.campaign(Some("b"), 2);
-        assert_eq!(o.lead(None), Lead::Standby);
         let until = Instant::now() + Duration::from_secs(3);
-        assert!(o.cold_standby(None), "a cold standby skips its polls");
         assert_eq!(o.election().unwrap().contexts[0].leader, None);
         o.set_leading(None, 1, None, Some("other"));
         let e = o.election().unwrap();
@@ -453,20 +470,19 @@ mod tests {
         assert_eq!((e.contexts[0].leading, e.contexts[0].leader.as_deref()), (false, Some("other")));
         assert!(election_lines(&e).contains("(default context): led by other"), "{}", election_lines(&e));
         o.set_leading(None, 1, Some(until), Some("me"));
-        assert!(!o.cold_standby(None), "the leader polls");
-        assert_eq!(o.lead(None).budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
+        assert!(o.election().unwrap().contexts[0].leading);
         assert!(!leader(&o), "context b is not held");
         o.set_leading(Some("b"), 2, Some(until), Some("me"));
         assert!(!o.election().unwrap().standby, "leads everywhere");
         assert!(leader(&o) && o.readiness().is_err(), "leads everywhere (not ready: no rule has polled)");
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(o.lead(None).budget(cap), None, "the lease's margin has run out");
+        assert!(!o.election().unwrap().contexts[0].leading, "the lease's margin has run out");
         // Context b dropped and added again by reloads: a new elector, a standby until
         // it holds the lease; the old one's last words do not count.
         o.campaign(Some("b"), 3);
         o.set_leading(Some("b"), 2, Some(Instant::now() + cap), Some("me"));
         o.forget(Some("b"), 2);
-        assert_eq!(o.lead(Some("b")), Lead::Standby);
+        assert!(!o.election().unwrap().contexts[1].leading);
         o.forget(Some("b"), 3);
         o.set_leading(None, 1, Some(Instant::now() + cap), Some("me"));
         assert!(leader(&o), "a forgotten context no longer counts");
@@ -508,16 +524,17 @@ mod tests {
             proposal: Some(6),
         };
         let a = o.record("a").unwrap();
-        let report = |queues: Vec<Result<u64, String>>| PollReport {
+        let report = |queues: Vec<Option<u64>>, queue_errors: Vec<String>| PollReport {
             at: Time(1_795_780_800_000),
             next_poll: Time(1_795_780_810_000),
             queues,
+            queue_errors,
             decision: Some(&decision),
             scaled: Some((0, 1)),
             ..PollReport::default()
         };
-        o.polled(&a, &report(vec![Ok(30), Ok(30)]));
-        o.polled(&a, &report(vec![Err("reading queue qa: throttled".to_owned()), Ok(30)]));
+        o.polled(&a, &report(vec![Some(30), Some(30)], vec![]));
+        o.polled(&a, &report(vec![None, Some(30)], vec!["reading queue qa: throttled".to_owned()]));
 
         let status = &o.statuses()[0];
         assert_eq!((status.rule.as_str(), status.polls, status.consecutive_failures), ("a", 2, 1));

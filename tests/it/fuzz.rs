@@ -564,7 +564,10 @@ proptest! {
                     prop_assert!(r.replicas <= rule.policy.max, "{:?} above max {}", r, rule.policy.max);
                 }
             }
-            Err(e) => prop_assert!(e.contains(DEMO_QUEUE), "{e}"),
+            Err(e) => prop_assert!(
+                matches!(&e, simulate::RunError::UnknownQueue(_, q) if q == DEMO_QUEUE),
+                "{e}"
+            ),
         }
     }
 }
