@@ -20,7 +20,9 @@
 //!   `command` reads files or the cluster, `diff` compares with an existing file.
 //! - [`supervisor`]: one worker per rule, reloads applied as a diff, the drain on shutdown.
 //! - [`worker`]: one task per rule: read the target and the queues, decide, write.
-//! - [`leader`]: Lease election per kube context; only the leader's workers write.
+//! - [`leader`]: Lease election per kube context. Each context's elector publishes on a
+//!   `watch` channel; every worker holds its context's [`leader::Leadership`] and writes
+//!   only within what it last said.
 //! - [`signals`]: the only place that knows Unix signals; turns them into `Control`.
 //! - [`source`]: the queue port and shared reads; `sqs` the AWS adapter, `direct` its
 //!   hot path, `wire` the `GetQueueAttributes` format both use.
@@ -30,8 +32,8 @@
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
 //! - [`status`]: each rule's record, readiness and health; `status::metrics` the
-//!   Prometheus side, `status::leadership` whether this instance may write per context,
-//!   `status::client` the `sqscale status` and `sqscale health` client.
+//!   Prometheus side, `status::leadership` the election as `/status` and
+//!   `sqscale_is_leader` show it, `status::client` the `sqscale status` and `sqscale health` client.
 //! - [`server`]: the HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
 //! - [`systemd`]: sd_notify readiness, reloads, stopping and the watchdog.
 //! - [`telemetry`]: logging (`SQSCALE_LOG`, plain or JSON).
