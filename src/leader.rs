@@ -104,9 +104,14 @@ impl Lead {
 
 /// A worker's view of its context's election: the receiving end of the channel the
 /// context's elector publishes on, read before every write (no lock shared with other
-/// contexts, no allocation), and what to do while another instance leads.
+/// contexts, no allocation), and what to do while another instance leads. Without
+/// leader election there is no channel at all: a channel per worker would cost ten
+/// thousand rules 4-5 MiB for nothing.
 #[derive(Clone, Debug)]
-pub struct Leadership {
+pub struct Leadership(Option<Elected>);
+
+#[derive(Clone, Debug)]
+struct Elected {
     lead: watch::Receiver<Lead>,
     standby: Standby,
 }
@@ -114,20 +119,27 @@ pub struct Leadership {
 impl Leadership {
     /// Without leader election: every write may run for its whole call timeout.
     pub fn unelected() -> Leadership {
-        // The sender may go: a receiver keeps the last value.
-        Leadership { lead: watch::channel(Lead::Unelected).1, standby: Standby::Warm }
+        Leadership(None)
+    }
+
+    fn elected(lead: watch::Receiver<Lead>, standby: Standby) -> Leadership {
+        Leadership(Some(Elected { lead, standby }))
     }
 
     /// A context without an elector under leader election: never writes. (The
     /// supervisor starts an elector for every context before its workers, so this is
     /// only the safe answer to a context that is not known.)
     fn never(standby: Standby) -> Leadership {
-        Leadership { lead: watch::channel(Lead::Standby).1, standby }
+        // The sender may go: a receiver keeps the last value.
+        Leadership::elected(watch::channel(Lead::Standby).1, standby)
     }
 
     /// Whether, and until when, this instance may write now.
     pub fn lead(&self) -> Lead {
-        match *self.lead.borrow() {
+        let Some(elected) = &self.0 else {
+            return Lead::Unelected;
+        };
+        match *elected.lead.borrow() {
             Lead::Until(until) if until <= Instant::now() => Lead::Standby,
             lead => lead,
         }
@@ -141,7 +153,7 @@ impl Leadership {
     /// Whether the worker should skip its poll: this instance is a cold standby in the
     /// context (see [`Standby::Cold`]).
     pub fn cold_standby(&self) -> bool {
-        self.standby == Standby::Cold && self.lead() == Lead::Standby
+        self.0.as_ref().is_some_and(|e| e.standby == Standby::Cold) && self.lead() == Lead::Standby
     }
 }
 
@@ -282,7 +294,7 @@ impl Electors {
     /// What a worker of `context` reads before it polls and before each write.
     pub fn leadership(&self, context: Option<&str>) -> Leadership {
         match self.campaigns.get(&context.map(str::to_owned)) {
-            Some(c) => Leadership { lead: c.lead.clone(), standby: self.settings.standby },
+            Some(c) => Leadership::elected(c.lead.clone(), self.settings.standby),
             None => Leadership::never(self.settings.standby),
         }
     }
@@ -557,8 +569,8 @@ mod tests {
         assert_eq!(Leadership::never(Standby::Cold).budget(cap), None);
 
         let (publish, lead) = watch::channel(Lead::Standby);
-        let cold = Leadership { lead: lead.clone(), standby: Standby::Cold };
-        let warm = Leadership { lead, standby: Standby::Warm };
+        let cold = Leadership::elected(lead.clone(), Standby::Cold);
+        let warm = Leadership::elected(lead, Standby::Warm);
         assert!(cold.cold_standby() && !warm.cold_standby());
         assert_eq!(cold.budget(cap), None);
 

@@ -131,7 +131,7 @@ pub struct Deps<Q, T> {
     pub observer: Arc<Observer>,
 }
 
-/// Runs `rule` until `cancel` fires: the first poll after `first_poll`, then every
+/// Runs `rule` until `cancel` fires: the first poll at `first_poll`, then every
 /// `polling_interval`; a late poll delays the next one, never bursts. Starts from
 /// `state` (a previous worker's, handed over on reload) or fresh, and returns the state
 /// it ends with, including the poll that was in flight when `cancel` fired. `lead` says
@@ -145,12 +145,12 @@ pub fn run<Q: QueueReader, T: ScaleTarget>(
     deps: Arc<Deps<Q, T>>,
     lead: Leadership,
     cancel: CancellationToken,
-    first_poll: Duration,
+    first_poll: Instant,
     state: Option<Box<State>>,
 ) -> impl Future<Output = State> + Send {
     let mut worker = Worker::new(rule, deps, lead, state);
     async move {
-        let mut tick = tokio::time::interval_at(Instant::now() + first_poll, worker.rule.polling_interval);
+        let mut tick = tokio::time::interval_at(first_poll, worker.rule.polling_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -536,7 +536,7 @@ mod tests {
         });
         // What every idle rule holds for good: its task's future.
         let task =
-            run(rule.clone(), deps.clone(), Leadership::unelected(), CancellationToken::new(), Duration::ZERO, None);
+            run(rule.clone(), deps.clone(), Leadership::unelected(), CancellationToken::new(), Instant::now(), None);
         let size = std::mem::size_of_val(&task);
         println!("worker task future: {size} bytes");
         assert!(size <= 512, "a worker's task future is {size} bytes");

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::error::KubeFailure;
 use super::{FIELD_MANAGER, format_time, parse_time};
-use crate::config::TargetRef;
+use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 use crate::sync::lock;
 
@@ -43,6 +43,55 @@ pub const WRITE_SPACING: Duration = Duration::from_secs(1);
 /// ConfigMap key (names and namespaces are DNS labels or subdomains).
 pub fn key(t: &TargetRef) -> String {
     format!("{}.{}.{}", t.kind.as_str().to_ascii_lowercase(), t.namespace, t.name)
+}
+
+/// The target a key names (see [`key`]); `None` for a key sqscale did not write.
+/// Namespaces are DNS labels (no dot); a name may hold dots, so it is the rest.
+fn target_of(key: &str) -> Option<(TargetKind, &str, &str)> {
+    let (kind, rest) = key.split_once('.')?;
+    let (namespace, name) = rest.split_once('.')?;
+    let kind = match kind {
+        "deployment" => TargetKind::Deployment,
+        "statefulset" => TargetKind::StatefulSet,
+        _ => return None,
+    };
+    (!namespace.is_empty() && !name.is_empty()).then_some((kind, namespace, name))
+}
+
+/// Every target's stored time, by namespace, name and kind: a poll looks its target up
+/// by the names it has, without building the key.
+#[derive(Default)]
+struct Times(HashMap<String, HashMap<String, [Option<Time>; 2]>>);
+
+impl Times {
+    fn slot(kind: TargetKind) -> usize {
+        match kind {
+            TargetKind::Deployment => 0,
+            TargetKind::StatefulSet => 1,
+        }
+    }
+
+    fn get(&self, t: &TargetRef) -> Option<Time> {
+        self.0.get(&t.namespace)?.get(&t.name)?[Self::slot(t.kind)]
+    }
+
+    /// Keeps the newer of `at` and what is there (what a read of the ConfigMap found).
+    fn merge(&mut self, kind: TargetKind, namespace: &str, name: &str, at: Time) {
+        let slot = self.slot_mut(kind, namespace, name);
+        *slot = (*slot).max(Some(at));
+    }
+
+    /// Takes `at` as it is (what this instance wrote: possibly older than what was
+    /// read, when it clamped a time from the future back to now).
+    fn set(&mut self, t: &TargetRef, at: Time) {
+        *self.slot_mut(t.kind, &t.namespace, &t.name) = Some(at);
+    }
+
+    /// (Writes are rare: the owned keys they build cost nothing that matters.)
+    fn slot_mut(&mut self, kind: TargetKind, namespace: &str, name: &str) -> &mut Option<Time> {
+        let times = self.0.entry(namespace.to_owned()).or_default().entry(name.to_owned()).or_default();
+        &mut times[Self::slot(kind)]
+    }
 }
 
 /// Why the state ConfigMap could not be read or written. Cloned to every write that
@@ -84,7 +133,7 @@ pub struct Store {
     loaded: tokio::sync::Mutex<Option<u64>>,
     /// `loaded`, readable without the lock: `u64::MAX` before the first read.
     loaded_at: AtomicU64,
-    values: Mutex<HashMap<String, Time>>,
+    values: Mutex<Times>,
     batch: Mutex<Batch>,
     wake: Notify,
 }
@@ -117,7 +166,7 @@ impl Store {
         if self.loaded_at.load(Ordering::Acquire) != wanted {
             Box::pin(self.load_once(wanted)).await?;
         }
-        Ok(lock(&self.values).get(&key(t)).copied())
+        Ok(lock(&self.values).get(t))
     }
 
     /// The next [`Store::get`] reads the ConfigMap again (what was read is kept, and
@@ -146,11 +195,12 @@ impl Store {
         let data = read.and_then(|cm| cm.data).unwrap_or_default();
         let mut values = lock(&self.values);
         for (k, v) in data {
-            match parse_time(&v) {
-                Some(at) => {
-                    values.entry(k).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+            match (target_of(&k), parse_time(&v)) {
+                (Some((kind, namespace, name)), Some(at)) => values.merge(kind, namespace, name, at),
+                (None, _) => tracing::warn!(configmap = %self.name(), key = %k, "not a key sqscale writes; ignored"),
+                (_, None) => {
+                    tracing::warn!(configmap = %self.name(), key = %k, value = %v, "not an RFC 3339 time; ignored")
                 }
-                None => tracing::warn!(configmap = %self.name(), key = %k, value = %v, "not an RFC 3339 time; ignored"),
             }
         }
         Ok(())
@@ -170,7 +220,7 @@ impl Store {
         match tokio::time::timeout(self.timeout, outcome).await {
             Ok(Ok(result)) => {
                 if result.is_ok() {
-                    lock(&self.values).insert(key(t), at);
+                    lock(&self.values).set(t, at);
                 }
                 result
             }
@@ -244,7 +294,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TargetKind;
 
     #[test]
     fn keys_name_kind_namespace_and_target_in_configmap_syntax() {
@@ -252,5 +301,25 @@ mod tests {
         let k = key(&t);
         assert_eq!(k, "statefulset.shop.orders-worker");
         assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        assert_eq!(target_of(&k), Some((TargetKind::StatefulSet, "shop", "orders-worker")));
+        // A name may hold dots (a DNS subdomain); a namespace may not.
+        assert_eq!(target_of("deployment.shop.api.v2"), Some((TargetKind::Deployment, "shop", "api.v2")));
+        assert_eq!(target_of("configmap.shop.x"), None);
+        assert_eq!(target_of("deployment.shop"), None);
+    }
+
+    /// Looked up by the target's names; the newer time wins; the kinds do not mix.
+    #[test]
+    fn times_keep_the_newest_per_target() {
+        let t = |kind, name: &str| TargetRef { kind, name: name.into(), namespace: "shop".into() };
+        let mut times = Times::default();
+        times.merge(TargetKind::Deployment, "shop", "a", Time(20));
+        times.merge(TargetKind::Deployment, "shop", "a", Time(10));
+        assert_eq!(times.get(&t(TargetKind::Deployment, "a")), Some(Time(20)));
+        assert_eq!(times.get(&t(TargetKind::StatefulSet, "a")), None);
+        assert_eq!(times.get(&t(TargetKind::Deployment, "b")), None);
+        // This instance's own write stands as written (a future time clamped to now).
+        times.set(&t(TargetKind::Deployment, "a"), Time(15));
+        assert_eq!(times.get(&t(TargetKind::Deployment, "a")), Some(Time(15)));
     }
 }

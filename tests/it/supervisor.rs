@@ -428,6 +428,11 @@ fn first_polls_spread_over_the_interval_and_rules_on_one_queue_stay_in_step() {
     assert!(offsets.iter().all(|o| *o < Duration::from_secs(10)));
     let seconds: std::collections::BTreeSet<u64> = offsets.iter().map(|o| o.as_secs()).collect();
     assert_eq!(seconds.len(), 10, "spread over the whole 10 s interval");
+    // On the grid: the rules of one step share a timer (one wake-up for all of them).
+    let grid = sqscale::supervisor::START_GRID.as_millis();
+    assert!(offsets.iter().all(|o| o.as_millis() % grid == 0), "{offsets:?}");
+    let steps: std::collections::BTreeSet<Duration> = offsets.iter().copied().collect();
+    assert!(steps.len() > 900 && steps.len() <= 1250, "2,000 rules over 1,250 steps: {}", steps.len());
     // A few rules start at once; two rules on one queue share an offset.
     let small = config(&[rule("a", "shared", ""), rule("b", "shared", ""), rule("c", "other", "")]);
     let o: Vec<Duration> = small.rules.iter().map(|r| start_offset(r, 3)).collect();
