@@ -94,6 +94,16 @@ fn kube_proxy_url(proxies: &Matcher, server: &Uri, configured: Option<&str>) -> 
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Why the direct path could not reach SQS through a proxy. The cause stays typed, so a
+/// timeout behind the proxy is still told from a refused connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("proxy {0}: only http:// proxies are supported here")]
+    Scheme(Uri),
+    #[error("proxy {0}")]
+    Connect(Uri, #[source] BoxError),
+}
+
 /// A TCP connector for hyper-util's client that follows the proxy settings: straight
 /// to the host when no proxy applies (or `NO_PROXY` covers it), a `CONNECT` tunnel
 /// through the proxy for `https` destinations (TLS then runs end to end inside it),
@@ -147,17 +157,20 @@ impl Service<Uri> for Connector {
                 return Ok(Conn { io: tcp.call(dst).await?, proxied: false });
             };
             if proxy.uri().scheme_str() != Some("http") {
-                return Err(format!("proxy {}: only http:// proxies are supported here", proxy.uri()).into());
+                return Err(ProxyError::Scheme(proxy.uri().clone()).into());
             }
             if dst.scheme_str() == Some("https") {
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                let io = tunnel.call(dst).await.map_err(|e| format!("proxy {}: {e}", proxy.uri()))?;
+                let io = tunnel.call(dst).await.map_err(|e| ProxyError::Connect(proxy.uri().clone(), e.into()))?;
                 Ok(Conn { io, proxied: false })
             } else {
-                let io = tcp.call(proxy.uri().clone()).await.map_err(|e| format!("proxy {}: {e}", proxy.uri()))?;
+                let io = tcp
+                    .call(proxy.uri().clone())
+                    .await
+                    .map_err(|e| ProxyError::Connect(proxy.uri().clone(), e.into()))?;
                 Ok(Conn { io, proxied: true })
             }
         })

@@ -106,15 +106,16 @@ pub fn main(args: Args) -> ExitCode {
             }),
             ..import.config()
         };
-        let placed = match toml::to_string(&placed)
-            .map_err(|e| e.to_string())
-            .and_then(|t| crate::config::from_str(&t).map_err(|e| e.to_string()))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: the imported rules with the [aws] settings of {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
+        let failed = |e: &dyn std::fmt::Display| {
+            eprintln!("error: the imported rules with the [aws] settings of {}: {e}", path.display());
+            ExitCode::FAILURE
+        };
+        let placed = match toml::to_string(&placed) {
+            Ok(text) => match crate::config::from_str(&text) {
+                Ok(c) => c,
+                Err(e) => return failed(&e),
+            },
+            Err(e) => return failed(&e),
         };
         let mut out = std::io::stdout().lock();
         for line in super::diff::diff(&existing, &placed) {
@@ -122,14 +123,14 @@ pub fn main(args: Args) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let written = match &args.output {
-        Some(path) => std::fs::write(path, &text).map_err(|e| format!("{}: {e}", path.display())),
-        None => std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("standard output: {e}")),
+    let (written, to) = match &args.output {
+        Some(path) => (std::fs::write(path, &text), path.display().to_string()),
+        None => (std::io::stdout().lock().write_all(text.as_bytes()), "standard output".to_owned()),
     };
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {to}: {e}");
             ExitCode::FAILURE
         }
     }
