@@ -105,8 +105,8 @@ impl Lead {
 /// A worker's view of its context's election: the receiving end of the channel the
 /// context's elector publishes on, read before every write (no lock shared with other
 /// contexts, no allocation), and what to do while another instance leads. Without
-/// leader election there is no channel at all: a channel per worker would cost ten
-/// thousand rules 4-5 MiB for nothing.
+/// leader election there is no channel at all: every worker would otherwise hold a
+/// channel of its own (an allocation with its notifiers) that nothing ever sends on.
 #[derive(Clone, Debug)]
 pub struct Leadership(Option<Elected>);
 

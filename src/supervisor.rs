@@ -108,8 +108,8 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
 
     /// Starts a worker for `rule`; with `previous` (cancelled already), it carries on
     /// from that worker's engine state.
-    /// `start`: when the rules started together with this one do (one instant for all,
-    /// so that rules on one step of the grid share their timer).
+    /// `start` is one instant for every rule started together, so that the rules on one
+    /// step of the grid share their timer.
     fn spawn(&mut self, rule: Arc<Rule>, start: Instant, rules: usize, previous: Option<Running>) {
         let cancel = self.root.child_token();
         let first_poll = start + start_offset(&rule, rules);

@@ -41,9 +41,10 @@ pub struct ContextLead {
 }
 
 impl Observer {
-    /// Registers `sqscale_is_leader`; from now on this instance, `identity` in the
-    /// leases, writes to a context only while its elector reports a lease held there
-    /// (see [`Observer::campaign`]), and while it does not, does what `standby` says.
+    /// Registers `sqscale_is_leader`; from now on `/status` names this instance by
+    /// `identity` (as in the leases) and its `standby` mode, and readiness waits for a
+    /// lease in every context the electors report (see [`Observer::campaign`]). Whether
+    /// a worker may write is not decided here but by its [`crate::leader::Leadership`].
     pub fn enable_leader_election(&mut self, identity: &str, standby: Standby) {
         self.election = Some((identity.to_owned(), standby));
         self.registry.register(

@@ -50,11 +50,10 @@ pub fn key(t: &TargetRef) -> String {
 fn target_of(key: &str) -> Option<(TargetKind, &str, &str)> {
     let (kind, rest) = key.split_once('.')?;
     let (namespace, name) = rest.split_once('.')?;
-    let kind = match kind {
-        "deployment" => TargetKind::Deployment,
-        "statefulset" => TargetKind::StatefulSet,
-        _ => return None,
-    };
+    // The inverse of `key`'s lower-cased kind, from the same names.
+    let kind = [TargetKind::Deployment, TargetKind::StatefulSet]
+        .into_iter()
+        .find(|k| k.as_str().eq_ignore_ascii_case(kind))?;
     (!namespace.is_empty() && !name.is_empty()).then_some((kind, namespace, name))
 }
 

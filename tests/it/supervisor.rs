@@ -52,6 +52,15 @@ impl World {
     }
 }
 
+/// Runs the daemon on one rule, `demo` reading queue `q`, draining within `grace` on
+/// shutdown; control messages go through the sender.
+fn run_demo(w: &World, grace: Duration) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<Result<(), Aborted>>) {
+    let (tx, rx) = mpsc::channel(4);
+    let daemon =
+        tokio::spawn(supervisor::run(config(&[rule("demo", "q", "")]), w.deps(false), rx, || unreachable!(), grace));
+    (tx, daemon)
+}
+
 /// Sleeps to just after the poll at `t` seconds (polls run at 0, 10, 20, ... from start).
 async fn after_poll(start: tokio::time::Instant, t: u64) {
     tokio::time::sleep_until(start + Duration::from_secs(t) + Duration::from_millis(100)).await;
@@ -341,14 +350,7 @@ async fn shutdown_lets_a_patch_in_flight_finish() {
     w.queues.set("q", Some(30));
     w.targets.add("demo", 0);
     *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(3);
-    let (tx, rx) = mpsc::channel(4);
-    let daemon = tokio::spawn(supervisor::run(
-        config(&[rule("demo", "q", "")]),
-        w.deps(false),
-        rx,
-        || unreachable!(),
-        Duration::from_secs(10),
-    ));
+    let (tx, daemon) = run_demo(&w, Duration::from_secs(10));
     sleep(Duration::from_secs(1)).await;
     tx.send(Control::Shutdown).await.unwrap();
     assert_eq!(daemon.await.unwrap(), Ok(()));
@@ -364,14 +366,7 @@ async fn a_second_signal_or_the_deadline_aborts_the_drain() {
         // The patch would take a minute; the worker gives up on it after the call
         // timeout (5 s), which is past the grace (3 s).
         *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(60);
-        let (tx, rx) = mpsc::channel(4);
-        let daemon = tokio::spawn(supervisor::run(
-            config(&[rule("demo", "q", "")]),
-            w.deps(false),
-            rx,
-            || unreachable!(),
-            Duration::from_secs(3),
-        ));
+        let (tx, daemon) = run_demo(&w, Duration::from_secs(3));
         sleep(Duration::from_secs(1)).await;
         tx.send(Control::Shutdown).await.unwrap();
         if second_signal {
@@ -471,14 +466,7 @@ async fn shutdown_ends_when_the_control_channel_closes() {
     w.queues.set("q", Some(30));
     w.targets.add("demo", 0);
     *w.targets.scale_delay.lock().unwrap() = Duration::from_secs(3);
-    let (tx, rx) = mpsc::channel(4);
-    let daemon = tokio::spawn(supervisor::run(
-        config(&[rule("demo", "q", "")]),
-        w.deps(false),
-        rx,
-        || unreachable!(),
-        Duration::from_secs(10),
-    ));
+    let (tx, daemon) = run_demo(&w, Duration::from_secs(10));
     sleep(Duration::from_secs(1)).await;
     drop(tx);
     let outcome = tokio::time::timeout(Duration::from_secs(60), daemon).await.expect("the drain ends");
@@ -494,14 +482,7 @@ async fn shutdown_waits_for_events_being_published() {
     w.queues.set("q", Some(30));
     w.targets.add("demo", 0);
     *w.targets.publish_delay.lock().unwrap() = Duration::from_secs(3);
-    let (tx, rx) = mpsc::channel(4);
-    let daemon = tokio::spawn(supervisor::run(
-        config(&[rule("demo", "q", "")]),
-        w.deps(false),
-        rx,
-        || unreachable!(),
-        Duration::from_secs(10),
-    ));
+    let (tx, daemon) = run_demo(&w, Duration::from_secs(10));
     sleep(Duration::from_secs(1)).await;
     assert_eq!(w.targets.get("demo").writes, [1]);
     assert!(w.targets.events.lock().unwrap().is_empty(), "the Event is still on its way");
