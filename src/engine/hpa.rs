@@ -51,6 +51,107 @@ pub struct Recommendation {
     pub at: Time,
 }
 
+/// The recommendation history of one target, slot for slot as the controller keeps it
+/// (§5.3: one slot per reconcile, the last slot older than every window overwritten,
+/// nothing ever deleted), but in 8 bytes a slot instead of 16: each time is kept as
+/// milliseconds from `base`.
+///
+/// Why packed: with the default 300 s window a busy rule polled every 10 s holds 31
+/// slots for as long as it runs, so ten thousand busy rules kept 5 MiB of history
+/// (PERFORMANCE.md, "Busy rules and HTTPS"); why not pruned: an old slot counts again
+/// when a reload makes a window longer, as it would upstream.
+///
+/// An `i32` of milliseconds spans 24.8 days either side of `base`. When a time falls
+/// outside that span, `base` moves to it and any slot now beyond the span is clamped
+/// to its edge: such a slot is weeks older (or newer) than the newest, and no window
+/// is longer than an hour, so it is outside (or inside) every window before and after.
+/// Only a wall clock that later jumps by weeks could tell the two apart.
+#[derive(Clone, Default)]
+pub struct History {
+    base: i64,
+    slots: Vec<Slot>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    replicas: u32,
+    /// Milliseconds from [`History::base`].
+    offset: i32,
+}
+
+impl History {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The slots in storage order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Recommendation> + '_ {
+        self.slots
+            .iter()
+            .map(|s| Recommendation { replicas: s.replicas, at: Time(self.base.saturating_add(i64::from(s.offset))) })
+    }
+
+    /// Appends a slot.
+    pub fn push(&mut self, rec: Recommendation) {
+        self.store(None, rec);
+    }
+
+    /// Overwrites slot `reuse`, or appends when there is none to reuse.
+    fn store(&mut self, reuse: Option<usize>, rec: Recommendation) {
+        if self.slots.is_empty() {
+            self.base = rec.at.0;
+        }
+        let offset = match i32::try_from(rec.at.0.saturating_sub(self.base)) {
+            Ok(offset) => offset,
+            Err(_) => {
+                self.rebase(rec.at.0);
+                0
+            }
+        };
+        let slot = Slot { replicas: rec.replicas, offset };
+        match reuse {
+            Some(i) => self.slots[i] = slot,
+            None => self.slots.push(slot),
+        }
+    }
+
+    /// Moves `base` to `to`, clamping slots that fall outside the span (see the type).
+    fn rebase(&mut self, to: i64) {
+        for s in &mut self.slots {
+            let at = self.base.saturating_add(i64::from(s.offset));
+            s.offset = at.saturating_sub(to).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        }
+        self.base = to;
+    }
+}
+
+impl FromIterator<Recommendation> for History {
+    fn from_iter<I: IntoIterator<Item = Recommendation>>(iter: I) -> History {
+        let mut history = History::default();
+        for rec in iter {
+            history.push(rec);
+        }
+        history
+    }
+}
+
+/// Equal when the slots are: where `base` sits is storage, not history.
+impl PartialEq for History {
+    fn eq(&self, other: &History) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// One successful rescale, kept for the behavior policies (`timestampedScaleEvent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScaleEvent {
@@ -75,7 +176,7 @@ pub enum Limit {
 /// `stabilizeRecommendation` (legacy path, `behavior` unset): the maximum over the
 /// downscale window including this proposal. An entry exactly at the cutoff still counts;
 /// the last entry older than the cutoff is overwritten, otherwise the list grows.
-pub fn stabilize_legacy(recs: &mut Vec<Recommendation>, desired: u32, now: Time, window_ms: i64) -> u32 {
+pub fn stabilize_legacy(recs: &mut History, desired: u32, now: Time, window_ms: i64) -> u32 {
     let cutoff = now.0 - window_ms;
     let mut max = desired;
     let mut reuse = None;
@@ -86,7 +187,7 @@ pub fn stabilize_legacy(recs: &mut Vec<Recommendation>, desired: u32, now: Time,
             max = rec.replicas;
         }
     }
-    store(recs, reuse, Recommendation { replicas: desired, at: now });
+    recs.store(reuse, Recommendation { replicas: desired, at: now });
     max
 }
 
@@ -175,13 +276,7 @@ pub struct Behavior {
 /// the up-window, down only to the highest in the down-window. Entries must be strictly
 /// newer than a cutoff to count. Stores the *unstabilized* proposal. Returns the
 /// stabilized count, which always lies between `current` and `desired`.
-pub fn stabilize_with_behavior(
-    recs: &mut Vec<Recommendation>,
-    current: u32,
-    desired: u32,
-    now: Time,
-    behavior: &Behavior,
-) -> u32 {
+pub fn stabilize_with_behavior(recs: &mut History, current: u32, desired: u32, now: Time, behavior: &Behavior) -> u32 {
     let up_cut = now.0 - behavior.scale_up.stabilization_window_ms;
     let down_cut = now.0 - behavior.scale_down.stabilization_window_ms;
     let (mut up, mut down) = (desired, desired);
@@ -198,7 +293,7 @@ pub fn stabilize_with_behavior(
         }
     }
     let stabilized = current.max(up).min(down);
-    store(recs, reuse, Recommendation { replicas: desired, at: now });
+    recs.store(reuse, Recommendation { replicas: desired, at: now });
     stabilized
 }
 

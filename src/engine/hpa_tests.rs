@@ -47,7 +47,7 @@ fn default_behavior() -> Behavior {
 #[allow(clippy::too_many_arguments)]
 fn normalize(
     b: &Behavior,
-    recs: &mut Vec<Recommendation>,
+    recs: &mut History,
     current: u32,
     desired: u32,
     min: u32,
@@ -65,7 +65,7 @@ fn normalize(
 #[test]
 fn t1_scale_up_per_pod_external() {
     assert_eq!(p(8.6, 2.15, 3), 4);
-    let (_, f, limit) = normalize(&default_behavior(), &mut vec![], 3, 4, 1, 10, &[], &[]);
+    let (_, f, limit) = normalize(&default_behavior(), &mut History::default(), 3, 4, 1, 10, &[], &[]);
     assert_eq!((f, limit), (4, Limit::DesiredWithinRange));
 }
 
@@ -95,9 +95,9 @@ fn t5_lower_boundary_is_inclusive() {
 fn t6_just_outside_then_stabilized() {
     assert_eq!(p(8.9, 1.0, 10), 9);
     let b = default_behavior();
-    let (_, f, _) = normalize(&b, &mut vec![rec(10, ago(30.0))], 10, 9, 1, 100, &[], &[]);
+    let (_, f, _) = normalize(&b, &mut History::from_iter([rec(10, ago(30.0))]), 10, 9, 1, 100, &[], &[]);
     assert_eq!(f, 10);
-    let (_, f, _) = normalize(&b, &mut vec![rec(10, ago(301.0))], 10, 9, 1, 100, &[], &[]);
+    let (_, f, _) = normalize(&b, &mut History::from_iter([rec(10, ago(301.0))]), 10, 9, 1, 100, &[], &[]);
     assert_eq!(f, 9);
 }
 
@@ -229,22 +229,23 @@ fn t19_preconditions() {
 
 #[test]
 fn t20_legacy_pulls_up_to_the_window_maximum() {
-    let mut recs = vec![rec(10, ago(60.0))];
+    let mut recs = History::from_iter([rec(10, ago(60.0))]);
     let s = stabilize_legacy(&mut recs, 5, NOW, 300_000);
     assert_eq!(limit_legacy(5, s, 1, 100).0, 10);
-    let (_, f, _) = normalize(&default_behavior(), &mut vec![rec(10, ago(60.0))], 5, 5, 1, 100, &[], &[]);
+    let (_, f, _) =
+        normalize(&default_behavior(), &mut History::from_iter([rec(10, ago(60.0))]), 5, 5, 1, 100, &[], &[]);
     assert_eq!(f, 5);
 }
 
 #[test]
 fn t21_legacy_down_stabilization() {
-    let mut recs = vec![rec(10, ago(200.0)), rec(8, ago(100.0))];
+    let mut recs = History::from_iter([rec(10, ago(200.0)), rec(8, ago(100.0))]);
     assert_eq!(stabilize_legacy(&mut recs, 3, NOW, 300_000), 10);
 }
 
 #[test]
 fn t22_legacy_reuses_the_last_old_slot() {
-    let mut recs = vec![rec(10, ago(600.0)), rec(4, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(540.0))];
+    let mut recs = History::from_iter([rec(10, ago(600.0)), rec(4, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(540.0))]);
     assert_eq!(stabilize_legacy(&mut recs, 3, NOW, 300_000), 5);
     assert_eq!(recs.iter().map(|r| r.replicas).collect::<Vec<_>>(), [10, 4, 5, 3]);
 }
@@ -266,31 +267,32 @@ fn windows(up: i64, down: i64) -> Behavior {
 
 #[test]
 fn t24_scale_up_stabilization() {
-    let mut recs = vec![rec(4, ago(120.0)), rec(5, ago(60.0))];
+    let mut recs = History::from_iter([rec(4, ago(120.0)), rec(5, ago(60.0))]);
     assert_eq!(stabilize_with_behavior(&mut recs, 1, 7, NOW, &windows(300, 300)), 4);
 }
 
 #[test]
 fn t25_scale_down_stabilization() {
-    let mut recs = vec![rec(4, ago(120.0)), rec(5, ago(60.0))];
+    let mut recs = History::from_iter([rec(4, ago(120.0)), rec(5, ago(60.0))]);
     assert_eq!(stabilize_with_behavior(&mut recs, 100, 3, NOW, &windows(0, 180)), 5);
 }
 
 #[test]
 fn t26_no_scale_down_and_no_scale_up() {
-    let mut recs = vec![rec(2, ago(6000.0)), rec(3, ago(180.0))];
+    let mut recs = History::from_iter([rec(2, ago(6000.0)), rec(3, ago(180.0))]);
     assert_eq!(stabilize_with_behavior(&mut recs, 2, 1, NOW, &windows(300, 300)), 2);
 }
 
 #[test]
 fn t27_no_scale_up_past_the_window_minimum() {
-    let mut recs = vec![rec(2, ago(6000.0)), rec(1, ago(180.0))];
+    let mut recs = History::from_iter([rec(2, ago(6000.0)), rec(1, ago(180.0))]);
     assert_eq!(stabilize_with_behavior(&mut recs, 2, 3, NOW, &windows(300, 300)), 2);
 }
 
 #[test]
 fn t28_reuses_an_obsolete_slot() {
-    let mut recs = vec![rec(10, ago(6000.0)), rec(6, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(180.0))];
+    let mut recs =
+        History::from_iter([rec(10, ago(6000.0)), rec(6, ago(60.0)), rec(5, ago(120.0)), rec(9, ago(180.0))]);
     assert_eq!(stabilize_with_behavior(&mut recs, 1, 100, NOW, &windows(300, 0)), 5);
     assert_eq!(recs.iter().map(|r| r.replicas).collect::<Vec<_>>(), [100, 6, 5, 9]);
 }
@@ -301,9 +303,15 @@ fn t29_restart_seeding_with_an_up_window() {
         scale_up: rules(60, SelectPolicy::Max, ScalingRules::default_scale_up().policies),
         ..default_behavior()
     };
-    let (s, f, _) = normalize(&b, &mut vec![rec(3, ago(5.0))], 3, 8, 1, 100, &[], &[]);
+    let (s, f, _) = normalize(&b, &mut History::from_iter([rec(3, ago(5.0))]), 3, 8, 1, 100, &[], &[]);
     assert_eq!((s, f), (3, 3));
-    let mut recs = vec![rec(3, ago(65.0)), rec(8, ago(50.0)), rec(8, ago(35.0)), rec(8, ago(20.0)), rec(8, ago(5.0))];
+    let mut recs = History::from_iter([
+        rec(3, ago(65.0)),
+        rec(8, ago(50.0)),
+        rec(8, ago(35.0)),
+        rec(8, ago(20.0)),
+        rec(8, ago(5.0)),
+    ]);
     let (s, f, limit) = normalize(&b, &mut recs, 3, 8, 1, 100, &[], &[]);
     assert_eq!((s, f, limit), (8, 7, Limit::ScaleUpLimit));
 }
@@ -462,4 +470,84 @@ fn t49_store_scale_events_reuses_the_last_outdated_slot() {
         up.iter().map(|e| (e.change, e.outdated)).collect::<Vec<_>>(),
         [(8, false), (6, false), (7, true), (5, false)]
     );
+}
+
+// === the history's storage ===
+
+/// Packed to 8 bytes a slot, and still the controller's slots in the controller's order
+/// with their exact times, on either side of `base`.
+#[test]
+fn the_history_keeps_every_slot_exactly_in_eight_bytes() {
+    assert_eq!(std::mem::size_of::<Slot>(), 8);
+    let slots = [rec(3, ago(0.001)), rec(7, ago(300.0)), rec(1, Time(NOW.0 + 5)), rec(2, ago(3600.0))];
+    let recs = History::from_iter(slots);
+    assert_eq!(recs.iter().collect::<Vec<_>>(), slots);
+    assert_eq!(recs.len(), 4);
+    // Equality is the slots', wherever `base` sits.
+    assert_eq!(recs, History::from_iter(slots.iter().rev().copied().rev()));
+    assert_ne!(recs, History::from_iter(slots[1..].iter().copied()));
+}
+
+/// A time weeks from `base` moves it; a slot then beyond the span is clamped to its edge,
+/// which keeps it outside every window (at most an hour) as it was; the rest stay exact.
+#[test]
+fn the_history_moves_its_base_without_changing_a_decision() {
+    const DAY: i64 = 86_400_000;
+    let old = rec(50, Time(NOW.0 - 20 * DAY));
+    let recent = rec(6, ago(120.0));
+    let mut recs = History::from_iter([old, recent]);
+    assert_eq!(recs.iter().collect::<Vec<_>>(), [old, recent], "20 days fit either side of the first slot");
+
+    // Ten days later, the history having sat still (the target was gone, say), the new
+    // slot is out of reach of the old base.
+    let later = Time(NOW.0 + 10 * DAY);
+    for window in [0, 300_000, 3_600_000] {
+        let mut recs = recs.clone();
+        assert_eq!(stabilize_legacy(&mut recs, 4, later, window), 4, "window {window} ms");
+        let kept: Vec<_> = recs.iter().collect();
+        // The old slot (30 days before) is clamped to 24.8 days before, still outside
+        // every window; `recent` was the last old slot found, so it is the one reused.
+        assert_eq!(kept[0], rec(50, Time(later.0 + i64::from(i32::MIN))));
+        assert_eq!(kept[1], rec(4, later));
+    }
+    assert_eq!(stabilize_legacy(&mut recs, 4, Time(NOW.0 + 1), 300_000), 6, "in reach: nothing moved");
+}
+
+/// Against the plain list it packs: the same stores (appends and overwrites; the clock
+/// mostly ticking, sometimes an hour back, sometimes weeks ahead, so `base` moves often)
+/// leave the same slots.
+#[test]
+fn the_history_stores_as_a_plain_list_does() {
+    const DAY: i64 = 86_400_000;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let (mut plain, mut packed) = (Vec::<Recommendation>::new(), History::default());
+    let mut now = NOW.0;
+    for step in 0..5_000 {
+        now += match next(10) {
+            0 => next(40 * DAY as u64) as i64,
+            1 => -(next(3_600_000) as i64),
+            _ => next(15_000) as i64,
+        };
+        let r = rec(next(1_000) as u32, Time(now));
+        let reuse = (!plain.is_empty() && next(3) > 0).then(|| next(plain.len() as u64) as usize);
+        store(&mut plain, reuse, r);
+        packed.store(reuse, r);
+        // Every slot within 20 days of now is exact; an older one may have been clamped
+        // (as the type says), but is still weeks older than now.
+        for (a, b) in plain.iter().zip(packed.iter()) {
+            if (a.at.0 - now).abs() <= 20 * DAY {
+                assert_eq!(a, &b, "step {step}");
+            } else {
+                assert!(
+                    (b.at.0 - now).abs() > 20 * DAY && (b.at.0 < now) == (a.at.0 < now),
+                    "step {step}: {a:?} {b:?}"
+                );
+            }
+        }
+        assert_eq!(plain.len(), packed.len());
+    }
 }

@@ -10,7 +10,7 @@ pub mod hpa;
 
 use std::time::Duration;
 
-use hpa::{Behavior, Limit, Recommendation, ScaleEvent, Tolerances};
+use hpa::{Behavior, History, Limit, Recommendation, ScaleEvent, Tolerances};
 
 /// A point in time in milliseconds. The daemon uses Unix time, so `last_active` can be
 /// kept on the target as RFC 3339; `simulate` counts from the start of the trace. The
@@ -187,7 +187,7 @@ pub struct State {
     /// Consecutive failed polls, per trigger (KEDA counts per metric).
     pub failures: Vec<u32>,
     /// The HPA recommendation history; seeded with the current replicas at first sight.
-    pub recommendations: Vec<Recommendation>,
+    pub recommendations: History,
     /// The HPA phase's successful scale-ups and scale-downs, for `behavior` policies only.
     pub scale_up_events: Vec<ScaleEvent>,
     pub scale_down_events: Vec<ScaleEvent>,
@@ -225,7 +225,7 @@ impl State {
     /// unpaused poll seeds the history afresh. KEDA's own state (`last_active`, failure
     /// counts, `created_at`) stays.
     pub fn reset_hpa(&mut self) {
-        self.recommendations = Vec::new();
+        self.recommendations = History::default();
         self.scale_up_events = Vec::new();
         self.scale_down_events = Vec::new();
         self.seeded = false;

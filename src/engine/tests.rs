@@ -697,7 +697,10 @@ fn pause_forgets_the_hpa_phase() {
         sim.pause = Pause::No;
         let d = sim.poll(50, Some(10));
         assert_eq!((d.replicas(), d.phase), (2, Phase::Hpa), "{pause:?}");
-        assert_eq!(sim.state.recommendations[0], hpa::Recommendation { replicas: 2, at: Time(49_999) });
+        assert_eq!(
+            sim.state.recommendations.iter().next().unwrap(),
+            hpa::Recommendation { replicas: 2, at: Time(49_999) }
+        );
         assert_eq!(sim.run(&[(60, Some(10)), (70, Some(10))]), [2, 2], "{pause:?}");
     }
 
