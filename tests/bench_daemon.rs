@@ -10,7 +10,8 @@
 //!   (the daemon's own claims, printed next to it);
 //! * after a warm-up of one and a half intervals, over a window of
 //!   `SQSCALE_BENCH_SECONDS` (default 60) in which every queue is empty: the daemon's
-//!   VmRSS and VmHWM (/proc/PID/status), its CPU time (utime + stime of /proc/PID/stat),
+//!   VmRSS (at the end, and the range of once-a-second samples) and VmHWM
+//!   (/proc/PID/status), its CPU time (utime + stime of /proc/PID/stat),
 //!   poll lateness (each SQS arrival against its queue's ideal schedule, first arrival
 //!   plus k x 10 s, see [`lateness`]), and the SQS and Kubernetes calls counted at the two
 //!   servers, per round;
@@ -524,6 +525,23 @@ struct ProcSample {
     fds: usize,
 }
 
+/// Sleeps for `window`, reading the RSS of `pid` once a second: the smallest and the
+/// largest seen (KiB). One sample at the end can land on a passing allocation, such as
+/// the half-megabyte answer to a state write at ten thousand rules.
+async fn rss_range(pid: i32, window: Duration) -> (u64, u64) {
+    let end = tokio::time::Instant::now() + window;
+    let (mut low, mut high) = (u64::MAX, 0);
+    loop {
+        let rss = procfs::process::Process::new(pid).and_then(|p| p.status()).ok().and_then(|s| s.vmrss).unwrap_or(0);
+        (low, high) = (low.min(rss), high.max(rss));
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return (low, high);
+        }
+        tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
+    }
+}
+
 fn sample(pid: i32) -> ProcSample {
     let Ok(p) = procfs::process::Process::new(pid) else {
         return ProcSample::default();
@@ -782,6 +800,8 @@ struct Row {
     first_round_ms: f64,
     ready1_ms: f64,
     rss_kib: u64,
+    /// The smallest and largest RSS of the window's once-a-second samples.
+    rss_range_kib: (u64, u64),
     hwm_kib: u64,
     cpu_s_per_min: f64,
     late_p50: f64,
@@ -948,12 +968,13 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
     let me = std::process::id() as i32;
     let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s0 = sqs_server.cpu_seconds();
-    tokio::time::sleep(if case.busy() { window.max(BUSY_WINDOW) } else { window }).await;
+    let rss = rss_range(pid, if case.busy() { window.max(BUSY_WINDOW) } else { window }).await;
     let (w1, d1, h1, k1, log1) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s1 = sqs_server.cpu_seconds();
     let minutes = (w1 - w0).as_secs_f64() / 60.0;
     let rounds = (w1 - w0).as_secs_f64() / INTERVAL.as_secs_f64();
     row.rss_kib = d1.rss_kib;
+    row.rss_range_kib = rss;
     row.hwm_kib = d1.hwm_kib;
     row.cpu_s_per_min = cpu_seconds(&d0, &d1) / minutes;
     let late = lateness(&sqs, warm, w0, w1);
@@ -974,11 +995,13 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
     row.problems_in_window = problems.values().sum();
     let _ = writeln!(
         details,
-        "window {:.1} s ({rounds:.1} rounds): RSS {} -> {}, peak {}; {} threads, {} fds; CPU {:.2} s ({:.2} s/min, {:.1}% of one core); \
-         this process (SQS + fake API server + watch): {:.2} s/min",
+        "window {:.1} s ({rounds:.1} rounds): RSS {} -> {} (each second: {} to {}), peak {}; {} threads, {} fds; \
+         CPU {:.2} s ({:.2} s/min, {:.1}% of one core); this process (SQS + fake API server + watch): {:.2} s/min",
         (w1 - w0).as_secs_f64(),
         mib(d0.rss_kib),
         mib(d1.rss_kib),
+        mib(rss.0),
+        mib(rss.1),
         mib(d1.hwm_kib),
         d1.threads,
         d1.fds,
@@ -1324,12 +1347,14 @@ async fn daemon_under_load() {
     for busy in rows.iter().filter(|r| r.case.busy()) {
         if let Some(idle) = rows.iter().find(|r| r.rules == busy.rules && r.case == busy.case.idle()) {
             println!(
-                "\n{} rules, {} against {}: CPU x{:.2}, RSS {:+.1} MiB; Kubernetes writes {:.4} per rule per minute, replica changes {}",
+                "\n{} rules, {} against {}: CPU x{:.2}, RSS {:+.1} MiB at the ends of the windows, {:+.1} MiB between \
+                 the largest of each second's samples; Kubernetes writes {:.4} per rule per minute, replica changes {}",
                 busy.rules,
                 busy.case.name(),
                 idle.case.name(),
                 busy.cpu_s_per_min / idle.cpu_s_per_min,
                 (busy.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
+                (busy.rss_range_kib.1 as f64 - idle.rss_range_kib.1 as f64) / 1024.0,
                 busy.kube_writes_per_rule_min,
                 busy.changes_in_window
             );

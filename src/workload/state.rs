@@ -276,13 +276,20 @@ impl Store {
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = serde_json::json!({ "data": data });
         for _ in 0..2 {
-            // The answer is the whole ConfigMap: read past it rather than build a map of
-            // every target's time only to drop it.
+            // The answer is the whole ConfigMap (half a megabyte at ten thousand targets):
+            // drain it as it arrives, so the connection can be reused, without holding it
+            // whole (kube's `request` copies it twice before parsing) or building a map
+            // of every target's time only to drop it.
             let request = kube::core::Request::new(self.api.resource_url())
                 .patch(STATE_CONFIGMAP, &params, &Patch::Merge(&body))
                 .map_err(|e| failed(kube::Error::BuildRequest(e)))?;
-            match self.client.request::<serde::de::IgnoredAny>(request).await {
-                Ok(_) => return Ok(()),
+            match self.client.request_stream(request).await {
+                Ok(answer) => {
+                    futures::io::copy_buf(answer, &mut futures::io::sink())
+                        .await
+                        .map_err(|e| failed(e.downcast().unwrap_or_else(kube::Error::ReadEvents)))?;
+                    return Ok(());
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(failed(e)),
             }
