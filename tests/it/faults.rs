@@ -213,7 +213,12 @@ async fn sqs_emulator_killed_and_restarted_never_scales_in_and_scaling_resumes()
     assert_eq!(history(&kube), [1, 4], "no scale-in while the queue is missing");
     assert!(metric(&daemon.observer.encode_metrics(), SQS_ERRORS) >= down_errors + 2.0);
 
-    // The queue is back with a bigger backlog: scaling resumes where it was.
+    // The queue is back with a bigger backlog: scaling resumes where it was. A poll
+    // between the create and the send would rightly read an empty queue long past the
+    // cooldown and scale to zero (CI saw it once), so both go in right after a poll,
+    // with the 1 s polling interval to spare.
+    let polls = status(&daemon).polls;
+    assert!(wait_until(Duration::from_secs(3), || status(&daemon).polls > polls).await);
     assert_eq!(moto.create_queue(&name).await, queue);
     sqs::send_with(&moto.client().await, &queue, 50).await;
     assert!(wait_until(Duration::from_secs(10), || replicas(&kube) == 10).await, "at {}", replicas(&kube));
