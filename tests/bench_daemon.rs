@@ -38,13 +38,21 @@
 //!   self-signed certificate for 127.0.0.1, and the daemon trusts it (and only it)
 //!   through `SSL_CERT_FILE`, as it would a corporate CA.
 //!
+//! A busy case whose idle case over the same transport is also selected runs with it as
+//! a pair: the idle daemon starts a minute after the busy one's first round (see
+//! [`PAIR_STAGGER`]), warms up until the busy one's window, and both are measured over
+//! those same seconds, each for at least 80 s. The busy-against-idle CPU ratio then
+//! compares two daemons on one host at one time, not the host a few minutes apart; the
+//! ratio is also printed per 10 s slice. The idle half's backlog phase, reload and drain
+//! follow its window, while the busy daemon drains.
+//!
 //! Every case prints the Kubernetes reads (GET, LIST, WATCH) and writes (PATCH, POST,
 //! PUT) per rule per minute in its window, the last-active times the state writes
 //! carried, the replica changes seen, and the CPU of the SQS endpoint's own thread (it
 //! runs on a thread and runtime of its own, so its CPU is read from
 //! `/proc/self/task/TID/stat`: far below a core means it keeps up and the figures are
-//! the daemon's). After the table: busy against idle over the same transport, CPU ratio
-//! and RSS difference in the same run.
+//! the daemon's; for a pair, "this process" serves both daemons). After the table: busy
+//! against idle over the same transport, CPU ratio and RSS difference in the same run.
 //!
 //! Knobs: `SQSCALE_BENCH_LOG` sets the daemon's `SQSCALE_LOG` (default `info`);
 //! `SQSCALE_BENCH_KEEP=1` keeps each size's rule file and daemon log.
@@ -525,21 +533,28 @@ struct ProcSample {
     fds: usize,
 }
 
-/// Sleeps for `window`, reading the RSS of `pid` once a second: the smallest and the
-/// largest seen (KiB). One sample at the end can land on a passing allocation, such as
-/// the half-megabyte answer to a state write at ten thousand rules.
-async fn rss_range(pid: i32, window: Duration) -> (u64, u64) {
+/// Sleeps for `window`, sampling `pid` once a second (the first sample at once, the last
+/// at the end). The RSS range of the samples is the figure a single sample at the end
+/// cannot give (it can land on a passing allocation, such as the half-megabyte answer to
+/// a state write at ten thousand rules); the CPU per [`SLICE`] shows how much the host
+/// moves the CPU figure within one window.
+async fn watch_window(pid: i32, window: Duration) -> Vec<ProcSample> {
     let end = tokio::time::Instant::now() + window;
-    let (mut low, mut high) = (u64::MAX, 0);
+    let mut samples = Vec::new();
     loop {
-        let rss = procfs::process::Process::new(pid).and_then(|p| p.status()).ok().and_then(|s| s.vmrss).unwrap_or(0);
-        (low, high) = (low.min(rss), high.max(rss));
+        samples.push(sample(pid));
         let now = tokio::time::Instant::now();
         if now >= end {
-            return (low, high);
+            return samples;
         }
         tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
     }
+}
+
+/// The CPU seconds of each whole [`SLICE`] of a window's once-a-second samples.
+fn cpu_slices(samples: &[ProcSample]) -> Vec<f64> {
+    let step = SLICE.as_secs() as usize;
+    samples.iter().step_by(step).collect::<Vec<_>>().windows(2).map(|w| cpu_seconds(w[0], w[1])).collect()
 }
 
 fn sample(pid: i32) -> ProcSample {
@@ -766,6 +781,11 @@ impl Case {
     fn idle(self) -> Case {
         if self.tls() { Case::TlsIdle } else { Case::Idle }
     }
+
+    /// The case over the same transport with busy queues.
+    fn busy_twin(self) -> Case {
+        if self.tls() { Case::TlsBusy } else { Case::Busy }
+    }
 }
 
 /// A busy queue's backlog and its targets' replicas: 10 messages at `queue_length = 5`
@@ -781,6 +801,28 @@ const BUSY_WINDOW: Duration = Duration::from_secs(80);
 /// warms up that long plus one and a half intervals, so its window shows the memory it
 /// keeps for good, not a history still growing.
 const BUSY_WARM_UP: Duration = Duration::from_secs(300);
+
+/// The CPU of a window is also read per slice this long (one polling interval: every
+/// rule polls once in each).
+const SLICE: Duration = INTERVAL;
+/// A busy case and the idle case over the same transport run as a pair, their windows
+/// on the same seconds of the same host: CPU time per unit of work moves by tens of
+/// percent over minutes on a shared machine (10 s slices of one steady 10,000-rule
+/// daemon ran from 3.4 % to 8.4 % of a core), so windows minutes apart compare the host
+/// as much as the daemon. The idle daemon starts this long after the busy one's first
+/// round, so their start-ups do not overlap and their ages in the window are close.
+const PAIR_STAGGER: Duration = Duration::from_secs(60);
+
+/// When a case's measured window starts.
+enum Schedule {
+    /// On its own: after the warm-up.
+    Alone,
+    /// The busy half of a pair: after the warm-up, telling the idle half when.
+    Leads(tokio::sync::oneshot::Sender<Instant>),
+    /// The idle half of a pair: its daemon starts [`PAIR_STAGGER`] after the busy one's
+    /// first round and is measured over the busy one's window.
+    Follows(tokio::sync::oneshot::Receiver<Instant>),
+}
 
 /// One size's results.
 #[derive(Default)]
@@ -802,6 +844,10 @@ struct Row {
     rss_kib: u64,
     /// The smallest and largest RSS of the window's once-a-second samples.
     rss_range_kib: (u64, u64),
+    /// CPU seconds in each [`SLICE`] of the window.
+    cpu_slices: Vec<f64>,
+    /// Measured over the same seconds as the other half of its pair.
+    paired: bool,
     hwm_kib: u64,
     cpu_s_per_min: f64,
     late_p50: f64,
@@ -821,9 +867,21 @@ struct Row {
 // The run
 // ---------------------------------------------------------------------------------------------
 
-async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
+async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: Schedule) -> Row {
     let mut row = Row { rules: n, case, ..Row::default() };
     let mut details = String::new();
+    // The window of a pair: the busy half sends its start when its first round is done.
+    let (mut lead, mut follow) = (None, None);
+    match schedule {
+        Schedule::Alone => {}
+        Schedule::Leads(tx) => lead = Some(tx),
+        Schedule::Follows(rx) => {
+            let w0 = rx.await.expect("the busy half of the pair reached its warm-up");
+            tokio::time::sleep(PAIR_STAGGER).await;
+            follow = Some(w0);
+        }
+    }
+    row.paired = lead.is_some() || follow.is_some();
     let dir = tempfile::tempdir().unwrap();
     let (sqs, sqs_server) = start_sqs(n, case.tls());
     let replicas = if case.busy() { BUSY_REPLICAS } else { 0 };
@@ -964,11 +1022,26 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case) -> Row {
 
     // --- warm-up, then the idle window ---
     let warm = Instant::now();
-    tokio::time::sleep(INTERVAL + INTERVAL / 2 + if case.busy() { BUSY_WARM_UP } else { Duration::ZERO }).await;
+    let w0 = warm + INTERVAL + INTERVAL / 2 + if case.busy() { BUSY_WARM_UP } else { Duration::ZERO };
+    if let Some(tx) = lead {
+        let _ = tx.send(w0);
+    }
+    match follow {
+        // The idle half still warms up at least as long as it would alone.
+        Some(pair) if pair >= w0 => tokio::time::sleep_until(pair).await,
+        Some(_) => {
+            let _ = writeln!(details, "NOT PAIRED: start-up ended too late for the busy half's window");
+            row.paired = false;
+            tokio::time::sleep_until(w0).await;
+        }
+        None => tokio::time::sleep_until(w0).await,
+    }
     let me = std::process::id() as i32;
     let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s0 = sqs_server.cpu_seconds();
-    let rss = rss_range(pid, if case.busy() { window.max(BUSY_WINDOW) } else { window }).await;
+    let samples = watch_window(pid, if case.busy() || row.paired { window.max(BUSY_WINDOW) } else { window }).await;
+    let rss = samples.iter().fold((u64::MAX, 0), |(low, high), s| (low.min(s.rss_kib), high.max(s.rss_kib)));
+    row.cpu_slices = cpu_slices(&samples);
     let (w1, d1, h1, k1, log1) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
     let s1 = sqs_server.cpu_seconds();
     let minutes = (w1 - w0).as_secs_f64() / 60.0;
@@ -1304,8 +1377,32 @@ async fn daemon_under_load() {
     let mut rows = Vec::new();
     for &n in &sizes {
         for &case in &cases {
+            if !case.busy() && cases.contains(&case.busy_twin()) {
+                continue; // runs with its busy twin, below
+            }
+            if case.busy() && cases.contains(&case.idle()) {
+                println!(
+                    "=== {n} rules, {} and {} as a pair (the idle daemon starts {} s after the busy one's first round; \
+                     one window, the same seconds) ===",
+                    case.name(),
+                    case.idle().name(),
+                    PAIR_STAGGER.as_secs()
+                );
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (busy, idle) = tokio::join!(
+                    run_size(&bin, n, window, case, Schedule::Leads(tx)),
+                    run_size(&bin, n, window, case.idle(), Schedule::Follows(rx)),
+                );
+                for row in [idle, busy] {
+                    println!("--- {} ---", row.case.name());
+                    print!("{}", row.details);
+                    rows.push(row);
+                }
+                println!();
+                continue;
+            }
             println!("=== {n} rules, {} ===", case.name());
-            let row = run_size(&bin, n, window, case).await;
+            let row = run_size(&bin, n, window, case, Schedule::Alone).await;
             print!("{}", row.details);
             println!();
             rows.push(row);
@@ -1346,8 +1443,28 @@ async fn daemon_under_load() {
     // Busy against idle over the same transport, in this run.
     for busy in rows.iter().filter(|r| r.case.busy()) {
         if let Some(idle) = rows.iter().find(|r| r.rules == busy.rules && r.case == busy.case.idle()) {
+            // Slice by slice (10 s each), when both were measured over the same seconds.
+            let slices = if busy.paired && idle.paired {
+                let r: Vec<f64> = busy
+                    .cpu_slices
+                    .iter()
+                    .zip(&idle.cpu_slices)
+                    .filter(|(_, i)| **i > 0.0)
+                    .map(|(b, i)| b / i)
+                    .collect();
+                format!(
+                    " (same seconds; per {} s slice: median x{:.2}, x{:.2} to x{:.2} over {} slices)",
+                    SLICE.as_secs(),
+                    quantile(&r, 0.5),
+                    quantile(&r, 0.0),
+                    quantile(&r, 1.0),
+                    r.len()
+                )
+            } else {
+                " (windows at different times: the host's drift is in the ratio)".to_owned()
+            };
             println!(
-                "\n{} rules, {} against {}: CPU x{:.2}, RSS {:+.1} MiB at the ends of the windows, {:+.1} MiB between \
+                "\n{} rules, {} against {}: CPU x{:.2}{slices}, RSS {:+.1} MiB at the ends of the windows, {:+.1} MiB between \
                  the largest of each second's samples; Kubernetes writes {:.4} per rule per minute, replica changes {}",
                 busy.rules,
                 busy.case.name(),
