@@ -808,10 +808,14 @@ const SLICE: Duration = INTERVAL;
 /// A busy case and the idle case over the same transport run as a pair, their windows
 /// on the same seconds of the same host: CPU time per unit of work moves by tens of
 /// percent over minutes on a shared machine (10 s slices of one steady 10,000-rule
-/// daemon ran from 3.4 % to 8.4 % of a core), so windows minutes apart compare the host
+/// daemon ran from 3.7 % to 8.4 % of a core), so windows minutes apart compare the host
 /// as much as the daemon. The idle daemon starts this long after the busy one's first
 /// round, so their start-ups do not overlap and their ages in the window are close.
 const PAIR_STAGGER: Duration = Duration::from_secs(60);
+
+/// Below this many CPU seconds in a window (a tenth of it in a slice) busy and idle are
+/// not compared: the kernel counts CPU in 10 ms ticks.
+const MIN_CPU_TO_COMPARE: f64 = 0.5;
 
 /// When a case's measured window starts.
 enum Schedule {
@@ -1443,13 +1447,27 @@ async fn daemon_under_load() {
     // Busy against idle over the same transport, in this run.
     for busy in rows.iter().filter(|r| r.case.busy()) {
         if let Some(idle) = rows.iter().find(|r| r.rules == busy.rules && r.case == busy.case.idle()) {
+            // A ratio of a few clock ticks says nothing (10 rules use 0.01 s a minute).
+            if idle.cpu_slices.iter().sum::<f64>() < MIN_CPU_TO_COMPARE {
+                println!(
+                    "\n{} rules, {} against {}: too little CPU to compare (under {MIN_CPU_TO_COMPARE} s in the idle window), \
+                     RSS {:+.1} MiB at the ends of the windows; Kubernetes writes {:.4} per rule per minute, replica changes {}",
+                    busy.rules,
+                    busy.case.name(),
+                    idle.case.name(),
+                    (busy.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
+                    busy.kube_writes_per_rule_min,
+                    busy.changes_in_window
+                );
+                continue;
+            }
             // Slice by slice (10 s each), when both were measured over the same seconds.
             let slices = if busy.paired && idle.paired {
                 let r: Vec<f64> = busy
                     .cpu_slices
                     .iter()
                     .zip(&idle.cpu_slices)
-                    .filter(|(_, i)| **i > 0.0)
+                    .filter(|(_, i)| **i >= MIN_CPU_TO_COMPARE / 10.0)
                     .map(|(b, i)| b / i)
                     .collect();
                 format!(
