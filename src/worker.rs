@@ -306,13 +306,19 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                 }
                 break d;
             };
-            self.persist_last_active(&decision).await;
             report.decision = Some(&decision);
         }
         report.last_active = self.state.last_active;
         report.duration = started.elapsed();
         if let Some(record) = &self.record {
             self.deps.observer.polled(record, &report);
+        }
+        // The poll is done and reported; storing last-active may wait up to the state's
+        // write spacing (a second) for the PATCH it joins. Counted in the poll, it made a
+        // busy rule's first poll, and so `/readyz`, wait for it, and put that second into
+        // `sqscale_poll_duration_seconds` every 8th poll.
+        if let Some(active) = report.decision.map(|d| d.active) {
+            self.persist_last_active(active).await;
         }
     }
 
@@ -433,12 +439,12 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
     /// (the value a restart must see), and while active at most once per
     /// max([`LAST_ACTIVE_EVERY`], cooldown / 4). Nothing else is written while replicas
     /// hold steady.
-    async fn persist_last_active(&mut self, decision: &engine::Decision) {
+    async fn persist_last_active(&mut self, active: bool) {
         let Some(at) = self.state.last_active else {
             return;
         };
         let every = LAST_ACTIVE_EVERY.max(self.rule.policy.cooldown / 4).as_millis() as i64;
-        let due = !decision.active || self.persisted_last_active.is_none_or(|p| at.0 - p.0 >= every);
+        let due = !active || self.persisted_last_active.is_none_or(|p| at.0 - p.0 >= every);
         if due {
             self.store_last_active().await;
         }

@@ -141,6 +141,34 @@ async fn a_reload_mid_poll_hands_over_once_the_poll_is_done() {
     assert_eq!(w.targets.get("demo").writes, [1, 4]);
 }
 
+/// A poll is done when it has read, decided and scaled: storing last-active, which
+/// waits for the state PATCH it joins (up to a second of write spacing), comes after the
+/// poll is reported, so a busy rule's first poll (and `/readyz`) does not wait for it and
+/// the poll's duration does not count it. The store still lands, and the next poll comes
+/// on time.
+#[tokio::test(start_paused = true)]
+async fn a_busy_rule_is_reported_polled_before_its_last_active_is_stored() {
+    let w = World::new();
+    w.queues.set("q", Some(10));
+    w.targets.add("demo", 2);
+    *w.targets.state_delay.lock().unwrap() = Duration::from_secs(3);
+    let deps = w.deps(false);
+    let observer = deps.observer.clone();
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(config(&[rule("demo", "q", "")]), deps);
+    sleep(Duration::from_millis(100)).await;
+    let status = observer.statuses().remove(0);
+    assert_eq!((status.polls, status.active), (1, true), "{status:?}");
+    assert!(observer.first_round().is_ok(), "ready before the store is answered");
+    assert_eq!(w.targets.get("demo").last_active, None, "the store is still in flight");
+    assert!(observer.encode_metrics().contains("sqscale_poll_duration_seconds_bucket{le=\"0.005\"} 1"));
+    after_poll(start, 3).await;
+    assert!(w.targets.get("demo").last_active.is_some(), "the store lands");
+    after_poll(start, 10).await;
+    assert_eq!(observer.statuses()[0].polls, 2, "the next poll on time");
+    assert_eq!(w.targets.get("demo").writes, Vec::<u32>::new(), "2 replicas for 10 messages: nothing to scale");
+}
+
 /// The state belongs to the workload: a reload that points a rule at another target
 /// starts it afresh, as a new rule. Target b has never been active and the queue is
 /// empty, so (initial cooldown 0) it goes to zero at the first poll; the last-active of

@@ -53,6 +53,9 @@ pub struct FakeTargets {
     pub scale_delay: Arc<Mutex<Duration>>,
     /// How long publishing an Event takes (virtual time).
     pub publish_delay: Arc<Mutex<Duration>>,
+    /// How long storing a last-active time takes (virtual time): the daemon's state
+    /// writes wait up to a second for the PATCH they join.
+    pub state_delay: Arc<Mutex<Duration>>,
     /// Every Event published, with the target name.
     pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
     /// The targets passed to each `retain` (a reload), as `context/Kind/namespace/name`.
@@ -112,6 +115,8 @@ impl ScaleTarget for FakeTargets {
     }
 
     async fn set_last_active(&self, _ctx: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
+        let delay = *self.state_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let mut objects = self.objects.lock().unwrap();
         objects.get_mut(&t.name).ok_or_else(|| Self::missing(t))?.last_active = Some(at);
         Ok(())
