@@ -875,16 +875,15 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
     let mut row = Row { rules: n, case, ..Row::default() };
     let mut details = String::new();
     // The window of a pair: the busy half sends its start when its first round is done.
-    let (mut lead, mut follow) = (None, None);
-    match schedule {
-        Schedule::Alone => {}
-        Schedule::Leads(tx) => lead = Some(tx),
+    let (lead, follow) = match schedule {
+        Schedule::Alone => (None, None),
+        Schedule::Leads(tx) => (Some(tx), None),
         Schedule::Follows(rx) => {
-            let w0 = rx.await.expect("the busy half of the pair reached its warm-up");
+            let pair_at = rx.await.expect("the busy half of the pair reached its warm-up");
             tokio::time::sleep(PAIR_STAGGER).await;
-            follow = Some(w0);
+            (None, Some(pair_at))
         }
-    }
+    };
     row.paired = lead.is_some() || follow.is_some();
     let dir = tempfile::tempdir().unwrap();
     let (sqs, sqs_server) = start_sqs(n, case.tls());
@@ -1026,19 +1025,19 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
 
     // --- warm-up, then the idle window ---
     let warm = Instant::now();
-    let w0 = warm + INTERVAL + INTERVAL / 2 + if case.busy() { BUSY_WARM_UP } else { Duration::ZERO };
+    let warmed = warm + INTERVAL + INTERVAL / 2 + if case.busy() { BUSY_WARM_UP } else { Duration::ZERO };
     if let Some(tx) = lead {
-        let _ = tx.send(w0);
+        let _ = tx.send(warmed);
     }
     match follow {
         // The idle half still warms up at least as long as it would alone.
-        Some(pair) if pair >= w0 => tokio::time::sleep_until(pair).await,
+        Some(pair_at) if pair_at >= warmed => tokio::time::sleep_until(pair_at).await,
         Some(_) => {
             let _ = writeln!(details, "NOT PAIRED: start-up ended too late for the busy half's window");
             row.paired = false;
-            tokio::time::sleep_until(w0).await;
+            tokio::time::sleep_until(warmed).await;
         }
-        None => tokio::time::sleep_until(w0).await,
+        None => tokio::time::sleep_until(warmed).await,
     }
     let me = std::process::id() as i32;
     let (w0, d0, h0, k0, log0) = (Instant::now(), sample(pid), sample(me), meter.drain(), file_len(&log));
@@ -1447,22 +1446,11 @@ async fn daemon_under_load() {
     // Busy against idle over the same transport, in this run.
     for busy in rows.iter().filter(|r| r.case.busy()) {
         if let Some(idle) = rows.iter().find(|r| r.rules == busy.rules && r.case == busy.case.idle()) {
-            // A ratio of a few clock ticks says nothing (10 rules use 0.01 s a minute).
-            if idle.cpu_slices.iter().sum::<f64>() < MIN_CPU_TO_COMPARE {
-                println!(
-                    "\n{} rules, {} against {}: too little CPU to compare (under {MIN_CPU_TO_COMPARE} s in the idle window), \
-                     RSS {:+.1} MiB at the ends of the windows; Kubernetes writes {:.4} per rule per minute, replica changes {}",
-                    busy.rules,
-                    busy.case.name(),
-                    idle.case.name(),
-                    (busy.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
-                    busy.kube_writes_per_rule_min,
-                    busy.changes_in_window
-                );
-                continue;
-            }
-            // Slice by slice (10 s each), when both were measured over the same seconds.
-            let slices = if busy.paired && idle.paired {
+            // A ratio of a few clock ticks says nothing (10 rules use 0.01 s a minute);
+            // slice by slice (10 s each) only when both were measured over the same seconds.
+            let cpu = if idle.cpu_slices.iter().sum::<f64>() < MIN_CPU_TO_COMPARE {
+                format!("too little CPU to compare (under {MIN_CPU_TO_COMPARE} s in the idle window)")
+            } else if busy.paired && idle.paired {
                 let r: Vec<f64> = busy
                     .cpu_slices
                     .iter()
@@ -1471,7 +1459,8 @@ async fn daemon_under_load() {
                     .map(|(b, i)| b / i)
                     .collect();
                 format!(
-                    " (same seconds; per {} s slice: median x{:.2}, x{:.2} to x{:.2} over {} slices)",
+                    "CPU x{:.2} (same seconds; per {} s slice: median x{:.2}, x{:.2} to x{:.2} over {} slices)",
+                    busy.cpu_s_per_min / idle.cpu_s_per_min,
                     SLICE.as_secs(),
                     quantile(&r, 0.5),
                     quantile(&r, 0.0),
@@ -1479,15 +1468,17 @@ async fn daemon_under_load() {
                     r.len()
                 )
             } else {
-                " (windows at different times: the host's drift is in the ratio)".to_owned()
+                format!(
+                    "CPU x{:.2} (windows at different times: the host's drift is in the ratio)",
+                    busy.cpu_s_per_min / idle.cpu_s_per_min
+                )
             };
             println!(
-                "\n{} rules, {} against {}: CPU x{:.2}{slices}, RSS {:+.1} MiB at the ends of the windows, {:+.1} MiB between \
+                "\n{} rules, {} against {}: {cpu}, RSS {:+.1} MiB at the ends of the windows, {:+.1} MiB between \
                  the largest of each second's samples; Kubernetes writes {:.4} per rule per minute, replica changes {}",
                 busy.rules,
                 busy.case.name(),
                 idle.case.name(),
-                busy.cpu_s_per_min / idle.cpu_s_per_min,
                 (busy.rss_kib as f64 - idle.rss_kib as f64) / 1024.0,
                 (busy.rss_range_kib.1 as f64 - idle.rss_range_kib.1 as f64) / 1024.0,
                 busy.kube_writes_per_rule_min,
