@@ -53,6 +53,17 @@ type Answer = dyn Fn(usize) -> Option<(u16, String)> + Send + Sync;
 
 impl TinyServer {
     pub async fn start(answer: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static) -> TinyServer {
+        Self::start_with_headers(&[], answer).await
+    }
+
+    /// As [`TinyServer::start`], with `headers` on every answer (a request id, an error
+    /// code header).
+    pub async fn start_with_headers(
+        headers: &[(&'static str, &'static str)],
+        answer: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static,
+    ) -> TinyServer {
+        let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let headers: std::sync::Arc<str> = headers.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -60,7 +71,7 @@ impl TinyServer {
         let seen = agents.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(Self::serve(conn, answer.clone(), seen.clone()));
+                tokio::spawn(Self::serve(conn, headers.clone(), answer.clone(), seen.clone()));
             }
         });
         TinyServer { url, agents }
@@ -73,6 +84,7 @@ impl TinyServer {
 
     async fn serve(
         mut conn: tokio::net::TcpStream,
+        headers: std::sync::Arc<str>,
         answer: std::sync::Arc<Answer>,
         seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     ) {
@@ -113,7 +125,7 @@ impl TinyServer {
                 return;
             };
             let response = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+                "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.0\r\n{headers}content-length: {}\r\n\r\n{body}",
                 body.len()
             );
             if conn.write_all(response.as_bytes()).await.is_err() {

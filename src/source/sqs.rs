@@ -16,9 +16,11 @@ use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_types::request_id::RequestId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -312,12 +314,11 @@ async fn read_with_sdk(client: &Client, q: &QueueSource, url: &str, attrs: Attrs
 
 /// Classifies an SDK error into a [`SourceError`] by its variant, the service's error
 /// code, and the error types in its source chain.
-fn error<E, R>(q: &QueueSource, e: SdkError<E, R>) -> SourceError
+fn error<E>(q: &QueueSource, e: SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let message = DisplayErrorContext(&e).to_string();
+    let message = describe(&e);
     let kind = match &e {
         SdkError::TimeoutError(_) => SourceErrorKind::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => SourceErrorKind::Timeout,
@@ -329,6 +330,48 @@ where
         _ => SourceErrorKind::Other,
     };
     SourceError::new(q.display(), kind, message).caused_by(e)
+}
+
+/// What a person reads of a failed SDK call, in `/status` and the log: for the service's
+/// answer its error code and message, the HTTP status and the request id
+/// (`AWS.SimpleQueueService.NonExistentQueue: The specified queue does not exist (HTTP
+/// 400, request id ...)`); for any other failure the chain of causes. Never the SDK's
+/// `DisplayErrorContext`, which ends with a debug dump of the whole error, the HTTP
+/// response's headers and body included.
+fn describe<E>(e: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match e {
+        SdkError::ServiceError(s) => {
+            let meta = s.err().meta();
+            let status = s.raw().status().as_u16();
+            let request_id = meta
+                .request_id()
+                .or_else(|| s.raw().headers().get("x-amzn-requestid"))
+                .or_else(|| s.raw().headers().get("x-amz-request-id"));
+            let mut text = match (meta.code(), meta.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_owned(),
+                (None, Some(message)) => message.to_owned(),
+                (None, None) => "an error without a code".to_owned(),
+            };
+            text.push_str(&format!(" (HTTP {status}"));
+            if let Some(id) = request_id {
+                text.push_str(&format!(", request id {id}"));
+            }
+            text.push(')');
+            text
+        }
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            match std::error::Error::source(e) {
+                Some(cause) => format!("unreadable answer (HTTP {status}): {}", chain(cause)),
+                None => format!("unreadable answer (HTTP {status})"),
+            }
+        }
+        _ => chain(e),
+    }
 }
 
 /// The kind of an SQS error code (the query protocol's and the JSON protocol's names).
@@ -466,6 +509,34 @@ mod tests {
         assert_eq!(total_fallbacks(&sqs), 1);
         let agents = server.agents();
         assert!(agents[0].starts_with("sqscale/") && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
+    }
+
+    /// A service error reads as the service's code and message, the HTTP status and the
+    /// request id, whichever path asked: never the SDK's debug dump of the response.
+    #[tokio::test]
+    async fn a_service_error_is_its_code_message_status_and_request_id() {
+        let body =
+            r#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#;
+        let headers = [
+            ("x-amzn-requestid", "0f2c5ad6-a8e4-5b12-9a2b-6e1c8a1d7f3e"),
+            ("x-amzn-query-error", "AWS.SimpleQueueService.NonExistentQueue;Sender"),
+        ];
+        let server = TinyServer::start_with_headers(&headers, move |_| Some((400, body.to_owned()))).await;
+        for direct in [false, true] {
+            let q = QueueSource { direct, ..queue(&server.url) };
+            let sqs = reader(&q, Duration::from_secs(5)).await;
+            let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+            assert_eq!(err.kind(), "not_found", "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "reading queue {}: AWS.SimpleQueueService.NonExistentQueue: The specified queue does not \
+                     exist. (HTTP 400, request id 0f2c5ad6-a8e4-5b12-9a2b-6e1c8a1d7f3e)",
+                    q.display()
+                ),
+                "direct path: {direct}"
+            );
+        }
     }
 
     /// Credentials that cannot be loaded are a `credentials` error, known by the

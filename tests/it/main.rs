@@ -14,5 +14,6 @@ mod faults;
 mod fuzz;
 mod leader;
 mod process;
+mod readme;
 mod secrets;
 mod supervisor;
