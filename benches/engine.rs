@@ -24,6 +24,7 @@ fn policy(behavior: bool) -> Policy {
         }),
         legacy_downscale_window: Duration::from_secs(300),
         tolerances: Tolerances::default(),
+        activation_polls: 1,
         triggers: vec![TriggerPolicy {
             queue_length: 5,
             activation_queue_length: 0,

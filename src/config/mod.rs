@@ -437,10 +437,15 @@ impl Config {
                     max_replica_count: Some(i64::from(r.policy.max)),
                     idle_replica_count: r.policy.idle.map(i64::from),
                     paused: Some(r.paused),
+                    activation_polls: Some(i64::from(r.policy.activation_polls)),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),
                         behavior: Some(fallback_behavior_name(f.behavior).to_owned()),
+                        max_age: match f.behavior {
+                            crate::engine::FallbackBehavior::LastKnown { max_age } => secs(max_age),
+                            _ => None,
+                        },
                     }),
                     behavior: r.policy.behavior.as_ref().map(|b| RawBehavior {
                         scale_up: Some(rules_of(&b.scale_up, r.policy.tolerances.up)),
@@ -479,5 +484,6 @@ fn fallback_behavior_name(b: crate::engine::FallbackBehavior) -> &'static str {
         CurrentReplicas => "currentReplicas",
         CurrentReplicasIfHigher => "currentReplicasIfHigher",
         CurrentReplicasIfLower => "currentReplicasIfLower",
+        LastKnown { .. } => "lastKnown",
     }
 }

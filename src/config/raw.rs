@@ -108,6 +108,8 @@ pub struct RawRule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_polls: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behavior: Option<RawBehavior>,
@@ -135,6 +137,8 @@ pub struct RawFallback {
     pub replicas: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behavior: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -184,6 +184,46 @@ fn fallback_replicas_zero_is_rejected() {
 }
 
 #[test]
+fn activation_polls_defaults_to_keda_and_is_checked() {
+    assert_eq!(from_str(MINIMAL).unwrap().rules[0].policy.activation_polls, 1);
+    let c = from_str(&format!("[defaults]\nactivation_polls = 3\n{MINIMAL}")).unwrap();
+    assert_eq!(c.rules[0].policy.activation_polls, 3);
+    assert!(c.resolved_toml().contains("activation_polls = 3"), "{}", c.resolved_toml());
+    for bad in ["0", "-1", "1001"] {
+        let p = problems(&one_rule(&format!("activation_polls = {bad}"), ""));
+        assert_eq!(p, [format!("rule \"orders\": activation_polls ({bad}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)")]);
+    }
+}
+
+#[test]
+fn last_known_fallback_needs_a_max_age_and_only_it_takes_one() {
+    let c = from_str(&one_rule(
+        "fallback = { failure_threshold = 3, replicas = 2, behavior = \"lastKnown\", max_age = \"5m\" }",
+        "",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.rules[0].policy.fallback.unwrap().behavior,
+        crate::engine::FallbackBehavior::LastKnown { max_age: Duration::from_secs(300) }
+    );
+    let rendered = c.resolved_toml();
+    assert!(rendered.contains("behavior = \"lastKnown\"") && rendered.contains("max_age = \"5m\""), "{rendered}");
+    // The rendered file reads back the same.
+    assert_eq!(from_str(&rendered).unwrap().rules[0].policy, c.rules[0].policy);
+
+    let p = problems(&one_rule("fallback = { failure_threshold = 3, replicas = 2, behavior = \"lastKnown\" }", ""));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("rule \"orders\": fallback.max_age is required with behavior = \"lastKnown\""), "{p:?}");
+    let p = problems(&one_rule(
+        "fallback = { failure_threshold = 3, replicas = 2, behavior = \"lastKnown\", max_age = 0 }",
+        "",
+    ));
+    assert_eq!(p, ["rule \"orders\": fallback.max_age must be more than 0s"]);
+    let p = problems(&one_rule("fallback = { failure_threshold = 3, replicas = 2, max_age = \"1m\" }", ""));
+    assert_eq!(p, ["rule \"orders\": fallback.max_age applies only to behavior = \"lastKnown\" (behavior is \"static\")"]);
+}
+
+#[test]
 fn tv34_queue_url_parsing() {
     assert_eq!(
         queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo").unwrap(),

@@ -377,13 +377,32 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         if let Some(r) = replicas.filter(|r| *r < 1) {
             p.add(at, format!("fallback.replicas ({r}) must be at least 1: a failed poll never scales to zero (remove fallback to hold the replicas instead)"));
         }
-        let behavior = match f.behavior.as_deref().unwrap_or("static") {
+        let name = f.behavior.as_deref().unwrap_or("static");
+        if name != "lastKnown" && f.max_age.is_some() {
+            p.add(at, format!("fallback.max_age applies only to behavior = \"lastKnown\" (behavior is {name:?})"));
+        }
+        let behavior = match name {
             "static" => Some(FallbackBehavior::Static),
             "currentReplicas" => Some(FallbackBehavior::CurrentReplicas),
             "currentReplicasIfHigher" => Some(FallbackBehavior::CurrentReplicasIfHigher),
             "currentReplicasIfLower" => Some(FallbackBehavior::CurrentReplicasIfLower),
+            "lastKnown" => match &f.max_age {
+                None => {
+                    p.add(at, "fallback.max_age is required with behavior = \"lastKnown\": how old a reading may still decide, e.g. max_age = \"5m\"");
+                    None
+                }
+                Some(raw) => {
+                    let max_age = duration(p, at, "fallback.max_age", Some(raw), Duration::ZERO);
+                    if max_age.is_zero() {
+                        p.add(at, "fallback.max_age must be more than 0s");
+                        None
+                    } else {
+                        Some(FallbackBehavior::LastKnown { max_age })
+                    }
+                }
+            },
             other => {
-                p.add(at, format!("fallback.behavior ({other:?}) must be one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower"));
+                p.add(at, format!("fallback.behavior ({other:?}) must be one of static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower, lastKnown"));
                 None
             }
         };
@@ -393,6 +412,14 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             behavior: behavior?,
         })
     });
+
+    let activation_polls = match rule.activation_polls.or(d.activation_polls).unwrap_or(1) {
+        n @ 1..=1000 => n as u32,
+        n => {
+            p.add(at, format!("activation_polls ({n}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)"));
+            1
+        }
+    };
 
     let raw_behavior = rule.behavior.as_ref().or(d.behavior.as_ref());
     let mut tolerances = Tolerances::default();
@@ -444,6 +471,7 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             behavior,
             legacy_downscale_window: defaults::DOWNSCALE_STABILIZATION,
             tolerances,
+            activation_polls,
             triggers,
         },
         triggers: sources,

@@ -162,6 +162,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
         behavior: Some(Box::new(default_behavior())),
         legacy_downscale_window: std::time::Duration::ZERO,
         tolerances: Tolerances::default(),
+        activation_polls: 1,
         triggers: triggers
             .into_iter()
             .map(|t| crate::engine::TriggerPolicy {

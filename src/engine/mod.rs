@@ -55,6 +55,11 @@ pub struct Policy {
     /// (300 s). Not a rule-file key; the KEDA vectors use 0 unless they say otherwise.
     pub legacy_downscale_window: Duration,
     pub tolerances: Tolerances,
+    /// `activation_polls`: consecutive active polls before a rule at zero (or below min
+    /// at idle) activates. 1 is KEDA (the first active poll activates); more debounces
+    /// SQS's approximate counts, which can show phantom messages on an idle queue
+    /// (kedacore/keda#7845).
+    pub activation_polls: u32,
     /// One entry per trigger, in rule order; observations use the same order.
     pub triggers: Vec<TriggerPolicy>,
 }
@@ -99,12 +104,16 @@ pub enum FallbackBehavior {
     CurrentReplicas,
     CurrentReplicasIfHigher,
     CurrentReplicasIfLower,
+    /// sqscale's own (kedacore/keda#965): past the threshold a failed trigger decides on
+    /// its last successful reading while that reading is at most `max_age` old (never
+    /// scaling in on it), then on `replicas` as `Static` does.
+    LastKnown { max_age: Duration },
 }
 
 impl Fallback {
     fn replicas_for(&self, current: u32) -> u32 {
         match self.behavior {
-            FallbackBehavior::Static => self.replicas,
+            FallbackBehavior::Static | FallbackBehavior::LastKnown { .. } => self.replicas,
             FallbackBehavior::CurrentReplicas => current,
             FallbackBehavior::CurrentReplicasIfHigher => current.max(self.replicas),
             FallbackBehavior::CurrentReplicasIfLower => current.min(self.replicas),
@@ -193,6 +202,17 @@ pub struct State {
     pub scale_down_events: Vec<ScaleEvent>,
     /// Whether the recommendation history has been seeded.
     pub seeded: bool,
+    /// Consecutive active polls while waiting to activate (`activation_polls`).
+    pub active_polls: u32,
+    /// Per trigger, its last successful reading; kept only with a `lastKnown` fallback.
+    pub last_good: Vec<Option<Reading>>,
+}
+
+/// A trigger's successful reading and the start of the poll that read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub at: Time,
+    pub counts: Counts,
 }
 
 impl State {
@@ -273,6 +293,10 @@ pub enum Reason {
     AtMin,
     /// Fallback replicas are in effect after too many failed polls.
     Fallback,
+    /// A failed trigger's last good reading decided (`fallback.behavior = "lastKnown"`).
+    LastKnown,
+    /// Active, but fewer consecutive active polls than `activation_polls` so far.
+    ActivationPending,
     /// A trigger failed: nothing scales in, nothing changes until the fallback threshold.
     PollFailed,
     Paused,
@@ -298,6 +322,8 @@ impl Reason {
             Reason::AtMax => "at_max",
             Reason::AtMin => "at_min",
             Reason::Fallback => "fallback",
+            Reason::LastKnown => "last_known",
+            Reason::ActivationPending => "activation_pending",
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
@@ -395,26 +421,41 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     }
 
     // 2. Triggers.
-    let triggers = evaluate_triggers(policy, &mut next, obs);
+    let triggers = evaluate_triggers(policy, &mut next, obs, now);
     let is_active = triggers.iter().any(|t| t.active);
     let is_error = triggers.iter().any(|t| t.failed);
     let fallback_active = triggers.iter().any(|t| t.fallback);
+    // A last good reading may scale out but is not news: like a failure, it neither
+    // renews `last_active` nor lets the cooldown scale in.
+    let stale = triggers.iter().any(|t| t.stale);
+    let unsure = is_error || stale;
     decision.active = is_active;
-    decision.backlog =
-        triggers.iter().filter(|t| !t.failed && !t.fallback).map(|t| t.backlog).reduce(u64::saturating_add);
+    decision.backlog = triggers
+        .iter()
+        .filter(|t| !t.failed && !t.fallback && !t.stale)
+        .map(|t| t.backlog)
+        .reduce(u64::saturating_add);
 
-    // 3. Phase K.
+    // 3. Phase K. Activation waits for `activation_polls` consecutive active polls; any
+    // other poll starts the count again.
+    let activating = is_active && ((policy.idle.is_some() && r < policy.min) || r == 0);
+    next.active_polls = if activating { next.active_polls.saturating_add(1) } else { 0 };
     let mut cooling_down = false;
     let keda = if is_active {
-        if (policy.idle.is_some() && r < policy.min) || r == 0 {
+        if activating && next.active_polls < policy.activation_polls {
+            decision.reason = Reason::ActivationPending;
+            decision.proposal = proposal(&triggers);
+            return (next, decision);
+        } else if activating {
+            next.active_polls = 0;
             Some((policy.min.max(1), Reason::Activated))
         } else {
-            if !is_error {
+            if !unsure {
                 next.last_active = Some(now);
             }
             None
         }
-    } else if is_error {
+    } else if unsure {
         None
     } else if (policy.idle.is_some_and(|idle| r > idle)) || (r > 0 && policy.min == 0) {
         if cooldown_expired(policy, &next, now) {
@@ -447,6 +488,8 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
             Reason::Idle
         } else if is_error {
             Reason::PollFailed
+        } else if stale {
+            Reason::LastKnown
         } else {
             Reason::Unchanged
         };
@@ -458,6 +501,8 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     decision.write = (to != r).then_some(to);
     decision.reason = if fallback_active {
         Reason::Fallback
+    } else if stale && reason != Reason::PollFailed {
+        Reason::LastKnown
     } else if decision.write.is_none() && cooling_down {
         Reason::Cooldown
     } else {
@@ -475,12 +520,26 @@ struct TriggerResult {
     failed: bool,
     /// Failed, and the fallback's synthetic metric stands in.
     fallback: bool,
+    /// Failed, and its last good reading stands in (`lastKnown`).
+    stale: bool,
     /// The HPA's proposal for this trigger; `None` when the metric is invalid.
     proposal: Option<u32>,
 }
 
-fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Vec<TriggerResult> {
-    next.failures.resize(policy.triggers.len(), 0);
+fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: Time) -> Vec<TriggerResult> {
+    let n = policy.triggers.len();
+    next.failures.resize(n, 0);
+    let max_age = match policy.fallback.map(|f| f.behavior) {
+        Some(FallbackBehavior::LastKnown { max_age }) => {
+            next.last_good.resize(n, None);
+            Some(millis(max_age))
+        }
+        _ => {
+            next.last_good = Vec::new();
+            None
+        }
+    };
+    let mut last_good = next.last_good.iter_mut();
     let status = obs.status_replicas;
     policy
         .triggers
@@ -488,6 +547,7 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
         .zip(&obs.queues)
         .zip(next.failures.iter_mut())
         .map(|((trigger, counts), failures)| {
+            let last_good = last_good.next();
             let propose = |q: u64| {
                 let usage = i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
                 let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
@@ -496,29 +556,53 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
             match counts {
                 Some(c) => {
                     *failures = 0;
+                    if let Some(slot) = last_good {
+                        *slot = Some(Reading { at: now, counts: *c });
+                    }
                     let q = trigger.backlog(c);
                     TriggerResult {
                         backlog: q,
                         active: i128::from(q) > i128::from(trigger.activation_queue_length),
                         failed: false,
                         fallback: false,
+                        stale: false,
                         proposal: Some(propose(q)),
                     }
                 }
                 None => {
                     *failures = failures.saturating_add(1);
+                    let fresh = |r: &&Reading| max_age.is_some_and(|age| now.since(r.at) <= age);
                     match policy.fallback {
                         Some(fb) if *failures > fb.failure_threshold => {
+                            if let Some(reading) = last_good.and_then(|r| r.as_ref()).filter(fresh) {
+                                let q = trigger.backlog(&reading.counts);
+                                return TriggerResult {
+                                    backlog: q,
+                                    active: i128::from(q) > i128::from(trigger.activation_queue_length),
+                                    failed: false,
+                                    fallback: false,
+                                    stale: true,
+                                    proposal: Some(propose(q)),
+                                };
+                            }
                             let q = trigger.queue_length.saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
                             TriggerResult {
                                 backlog: q,
                                 active: true,
                                 failed: false,
                                 fallback: true,
+                                stale: false,
                                 proposal: Some(propose(q)),
                             }
                         }
-                        _ => TriggerResult { backlog: 0, active: false, failed: true, fallback: false, proposal: None },
+                        _ => TriggerResult {
+                            backlog: 0,
+                            active: false,
+                            failed: true,
+                            fallback: false,
+                            stale: false,
+                            proposal: None,
+                        },
                     }
                 }
             }
@@ -571,6 +655,10 @@ fn phase_h(
     decision.proposal = Some(desired);
     if invalid > 0 && desired < r {
         return (r, Reason::PollFailed);
+    }
+    // A last good reading is older than this poll: it may scale out, never in.
+    if triggers.iter().any(|t| t.stale) && desired < r {
+        return (r, Reason::LastKnown);
     }
 
     let (stabilized, (to, limit)) = match &policy.behavior {

@@ -26,6 +26,7 @@ fn policy() -> Policy {
         behavior: None,
         legacy_downscale_window: Duration::ZERO,
         tolerances: Tolerances::default(),
+        activation_polls: 1,
         triggers: vec![trigger(5, 0)],
     }
 }
@@ -899,6 +900,199 @@ proptest! {
                 prop_assert!(i64::from(to) >= floor, "t={} {from} -> {to}, allowed {floor}, HPA writes {hpa_writes:?}", now.0);
             }
             hpa_writes.push((now, i64::from(to) - i64::from(from)));
+        }
+    }
+}
+
+// Debounce (`activation_polls`, issue 27: kedacore/keda#7845) and the last good reading
+// (`fallback.behavior = "lastKnown"`, kedacore/keda#965): sqscale's own, not KEDA's, so
+// no spec vector; the cases below are the contract's sentences.
+
+fn reasons(sim: &mut Sim, polls: &[(i64, Option<u64>)]) -> Vec<(u32, Reason)> {
+    polls
+        .iter()
+        .map(|&(t, q)| {
+            let d = sim.poll(t, q);
+            (d.replicas(), d.reason)
+        })
+        .collect()
+}
+
+#[test]
+fn debounce_activates_on_the_nth_consecutive_active_poll() {
+    let mut sim = Sim::new(with(|p| p.activation_polls = 3), 0);
+    assert_eq!(
+        reasons(&mut sim, &[(0, Some(10)), (10, Some(10)), (20, Some(10))]),
+        [(0, Reason::ActivationPending), (0, Reason::ActivationPending), (1, Reason::Activated)]
+    );
+    // Once active, scaling goes on as KEDA's (the count only gates leaving zero).
+    assert_eq!(sim.poll(30, Some(10)).replicas(), 2);
+}
+
+#[test]
+fn debounce_a_quiet_or_failed_poll_starts_the_count_again() {
+    let mut sim = Sim::new(with(|p| p.activation_polls = 2), 0);
+    let got = reasons(&mut sim, &[(0, Some(3)), (10, Some(0)), (20, Some(3)), (30, None), (40, Some(3)), (50, Some(3))]);
+    assert_eq!(
+        got,
+        [
+            (0, Reason::ActivationPending),
+            (0, Reason::Unchanged),
+            (0, Reason::ActivationPending),
+            (0, Reason::PollFailed),
+            (0, Reason::ActivationPending),
+            (1, Reason::Activated),
+        ]
+    );
+}
+
+#[test]
+fn debounce_of_one_is_keda() {
+    let mut sim = Sim::new(policy(), 0);
+    assert_eq!(reasons(&mut sim, &[(0, Some(1))]), [(1, Reason::Activated)]);
+}
+
+#[test]
+fn debounce_applies_to_activation_from_idle() {
+    let mut sim = Sim::new(
+        with(|p| {
+            p.min = 2;
+            p.idle = Some(0);
+            p.activation_polls = 2;
+        }),
+        0,
+    );
+    assert_eq!(
+        reasons(&mut sim, &[(0, Some(10)), (10, Some(10))]),
+        [(0, Reason::ActivationPending), (2, Reason::Activated)]
+    );
+}
+
+fn last_known(failure_threshold: u32, replicas: u32, max_age: u64) -> Option<Fallback> {
+    Some(Fallback {
+        failure_threshold,
+        replicas,
+        behavior: FallbackBehavior::LastKnown { max_age: Duration::from_secs(max_age) },
+    })
+}
+
+/// The last good reading keeps scaling out where `static` would drop to its replicas.
+#[test]
+fn last_known_decides_on_the_last_good_reading() {
+    let run = |fallback| {
+        let mut sim = Sim::new(
+            with(|p| {
+                p.max = 20;
+                p.fallback = fallback;
+            }),
+            4,
+        );
+        reasons(&mut sim, &[(0, Some(50)), (10, None), (20, None)])
+    };
+    assert_eq!(
+        run(last_known(0, 2, 60)),
+        [(8, Reason::RateLimited), (10, Reason::LastKnown), (10, Reason::LastKnown)]
+    );
+    let static_two = Some(Fallback { failure_threshold: 0, replicas: 2, behavior: FallbackBehavior::Static });
+    assert_eq!(run(static_two), [(8, Reason::RateLimited), (2, Reason::Fallback), (2, Reason::Fallback)]);
+}
+
+/// Before the threshold a failed poll holds, as for every fallback.
+#[test]
+fn last_known_waits_for_the_failure_threshold() {
+    let mut sim = Sim::new(with(|p| p.fallback = last_known(2, 1, 600)), 2);
+    let got = reasons(&mut sim, &[(0, Some(40)), (10, None), (20, None), (30, None)]);
+    assert_eq!(got, [(4, Reason::RateLimited), (4, Reason::PollFailed), (4, Reason::PollFailed), (8, Reason::LastKnown)]);
+}
+
+/// A reading older than this poll never scales in: not through the HPA (its desired
+/// is below the replicas) and not through the cooldown (it was inactive).
+#[test]
+fn last_known_never_scales_in() {
+    let mut sim = Sim::new(
+        with(|p| {
+            p.fallback = last_known(0, 1, 600);
+            p.legacy_downscale_window = Duration::from_secs(300);
+        }),
+        10,
+    );
+    let got = reasons(&mut sim, &[(0, Some(50)), (10, Some(5)), (20, None), (400, None)]);
+    assert_eq!(got, [(10, Reason::Unchanged), (10, Reason::Stabilized), (10, Reason::LastKnown), (10, Reason::LastKnown)]);
+
+    // Inactive when last read, cooldown long past: still held.
+    let mut sim = Sim::new(
+        with(|p| {
+            p.fallback = last_known(0, 1, 600);
+            p.legacy_downscale_window = Duration::from_secs(300);
+        }),
+        3,
+    )
+    .last_active(0);
+    let got = reasons(&mut sim, &[(5, Some(0)), (20, None), (100, None)]);
+    assert_eq!(got, [(3, Reason::Cooldown), (3, Reason::LastKnown), (3, Reason::LastKnown)]);
+}
+
+/// Past `max_age` the reading is dropped and `replicas` applies, as `static`.
+#[test]
+fn last_known_gives_way_to_the_replicas_after_max_age() {
+    let mut sim = Sim::new(with(|p| p.fallback = last_known(0, 2, 60)), 4);
+    let got = reasons(&mut sim, &[(0, Some(20)), (30, None), (60, None), (70, None)]);
+    assert_eq!(got, [(4, Reason::Unchanged), (4, Reason::LastKnown), (4, Reason::LastKnown), (2, Reason::Fallback)]);
+}
+
+/// Only a `lastKnown` rule keeps readings: ten thousand others carry nothing.
+#[test]
+fn only_last_known_keeps_readings() {
+    let mut sim = Sim::new(policy(), 1);
+    let _ = sim.poll(0, Some(5));
+    assert!(sim.state.last_good.is_empty());
+    let mut sim = Sim::new(with(|p| p.fallback = last_known(0, 1, 60)), 1);
+    let _ = sim.poll(0, Some(5));
+    assert_eq!(sim.state.last_good, [Some(Reading { at: Time(0), counts: visible(5).unwrap() })]);
+}
+
+proptest! {
+    /// A rule at zero stays there until `activation_polls` consecutive active polls
+    /// (with a min above zero it never rests at zero: KEDA raises it to min at once).
+    #[test]
+    fn debounce_never_leaves_zero_early(p in arb_policy(), n in 1u32..5, polls in arb_polls()) {
+        let mut p = p;
+        p.min = 0;
+        p.activation_polls = n;
+        let mut sim = Sim::new(p.clone(), 0);
+        let mut streak = 0;
+        for (i, q) in polls.into_iter().enumerate() {
+            let before = sim.replicas;
+            let active = q.is_some_and(|q| i128::from(q) > i128::from(p.triggers[0].activation_queue_length));
+            streak = if active { streak + 1 } else { 0 };
+            let after = sim.poll(i as i64 * 10, q).replicas();
+            if before == 0 && after > 0 {
+                prop_assert!(streak >= n, "left zero after {streak} active polls, activation_polls {n}");
+                streak = 0;
+            }
+        }
+    }
+
+    /// With `lastKnown`, no failed poll scales in, before or after `max_age`.
+    #[test]
+    fn last_known_never_scales_in_on_a_failed_poll(
+        p in arb_policy(),
+        polls in arb_polls(),
+        start in 0u32..40,
+        threshold in 0u32..3,
+        max_age in 0u64..200,
+    ) {
+        let mut p = p;
+        // replicas at the top: after max_age the static replicas must not scale in either.
+        p.fallback = last_known(threshold, p.max, max_age);
+        let start = start.clamp(p.min, p.max);
+        let mut sim = Sim::new(p, start);
+        for (i, q) in polls.into_iter().enumerate() {
+            let before = sim.replicas;
+            let d = sim.poll(i as i64 * 10, q);
+            if q.is_none() {
+                prop_assert!(d.replicas() >= before, "failed poll scaled {before} -> {} ({})", d.replicas(), d.reason);
+            }
         }
     }
 }

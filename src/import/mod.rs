@@ -514,6 +514,7 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         max_replica_count: max,
         idle_replica_count: idle,
         paused: paused.then_some(true),
+        activation_polls: None,
         fallback,
         behavior,
         trigger: Some(triggers),
@@ -572,7 +573,7 @@ fn convert_fallback(spec: &Value, notes: &mut Vec<String>, problems: &mut Vec<St
         }
         other => other.map(str::to_owned),
     };
-    Some(RawFallback { failure_threshold, replicas, behavior })
+    Some(RawFallback { failure_threshold, replicas, behavior, max_age: None })
 }
 
 fn convert_behavior(b: &Value, problems: &mut Vec<String>) -> RawBehavior {

@@ -85,6 +85,41 @@ fn failed_polls_show_as_poll_failed_and_hold() {
     assert_eq!((last.replicas, last.reason, last.backlog), (5, Reason::PollFailed, None));
 }
 
+/// The demo rule debounced (`activation_polls = 3`) and with a `lastKnown` fallback:
+/// the timeline shows `activation_pending`, then decisions on the last good reading
+/// while the queue fails, then the fallback once it is too old.
+#[test]
+fn debounce_and_last_known_in_the_timeline() {
+    let toml = include_str!("../../config/demo.toml").replace(
+        "max_replica_count = 5",
+        "max_replica_count = 10\nactivation_polls = 3\n\
+         fallback = { failure_threshold = 0, replicas = 2, behavior = \"lastKnown\", max_age = 30 }",
+    );
+    let config = crate::config::from_str(&toml).unwrap();
+    let trace = Trace::parse(
+        "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,50,0,0\n35,keda-demo-queue,error,,\n".as_bytes(),
+    )
+    .unwrap();
+    let rows = run(&[&config.rules[0]], &trace, &Options { until: Some(Time(90_000)), initial_replicas: None }).unwrap();
+    let got: Vec<_> = rows.iter().map(|r| (r.replicas, r.reason.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (0, "activation_pending"),
+            (0, "activation_pending"),
+            (1, "activated"),
+            (4, "rate_limited"),
+            (8, "last_known"),
+            (10, "last_known"),
+            (10, "last_known"),
+            // The fallback asks for 2; the HPA's 300 s scale-down window holds 10.
+            (10, "fallback"),
+            (10, "fallback"),
+            (10, "fallback"),
+        ]
+    );
+}
+
 #[test]
 fn chart_is_an_svg_with_axes_and_legend() {
     let config = demo_rule();
