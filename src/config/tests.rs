@@ -191,7 +191,12 @@ fn activation_polls_defaults_to_keda_and_is_checked() {
     assert!(c.resolved_toml().contains("activation_polls = 3"), "{}", c.resolved_toml());
     for bad in ["0", "-1", "1001"] {
         let p = problems(&one_rule(&format!("activation_polls = {bad}"), ""));
-        assert_eq!(p, [format!("rule \"orders\": activation_polls ({bad}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)")]);
+        assert_eq!(
+            p,
+            [format!(
+                "rule \"orders\": activation_polls ({bad}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)"
+            )]
+        );
     }
 }
 
@@ -220,7 +225,10 @@ fn last_known_fallback_needs_a_max_age_and_only_it_takes_one() {
     ));
     assert_eq!(p, ["rule \"orders\": fallback.max_age must be more than 0s"]);
     let p = problems(&one_rule("fallback = { failure_threshold = 3, replicas = 2, max_age = \"1m\" }", ""));
-    assert_eq!(p, ["rule \"orders\": fallback.max_age applies only to behavior = \"lastKnown\" (behavior is \"static\")"]);
+    assert_eq!(
+        p,
+        ["rule \"orders\": fallback.max_age applies only to behavior = \"lastKnown\" (behavior is \"static\")"]
+    );
 }
 
 #[test]

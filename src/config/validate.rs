@@ -416,7 +416,12 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
     let activation_polls = match rule.activation_polls.or(d.activation_polls).unwrap_or(1) {
         n @ 1..=1000 => n as u32,
         n => {
-            p.add(at, format!("activation_polls ({n}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)"));
+            p.add(
+                at,
+                format!(
+                    "activation_polls ({n}) must be between 1 and 1000 (1 activates on the first active poll, as KEDA)"
+                ),
+            );
             1
         }
     };

@@ -107,7 +107,9 @@ pub enum FallbackBehavior {
     /// sqscale's own (kedacore/keda#965): past the threshold a failed trigger decides on
     /// its last successful reading while that reading is at most `max_age` old (never
     /// scaling in on it), then on `replicas` as `Static` does.
-    LastKnown { max_age: Duration },
+    LastKnown {
+        max_age: Duration,
+    },
 }
 
 impl Fallback {
@@ -430,11 +432,8 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     let stale = triggers.iter().any(|t| t.stale);
     let unsure = is_error || stale;
     decision.active = is_active;
-    decision.backlog = triggers
-        .iter()
-        .filter(|t| !t.failed && !t.fallback && !t.stale)
-        .map(|t| t.backlog)
-        .reduce(u64::saturating_add);
+    decision.backlog =
+        triggers.iter().filter(|t| !t.failed && !t.fallback && !t.stale).map(|t| t.backlog).reduce(u64::saturating_add);
 
     // 3. Phase K. Activation waits for `activation_polls` consecutive active polls; any
     // other poll starts the count again.

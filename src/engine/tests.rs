@@ -932,7 +932,8 @@ fn debounce_activates_on_the_nth_consecutive_active_poll() {
 #[test]
 fn debounce_a_quiet_or_failed_poll_starts_the_count_again() {
     let mut sim = Sim::new(with(|p| p.activation_polls = 2), 0);
-    let got = reasons(&mut sim, &[(0, Some(3)), (10, Some(0)), (20, Some(3)), (30, None), (40, Some(3)), (50, Some(3))]);
+    let got =
+        reasons(&mut sim, &[(0, Some(3)), (10, Some(0)), (20, Some(3)), (30, None), (40, Some(3)), (50, Some(3))]);
     assert_eq!(
         got,
         [
@@ -989,10 +990,7 @@ fn last_known_decides_on_the_last_good_reading() {
         );
         reasons(&mut sim, &[(0, Some(50)), (10, None), (20, None)])
     };
-    assert_eq!(
-        run(last_known(0, 2, 60)),
-        [(8, Reason::RateLimited), (10, Reason::LastKnown), (10, Reason::LastKnown)]
-    );
+    assert_eq!(run(last_known(0, 2, 60)), [(8, Reason::RateLimited), (10, Reason::LastKnown), (10, Reason::LastKnown)]);
     let static_two = Some(Fallback { failure_threshold: 0, replicas: 2, behavior: FallbackBehavior::Static });
     assert_eq!(run(static_two), [(8, Reason::RateLimited), (2, Reason::Fallback), (2, Reason::Fallback)]);
 }
@@ -1002,7 +1000,10 @@ fn last_known_decides_on_the_last_good_reading() {
 fn last_known_waits_for_the_failure_threshold() {
     let mut sim = Sim::new(with(|p| p.fallback = last_known(2, 1, 600)), 2);
     let got = reasons(&mut sim, &[(0, Some(40)), (10, None), (20, None), (30, None)]);
-    assert_eq!(got, [(4, Reason::RateLimited), (4, Reason::PollFailed), (4, Reason::PollFailed), (8, Reason::LastKnown)]);
+    assert_eq!(
+        got,
+        [(4, Reason::RateLimited), (4, Reason::PollFailed), (4, Reason::PollFailed), (8, Reason::LastKnown)]
+    );
 }
 
 /// A reading older than this poll never scales in: not through the HPA (its desired
@@ -1017,7 +1018,10 @@ fn last_known_never_scales_in() {
         10,
     );
     let got = reasons(&mut sim, &[(0, Some(50)), (10, Some(5)), (20, None), (400, None)]);
-    assert_eq!(got, [(10, Reason::Unchanged), (10, Reason::Stabilized), (10, Reason::LastKnown), (10, Reason::LastKnown)]);
+    assert_eq!(
+        got,
+        [(10, Reason::Unchanged), (10, Reason::Stabilized), (10, Reason::LastKnown), (10, Reason::LastKnown)]
+    );
 
     // Inactive when last read, cooldown long past: still held.
     let mut sim = Sim::new(

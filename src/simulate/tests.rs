@@ -100,7 +100,8 @@ fn debounce_and_last_known_in_the_timeline() {
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,50,0,0\n35,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
-    let rows = run(&[&config.rules[0]], &trace, &Options { until: Some(Time(90_000)), initial_replicas: None }).unwrap();
+    let rows =
+        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(90_000)), initial_replicas: None }).unwrap();
     let got: Vec<_> = rows.iter().map(|r| (r.replicas, r.reason.as_str())).collect();
     assert_eq!(
         got,

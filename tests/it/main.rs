@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod fake_kube;
 mod faults;
+mod fleet;
 mod fuzz;
 mod leader;
 mod process;
