@@ -179,7 +179,7 @@ pub enum JobStatus {
 /// One snapshot of a job rule's Jobs: one serves the whole poll, so the counts never
 /// disagree within it (spec §10.5g).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cluster<'a> {
+pub struct Snapshot<'a> {
     /// The Jobs labelled `sqscale.io/job=<name>` in the cache, any template.
     pub jobs: Vec<JobView<'a>>,
     /// Jobs sqscale created that the cache has not shown yet: counted as unfinished and
@@ -190,7 +190,7 @@ pub struct Cluster<'a> {
 
 /// The counts a poll decides on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
+pub struct JobCounts {
     /// Unfinished Jobs, pending included, plus the created ones not yet seen.
     pub unfinished: u32,
     /// Of those, the pending ones, plus the created ones not yet seen (`P ⊆ U`).
@@ -199,14 +199,14 @@ pub struct Counts {
     pub finishing: u32,
 }
 
-impl Counts {
+impl JobCounts {
     /// KEDA's `U` ("running"), with the grace: `unfinished + finishing`.
     pub fn counted(&self) -> u32 {
         self.unfinished.saturating_add(self.finishing)
     }
 }
 
-/// Counts `cluster` at `now` (spec §4 step 3, §10.1).
+/// Counts the Jobs of `snapshot` at `now` (spec §4 step 3, §10.1).
 ///
 /// A Complete Job younger than `finished_job_grace` still counts in `U`, not in `P`:
 /// SQS's approximate counts may still hold the message it deleted for a minute or more
@@ -214,9 +214,9 @@ impl Counts {
 /// count: their messages return to the queue after the visibility timeout, and a new Job
 /// should take them. A Complete Job with no completion time cannot be aged, so it counts
 /// as KEDA counts it: finished.
-pub fn count(policy: &JobPolicy, cluster: &Cluster<'_>, now: Time) -> Counts {
-    let mut c = Counts { unfinished: cluster.created_unseen, pending: cluster.created_unseen, finishing: 0 };
-    for job in &cluster.jobs {
+pub fn count(policy: &JobPolicy, snapshot: &Snapshot<'_>, now: Time) -> JobCounts {
+    let mut c = JobCounts { unfinished: snapshot.created_unseen, pending: snapshot.created_unseen, finishing: 0 };
+    for job in &snapshot.jobs {
         match job.status {
             JobStatus::Unfinished { pending } => {
                 c.unfinished = c.unfinished.saturating_add(1);
@@ -296,14 +296,14 @@ pub struct JobDecision {
     /// Sum of the backlogs read; `None` if every trigger failed or the rule is paused.
     pub backlog: Option<u64>,
     /// What the poll counted; `None` when the counts were untrusted or the rule paused.
-    pub counts: Option<Counts>,
+    pub counts: Option<JobCounts>,
 }
 
 /// KEDA's per-poll decision for a job rule (spec §3, §4, §5).
 ///
 /// `backlogs` holds one reading per trigger, in rule order: the backlog `Q` (visible,
 /// plus in flight and delayed as the trigger counts them), or `None` if the read
-/// failed. `cluster` is `None` while the Job counts cannot be trusted.
+/// failed. `snapshot` is `None` while the Job counts cannot be trusted.
 ///
 /// 1. Paused: nothing (V21).
 /// 2. The triggers give `isActive`, `scaleTo` and `maxScale` (§3); `min_e > 0` makes the
@@ -320,7 +320,7 @@ pub struct JobDecision {
 /// 6. Inactive: nothing (V13, V17).
 /// 7. The strategy's `(E, scaleTo')` on `r = U - min_e`, `P`, `M` (§5); `E < 0` is 0;
 ///    `n = min(scaleTo', E)`.
-pub fn decide(policy: &JobPolicy, backlogs: &[Option<u64>], cluster: Option<&Cluster<'_>>, now: Time) -> JobDecision {
+pub fn decide(policy: &JobPolicy, backlogs: &[Option<u64>], snapshot: Option<&Snapshot<'_>>, now: Time) -> JobDecision {
     let mut d = JobDecision {
         create: 0,
         reason: JobReason::Paused,
@@ -340,11 +340,11 @@ pub fn decide(policy: &JobPolicy, backlogs: &[Option<u64>], cluster: Option<&Clu
     d.max_scale = scale.max_scale;
     d.backlog = scale.backlog;
 
-    let Some(cluster) = cluster else {
+    let Some(snapshot) = snapshot else {
         d.reason = JobReason::CountsUntrusted;
         return d;
     };
-    let counts = count(policy, cluster, now);
+    let counts = count(policy, snapshot, now);
     d.counts = Some(counts);
     let u = i64::from(counts.counted());
     let min_e = i64::from(policy.effective_min());
@@ -474,17 +474,18 @@ fn select(how: MultipleScalersCalculation, readings: &[(bool, f64, f64)], cap: f
 ///   Failed Jobs by their `Failed` condition's time, then creation time, then name. A
 ///   Job with no time sorts as the oldest: nothing shows it is recent.
 /// - A Complete Job within `finished_job_grace` is kept even beyond the limit: it still
-///   counts as unfinished ([`count`]), and deleting it would end the grace it exists
-///   for. It goes at the first poll after its grace. With a grace of 0 this is KEDA.
+///   counts in `U` ([`count`]), and deleting it would end the grace it exists for.
+///   It goes at the first poll after its grace. With a grace of 0 this is KEDA.
 ///
-/// Paused rules delete nothing (§8).
-pub fn cleanup<'a>(policy: &JobPolicy, cluster: &Cluster<'a>, now: Time) -> Vec<&'a str> {
+/// Paused rules delete nothing (§8). Call it only with a snapshot the poll trusts: while
+/// the counts cannot be trusted, nothing is deleted either (§10.5a).
+pub fn cleanup<'a>(policy: &JobPolicy, snapshot: &Snapshot<'a>, now: Time) -> Vec<&'a str> {
     if policy.paused {
         return Vec::new();
     }
-    let mut complete: Vec<&JobView<'a>> = cluster.jobs.iter().filter(|j| j.status == JobStatus::Complete).collect();
+    let mut complete: Vec<&JobView<'a>> = snapshot.jobs.iter().filter(|j| j.status == JobStatus::Complete).collect();
     complete.sort_by(|a, b| (a.finished_at, a.name).cmp(&(b.finished_at, b.name)));
-    let mut failed: Vec<&JobView<'a>> = cluster.jobs.iter().filter(|j| j.status == JobStatus::Failed).collect();
+    let mut failed: Vec<&JobView<'a>> = snapshot.jobs.iter().filter(|j| j.status == JobStatus::Failed).collect();
     failed.sort_by(|a, b| (a.finished_at, a.created_at, a.name).cmp(&(b.finished_at, b.created_at, b.name)));
 
     let excess =

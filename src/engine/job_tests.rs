@@ -33,7 +33,7 @@ fn with(f: impl FnOnce(&mut JobPolicy)) -> JobPolicy {
 }
 
 /// `u` unfinished Jobs, the first `p` of them pending.
-fn unfinished(u: u32, p: u32) -> Cluster<'static> {
+fn unfinished(u: u32, p: u32) -> Snapshot<'static> {
     let jobs = (0..u)
         .map(|i| JobView {
             name: "",
@@ -42,7 +42,7 @@ fn unfinished(u: u32, p: u32) -> Cluster<'static> {
             created_at: None,
         })
         .collect();
-    Cluster { jobs, created_unseen: 0 }
+    Snapshot { jobs, created_unseen: 0 }
 }
 
 /// One poll at t = 0 with `u` unfinished Jobs of which `p` pending.
@@ -216,8 +216,8 @@ fn v21_paused_creates_and_deletes_nothing() {
     let p = with(|p| (p.paused, p.successful_jobs_history_limit) = (true, 0));
     let d = poll(&p, &[Some(9)], 0, 0);
     assert_eq!((d.create, d.reason), (0, JobReason::Paused));
-    let cluster = Cluster { jobs: vec![done("old", JobStatus::Complete, Some(1))], created_unseen: 0 };
-    assert!(cleanup(&p, &cluster, Time::from_secs(100)).is_empty());
+    let snapshot = Snapshot { jobs: vec![done("old", JobStatus::Complete, Some(1))], created_unseen: 0 };
+    assert!(cleanup(&p, &snapshot, Time::from_secs(100)).is_empty());
 }
 
 // === KEDA's own cases ===
@@ -310,8 +310,8 @@ fn cleanup_as_keda_mixed_case_sorted_by_time() {
             created_at: None,
         },
     ];
-    let cluster = Cluster { jobs, created_unseen: 0 };
-    assert_eq!(cleanup(&p, &cluster, Time::from_secs(86_400)), ["ok-1535", "ok-1536", "failed-1536"]);
+    let snapshot = Snapshot { jobs, created_unseen: 0 };
+    assert_eq!(cleanup(&p, &snapshot, Time::from_secs(86_400)), ["ok-1535", "ok-1536", "failed-1536"]);
 }
 
 // === sqscale's decisions ===
@@ -320,26 +320,26 @@ fn cleanup_as_keda_mixed_case_sorted_by_time() {
 /// SQS still counts the message. KEDA (grace 0) creates a duplicate; a grace does not.
 #[test]
 fn finished_job_grace_counts_a_just_completed_job() {
-    let cluster = Cluster { jobs: vec![done("a", JobStatus::Complete, Some(100))], created_unseen: 0 };
+    let snapshot = Snapshot { jobs: vec![done("a", JobStatus::Complete, Some(100))], created_unseen: 0 };
     let now = Time::from_secs(130);
-    assert_eq!(decide(&policy(), &[Some(1)], Some(&cluster), now).create, 1, "KEDA's duplicate");
+    assert_eq!(decide(&policy(), &[Some(1)], Some(&snapshot), now).create, 1, "KEDA's duplicate");
     let p = with(|p| p.finished_job_grace = Duration::from_secs(60));
-    let d = decide(&p, &[Some(1)], Some(&cluster), now);
+    let d = decide(&p, &[Some(1)], Some(&snapshot), now);
     assert_eq!((d.create, d.reason), (0, JobReason::JobsExist));
-    assert_eq!(d.counts, Some(Counts { unfinished: 0, pending: 0, finishing: 1 }));
+    assert_eq!(d.counts, Some(JobCounts { unfinished: 0, pending: 0, finishing: 1 }));
     // Once the grace has passed it no longer counts.
-    assert_eq!(decide(&p, &[Some(1)], Some(&cluster), Time::from_secs(160)).create, 1);
+    assert_eq!(decide(&p, &[Some(1)], Some(&snapshot), Time::from_secs(160)).create, 1);
 }
 
 #[test]
 fn finished_job_grace_ignores_failed_jobs_and_jobs_without_a_time() {
     let p = with(|p| p.finished_job_grace = Duration::from_secs(60));
-    let cluster = Cluster {
+    let snapshot = Snapshot {
         jobs: vec![done("failed", JobStatus::Failed, Some(100)), done("untimed", JobStatus::Complete, None)],
         created_unseen: 0,
     };
-    let d = decide(&p, &[Some(2)], Some(&cluster), Time::from_secs(110));
-    assert_eq!(d.counts, Some(Counts::default()));
+    let d = decide(&p, &[Some(2)], Some(&snapshot), Time::from_secs(110));
+    assert_eq!(d.counts, Some(JobCounts::default()));
     assert_eq!(d.create, 2);
 }
 
@@ -347,13 +347,13 @@ fn finished_job_grace_ignores_failed_jobs_and_jobs_without_a_time() {
 /// unfinished and pending, so the next poll does not create it again.
 #[test]
 fn created_but_unseen_jobs_count_as_unfinished_and_pending() {
-    let mut cluster = unfinished(0, 0);
-    assert_eq!(decide(&policy(), &[Some(3)], Some(&cluster), Time(0)).create, 3);
-    cluster.created_unseen = 3;
-    let d = decide(&policy(), &[Some(3)], Some(&cluster), Time(0));
-    assert_eq!((d.create, d.counts), (0, Some(Counts { unfinished: 3, pending: 3, finishing: 0 })));
+    let mut snapshot = unfinished(0, 0);
+    assert_eq!(decide(&policy(), &[Some(3)], Some(&snapshot), Time(0)).create, 3);
+    snapshot.created_unseen = 3;
+    let d = decide(&policy(), &[Some(3)], Some(&snapshot), Time(0));
+    assert_eq!((d.create, d.counts), (0, Some(JobCounts { unfinished: 3, pending: 3, finishing: 0 })));
     // accurate deducts them as pending: 6 visible messages, 3 of them theirs.
-    let d = decide(&with(|p| p.strategy = ScalingStrategy::Accurate), &[Some(6)], Some(&cluster), Time(0));
+    let d = decide(&with(|p| p.strategy = ScalingStrategy::Accurate), &[Some(6)], Some(&snapshot), Time(0));
     assert_eq!(d.create, 3);
 }
 
@@ -392,7 +392,7 @@ fn reasons() {
             scale_to: 30,
             max_scale: 10,
             backlog: Some(30),
-            counts: Some(Counts { unfinished: 4, pending: 0, finishing: 0 }),
+            counts: Some(JobCounts { unfinished: 4, pending: 0, finishing: 0 }),
         }
     );
     let tokens: Vec<&str> = [
@@ -422,7 +422,7 @@ fn cleanup_order_is_deterministic() {
         finished_at: at.map(Time::from_secs),
         created_at: Some(Time::from_secs(created)),
     };
-    let cluster = Cluster {
+    let snapshot = Snapshot {
         jobs: vec![
             done("ok-b", JobStatus::Complete, Some(5)),
             done("ok-a", JobStatus::Complete, Some(5)),
@@ -435,7 +435,7 @@ fn cleanup_order_is_deterministic() {
         created_unseen: 0,
     };
     assert_eq!(
-        cleanup(&p, &cluster, Time::from_secs(100)),
+        cleanup(&p, &snapshot, Time::from_secs(100)),
         ["ok-a", "ok-b", "f-untimed", "f-early-created", "f-late-created"]
     );
 }
@@ -445,13 +445,16 @@ fn cleanup_order_is_deterministic() {
 #[test]
 fn cleanup_keeps_complete_jobs_within_the_grace() {
     let p = with(|p| (p.successful_jobs_history_limit, p.finished_job_grace) = (0, Duration::from_secs(60)));
-    let cluster = Cluster {
+    let snapshot = Snapshot {
         jobs: vec![done("old", JobStatus::Complete, Some(10)), done("new", JobStatus::Complete, Some(100))],
         created_unseen: 0,
     };
-    assert_eq!(cleanup(&p, &cluster, Time::from_secs(120)), ["old"]);
-    assert_eq!(cleanup(&p, &cluster, Time::from_secs(160)), ["old", "new"]);
-    assert_eq!(cleanup(&with(|p| p.successful_jobs_history_limit = 0), &cluster, Time::from_secs(120)), ["old", "new"]);
+    assert_eq!(cleanup(&p, &snapshot, Time::from_secs(120)), ["old"]);
+    assert_eq!(cleanup(&p, &snapshot, Time::from_secs(160)), ["old", "new"]);
+    assert_eq!(
+        cleanup(&with(|p| p.successful_jobs_history_limit = 0), &snapshot, Time::from_secs(120)),
+        ["old", "new"]
+    );
 }
 
 // === properties ===
@@ -497,8 +500,8 @@ fn arb_counts() -> impl Strategy<Value = (u32, u32, u32)> {
     (0u32..140, 0u32..=100, 0u32..5).prop_map(|(u, pct, unseen)| (u, u * pct / 100, unseen))
 }
 
-fn cluster_of((u, p, unseen): (u32, u32, u32)) -> Cluster<'static> {
-    Cluster { created_unseen: unseen, ..unfinished(u, p) }
+fn snapshot_of((u, p, unseen): (u32, u32, u32)) -> Snapshot<'static> {
+    Snapshot { created_unseen: unseen, ..unfinished(u, p) }
 }
 
 fn arb_backlogs(n: usize) -> impl Strategy<Value = Vec<Option<u64>>> {
@@ -517,8 +520,8 @@ proptest! {
         (p, backlogs) in arb_policy(1..=3).prop_flat_map(|p| { let n = p.triggers.len(); (Just(p), arb_backlogs(n)) }),
         counts in arb_counts(),
     ) {
-        let cluster = cluster_of(counts);
-        let d = decide(&p, &backlogs, Some(&cluster), Time(0));
+        let snapshot = snapshot_of(counts);
+        let d = decide(&p, &backlogs, Some(&snapshot), Time(0));
         let u = d.counts.unwrap().counted();
         match p.strategy {
             ScalingStrategy::Custom { .. } => {
@@ -536,7 +539,7 @@ proptest! {
     ) {
         prop_assert_eq!(decide(&p, &backlogs, None, Time(0)).create, 0);
         if backlogs.iter().any(Option::is_none) {
-            let d = decide(&p, &backlogs, Some(&cluster_of(counts)), Time(0));
+            let d = decide(&p, &backlogs, Some(&snapshot_of(counts)), Time(0));
             // Only the top-up to min, which never reads the queue (V18).
             let u = d.counts.unwrap().counted();
             prop_assert!(d.create == 0 || (d.reason == JobReason::MinTopUp && u + d.create == p.effective_min()), "{d:?}");
@@ -547,9 +550,9 @@ proptest! {
     fn more_backlog_never_creates_fewer_jobs(
         p in arb_policy(1..=1), counts in arb_counts(), q in 0u64..400, more in 0u64..400,
     ) {
-        let cluster = cluster_of(counts);
-        let fewer = decide(&p, &[Some(q)], Some(&cluster), Time(0)).create;
-        let d = decide(&p, &[Some(q + more)], Some(&cluster), Time(0));
+        let snapshot = snapshot_of(counts);
+        let fewer = decide(&p, &[Some(q)], Some(&snapshot), Time(0)).create;
+        let d = decide(&p, &[Some(q + more)], Some(&snapshot), Time(0));
         prop_assert!(d.create >= fewer, "{q} -> {fewer}, {} -> {}", q + more, d.create);
     }
 
@@ -562,11 +565,11 @@ proptest! {
         counts in arb_counts(), more in 0u64..400,
     ) {
         let p = JobPolicy { multiple_scalers_calculation: MultipleScalersCalculation::Sum, ..p };
-        let cluster = cluster_of(counts);
+        let snapshot = snapshot_of(counts);
         let mut readings: Vec<Option<u64>> = backlogs.into_iter().map(Some).collect();
-        let fewer = decide(&p, &readings, Some(&cluster), Time(0)).create;
+        let fewer = decide(&p, &readings, Some(&snapshot), Time(0)).create;
         readings[i] = readings[i].map(|q| q + more);
-        prop_assert!(decide(&p, &readings, Some(&cluster), Time(0)).create >= fewer);
+        prop_assert!(decide(&p, &readings, Some(&snapshot), Time(0)).create >= fewer);
     }
 
     #[test]
@@ -586,8 +589,8 @@ proptest! {
             p.finished_job_grace = Duration::from_secs(grace);
         });
         let now = Time::from_secs(now);
-        let cluster = Cluster { jobs: views.clone(), created_unseen: 0 };
-        let deleted = cleanup(&p, &cluster, now);
+        let snapshot = Snapshot { jobs: views.clone(), created_unseen: 0 };
+        let deleted = cleanup(&p, &snapshot, now);
         let of = |status: JobStatus| views.iter().filter(move |j| j.status == status);
         for (status, limit) in [(JobStatus::Complete, ok_limit), (JobStatus::Failed, failed_limit)] {
             // sqscale's order (§4.1): Complete Jobs by time then name, Failed Jobs by time,
