@@ -7,6 +7,7 @@
 //! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
 
 pub mod hpa;
+pub mod job;
 
 use std::time::Duration;
 
