@@ -31,6 +31,7 @@ fn policy(behavior: bool) -> Policy {
             scale_on_in_flight: true,
             scale_on_delayed: false,
         }],
+        schedules: Box::default(),
     }
 }
 

@@ -110,6 +110,10 @@ enum Command {
         /// Also draw backlog and replicas over time as an SVG chart.
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
+        /// The calendar time of the trace's time 0, for schedules (RFC 3339, e.g.
+        /// 2026-03-08T00:00:00Z).
+        #[arg(long, value_name = "RFC3339", default_value = "1970-01-01T00:00:00Z", value_parser = parse_start)]
+        start: crate::engine::Time,
     },
     /// Turn KEDA ScaledObjects (from files, or listed from the cluster) into a rule file.
     ImportKeda(crate::import::command::Args),
@@ -125,8 +129,10 @@ pub fn main() -> ExitCode {
         Command::Check { config, remote, kubeconfig } => check(&config.config, remote, kubeconfig),
         Command::Status { server, config } => status(server, &config.config),
         Command::Health { server, config } => health(server, &config.config),
-        Command::Simulate { config, trace, rule, until, initial_replicas, chart } => {
-            simulate(&config.config, &trace, rule.as_deref(), until, initial_replicas, chart.as_deref())
+        Command::Simulate { config, trace, rule, until, initial_replicas, chart, start } => {
+            let options =
+                SimulateArgs { rule: rule.as_deref(), until, initial_replicas, chart: chart.as_deref(), start };
+            simulate(&config.config, &trace, options)
         }
         Command::ImportKeda(args) => crate::import::command::main(args),
     }
@@ -202,14 +208,24 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
     failed
 }
 
-fn simulate(
-    path: &Path,
-    trace_path: &Path,
-    rule: Option<&str>,
+/// `--start`: an RFC 3339 time with its offset, as Unix milliseconds.
+fn parse_start(s: &str) -> Result<crate::engine::Time, String> {
+    let t: jiff::Timestamp =
+        s.parse().map_err(|e| format!("{e}; give an RFC 3339 time such as 2026-03-08T00:00:00Z"))?;
+    Ok(crate::engine::Time(t.as_millisecond()))
+}
+
+/// The options of `sqscale simulate` beside the rule file and the trace.
+struct SimulateArgs<'a> {
+    rule: Option<&'a str>,
     until: Option<f64>,
     initial_replicas: Option<u32>,
-    chart: Option<&Path>,
-) -> ExitCode {
+    chart: Option<&'a Path>,
+    start: crate::engine::Time,
+}
+
+fn simulate(path: &Path, trace_path: &Path, args: SimulateArgs<'_>) -> ExitCode {
+    let SimulateArgs { rule, until, initial_replicas, chart, start } = args;
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -243,8 +259,11 @@ fn simulate(
             return ExitCode::from(EX_DATAERR);
         }
     };
-    let options =
-        simulate::Options { until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)), initial_replicas };
+    let options = simulate::Options {
+        until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)),
+        initial_replicas,
+        start,
+    };
     let rows = match simulate::run(&rules, &trace, &options) {
         Ok(rows) => rows,
         Err(e) => {

@@ -469,6 +469,20 @@ impl Config {
                             })
                             .collect(),
                     ),
+                    schedule: (!r.policy.schedules.is_empty()).then(|| {
+                        r.policy
+                            .schedules
+                            .iter()
+                            .map(|s| RawSchedule {
+                                cron: Some(s.pattern.clone()),
+                                timezone: Some(s.timezone.clone()),
+                                duration: secs(s.duration),
+                                min_replica_count: s.min.map(i64::from),
+                                max_replica_count: s.max.map(i64::from),
+                                paused: s.paused.then_some(true),
+                            })
+                            .collect()
+                    }),
                 })
                 .collect(),
         };

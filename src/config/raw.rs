@@ -115,6 +115,27 @@ pub struct RawRule {
     pub behavior: Option<RawBehavior>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trigger: Option<Vec<RawTrigger>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<RawSchedule>>,
+}
+
+/// `[[rule.schedule]]`: a window that opens at each match of `cron` in `timezone` and
+/// stays open for `duration`, with the values that apply while it is open.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [[rule.schedule]] table")]
+pub struct RawSchedule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -1,6 +1,8 @@
 //! Raw rule file -> [`Config`]: KEDA's defaults and KEDA's validation, every problem
 //! collected with the rule and key it belongs to.
 
+mod schedule;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -457,6 +459,9 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         }
     }
 
+    let raw_schedules = rule.schedule.as_deref().or(d.schedule.as_deref()).unwrap_or_default();
+    let schedules = schedule::validate(p, at, raw_schedules, min, max);
+
     if p.0.len() > before {
         return None;
     }
@@ -478,6 +483,7 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             tolerances,
             activation_polls,
             triggers,
+            schedules,
         },
         triggers: sources,
     })

@@ -172,6 +172,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
                 scale_on_delayed: false,
             })
             .collect(),
+        schedules: Box::default(),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod hpa;
 pub mod job;
+pub mod schedule;
 
 use std::time::Duration;
 
@@ -63,6 +64,9 @@ pub struct Policy {
     pub activation_polls: u32,
     /// One entry per trigger, in rule order; observations use the same order.
     pub triggers: Vec<TriggerPolicy>,
+    /// `[[rule.schedule]]`: windows whose values apply over `min`, `max` and `paused`
+    /// while they are open (see [`schedule`]). Boxed: most rules have none.
+    pub schedules: Box<[schedule::Schedule]>,
 }
 
 /// The per-trigger numbers of an `aws-sqs-queue` trigger.
@@ -300,6 +304,9 @@ pub enum Reason {
     LastKnown,
     /// Active, but fewer consecutive active polls than `activation_polls` so far.
     ActivationPending,
+    /// An open schedule window's value decided: its min raised the floor (or held the
+    /// target there), its max capped it, or it paused the rule.
+    Scheduled,
     /// A trigger failed: nothing scales in, nothing changes until the fallback threshold.
     PollFailed,
     Paused,
@@ -327,6 +334,7 @@ impl Reason {
             Reason::Fallback => "fallback",
             Reason::LastKnown => "last_known",
             Reason::ActivationPending => "activation_pending",
+            Reason::Scheduled => "scheduled",
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
@@ -360,6 +368,8 @@ pub struct Decision {
     /// What the queues ask for: the largest `ceil(backlog / queue_length)` over the
     /// triggers (after the tolerance), before stabilization, limits and clamps.
     pub proposal: Option<u32>,
+    /// The schedule windows open at this poll and what they imposed, if any is open.
+    pub schedule: Option<schedule::Override>,
 }
 
 impl Decision {
@@ -391,6 +401,8 @@ impl Decision {
 pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (State, Decision) {
     let mut next = state.clone();
     let r = obs.replicas;
+    let scheduled = schedule::in_force(&policy.schedules, now);
+    let b = Bounds::of(policy, scheduled.as_ref());
     let mut decision = Decision {
         current: r,
         phase: Phase::Keda,
@@ -399,10 +411,13 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         active: false,
         backlog: None,
         proposal: None,
+        schedule: scheduled,
     };
 
-    // 1. Pause. KEDA deletes the HPA while paused, so unpausing starts a fresh one.
-    if obs.pause != Pause::No {
+    // 1. Pause. KEDA deletes the HPA while paused, so unpausing starts a fresh one. The
+    // rule's own pause and the target's annotations come first: a window's pause only
+    // adds one.
+    if obs.pause != Pause::No || b.paused {
         next.reset_hpa();
         decision.phase = Phase::Pause;
         match obs.pause {
@@ -410,6 +425,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
                 decision.reason = Reason::PausedReplicas;
                 decision.write = (n != r).then_some(n);
             }
+            Pause::No => decision.reason = Reason::Scheduled,
             _ => decision.reason = Reason::Paused,
         }
         return (next, decision);
@@ -438,35 +454,40 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
 
     // 3. Phase K. Activation waits for `activation_polls` consecutive active polls; any
     // other poll starts the count again.
-    let activating = is_active && ((policy.idle.is_some() && r < policy.min) || r == 0);
+    let activating = is_active && ((b.idle.is_some() && r < b.min) || r == 0);
     next.active_polls = if activating { next.active_polls.saturating_add(1) } else { 0 };
     let mut cooling_down = false;
+    // A window's floor is the calendar's, not the queues': it holds on failed polls and
+    // does not wait for the debounce.
+    let below_scheduled_floor = b.min_scheduled && r < b.min;
     let keda = if is_active {
-        if activating && next.active_polls < policy.activation_polls {
+        if activating && next.active_polls < policy.activation_polls && !below_scheduled_floor {
             decision.reason = Reason::ActivationPending;
             decision.proposal = proposal(&triggers);
             return (next, decision);
         } else if activating {
             next.active_polls = 0;
-            Some((policy.min.max(1), Reason::Activated))
+            Some((b.min.max(1), Reason::Activated))
         } else {
             if !unsure {
                 next.last_active = Some(now);
             }
             None
         }
+    } else if below_scheduled_floor {
+        Some((b.min, Reason::ScaledToMin))
     } else if unsure {
         None
-    } else if (policy.idle.is_some_and(|idle| r > idle)) || (r > 0 && policy.min == 0) {
+    } else if (b.idle.is_some_and(|idle| r > idle)) || (r > 0 && b.min == 0) {
         if cooldown_expired(policy, &next, now) {
-            let to = policy.idle.unwrap_or(policy.min);
+            let to = b.idle.unwrap_or(b.min);
             Some((to, if to == 0 { Reason::ScaledToZero } else { Reason::ScaledToIdle }))
         } else {
             cooling_down = true;
             None
         }
-    } else if policy.idle.is_none() && r < policy.min {
-        Some((policy.min, Reason::ScaledToMin))
+    } else if b.idle.is_none() && r < b.min {
+        Some((b.min, Reason::ScaledToMin))
     } else {
         None
     };
@@ -475,14 +496,14 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
             next.last_active = Some(now);
         }
         decision.write = (to != r).then_some(to);
-        decision.reason = if to == r { Reason::Unchanged } else { reason };
+        decision.reason = if to == r { Reason::Unchanged } else { b.credit(reason) };
         decision.proposal = proposal(&triggers);
         return (next, decision);
     }
 
     // 4. Phase H. The HPA is "disabled" at zero; at idle there is no HPA to pull the
     // target back up to min (KEDA+HPA flap there, vector TV-14).
-    let at_idle = policy.idle.is_some_and(|idle| r <= idle) && !is_active;
+    let at_idle = b.idle.is_some_and(|idle| r <= idle) && !is_active;
     if r == 0 || at_idle {
         decision.reason = if at_idle && r > 0 {
             Reason::Idle
@@ -497,7 +518,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         return (next, decision);
     }
     decision.phase = Phase::Hpa;
-    let (to, reason) = phase_h(policy, &mut next, obs, &triggers, now, &mut decision);
+    let (to, reason) = phase_h(policy, &b, &mut next, obs, &triggers, now, &mut decision);
     decision.write = (to != r).then_some(to);
     decision.reason = if fallback_active {
         Reason::Fallback
@@ -506,9 +527,48 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     } else if decision.write.is_none() && cooling_down {
         Reason::Cooldown
     } else {
-        reason
+        b.credit(reason)
     };
     (next, decision)
+}
+
+/// The bounds a poll decides within: the rule's, with the open schedule windows'
+/// values over them.
+struct Bounds {
+    min: u32,
+    max: u32,
+    /// `idle_replica_count`, unless a window sets a min: a scheduled floor holds while
+    /// the queues are quiet, where an idle count would let the target rest below it.
+    idle: Option<u32>,
+    paused: bool,
+    min_scheduled: bool,
+    max_scheduled: bool,
+}
+
+impl Bounds {
+    fn of(policy: &Policy, o: Option<&schedule::Override>) -> Bounds {
+        let (smin, smax) = o.map_or((None, None), |o| (o.min, o.max));
+        let min = smin.unwrap_or(policy.min);
+        // Never below the floor: one window's min may meet another's max.
+        let max = smax.unwrap_or(policy.max).max(min);
+        Bounds {
+            min,
+            max,
+            idle: if smin.is_some() { None } else { policy.idle },
+            paused: o.is_some_and(|o| o.paused),
+            min_scheduled: smin.is_some(),
+            max_scheduled: smax.is_some() || (smin.is_some() && max != policy.max),
+        }
+    }
+
+    /// `scheduled` for a step to (or a hold at) a bound that a window set.
+    fn credit(&self, reason: Reason) -> Reason {
+        match reason {
+            Reason::ScaledToMin | Reason::AtMin if self.min_scheduled && self.min >= 1 => Reason::Scheduled,
+            Reason::ScaledToMax | Reason::AtMax if self.max_scheduled => Reason::Scheduled,
+            other => other,
+        }
+    }
 }
 
 /// One trigger's part of a poll.
@@ -626,6 +686,7 @@ fn cooldown_expired(policy: &Policy, state: &State, now: Time) -> bool {
 /// The HPA's reconcile for a target with replicas > 0. Returns the new count and why.
 fn phase_h(
     policy: &Policy,
+    b: &Bounds,
     next: &mut State,
     obs: &Observation,
     triggers: &[TriggerResult],
@@ -633,8 +694,8 @@ fn phase_h(
     decision: &mut Decision,
 ) -> (u32, Reason) {
     let r = obs.replicas;
-    let min = policy.min.max(1);
-    let max = policy.max;
+    let min = b.min.max(1);
+    let max = b.max;
 
     // Precheck: outside [min, max] the HPA moves without reading metrics.
     if r > max {

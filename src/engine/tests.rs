@@ -28,6 +28,7 @@ fn policy() -> Policy {
         tolerances: Tolerances::default(),
         activation_polls: 1,
         triggers: vec![trigger(5, 0)],
+        schedules: Box::default(),
     }
 }
 
@@ -631,6 +632,7 @@ fn which_writes_are_scale_events() {
         active: true,
         backlog: None,
         proposal: None,
+        schedule: None,
     };
     let p = with(|p| p.behavior = one_pod_per_minute());
     let mut state = State::new(Time(0));

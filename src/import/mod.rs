@@ -518,6 +518,7 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         fallback,
         behavior,
         trigger: Some(triggers),
+        schedule: None,
     };
     Converted { rule: Some(rule), notes, problems }
 }

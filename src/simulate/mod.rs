@@ -144,6 +144,9 @@ pub struct Options {
     pub until: Option<Time>,
     /// Replicas before the first poll; `None` starts each target at its min.
     pub initial_replicas: Option<u32>,
+    /// Unix time (ms) of the trace's time 0, `--start`: the engine decides at
+    /// `start + t`, so schedules open on the calendar. 0 is 1970-01-01T00:00:00Z.
+    pub start: Time,
 }
 
 /// A rule's polling interval in virtual milliseconds, at least 1.
@@ -183,7 +186,7 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
 
     let mut rows = Vec::new();
     for rule in rules {
-        let mut state = State::new(Time(0));
+        let mut state = State::new(options.start);
         let mut replicas = options.initial_replicas.unwrap_or(rule.policy.min);
         let step = step_ms(rule);
         let mut t = Time(0);
@@ -195,9 +198,10 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
                 pause: if rule.paused { Pause::Frozen } else { Pause::No },
                 queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
             };
-            let (mut next, d) = engine::decide(&rule.policy, &state, &obs, t);
+            let now = Time(options.start.0.saturating_add(t.0));
+            let (mut next, d) = engine::decide(&rule.policy, &state, &obs, now);
             if let Some(to) = d.write {
-                next.record_scale(&rule.policy, &d, t);
+                next.record_scale(&rule.policy, &d, now);
                 replicas = to;
             }
             state = next;

@@ -79,8 +79,12 @@ fn failed_polls_show_as_poll_failed_and_hold() {
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,30,0,0\n25,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: None }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(200_000)), initial_replicas: None, ..Options::default() },
+    )
+    .unwrap();
     let last = rows.last().unwrap();
     assert_eq!((last.replicas, last.reason, last.backlog), (5, Reason::PollFailed, None));
 }
@@ -100,8 +104,12 @@ fn debounce_and_last_known_in_the_timeline() {
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,50,0,0\n35,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(90_000)), initial_replicas: None }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(90_000)), initial_replicas: None, ..Options::default() },
+    )
+    .unwrap();
     let got: Vec<_> = rows.iter().map(|r| (r.replicas, r.reason.as_str())).collect();
     assert_eq!(
         got,
@@ -148,8 +156,12 @@ fn behavior_policies_count_only_the_hpa_rescales() {
     .unwrap();
     let trace =
         Trace::parse("time,queue,visible,in_flight,delayed\n0,q,50,,\n85,q,0,,\n105,q,50,,\n".as_bytes()).unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: Some(0) }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(200_000)), initial_replicas: Some(0), ..Options::default() },
+    )
+    .unwrap();
     let got: Vec<_> = rows.iter().map(|r| (format_time(r.time), r.replicas, r.reason.as_str())).collect();
     let want = [
         ("0", 1, "activated"),
