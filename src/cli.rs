@@ -151,6 +151,10 @@ fn check(path: &Path, remote: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     print!("{}", config.resolved_toml());
+    // Each rule's schedules and their next windows, as comments: the clock is read here,
+    // at the edge, and the windows computed from it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    print!("{}", config::windows_report(&config.rules, crate::engine::Time(now.as_millis() as i64), 3));
     eprintln!("{}: ok, {} rule{}", path.display(), config.rules.len(), if config.rules.len() == 1 { "" } else { "s" });
     // Standard output stays the resolved file: warnings go to standard error.
     for warning in config::insecure_settings(&config, kubeconfig.as_deref()) {

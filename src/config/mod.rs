@@ -20,7 +20,7 @@ use figment::providers::{Env, Format, Toml};
 
 use crate::engine::Policy;
 pub use insecure::insecure_settings;
-pub use validate::{QueueUrlError, queue_name_from_url};
+pub use validate::{QueueUrlError, queue_name_from_url, windows_report};
 
 /// The default rule file, after `--config` and `$SQSCALE_CONFIG`.
 pub const DEFAULT_PATH: &str = "/etc/sqscale/sqscale.toml";

@@ -3,6 +3,8 @@
 
 mod schedule;
 
+pub use schedule::windows_report;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -127,7 +127,15 @@ pub fn table(rules: &[RuleStatus]) -> String {
                     .join("+")
             };
             [
-                r.rule.clone(),
+                // A marker for the rules an open schedule window governs.
+                match &r.schedule {
+                    Some(s) => format!(
+                        "{} [schedule {}]",
+                        r.rule,
+                        s.open.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+                    ),
+                    None => r.rule.clone(),
+                },
                 r.target.clone(),
                 r.current_replicas.map_or_else(dash, |v| v.to_string()),
                 r.desired_replicas.map_or_else(dash, |v| v.to_string()),

@@ -55,6 +55,22 @@ pub struct RuleStatus {
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     pub polls: u64,
+    /// The schedule windows open at the last poll and what they impose; `null` when
+    /// none is (absent from older daemons).
+    #[serde(default)]
+    pub schedule: Option<ScheduleStatus>,
+}
+
+/// The `[[rule.schedule]]` windows in force at a rule's last poll.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct ScheduleStatus {
+    /// The open schedules' numbers (1-based, in the rule's order).
+    pub open: Vec<usize>,
+    pub min_replica_count: Option<u32>,
+    pub max_replica_count: Option<u32>,
+    pub paused: bool,
+    /// When the last open window closes, as the schedules stood at the poll.
+    pub until: String,
 }
 
 /// One poll, as the worker reports it.
@@ -111,6 +127,8 @@ struct Record {
     desired: Option<u32>,
     active: bool,
     reason: Option<Reason>,
+    /// The open schedule windows' override at the last poll.
+    schedule: Option<crate::engine::schedule::Override>,
     /// Per trigger (the rule's order).
     backlog: Box<[Backlog]>,
     consecutive_failures: u32,
@@ -150,6 +168,7 @@ impl Record {
             desired: None,
             active: false,
             reason: None,
+            schedule: None,
             consecutive_failures: 0,
             last_error: None,
             decisions: Vec::new(),
@@ -177,6 +196,13 @@ impl Record {
             consecutive_failures: self.consecutive_failures,
             last_error: self.last_error.clone(),
             polls: self.polls,
+            schedule: self.schedule.as_ref().map(|o| ScheduleStatus {
+                open: o.open_schedules().collect(),
+                min_replica_count: o.min,
+                max_replica_count: o.max,
+                paused: o.paused,
+                until: format_time(o.until),
+            }),
         }
     }
 
@@ -369,6 +395,7 @@ impl Observer {
             r.desired = Some(d.replicas());
             r.active = d.active;
             r.reason = Some(d.reason);
+            r.schedule = d.schedule;
             match r.decisions.iter_mut().find(|(reason, _)| *reason == d.reason) {
                 Some((_, n)) => *n += 1,
                 None => r.decisions.push((d.reason, 1)),

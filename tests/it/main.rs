@@ -16,5 +16,6 @@ mod fuzz;
 mod leader;
 mod process;
 mod readme;
+mod schedule;
 mod secrets;
 mod supervisor;

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use super::super::Rule;
 use super::super::raw::RawSchedule;
 use super::{Problems, duration, fmt_duration};
-use crate::engine::schedule::{self, Schedule};
+use crate::engine::Time;
+use crate::engine::schedule::{self, Schedule, Window};
 
 /// Every schedule of a rule whose own `min_replica_count` and `max_replica_count` are
 /// `rule_min` and `rule_max`.
@@ -103,6 +105,53 @@ fn one(p: &mut Problems, at: &str, s: &RawSchedule, rule_min: i64, rule_max: i64
     })
 }
 
+/// What `check` prints after the resolved file: each rule's schedules, the window open
+/// at `now` if any, and the next `n` openings with their closes, on the schedule's wall
+/// clock and in UTC. TOML comments, so standard output stays a rule file.
+pub fn windows_report(rules: &[Rule], now: Time, n: usize) -> String {
+    let utc = |t: Time| jiff::Timestamp::from_millisecond(t.0).map_or_else(|_| t.0.to_string(), |t| t.to_string());
+    let mut out = String::new();
+    for rule in rules {
+        for (i, s) in rule.policy.schedules.iter().enumerate() {
+            let mut values = Vec::new();
+            if let Some(v) = s.min {
+                values.push(format!("min_replica_count = {v}"));
+            }
+            if let Some(v) = s.max {
+                values.push(format!("max_replica_count = {v}"));
+            }
+            if s.paused {
+                values.push("paused".to_owned());
+            }
+            out.push_str(&format!(
+                "# rule {:?}, schedule {}: {:?} in {}, open {}: {}\n",
+                rule.name,
+                i + 1,
+                s.pattern,
+                s.timezone,
+                fmt_duration(s.duration),
+                values.join(", ")
+            ));
+            let line = |label: &str, w: Window| {
+                format!(
+                    "#   {label:<9} {} -> {}  (UTC {} -> {})\n",
+                    s.local(w.opens),
+                    s.local(w.closes),
+                    utc(w.opens),
+                    utc(w.closes)
+                )
+            };
+            if let Some(w) = s.window_at(now) {
+                out.push_str(&line("open now", w));
+            }
+            for w in s.next_windows(now).take(n) {
+                out.push_str(&line("next", w));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::from_str;
@@ -164,5 +213,33 @@ mod tests {
         for (p, e) in problems.iter().zip(expect) {
             assert!(p.starts_with(e), "{p:?} does not start with {e:?}\n{problems:#?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod report {
+    use crate::config::from_str;
+    use crate::engine::Time;
+
+    /// `check`'s windows for the issue's example, at Monday 2026-12-07 09:00 in Seoul:
+    /// today's window is open, and the next three weekdays' follow.
+    #[test]
+    fn check_shows_the_window_open_now_and_the_next_three() {
+        let toml = "[[rule]]\nname = \"orders\"\ntarget = { name = \"w\" }\n\
+                    [[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/orders\"\n\
+                    [[rule.schedule]]\ncron = \"0 8 * * 1-5\"\ntimezone = \"Asia/Seoul\"\nduration = \"10h\"\nmin_replica_count = 3\n";
+        let config = from_str(toml).unwrap();
+        let now = Time("2026-12-07T00:00:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond());
+        let report = super::windows_report(&config.rules, now, 3);
+        let expect = "\
+# rule \"orders\", schedule 1: \"0 8 * * 1-5\" in Asia/Seoul, open 10h: min_replica_count = 3
+#   open now  2026-12-07T08:00:00+09:00 -> 2026-12-07T18:00:00+09:00  (UTC 2026-12-06T23:00:00Z -> 2026-12-07T09:00:00Z)
+#   next      2026-12-08T08:00:00+09:00 -> 2026-12-08T18:00:00+09:00  (UTC 2026-12-07T23:00:00Z -> 2026-12-08T09:00:00Z)
+#   next      2026-12-09T08:00:00+09:00 -> 2026-12-09T18:00:00+09:00  (UTC 2026-12-08T23:00:00Z -> 2026-12-09T09:00:00Z)
+#   next      2026-12-10T08:00:00+09:00 -> 2026-12-10T18:00:00+09:00  (UTC 2026-12-09T23:00:00Z -> 2026-12-10T09:00:00Z)
+";
+        assert_eq!(report, expect);
+        let with_report = format!("{}{report}", config.resolved_toml());
+        assert_eq!(from_str(&with_report).unwrap(), config, "still a rule file");
     }
 }
