@@ -382,6 +382,9 @@ impl Decision {
 /// Decides what one rule does at `now`, given what it remembers and what it just saw.
 ///
 /// Each poll runs:
+/// 0. **Schedules**: the windows open at `now` ([`schedule::in_force`]) stand in for the
+///    rule's min, max and pause for this poll (the largest min, the smallest max but
+///    never below that min, paused if any pauses); `Reason::Scheduled` when that decided.
 /// 1. **Pause**: a paused target is left alone, or pinned to `paused-replicas`, and the
 ///    HPA phase is forgotten (KEDA deletes the HPA while paused).
 /// 2. **Triggers**: each trigger's backlog and activity; failures are counted per
