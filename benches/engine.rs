@@ -1,5 +1,6 @@
 //! The decision engine alone: decisions per second on the demo rule, legacy and
-//! behavior paths (`cargo bench --bench engine`).
+//! behavior paths, and the legacy path with a schedule, whose window is found by a cron
+//! search in a time zone at every decision (`cargo bench --bench engine`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -63,6 +64,22 @@ fn engine(c: &mut Criterion) {
         let p = policy(behavior);
         c.bench_function(&format!("decide x360 ({name} path)"), |b| b.iter(|| black_box(hour(black_box(&p)))));
     }
+    // Weekdays 08:00 for 10 h in Seoul: the hour polled (from 1970-01-01T00:00:00Z, a
+    // Thursday, 09:00 in Seoul) lies inside a window, so every decision searches back
+    // to its opening.
+    let mut p = policy(false);
+    let pattern = "0 8 * * 1-5";
+    p.schedules = Box::new([sqscale::engine::schedule::Schedule {
+        pattern: pattern.to_owned(),
+        cron: sqscale::engine::schedule::parse_cron(pattern).expect("a valid pattern"),
+        timezone: "Asia/Seoul".to_owned(),
+        tz: sqscale::engine::schedule::time_zone("Asia/Seoul").expect("a known zone"),
+        duration: Duration::from_secs(10 * 3600),
+        min: Some(3),
+        max: None,
+        paused: false,
+    }]);
+    c.bench_function("decide x360 (legacy path, a schedule)", |b| b.iter(|| black_box(hour(black_box(&p)))));
 }
 
 criterion_group!(benches, engine);
