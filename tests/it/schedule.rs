@@ -21,6 +21,11 @@ fn sqscale(args: &[&str]) -> Output {
         .expect("run sqscale")
 }
 
+/// Polls the daemon's one rule has made (0 until the rule is loaded).
+fn polls(daemon: &Daemon) -> u64 {
+    daemon.observer.statuses().first().map_or(0, |s| s.polls)
+}
+
 fn rule_file(dir: &Path, schedules: &str) -> String {
     let text = format!(
         "[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\npolling_interval = 60\ncooldown_period = 60\n\
@@ -122,7 +127,7 @@ async fn an_open_window_raises_an_idle_target_to_its_min() {
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
 
     assert!(wait_until(Duration::from_secs(10), || replicas() == 3).await, "at {}", replicas());
-    assert!(wait_until(Duration::from_secs(5), || daemon.observer.statuses()[0].polls >= 3).await);
+    assert!(wait_until(Duration::from_secs(5), || polls(&daemon) >= 3).await);
     assert_eq!(kube.scale_history(Kind::Deployment, NS, "demo"), [3], "straight to the floor, and held there");
     let status = daemon.observer.statuses()[0].clone();
     assert_eq!(status.last_reason.as_deref(), Some("scheduled"), "{status:?}");
@@ -149,7 +154,7 @@ async fn a_paused_window_holds_the_target_despite_a_backlog() {
     );
     let daemon = Daemon::start(&config, &kubeconfig).await;
 
-    assert!(wait_until(Duration::from_secs(10), || daemon.observer.statuses()[0].polls >= 4).await);
+    assert!(wait_until(Duration::from_secs(10), || polls(&daemon) >= 4).await);
     let status = daemon.observer.statuses()[0].clone();
     assert_eq!(status.last_reason.as_deref(), Some("scheduled"), "{status:?}");
     assert!(status.schedule.as_ref().is_some_and(|s| s.paused), "{status:?}");
