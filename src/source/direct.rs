@@ -531,9 +531,7 @@ mod tests {
         let fetched = std::sync::Arc::new(AtomicUsize::new(0));
         let provider = SharedCredentialsProvider::new(Counting(fetched.clone()));
         let d = Direct::new("eu-west-1", Some(&server_url), false, false, provider).await.unwrap();
-        let http =
-            http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build()))
-                .unwrap();
+        let http = http_client_with(proxy::Connector::new(proxy::Proxies::new("", "", ""))).unwrap();
         let url = format!("{server_url}/1/q");
         let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");
