@@ -454,6 +454,7 @@ impl Write for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -575,6 +576,44 @@ mod tests {
             assert_eq!(proxies.intercept(&uri).is_some(), proxied, "{url}");
             assert_eq!(kube_proxy_url(&proxies, &uri, None).is_some(), proxied, "{url}");
         }
+    }
+
+    /// The AWS SDK's client takes the way out the same `NO_PROXY` rules pick: through
+    /// the proxy, straight to an address listed, and not through the proxy for a name a
+    /// `*.` entry covers.
+    #[tokio::test]
+    async fn the_sdks_client_follows_the_same_rules() {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig};
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        let mut at_proxy = first_lines(proxy).await;
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_port = server.local_addr().unwrap().port();
+        let mut at_server = first_lines(server).await;
+        let http = sdk_http_client_with(Proxies::new(&proxy_url, &proxy_url, "127.0.0.1, *.corp.test"));
+        let ask = |endpoint: String| {
+            let config = aws_sdk_sqs::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+                .endpoint_url(endpoint)
+                .http_client(http.clone())
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_millis(500)).build())
+                .build();
+            async move {
+                // Neither listener answers: the call times out, having been sent.
+                let call = aws_sdk_sqs::Client::from_conf(config).get_queue_attributes().queue_url("http://x/1/q");
+                assert!(call.send().await.is_err());
+            }
+        };
+        ask("http://sqs.test:5000".to_owned()).await;
+        assert_eq!(at_proxy.recv().await.unwrap(), "POST http://sqs.test:5000/ HTTP/1.1");
+        ask(format!("http://127.0.0.1:{server_port}")).await;
+        assert_eq!(at_server.recv().await.unwrap(), "POST / HTTP/1.1");
+        // Covered by `*.corp.test`: straight to the name (which nothing resolves).
+        ask("http://sqs.corp.test:5000".to_owned()).await;
+        assert!(at_proxy.try_recv().is_err(), "went through the proxy");
     }
 
     #[tokio::test]
