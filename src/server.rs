@@ -186,7 +186,7 @@ mod tests {
     /// its pace, and the listener answers again afterwards.
     #[tokio::test(flavor = "current_thread")]
     async fn a_flood_of_slow_connections_is_capped_and_timed_out() {
-        let limits = Limits { header_read: Duration::from_millis(500), connections: 8 };
+        let limits = Limits { header_read: Duration::from_secs(3), connections: 8 };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
@@ -217,9 +217,9 @@ mod tests {
         for _ in 0..32 {
             extra.push(TcpStream::connect(addr).await.unwrap());
         }
-        // The extra ones are closed at once (well before the header timeout).
+        // The extra ones are closed at once, not at the header timeout (3 s).
         for conn in &mut extra {
-            assert!(closed(conn, Duration::from_millis(300)).await, "a connection over the cap stayed open");
+            assert!(closed(conn, Duration::from_secs(1)).await, "a connection over the cap stayed open");
         }
         let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
         // The half-sent ones are closed once the header timeout passes.
