@@ -599,3 +599,61 @@ async fn a_cold_standby_polls_nothing_until_it_leads_and_keeps_the_stored_cooldo
     signal(&b, "-TERM");
     assert_eq!(b.wait().unwrap().code(), Some(0));
 }
+
+/// A local user floods the listener with idle and half-sent connections (the leader's
+/// `[server] listen`): the connections over the cap are closed at once, the rest when
+/// the header timeout passes, and meanwhile the leader keeps renewing its lease and
+/// scaling; afterwards the listener answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_leaves_polls_and_lease_rounds_alone() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("flood").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let mut daemon = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id.clone())).await);
+
+    // Four times the cap (sqscale::server::MAX_CONNECTIONS), each with half a head.
+    let cap = sqscale::server::MAX_CONNECTIONS;
+    let mut flood = Vec::new();
+    for _ in 0..4 * cap {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+        flood.push(conn);
+    }
+    let at_once = closed(&mut flood, Duration::from_secs(2)).await;
+    assert!((3 * cap..4 * cap).contains(&at_once), "{at_once} of {} closed at once", 4 * cap);
+
+    // Under the flood the leader renews its lease and scales.
+    let renewed = || kube.lease(NS, LEASE).and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_owned));
+    let before = renewed();
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs());
+    assert_ne!(renewed(), before, "the lease was renewed");
+    assert_eq!(holder(&kube), Some(id));
+
+    // The held ones are closed once the header timeout (10 s) passes.
+    let late = closed(&mut flood, sqscale::server::HEADER_READ_TIMEOUT).await;
+    assert_eq!(late, 4 * cap, "every connection is closed by now");
+    drop(flood);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}
+
+/// How many of `conns` the server has closed (EOF or reset) within `within`, all read
+/// at once (so the wait is `within` in all).
+async fn closed(conns: &mut [tokio::net::TcpStream], within: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let reads = conns.iter_mut().map(|conn| async move {
+        let mut buf = [0u8; 256];
+        matches!(tokio::time::timeout(within, conn.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    });
+    futures::future::join_all(reads).await.into_iter().filter(|c| *c).count()
+}
