@@ -4,7 +4,10 @@
 //! stop; a standby takes over once the lease has not changed for `lease_duration`.
 //!
 //! Expiry is judged on the local clock from when this instance last saw the record
-//! change (client-go's `observedTime`), so clock skew between hosts does not matter.
+//! change (client-go's `observedTime`), so clock skew between hosts does not matter;
+//! that clock counts the time the host was suspended ([`Clock`]). Beyond client-go, a
+//! Lease seen before and then deleted, or emptied without a clean release, is not taken
+//! at once: its holder may still be writing (see `Elector::try_acquire_or_renew`).
 //! With rules in several clusters, one lease per context.
 //!
 //! Beyond client-go, a leader fences its own writes: its lease is valid until the start
