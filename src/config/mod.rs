@@ -57,6 +57,12 @@ pub struct KubernetesSettings {
 /// `[kubernetes] qps` and `burst` when not set: KEDA's operator defaults.
 pub const DEFAULT_QPS: f64 = 20.0;
 pub const DEFAULT_BURST: u32 = 30;
+/// The `qps` and `burst` the write budget can keep: one write per 1000 s to a million a
+/// second, and bursts of up to a million. Past them its arithmetic (nanoseconds in a
+/// u64: the period, and the period times the burst) fails: `qps = 1e10` made a period of
+/// zero and the daemon panicked at start.
+pub const QPS_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
+pub const MAX_BURST: u32 = 1_000_000;
 
 impl Default for KubernetesSettings {
     fn default() -> Self {

@@ -393,3 +393,26 @@ fn the_write_budget_defaults_to_kedas_and_rejects_nonsense() {
     assert!(p.iter().any(|p| p.starts_with("[kubernetes]: burst (0)")), "{p:?}");
     assert!(problems(&format!("[kubernetes]\nqps = -1.0\n{}", one_rule("", ""))).len() == 1);
 }
+
+/// Issue 26 item 5: `qps = 1e10` passed `check` and panicked `run` at start (a limiter
+/// period of zero). The range the write budget can keep is checked, naming the key; the
+/// ends of it are kept.
+#[test]
+fn a_write_budget_past_what_the_limiter_keeps_is_a_problem() {
+    for (set, key) in [
+        ("qps = 1e10", "qps (10000000000)"),
+        ("qps = 0.0005", "qps (0.0005)"),
+        ("qps = inf", "qps (inf)"),
+        ("qps = nan", "qps (NaN)"),
+        ("burst = 4294967295", "burst (4294967295)"),
+    ] {
+        let p = problems(&format!("[kubernetes]\n{set}\n{}", one_rule("", "")));
+        assert!(p.len() == 1 && p[0].starts_with(&format!("[kubernetes]: {key} must be")), "{set}: {p:?}");
+    }
+    let c = from_str(&format!("[kubernetes]\nqps = 1e6\nburst = 1000000\n{}", one_rule("", ""))).unwrap();
+    assert_eq!((c.kubernetes.qps, c.kubernetes.burst), (1e6, 1_000_000));
+    // What `run` builds from them must not panic, at either end.
+    crate::workload::kube::WriteLimit::new(c.kubernetes.qps, c.kubernetes.burst);
+    let c = from_str(&format!("[kubernetes]\nqps = 0.001\nburst = 1000000\n{}", one_rule("", ""))).unwrap();
+    crate::workload::kube::WriteLimit::new(c.kubernetes.qps, c.kubernetes.burst);
+}

@@ -52,17 +52,19 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         eks_cluster: non_empty(&mut p, "[kubernetes]", "eks_cluster", kubernetes.eks_cluster),
         qps: match kubernetes.qps {
             None => super::DEFAULT_QPS,
-            Some(q) if q.is_finite() && q > 0.0 => q,
+            Some(q) if super::QPS_RANGE.contains(&q) => q,
             Some(q) => {
-                p.add("[kubernetes]", format!("qps ({q}) must be a number of writes per second greater than 0"));
+                let (low, high) = (super::QPS_RANGE.start(), super::QPS_RANGE.end());
+                p.add("[kubernetes]", format!("qps ({q}) must be a number of writes per second from {low} to {high}"));
                 super::DEFAULT_QPS
             }
         },
         burst: match kubernetes.burst {
             None => super::DEFAULT_BURST,
-            Some(b) if (1..=i64::from(u32::MAX)).contains(&b) => b as u32,
+            Some(b) if (1..=i64::from(super::MAX_BURST)).contains(&b) => b as u32,
             Some(b) => {
-                p.add("[kubernetes]", format!("burst ({b}) must be a whole number of writes, at least 1"));
+                let high = super::MAX_BURST;
+                p.add("[kubernetes]", format!("burst ({b}) must be a whole number of writes from 1 to {high}"));
                 super::DEFAULT_BURST
             }
         },
