@@ -527,3 +527,78 @@ async fn proxies_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
     assert!(proxy.count("kube.test") > tunnels, "{:?}", proxy.carried());
     assert!(proxy.agents("127.0.0.1").is_empty(), "SQS is not proxied: {:?}", proxy.carried());
 }
+
+/// A rule file for `demo` (and `two`, when `both`) listening on `port`.
+fn state_rules(kubeconfig: &Path, queue: &str, port: u16, both: bool) -> String {
+    let mut text = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        kubeconfig.display(),
+        sqs::endpoint(),
+        demo_rule("demo", queue, "")
+    );
+    if both {
+        text.push_str(&demo_rule("two", queue, ""));
+    }
+    text
+}
+
+/// Issue 26: a reload blocked on the rule file (a FIFO nobody writes to, as a hung mount
+/// would block it) does not hold up SIGTERM: the daemon stops cleanly within its grace,
+/// long before the read's own deadline. (Before, SIGTERM waited until the FIFO was fed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_while_a_reload_is_blocked_on_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fifo").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap(), "--shutdown-grace", "3s"], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    signal(&child, "-TERM");
+    while child.try_wait().unwrap().is_none() {
+        assert!(stopping.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(logs().contains("stopped cleanly"), "{}", logs());
+}
+
+/// Issue 26: a rule file that never ends (a symlink to /dev/zero) is read up to a cap,
+/// not into all memory: the reload fails naming the file and the cap, and the old rules
+/// keep running; `check` says the same and exits 78.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_file_that_never_ends_fails_the_reload_and_the_old_rules_run_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("zero").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("keeping the running rules")).await, "{}", logs());
+    let line = logs().lines().find(|l| l.contains("keeping the running rules")).unwrap().to_owned();
+    assert!(line.contains(config.to_str().unwrap()) && line.contains("larger than 16 MiB"), "{line}");
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"][0]["rule"], "demo", "{body}");
+    assert!(http_get(port, "/metrics").await.1.contains("sqscale_config_reloads_total{result=\"failure\"} 1"));
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale")).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(config.to_str().unwrap()) && said.contains("larger than 16 MiB"), "{said}");
+}
