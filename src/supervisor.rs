@@ -88,6 +88,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             leader,
         };
         s.set_contexts(&rules);
+        s.keep_state(&rules);
         let (n, start) = (rules.len(), Instant::now());
         for rule in rules {
             s.spawn(rule, start, n, None);
@@ -133,6 +134,18 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         if let Some(leader) = &mut self.leader {
             leader.set_contexts(rules.iter().map(|r| r.context.clone()));
         }
+    }
+
+    /// Tells the targets' adapter which rules run, so that the stored state of targets
+    /// no rule names any more goes (by the writer of each context's state, under its
+    /// lease). Never in a dry run, which writes nothing.
+    fn keep_state(&self, rules: &[Arc<Rule>]) {
+        if self.deps.dry_run {
+            return;
+        }
+        let lead =
+            |context: Option<&str>| self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(context));
+        self.deps.targets.keep_state(&rules.iter().cloned().collect(), &lead);
     }
 
     /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
@@ -210,6 +223,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             running.iter().map(|r| (r.context.as_deref(), &r.target)).collect();
         self.deps.targets.retain(&used);
         drop(used);
+        self.keep_state(&running);
         let (n, start) = (running.len(), Instant::now());
         for rule in running {
             if !self.workers.contains_key(&rule.name) {

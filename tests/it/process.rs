@@ -542,6 +542,67 @@ fn state_rules(kubeconfig: &Path, queue: &str, port: u16, both: bool) -> String 
     text
 }
 
+/// Issue 26: the state ConfigMap shrinks. At start, the keys of targets no rule names
+/// (`gone`, and `old` whose value is not even a time) are removed; after a reload that
+/// drops the rule of `two`, its key goes too. Keys that are not sqscale's stay. The
+/// size shows in /status and, near the API server's 1 MiB limit, is warned about once
+/// and noted by `sqscale status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_keeps_only_the_keys_of_running_rules_and_shows_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    kube.add_deployment(NS, "two", 0);
+    let queue = sqs::queue("state").await;
+    let notes = "n".repeat(800 << 10);
+    kube.put_config_map(
+        "sqscale",
+        "sqscale-state",
+        serde_json::json!({
+            "deployment.default.demo": "2026-12-01T10:00:00Z",
+            "deployment.default.two": "2026-12-01T10:00:00Z",
+            "deployment.default.gone": "2026-12-01T10:00:00Z",
+            "statefulset.default.old": "yesterday",
+            "notes": notes,
+        }),
+    );
+    let keys = || -> Vec<String> {
+        let map = kube.config_map("sqscale", "sqscale-state").unwrap();
+        map["data"].as_object().unwrap().keys().cloned().collect()
+    };
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, true));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    let kept = ["deployment.default.demo", "deployment.default.two", "notes"];
+    assert!(wait_until(Duration::from_secs(10), || keys() == kept).await, "{:?}\n{}", keys(), logs());
+
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let state = &status["state"][0];
+    assert_eq!(state["configmap"], "sqscale/sqscale-state", "{body}");
+    let bytes = state["bytes"].as_u64().unwrap();
+    assert!((800 << 10..1 << 20).contains(&bytes), "{body}");
+    assert_eq!(state["near_limit"], true, "{body}");
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("note: ConfigMap sqscale/sqscale-state") && note.contains("of the API server's 1024 KiB limit"),
+        "{note}"
+    );
+
+    write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    signal(&child, "-HUP");
+    let kept = ["deployment.default.demo", "notes"];
+    assert!(wait_until(Duration::from_secs(10), || keys() == kept).await, "{:?}\n{}", keys(), logs());
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert_eq!(logs().matches("nears the API server's 1 MiB limit").count(), 1, "{}", logs());
+}
+
 /// Issue 26: a reload blocked on the rule file (a FIFO nobody writes to, as a hung mount
 /// would block it) does not hold up SIGTERM: the daemon stops cleanly within its grace,
 /// long before the read's own deadline. (Before, SIGTERM waited until the FIFO was fed.)
@@ -597,7 +658,10 @@ async fn a_rule_file_that_never_ends_fails_the_reload_and_the_old_rules_run_on()
     signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_sqscale")).args(["check", "--config", config.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains(config.to_str().unwrap()) && said.contains("larger than 16 MiB"), "{said}");

@@ -9,11 +9,13 @@ use serde_json::json;
 
 use super::Kube;
 use super::cache::{Scalable, Seen};
+
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 use crate::error::chain;
+use crate::leader::Leadership;
 use crate::sync::lock;
-use crate::workload::state::StateError;
+use crate::workload::state::{Running, StateError};
 use crate::workload::{FIELD_MANAGER, ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
 
 impl Kube {
@@ -73,9 +75,19 @@ impl ScaleTarget for Kube {
         self.call_within(left, t, "patching /scale", api.patch_scale(&t.name, &params, &patch)).await.map(drop)
     }
 
-    async fn set_last_active(&self, context: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
+    async fn set_last_active(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        at: Time,
+        lead: &Leadership,
+    ) -> Result<(), TargetError> {
         let connection = self.connection(context).await.map_err(|e| e.at(t))?;
-        connection.state.set(t, at).await.map_err(|e| state_error(t, e))
+        connection.state.set(t, at, lead).await.map_err(|e| state_error(t, e))
+    }
+
+    fn keep_state(&self, rules: &Running, lead: &dyn Fn(Option<&str>) -> Leadership) {
+        Kube::keep_state(self, rules, lead);
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -199,7 +211,8 @@ mod tests {
     async fn last_active_goes_to_the_state_configmap_created_when_missing() {
         let (kube, mut handle) = adapter();
         let at = Time(1_795_780_800_000);
-        let write = tokio::spawn(async move { kube.set_last_active(None, &target(), at).await });
+        let write =
+            tokio::spawn(async move { kube.set_last_active(None, &target(), at, &Leadership::unelected()).await });
         let (method, path, _, content_type, body, send) = next(&mut handle).await;
         assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/api/v1/namespaces/sqscale/configmaps/sqscale-state"));
         assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
