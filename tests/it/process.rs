@@ -666,3 +666,38 @@ async fn a_rule_file_that_never_ends_fails_the_reload_and_the_old_rules_run_on()
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains(config.to_str().unwrap()) && said.contains("larger than 16 MiB"), "{said}");
 }
+
+/// Issue 26: a reload whose rule file is not read within 10 s (a FIFO nobody writes to)
+/// fails and says so, and the old rules run on; the read left behind does not hold up
+/// the next reload, of a good file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_blocked_on_a_fifo_fails_at_its_deadline_and_the_next_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fifo-deadline").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(15), || logs().contains("keeping the running rules")).await, "{}", logs());
+    assert!(logs().contains("not read within 10s (a FIFO nobody writes to, or a hung mount?)"), "{}", logs());
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"].as_array().map(Vec::len), Some(1), "{body}");
+    assert!(http_get(port, "/metrics").await.1.contains("sqscale_config_reloads_total{result=\"failure\"} 1"));
+
+    std::fs::remove_file(&config).unwrap();
+    write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, true));
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("rules reloaded")).await, "{}", logs());
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"].as_array().map(Vec::len), Some(2), "{body}");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+}
