@@ -187,13 +187,20 @@ impl Kube {
         let mut contexts: Vec<Option<&str>> = rules.iter().map(|r| r.context.as_deref()).collect();
         contexts.sort_unstable();
         contexts.dedup();
+        // Held throughout: a context whose connection is being made either is seen
+        // made here, or finds what is left here once it is (see [`Kube::connection`]);
+        // and an older set left for it never comes after a newer one.
+        let mut pending = lock(&self.keep);
         for context in contexts {
             let key = self.context_key(context);
             let cell = lock(&self.contexts).get(key).cloned();
             match cell.as_ref().and_then(|c| c.get()) {
-                Some(connection) => connection.state.keep(rules.clone(), lead(context)),
+                Some(connection) => {
+                    pending.remove(key);
+                    connection.state.keep(rules.clone(), lead(context));
+                }
                 None => {
-                    lock(&self.keep).insert(key.to_owned(), (rules.clone(), lead(context)));
+                    pending.insert(key.to_owned(), (rules.clone(), lead(context)));
                 }
             }
         }
@@ -289,7 +296,16 @@ impl Kube {
                 }
             })
         };
-        cell.get_or_try_init(connect).await.cloned()
+        let connection = cell.get_or_try_init(connect).await.cloned()?;
+        // `keep_state` may have left the rules for this context while it was being made
+        // (after `connection_of` looked): hand them over now. Only on this slow path,
+        // taken while a context is first connected.
+        let mut pending = lock(&self.keep);
+        if let Some((rules, lead)) = pending.remove(key) {
+            connection.state.keep(rules, lead);
+        }
+        drop(pending);
+        Ok(connection)
     }
 
     /// Builds the client of the context kept under `key`.
