@@ -227,4 +227,31 @@ mod tests {
         // Nothing was written on the target itself.
         assert!(futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none());
     }
+
+    /// A last-active write that waits for the write spacing (a PATCH went out less than
+    /// a second ago) and whose caller gives up meanwhile is never sent: nobody waits for
+    /// its outcome, and its poll has moved on (issue 26).
+    #[tokio::test(start_paused = true)]
+    async fn a_state_write_its_caller_gave_up_on_is_not_sent() {
+        let (kube, mut handle) = adapter();
+        let kube = std::sync::Arc::new(kube);
+        let lead = Leadership::unelected();
+        let first = {
+            let (kube, lead) = (kube.clone(), lead.clone());
+            tokio::spawn(async move { kube.set_last_active(None, &target(), Time(1_795_780_800_000), &lead).await })
+        };
+        let (method, _, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH");
+        let map = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "sqscale-state"}});
+        send.send_response(answer(200, map));
+        first.await.unwrap().unwrap();
+        let t = target();
+        let second = kube.set_last_active(None, &t, Time(1_795_780_860_000), &lead);
+        assert!(tokio::time::timeout(Duration::from_millis(100), second).await.is_err(), "held by the spacing");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none(),
+            "a write nobody waits for was sent"
+        );
+    }
 }
