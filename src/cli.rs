@@ -365,6 +365,14 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
                 print!("{}", crate::status::election_lines(election));
             }
             print!("{}", crate::status::table(&status.rules));
+            for s in status.state.iter().filter(|s| s.near_limit) {
+                let context = if s.context.is_empty() { "the in-cluster context" } else { &s.context };
+                eprintln!(
+                    "note: ConfigMap {} ({context}) holds {} KiB of the API server's 1024 KiB limit",
+                    s.configmap,
+                    s.bytes / 1024
+                );
+            }
             if !status.restart_required.is_empty() {
                 eprintln!(
                     "note: changed in the rule file, applied only on restart: {}",

@@ -145,7 +145,11 @@ async fn readyz(State(o): State<Arc<Observer>>) -> Response {
 }
 
 async fn status(State(o): State<Arc<Observer>>) -> Response {
-    let mut body = serde_json::json!({ "rules": o.statuses(), "restart_required": o.restart_required() });
+    let mut body = serde_json::json!({
+        "rules": o.statuses(),
+        "restart_required": o.restart_required(),
+        "state": o.state(),
+    });
     if let Some(election) = o.election() {
         body["leader_election"] = serde_json::json!(election);
     }

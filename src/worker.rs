@@ -462,7 +462,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         let Some(budget) = self.write_budget() else {
             return;
         };
-        let write = self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at);
+        let write = self.deps.targets.set_last_active(self.rule.context.as_deref(), &self.rule.target, at, &self.lead);
         match Box::pin(bounded(&self.rule.target, budget, write)).await {
             Ok(()) => self.persisted_last_active = Some(at),
             Err(e) => {

@@ -7,6 +7,7 @@
 //! back to a default silently). [`insecure_settings`] names the settings that expose
 //! something (it reads the kubeconfig). Nothing here touches the network.
 
+pub mod file;
 mod insecure;
 pub mod raw;
 mod validate;
@@ -237,10 +238,14 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, merges with the `SQSCALE_` environment and validates the rule file at `path`.
 ///
-/// A missing or unreadable file is an error, never an empty configuration.
+/// A missing or unreadable file is an error, never an empty configuration; so is one
+/// that is not read within [`file::READ_DEADLINE`] or is larger than [`file::MAX_BYTES`]
+/// (see [`file`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env_overrides());
+    let text = file::read(path, file::READ_DEADLINE)
+        .map_err(|e| ConfigErrors { origin: origin.clone(), problems: vec![crate::error::chain(&e)] })?;
+    let figment = Figment::new().merge(Toml::string(&text)).merge(env_overrides());
     extract(figment, origin)
 }
 
@@ -268,8 +273,8 @@ pub fn load_compact(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn listen_of(path: &Path) -> Option<std::net::SocketAddr> {
     let mut figment = Figment::new();
     // Without the file, `SQSCALE_SERVER__LISTEN` (as the image sets it) still counts.
-    if path.exists() {
-        figment = figment.merge(Toml::file_exact(path));
+    if let Ok(text) = file::read(path, file::READ_DEADLINE) {
+        figment = figment.merge(Toml::string(&text));
     }
     figment.merge(env_overrides()).find_value("server.listen").ok()?.as_str()?.parse().ok()
 }

@@ -14,6 +14,9 @@ pub struct Status {
     /// daemons, and without leader election).
     #[serde(default)]
     pub leader_election: Option<ElectionStatus>,
+    /// Each context's state ConfigMap and its size (absent from older daemons).
+    #[serde(default)]
+    pub state: Vec<crate::workload::state::StateSize>,
 }
 
 /// Why `sqscale status` or `sqscale health` got no good answer from the daemon.

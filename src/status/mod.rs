@@ -223,6 +223,8 @@ pub struct Observer {
     election: Option<(String, Standby)>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
+    /// Each context's state ConfigMap size, reported by the Kubernetes adapter.
+    state_sizes: Arc<crate::workload::state::Sizes>,
 }
 
 impl Default for Observer {
@@ -266,7 +268,19 @@ impl Observer {
             leadership: Mutex::default(),
             election: None,
             restart_required: Mutex::default(),
+            state_sizes: Arc::default(),
         }
+    }
+
+    /// Where the Kubernetes adapter reports the state ConfigMaps' sizes
+    /// ([`crate::workload::kube::Kube::with_state_sizes`]).
+    pub fn state_sizes(&self) -> Arc<crate::workload::state::Sizes> {
+        self.state_sizes.clone()
+    }
+
+    /// Each context's state ConfigMap and its size, as `/status` shows them.
+    pub fn state(&self) -> Vec<crate::workload::state::StateSize> {
+        self.state_sizes.list()
     }
 
     /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader

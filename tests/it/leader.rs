@@ -935,3 +935,95 @@ async fn a_lease_emptied_by_hand_never_gives_two_writers() {
 async fn a_lease_shortened_by_hand_counts_from_the_edit() {
     a_hand_edited_lease_never_gives_two_writers(HandEdit::Shorten).await;
 }
+
+/// Writes to the state ConfigMap, from the state's writer.
+fn state_writes(kube: &FakeKube) -> usize {
+    kube.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/configmaps") && !r.path.contains("/leases"))
+        .count()
+}
+
+/// Issue 26: a state write is fenced by the lease right before it is sent, not only when
+/// it was queued. The write budget (qps 0.1, burst 1) holds the last-active write of the
+/// first poll behind the scale patch that took the only token; meanwhile another
+/// instance takes the lease. No state write is sent after that (before, the writer sent
+/// it once its token came, ten seconds later, without the lease and with nobody waiting
+/// for it any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_held_back_is_not_sent_once_the_lease_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fenced").await;
+    sqs::send(&queue, 30).await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    // One write at once, the next token ten seconds later.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("[kubernetes]\n", "[kubernetes]\nqps = 0.1\nburst = 1\n", 1)).unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", &cfg], &[], &log);
+    assert!(
+        wait_until(Duration::from_secs(15), || kube.count("PATCH", "/scale") >= 1).await,
+        "no scale patch\n{}",
+        logs()
+    );
+    // The last-active write of that poll now waits for a token; the lease goes.
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    kube.put_lease(NS, LEASE, serde_json::json!({"holderIdentity": "intruder", "leaseDurationSeconds": 3600, "renewTime": now, "acquireTime": now}));
+    assert!(wait_until(Duration::from_secs(3), || logs().contains("lost the lease")).await, "{}", logs());
+    let lost = state_writes(&kube);
+    // The token comes ten seconds after the scale patch's.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(state_writes(&kube), lost, "a state write was sent without the lease\n{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// Issue 26: under leader election only the leader removes the keys of targets no rule
+/// names: while another instance holds the lease nothing is removed; once this one
+/// leads, they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_removes_unused_state_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("prune").await;
+    let state = serde_json::json!({
+        "deployment.default.demo": "2026-12-01T10:00:00Z",
+        "deployment.default.gone": "2026-12-01T10:00:00Z",
+    });
+    kube.put_config_map(NS, "sqscale-state", state);
+    let keys = || -> Vec<String> {
+        let map = kube.config_map(NS, "sqscale-state").unwrap();
+        map["data"].as_object().unwrap().keys().cloned().collect()
+    };
+    let intruder = |kube: &FakeKube| {
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        kube.put_lease(NS, LEASE, serde_json::json!({"holderIdentity": "intruder", "leaseDurationSeconds": 3, "renewTime": now, "acquireTime": now}));
+    };
+    intruder(&kube);
+    let cfg = config(dir.path(), &kubeconfig, &queue, free_port(), "a.toml");
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    // The intruder renews for 4 s: a standby all that time.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        intruder(&kube);
+    }
+    assert_eq!(keys(), ["deployment.default.demo", "deployment.default.gone"], "a standby removed keys\n{}", logs());
+    assert!(!logs().contains("became the leader"), "{}", logs());
+    // The intruder stops renewing: this instance leads after 3 s, and removes the key
+    // (within the writer's retry of 10 s).
+    assert!(
+        wait_until(Duration::from_secs(20), || keys() == ["deployment.default.demo"]).await,
+        "{:?}\n{}",
+        keys(),
+        logs()
+    );
+    assert!(logs().contains("became the leader"), "{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
