@@ -223,6 +223,8 @@ pub struct Observer {
     election: Option<(String, Standby)>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
+    /// The `[[group]]` ledgers the workers ask for capacity; shown here.
+    groups: Arc<crate::group::Groups>,
 }
 
 impl Default for Observer {
@@ -257,6 +259,8 @@ impl Observer {
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         r.register_collector(Box::new(RuleMetrics(rules.clone())));
+        let groups = Arc::new(crate::group::Groups::default());
+        r.register_collector(Box::new(metrics::GroupMetrics(groups.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
         Observer {
@@ -266,7 +270,14 @@ impl Observer {
             leadership: Mutex::default(),
             election: None,
             restart_required: Mutex::default(),
+            groups,
         }
+    }
+
+    /// The groups' ledger: the supervisor configures it, the workers ask it for
+    /// capacity, `/status` and the metrics show it.
+    pub fn groups(&self) -> &Arc<crate::group::Groups> {
+        &self.groups
     }
 
     /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader
