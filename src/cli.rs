@@ -243,8 +243,11 @@ fn simulate(
             return ExitCode::from(EX_DATAERR);
         }
     };
-    let options =
-        simulate::Options { until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)), initial_replicas };
+    let options = simulate::Options {
+        until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)),
+        initial_replicas,
+        groups: config.groups.clone(),
+    };
     let rows = match simulate::run(&rules, &trace, &options) {
         Ok(rows) => rows,
         Err(e) => {

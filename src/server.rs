@@ -153,6 +153,10 @@ async fn status(State(o): State<Arc<Observer>>) -> Response {
     if let Some(election) = o.election() {
         body["leader_election"] = serde_json::json!(election);
     }
+    let groups = o.groups().statuses();
+    if !groups.is_empty() {
+        body["groups"] = serde_json::json!(groups);
+    }
     axum::Json(body).into_response()
 }
 

@@ -73,10 +73,11 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`, and with `leader`, an elector for
     /// every kube context they use.
     pub fn start_electing(config: Config, deps: Deps<Q, T>, leader: Option<Electors>) -> Self {
-        let Config { kubernetes, server, leader_election, rules, .. } = config;
+        let Config { kubernetes, server, leader_election, groups, rules, .. } = config;
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
         deps.queues.set_needs(&rules);
         deps.observer.rules_loaded(&rules);
+        deps.observer.groups().configure(&groups, rules.iter().map(|r| &**r));
         let mut s = Supervisor {
             deps: Arc::new(deps),
             kubernetes,
@@ -214,6 +215,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers = keep;
         self.deps.queues.set_needs(&running);
         self.deps.observer.rules_loaded(&running);
+        self.deps.observer.groups().configure(&new.groups, running.iter().map(|r| &**r));
         self.set_contexts(&running);
         for name in &restarted {
             self.deps.observer.rule_restarted(name);

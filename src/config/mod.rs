@@ -37,7 +37,17 @@ pub struct Config {
     pub aws: AwsSettings,
     pub server: ServerSettings,
     pub leader_election: LeaderElection,
+    /// `[[group]]`: shared capacities, in file order.
+    pub groups: Vec<Group>,
     pub rules: Vec<Rule>,
+}
+
+/// A capacity shared by the rules (and, later, job rules) that name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// The sum of the members' replicas sqscale scales up to.
+    pub max_replicas: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +161,10 @@ pub struct Rule {
     pub polling_interval: Duration,
     /// `paused = true`: the rule polls and reports but never patches.
     pub paused: bool,
+    /// The `[[group]]` whose capacity this rule shares, if any.
+    pub group: Option<String>,
+    /// Within its group, free capacity goes to higher priority first.
+    pub priority: i32,
     pub policy: Policy,
     /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
     pub triggers: Vec<QueueSource>,
@@ -430,6 +444,11 @@ impl Config {
                 standby: Some(self.leader_election.standby.as_str().to_owned()),
             }),
             defaults: None,
+            group: self
+                .groups
+                .iter()
+                .map(|g| RawGroup { name: Some(g.name.clone()), max_replicas: Some(i64::from(g.max_replicas)) })
+                .collect(),
             rule: self
                 .rules
                 .iter()
@@ -449,6 +468,8 @@ impl Config {
                     idle_replica_count: r.policy.idle.map(i64::from),
                     paused: Some(r.paused),
                     activation_polls: Some(i64::from(r.policy.activation_polls)),
+                    group: r.group.clone(),
+                    priority: r.group.as_ref().map(|_| i64::from(r.priority)),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),

@@ -232,6 +232,47 @@ fn last_known_fallback_needs_a_max_age_and_only_it_takes_one() {
 }
 
 #[test]
+fn groups_are_named_capped_and_fit_their_members_minimums() {
+    let rule = |name: &str, extra: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\n{extra}\n[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/{name}\"\n"
+        )
+    };
+    let ok = format!(
+        "[[group]]\nname = \"gpu\"\nmax_replicas = 20\n{}{}",
+        rule("a", "group = \"gpu\"\npriority = 5\nmin_replica_count = 2"),
+        rule("b", "group = \"gpu\"")
+    );
+    let c = from_str(&ok).unwrap();
+    assert_eq!(c.groups, [Group { name: "gpu".into(), max_replicas: 20 }]);
+    assert_eq!((c.rules[0].group.as_deref(), c.rules[0].priority), (Some("gpu"), 5));
+    assert_eq!((c.rules[1].group.as_deref(), c.rules[1].priority), (Some("gpu"), 0));
+    let rendered = c.resolved_toml();
+    assert!(rendered.contains("[[group]]") && rendered.contains("group = \"gpu\""), "{rendered}");
+    assert_eq!(from_str(&rendered).unwrap(), c, "the resolved file reads back the same");
+
+    let bad = format!(
+        "[[group]]\nname = \"gpu\"\nmax_replicas = 3\n[[group]]\nname = \"gpu\"\nmax_replicas = 0\n[[group]]\nmax_replicas = 2\n{}{}{}",
+        rule("a", "group = \"gpu\"\nmin_replica_count = 2"),
+        rule("b", "group = \"gpu\"\nmin_replica_count = 2"),
+        rule("c", "group = \"cpu\"\npriority = 1")
+    );
+    let p = problems(&bad);
+    for want in [
+        "group \"gpu\": name is already used by another group; group names must be unique",
+        "group \"gpu\": max_replicas (0) must be between 1",
+        "group #3: name is required",
+        "rule \"c\": group (\"cpu\") is not a [[group]] of this file",
+        "group \"gpu\": its members' min_replica_count add up to 4 (a 2, b 2), above max_replicas (3)",
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(want)), "missing {want:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), 5, "{p:#?}");
+    let p = problems(&rule("d", "priority = 3"));
+    assert_eq!(p, ["rule \"d\": priority applies only to a rule with a group"]);
+}
+
+#[test]
 fn tv34_queue_url_parsing() {
     assert_eq!(
         queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo").unwrap(),

@@ -6,6 +6,7 @@
 //! The references are `../shared/spec/keda.md` (phase K) and `../shared/spec/hpa.md`
 //! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
 
+pub mod group;
 pub mod hpa;
 pub mod job;
 
@@ -300,6 +301,9 @@ pub enum Reason {
     LastKnown,
     /// Active, but fewer consecutive active polls than `activation_polls` so far.
     ActivationPending,
+    /// The rule's `[[group]]` had less free capacity than the scale-up asked for: the
+    /// step was cut to what it could grant (set by the caller, which holds the ledger).
+    GroupCapped,
     /// A trigger failed: nothing scales in, nothing changes until the fallback threshold.
     PollFailed,
     Paused,
@@ -327,6 +331,7 @@ impl Reason {
             Reason::Fallback => "fallback",
             Reason::LastKnown => "last_known",
             Reason::ActivationPending => "activation_pending",
+            Reason::GroupCapped => "group_capped",
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
@@ -366,6 +371,15 @@ impl Decision {
     /// The replica count after this poll if the write (if any) succeeds.
     pub fn replicas(&self) -> u32 {
         self.write.unwrap_or(self.current)
+    }
+
+    /// What the rule asks of a `[[group]]`: what the queues ask for within min and max,
+    /// or this poll's replicas if more (a step can go beyond the proposal, to min say).
+    /// A step limited by the HPA's rate claims its whole way up, so that capacity is
+    /// kept for it between its steps.
+    pub fn claim(&self, policy: &Policy) -> u32 {
+        let asked = self.proposal.map_or(0, |p| p.clamp(policy.min, policy.max));
+        asked.max(self.replicas())
     }
 }
 

@@ -79,8 +79,12 @@ fn failed_polls_show_as_poll_failed_and_hold() {
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,30,0,0\n25,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: None }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(200_000)), initial_replicas: None, groups: Vec::new() },
+    )
+    .unwrap();
     let last = rows.last().unwrap();
     assert_eq!((last.replicas, last.reason, last.backlog), (5, Reason::PollFailed, None));
 }
@@ -100,8 +104,12 @@ fn debounce_and_last_known_in_the_timeline() {
         "time,queue,visible,in_flight,delayed\n0,keda-demo-queue,50,0,0\n35,keda-demo-queue,error,,\n".as_bytes(),
     )
     .unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(90_000)), initial_replicas: None }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(90_000)), initial_replicas: None, groups: Vec::new() },
+    )
+    .unwrap();
     let got: Vec<_> = rows.iter().map(|r| (r.replicas, r.reason.as_str())).collect();
     assert_eq!(
         got,
@@ -119,6 +127,50 @@ fn debounce_and_last_known_in_the_timeline() {
             (10, "fallback"),
         ]
     );
+}
+
+/// Two rules share a group of 6: the one of higher priority takes what it asks for,
+/// the other what is left (`group_capped`), and grows once the first drains.
+#[test]
+fn a_group_shares_its_capacity_by_priority() {
+    let rule = |name: &str, priority: i32| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\npolling_interval = 10\ncooldown_period = 30\n\
+             max_replica_count = 10\ngroup = \"g\"\npriority = {priority}\n[rule.behavior.scale_down]\nstabilization_window = 0\n\
+             [[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/{name}\"\nqueue_length = 1\n"
+        )
+    };
+    let toml = format!("[[group]]\nname = \"g\"\nmax_replicas = 6\n{}{}", rule("hi", 1), rule("lo", 0));
+    let config = crate::config::from_str(&toml).unwrap();
+    let trace =
+        Trace::parse("time,queue,visible,in_flight,delayed\n0,hi,4,0,0\n0,lo,5,0,0\n25,hi,0,0,0\n".as_bytes()).unwrap();
+    let options = Options { until: Some(Time(40_000)), initial_replicas: Some(0), groups: config.groups.clone() };
+    let rules: Vec<_> = config.rules.iter().collect();
+    let rows = run(&rules, &trace, &options).unwrap();
+    let got: Vec<_> =
+        rows.iter().map(|r| (format_time(r.time), r.rule.as_str(), r.replicas, r.reason.as_str())).collect();
+    let want = [
+        // Nobody scales up before every member has polled once: lo had not.
+        ("0", "hi", 0, "group_capped"),
+        ("0", "lo", 1, "activated"),
+        // hi's queue asks for 4 (its claim, though it steps to 1), lo's for 5: hi first
+        // (priority), lo gets what is left of 6.
+        ("10", "hi", 1, "activated"),
+        ("10", "lo", 2, "group_capped"),
+        ("20", "hi", 4, "scaled_up"),
+        ("20", "lo", 2, "group_capped"),
+        // hi's queue is empty: it scales in (never held by the group), lo grows.
+        ("30", "hi", 1, "at_min"),
+        ("30", "lo", 5, "scaled_up"),
+        ("40", "hi", 1, "cooldown"),
+        ("40", "lo", 5, "unchanged"),
+    ];
+    let want: Vec<_> = want.iter().map(|&(t, r, n, why)| (t.to_owned(), r, n, why)).collect();
+    assert_eq!(got, want);
+    for t in (0..=40_000).step_by(10_000) {
+        let total: u32 = rows.iter().filter(|r| r.time == Time(t)).map(|r| r.replicas).sum();
+        assert!(total <= 6, "at {t} ms the group runs {total}");
+    }
 }
 
 #[test]
@@ -148,8 +200,12 @@ fn behavior_policies_count_only_the_hpa_rescales() {
     .unwrap();
     let trace =
         Trace::parse("time,queue,visible,in_flight,delayed\n0,q,50,,\n85,q,0,,\n105,q,50,,\n".as_bytes()).unwrap();
-    let rows =
-        run(&[&config.rules[0]], &trace, &Options { until: Some(Time(200_000)), initial_replicas: Some(0) }).unwrap();
+    let rows = run(
+        &[&config.rules[0]],
+        &trace,
+        &Options { until: Some(Time(200_000)), initial_replicas: Some(0), groups: Vec::new() },
+    )
+    .unwrap();
     let got: Vec<_> = rows.iter().map(|r| (format_time(r.time), r.replicas, r.reason.as_str())).collect();
     let want = [
         ("0", 1, "activated"),

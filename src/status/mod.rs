@@ -225,6 +225,8 @@ pub struct Observer {
     restart_required: Mutex<Vec<String>>,
     /// Each context's state ConfigMap size, reported by the Kubernetes adapter.
     state_sizes: Arc<crate::workload::state::Sizes>,
+    /// The `[[group]]` ledgers the workers ask for capacity; shown here.
+    groups: Arc<crate::group::Groups>,
 }
 
 impl Default for Observer {
@@ -259,6 +261,8 @@ impl Observer {
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         r.register_collector(Box::new(RuleMetrics(rules.clone())));
+        let groups = Arc::new(crate::group::Groups::default());
+        r.register_collector(Box::new(metrics::GroupMetrics(groups.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
         Observer {
@@ -269,6 +273,7 @@ impl Observer {
             election: None,
             restart_required: Mutex::default(),
             state_sizes: Arc::default(),
+            groups,
         }
     }
 
@@ -281,6 +286,12 @@ impl Observer {
     /// Each context's state ConfigMap and its size, as `/status` shows them.
     pub fn state(&self) -> Vec<crate::workload::state::StateSize> {
         self.state_sizes.list()
+    }
+
+    /// The groups' ledger: the supervisor configures it, the workers ask it for
+    /// capacity, `/status` and the metrics show it.
+    pub fn groups(&self) -> &Arc<crate::group::Groups> {
+        &self.groups
     }
 
     /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader

@@ -554,7 +554,7 @@ proptest! {
     ) {
         let Some(trace) = check_trace(&bytes)? else { return Ok(()) };
         let rule = demo_rule();
-        let options = Options { until: Some(Time(until)), initial_replicas: initial };
+        let options = Options { until: Some(Time(until)), initial_replicas: initial, groups: Vec::new() };
         match simulate::run(&[rule], &trace, &options) {
             Ok(rows) => {
                 let step = rule.polling_interval.as_millis() as i64;
