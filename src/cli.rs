@@ -368,6 +368,12 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
                 print!("{}", crate::status::election_lines(election));
             }
             print!("{}", crate::status::table(&status.rules));
+            print!("{}", crate::status::group_lines(&status.groups));
+            for g in &status.groups {
+                if let Some(note) = &g.note {
+                    eprintln!("note: group {}: {note}", g.group);
+                }
+            }
             for s in status.state.iter().filter(|s| s.near_limit) {
                 let context = if s.context.is_empty() { "the in-cluster context" } else { &s.context };
                 eprintln!(

@@ -19,6 +19,8 @@ use crate::sync::lock;
 /// What a member reported at its last poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
+    /// The member's kube context (`None`: the default one).
+    context: Option<String>,
     priority: i32,
     min: u32,
     /// Its replicas after its last poll (what it wrote, or what it read); `None` until
@@ -45,7 +47,7 @@ pub struct Grant {
 }
 
 /// A group as `/status` and the metrics show it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupStatus {
     pub group: String,
     pub max_replicas: u32,
@@ -54,9 +56,15 @@ pub struct GroupStatus {
     pub members: Vec<MemberStatus>,
     /// Members that have not polled yet: until they have, nobody scales up.
     pub waiting_for: Vec<String>,
+    /// The kube contexts of its members (`null`: the default one).
+    pub contexts: Vec<Option<String>>,
+    /// What keeps the group from working as configured (a group across contexts led by
+    /// different instances), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     pub rule: String,
     pub priority: i32,
@@ -86,7 +94,14 @@ impl Groups {
             let Some(ledger) = ledgers.get_mut(group) else { continue };
             let kept = old.get_mut(group).and_then(|l| l.members.remove(&rule.name));
             let (current, want, denied) = kept.map_or((None, 0, 0), |s| (s.current, s.want, s.denied));
-            let seen = Seen { priority: rule.priority, min: rule.policy.min, current, want, denied };
+            let seen = Seen {
+                context: rule.context.clone(),
+                priority: rule.priority,
+                min: rule.policy.min,
+                current,
+                want,
+                denied,
+            };
             ledger.members.insert(rule.name.clone(), seen);
         }
     }
@@ -163,6 +178,13 @@ impl Groups {
                     })
                     .collect(),
                 waiting_for: l.members.iter().filter(|(_, m)| m.current.is_none()).map(|(r, _)| r.clone()).collect(),
+                contexts: {
+                    let mut c: Vec<Option<String>> = l.members.values().map(|m| m.context.clone()).collect();
+                    c.sort();
+                    c.dedup();
+                    c
+                },
+                note: None,
             })
             .collect();
         out.sort_by(|a, b| a.group.cmp(&b.group));

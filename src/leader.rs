@@ -107,11 +107,17 @@ pub struct Clock(Source);
 #[derive(Clone, Debug)]
 enum Source {
     Boot,
+    /// Behind one pointer, so that a test build's worker is no larger than the daemon's
+    /// by more than that (`worker::tests::a_poll_and_an_idle_worker_are_small`).
     #[cfg(test)]
-    Test {
-        origin: Instant,
-        suspended: Arc<std::sync::Mutex<Duration>>,
-    },
+    Test(Arc<TestClock>),
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct TestClock {
+    origin: Instant,
+    suspended: Arc<std::sync::Mutex<Duration>>,
 }
 
 impl Clock {
@@ -127,7 +133,7 @@ impl Clock {
                 Moment(Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32))
             }
             #[cfg(test)]
-            Source::Test { origin, suspended } => Moment(origin.elapsed() + *suspended.lock().unwrap()),
+            Source::Test(t) => Moment(t.origin.elapsed() + *t.suspended.lock().unwrap()),
         }
     }
 
@@ -136,7 +142,7 @@ impl Clock {
     #[cfg(test)]
     fn test() -> (Clock, Arc<std::sync::Mutex<Duration>>) {
         let suspended = Arc::new(std::sync::Mutex::new(Duration::ZERO));
-        (Clock(Source::Test { origin: Instant::now(), suspended: suspended.clone() }), suspended)
+        (Clock(Source::Test(Arc::new(TestClock { origin: Instant::now(), suspended: suspended.clone() }))), suspended)
     }
 }
 

@@ -153,7 +153,7 @@ async fn status(State(o): State<Arc<Observer>>) -> Response {
     if let Some(election) = o.election() {
         body["leader_election"] = serde_json::json!(election);
     }
-    let groups = o.groups().statuses();
+    let groups = o.group_statuses();
     if !groups.is_empty() {
         body["groups"] = serde_json::json!(groups);
     }

@@ -208,8 +208,9 @@ pub struct State {
     pub seeded: bool,
     /// Consecutive active polls while waiting to activate (`activation_polls`).
     pub active_polls: u32,
-    /// Per trigger, its last successful reading; kept only with a `lastKnown` fallback.
-    pub last_good: Vec<Option<Reading>>,
+    /// Per trigger, its last successful reading; kept only with a `lastKnown` fallback
+    /// (empty otherwise: a boxed slice, so every other rule's state carries 16 bytes).
+    pub last_good: Box<[Option<Reading>]>,
 }
 
 /// A trigger's successful reading and the start of the poll that read it.
@@ -545,11 +546,15 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
     next.failures.resize(n, 0);
     let max_age = match policy.fallback.map(|f| f.behavior) {
         Some(FallbackBehavior::LastKnown { max_age }) => {
-            next.last_good.resize(n, None);
+            if next.last_good.len() != n {
+                let mut kept = std::mem::take(&mut next.last_good).into_vec();
+                kept.resize(n, None);
+                next.last_good = kept.into_boxed_slice();
+            }
             Some(millis(max_age))
         }
         _ => {
-            next.last_good = Vec::new();
+            next.last_good = Box::default();
             None
         }
     };

@@ -10,7 +10,7 @@ mod client;
 mod leadership;
 mod metrics;
 
-pub use client::{AskError, Status, check_health, election_lines, fetch, table};
+pub use client::{AskError, Status, check_health, election_lines, fetch, group_lines, table};
 use leadership::Campaign;
 pub use leadership::{ContextLead, ElectionStatus};
 use metrics::{Metrics, ProcessCollector, ResultLabels, RuleMetrics};
