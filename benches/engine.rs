@@ -1,6 +1,8 @@
 //! The decision engine alone: decisions per second on the demo rule, legacy and
 //! behavior paths, and the legacy path with a schedule, whose window is found by a cron
-//! search in a time zone at every decision (`cargo bench --bench engine`).
+//! search in a time zone at every decision; and one round of a 1,000-rule fleet, in one
+//! `[[group]]` and in none, so the group's cost per poll shows next to the decisions'
+//! (`cargo bench --bench engine`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -82,5 +84,61 @@ fn engine(c: &mut Criterion) {
     c.bench_function("decide x360 (legacy path, a schedule)", |b| b.iter(|| black_box(hour(black_box(&p)))));
 }
 
-criterion_group!(benches, engine);
+/// 1,000 rules, all in one group of `cap` when `grouped`.
+fn fleet(grouped: bool, cap: u32) -> sqscale::config::Config {
+    let mut toml = String::new();
+    if grouped {
+        toml.push_str(&format!("[[group]]\nname = \"g\"\nmax_replicas = {cap}\n"));
+    }
+    for i in 0..1000 {
+        let group = if grouped { format!("group = \"g\"\npriority = {}\n", i % 3) } else { String::new() };
+        toml.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\ntarget = {{ name = \"r{i}\" }}\nmax_replica_count = 50\n{group}\
+             [[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q{i}\"\n"
+        ));
+    }
+    sqscale::config::from_str(&toml).expect("a valid fleet")
+}
+
+/// One round of the fleet: each rule decides on a backlog that asks it to grow (half
+/// of them to 8, half to 40), and asks the ledger, as the worker does, when in a group.
+fn round(config: &sqscale::config::Config, groups: &sqscale::group::Groups, states: &[State]) -> u32 {
+    let mut total = 0;
+    for (i, (rule, state)) in config.rules.iter().zip(states).enumerate() {
+        let backlog = if i % 2 == 0 { 40 } else { 200 };
+        let obs = Observation {
+            replicas: 2,
+            status_replicas: 2,
+            pause: Pause::No,
+            queues: vec![Some(Counts { visible: backlog, in_flight: 0, delayed: 0 })],
+        };
+        let (_, d) = decide(&rule.policy, state, &obs, Time(10_000));
+        let granted = if rule.group.is_some() {
+            groups.grant(rule, d.current, d.replicas(), d.claim(&rule.policy), rule.policy.min).replicas
+        } else {
+            d.replicas()
+        };
+        total += granted;
+    }
+    total
+}
+
+fn groups(c: &mut Criterion) {
+    for grouped in [false, true] {
+        // Room for every member's 2 and a quarter of what they ask beyond: every poll
+        // that asks runs the allocation over all 1,000 members.
+        let config = fleet(grouped, 2_000 + 5_000);
+        let ledger = sqscale::group::Groups::default();
+        ledger.configure(&config.groups, &config.rules);
+        let states: Vec<State> = config.rules.iter().map(|_| State::new(Time(0))).collect();
+        // Every member reports once, so the allocation runs from the first timed poll.
+        round(&config, &ledger, &states);
+        let name = if grouped { "1,000 rules in one group" } else { "1,000 rules, no group" };
+        c.bench_function(&format!("one round of polls ({name})"), |b| {
+            b.iter(|| black_box(round(black_box(&config), &ledger, &states)))
+        });
+    }
+}
+
+criterion_group!(benches, engine, groups);
 criterion_main!(benches);

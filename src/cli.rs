@@ -267,6 +267,7 @@ fn simulate(path: &Path, trace_path: &Path, args: SimulateArgs<'_>) -> ExitCode 
         until: until.map(|u| crate::engine::Time((u * 1000.0).round() as i64)),
         initial_replicas,
         start,
+        groups: config.groups.clone(),
     };
     let rows = match simulate::run(&rules, &trace, &options) {
         Ok(rows) => rows,
@@ -388,6 +389,20 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
                 print!("{}", crate::status::election_lines(election));
             }
             print!("{}", crate::status::table(&status.rules));
+            print!("{}", crate::status::group_lines(&status.groups));
+            for g in &status.groups {
+                if let Some(note) = &g.note {
+                    eprintln!("note: group {}: {note}", g.group);
+                }
+            }
+            for s in status.state.iter().filter(|s| s.near_limit) {
+                let context = if s.context.is_empty() { "the in-cluster context" } else { &s.context };
+                eprintln!(
+                    "note: ConfigMap {} ({context}) holds {} KiB of the API server's 1024 KiB limit",
+                    s.configmap,
+                    s.bytes / 1024
+                );
+            }
             if !status.restart_required.is_empty() {
                 eprintln!(
                     "note: changed in the rule file, applied only on restart: {}",

@@ -67,7 +67,8 @@ pub enum Error {
 /// runs, or [`Error::Aborted`] when the drain was cut short.
 pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Control>) -> Result<(), Error> {
     let Options { config_path, kubeconfig, dry_run, shutdown_grace } = options;
-    let kube = Kube::from_config(&config, kubeconfig, CALL_TIMEOUT);
+    let mut observer = Observer::new();
+    let kube = Kube::from_config(&config, kubeconfig, CALL_TIMEOUT).with_state_sizes(observer.state_sizes());
     let mut config = config;
     name_contexts(&mut config, &kube);
     // Build every context's client now: a broken kubeconfig is a start-up error,
@@ -82,7 +83,6 @@ pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Contr
     // lists: at ten thousand rules that queue held thousands of polls at once.
     kube.watch(config.rules.iter().map(|r| (r.context.as_deref(), &r.target))).await;
     let kube = Arc::new(kube);
-    let mut observer = Observer::new();
     let identity = config.leader_election.enabled.then(crate::leader::identity);
     if let Some(identity) = &identity {
         let le = &config.leader_election;

@@ -4,7 +4,10 @@
 //! stop; a standby takes over once the lease has not changed for `lease_duration`.
 //!
 //! Expiry is judged on the local clock from when this instance last saw the record
-//! change (client-go's `observedTime`), so clock skew between hosts does not matter.
+//! change (client-go's `observedTime`), so clock skew between hosts does not matter;
+//! that clock counts the time the host was suspended ([`Clock`]). Beyond client-go, a
+//! Lease seen before and then deleted, or emptied without a clean release, is not taken
+//! at once: its holder may still be writing (see `Elector::try_acquire_or_renew`).
 //! With rules in several clusters, one lease per context.
 //!
 //! Beyond client-go, a leader fences its own writes: its lease is valid until the start
@@ -33,7 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{LeaderElection, Standby};
 use crate::error::chain;
@@ -75,26 +78,94 @@ pub fn write_margin(lease_duration: Duration) -> Duration {
     (lease_duration / 4).min(Duration::from_secs(2))
 }
 
+/// A point on the lease clock: the time since boot, suspended time included
+/// (`CLOCK_BOOTTIME`). Lease validity is measured on it, not on tokio's monotonic clock,
+/// which stops while the host sleeps: a leader resumed after a suspend longer than its
+/// lease must not trust the lease it held before (a standby has taken over meanwhile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Moment(Duration);
+
+impl Moment {
+    /// How long after `earlier` this is; zero if it is not after it.
+    pub fn since(self, earlier: Moment) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<Duration> for Moment {
+    type Output = Moment;
+    fn add(self, d: Duration) -> Moment {
+        Moment(self.0 + d)
+    }
+}
+
+/// Where [`Moment`]s come from: `CLOCK_BOOTTIME` in the daemon; in unit tests, tokio's
+/// (paused) clock plus whatever time a test says the host spent suspended.
+#[derive(Clone, Debug)]
+pub struct Clock(Source);
+
+#[derive(Clone, Debug)]
+enum Source {
+    Boot,
+    /// Behind one pointer, so that a test build's worker is no larger than the daemon's
+    /// by more than that (`worker::tests::a_poll_and_an_idle_worker_are_small`).
+    #[cfg(test)]
+    Test(Arc<TestClock>),
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct TestClock {
+    origin: Instant,
+    suspended: Arc<std::sync::Mutex<Duration>>,
+}
+
+impl Clock {
+    pub fn boot() -> Clock {
+        Clock(Source::Boot)
+    }
+
+    pub fn now(&self) -> Moment {
+        match &self.0 {
+            Source::Boot => {
+                let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+                // Both fields are non-negative for CLOCK_BOOTTIME.
+                Moment(Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32))
+            }
+            #[cfg(test)]
+            Source::Test(t) => Moment(t.origin.elapsed() + *t.suspended.lock().unwrap()),
+        }
+    }
+
+    /// A clock on tokio's clock, and the handle that "suspends" the host: time added to
+    /// it passes on this clock but not on tokio's.
+    #[cfg(test)]
+    fn test() -> (Clock, Arc<std::sync::Mutex<Duration>>) {
+        let suspended = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        (Clock(Source::Test(Arc::new(TestClock { origin: Instant::now(), suspended: suspended.clone() }))), suspended)
+    }
+}
+
 /// Whether, and until when, this instance may write to the targets of one kube context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lead {
     /// No leader election: writes are bounded only by the call timeout.
     Unelected,
-    /// Holding the lease: a write must end before this instant, the lease's earliest
+    /// Holding the lease: a write must end before this moment, the lease's earliest
     /// possible expiry less the write margin.
-    Until(Instant),
+    Until(Moment),
     /// A standby, or a leader whose lease may be about to expire: no writes.
     Standby,
 }
 
 impl Lead {
-    /// How long a write that starts now may run: `cap`, or less when the lease's margin
-    /// comes first; `None` when no write may start.
-    pub fn budget(self, cap: Duration) -> Option<Duration> {
+    /// How long a write that starts `now` may run: `cap`, or less when the lease's
+    /// margin comes first; `None` when no write may start.
+    fn budget(self, now: Moment, cap: Duration) -> Option<Duration> {
         match self {
             Lead::Unelected => Some(cap),
             Lead::Until(end) => {
-                let left = end.saturating_duration_since(Instant::now());
+                let left = end.since(now);
                 (!left.is_zero()).then(|| left.min(cap))
             }
             Lead::Standby => None,
@@ -114,6 +185,8 @@ pub struct Leadership(Option<Elected>);
 struct Elected {
     lead: watch::Receiver<Lead>,
     standby: Standby,
+    /// The elector's clock: what it published is judged on the same clock.
+    clock: Clock,
 }
 
 impl Leadership {
@@ -122,8 +195,8 @@ impl Leadership {
         Leadership(None)
     }
 
-    fn elected(lead: watch::Receiver<Lead>, standby: Standby) -> Leadership {
-        Leadership(Some(Elected { lead, standby }))
+    fn elected(lead: watch::Receiver<Lead>, standby: Standby, clock: Clock) -> Leadership {
+        Leadership(Some(Elected { lead, standby, clock }))
     }
 
     /// A context without an elector under leader election: never writes. (The
@@ -131,23 +204,32 @@ impl Leadership {
     /// only the safe answer to a context that is not known.)
     fn never(standby: Standby) -> Leadership {
         // The sender may go: a receiver keeps the last value.
-        Leadership::elected(watch::channel(Lead::Standby).1, standby)
+        Leadership::elected(watch::channel(Lead::Standby).1, standby, Clock::boot())
     }
 
     /// Whether, and until when, this instance may write now.
     pub fn lead(&self) -> Lead {
-        let Some(elected) = &self.0 else {
-            return Lead::Unelected;
-        };
-        match *elected.lead.borrow() {
-            Lead::Until(until) if until <= Instant::now() => Lead::Standby,
-            lead => lead,
-        }
+        self.lead_at().0
     }
 
-    /// How long a write that starts now may run (see [`Lead::budget`]).
+    /// [`Leadership::lead`], and the moment it was judged at.
+    fn lead_at(&self) -> (Lead, Option<Moment>) {
+        let Some(elected) = &self.0 else {
+            return (Lead::Unelected, None);
+        };
+        let lead = *elected.lead.borrow();
+        let Lead::Until(until) = lead else {
+            return (lead, None);
+        };
+        let now = elected.clock.now();
+        (if until <= now { Lead::Standby } else { lead }, Some(now))
+    }
+
+    /// How long a write that starts now may run: the call timeout `cap`, or less when
+    /// the lease's margin comes first; `None` when no write may start.
     pub fn budget(&self, cap: Duration) -> Option<Duration> {
-        self.lead().budget(cap)
+        let (lead, now) = self.lead_at();
+        lead.budget(now.unwrap_or(Moment(Duration::ZERO)), cap)
     }
 
     /// Whether the worker should skip its poll: this instance is a cold standby in the
@@ -197,6 +279,8 @@ pub struct Electors {
     release: CancellationToken,
     /// A forced stop: keep the leases, so that they expire on their own.
     abandon: CancellationToken,
+    /// What lease validity is measured on.
+    clock: Clock,
 }
 
 /// Dropped without [`Electors::stop`] (the daemon did not drain): the electors stop and
@@ -233,6 +317,7 @@ impl Electors {
             tasks: TaskTracker::new(),
             release: CancellationToken::new(),
             abandon: CancellationToken::new(),
+            clock: Clock::boot(),
         }
     }
 
@@ -274,6 +359,7 @@ impl Electors {
             generation: self.generation,
             observer: self.observer.clone(),
             lead: publish,
+            clock: self.clock.clone(),
         };
         let previous = self.retiring.remove(&context);
         self.tasks.spawn(elector.run(
@@ -294,7 +380,7 @@ impl Electors {
     /// What a worker of `context` reads before it polls and before each write.
     pub fn leadership(&self, context: Option<&str>) -> Leadership {
         match self.campaigns.get(&context.map(str::to_owned)) {
-            Some(c) => Leadership::elected(c.lead.clone(), self.settings.standby),
+            Some(c) => Leadership::elected(c.lead.clone(), self.settings.standby, self.clock.clone()),
             None => Leadership::never(self.settings.standby),
         }
     }
@@ -326,13 +412,61 @@ struct Elector {
     observer: Arc<Observer>,
     /// What the context's workers read: published after every round.
     lead: watch::Sender<Lead>,
+    clock: Clock,
 }
 
-/// What this instance last saw of the lease.
+/// What this instance last saw of the lease: client-go's observed record and time.
 struct Observed {
-    holder: Option<String>,
-    renew: Option<MicroTime>,
-    at: Instant,
+    /// The Lease as last read or written (its resourceVersion carries the next
+    /// renewal); `None` once it was seen deleted.
+    lease: Option<Lease>,
+    /// When the record was first seen as it is now. Any change of it (a renewal, a new
+    /// holder, a hand edit of any field, a deletion) starts the wait again, so that a
+    /// `leaseDurationSeconds` lowered by hand counts from when the edit was seen, not
+    /// from an older observation.
+    at: Moment,
+    /// How long after `at` the lease may be taken from its holder: the record's
+    /// `leaseDurationSeconds`; for a deleted lease, that of the record before it.
+    duration: Duration,
+}
+
+impl Observed {
+    fn holder(&self) -> Option<&str> {
+        let spec = self.lease.as_ref()?.spec.as_ref()?;
+        spec.holder_identity.as_deref().filter(|h| !h.is_empty())
+    }
+}
+
+/// What one attempt at the lease came to.
+#[derive(Debug)]
+enum Attempt {
+    /// This instance holds the lease: renewed, acquired or created.
+    Held,
+    /// Another instance holds it, or it may not be taken yet.
+    Other,
+    /// Another write came first (409): the lease is read again next round. A leader
+    /// does not step down for it: the record may still name it (a hand edit of a label,
+    /// a renewal of ours whose answer was lost).
+    Conflict,
+}
+
+/// Until when writes may run, judged at `now`, after a renewal that started at
+/// `renewed`: the lease's earliest expiry less the write margin. `None` once that has
+/// passed, or once `renew_deadline` has gone by without a renewal (client-go's
+/// step-down).
+fn writes_until(settings: &LeaderElection, renewed: Moment, now: Moment) -> Option<Moment> {
+    if now >= renewed + settings.renew_deadline {
+        return None;
+    }
+    // What the lease says (whole seconds), which is what standbys wait out.
+    let lease = Duration::from_secs(lease_seconds(settings) as u64).min(settings.lease_duration);
+    let until = renewed + lease.saturating_sub(write_margin(lease));
+    (until > now).then_some(until)
+}
+
+/// The lease duration as the record carries it: whole seconds, at least one.
+fn lease_seconds(settings: &LeaderElection) -> i32 {
+    i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX).max(1)
 }
 
 impl Elector {
@@ -359,7 +493,7 @@ impl Elector {
         info!(context = context.unwrap_or("(default)"), lease = %self.settings.lease_name, namespace = %self.settings.namespace, identity = %self.identity, "campaigning for the lease; a standby until it is ours");
         let mut observed: Option<Observed> = None;
         // When the last renewal that succeeded started.
-        let mut renewed: Option<Instant> = None;
+        let mut renewed: Option<Moment> = None;
         let mut leading = false;
         let mut tick = tokio::time::interval(self.settings.retry_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,27 +505,51 @@ impl Elector {
                 _ = users.wait() => break true,
                 _ = tick.tick() => {}
             }
-            let started = Instant::now();
-            // One deadline for the round: building the client, the read and the write.
-            let round = tokio::time::timeout(
-                self.settings.retry_period.max(Duration::from_secs(1)),
-                self.try_acquire_or_renew(&mut observed),
-            );
-            let outcome = tokio::select! {
+            // The client first, outside the round's deadline: building it may run an
+            // exec plugin for seconds (it has its own timeout), and cut short by every
+            // round it would start again each time and never finish.
+            let api = tokio::select! {
                 biased;
                 _ = abandon.cancelled() => break false,
-                outcome = round => outcome,
+                _ = release.cancelled() => break true,
+                _ = users.wait() => break true,
+                api = self.api() => api,
+            };
+            let started = self.clock.now();
+            let valid = renewed.and_then(|r| writes_until(&self.settings, r, started)).is_some();
+            // As client-go: each attempt may take until the renew deadline, a leader's
+            // counted from its last renewal (past it, it steps down anyway). An answer
+            // that comes late is still good: validity counts from the round's start.
+            let deadline = match renewed {
+                Some(r) if valid => (r + self.settings.renew_deadline).since(started),
+                _ => self.settings.renew_deadline,
+            };
+            let outcome = match api {
+                Err(e) => Ok(Err(e)),
+                Ok(api) => {
+                    let attempt = self.try_acquire_or_renew(&api, &mut observed, valid);
+                    tokio::select! {
+                        biased;
+                        _ = abandon.cancelled() => break false,
+                        _ = release.cancelled() => break true,
+                        outcome = tokio::time::timeout(deadline, attempt) => outcome,
+                    }
+                }
             };
             match outcome {
-                Ok(Ok(true)) => renewed = Some(started),
-                // Another holder, or another instance wrote first: no more writes.
-                Ok(Ok(false)) => renewed = None,
+                Ok(Ok(Attempt::Held)) => renewed = Some(started),
+                // Another holder: no more writes.
+                Ok(Ok(Attempt::Other)) => renewed = None,
+                Ok(Ok(Attempt::Conflict)) => {
+                    info!(lease = %self.settings.lease_name, "the lease changed during this round; reading it again")
+                }
                 Ok(Err(e)) => {
                     warn!(error = %chain(&e), kind = e.kind(), lease = %self.settings.lease_name, "lease update failed")
                 }
                 Err(_) => warn!(lease = %self.settings.lease_name, "lease update timed out"),
             }
-            let until = renewed.and_then(|r| self.writes_until(r));
+            let now = self.clock.now();
+            let until = renewed.and_then(|r| writes_until(&self.settings, r, now));
             if until.is_some() != leading {
                 leading = until.is_some();
                 if leading {
@@ -404,8 +562,11 @@ impl Elector {
                 }
             }
             self.publish(until.map_or(Lead::Standby, Lead::Until));
-            let holder = observed.as_ref().and_then(|o| o.holder.as_deref());
-            self.observer.set_leading(context, self.generation, until, holder);
+            let holder = observed.as_ref().and_then(Observed::holder);
+            // `/status` shows it on tokio's clock; only the workers' fence needs the
+            // lease clock.
+            let shown = until.map(|u| Instant::now() + u.since(now));
+            self.observer.set_leading(context, self.generation, shown, holder);
         };
         self.publish(Lead::Standby);
         self.observer.set_leading(context, self.generation, None, None);
@@ -420,26 +581,12 @@ impl Elector {
         self.lead.send_if_modified(|current| std::mem::replace(current, lead) != lead);
     }
 
-    /// Until when writes may run after a renewal that started at `renewed`: the lease's
-    /// earliest expiry less the write margin. `None` once that has passed, or once
-    /// `renew_deadline` has gone by without a renewal (client-go's step-down).
-    fn writes_until(&self, renewed: Instant) -> Option<Instant> {
-        let now = Instant::now();
-        if now >= renewed + self.settings.renew_deadline {
-            return None;
-        }
-        // What the lease says (whole seconds), which is what standbys wait out.
-        let lease = Duration::from_secs(self.lease_seconds() as u64).min(self.settings.lease_duration);
-        let until = renewed + lease.saturating_sub(write_margin(lease));
-        (until > now).then_some(until)
-    }
-
     fn now() -> MicroTime {
         MicroTime(jiff::Timestamp::now())
     }
 
     fn lease_seconds(&self) -> i32 {
-        i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX).max(1)
+        lease_seconds(&self.settings)
     }
 
     async fn api(&self) -> Result<Api<Lease>, LeaseError> {
@@ -452,49 +599,106 @@ impl Elector {
         format!("{}/{}", self.settings.namespace, self.settings.lease_name)
     }
 
-    /// One round of client-go's `tryAcquireOrRenew`. Ok(true) when this instance holds
-    /// the lease afterwards.
-    async fn try_acquire_or_renew(&self, observed: &mut Option<Observed>) -> Result<bool, LeaseError> {
-        let api = self.api().await?;
+    fn holds(&self, lease: &Lease) -> bool {
+        lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.identity.as_str())
+    }
+
+    /// Records what was just read or written of the lease (`None`: it does not exist).
+    /// The observation time moves only when the record changed.
+    fn observe(&self, observed: &mut Option<Observed>, lease: Option<Lease>) {
+        let spec = |l: &Option<Lease>| l.as_ref().map(|l| l.spec.clone().unwrap_or_default());
+        let new = spec(&lease);
+        if let Some(o) = observed.as_mut().filter(|o| spec(&o.lease) == new) {
+            // Unchanged; keep the newest resourceVersion for the next write.
+            o.lease = lease;
+            return;
+        }
+        let ours = Duration::from_secs(self.lease_seconds() as u64);
+        let duration = match &new {
+            Some(s) => s.lease_duration_seconds.filter(|d| *d > 0).map_or(ours, |d| Duration::from_secs(d as u64)),
+            None => observed.as_ref().map_or(ours, |o| o.duration),
+        };
+        *observed = Some(Observed { lease, at: self.clock.now(), duration });
+    }
+
+    /// One attempt of client-go's `tryAcquireOrRenew`. `valid`: this instance holds a
+    /// lease that has not run out.
+    async fn try_acquire_or_renew(
+        &self,
+        api: &Api<Lease>,
+        observed: &mut Option<Observed>,
+        valid: bool,
+    ) -> Result<Attempt, LeaseError> {
         let name = &self.settings.lease_name;
-        let existing = match api.get(name).await {
-            Ok(l) => l,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.identity.clone()),
-                        lease_duration_seconds: Some(self.lease_seconds()),
-                        acquire_time: Some(Self::now()),
-                        renew_time: Some(Self::now()),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                return match api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
-                    // Someone else created it first: not ours this round.
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                    Err(e) => Err(LeaseError::Create(self.lease(), KubeFailure(e))),
-                };
+        // client-go's fast path: a leader renews the record as it last saw it, one
+        // request instead of two (which matters when each takes a second). Only if that
+        // fails (another write came first, the lease is gone, an error) does it read.
+        if valid && let Some(mut lease) = observed.as_ref().and_then(|o| o.lease.clone()).filter(|l| self.holds(l)) {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.lease_duration_seconds = Some(self.lease_seconds());
+            spec.renew_time = Some(Self::now());
+            match api.replace(name, &PostParams::default(), &lease).await {
+                Ok(written) => {
+                    self.observe(observed, Some(written));
+                    return Ok(Attempt::Held);
+                }
+                Err(e) => {
+                    debug!(error = %chain(&LeaseError::Write(self.lease(), KubeFailure(e))), "renewing the lease as last seen failed; reading it")
+                }
             }
-            Err(e) => return Err(LeaseError::Read(self.lease(), KubeFailure(e))),
+        }
+        let first = observed.is_none();
+        let read = api.get_opt(name).await.map_err(|e| LeaseError::Read(self.lease(), KubeFailure(e)))?;
+        self.observe(observed, read.clone());
+        let waited = observed.as_ref().is_some_and(|o| self.clock.now().since(o.at) >= o.duration);
+        let Some(existing) = read else {
+            // No lease. On a first look, create it at once, as client-go does. One seen
+            // before and now gone was deleted, maybe by hand under a leader that still
+            // writes: unless it was ours, wait out a lease duration from when it went.
+            if !(first || valid || waited) {
+                return Ok(Attempt::Other);
+            }
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(self.lease_seconds()),
+                    acquire_time: Some(Self::now()),
+                    renew_time: Some(Self::now()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(created) => {
+                    self.observe(observed, Some(created));
+                    Ok(Attempt::Held)
+                }
+                // Someone else created it first: read it next round.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
+                Err(e) => Err(LeaseError::Create(self.lease(), KubeFailure(e))),
+            };
         };
         let spec = existing.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let changed = observed.as_ref().is_none_or(|o| o.holder != holder || o.renew != spec.renew_time);
-        if changed {
-            *observed = Some(Observed { holder: holder.clone(), renew: spec.renew_time.clone(), at: Instant::now() });
-        }
-        let mine = holder.as_deref() == Some(self.identity.as_str());
-        let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(self.lease_seconds()).max(1) as u64);
-        let expired = holder.is_none() || observed.as_ref().is_some_and(|o| o.at.elapsed() >= duration);
-        if !mine && !expired {
-            return Ok(false);
+        let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
+        let mine = holder == Some(self.identity.as_str());
+        let takeable = match holder {
+            _ if mine => true,
+            // Emptied while our lease runs: no one else may take it before it ends.
+            None if valid => true,
+            // A clean release (no holder, the lease cut to 1 s, as ours and client-go's
+            // are): the releaser has stopped writing.
+            None if spec.lease_duration_seconds == Some(1) => true,
+            // Held by another, or emptied by hand (its holder may still be writing):
+            // once the record has not changed for its lease duration.
+            _ => waited,
+        };
+        if !takeable {
+            return Ok(Attempt::Other);
         }
         let mut lease = existing;
         let mut next = spec;
-        if !mine {
+        if !mine && !valid {
             next.acquire_time = Some(Self::now());
             next.lease_transitions = Some(next.lease_transitions.unwrap_or(0) + 1);
         }
@@ -503,14 +707,13 @@ impl Elector {
         next.renew_time = Some(Self::now());
         lease.spec = Some(next);
         // The PUT carries the resourceVersion we read: if another instance wrote in
-        // between, it fails with a conflict and we stay a standby this round.
+        // between, it fails with a conflict and the next round reads again.
         match api.replace(name, &PostParams::default(), &lease).await {
             Ok(written) => {
-                let s = written.spec.unwrap_or_default();
-                *observed = Some(Observed { holder: s.holder_identity, renew: s.renew_time, at: Instant::now() });
-                Ok(true)
+                self.observe(observed, Some(written));
+                Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(LeaseError::Write(self.lease(), KubeFailure(e))),
         }
     }
@@ -568,22 +771,80 @@ mod tests {
         assert_eq!((free.budget(cap), free.cold_standby()), (Some(cap), false));
         assert_eq!(Leadership::never(Standby::Cold).budget(cap), None);
 
+        let (clock, _) = Clock::test();
         let (publish, lead) = watch::channel(Lead::Standby);
-        let cold = Leadership::elected(lead.clone(), Standby::Cold);
-        let warm = Leadership::elected(lead, Standby::Warm);
+        let cold = Leadership::elected(lead.clone(), Standby::Cold, clock.clone());
+        let warm = Leadership::elected(lead, Standby::Warm, clock.clone());
         assert!(cold.cold_standby() && !warm.cold_standby());
         assert_eq!(cold.budget(cap), None);
 
-        publish.send_replace(Lead::Until(Instant::now() + Duration::from_secs(3)));
+        publish.send_replace(Lead::Until(clock.now() + Duration::from_secs(3)));
         assert_eq!(cold.budget(cap), Some(Duration::from_secs(3)), "the lease's time left, not the cap");
         assert!(!cold.cold_standby(), "the leader polls");
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(cold.lead(), Lead::Standby, "the margin has run out, whatever was published");
         assert!(cold.cold_standby());
 
-        publish.send_replace(Lead::Until(Instant::now() + cap));
+        publish.send_replace(Lead::Until(clock.now() + cap));
         drop(publish);
         assert_eq!(warm.budget(cap), Some(cap), "the last word counts after the elector has gone");
+    }
+
+    fn settings(lease: u64, renew_deadline: u64) -> LeaderElection {
+        LeaderElection {
+            enabled: true,
+            namespace: "sqscale".into(),
+            lease_name: "sqscale".into(),
+            lease_duration: Duration::from_secs(lease),
+            renew_deadline: Duration::from_secs(renew_deadline),
+            retry_period: Duration::from_secs(2),
+            standby: Standby::Cold,
+        }
+    }
+
+    /// Issue 26 item 11: the host sleeps while this instance leads. Tokio's clock (the
+    /// monotonic one) does not move while it sleeps, the lease clock does: on waking, a
+    /// worker must not write under the lease it held before (a standby has taken over
+    /// meanwhile), nor may the elector count its last renewal as still good.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_resumed_from_suspend_does_not_trust_its_expired_lease() {
+        let cap = Duration::from_secs(10);
+        let (clock, suspended) = Clock::test();
+        let (publish, lead) = watch::channel(Lead::Standby);
+        let worker = Leadership::elected(lead, Standby::Warm, clock.clone());
+        let s = settings(15, 10);
+        let renewed = clock.now();
+        let until = writes_until(&s, renewed, clock.now()).expect("just renewed");
+        assert_eq!(until, renewed + Duration::from_secs(13), "lease 15 s less the 2 s margin");
+        publish.send_replace(Lead::Until(until));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(worker.budget(cap), Some(cap), "a second after renewing, the whole call timeout");
+
+        // A minute asleep: no tokio time passes, the lease clock moves on.
+        *suspended.lock().unwrap() += Duration::from_secs(60);
+        assert_eq!(worker.lead(), Lead::Standby, "the published lease ran out while the host slept");
+        assert_eq!(worker.budget(cap), None);
+        assert_eq!(writes_until(&s, renewed, clock.now()), None, "the elector steps down too");
+    }
+
+    /// The elector's fence: writes end the write margin before the lease could expire,
+    /// and not at all once the renew deadline has passed without a renewal.
+    #[test]
+    fn writes_end_before_the_lease_and_stop_at_the_renew_deadline() {
+        let s = settings(15, 10);
+        let at = Moment(Duration::from_secs(100));
+        let secs = |n| Duration::from_secs(n);
+        assert_eq!(writes_until(&s, at, at + secs(9)), Some(at + secs(13)));
+        assert_eq!(writes_until(&s, at, at + secs(10)), None, "renew deadline");
+        let short = settings(3, 10);
+        assert_eq!(writes_until(&short, at, at + secs(2)), Some(at + Duration::from_millis(2250)));
+        assert_eq!(writes_until(&short, at, at + Duration::from_millis(2250)), None, "lease less margin");
+    }
+
+    #[test]
+    fn the_lease_clock_counts_from_boot() {
+        let (a, b) = (Clock::boot().now(), Clock::boot().now());
+        assert!(b >= a && a > Moment(Duration::ZERO));
     }
 
     #[test]

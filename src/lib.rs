@@ -38,6 +38,8 @@
 //! - [`systemd`]: sd_notify readiness, reloads, stopping and the watchdog.
 //! - [`telemetry`]: logging (`SQSCALE_LOG`, plain or JSON).
 //! - [`proxy`]: outbound HTTP proxies from the environment, for every AWS connection.
+//! - [`group`]: the groups' ledger: what each member of a `[[group]]` runs and wants,
+//!   so a scale-up is granted only from the group's free capacity.
 //! - [`error`]: renders an error's chain once, and finds typed causes in it.
 //! - `sync`: the lock helper for std mutexes that guard plain maps.
 //! - `testing` (unit tests only): an independent SigV4 computation and a scripted
@@ -53,6 +55,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod group;
 pub mod import;
 pub mod leader;
 pub mod proxy;

@@ -2,8 +2,10 @@
 //! `ALL_PROXY`, `NO_PROXY`, each also in lower case), for every AWS connection: the
 //! SDK's clients (SQS, STS, the credential chain, EKS token minting) through
 //! [`sdk_http_client`], and the direct SQS path through [`Connector`]. Both read the
-//! variables with hyper-util's `Matcher::from_env`, so they take the same decision for
-//! the same URL; [`set_kube_proxy`] makes it for the Kubernetes API server too.
+//! variables through [`Proxies`], so they take the same decision for the same URL;
+//! [`set_kube_proxy`] makes it for the Kubernetes API server too. `NO_PROXY` is read as
+//! Go's `net/http` (and so kubectl) reads it ([`NoProxy`]): hyper-util's matcher takes
+//! `*.corp.example`, `host:port` and `[::1]` for literal names that match nothing.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -14,12 +16,17 @@ use std::task::{Context, Poll};
 
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::{Builder, ConnectorBuilder, tls};
-use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector as SdkHttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
@@ -32,18 +39,240 @@ use tower_service::Service;
 ///
 /// Built fresh per call: its connection pool lives on the runtime that first uses it.
 pub fn sdk_http_client() -> SharedHttpClient {
-    // As aws-smithy-runtime builds its default client, with the proxy configuration
-    // explicit rather than dependent on the behavior version.
-    Builder::new().build_with_connector_fn(|settings, components| {
+    sdk_http_client_with(Proxies::from_env())
+}
+
+fn sdk_http_client_with(proxies: Proxies) -> SharedHttpClient {
+    // The SDK's client applies NO_PROXY by hyper-util's rules, so it is given no
+    // NO_PROXY at all: one client per way out (direct, the http proxy, the https one),
+    // and each request takes the one `proxies` picks for its URL.
+    let via = |proxy: Option<&str>| {
+        let config = match proxy {
+            None => Some(ProxyConfig::disabled()),
+            Some(url) if url.contains("://") => ProxyConfig::all(url).ok(),
+            // hyper-util's reading: a proxy without a scheme is an http one.
+            Some(url) => ProxyConfig::all(format!("http://{url}")).ok(),
+        }?;
+        Some(sdk_client(config))
+    };
+    let http = proxies.http.as_deref().and_then(|p| via(Some(p)));
+    let https = proxies.https.as_deref().and_then(|p| via(Some(p)));
+    let direct = via(None).expect("a disabled proxy config is always built");
+    SharedHttpClient::new(SdkClient { proxies: Arc::new(proxies), direct, http, https })
+}
+
+/// The SDK's default client, with the proxy configuration explicit rather than
+/// dependent on the behavior version.
+fn sdk_client(proxy: ProxyConfig) -> SharedHttpClient {
+    Builder::new().build_with_connector_fn(move |settings, components| {
         let mut connector =
             ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc));
         connector.set_connector_settings(settings.cloned());
         if let Some(components) = components {
             connector.set_sleep_impl(components.sleep_impl());
         }
-        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.set_proxy_config(Some(proxy.clone()));
         connector.build()
     })
+}
+
+/// The SDK's clients, one per way out, and the rules that pick one per request.
+#[derive(Debug)]
+struct SdkClient {
+    proxies: Arc<Proxies>,
+    direct: SharedHttpClient,
+    http: Option<SharedHttpClient>,
+    https: Option<SharedHttpClient>,
+}
+
+impl HttpClient for SdkClient {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        let connector = |c: &SharedHttpClient| c.http_connector(settings, components);
+        SharedHttpConnector::new(SdkConnector {
+            proxies: self.proxies.clone(),
+            direct: connector(&self.direct),
+            http: self.http.as_ref().map(connector),
+            https: self.https.as_ref().map(connector),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct SdkConnector {
+    proxies: Arc<Proxies>,
+    direct: SharedHttpConnector,
+    http: Option<SharedHttpConnector>,
+    https: Option<SharedHttpConnector>,
+}
+
+impl SdkHttpConnector for SdkConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let proxied = request.uri().parse::<Uri>().ok().filter(|uri| !self.proxies.no.covers(uri));
+        let via = match proxied.as_ref().and_then(Uri::scheme_str) {
+            Some("http") => self.http.as_ref(),
+            Some("https") => self.https.as_ref(),
+            _ => None,
+        };
+        via.unwrap_or(&self.direct).call(request)
+    }
+}
+
+/// The proxies the environment names, as Go programs (kubectl) read them: `HTTPS_PROXY`
+/// for `https` URLs, `HTTP_PROXY` for `http` ones, `ALL_PROXY` for either when the
+/// specific one is unset, and `NO_PROXY`; each also in lower case, the upper-case one
+/// winning when both are set (even if empty).
+#[derive(Clone, Debug)]
+pub struct Proxies {
+    /// The proxy of each scheme, without `NO_PROXY` (which is `no`'s).
+    matcher: Arc<Matcher>,
+    http: Option<String>,
+    https: Option<String>,
+    no: NoProxy,
+}
+
+impl Proxies {
+    pub fn from_env() -> Proxies {
+        let env = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).unwrap_or_default();
+        // Under CGI, HTTP_PROXY may come from a request's `Proxy:` header ("httpoxy"):
+        // hyper-util ignores the variables there, and so does this.
+        if std::env::var_os("REQUEST_METHOD").is_some() {
+            return Proxies::new("", "", "");
+        }
+        let all = env(["ALL_PROXY", "all_proxy"]);
+        let or_all = |v: String| if v.is_empty() { all.clone() } else { v };
+        Proxies::new(
+            &or_all(env(["HTTP_PROXY", "http_proxy"])),
+            &or_all(env(["HTTPS_PROXY", "https_proxy"])),
+            &env(["NO_PROXY", "no_proxy"]),
+        )
+    }
+
+    /// `http` and `https`: the proxy of each scheme (empty: none); `no`: `NO_PROXY`.
+    pub fn new(http: &str, https: &str, no: &str) -> Proxies {
+        let matcher = Matcher::builder().http(http.to_owned()).https(https.to_owned()).build();
+        // The raw values, for the SDK's clients; only those hyper-util can use.
+        let usable =
+            |probe: &'static str, raw: &str| matcher.intercept(&Uri::from_static(probe)).map(|_| raw.to_owned());
+        let http = usable("http://x", http);
+        let https = usable("https://x", https);
+        Proxies { matcher: Arc::new(matcher), http, https, no: NoProxy::parse(no) }
+    }
+
+    /// The proxy for `dst`, if any.
+    pub fn intercept(&self, dst: &Uri) -> Option<Intercept> {
+        if self.no.covers(dst) {
+            return None;
+        }
+        self.matcher.intercept(dst)
+    }
+}
+
+/// `NO_PROXY`, as Go's `golang.org/x/net/http/httpproxy` reads it: comma-separated,
+/// case-insensitive entries, each
+///
+/// - `*`: every host;
+/// - an IP range (`10.0.0.0/8`, `fd00::/8`);
+/// - an IP address, optionally with a port (`10.0.0.1`, `10.0.0.1:6443`, `::1`,
+///   `[::1]`, `[::1]:6443`);
+/// - a domain, optionally with a port: `corp.example` covers it and its subdomains,
+///   `.corp.example` and `*.corp.example` only its subdomains.
+///
+/// An entry with a port covers only that port (a URL without one has its scheme's).
+/// Unlike Go, loopback is not covered unless listed (see the README, "Proxies").
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NoProxy {
+    all: bool,
+    nets: Vec<ipnet::IpNet>,
+    ips: Vec<(std::net::IpAddr, Option<u16>)>,
+    domains: Vec<Domain>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Domain {
+    /// With its leading dot: what a covered host ends with.
+    suffix: String,
+    /// The domain itself is covered too (it was written without a leading dot).
+    exact: bool,
+    port: Option<u16>,
+}
+
+impl NoProxy {
+    pub fn parse(list: &str) -> NoProxy {
+        let mut no = NoProxy::default();
+        for entry in list.split(',') {
+            let entry = entry.trim().to_ascii_lowercase();
+            if entry.is_empty() {
+                continue;
+            }
+            if entry == "*" {
+                no.all = true;
+                continue;
+            }
+            if let Ok(net) = entry.parse::<ipnet::IpNet>() {
+                no.nets.push(net);
+                continue;
+            }
+            let Some((host, port)) = split_host_port(&entry) else { continue };
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                no.ips.push((ip, port));
+                continue;
+            }
+            let host = host.strip_prefix('*').filter(|h| h.starts_with('.')).unwrap_or(host);
+            match host.strip_prefix('.') {
+                Some("") => {}
+                Some(_) => no.domains.push(Domain { suffix: host.to_owned(), exact: false, port }),
+                None => no.domains.push(Domain { suffix: format!(".{host}"), exact: true, port }),
+            }
+        }
+        no
+    }
+
+    /// Whether `dst` is reached without a proxy.
+    pub fn covers(&self, dst: &Uri) -> bool {
+        if self.all {
+            return true;
+        }
+        let Some(host) = dst.host() else { return false };
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).to_ascii_lowercase();
+        let port = dst.port_u16().or(match dst.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        });
+        let port_ok = |want: Option<u16>| want.is_none() || want == port;
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return self.nets.iter().any(|n| n.contains(&ip)) || self.ips.iter().any(|(i, p)| *i == ip && port_ok(*p));
+        }
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        self.domains
+            .iter()
+            .any(|d| (host.ends_with(&d.suffix) || (d.exact && host == &d.suffix[1..])) && port_ok(d.port))
+    }
+}
+
+/// An entry's host and port: `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6
+/// address (more than one colon, no brackets). `None`: a port that is not a number, or
+/// no host, which match nothing.
+fn split_host_port(entry: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, Some(port)),
+            _ => (entry, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    match port {
+        None => Some((host, None)),
+        Some(port) => Some((host, Some(port.parse().ok()?))),
+    }
 }
 
 /// Sets the proxy of `config` (built from `kubeconfig`'s `context`, or in-cluster when
@@ -59,7 +288,7 @@ pub fn sdk_http_client() -> SharedHttpClient {
 /// same way.
 pub fn set_kube_proxy(config: &mut kube::Config, kubeconfig: Option<&kube::config::Kubeconfig>, context: Option<&str>) {
     let configured = kubeconfig.and_then(|kc| kubeconfig_proxy_url(kc, context));
-    config.proxy_url = kube_proxy_url(&Matcher::from_env(), &config.cluster_url, configured.as_deref());
+    config.proxy_url = kube_proxy_url(&Proxies::from_env(), &config.cluster_url, configured.as_deref());
 }
 
 /// The `proxy-url` of `context`'s cluster (the current context's when `None`).
@@ -70,7 +299,7 @@ fn kubeconfig_proxy_url(kc: &kube::config::Kubeconfig, context: Option<&str>) ->
     cluster.proxy_url.clone().filter(|p| !p.is_empty())
 }
 
-fn kube_proxy_url(proxies: &Matcher, server: &Uri, configured: Option<&str>) -> Option<Uri> {
+fn kube_proxy_url(proxies: &Proxies, server: &Uri, configured: Option<&str>) -> Option<Uri> {
     // An unparsable `proxy-url` was already refused by kube's loader.
     if let Some(url) = configured {
         return url.parse().ok();
@@ -112,16 +341,16 @@ pub enum ProxyError {
 #[derive(Clone, Debug)]
 pub struct Connector {
     tcp: HttpConnector,
-    proxies: Arc<Matcher>,
+    proxies: Arc<Proxies>,
 }
 
 impl Connector {
     /// Proxies as the environment says.
     pub fn from_env() -> Connector {
-        Connector::new(Matcher::from_env())
+        Connector::new(Proxies::from_env())
     }
 
-    pub fn new(proxies: Matcher) -> Connector {
+    pub fn new(proxies: Proxies) -> Connector {
         let mut tcp = HttpConnector::new();
         // The TLS connector around this one checks the scheme.
         tcp.enforce_http(false);
@@ -225,6 +454,7 @@ impl Write for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -251,9 +481,7 @@ mod tests {
 
     #[test]
     fn the_api_servers_proxy_is_chosen_for_the_server() {
-        let env = |no: &str| {
-            Matcher::builder().https("http://u%40x:p%3Aw@proxy.corp:3128").http("http://plain.corp:80").no(no).build()
-        };
+        let env = |no: &str| Proxies::new("http://plain.corp:80", "http://u%40x:p%3Aw@proxy.corp:3128", no);
         let server = |u: &str| u.parse::<Uri>().unwrap();
         let pick = |no: &str, s: &str, configured: Option<&str>| {
             kube_proxy_url(&env(no), &server(s), configured).map(|u| u.to_string())
@@ -289,6 +517,105 @@ mod tests {
         assert_eq!(kubeconfig_proxy_url(&kc, Some("nope")), None);
     }
 
+    /// NO_PROXY as kubectl (Go's httpproxy) reads it: each form, with URLs it covers
+    /// and URLs it does not.
+    #[test]
+    fn no_proxy_reads_the_forms_kubectl_accepts() {
+        #[rustfmt::skip]
+        let table: &[(&str, &[&str], &[&str])] = &[
+            // A name: itself and its subdomains, not a longer name.
+            ("corp.example", &["https://corp.example", "https://api.corp.example:6443", "http://a.b.corp.example"],
+                &["https://notcorp.example", "https://corp.example.org"]),
+            // A leading dot or `*.`: subdomains only.
+            (".corp.example", &["https://api.corp.example"], &["https://corp.example", "https://xcorp.example"]),
+            ("*.corp.example", &["https://api.corp.example", "https://a.b.corp.example"],
+                &["https://corp.example", "https://xcorp.example"]),
+            // `*` alone: everything; inside a list too.
+            ("*", &["https://anything.example", "http://10.1.2.3:8080", "https://[fd00::1]"], &[]),
+            ("other.example, *", &["https://anything.example"], &[]),
+            // host:port: that port only (a URL without one has its scheme's).
+            ("api.corp.example:6443", &["https://api.corp.example:6443"],
+                &["https://api.corp.example", "https://api.corp.example:443"]),
+            ("sqs.example:443", &["https://sqs.example", "https://x.sqs.example:443"],
+                &["http://sqs.example", "https://sqs.example:8443"]),
+            ("*.corp.example:8443", &["https://api.corp.example:8443"], &["https://api.corp.example"]),
+            // IPv4 addresses, with and without a port; CIDR ranges.
+            ("10.0.0.1", &["https://10.0.0.1:6443", "http://10.0.0.1"], &["https://10.0.0.2"]),
+            ("10.0.0.1:6443", &["https://10.0.0.1:6443"], &["https://10.0.0.1"]),
+            ("10.0.0.0/8", &["https://10.200.3.4:6443"], &["https://11.0.0.1", "https://ten.example"]),
+            // IPv6: bare, bracketed, bracketed with a port, ranges.
+            ("::1", &["http://[::1]:5000"], &["http://[::2]"]),
+            ("[::1]", &["http://[::1]:5000", "https://[0:0:0:0:0:0:0:1]"], &["http://127.0.0.1"]),
+            ("[fd00::1]:6443", &["https://[fd00::1]:6443"], &["https://[fd00::1]"]),
+            ("fd00::/8", &["https://[fd12:3456::1]"], &["https://[fe80::1]"]),
+            // Case and spaces do not matter; empty entries are skipped.
+            (" Corp.EXAMPLE ,, ", &["https://API.corp.example"], &["https://example"]),
+            // Malformed entries match nothing.
+            ("corp.example:https, :443, [::1", &[], &["https://corp.example", "https://x.example:443", "http://[::1]"]),
+        ];
+        for (no, covered, proxied) in table {
+            let no_proxy = NoProxy::parse(no);
+            for url in *covered {
+                assert!(no_proxy.covers(&url.parse().unwrap()), "NO_PROXY={no:?} should cover {url}");
+            }
+            for url in *proxied {
+                assert!(!no_proxy.covers(&url.parse().unwrap()), "NO_PROXY={no:?} should not cover {url}");
+            }
+        }
+        // Every way out takes the same decision: the direct path's connector and the
+        // API server's proxy (the SDK's client asks the same `NoProxy`).
+        let proxies = Proxies::new("http://proxy:3128", "http://proxy:3128", "*.corp.example,[::1],api.example:6443");
+        for (url, proxied) in [
+            ("https://api.corp.example", false),
+            ("http://[::1]:9000", false),
+            ("https://api.example:6443", false),
+            ("https://api.example", true),
+            ("https://corp.example", true),
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            assert_eq!(proxies.intercept(&uri).is_some(), proxied, "{url}");
+            assert_eq!(kube_proxy_url(&proxies, &uri, None).is_some(), proxied, "{url}");
+        }
+    }
+
+    /// The AWS SDK's client takes the way out the same `NO_PROXY` rules pick: through
+    /// the proxy, straight to an address listed, and not through the proxy for a name a
+    /// `*.` entry covers.
+    #[tokio::test]
+    async fn the_sdks_client_follows_the_same_rules() {
+        use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig};
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+        let mut at_proxy = first_lines(proxy).await;
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_port = server.local_addr().unwrap().port();
+        let mut at_server = first_lines(server).await;
+        let http = sdk_http_client_with(Proxies::new(&proxy_url, &proxy_url, "127.0.0.1, *.corp.test"));
+        let ask = |endpoint: String| {
+            let config = aws_sdk_sqs::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
+                .endpoint_url(endpoint)
+                .http_client(http.clone())
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_millis(500)).build())
+                .build();
+            async move {
+                // Neither listener answers: the call times out, having been sent.
+                let call = aws_sdk_sqs::Client::from_conf(config).get_queue_attributes().queue_url("http://x/1/q");
+                assert!(call.send().await.is_err());
+            }
+        };
+        ask("http://sqs.test:5000".to_owned()).await;
+        assert_eq!(at_proxy.recv().await.unwrap(), "POST http://sqs.test:5000/ HTTP/1.1");
+        ask(format!("http://127.0.0.1:{server_port}")).await;
+        assert_eq!(at_server.recv().await.unwrap(), "POST / HTTP/1.1");
+        // Covered by `*.corp.test`: straight to the name (which nothing resolves).
+        ask("http://sqs.corp.test:5000".to_owned()).await;
+        assert!(at_proxy.try_recv().is_err(), "went through the proxy");
+    }
+
     #[tokio::test]
     async fn connections_follow_the_proxy_settings() {
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -297,8 +624,7 @@ mod tests {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server_port = server.local_addr().unwrap().port();
         let mut at_server = first_lines(server).await;
-        let matcher = Matcher::builder().http(proxy_url.clone()).https(proxy_url).no("127.0.0.1").build();
-        let mut connector = Connector::new(matcher);
+        let mut connector = Connector::new(Proxies::new(&proxy_url, &proxy_url, "127.0.0.1"));
 
         // https: a CONNECT tunnel, through which the client then speaks TLS.
         let conn = connector.call("https://kube.test:6443/".parse().unwrap()).await.unwrap();

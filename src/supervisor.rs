@@ -73,10 +73,11 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`, and with `leader`, an elector for
     /// every kube context they use.
     pub fn start_electing(config: Config, deps: Deps<Q, T>, leader: Option<Electors>) -> Self {
-        let Config { kubernetes, server, leader_election, rules, .. } = config;
+        let Config { kubernetes, server, leader_election, groups, rules, .. } = config;
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
         deps.queues.set_needs(&rules);
         deps.observer.rules_loaded(&rules);
+        deps.observer.groups().configure(&groups, rules.iter().map(|r| &**r));
         let mut s = Supervisor {
             deps: Arc::new(deps),
             kubernetes,
@@ -88,6 +89,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             leader,
         };
         s.set_contexts(&rules);
+        s.keep_state(&rules);
         let (n, start) = (rules.len(), Instant::now());
         for rule in rules {
             s.spawn(rule, start, n, None);
@@ -133,6 +135,18 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         if let Some(leader) = &mut self.leader {
             leader.set_contexts(rules.iter().map(|r| r.context.clone()));
         }
+    }
+
+    /// Tells the targets' adapter which rules run, so that the stored state of targets
+    /// no rule names any more goes (by the writer of each context's state, under its
+    /// lease). Never in a dry run, which writes nothing.
+    fn keep_state(&self, rules: &[Arc<Rule>]) {
+        if self.deps.dry_run {
+            return;
+        }
+        let lead =
+            |context: Option<&str>| self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(context));
+        self.deps.targets.keep_state(&rules.iter().cloned().collect(), &lead);
     }
 
     /// Applies a freshly loaded configuration, or keeps the old one if it is invalid.
@@ -201,6 +215,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers = keep;
         self.deps.queues.set_needs(&running);
         self.deps.observer.rules_loaded(&running);
+        self.deps.observer.groups().configure(&new.groups, running.iter().map(|r| &**r));
         self.set_contexts(&running);
         for name in &restarted {
             self.deps.observer.rule_restarted(name);
@@ -210,6 +225,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             running.iter().map(|r| (r.context.as_deref(), &r.target)).collect();
         self.deps.targets.retain(&used);
         drop(used);
+        self.keep_state(&running);
         let (n, start) = (running.len(), Instant::now());
         for rule in running {
             if !self.workers.contains_key(&rule.name) {
@@ -349,6 +365,11 @@ pub fn start_offset(rule: &Rule, rules: usize) -> Duration {
     Duration::from_millis(h.finish() % window / grid * grid)
 }
 
+/// A reload that produced no configuration, as the rule file's problem.
+fn failed_load(why: &str) -> ConfigErrors {
+    ConfigErrors { origin: "the rule file".to_owned(), problems: vec![format!("loading failed: {why}")] }
+}
+
 /// Runs the daemon until [`Control::Shutdown`]: starts the rules, reloads on
 /// [`Control::Reload`] with `load`, then drains within `grace`.
 pub async fn run<Q: QueueReader, T: ScaleTarget>(
@@ -373,24 +394,54 @@ pub async fn run_electing<Q: QueueReader, T: ScaleTarget>(
 ) -> Result<(), Aborted> {
     let load = Arc::new(load);
     let mut supervisor = Supervisor::start_electing(config, deps, leader);
-    while let Some(Control::Reload) = control.recv().await {
+    let mut next = control.recv().await;
+    while let Some(Control::Reload) = next {
         // A burst of SIGHUPs is one reload: read the file once, after the burst.
         let mut shutdown = false;
-        while let Ok(next) = control.try_recv() {
-            shutdown |= next == Control::Shutdown;
+        while let Ok(more) = control.try_recv() {
+            shutdown |= more == Control::Shutdown;
         }
         if shutdown {
             break;
         }
         crate::systemd::reloading();
-        // Read and validate off the runtime: ten thousand rules take about half a
-        // second, and the polls must not wait for it.
+        // Read and validate off the runtime (ten thousand rules take about half a
+        // second, and the polls must not wait for it), on a thread of its own, not
+        // tokio's blocking pool: a runtime waits for its blocking tasks when it is
+        // dropped, and a read that hangs (a FIFO, a hung mount) must not hold up the
+        // exit. The control channel is heard meanwhile: SIGTERM stops the daemon
+        // whatever the read does (`load` gives up on it at its own deadline).
+        let (done, loaded) = tokio::sync::oneshot::channel();
         let load = load.clone();
-        let loaded = tokio::task::spawn_blocking(move || load()).await.unwrap_or_else(|e| {
-            Err(ConfigErrors { origin: "the rule file".to_owned(), problems: vec![format!("loading failed: {e}")] })
+        let spawned = std::thread::Builder::new().name("sqscale-reload".to_owned()).spawn(move || {
+            let _ = done.send(load());
         });
+        let loaded = async {
+            match spawned {
+                Ok(_) => loaded.await.unwrap_or_else(|_| Err(failed_load("the loader stopped without an answer"))),
+                Err(e) => Err(failed_load(&format!("cannot start a thread to load it: {e}"))),
+            }
+        };
+        tokio::pin!(loaded);
+        // A SIGHUP during the load asks for another one: the file may have changed
+        // after it was read.
+        let mut again = false;
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut loaded => break Some(loaded),
+                msg = control.recv() => match msg {
+                    Some(Control::Reload) => again = true,
+                    Some(Control::Shutdown) | None => break None,
+                },
+            }
+        };
+        let Some(loaded) = loaded else {
+            warn!("shutdown asked for while the rule file was being read; the reload is abandoned");
+            break;
+        };
         supervisor.reload(loaded);
         crate::systemd::ready(&format!("{} rules running", supervisor.rule_count()));
+        next = if again { Some(Control::Reload) } else { control.recv().await };
     }
     crate::systemd::stopping();
     supervisor.shutdown(grace, &mut control).await

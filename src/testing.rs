@@ -43,49 +43,52 @@ pub fn signature(canonical_request: &str, amz_date: &str, region: &str, service:
 
 /// A scripted HTTP/1.1 server on 127.0.0.1: the `n`-th request (from 0) gets `answer(n)`,
 /// a status and an AWS JSON body, or no answer at all (`None`: the connection is held
-/// open and silent). Keeps each request's `User-Agent`.
+/// open and silent). Keeps each request's head (lower-cased).
 pub struct TinyServer {
     pub url: String,
-    agents: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 type Answer = dyn Fn(usize) -> Option<(u16, String)> + Send + Sync;
 
 impl TinyServer {
     pub async fn start(answer: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static) -> TinyServer {
-        Self::start_with_headers(&[], answer).await
+        TinyServer::start_with_headers("", answer).await
     }
 
-    /// As [`TinyServer::start`], with `headers` on every answer (a request id, an error
-    /// code header).
+    /// [`TinyServer::start`], with `headers` (lines ending in `\r\n`) in every answer.
     pub async fn start_with_headers(
-        headers: &[(&'static str, &'static str)],
+        headers: &str,
         answer: impl Fn(usize) -> Option<(u16, String)> + Send + Sync + 'static,
     ) -> TinyServer {
-        let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        let headers: std::sync::Arc<str> = headers.into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let answer: std::sync::Arc<Answer> = std::sync::Arc::new(answer);
-        let seen = agents.clone();
+        let headers: std::sync::Arc<str> = headers.into();
+        let seen = heads.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(Self::serve(conn, headers.clone(), answer.clone(), seen.clone()));
+                tokio::spawn(Self::serve(conn, answer.clone(), headers.clone(), seen.clone()));
             }
         });
-        TinyServer { url, agents }
+        TinyServer { url, heads }
     }
 
     /// The `User-Agent` of every request so far, in order.
     pub fn agents(&self) -> Vec<String> {
-        self.agents.lock().unwrap().clone()
+        self.header("user-agent").into_iter().map(Option::unwrap_or_default).collect()
+    }
+
+    /// The header `name` (lower case) of every request so far, in order.
+    pub fn header(&self, name: &str) -> Vec<Option<String>> {
+        self.heads.lock().unwrap().iter().map(|head| header_in(head, name)).collect()
     }
 
     async fn serve(
         mut conn: tokio::net::TcpStream,
-        headers: std::sync::Arc<str>,
         answer: std::sync::Arc<Answer>,
+        headers: std::sync::Arc<str>,
         seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,10 +106,7 @@ impl TinyServer {
                 }
             };
             let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-            let header = |name: &str| {
-                head.split("\r\n").find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
-            };
-            let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let length: usize = header_in(&head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
             while buf.len() < head_end + length {
                 let mut chunk = [0u8; 4096];
                 match conn.read(&mut chunk).await {
@@ -116,9 +116,9 @@ impl TinyServer {
             }
             buf.drain(..head_end + length);
             let n = {
-                let mut agents = seen.lock().unwrap();
-                agents.push(header("user-agent").unwrap_or_default());
-                agents.len() - 1
+                let mut heads = seen.lock().unwrap();
+                heads.push(head);
+                heads.len() - 1
             };
             let Some((status, body)) = answer(n) else {
                 std::future::pending::<()>().await;
@@ -133,4 +133,9 @@ impl TinyServer {
             }
         }
     }
+}
+
+/// The value of header `name` in a lower-cased request head.
+fn header_in(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(|v| v.trim().to_owned()))
 }

@@ -7,6 +7,7 @@
 //! back to a default silently). [`insecure_settings`] names the settings that expose
 //! something (it reads the kubeconfig). Nothing here touches the network.
 
+pub mod file;
 mod insecure;
 pub mod raw;
 mod validate;
@@ -36,7 +37,17 @@ pub struct Config {
     pub aws: AwsSettings,
     pub server: ServerSettings,
     pub leader_election: LeaderElection,
+    /// `[[group]]`: shared capacities, in file order.
+    pub groups: Vec<Group>,
     pub rules: Vec<Rule>,
+}
+
+/// A capacity shared by the rules (and, later, job rules) that name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    /// The sum of the members' replicas sqscale scales up to.
+    pub max_replicas: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +68,12 @@ pub struct KubernetesSettings {
 /// `[kubernetes] qps` and `burst` when not set: KEDA's operator defaults.
 pub const DEFAULT_QPS: f64 = 20.0;
 pub const DEFAULT_BURST: u32 = 30;
+/// The `qps` and `burst` the write budget can keep: one write per 1000 s to a million a
+/// second, and bursts of up to a million. Past them its arithmetic (nanoseconds in a
+/// u64: the period, and the period times the burst) fails: `qps = 1e10` made a period of
+/// zero and the daemon panicked at start.
+pub const QPS_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
+pub const MAX_BURST: u32 = 1_000_000;
 
 impl Default for KubernetesSettings {
     fn default() -> Self {
@@ -144,6 +161,10 @@ pub struct Rule {
     pub polling_interval: Duration,
     /// `paused = true`: the rule polls and reports but never patches.
     pub paused: bool,
+    /// The `[[group]]` whose capacity this rule shares, if any.
+    pub group: Option<String>,
+    /// Within its group, free capacity goes to higher priority first.
+    pub priority: i32,
     pub policy: Policy,
     /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
     pub triggers: Vec<QueueSource>,
@@ -231,10 +252,14 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, merges with the `SQSCALE_` environment and validates the rule file at `path`.
 ///
-/// A missing or unreadable file is an error, never an empty configuration.
+/// A missing or unreadable file is an error, never an empty configuration; so is one
+/// that is not read within [`file::READ_DEADLINE`] or is larger than [`file::MAX_BYTES`]
+/// (see [`file`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let origin = path.display().to_string();
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env_overrides());
+    let text = file::read(path, file::READ_DEADLINE)
+        .map_err(|e| ConfigErrors { origin: origin.clone(), problems: vec![crate::error::chain(&e)] })?;
+    let figment = Figment::new().merge(Toml::string(&text)).merge(env_overrides());
     extract(figment, origin)
 }
 
@@ -262,8 +287,8 @@ pub fn load_compact(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn listen_of(path: &Path) -> Option<std::net::SocketAddr> {
     let mut figment = Figment::new();
     // Without the file, `SQSCALE_SERVER__LISTEN` (as the image sets it) still counts.
-    if path.exists() {
-        figment = figment.merge(Toml::file_exact(path));
+    if let Ok(text) = file::read(path, file::READ_DEADLINE) {
+        figment = figment.merge(Toml::string(&text));
     }
     figment.merge(env_overrides()).find_value("server.listen").ok()?.as_str()?.parse().ok()
 }
@@ -419,6 +444,11 @@ impl Config {
                 standby: Some(self.leader_election.standby.as_str().to_owned()),
             }),
             defaults: None,
+            group: self
+                .groups
+                .iter()
+                .map(|g| RawGroup { name: Some(g.name.clone()), max_replicas: Some(i64::from(g.max_replicas)) })
+                .collect(),
             rule: self
                 .rules
                 .iter()
@@ -438,6 +468,8 @@ impl Config {
                     idle_replica_count: r.policy.idle.map(i64::from),
                     paused: Some(r.paused),
                     activation_polls: Some(i64::from(r.policy.activation_polls)),
+                    group: r.group.clone(),
+                    priority: r.group.as_ref().map(|_| i64::from(r.priority)),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),

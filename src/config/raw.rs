@@ -21,7 +21,19 @@ pub struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub defaults: Option<RawRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<RawGroup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rule: Vec<RawRule>,
+}
+
+/// `[[group]]`: a capacity shared by the rules that name it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [[group]] table such as { name = \"gpu\", max_replicas = 20 }")]
+pub struct RawGroup {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -109,6 +121,10 @@ pub struct RawRule {
     pub paused: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_polls: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]

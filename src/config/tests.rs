@@ -232,6 +232,47 @@ fn last_known_fallback_needs_a_max_age_and_only_it_takes_one() {
 }
 
 #[test]
+fn groups_are_named_capped_and_fit_their_members_minimums() {
+    let rule = |name: &str, extra: &str| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\n{extra}\n[[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/{name}\"\n"
+        )
+    };
+    let ok = format!(
+        "[[group]]\nname = \"gpu\"\nmax_replicas = 20\n{}{}",
+        rule("a", "group = \"gpu\"\npriority = 5\nmin_replica_count = 2"),
+        rule("b", "group = \"gpu\"")
+    );
+    let c = from_str(&ok).unwrap();
+    assert_eq!(c.groups, [Group { name: "gpu".into(), max_replicas: 20 }]);
+    assert_eq!((c.rules[0].group.as_deref(), c.rules[0].priority), (Some("gpu"), 5));
+    assert_eq!((c.rules[1].group.as_deref(), c.rules[1].priority), (Some("gpu"), 0));
+    let rendered = c.resolved_toml();
+    assert!(rendered.contains("[[group]]") && rendered.contains("group = \"gpu\""), "{rendered}");
+    assert_eq!(from_str(&rendered).unwrap(), c, "the resolved file reads back the same");
+
+    let bad = format!(
+        "[[group]]\nname = \"gpu\"\nmax_replicas = 3\n[[group]]\nname = \"gpu\"\nmax_replicas = 0\n[[group]]\nmax_replicas = 2\n{}{}{}",
+        rule("a", "group = \"gpu\"\nmin_replica_count = 2"),
+        rule("b", "group = \"gpu\"\nmin_replica_count = 2"),
+        rule("c", "group = \"cpu\"\npriority = 1")
+    );
+    let p = problems(&bad);
+    for want in [
+        "group \"gpu\": name is already used by another group; group names must be unique",
+        "group \"gpu\": max_replicas (0) must be between 1",
+        "group #3: name is required",
+        "rule \"c\": group (\"cpu\") is not a [[group]] of this file",
+        "group \"gpu\": its members' min_replica_count add up to 4 (a 2, b 2), above max_replicas (3)",
+    ] {
+        assert!(p.iter().any(|x| x.starts_with(want)), "missing {want:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), 5, "{p:#?}");
+    let p = problems(&rule("d", "priority = 3"));
+    assert_eq!(p, ["rule \"d\": priority applies only to a rule with a group"]);
+}
+
+#[test]
 fn tv34_queue_url_parsing() {
     assert_eq!(
         queue_name_from_url("https://sqs.eu-west-1.amazonaws.com/123456789012/orders.fifo").unwrap(),
@@ -392,4 +433,27 @@ fn the_write_budget_defaults_to_kedas_and_rejects_nonsense() {
     assert!(p.iter().any(|p| p.starts_with("[kubernetes]: qps (0)")), "{p:?}");
     assert!(p.iter().any(|p| p.starts_with("[kubernetes]: burst (0)")), "{p:?}");
     assert!(problems(&format!("[kubernetes]\nqps = -1.0\n{}", one_rule("", ""))).len() == 1);
+}
+
+/// Issue 26 item 5: `qps = 1e10` passed `check` and panicked `run` at start (a limiter
+/// period of zero). The range the write budget can keep is checked, naming the key; the
+/// ends of it are kept.
+#[test]
+fn a_write_budget_past_what_the_limiter_keeps_is_a_problem() {
+    for (set, key) in [
+        ("qps = 1e10", "qps (10000000000)"),
+        ("qps = 0.0005", "qps (0.0005)"),
+        ("qps = inf", "qps (inf)"),
+        ("qps = nan", "qps (NaN)"),
+        ("burst = 4294967295", "burst (4294967295)"),
+    ] {
+        let p = problems(&format!("[kubernetes]\n{set}\n{}", one_rule("", "")));
+        assert!(p.len() == 1 && p[0].starts_with(&format!("[kubernetes]: {key} must be")), "{set}: {p:?}");
+    }
+    let c = from_str(&format!("[kubernetes]\nqps = 1e6\nburst = 1000000\n{}", one_rule("", ""))).unwrap();
+    assert_eq!((c.kubernetes.qps, c.kubernetes.burst), (1e6, 1_000_000));
+    // What `run` builds from them must not panic, at either end.
+    crate::workload::kube::WriteLimit::new(c.kubernetes.qps, c.kubernetes.burst);
+    let c = from_str(&format!("[kubernetes]\nqps = 0.001\nburst = 1000000\n{}", one_rule("", ""))).unwrap();
+    crate::workload::kube::WriteLimit::new(c.kubernetes.qps, c.kubernetes.burst);
 }

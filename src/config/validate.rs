@@ -56,17 +56,19 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         eks_cluster: non_empty(&mut p, "[kubernetes]", "eks_cluster", kubernetes.eks_cluster),
         qps: match kubernetes.qps {
             None => super::DEFAULT_QPS,
-            Some(q) if q.is_finite() && q > 0.0 => q,
+            Some(q) if super::QPS_RANGE.contains(&q) => q,
             Some(q) => {
-                p.add("[kubernetes]", format!("qps ({q}) must be a number of writes per second greater than 0"));
+                let (low, high) = (super::QPS_RANGE.start(), super::QPS_RANGE.end());
+                p.add("[kubernetes]", format!("qps ({q}) must be a number of writes per second from {low} to {high}"));
                 super::DEFAULT_QPS
             }
         },
         burst: match kubernetes.burst {
             None => super::DEFAULT_BURST,
-            Some(b) if (1..=i64::from(u32::MAX)).contains(&b) => b as u32,
+            Some(b) if (1..=i64::from(super::MAX_BURST)).contains(&b) => b as u32,
             Some(b) => {
-                p.add("[kubernetes]", format!("burst ({b}) must be a whole number of writes, at least 1"));
+                let high = super::MAX_BURST;
+                p.add("[kubernetes]", format!("burst ({b}) must be a whole number of writes from 1 to {high}"));
                 super::DEFAULT_BURST
             }
         },
@@ -156,7 +158,74 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         }
     }
 
-    if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, rules }) } else { Err(p.0) }
+    let groups = validate_groups(&mut p, raw, &rules);
+
+    if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, groups, rules }) } else { Err(p.0) }
+}
+
+/// `[[group]]`s: named, unique, with a cap of at least 1 that their members' minimums
+/// fit in (the allocation grants every member its min: `engine::group`); every rule's
+/// `group` names one of them.
+fn validate_groups(p: &mut Problems, raw: &RawConfig, rules: &[Rule]) -> Vec<super::Group> {
+    let mut groups: Vec<super::Group> = Vec::new();
+    for (i, g) in raw.group.iter().enumerate() {
+        let at = match &g.name {
+            Some(name) => format!("group {name:?}"),
+            None => format!("group #{}", i + 1),
+        };
+        let name = match g.name.as_deref() {
+            None => {
+                p.add(&at, "name is required");
+                None
+            }
+            Some(n) if !is_dns_label(n) => {
+                p.add(&at, "name must be a DNS label: lowercase letters, digits and '-'");
+                None
+            }
+            Some(n) if groups.iter().any(|g| g.name == n) => {
+                p.add(&at, "name is already used by another group; group names must be unique");
+                None
+            }
+            Some(n) => Some(n.to_owned()),
+        };
+        let max = match g.max_replicas {
+            None => {
+                p.add(&at, "max_replicas is required");
+                None
+            }
+            Some(m) if m < 1 || m > i64::from(u32::MAX) => {
+                p.add(&at, format!("max_replicas ({m}) must be between 1 and {}", u32::MAX));
+                None
+            }
+            Some(m) => Some(m as u32),
+        };
+        if let (Some(name), Some(max_replicas)) = (name, max) {
+            groups.push(super::Group { name, max_replicas });
+        }
+    }
+    for rule in rules {
+        if let Some(g) = &rule.group
+            && !raw.group.iter().any(|raw| raw.name.as_deref() == Some(g))
+        {
+            p.add(&format!("rule {:?}", rule.name), format!("group ({g:?}) is not a [[group]] of this file"));
+        }
+    }
+    for g in &groups {
+        let members: Vec<&Rule> = rules.iter().filter(|r| r.group.as_deref() == Some(&g.name)).collect();
+        let mins: u64 = members.iter().map(|r| u64::from(r.policy.min)).sum();
+        if mins > u64::from(g.max_replicas) {
+            let each: Vec<String> = members.iter().map(|r| format!("{} {}", r.name, r.policy.min)).collect();
+            p.add(
+                &format!("group {:?}", g.name),
+                format!(
+                    "its members' min_replica_count add up to {mins} ({}), above max_replicas ({})",
+                    each.join(", "),
+                    g.max_replicas
+                ),
+            );
+        }
+    }
+    groups
 }
 
 fn non_empty(p: &mut Problems, at: &str, key: &str, v: Option<String>) -> Option<String> {
@@ -417,6 +486,18 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         })
     });
 
+    let group = rule.group.clone().or_else(|| d.group.clone());
+    let priority = match rule.priority.or(d.priority).unwrap_or(0) {
+        n if i32::try_from(n).is_ok() => n as i32,
+        n => {
+            p.add(at, format!("priority ({n}) must be between {} and {}", i32::MIN, i32::MAX));
+            0
+        }
+    };
+    if group.is_none() && rule.priority.is_some() {
+        p.add(at, "priority applies only to a rule with a group");
+    }
+
     let activation_polls = match rule.activation_polls.or(d.activation_polls).unwrap_or(1) {
         n @ 1..=1000 => n as u32,
         n => {
@@ -473,6 +554,8 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         context: context.filter(|c| !c.is_empty()),
         polling_interval,
         paused: rule.paused.or(d.paused).unwrap_or(false),
+        group,
+        priority,
         policy: Policy {
             min: min_u,
             max: max_u,

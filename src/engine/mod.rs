@@ -6,6 +6,7 @@
 //! The references are `../shared/spec/keda.md` (phase K) and `../shared/spec/hpa.md`
 //! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
 
+pub mod group;
 pub mod hpa;
 pub mod job;
 pub mod schedule;
@@ -211,8 +212,9 @@ pub struct State {
     pub seeded: bool,
     /// Consecutive active polls while waiting to activate (`activation_polls`).
     pub active_polls: u32,
-    /// Per trigger, its last successful reading; kept only with a `lastKnown` fallback.
-    pub last_good: Vec<Option<Reading>>,
+    /// Per trigger, its last successful reading; kept only with a `lastKnown` fallback
+    /// (empty otherwise: a boxed slice, so every other rule's state carries 16 bytes).
+    pub last_good: Box<[Option<Reading>]>,
 }
 
 /// A trigger's successful reading and the start of the poll that read it.
@@ -307,6 +309,9 @@ pub enum Reason {
     /// An open schedule window's value decided: its min raised the floor (or held the
     /// target there), its max capped it, or it paused the rule.
     Scheduled,
+    /// The rule's `[[group]]` had less free capacity than the scale-up asked for: the
+    /// step was cut to what it could grant (set by the caller, which holds the ledger).
+    GroupCapped,
     /// A trigger failed: nothing scales in, nothing changes until the fallback threshold.
     PollFailed,
     Paused,
@@ -335,6 +340,7 @@ impl Reason {
             Reason::LastKnown => "last_known",
             Reason::ActivationPending => "activation_pending",
             Reason::Scheduled => "scheduled",
+            Reason::GroupCapped => "group_capped",
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
@@ -376,6 +382,25 @@ impl Decision {
     /// The replica count after this poll if the write (if any) succeeds.
     pub fn replicas(&self) -> u32 {
         self.write.unwrap_or(self.current)
+    }
+
+    /// What the rule asks of a `[[group]]`: what the queues ask for within min and max,
+    /// or this poll's replicas if more (a step can go beyond the proposal, to min say).
+    /// A step limited by the HPA's rate claims its whole way up, so that capacity is
+    /// kept for it between its steps.
+    pub fn claim(&self, policy: &Policy) -> u32 {
+        let (min, max) = self.bounds(policy);
+        let asked = self.proposal.map_or(0, |p| p.clamp(min, max));
+        asked.max(self.replicas())
+    }
+
+    /// The min and max this poll decided within: the rule's, or an open schedule
+    /// window's over them (its max never below its min).
+    pub fn bounds(&self, policy: &Policy) -> (u32, u32) {
+        let o = self.schedule.as_ref();
+        let min = o.and_then(|o| o.min).unwrap_or(policy.min);
+        let max = o.and_then(|o| o.max).unwrap_or(policy.max).max(min);
+        (min, max)
     }
 }
 
@@ -594,11 +619,15 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
     next.failures.resize(n, 0);
     let max_age = match policy.fallback.map(|f| f.behavior) {
         Some(FallbackBehavior::LastKnown { max_age }) => {
-            next.last_good.resize(n, None);
+            if next.last_good.len() != n {
+                let mut kept = std::mem::take(&mut next.last_good).into_vec();
+                kept.resize(n, None);
+                next.last_good = kept.into_boxed_slice();
+            }
             Some(millis(max_age))
         }
         _ => {
-            next.last_good = Vec::new();
+            next.last_good = Box::default();
             None
         }
     };

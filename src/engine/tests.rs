@@ -1054,7 +1054,7 @@ fn only_last_known_keeps_readings() {
     assert!(sim.state.last_good.is_empty());
     let mut sim = Sim::new(with(|p| p.fallback = last_known(0, 1, 60)), 1);
     let _ = sim.poll(0, Some(5));
-    assert_eq!(sim.state.last_good, [Some(Reading { at: Time(0), counts: visible(5).unwrap() })]);
+    assert_eq!(&*sim.state.last_good, &[Some(Reading { at: Time(0), counts: visible(5).unwrap() })]);
 }
 
 proptest! {

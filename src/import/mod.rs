@@ -515,6 +515,8 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         idle_replica_count: idle,
         paused: paused.then_some(true),
         activation_polls: None,
+        group: None,
+        priority: None,
         fallback,
         behavior,
         trigger: Some(triggers),

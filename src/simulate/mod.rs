@@ -7,11 +7,13 @@
 
 pub mod chart;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 
 use crate::config::Rule;
 use crate::engine::{self, Counts, Observation, Pause, Reason, State, Time};
+use crate::group::Groups;
 
 /// One queue's reading at a point of the trace.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,6 +149,8 @@ pub struct Options {
     /// Unix time (ms) of the trace's time 0, `--start`: the engine decides at
     /// `start + t`, so schedules open on the calendar. 0 is 1970-01-01T00:00:00Z.
     pub start: Time,
+    /// The rule file's `[[group]]`s: members share them as in the daemon.
+    pub groups: Vec<crate::config::Group>,
 }
 
 /// A rule's polling interval in virtual milliseconds, at least 1.
@@ -184,41 +188,54 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
         }
     }
 
+    // Polls in time order across the rules (ties in the rules' order), so that members
+    // of a group weigh each other's latest wants as the daemon's workers do.
+    let groups = Groups::default();
+    groups.configure(&options.groups, rules.iter().copied());
+    let mut states: Vec<(State, u32)> =
+        rules.iter().map(|r| (State::new(options.start), options.initial_replicas.unwrap_or(r.policy.min))).collect();
+    let mut due: BinaryHeap<Reverse<(Time, usize)>> = (0..rules.len()).map(|i| Reverse((Time(0), i))).collect();
     let mut rows = Vec::new();
-    for rule in rules {
-        let mut state = State::new(options.start);
-        let mut replicas = options.initial_replicas.unwrap_or(rule.policy.min);
-        let step = step_ms(rule);
-        let mut t = Time(0);
-        while t <= until {
-            let obs = Observation {
-                replicas,
-                // Every write succeeds at once, pods included.
-                status_replicas: replicas,
-                pause: if rule.paused { Pause::Frozen } else { Pause::No },
-                queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
-            };
-            let now = Time(options.start.0.saturating_add(t.0));
-            let (mut next, d) = engine::decide(&rule.policy, &state, &obs, now);
-            if let Some(to) = d.write {
-                next.record_scale(&rule.policy, &d, now);
-                replicas = to;
+    while let Some(Reverse((t, i))) = due.pop() {
+        let rule = rules[i];
+        let (state, replicas) = &mut states[i];
+        let obs = Observation {
+            replicas: *replicas,
+            // Every write succeeds at once, pods included.
+            status_replicas: *replicas,
+            pause: if rule.paused { Pause::Frozen } else { Pause::No },
+            queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
+        };
+        // The engine decides on the calendar (`--start` + t): schedules open there.
+        let now = Time(options.start.0.saturating_add(t.0));
+        let (mut next, mut d) = engine::decide(&rule.policy, state, &obs, now);
+        if rule.group.is_some() && d.phase != engine::Phase::Pause {
+            let (min, _) = d.bounds(&rule.policy);
+            let grant = groups.grant(rule, d.current, d.replicas(), d.claim(&rule.policy), min);
+            if grant.replicas < d.replicas() {
+                d.write = (grant.replicas != d.current).then_some(grant.replicas);
+                d.reason = Reason::GroupCapped;
             }
-            state = next;
-            rows.push(Row {
-                time: t,
-                rule: rule.name.clone(),
-                backlog: d.backlog,
-                active: d.active,
-                desired: d.proposal,
-                replicas,
-                reason: d.reason,
-            });
-            let Some(next) = t.0.checked_add(step) else { break };
-            t = Time(next);
+        }
+        if let Some(to) = d.write {
+            next.record_scale(&rule.policy, &d, now);
+            groups.ran(rule, to);
+            *replicas = to;
+        }
+        *state = next;
+        rows.push(Row {
+            time: t,
+            rule: rule.name.clone(),
+            backlog: d.backlog,
+            active: d.active,
+            desired: d.proposal,
+            replicas: *replicas,
+            reason: d.reason,
+        });
+        if let Some(next) = t.0.checked_add(step_ms(rule)).filter(|n| *n <= until.0) {
+            due.push(Reverse((Time(next), i)));
         }
     }
-    rows.sort_by_key(|r| r.time);
     Ok(rows)
 }
 

@@ -129,6 +129,55 @@ fn debounce_and_last_known_in_the_timeline() {
     );
 }
 
+/// Two rules share a group of 6: the one of higher priority takes what it asks for,
+/// the other what is left (`group_capped`), and grows once the first drains.
+#[test]
+fn a_group_shares_its_capacity_by_priority() {
+    let rule = |name: &str, priority: i32| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\ntarget = {{ name = \"{name}\" }}\npolling_interval = 10\ncooldown_period = 30\n\
+             max_replica_count = 10\ngroup = \"g\"\npriority = {priority}\n[rule.behavior.scale_down]\nstabilization_window = 0\n\
+             [[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/{name}\"\nqueue_length = 1\n"
+        )
+    };
+    let toml = format!("[[group]]\nname = \"g\"\nmax_replicas = 6\n{}{}", rule("hi", 1), rule("lo", 0));
+    let config = crate::config::from_str(&toml).unwrap();
+    let trace =
+        Trace::parse("time,queue,visible,in_flight,delayed\n0,hi,4,0,0\n0,lo,5,0,0\n25,hi,0,0,0\n".as_bytes()).unwrap();
+    let options = Options {
+        until: Some(Time(40_000)),
+        initial_replicas: Some(0),
+        groups: config.groups.clone(),
+        ..Options::default()
+    };
+    let rules: Vec<_> = config.rules.iter().collect();
+    let rows = run(&rules, &trace, &options).unwrap();
+    let got: Vec<_> =
+        rows.iter().map(|r| (format_time(r.time), r.rule.as_str(), r.replicas, r.reason.as_str())).collect();
+    let want = [
+        // Nobody scales up before every member has polled once: lo had not.
+        ("0", "hi", 0, "group_capped"),
+        ("0", "lo", 1, "activated"),
+        // hi's queue asks for 4 (its claim, though it steps to 1), lo's for 5: hi first
+        // (priority), lo gets what is left of 6.
+        ("10", "hi", 1, "activated"),
+        ("10", "lo", 2, "group_capped"),
+        ("20", "hi", 4, "scaled_up"),
+        ("20", "lo", 2, "group_capped"),
+        // hi's queue is empty: it scales in (never held by the group), lo grows.
+        ("30", "hi", 1, "at_min"),
+        ("30", "lo", 5, "scaled_up"),
+        ("40", "hi", 1, "cooldown"),
+        ("40", "lo", 5, "unchanged"),
+    ];
+    let want: Vec<_> = want.iter().map(|&(t, r, n, why)| (t.to_owned(), r, n, why)).collect();
+    assert_eq!(got, want);
+    for t in (0..=40_000).step_by(10_000) {
+        let total: u32 = rows.iter().filter(|r| r.time == Time(t)).map(|r| r.replicas).sum();
+        assert!(total <= 6, "at {t} ms the group runs {total}");
+    }
+}
+
 #[test]
 fn chart_is_an_svg_with_axes_and_legend() {
     let config = demo_rule();

@@ -17,7 +17,8 @@
 //! Connections follow the environment's proxy settings ([`crate::proxy::Connector`]),
 //! as the SDK's own client does.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -54,6 +55,8 @@ const CREDENTIALS_BUFFER: Duration = Duration::from_secs(60);
 /// How long credentials without an expiry are kept: as long as the SDK's identity
 /// cache keeps them (its default expiration), so a rotated key is picked up as soon.
 const CREDENTIALS_WITHOUT_EXPIRY: Duration = Duration::from_secs(15 * 60);
+/// An answer slower than this says little about SQS's clock (the SDK's bound).
+const MAX_TRUSTED_ROUND_TRIP: Duration = Duration::from_secs(15 * 60);
 /// An answer is a few hundred bytes; anything this large is not one.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -140,10 +143,10 @@ pub struct Direct {
     signed_host: Option<String>,
     /// The SigV4 signing key of the current day and access key.
     signing_key: Mutex<Option<SigningKey>>,
-    credentials: SharedCredentialsProvider,
-    /// The provider's credentials, and until when to use them.
-    cached: Mutex<Option<(Credentials, SystemTime)>>,
-    refresh: tokio::sync::Mutex<()>,
+    credentials: CredentialsCache,
+    /// How far SQS's clock is ahead of ours, in milliseconds (negative: behind), from
+    /// the `Date` of its last answer: requests are signed at our time plus this.
+    skew_ms: AtomicI64,
     in_flight: tokio::sync::Semaphore,
 }
 
@@ -154,7 +157,7 @@ impl Direct {
         endpoint_url: Option<&str>,
         use_fips: bool,
         use_dual_stack: bool,
-        credentials: SharedCredentialsProvider,
+        credentials: CredentialsCache,
     ) -> Result<Direct, DirectError> {
         let mut params = Params::builder().region(region).use_fips(use_fips).use_dual_stack(use_dual_stack);
         if let Some(e) = endpoint_url {
@@ -185,8 +188,7 @@ impl Direct {
             signed_host,
             signing_key: Mutex::new(None),
             credentials,
-            cached: Mutex::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            skew_ms: AtomicI64::new(0),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         })
     }
@@ -213,13 +215,15 @@ impl Direct {
     async fn send(&self, http: &HttpClient, url: &str, attrs: Attrs) -> Result<Bytes, Miss> {
         let credentials = self.credentials().await.map_err(|e| fallback("credentials", chain(&e)))?;
         let mut request = self
-            .request(url, attrs, &credentials, SystemTime::now())
+            .request(url, attrs, &credentials, self.signing_time(SystemTime::now()))
             .map_err(|e| fallback("credentials", chain(&e)))?;
         if let Some(auth) = http.proxies.http_proxy_authorization(&self.endpoint) {
             request.headers_mut().insert(hyper::header::PROXY_AUTHORIZATION, auth);
         }
+        let sent = SystemTime::now();
         let response =
             http.client.request(request).await.map_err(|e| fallback("transport", format!("sending: {e}")))?;
+        self.measure_skew(&response, sent, SystemTime::now());
         let status = response.status();
         let query_error = response.headers().get("x-amzn-query-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = Limited::new(response.into_body(), MAX_ANSWER)
@@ -241,9 +245,12 @@ impl Direct {
             return Err(Miss::Refused { kind: SourceErrorKind::Throttled, message: format!("throttled: {described}") });
         }
         if status == hyper::StatusCode::FORBIDDEN {
-            // Rejected keys (rotated, revoked, or not yet valid): fetch them again next
-            // time rather than keep signing with them until they expire, if ever.
-            *lock(&self.cached) = None;
+            // Static keys may have been rotated or revoked: fetch them again next time
+            // rather than keep signing with them for the cache's whole life. Temporary
+            // ones (an assumed role) are kept until near their expiry, as the SDK keeps
+            // them: a 403 for a denied queue or a skewed clock would otherwise cost an
+            // STS AssumeRole per poll.
+            self.credentials.forget_static();
             return Err(fallback("forbidden", described));
         }
         Err(fallback("http_error", described))
@@ -379,28 +386,102 @@ impl Direct {
         Ok(())
     }
 
-    /// The provider's credentials, fetched once and kept until shortly before they
-    /// expire (credentials without an expiry: as long as the SDK keeps them), or until
-    /// SQS rejects them.
     async fn credentials(&self) -> Result<Credentials, DirectError> {
+        self.credentials.get().await.map_err(DirectError::Credentials)
+    }
+
+    /// When to sign a request made at `now`: SQS's time, as far as its answers tell.
+    fn signing_time(&self, now: SystemTime) -> SystemTime {
+        let skew = self.skew_ms.load(Ordering::Relaxed);
+        let by = Duration::from_millis(skew.unsigned_abs());
+        if skew >= 0 { now.checked_add(by) } else { now.checked_sub(by) }.unwrap_or(now)
+    }
+
+    /// Learns SQS's clock from an answer's `Date`, as the SDK's clock-skew interceptor
+    /// does: against the middle of the round trip, from every answer, and not from a
+    /// cached one (`Age`) or one that took too long to say much. A clock hours off (a
+    /// host without NTP, a VM resumed from a snapshot) otherwise gets every signature
+    /// refused until someone fixes the clock.
+    fn measure_skew<B>(&self, response: &hyper::Response<B>, sent: SystemTime, received: SystemTime) {
+        if response.headers().contains_key(hyper::header::AGE) {
+            return;
+        }
+        let Some(date) = response.headers().get(hyper::header::DATE).and_then(|d| d.to_str().ok()) else { return };
+        let Ok(server) = aws_smithy_types::DateTime::from_str(date, aws_smithy_types::date_time::Format::HttpDate)
+        else {
+            return;
+        };
+        let Ok(server) = SystemTime::try_from(server) else { return };
+        let elapsed = received.duration_since(sent).unwrap_or_default();
+        if elapsed > MAX_TRUSTED_ROUND_TRIP {
+            return;
+        }
+        let midpoint = sent + elapsed / 2;
+        let skew = match server.duration_since(midpoint) {
+            Ok(ahead) => ahead.as_millis() as i64,
+            Err(behind) => -(behind.duration().as_millis() as i64),
+        };
+        self.skew_ms.store(skew, Ordering::Relaxed);
+    }
+}
+
+/// A credentials provider's credentials, fetched once and kept until shortly before
+/// they expire (credentials without an expiry: as long as the SDK keeps them). One per
+/// SQS client key, shared by the direct path and the SDK client, so the two make one
+/// fetch (one STS AssumeRole for a `role_arn`) between them, not one each.
+#[derive(Clone, Debug)]
+pub struct CredentialsCache(Arc<CacheInner>);
+
+#[derive(Debug)]
+struct CacheInner {
+    provider: SharedCredentialsProvider,
+    /// The credentials, and until when to use them.
+    cached: Mutex<Option<(Credentials, SystemTime)>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl CredentialsCache {
+    pub fn new(provider: SharedCredentialsProvider) -> CredentialsCache {
+        CredentialsCache(Arc::new(CacheInner { provider, cached: Mutex::new(None), refresh: Default::default() }))
+    }
+
+    async fn get(&self) -> Result<Credentials, aws_credential_types::provider::error::CredentialsError> {
         let fresh = |c: &Option<(Credentials, SystemTime)>| {
             c.as_ref().filter(|(_, until)| *until > SystemTime::now()).map(|(c, _)| c.clone())
         };
-        if let Some(c) = fresh(&lock(&self.cached)) {
+        if let Some(c) = fresh(&lock(&self.0.cached)) {
             return Ok(c);
         }
         // One refresh at a time; whoever waited finds the new credentials.
-        let _refreshing = self.refresh.lock().await;
-        if let Some(c) = fresh(&lock(&self.cached)) {
+        let _refreshing = self.0.refresh.lock().await;
+        if let Some(c) = fresh(&lock(&self.0.cached)) {
             return Ok(c);
         }
-        let c = self.credentials.provide_credentials().await.map_err(DirectError::Credentials)?;
+        let c = self.0.provider.provide_credentials().await?;
         let until = match c.expiry() {
             Some(expiry) => expiry.checked_sub(CREDENTIALS_BUFFER).unwrap_or(SystemTime::UNIX_EPOCH),
             None => SystemTime::now() + CREDENTIALS_WITHOUT_EXPIRY,
         };
-        *lock(&self.cached) = Some((c.clone(), until));
+        *lock(&self.0.cached) = Some((c.clone(), until));
         Ok(c)
+    }
+
+    /// Drops the credentials if they carry no expiry (static keys, which a rotation
+    /// replaces in place); temporary ones stay until near their expiry.
+    fn forget_static(&self) {
+        let mut cached = lock(&self.0.cached);
+        if cached.as_ref().is_some_and(|(c, _)| c.expiry().is_none()) {
+            *cached = None;
+        }
+    }
+}
+
+impl ProvideCredentials for CredentialsCache {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.get())
     }
 }
 
@@ -420,7 +501,7 @@ mod tests {
     }
 
     async fn direct(endpoint_url: Option<&str>, fips: bool, dual: bool) -> Direct {
-        Direct::new("eu-west-1", endpoint_url, fips, dual, provider(None).1).await.unwrap()
+        Direct::new("eu-west-1", endpoint_url, fips, dual, CredentialsCache::new(provider(None).1)).await.unwrap()
     }
 
     #[tokio::test]
@@ -530,10 +611,9 @@ mod tests {
         let server_url = server.url.clone();
         let fetched = std::sync::Arc::new(AtomicUsize::new(0));
         let provider = SharedCredentialsProvider::new(Counting(fetched.clone()));
-        let d = Direct::new("eu-west-1", Some(&server_url), false, false, provider).await.unwrap();
-        let http =
-            http_client_with(proxy::Connector::new(hyper_util::client::proxy::matcher::Matcher::builder().build()))
-                .unwrap();
+        let d =
+            Direct::new("eu-west-1", Some(&server_url), false, false, CredentialsCache::new(provider)).await.unwrap();
+        let http = http_client_with(proxy::Connector::new(proxy::Proxies::new("", "", ""))).unwrap();
         let url = format!("{server_url}/1/q");
         let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");
@@ -567,12 +647,51 @@ mod tests {
         for (lifetime, fetches) in [(Duration::from_secs(3600), 1), (Duration::from_secs(30), 3)] {
             let count = std::sync::Arc::new(AtomicUsize::new(0));
             let provider = SharedCredentialsProvider::new(Counting(count.clone(), lifetime));
-            let d = Direct::new("eu-west-1", None, false, false, provider).await.unwrap();
+            let d = Direct::new("eu-west-1", None, false, false, CredentialsCache::new(provider)).await.unwrap();
             for _ in 0..3 {
                 d.credentials().await.unwrap();
             }
             // An hour: fetched once. 30 s, inside the refresh margin: fetched every time.
             assert_eq!(count.load(Ordering::SeqCst), fetches, "lifetime {lifetime:?}");
         }
+    }
+
+    /// A clock two hours behind SQS's: the `Date` of SQS's first answer (a refusal of
+    /// the signature's time) sets the time the next request is signed at.
+    #[tokio::test]
+    async fn the_signing_time_follows_the_servers_date() {
+        let ahead = Duration::from_secs(2 * 3600);
+        let server_now = jiff::Timestamp::try_from(SystemTime::now() + ahead).unwrap();
+        let date = format!("date: {}\r\n", server_now.strftime("%a, %d %b %Y %H:%M:%S GMT"));
+        let skewed = r#"{"__type":"com.amazonaws.sqs#InvalidSignatureException","message":"Signature expired"}"#;
+        let counts = r#"{"Attributes":{"ApproximateNumberOfMessages":"3"}}"#;
+        let server = crate::testing::TinyServer::start_with_headers(&date, move |n| {
+            Some(if n == 0 { (403, skewed.to_owned()) } else { (200, counts.to_owned()) })
+        })
+        .await;
+        let d = Direct::new("eu-west-1", Some(&server.url), false, false, CredentialsCache::new(provider(None).1))
+            .await
+            .unwrap();
+        let http = http_client_with(proxy::Connector::new(proxy::Proxies::new("", "", ""))).unwrap();
+        let url = format!("{}/1/q", server.url);
+        let miss = d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(miss, Miss::Fallback { reason: "forbidden", .. }), "{miss:?}");
+        assert_eq!(d.read(&http, &url, Attrs::default(), Duration::from_secs(5)).await.unwrap().visible, 3);
+        let signed_at: Vec<SystemTime> = server
+            .header("x-amz-date")
+            .into_iter()
+            .map(|d| {
+                let d = d.unwrap().to_ascii_uppercase();
+                let t = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", &d).unwrap();
+                SystemTime::from(t.to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp())
+            })
+            .collect();
+        let off = |t: SystemTime, from: SystemTime| match t.duration_since(from) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        let now = SystemTime::now();
+        assert!(off(signed_at[0], now) < Duration::from_secs(60), "first request signed at our time");
+        assert!(off(signed_at[1], now + ahead) < Duration::from_secs(60), "second one at the server's");
     }
 }

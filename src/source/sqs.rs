@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::time::Instant;
 
-use super::direct::{self, Direct, FALLBACK_REASONS, HttpClient, Miss};
+use super::direct::{self, CredentialsCache, Direct, FALLBACK_REASONS, HttpClient, Miss};
 use super::wire::{attribute_names, parse_counts};
 use super::{Attrs, QueueReader, SourceError, SourceErrorKind};
 use crate::config::QueueSource;
@@ -196,9 +196,13 @@ impl Sqs {
                 .configure(sts)
                 .build()
                 .await;
-            let provider = SharedCredentialsProvider::new(provider);
-            builder = builder.credentials_provider(provider.clone());
-            credentials = Some(provider);
+            credentials = Some(SharedCredentialsProvider::new(provider));
+        }
+        // One cache for both paths: the SDK client's own identity cache then asks this
+        // one, so the two share one fetch (one AssumeRole) rather than make one each.
+        let credentials = credentials.map(CredentialsCache::new);
+        if let Some(cache) = &credentials {
+            builder = builder.credentials_provider(SharedCredentialsProvider::new(cache.clone()));
         }
         let config = builder.build();
         let direct = match credentials {
@@ -517,11 +521,9 @@ mod tests {
     async fn a_service_error_is_its_code_message_status_and_request_id() {
         let body =
             r#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#;
-        let headers = [
-            ("x-amzn-requestid", "0f2c5ad6-a8e4-5b12-9a2b-6e1c8a1d7f3e"),
-            ("x-amzn-query-error", "AWS.SimpleQueueService.NonExistentQueue;Sender"),
-        ];
-        let server = TinyServer::start_with_headers(&headers, move |_| Some((400, body.to_owned()))).await;
+        let headers = "x-amzn-requestid: 0f2c5ad6-a8e4-5b12-9a2b-6e1c8a1d7f3e\r\n\
+                       x-amzn-query-error: AWS.SimpleQueueService.NonExistentQueue;Sender\r\n";
+        let server = TinyServer::start_with_headers(headers, move |_| Some((400, body.to_owned()))).await;
         for direct in [false, true] {
             let q = QueueSource { direct, ..queue(&server.url) };
             let sqs = reader(&q, Duration::from_secs(5)).await;
@@ -586,5 +588,64 @@ mod tests {
         let agents = server.agents();
         assert!(agents.len() == 2 && agents[1].starts_with("aws-sdk-rust/"), "{agents:?}");
         assert_eq!(fallbacks_of(&sqs, "timeout"), 1);
+    }
+
+    /// Service endpoints as aws-config reads them from the environment, for several
+    /// services (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_STS`).
+    #[derive(Debug)]
+    struct ServiceEnvs(Vec<(&'static str, String)>);
+
+    impl aws_types::service_config::LoadServiceConfig for ServiceEnvs {
+        fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+            let name = format!("{}_{}", key.env(), key.service_id().to_uppercase().replace(' ', "_"));
+            self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
+        }
+    }
+
+    /// With `role_arn`, a queue that answers 403 (a denied queue, a skewed clock) costs
+    /// one STS AssumeRole while the role's credentials are fresh: not one per poll on
+    /// the direct path, nor a second one for the SDK's fallback.
+    #[tokio::test]
+    async fn polls_answered_403_make_one_assume_role_while_its_credentials_are_fresh() {
+        let expiry = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+        let assumed = format!(
+            "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+             <AssumedRoleUser><AssumedRoleId>AROAEXAMPLE:sqscale</AssumedRoleId>\
+             <Arn>arn:aws:sts::123456789012:assumed-role/reader/sqscale</Arn></AssumedRoleUser>\
+             <Credentials><AccessKeyId>ASIAEXAMPLE</AccessKeyId><SecretAccessKey>SECRET</SecretAccessKey>\
+             <SessionToken>SESSION</SessionToken><Expiration>{expiry}</Expiration></Credentials>\
+             </AssumeRoleResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleResponse>"
+        );
+        let sts = TinyServer::start(move |_| Some((200, assumed.clone()))).await;
+        let denied = r#"{"__type":"com.amazonaws.sqs#AccessDenied","message":"Access to the resource is denied."}"#;
+        let server = TinyServer::start(move |_| Some((403, denied.to_owned()))).await;
+        let q = QueueSource {
+            endpoint: None,
+            role_arn: Some("arn:aws:iam::123456789012:role/reader".to_owned()),
+            ..queue(&server.url)
+        };
+        let sqs = Sqs::new(Duration::from_secs(5));
+        let key = ClientKey::of(&q);
+        let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+        let loaded = sqs.loader(&key).credentials_provider(credentials).load().await;
+        let base = loaded
+            .into_builder()
+            .service_config(ServiceEnvs(vec![
+                ("AWS_ENDPOINT_URL_SQS", server.url.clone()),
+                ("AWS_ENDPOINT_URL_STS", sts.url.clone()),
+            ]))
+            .build();
+        let endpoint = sqs.endpoint_of(&key, &base).await;
+        lock(&sqs.clients).push((key, endpoint));
+        for _ in 0..5 {
+            let err = sqs.read(&q, Attrs::default()).await.unwrap_err();
+            assert_eq!(err.kind(), "forbidden", "{err}");
+        }
+        // Each poll asked twice (direct, then the SDK), each signed as the role.
+        assert_eq!(fallbacks_of(&sqs, "forbidden"), 5);
+        let signed = server.header("authorization");
+        assert_eq!(signed.len(), 10, "{signed:?}");
+        assert!(signed.iter().all(|a| a.as_deref().is_some_and(|a| a.contains("asiaexample/"))), "{signed:?}");
+        assert_eq!(sts.agents().len(), 1, "AssumeRole calls: {:?}", sts.agents());
     }
 }

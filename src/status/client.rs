@@ -14,6 +14,12 @@ pub struct Status {
     /// daemons, and without leader election).
     #[serde(default)]
     pub leader_election: Option<ElectionStatus>,
+    /// Each context's state ConfigMap and its size (absent from older daemons).
+    #[serde(default)]
+    pub state: Vec<crate::workload::state::StateSize>,
+    /// The `[[group]]`s (absent from older daemons, and without groups).
+    #[serde(default)]
+    pub groups: Vec<crate::group::GroupStatus>,
 }
 
 /// Why `sqscale status` or `sqscale health` got no good answer from the daemon.
@@ -95,6 +101,22 @@ pub fn election_lines(e: &ElectionStatus) -> String {
             (None, false) => "no instance yet".to_owned(),
         };
         out.push_str(&format!("  {context}: led by {leader}\n"));
+    }
+    out
+}
+
+/// The groups below the rules' table: each one's cap, use, and who was denied what.
+pub fn group_lines(groups: &[crate::group::GroupStatus]) -> String {
+    let mut out = String::new();
+    for g in groups {
+        let denied: Vec<String> =
+            g.members.iter().filter(|m| m.denied > 0).map(|m| format!("{} {}", m.rule, m.denied)).collect();
+        let denied = if denied.is_empty() { "none".to_owned() } else { denied.join(", ") };
+        out.push_str(&format!("group {}: {} of {} replicas; denied: {denied}", g.group, g.replicas, g.max_replicas));
+        if !g.waiting_for.is_empty() {
+            out.push_str(&format!("; waiting for the first poll of {}", g.waiting_for.join(", ")));
+        }
+        out.push('\n');
     }
     out
 }

@@ -119,6 +119,32 @@ impl Observer {
         })
     }
 
+    /// The groups as `/status` shows them: with leader election, a group whose members'
+    /// contexts this instance does not all lead says so. Its members there stand by (a
+    /// cold standby does not even poll), so the group cannot weigh them: the leader of
+    /// all of them must be one instance.
+    pub fn group_statuses(&self) -> Vec<crate::group::GroupStatus> {
+        let mut groups = self.groups.statuses();
+        let Some(election) = self.election() else { return groups };
+        for g in &mut groups {
+            let not_led: Vec<String> = g
+                .contexts
+                .iter()
+                .filter(|c| !election.contexts.iter().any(|l| &l.context == *c && l.leading))
+                .map(|c| c.clone().unwrap_or_else(|| "(default)".to_owned()))
+                .collect();
+            if !not_led.is_empty() && not_led.len() < g.contexts.len() {
+                g.note = Some(format!(
+                    "its members span contexts this instance does not all lead (not: {}); members there stand by, \
+                     and the group scales up only once every member has reported: lead all of its contexts \
+                     from one instance",
+                    not_led.join(", ")
+                ));
+            }
+        }
+        groups
+    }
+
     pub(super) fn leads_everywhere(&self) -> bool {
         let now = Instant::now();
         lock(&self.leadership)

@@ -90,6 +90,42 @@ impl Collector for RuleMetrics {
     }
 }
 
+/// The `[[group]]` families, rendered from the ledger when scraped.
+#[derive(Debug)]
+pub(super) struct GroupMetrics(pub(super) Arc<crate::group::Groups>);
+
+impl Collector for GroupMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let groups = self.0.statuses();
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        for (metric, help, value) in [
+            (
+                "sqscale_group_replicas",
+                "The replicas of a group's members as they last reported them",
+                (|g: &crate::group::GroupStatus| g.replicas) as fn(&crate::group::GroupStatus) -> u64,
+            ),
+            ("sqscale_group_max_replicas", "A group's max_replicas", |g| u64::from(g.max_replicas)),
+        ] {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for g in &groups {
+                gauge(value(g)).encode(family.encode_family(&[("group", g.group.as_str())])?)?;
+            }
+        }
+        let help = "Replicas a member's last poll asked for and its group could not grant";
+        let mut family = encoder.encode_descriptor("sqscale_group_denied_replicas", help, None, MetricType::Gauge)?;
+        for g in &groups {
+            for m in &g.members {
+                let labels = [("group", g.group.as_str()), ("rule", m.rule.as_str())];
+                gauge(u64::from(m.denied)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The standard `process_*` metrics, read from /proc/self when scraped.
 #[derive(Debug)]
 pub(super) struct ProcessCollector {

@@ -10,7 +10,7 @@ mod client;
 mod leadership;
 mod metrics;
 
-pub use client::{AskError, Status, check_health, election_lines, fetch, table};
+pub use client::{AskError, Status, check_health, election_lines, fetch, group_lines, table};
 use leadership::Campaign;
 pub use leadership::{ContextLead, ElectionStatus};
 use metrics::{Metrics, ProcessCollector, ResultLabels, RuleMetrics};
@@ -249,6 +249,10 @@ pub struct Observer {
     election: Option<(String, Standby)>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
+    /// Each context's state ConfigMap size, reported by the Kubernetes adapter.
+    state_sizes: Arc<crate::workload::state::Sizes>,
+    /// The `[[group]]` ledgers the workers ask for capacity; shown here.
+    groups: Arc<crate::group::Groups>,
 }
 
 impl Default for Observer {
@@ -283,6 +287,8 @@ impl Observer {
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         r.register_collector(Box::new(RuleMetrics(rules.clone())));
+        let groups = Arc::new(crate::group::Groups::default());
+        r.register_collector(Box::new(metrics::GroupMetrics(groups.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         r.register_collector(Box::new(ProcessCollector { started: started.as_secs_f64() }));
         Observer {
@@ -292,7 +298,26 @@ impl Observer {
             leadership: Mutex::default(),
             election: None,
             restart_required: Mutex::default(),
+            state_sizes: Arc::default(),
+            groups,
         }
+    }
+
+    /// Where the Kubernetes adapter reports the state ConfigMaps' sizes
+    /// ([`crate::workload::kube::Kube::with_state_sizes`]).
+    pub fn state_sizes(&self) -> Arc<crate::workload::state::Sizes> {
+        self.state_sizes.clone()
+    }
+
+    /// Each context's state ConfigMap and its size, as `/status` shows them.
+    pub fn state(&self) -> Vec<crate::workload::state::StateSize> {
+        self.state_sizes.list()
+    }
+
+    /// The groups' ledger: the supervisor configures it, the workers ask it for
+    /// capacity, `/status` and the metrics show it.
+    pub fn groups(&self) -> &Arc<crate::group::Groups> {
+        &self.groups
     }
 
     /// The counter of `sqscale_sqs_fallbacks_total`, for the SQS reader

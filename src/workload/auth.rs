@@ -17,6 +17,12 @@
 //!   kubeconfig is read again, so a static token that was replaced in the file, a new
 //!   `tokenFile`, or a re-run exec plugin takes effect on the next request.
 //!
+//! A burst of 401s is one refresh, and nothing the credential source does turns into a
+//! loop: a fetch that fails, a new token that is refused before any request got through
+//! with it (a user the cluster does not map), and a token that has already expired (or
+//! is about to) are each fetched again after a backoff (1 s, doubling to 30 s), with one
+//! warning per step naming the context.
+//!
 //! The request path never waits for a refresh and holds no lock across I/O: it reads the
 //! current header, and a request that meets a 401 only wakes the refresher. Client
 //! certificates, basic auth and auth providers stay with kube (nothing to take over).
@@ -33,6 +39,7 @@ use hyper::{Request, Response, StatusCode};
 use kube::Config;
 use kube::config::{AuthInfo, ExecConfig, KubeConfigOptions, Kubeconfig};
 use secrecy::ExposeSecret;
+use tokio::time::Instant;
 
 use super::eks::Minter;
 
@@ -44,6 +51,28 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// A failed refresh is tried again after this, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// An exec plugin prints one small JSON object; more than this is not a credential (and
+/// must not grow the daemon's memory without bound).
+const MAX_EXEC_OUTPUT: usize = 64 * 1024;
+/// Of a failed plugin's standard error, the first line, cut to this many characters, is
+/// what goes into errors (and so into logs, `/status` and Events): enough to say why,
+/// too little to carry a dump of its environment or a prompt's transcript.
+const MAX_EXEC_STDERR: usize = 200;
+
+/// How the refresher paces itself: [`MIN_REFRESH`] between fetches, and a backoff from
+/// [`FIRST_RETRY`] doubling to [`MAX_RETRY`]. Tests shrink it.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub min_refresh: Duration,
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace { min_refresh: MIN_REFRESH, first_retry: FIRST_RETRY, max_retry: MAX_RETRY }
+    }
+}
 
 /// Why a context's config or bearer token could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +105,10 @@ pub enum AuthError {
     ExecStart(String, #[source] std::io::Error),
     #[error("exec plugin {0} failed ({1}): {2}")]
     ExecFailed(String, std::process::ExitStatus, String),
+    #[error("exec plugin {0}: more than {kib} KiB of output", kib = MAX_EXEC_OUTPUT / 1024)]
+    ExecOutputTooLarge(String),
+    #[error("exec plugin {0}: reading its output")]
+    ExecRead(String, #[source] std::io::Error),
     #[error("exec plugin {0}: its output is not an ExecCredential")]
     ExecOutput(String, #[source] serde_json::Error),
     #[error("exec plugin {0}: no status in its output")]
@@ -250,14 +283,16 @@ async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> 
         "spec": spec,
     });
     cmd.env("KUBERNETES_EXEC_INFO", info.to_string());
-    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-    let output = tokio::time::timeout(timeout, cmd.output())
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, capped_output(command, cmd))
         .await
-        .map_err(|_| AuthError::ExecTimeout(command.to_owned(), timeout))?
-        .map_err(|e| AuthError::ExecStart(command.to_owned(), e))?;
+        .map_err(|_| AuthError::ExecTimeout(command.to_owned(), timeout))??;
     if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(AuthError::ExecFailed(command.to_owned(), output.status, stderr.trim().to_owned()));
+        let stderr = first_line(&String::from_utf8_lossy(&output.stderr), MAX_EXEC_STDERR);
+        return Err(AuthError::ExecFailed(command.to_owned(), output.status, stderr));
     }
     let credential: ExecCredential =
         serde_json::from_slice(&output.stdout).map_err(|e| AuthError::ExecOutput(command.to_owned(), e))?;
@@ -277,6 +312,57 @@ async fn run_exec(exec: &ExecConfig, server: &hyper::Uri, timeout: Duration) -> 
     Ok(Token { value, refresh_at })
 }
 
+/// Runs `cmd` to its end, keeping at most [`MAX_EXEC_OUTPUT`] of its standard output and
+/// of its standard error, both read at once so a plugin that fills one pipe cannot block
+/// on it. More than that on standard output is an error at once (the plugin is killed
+/// on drop); standard error beyond it is read and thrown away.
+async fn capped_output(command: &str, mut cmd: tokio::process::Command) -> Result<std::process::Output, AuthError> {
+    use tokio::io::{AsyncRead, AsyncReadExt};
+    /// Reads `pipe` to its end, keeping [`MAX_EXEC_OUTPUT`] bytes; `Ok(None)`: more came.
+    async fn keep(pipe: Option<impl AsyncRead + Unpin>, drain: bool) -> std::io::Result<Option<Vec<u8>>> {
+        let mut buf = Vec::new();
+        let Some(mut pipe) = pipe else { return Ok(Some(buf)) };
+        // One byte over the cap tells "exactly at the cap" from "more".
+        (&mut pipe).take(MAX_EXEC_OUTPUT as u64 + 1).read_to_end(&mut buf).await?;
+        if buf.len() <= MAX_EXEC_OUTPUT {
+            return Ok(Some(buf));
+        }
+        if !drain {
+            return Ok(None);
+        }
+        tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await?;
+        buf.truncate(MAX_EXEC_OUTPUT);
+        Ok(Some(buf))
+    }
+    let mut child = cmd.spawn().map_err(|e| AuthError::ExecStart(command.to_owned(), e))?;
+    let read = |e| AuthError::ExecRead(command.to_owned(), e);
+    let stdout = keep(child.stdout.take(), false);
+    let stderr = keep(child.stderr.take(), true);
+    tokio::pin!(stdout, stderr);
+    // Standard output first to its end (or its cap), standard error alongside it.
+    let (stdout, stderr) = match futures::future::select(stdout, stderr).await {
+        futures::future::Either::Left((out, stderr)) => match out.map_err(read)? {
+            Some(out) => (out, stderr.await.map_err(read)?),
+            None => return Err(AuthError::ExecOutputTooLarge(command.to_owned())),
+        },
+        futures::future::Either::Right((err, stdout)) => match stdout.await.map_err(read)? {
+            Some(out) => (out, err.map_err(read)?),
+            None => return Err(AuthError::ExecOutputTooLarge(command.to_owned())),
+        },
+    };
+    let status = child.wait().await.map_err(read)?;
+    Ok(std::process::Output { status, stdout, stderr: stderr.unwrap_or_default() })
+}
+
+/// The first non-empty line of `text`, trimmed and cut to `max` characters (marked `…`).
+fn first_line(text: &str, max: usize) -> String {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or_default();
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
 /// When to replace a credential that expires at `expiry`: a fifth of its remaining
 /// lifetime early, at most a minute early, and never in the past.
 fn refresh_time(expiry: SystemTime, now: SystemTime) -> SystemTime {
@@ -290,13 +376,24 @@ pub struct Credentials {
     pub name: String,
     current: RwLock<Option<(HeaderValue, u64)>>,
     generation: AtomicU64,
+    /// The newest generation a request met a 401 with while it was in force.
+    rejected_generation: AtomicU64,
+    /// The newest generation a request got an answer other than 401 with.
+    accepted_generation: AtomicU64,
     /// Woken by a request that met a 401 with the token in force.
     rejected: tokio::sync::Notify,
 }
 
 impl Credentials {
     pub fn new(name: String) -> Credentials {
-        Credentials { name, current: RwLock::new(None), generation: AtomicU64::new(0), rejected: Default::default() }
+        Credentials {
+            name,
+            current: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            rejected_generation: AtomicU64::new(0),
+            accepted_generation: AtomicU64::new(0),
+            rejected: Default::default(),
+        }
     }
 
     /// Puts `token` in force for every request from now on.
@@ -317,17 +414,31 @@ impl Credentials {
     /// is dead, so wake the refresher (a request that raced a refresh changes nothing).
     fn rejected(&self, generation: u64) {
         if generation == self.generation.load(Ordering::SeqCst) {
+            self.rejected_generation.fetch_max(generation, Ordering::SeqCst);
             self.rejected.notify_one();
         }
+    }
+
+    /// A request sent with `generation` got through (any answer but a 401).
+    fn accepted(&self, generation: u64) {
+        self.accepted_generation.fetch_max(generation, Ordering::SeqCst);
     }
 }
 
 /// Keeps `credentials` fresh from `bearer` until dropped (the context's client is gone).
 /// `first` is the token fetched when the client was built.
 pub async fn refresh(credentials: Arc<Credentials>, bearer: Bearer, first: Token, timeout: Duration) {
-    let mut refresh_at = first.refresh_at;
-    let mut last = tokio::time::Instant::now();
-    let mut retry = FIRST_RETRY;
+    refresh_paced(credentials, bearer, first, timeout, Pace::default()).await
+}
+
+/// [`refresh`] at `pace`.
+pub async fn refresh_paced(credentials: Arc<Credentials>, bearer: Bearer, first: Token, timeout: Duration, pace: Pace) {
+    let name = &credentials.name;
+    let mut backoff = Backoff { pace, next: pace.first_retry, until: Instant::now() };
+    let mut refresh_at = backoff.usable_until(name, first.refresh_at);
+    // When the last fetch ran, and whether it gave the token in force.
+    let mut last = Instant::now();
+    let mut fetched = true;
     loop {
         let due = async {
             match refresh_at {
@@ -339,27 +450,84 @@ pub async fn refresh(credentials: Arc<Credentials>, bearer: Bearer, first: Token
             _ = due => "due",
             _ = credentials.rejected.notified() => "rejected",
         };
+        let in_force = credentials.generation.load(Ordering::SeqCst);
+        let accepted = fetched && credentials.accepted_generation.load(Ordering::SeqCst) >= in_force;
+        if accepted {
+            // The token in force got through: whatever went wrong before is over.
+            backoff.reset();
+        }
+        if why == "rejected" {
+            if credentials.rejected_generation.load(Ordering::SeqCst) < in_force {
+                // 401s of a burst that outlasted the refresh they woke, met with the
+                // token already replaced: nothing more to do.
+                continue;
+            }
+            if fetched && !accepted && !backoff.waiting() {
+                // Refused before any request got through with it (a user the cluster
+                // does not map, a plugin that hands out a dead token): fetching again
+                // at once would give the same.
+                let wait = backoff.step();
+                tracing::warn!(context = %name, retry_in = ?wait, "the API server rejected the new Kubernetes credential (401); fetching another after a pause");
+            }
+        }
         // A burst of 401s (every watch and poll at once) is one refresh.
-        tokio::time::sleep_until(last + MIN_REFRESH).await;
-        last = tokio::time::Instant::now();
-        match bearer.fetch(timeout).await {
+        tokio::time::sleep_until((last + pace.min_refresh).max(backoff.until)).await;
+        last = Instant::now();
+        let fetch = bearer.fetch(timeout).await;
+        match fetch.and_then(|token| credentials.set(&token.value).map(|()| token)) {
             Ok(token) => {
-                retry = FIRST_RETRY;
-                refresh_at = token.refresh_at;
-                match credentials.set(&token.value) {
-                    Ok(()) => tracing::debug!(context = %credentials.name, why, "refreshed the Kubernetes credential"),
-                    Err(e) => {
-                        let error = crate::error::chain(&e);
-                        tracing::warn!(context = %credentials.name, %error, "refreshing the Kubernetes credential")
-                    }
-                }
+                fetched = true;
+                tracing::debug!(context = %name, why, "refreshed the Kubernetes credential");
+                refresh_at = backoff.usable_until(name, token.refresh_at);
             }
             Err(e) => {
+                fetched = false;
                 let error = crate::error::chain(&e);
-                tracing::warn!(context = %credentials.name, why, %error, retry_in = ?retry, "refreshing the Kubernetes credential failed; the old one stays in use");
-                refresh_at = Some(SystemTime::now() + retry);
-                retry = (retry * 2).min(MAX_RETRY);
+                let wait = backoff.step();
+                tracing::warn!(context = %name, why, %error, retry_in = ?wait, "refreshing the Kubernetes credential failed; the old one stays in use");
+                refresh_at = Some(SystemTime::now() + wait);
             }
+        }
+    }
+}
+
+/// The refresher's backoff: each step waits twice the last, up to the pace's cap; no
+/// fetch starts before `until`.
+struct Backoff {
+    pace: Pace,
+    next: Duration,
+    until: Instant,
+}
+
+impl Backoff {
+    /// Takes a step: no fetch for its length (returned).
+    fn step(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.pace.max_retry);
+        self.until = Instant::now() + wait;
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.pace.first_retry;
+    }
+
+    fn waiting(&self) -> bool {
+        self.until > Instant::now()
+    }
+
+    /// When to fetch again a token due at `refresh_at`: then, unless that is sooner than
+    /// the next backoff step (an `expirationTimestamp` already past, or about to be),
+    /// which would run the plugin in a loop: then after a step, with a warning.
+    fn usable_until(&mut self, name: &str, refresh_at: Option<SystemTime>) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        match refresh_at {
+            Some(at) if at < now + self.next => {
+                let wait = self.step();
+                tracing::warn!(context = %name, retry_in = ?wait, "the new Kubernetes credential has expired or is about to (its expirationTimestamp); using it, and fetching another after a pause");
+                Some(now + wait)
+            }
+            other => other,
         }
     }
 }
@@ -409,6 +577,8 @@ where
             let response = response.await?;
             if response.status() == StatusCode::UNAUTHORIZED {
                 credentials.rejected(generation);
+            } else {
+                credentials.accepted(generation);
             }
             Ok(response)
         })
@@ -495,6 +665,158 @@ mod tests {
                 .unwrap();
         let e = run_exec(&fail, &server, Duration::from_secs(10)).await.unwrap_err().to_string();
         assert!(e.contains("denied") && e.contains("failed"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_exec_plugins_output_is_capped_and_only_the_first_line_of_its_stderr_kept() {
+        let server: hyper::Uri = "https://127.0.0.1:6443".parse().unwrap();
+        let exec = |script: &str| -> ExecConfig {
+            serde_json::from_value(serde_json::json!({"command": "sh", "args": ["-c", script]})).unwrap()
+        };
+        // 100 KiB of output, then an exit: too much, whatever it says.
+        let big = exec("head -c 102400 /dev/zero | tr '\\0' x");
+        let e = run_exec(&big, &server, Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(e, AuthError::ExecOutputTooLarge(_)), "{e}");
+        assert!(e.to_string().contains("more than 64 KiB of output"), "{e}");
+        // Output without end: the same error, at once rather than at the deadline.
+        let e = run_exec(&exec("yes"), &server, Duration::from_secs(60)).await.unwrap_err();
+        assert!(matches!(e, AuthError::ExecOutputTooLarge(_)), "{e}");
+        // Exactly 64 KiB is read (and is not JSON).
+        let at_cap = exec("head -c 65536 /dev/zero | tr '\\0' ' '");
+        let e = run_exec(&at_cap, &server, Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(e, AuthError::ExecOutput(..)), "{e}");
+        // A failure's standard error: its first line, cut short; never the rest.
+        let long = "x".repeat(5000);
+        let noisy = exec(&format!(
+            "printf '\\n  no such profile: {long}\\nAWS_SECRET_ACCESS_KEY=hunter2\\n' >&2; head -c 200000 /dev/zero >&2; exit 3"
+        ));
+        let e = run_exec(&noisy, &server, Duration::from_secs(10)).await.unwrap_err().to_string();
+        assert!(e.contains("failed") && e.contains("no such profile: xxx"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+    }
+}
+
+/// The refresher against an exec plugin that counts its runs: what a burst of 401s, a
+/// token the server always refuses and an expired `expirationTimestamp` cost. Real
+/// processes, so real time, at a shrunk pace (tokio's paused clock would jump the
+/// plugin's own timeout while it runs).
+#[cfg(test)]
+mod refresher_tests {
+    use super::*;
+
+    const PACE: Pace = Pace {
+        min_refresh: Duration::from_millis(20),
+        first_retry: Duration::from_millis(100),
+        max_retry: Duration::from_millis(800),
+    };
+
+    /// A kubeconfig whose user runs a plugin that appends a line to `runs` per run and
+    /// gives the token `t-N` expiring at `expiry`.
+    struct Plugin {
+        _dir: tempfile::TempDir,
+        runs: PathBuf,
+        bearer: Option<Bearer>,
+    }
+
+    impl Plugin {
+        fn new(expiry: &str) -> Plugin {
+            let dir = tempfile::tempdir().unwrap();
+            let runs = dir.path().join("runs");
+            let script = dir.path().join("plugin.sh");
+            std::fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh
+echo run >> '{runs}'
+n=$(wc -l < '{runs}')
+\
+                     printf '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\
+                     \"status\":{{\"token\":\"t-%s\",\"expirationTimestamp\":\"{expiry}\"}}}}' $n\n",
+                    runs = runs.display()
+                ),
+            )
+            .unwrap();
+            let kubeconfig = dir.path().join("kubeconfig");
+            let kc = serde_json::json!({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": "sh", "args": [script.to_str().unwrap()], "interactiveMode": "Never"
+                }}}],
+                "contexts": [{"name": "ctx", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "ctx"
+            });
+            std::fs::write(&kubeconfig, kc.to_string()).unwrap();
+            let bearer = Bearer::Kubeconfig(ConfigSource { kubeconfig: Some(kubeconfig), context: None });
+            Plugin { _dir: dir, runs, bearer: Some(bearer) }
+        }
+
+        fn runs(&self) -> usize {
+            std::fs::read_to_string(&self.runs).map(|t| t.lines().count()).unwrap_or(0)
+        }
+
+        /// Starts the refresher with `t-0` in force (fetched at build time, due at `due`).
+        fn start(&mut self, due: Option<SystemTime>) -> (Arc<Credentials>, tokio::task::JoinHandle<()>) {
+            let credentials = Arc::new(Credentials::new("ctx".into()));
+            credentials.set("t-0").unwrap();
+            let first = Token { value: "t-0".into(), refresh_at: due };
+            let bearer = self.bearer.take().unwrap();
+            let task = tokio::spawn(refresh_paced(credentials.clone(), bearer, first, Duration::from_secs(10), PACE));
+            (credentials, task)
+        }
+    }
+
+    fn token(c: &Credentials) -> String {
+        c.current().unwrap().0.to_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_401s_runs_the_plugin_once() {
+        let mut plugin = Plugin::new("2099-01-01T00:00:00Z");
+        let (c, task) = plugin.start(None);
+        // The token worked for a while, then every request sent with it meets a 401,
+        // their answers coming in over 400 ms: before, during and after the refresh.
+        c.accepted(1);
+        for _ in 0..40 {
+            c.rejected(1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(plugin.runs(), 1);
+        assert_eq!(token(&c), "Bearer t-1");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_token_the_server_always_refuses_is_fetched_again_with_a_backoff() {
+        let mut plugin = Plugin::new("2099-01-01T00:00:00Z");
+        let (c, task) = plugin.start(None);
+        // Every request meets a 401, whatever token it carries (a user aws-auth does not
+        // map): 2 s of requests every 10 ms.
+        for _ in 0..200 {
+            c.rejected(c.generation.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Steps of 0.1, 0.2, 0.4, 0.8, 0.8 s: 4 or 5 runs (20 ms apart, it was ~100).
+        let runs = plugin.runs();
+        assert!((2..=6).contains(&runs), "{runs} runs");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn an_expired_expiration_timestamp_is_fetched_again_with_a_backoff() {
+        let mut plugin = Plugin::new("2000-01-01T00:00:00Z");
+        // The first token is already past its time too.
+        let past = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800);
+        let (c, task) = plugin.start(Some(past));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let runs = plugin.runs();
+        assert!((2..=6).contains(&runs), "{runs} runs");
+        // Each new token is put in force all the same (the server may still take it).
+        assert!(token(&c).starts_with("Bearer t-") && token(&c) != "Bearer t-0", "{}", token(&c));
+        task.abort();
     }
 }
 

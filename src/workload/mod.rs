@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use crate::config::TargetRef;
 use crate::engine::{Pause, Time};
+use crate::leader::Leadership;
+use state::Running;
 
 /// The field manager of every write, so `kubectl` shows who changed the replicas.
 pub const FIELD_MANAGER: &str = "sqscale";
@@ -122,12 +124,14 @@ pub trait ScaleTarget: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Stores the target's last-active in sqscale's own namespace ([`state`]), never on
-    /// the target.
+    /// the target. `lead` is checked again right before the write is sent (it may wait
+    /// for other writes to fold into one), and a lost lease cancels it.
     fn set_last_active(
         &self,
         context: Option<&str>,
         target: &TargetRef,
         at: Time,
+        lead: &Leadership,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Records a Kubernetes Event on the target (best effort).
@@ -143,6 +147,13 @@ pub trait ScaleTarget: Send + Sync + 'static {
     /// context, namespace and kind no rule reads any more) can go.
     fn retain(&self, used: &[(Option<&str>, &TargetRef)]) {
         let _ = used;
+    }
+
+    /// Called at start and after each reload with every rule now running, and per kube
+    /// context whether this instance may write there (never in a dry run): the stored
+    /// state of targets no rule names any more can go ([`state::Store::keep`]).
+    fn keep_state(&self, rules: &Running, lead: &dyn Fn(Option<&str>) -> Leadership) {
+        let _ = (rules, lead);
     }
 }
 

@@ -73,6 +73,58 @@ queue_url = "https://sqs.eu-west-1.amazonaws.com/123"
     assert!(out.stdout.is_empty());
 }
 
+/// Issue 26 item 5: `[kubernetes] qps = 1e10` passed `check`, and `run` panicked at start
+/// (exit 101, so systemd restarted it forever). Both now refuse it with 78, naming the key,
+/// from the one validation they share.
+#[test]
+fn a_qps_past_the_limiters_range_exits_78_in_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cluster that refuses connections on 127.0.0.1: building its client (and its write
+    // budget) needs no answer.
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\n\
+         users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n",
+    );
+    let path = write(
+        dir.path(),
+        "qps.toml",
+        &format!(
+            "[kubernetes]\nkubeconfig = \"{kubeconfig}\"\nqps = 1e10\n[aws]\nregion = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:1\"\n[server]\nlisten = \"\"\n[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123456789012/orders\"\n"
+        ),
+    );
+    for command in ["check", "run"] {
+        // `run` that got past its config would go on; give it 15 s.
+        let log = dir.path().join(format!("{command}.err"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+            .args([command, "--config", &path])
+            .env_remove("SQSCALE_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run sqscale");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let status = loop {
+            match child.try_wait().unwrap() {
+                Some(status) => break Some(status),
+                None if std::time::Instant::now() > deadline => {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    break None;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        };
+        let err = std::fs::read_to_string(&log).unwrap();
+        let status = status.unwrap_or_else(|| panic!("{command} still running after 15 s: {err}"));
+        assert_eq!(status.code(), Some(78), "{command}: {err}");
+        assert!(err.contains("[kubernetes]: qps (10000000000) must be"), "{command}: {err}");
+        assert!(!err.contains("panicked"), "{command}: {err}");
+    }
+}
+
 #[test]
 fn check_of_a_missing_file_exits_78() {
     let out = sqscale(&["check", "--config", "/nonexistent/sqscale.toml"]);

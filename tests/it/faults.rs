@@ -18,6 +18,7 @@ use crate::support::process::{free_port, signal, spawn};
 use crate::support::sqs;
 use sqscale::config::TargetRef;
 use sqscale::engine::Time;
+use sqscale::leader::Leadership;
 use sqscale::status::{Observer, RuleStatus};
 use sqscale::workload::kube::Kube;
 use sqscale::workload::{ScaleTarget, TargetError, TargetEvent, TargetView};
@@ -132,8 +133,14 @@ impl ScaleTarget for Armed {
         result
     }
 
-    async fn set_last_active(&self, ctx: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
-        self.kube.set_last_active(ctx, t, at).await
+    async fn set_last_active(
+        &self,
+        ctx: Option<&str>,
+        t: &TargetRef,
+        at: Time,
+        lead: &Leadership,
+    ) -> Result<(), TargetError> {
+        self.kube.set_last_active(ctx, t, at, lead).await
     }
 
     async fn publish(&self, ctx: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -868,7 +875,7 @@ async fn a_stream_of_state_writes_is_folded_into_one_patch_a_second() {
                 name: format!("d-{i}"),
                 namespace: NS.into(),
             };
-            adapter.set_last_active(None, &t, Time(1_795_000_000_000 + i as i64)).await
+            adapter.set_last_active(None, &t, Time(1_795_000_000_000 + i as i64), &Leadership::unelected()).await
         });
     }
     while let Some(done) = writes.join_next().await {
@@ -879,4 +886,45 @@ async fn a_stream_of_state_writes_is_folded_into_one_patch_a_second() {
     assert!(patches <= 3, "{patches} writes of the state for 40 times over 0.8 s");
     let data = kube.config_map("sqscale", "sqscale-state").unwrap()["data"].clone();
     assert_eq!(data.as_object().unwrap().len(), 40, "every time stored: {data}");
+}
+
+/// Issue 26: a last-active older than the one stored is never written over it. Here
+/// another instance stored a newer time (read again when this one started to lead), and
+/// this one's write of the older time it still had succeeds without being sent: the
+/// newer time stays, and the next read gives it. A newer time is written as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_last_active_never_overwrites_a_newer_stored_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let adapter = Kube::new(Some(kubeconfig), None, Duration::from_secs(5));
+    let target = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: "demo".into(), namespace: NS.into() };
+    let lead = Leadership::unelected();
+    let stored = || {
+        kube.config_map("sqscale", "sqscale-state")
+            .and_then(|m| m["data"]["deployment.default.demo"].as_str().map(str::to_owned))
+    };
+    let at = |text: &str| Time(text.parse::<jiff::Timestamp>().unwrap().as_millisecond());
+    adapter.set_last_active(None, &target, at("2026-12-02T07:00:00Z"), &lead).await.unwrap();
+    assert_eq!(stored().as_deref(), Some("2026-12-02T07:00:00Z"));
+    // Another instance stores a newer time; this one reads it.
+    kube.put_config_map(
+        "sqscale",
+        "sqscale-state",
+        serde_json::json!({ "deployment.default.demo": "2026-12-02T07:05:00Z" }),
+    );
+    adapter.reread_state(None);
+    let read = adapter.read(None, &target).await.unwrap();
+    assert_eq!(read.stored_last_active, Some(at("2026-12-02T07:05:00Z")));
+    let patches = || {
+        kube.requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/configmaps/sqscale-state")).count()
+    };
+    let before = patches();
+    adapter.set_last_active(None, &target, at("2026-12-02T07:01:00Z"), &lead).await.unwrap();
+    assert_eq!(stored().as_deref(), Some("2026-12-02T07:05:00Z"), "the older time was written over the newer one");
+    assert_eq!(patches(), before, "nothing to send");
+    let read = adapter.read(None, &target).await.unwrap();
+    assert_eq!(read.last_active, Some(at("2026-12-02T07:05:00Z")));
+    // A newer one is written.
+    adapter.set_last_active(None, &target, at("2026-12-02T07:06:00Z"), &lead).await.unwrap();
+    assert_eq!(stored().as_deref(), Some("2026-12-02T07:06:00Z"));
 }

@@ -81,3 +81,61 @@ async fn last_known_keeps_scaling_out_on_the_last_good_reading() {
     assert_eq!(replicas(), 10, "the fallback's 2 replicas scale nothing in");
     assert_eq!(daemon.stop().await, Ok(()));
 }
+
+/// `[[group]]`: two Deployments share 6 replicas. `a` (priority 1) asks for 4, `b` for
+/// 5: `a` gets its 4, `b` the 2 left (`group_capped`, 3 denied), and the sum never
+/// passes 6 on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_never_runs_more_than_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "a", 0).await;
+    kube.add_deployment(NS, "b", 0);
+    let (qa, qb) = (sqs::queue("group-a").await, sqs::queue("group-b").await);
+    sqs::send(&qa, 20).await;
+    sqs::send(&qb, 25).await;
+    let rules = format!(
+        "{}[[group]]\nname = \"g\"\nmax_replicas = 6\n{}{}",
+        header(&sqs::endpoint()),
+        demo_rule("a", &qa, "max_replica_count = 10\ngroup = \"g\"\npriority = 1"),
+        demo_rule("b", &qb, "max_replica_count = 10\ngroup = \"g\""),
+    );
+    let config = write(dir.path(), "sqscale.toml", &rules);
+    let daemon = Daemon::start(&config, &kubeconfig).await;
+    let replicas = |name: &str| kube.replicas(Kind::Deployment, NS, name).unwrap();
+
+    let mut most = 0;
+    let settled = wait_until(Duration::from_secs(20), || {
+        let (a, b) = (replicas("a"), replicas("b"));
+        most = most.max(a + b);
+        a == 4 && b == 2
+    })
+    .await;
+    assert!(settled, "a at {}, b at {}", replicas("a"), replicas("b"));
+    // A few more polls: nothing moves, nothing passes the cap.
+    let polls = daemon.observer.statuses()[1].polls;
+    assert!(wait_until(Duration::from_secs(10), || daemon.observer.statuses()[1].polls >= polls + 3).await);
+    assert_eq!((replicas("a"), replicas("b")), (4, 2));
+    assert!(most <= 6, "the group ran {most} at once");
+    assert!(kube.scale_history(Kind::Deployment, NS, "b").iter().all(|&r| r <= 6));
+
+    let b = daemon.observer.statuses().into_iter().find(|s| s.rule == "b").unwrap();
+    assert_eq!(b.last_reason.as_deref(), Some("group_capped"), "{b:?}");
+    let groups = daemon.observer.groups().statuses();
+    assert_eq!((groups[0].group.as_str(), groups[0].max_replicas, groups[0].replicas), ("g", 6, 6));
+    let denied: Vec<(&str, u32)> = groups[0].members.iter().map(|m| (m.rule.as_str(), m.denied)).collect();
+    assert_eq!(denied, [("a", 0), ("b", 3)]);
+    let metrics = daemon.observer.encode_metrics();
+    for line in [
+        "sqscale_group_replicas{group=\"g\"} 6",
+        "sqscale_group_max_replicas{group=\"g\"} 6",
+        "sqscale_group_denied_replicas{group=\"g\",rule=\"b\"} 3",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+
+    // b's queue drains... a's does: a scales in (after its cooldown) and b takes the room.
+    sqs::purge(&qa).await;
+    assert!(wait_until(Duration::from_secs(20), || replicas("b") == 5).await, "b at {}", replicas("b"));
+    assert!(replicas("a") + replicas("b") <= 6);
+    assert_eq!(daemon.stop().await, Ok(()));
+}

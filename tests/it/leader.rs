@@ -599,3 +599,431 @@ async fn a_cold_standby_polls_nothing_until_it_leads_and_keeps_the_stored_cooldo
     signal(&b, "-TERM");
     assert_eq!(b.wait().unwrap().code(), Some(0));
 }
+
+/// A local user floods the listener with idle and half-sent connections (the leader's
+/// `[server] listen`): the connections over the cap are closed at once, the rest when
+/// the header timeout passes, and meanwhile the leader keeps renewing its lease and
+/// scaling; afterwards the listener answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_leaves_polls_and_lease_rounds_alone() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("flood").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let mut daemon = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id.clone())).await);
+
+    // Four times the cap (sqscale::server::MAX_CONNECTIONS), each with half a head.
+    let cap = sqscale::server::MAX_CONNECTIONS;
+    let mut flood = Vec::new();
+    for _ in 0..4 * cap {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+        flood.push(conn);
+    }
+    let at_once = closed(&mut flood, Duration::from_secs(2)).await;
+    assert!((3 * cap..4 * cap).contains(&at_once), "{at_once} of {} closed at once", 4 * cap);
+
+    // Under the flood the leader renews its lease and scales.
+    let renewed = || kube.lease(NS, LEASE).and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_owned));
+    let before = renewed();
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs());
+    assert_ne!(renewed(), before, "the lease was renewed");
+    assert_eq!(holder(&kube), Some(id));
+
+    // The held ones are closed once the header timeout (10 s) passes.
+    let late = closed(&mut flood, sqscale::server::HEADER_READ_TIMEOUT).await;
+    assert_eq!(late, 4 * cap, "every connection is closed by now");
+    drop(flood);
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+}
+
+/// How many of `conns` the server has closed (EOF or reset) within `within`, all read
+/// at once (so the wait is `within` in all).
+async fn closed(conns: &mut [tokio::net::TcpStream], within: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let reads = conns.iter_mut().map(|conn| async move {
+        let mut buf = [0u8; 256];
+        matches!(tokio::time::timeout(within, conn.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    });
+    futures::future::join_all(reads).await.into_iter().filter(|c| *c).count()
+}
+
+/// Issue 26 item 1: every Lease request takes 1.1 s to be answered (default timings, 15 s
+/// lease, 10 s renew deadline, 2 s retry). A round of one read and one write then takes
+/// 2.2 s, longer than the 2 s a round was given: no instance ever led. Each attempt now
+/// has until the renew deadline, and a leader renews with one write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_endpoint_answering_in_1_1_s_still_gets_a_leader_that_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    // `/leases` and not `/leases/`: the create is a POST to the collection.
+    kube.set_latency_on("/leases", Duration::from_millis(1100));
+    let queue = sqs::queue("slow-lease").await;
+    let port = free_port();
+    let text = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [leader_election]\nenabled = true\nnamespace = \"{NS}\"\nlease_name = \"{LEASE}\"\n{}",
+        kubeconfig.display(),
+        sqs::endpoint(),
+        demo_rule("demo", &queue, ""),
+    );
+    let cfg = write(dir.path(), "a.toml", &text);
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(15), || logs().contains("became the leader")).await, "{}", logs());
+    assert_eq!(holder(&kube), Some(id));
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(20), || replicas() == 5).await, "{}", logs());
+
+    // It keeps the lease: renewals of 1.1 s every 2 s, never a step-down.
+    let since = kube.requests().len();
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 1"), "{}", logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let renewals = kube.requests()[since..]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/leases/") && r.status == Some(200))
+        .count();
+    assert!(renewals >= 2, "{renewals} renewals in 7 s");
+    assert!(!logs().contains("lost the lease"), "{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// Issue 26 item 1: a reload adds a context whose user's exec plugin takes 2.5 s, longer
+/// than a round (lease 3 s, renew deadline 2 s). The client was built inside the round's
+/// deadline: the plugin was killed and started again every round, and the context was
+/// never led. It is now built outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_added_by_reload_with_a_slow_exec_plugin_is_led() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (FakeKube::start().await, FakeKube::start().await);
+    one.add_deployment(NS, "demo", 0);
+    two.add_deployment(NS, "other", 0);
+    let script = dir.path().join("get-token.sh");
+    let runs = dir.path().join("runs");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho started >> {runs}\nsleep 2.5\necho finished >> {runs}\nprintf '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{}\"}}}}'\n",
+            two.token(),
+            runs = runs.display(),
+        ),
+    )
+    .unwrap();
+    let exec = json!({"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh", "args": [script], "interactiveMode": "Never"}});
+    let kubeconfig = dir.path().join("kubeconfig");
+    crate::support::fake_kube::write_kubeconfig_with_users(
+        &kubeconfig,
+        &[("one", &one), ("two", &two)],
+        &[json!({"token": one.token()}), exec],
+        "one",
+    );
+    let queue = sqs::queue("slow-exec").await;
+    let port = free_port();
+    let first = demo_rule("demo", &queue, "");
+    let cfg = config_with(dir.path(), &kubeconfig, port, "a.toml", &first);
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&one) == Some(id.clone())).await, "{}", logs());
+
+    let other = demo_rule("other", &queue, "context = \"two\"");
+    config_with(dir.path(), &kubeconfig, port, "a.toml", &format!("{first}\n{other}"));
+    signal(&a, "-HUP");
+    let led = wait_until(Duration::from_secs(12), || holder(&two) == Some(id.clone())).await;
+    let plugin = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert!(led, "context two never led; the plugin's runs: {plugin:?}\n{}", logs());
+    assert_eq!(plugin.matches("started").count(), 1, "the plugin ran once: {plugin:?}");
+    assert!(leader_metric_becomes(port, "sqscale_is_leader 1").await, "leads in both contexts: {}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// Issue 26 item 1: a renewal that meets 409 Conflict (the Lease was edited just before
+/// it, say annotated by hand) reads the lease again and renews; it does not step down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_on_renewal_reads_the_lease_again_and_keeps_leading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("renew-conflict").await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    let id = identity_of(&log).await;
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("became the leader")).await, "{}", logs());
+    let since = kube.requests().len();
+    kube.edit_lease_before_next_put(1);
+    let lease_puts = || {
+        kube.requests()[since..]
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.contains("/leases/"))
+            .filter_map(|r| r.status)
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(3), || lease_puts().contains(&409)).await, "{:?}", lease_puts());
+    assert!(wait_until(Duration::from_secs(3), || lease_puts().ends_with(&[200])).await, "{:?}", lease_puts());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!logs().contains("lost the lease"), "stepped down for a conflict: {}", logs());
+    assert_eq!(logs().matches("became the leader").count(), 1, "{}", logs());
+    assert_eq!(holder(&kube), Some(id));
+    assert_eq!(metric(port, "sqscale_is_leader").await.as_deref(), Some("sqscale_is_leader 1"));
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// How a hand edit changes the Lease under a leader in [`a_hand_edited_lease_never_gives_two_writers`].
+#[derive(Clone, Copy, Debug)]
+enum HandEdit {
+    /// `kubectl delete lease`.
+    Delete,
+    /// `holderIdentity` removed, the rest left as it was (not a clean release, which also
+    /// cuts the lease to 1 s).
+    Empty,
+    /// `leaseDurationSeconds` lowered to 1, after the leader has not renewed for 1.5 s.
+    Shorten,
+}
+
+/// The `Host` the request was sent to: `127.0.0.1` from instance A, `localhost` from B.
+fn host_of(r: &crate::support::fake_kube::Captured) -> &str {
+    let host = r.headers.iter().find(|(k, _)| k == "host").map_or("", |(_, v)| v.as_str());
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// Issue 26 item 2: A leads and its Lease requests stop being answered (a partition of
+/// its own); then the Lease is deleted, emptied or shortened by hand. The standby B must
+/// wait a lease duration from when it saw that change before it takes the lease: A may
+/// still write until its lease (3 s from its last renewal) runs out. Before, B took it on
+/// its next round. The fake API server tells the two apart by the host name each
+/// reaches it by. Checked: B acquires no earlier than A's last renewal plus the lease
+/// (or the edit plus the shortened lease), and no write of B's to the target comes
+/// before A's last one was answered.
+async fn a_hand_edited_lease_never_gives_two_writers(edit: HandEdit) {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig_a) = cluster(dir.path(), "demo", 0).await;
+    let kubeconfig_b = dir.path().join("kubeconfig-b");
+    let text = std::fs::read_to_string(&kubeconfig_a).unwrap();
+    std::fs::write(&kubeconfig_b, text.replace("https://127.0.0.1:", "https://localhost:")).unwrap();
+    let queue = sqs::queue(&format!("hand-{edit:?}").to_lowercase()).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let a_cfg = config(dir.path(), &kubeconfig_a, &queue, port_a, "a.toml");
+    let b_cfg = config(dir.path(), &kubeconfig_b, &queue, port_b, "b.toml");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let logs = || {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("A:\n{}\nB:\n{}", read(&log_a), read(&log_b))
+    };
+    let mut a = spawn(&["run", "--config", a_cfg.to_str().unwrap()], &[], &log_a);
+    let id_a = identity_of(&log_a).await;
+    assert!(wait_until(Duration::from_secs(10), || holder(&kube) == Some(id_a.clone())).await, "{}", logs());
+    let mut b = spawn(&["run", "--config", b_cfg.to_str().unwrap()], &[], &log_b);
+    let id_b = identity_of(&log_b).await;
+    sqs::send(&queue, 30).await;
+    let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
+    assert!(wait_until(Duration::from_secs(15), || replicas() == 5).await, "{}", logs());
+    let b_reads_lease = |k: &FakeKube| {
+        k.requests().iter().any(|r| host_of(r) == "localhost" && r.path.contains("/leases/") && r.status == Some(200))
+    };
+    assert!(wait_until(Duration::from_secs(5), || b_reads_lease(&kube)).await, "B reads the lease: {}", logs());
+
+    // A's Lease requests go unanswered from now on.
+    kube.set_latency_from("127.0.0.1", "/leases", Duration::from_secs(60));
+    let cut = std::time::Instant::now();
+    if let HandEdit::Shorten = edit {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let mut spec = kube.lease(NS, LEASE).unwrap()["spec"].clone();
+    let edited = std::time::Instant::now();
+    match edit {
+        HandEdit::Delete => assert!(kube.delete_lease(NS, LEASE), "deleted"),
+        HandEdit::Empty => {
+            spec.as_object_mut().unwrap().remove("holderIdentity");
+            kube.put_lease(NS, LEASE, spec);
+        }
+        HandEdit::Shorten => {
+            spec["leaseDurationSeconds"] = 1.into();
+            kube.put_lease(NS, LEASE, spec);
+        }
+    }
+    // Keep work coming: whoever leads scales the Deployment back up after each reset.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until && holder(&kube) != Some(id_b.clone()) {
+        kube.set_replicas(Kind::Deployment, NS, "demo", 0);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(holder(&kube), Some(id_b.clone()), "B takes over once A's lease has run out: {}", logs());
+    for _ in 0..8 {
+        kube.set_replicas(Kind::Deployment, NS, "demo", 0);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+
+    let requests = kube.requests();
+    let renewed_a = requests
+        .iter()
+        .filter(|r| host_of(r) == "127.0.0.1" && r.path.contains("/leases") && r.method != "GET")
+        .filter(|r| r.status.is_some_and(|s| s < 300))
+        .map(|r| r.received)
+        .max()
+        .expect("A renewed");
+    assert!(renewed_a <= cut, "A's last renewal came before its lease requests hung");
+    let acquired_b = requests
+        .iter()
+        .filter(|r| host_of(r) == "localhost" && r.path.contains("/leases") && r.method != "GET")
+        .filter(|r| r.status.is_some_and(|s| s < 300))
+        .map(|r| r.received)
+        .min()
+        .expect("B acquired");
+    let earliest = match edit {
+        HandEdit::Shorten => edited + Duration::from_secs(1),
+        HandEdit::Delete | HandEdit::Empty => renewed_a + Duration::from_secs(3),
+    };
+    assert!(
+        acquired_b >= earliest,
+        "B took the lease {:?} too early ({:?} after the edit): {}",
+        earliest - acquired_b,
+        acquired_b.saturating_duration_since(edited),
+        logs()
+    );
+    let scale_writes = |host: &str| {
+        requests
+            .iter()
+            .filter(|r| host_of(r) == host && r.method == "PATCH" && r.path.ends_with("/demo/scale"))
+            .filter(|r| r.status.is_some_and(|s| s < 300))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let last_a = scale_writes("127.0.0.1").iter().filter_map(|r| r.answered).max().expect("A scaled");
+    let writes_b = scale_writes("localhost");
+    let first_b = writes_b.iter().map(|r| r.received).min().expect("B scaled once it led");
+    assert!(first_b > last_a, "B wrote {:?} before A's last write was answered: {}", last_a - first_b, logs());
+    for child in [&mut a, &mut b] {
+        signal(child, "-KILL");
+        child.wait().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_deleted_by_hand_never_gives_two_writers() {
+    a_hand_edited_lease_never_gives_two_writers(HandEdit::Delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_emptied_by_hand_never_gives_two_writers() {
+    a_hand_edited_lease_never_gives_two_writers(HandEdit::Empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_shortened_by_hand_counts_from_the_edit() {
+    a_hand_edited_lease_never_gives_two_writers(HandEdit::Shorten).await;
+}
+
+/// Writes to the state ConfigMap, from the state's writer.
+fn state_writes(kube: &FakeKube) -> usize {
+    kube.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/configmaps") && !r.path.contains("/leases"))
+        .count()
+}
+
+/// Issue 26: a state write is fenced by the lease right before it is sent, not only when
+/// it was queued. The write budget (qps 0.1, burst 1) holds the last-active write of the
+/// first poll behind the scale patch that took the only token; meanwhile another
+/// instance takes the lease. No state write is sent after that (before, the writer sent
+/// it once its token came, ten seconds later, without the lease and with nobody waiting
+/// for it any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_held_back_is_not_sent_once_the_lease_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fenced").await;
+    sqs::send(&queue, 30).await;
+    let port = free_port();
+    let cfg = config(dir.path(), &kubeconfig, &queue, port, "a.toml");
+    // One write at once, the next token ten seconds later.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("[kubernetes]\n", "[kubernetes]\nqps = 0.1\nburst = 1\n", 1)).unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", &cfg], &[], &log);
+    assert!(
+        wait_until(Duration::from_secs(15), || kube.count("PATCH", "/scale") >= 1).await,
+        "no scale patch\n{}",
+        logs()
+    );
+    // The last-active write of that poll now waits for a token; the lease goes.
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    kube.put_lease(NS, LEASE, serde_json::json!({"holderIdentity": "intruder", "leaseDurationSeconds": 3600, "renewTime": now, "acquireTime": now}));
+    assert!(wait_until(Duration::from_secs(3), || logs().contains("lost the lease")).await, "{}", logs());
+    let lost = state_writes(&kube);
+    // The token comes ten seconds after the scale patch's.
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(state_writes(&kube), lost, "a state write was sent without the lease\n{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}
+
+/// Issue 26: under leader election only the leader removes the keys of targets no rule
+/// names: while another instance holds the lease nothing is removed; once this one
+/// leads, they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_removes_unused_state_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("prune").await;
+    let state = serde_json::json!({
+        "deployment.default.demo": "2026-12-01T10:00:00Z",
+        "deployment.default.gone": "2026-12-01T10:00:00Z",
+    });
+    kube.put_config_map(NS, "sqscale-state", state);
+    let keys = || -> Vec<String> {
+        let map = kube.config_map(NS, "sqscale-state").unwrap();
+        map["data"].as_object().unwrap().keys().cloned().collect()
+    };
+    let intruder = |kube: &FakeKube| {
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        kube.put_lease(NS, LEASE, serde_json::json!({"holderIdentity": "intruder", "leaseDurationSeconds": 3, "renewTime": now, "acquireTime": now}));
+    };
+    intruder(&kube);
+    let cfg = config(dir.path(), &kubeconfig, &queue, free_port(), "a.toml");
+    let log = dir.path().join("a.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut a = spawn(&["run", "--config", cfg.to_str().unwrap()], &[], &log);
+    // The intruder renews for 4 s: a standby all that time.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        intruder(&kube);
+    }
+    assert_eq!(keys(), ["deployment.default.demo", "deployment.default.gone"], "a standby removed keys\n{}", logs());
+    assert!(!logs().contains("became the leader"), "{}", logs());
+    // The intruder stops renewing: this instance leads after 3 s, and removes the key
+    // (within the writer's retry of 10 s).
+    assert!(
+        wait_until(Duration::from_secs(20), || keys() == ["deployment.default.demo"]).await,
+        "{:?}\n{}",
+        keys(),
+        logs()
+    );
+    assert!(logs().contains("became the leader"), "{}", logs());
+    signal(&a, "-TERM");
+    assert_eq!(a.wait().unwrap().code(), Some(0), "{}", logs());
+}

@@ -527,3 +527,177 @@ async fn proxies_carry_kubernetes_and_sqs_and_no_proxy_bypasses_them() {
     assert!(proxy.count("kube.test") > tunnels, "{:?}", proxy.carried());
     assert!(proxy.agents("127.0.0.1").is_empty(), "SQS is not proxied: {:?}", proxy.carried());
 }
+
+/// A rule file for `demo` (and `two`, when `both`) listening on `port`.
+fn state_rules(kubeconfig: &Path, queue: &str, port: u16, both: bool) -> String {
+    let mut text = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n{}",
+        kubeconfig.display(),
+        sqs::endpoint(),
+        demo_rule("demo", queue, "")
+    );
+    if both {
+        text.push_str(&demo_rule("two", queue, ""));
+    }
+    text
+}
+
+/// Issue 26: the state ConfigMap shrinks. At start, the keys of targets no rule names
+/// (`gone`, and `old` whose value is not even a time) are removed; after a reload that
+/// drops the rule of `two`, its key goes too. Keys that are not sqscale's stay. The
+/// size shows in /status and, near the API server's 1 MiB limit, is warned about once
+/// and noted by `sqscale status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_keeps_only_the_keys_of_running_rules_and_shows_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    kube.add_deployment(NS, "two", 0);
+    let queue = sqs::queue("state").await;
+    let notes = "n".repeat(800 << 10);
+    kube.put_config_map(
+        "sqscale",
+        "sqscale-state",
+        serde_json::json!({
+            "deployment.default.demo": "2026-12-01T10:00:00Z",
+            "deployment.default.two": "2026-12-01T10:00:00Z",
+            "deployment.default.gone": "2026-12-01T10:00:00Z",
+            "statefulset.default.old": "yesterday",
+            "notes": notes,
+        }),
+    );
+    let keys = || -> Vec<String> {
+        let map = kube.config_map("sqscale", "sqscale-state").unwrap();
+        map["data"].as_object().unwrap().keys().cloned().collect()
+    };
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, true));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    let kept = ["deployment.default.demo", "deployment.default.two", "notes"];
+    assert!(wait_until(Duration::from_secs(10), || keys() == kept).await, "{:?}\n{}", keys(), logs());
+
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let state = &status["state"][0];
+    assert_eq!(state["configmap"], "sqscale/sqscale-state", "{body}");
+    let bytes = state["bytes"].as_u64().unwrap();
+    assert!((800 << 10..1 << 20).contains(&bytes), "{body}");
+    assert_eq!(state["near_limit"], true, "{body}");
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        note.contains("note: ConfigMap sqscale/sqscale-state") && note.contains("of the API server's 1024 KiB limit"),
+        "{note}"
+    );
+
+    write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    signal(&child, "-HUP");
+    let kept = ["deployment.default.demo", "notes"];
+    assert!(wait_until(Duration::from_secs(10), || keys() == kept).await, "{:?}\n{}", keys(), logs());
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert_eq!(logs().matches("nears the API server's 1 MiB limit").count(), 1, "{}", logs());
+}
+
+/// Issue 26: a reload blocked on the rule file (a FIFO nobody writes to, as a hung mount
+/// would block it) does not hold up SIGTERM: the daemon stops cleanly within its grace,
+/// long before the read's own deadline. (Before, SIGTERM waited until the FIFO was fed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_while_a_reload_is_blocked_on_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fifo").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap(), "--shutdown-grace", "3s"], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopping = std::time::Instant::now();
+    signal(&child, "-TERM");
+    while child.try_wait().unwrap().is_none() {
+        assert!(stopping.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+    assert!(logs().contains("stopped cleanly"), "{}", logs());
+}
+
+/// Issue 26: a rule file that never ends (a symlink to /dev/zero) is read up to a cap,
+/// not into all memory: the reload fails naming the file and the cap, and the old rules
+/// keep running; `check` says the same and exits 78.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_file_that_never_ends_fails_the_reload_and_the_old_rules_run_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("zero").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("keeping the running rules")).await, "{}", logs());
+    let line = logs().lines().find(|l| l.contains("keeping the running rules")).unwrap().to_owned();
+    assert!(line.contains(config.to_str().unwrap()) && line.contains("larger than 16 MiB"), "{line}");
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"][0]["rule"], "demo", "{body}");
+    assert!(http_get(port, "/metrics").await.1.contains("sqscale_config_reloads_total{result=\"failure\"} 1"));
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(config.to_str().unwrap()) && said.contains("larger than 16 MiB"), "{said}");
+}
+
+/// Issue 26: a reload whose rule file is not read within 10 s (a FIFO nobody writes to)
+/// fails and says so, and the old rules run on; the read left behind does not hold up
+/// the next reload, of a good file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_blocked_on_a_fifo_fails_at_its_deadline_and_the_next_one_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_kube, kubeconfig) = cluster(dir.path(), "demo", 0).await;
+    let queue = sqs::queue("fifo-deadline").await;
+    let port = free_port();
+    let config = write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, false));
+    let log = dir.path().join("sqscale.log");
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = spawn(&["run", "--config", config.to_str().unwrap()], &[], &log);
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("started")).await, "{}", logs());
+    std::fs::remove_file(&config).unwrap();
+    assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(15), || logs().contains("keeping the running rules")).await, "{}", logs());
+    assert!(logs().contains("not read within 10s (a FIFO nobody writes to, or a hung mount?)"), "{}", logs());
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"].as_array().map(Vec::len), Some(1), "{body}");
+    assert!(http_get(port, "/metrics").await.1.contains("sqscale_config_reloads_total{result=\"failure\"} 1"));
+
+    std::fs::remove_file(&config).unwrap();
+    write(dir.path(), "sqscale.toml", &state_rules(&kubeconfig, &queue, port, true));
+    signal(&child, "-HUP");
+    assert!(wait_until(Duration::from_secs(10), || logs().contains("rules reloaded")).await, "{}", logs());
+    let (_, body) = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["rules"].as_array().map(Vec::len), Some(2), "{body}");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0), "{}", logs());
+}

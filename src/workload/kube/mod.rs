@@ -29,10 +29,11 @@ use kube::runtime::events::{Recorder, Reporter};
 use super::auth::{self, AuthError, AuthLayer, Bearer, ConfigSource, Credentials};
 use super::eks::Minter;
 use super::error::kube_error;
-use super::state::Store;
+use super::state::{Running, Sizes, Store};
 use super::{FIELD_MANAGER, TargetError, TargetErrorKind};
 use crate::config::TargetRef;
 use crate::error::chain;
+use crate::leader::Leadership;
 use crate::sync::lock;
 
 /// The context's write budget: every `/scale` patch and every state write takes a token
@@ -95,6 +96,11 @@ pub struct Kube {
     /// Watch-backed caches of the targets, one per (context, namespace, kind), by
     /// namespace: a poll finds its cache without building a key.
     caches: Mutex<HashMap<String, Vec<Arc<Cache>>>>,
+    /// Each context's state ConfigMap size, for `/status`.
+    state_sizes: Arc<Sizes>,
+    /// The rules to keep state for ([`Store::keep`]), by context key, for contexts
+    /// whose connection is not made yet: handed to its store when it is.
+    keep: Mutex<HashMap<String, (Running, Leadership)>>,
 }
 
 /// One context's client, its Event recorder (which folds repeats into a series), its
@@ -162,6 +168,41 @@ impl Kube {
             current_context: OnceLock::new(),
             contexts: Default::default(),
             caches: Default::default(),
+            state_sizes: Default::default(),
+            keep: Default::default(),
+        }
+    }
+
+    /// Reports each context's state ConfigMap size to `sizes` (the observer's, for
+    /// `/status`).
+    pub fn with_state_sizes(mut self, sizes: Arc<Sizes>) -> Kube {
+        self.state_sizes = sizes;
+        self
+    }
+
+    /// The rules now running, and per context whether this instance may write there:
+    /// the stored state of targets none of them names goes (see [`Store::keep`]). For a
+    /// context without a connection yet, when its connection is made.
+    pub fn keep_state(&self, rules: &Running, lead: &dyn Fn(Option<&str>) -> Leadership) {
+        let mut contexts: Vec<Option<&str>> = rules.iter().map(|r| r.context.as_deref()).collect();
+        contexts.sort_unstable();
+        contexts.dedup();
+        // Held throughout: a context whose connection is being made either is seen
+        // made here, or finds what is left here once it is (see [`Kube::connection`]);
+        // and an older set left for it never comes after a newer one.
+        let mut pending = lock(&self.keep);
+        for context in contexts {
+            let key = self.context_key(context);
+            let cell = lock(&self.contexts).get(key).cloned();
+            match cell.as_ref().and_then(|c| c.get()) {
+                Some(connection) => {
+                    pending.remove(key);
+                    connection.state.keep(rules.clone(), lead(context));
+                }
+                None => {
+                    pending.insert(key.to_owned(), (rules.clone(), lead(context)));
+                }
+            }
         }
     }
 
@@ -255,7 +296,16 @@ impl Kube {
                 }
             })
         };
-        cell.get_or_try_init(connect).await.cloned()
+        let connection = cell.get_or_try_init(connect).await.cloned()?;
+        // `keep_state` may have left the rules for this context while it was being made
+        // (after `connection_of` looked): hand them over now. Only on this slow path,
+        // taken while a context is first connected.
+        let mut pending = lock(&self.keep);
+        if let Some((rules, lead)) = pending.remove(key) {
+            connection.state.keep(rules, lead);
+        }
+        drop(pending);
+        Ok(connection)
     }
 
     /// Builds the client of the context kept under `key`.
@@ -309,15 +359,23 @@ impl Kube {
         .await
         .map_err(KubeError::Spawn)?
         .map_err(|e| KubeError::Build(display_context(key), e))?;
-        Ok(self.connection_of(client, refresher))
+        Ok(self.connection_of(key, client, refresher))
     }
 
     /// The connection around a built client: its Event recorder, state ConfigMap, write
     /// budget and state writer.
-    fn connection_of(&self, client: Client, refresher: Option<AbortOnDrop>) -> Connection {
+    fn connection_of(&self, key: &str, client: Client, refresher: Option<AbortOnDrop>) -> Connection {
         let recorder = Recorder::new(client.clone(), Reporter::from(FIELD_MANAGER));
-        let state =
-            Store::new(Api::namespaced(client.clone(), &self.state_namespace), &self.state_namespace, self.timeout);
+        let state = Store::new(
+            Api::namespaced(client.clone(), &self.state_namespace),
+            &self.state_namespace,
+            self.timeout,
+            key,
+            self.state_sizes.clone(),
+        );
+        if let Some((rules, lead)) = lock(&self.keep).remove(key) {
+            state.keep(rules, lead);
+        }
         let limit = Arc::new(WriteLimit::new(self.qps, self.burst));
         let writer = AbortOnDrop(tokio::spawn(state.clone().write_loop(limit.clone())));
         Connection { client, recorder, state, limit, _refresher: refresher, _writer: writer }
@@ -328,7 +386,7 @@ impl Kube {
     #[cfg(test)]
     pub(crate) fn with_client(client: Client, timeout: Duration) -> Kube {
         let kube = Kube::new(None, Some("test".to_owned()), timeout);
-        let connection = Arc::new(kube.connection_of(client, None));
+        let connection = Arc::new(kube.connection_of("test", client, None));
         let cell = Arc::new(tokio::sync::OnceCell::new_with(Some(connection)));
         lock(&kube.contexts).insert("test".to_owned(), cell);
         kube

@@ -9,11 +9,13 @@ use serde_json::json;
 
 use super::Kube;
 use super::cache::{Scalable, Seen};
+
 use crate::config::{TargetKind, TargetRef};
 use crate::engine::Time;
 use crate::error::chain;
+use crate::leader::Leadership;
 use crate::sync::lock;
-use crate::workload::state::StateError;
+use crate::workload::state::{Running, StateError};
 use crate::workload::{FIELD_MANAGER, ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
 
 impl Kube {
@@ -73,9 +75,19 @@ impl ScaleTarget for Kube {
         self.call_within(left, t, "patching /scale", api.patch_scale(&t.name, &params, &patch)).await.map(drop)
     }
 
-    async fn set_last_active(&self, context: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
+    async fn set_last_active(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        at: Time,
+        lead: &Leadership,
+    ) -> Result<(), TargetError> {
         let connection = self.connection(context).await.map_err(|e| e.at(t))?;
-        connection.state.set(t, at).await.map_err(|e| state_error(t, e))
+        connection.state.set(t, at, lead).await.map_err(|e| state_error(t, e))
+    }
+
+    fn keep_state(&self, rules: &Running, lead: &dyn Fn(Option<&str>) -> Leadership) {
+        Kube::keep_state(self, rules, lead);
     }
 
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
@@ -199,7 +211,8 @@ mod tests {
     async fn last_active_goes_to_the_state_configmap_created_when_missing() {
         let (kube, mut handle) = adapter();
         let at = Time(1_795_780_800_000);
-        let write = tokio::spawn(async move { kube.set_last_active(None, &target(), at).await });
+        let write =
+            tokio::spawn(async move { kube.set_last_active(None, &target(), at, &Leadership::unelected()).await });
         let (method, path, _, content_type, body, send) = next(&mut handle).await;
         assert_eq!((method.as_str(), path.as_str()), ("PATCH", "/api/v1/namespaces/sqscale/configmaps/sqscale-state"));
         assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
@@ -213,5 +226,32 @@ mod tests {
         write.await.unwrap().unwrap();
         // Nothing was written on the target itself.
         assert!(futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none());
+    }
+
+    /// A last-active write that waits for the write spacing (a PATCH went out less than
+    /// a second ago) and whose caller gives up meanwhile is never sent: nobody waits for
+    /// its outcome, and its poll has moved on (issue 26).
+    #[tokio::test(start_paused = true)]
+    async fn a_state_write_its_caller_gave_up_on_is_not_sent() {
+        let (kube, mut handle) = adapter();
+        let kube = std::sync::Arc::new(kube);
+        let lead = Leadership::unelected();
+        let first = {
+            let (kube, lead) = (kube.clone(), lead.clone());
+            tokio::spawn(async move { kube.set_last_active(None, &target(), Time(1_795_780_800_000), &lead).await })
+        };
+        let (method, _, _, _, _, send) = next(&mut handle).await;
+        assert_eq!(method, "PATCH");
+        let map = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "sqscale-state"}});
+        send.send_response(answer(200, map));
+        first.await.unwrap().unwrap();
+        let t = target();
+        let second = kube.set_last_active(None, &t, Time(1_795_780_860_000), &lead);
+        assert!(tokio::time::timeout(Duration::from_millis(100), second).await.is_err(), "held by the spacing");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none(),
+            "a write nobody waits for was sent"
+        );
     }
 }

@@ -324,6 +324,11 @@ impl FakeKube {
         }
     }
 
+    /// Deletes the Lease `ns/name`, as `kubectl delete lease` would; false if there was none.
+    pub fn delete_lease(&self, ns: &str, name: &str) -> bool {
+        self.shared.lock().remove(Res::Lease, ns, name).is_some()
+    }
+
     /// The stored ConfigMap `ns/name`.
     pub fn config_map(&self, ns: &str, name: &str) -> Option<Value> {
         self.shared.lock().get(Res::ConfigMap, ns, name).cloned()
@@ -383,6 +388,13 @@ impl FakeKube {
         self.shared.lock().faults.conflict += n;
     }
 
+    /// The next `n` PUTs of a Lease meet a hand edit that lands just before them: another
+    /// client annotates the Lease (its spec unchanged), so a PUT carrying the
+    /// resourceVersion read before gets 409 Conflict, as it would from a real server.
+    pub fn edit_lease_before_next_put(&self, n: usize) {
+        self.shared.lock().faults.lease_edits += n;
+    }
+
     /// The next `n` requests get no answer: their connection is reset (TCP RST).
     pub fn drop_next(&self, n: usize) {
         self.shared.lock().faults.drop += n;
@@ -397,9 +409,21 @@ impl FakeKube {
     /// Delays the answers to requests whose path contains `path_part`, as
     /// [`FakeKube::set_latency`] does for all (the longer of the two applies).
     pub fn set_latency_on(&self, path_part: &str, latency: Duration) {
+        self.slow(None, path_part, latency);
+    }
+
+    /// [`FakeKube::set_latency_on`] for the requests of one client only: those whose `Host`
+    /// header names `host` (a kubeconfig that reaches this server as `localhost` and one
+    /// that reaches it as `127.0.0.1` are two clients to tell apart).
+    pub fn set_latency_from(&self, host: &str, path_part: &str, latency: Duration) {
+        self.slow(Some(host), path_part, latency);
+    }
+
+    fn slow(&self, host: Option<&str>, path_part: &str, latency: Duration) {
         let mut st = self.shared.lock();
-        st.faults.slow.retain(|(p, _)| p != path_part);
-        st.faults.slow.push((path_part.to_owned(), latency));
+        let host = host.map(str::to_owned);
+        st.faults.slow.retain(|(h, p, _)| (h, p.as_str()) != (&host, path_part));
+        st.faults.slow.push((host, path_part.to_owned(), latency));
     }
 
     /// Cancels pending `fail_next`, `conflict_next` and `drop_next`, and sets every latency to zero.
@@ -863,10 +887,13 @@ struct Faults {
     black_hole: bool,
     fail: VecDeque<u16>,
     conflict: usize,
+    /// See [`FakeKube::edit_lease_before_next_put`].
+    lease_edits: usize,
     drop: usize,
     latency: Duration,
-    /// Extra latency for requests whose path contains the string.
-    slow: Vec<(String, Duration)>,
+    /// Extra latency for requests whose path contains the string (from the host named, if one
+    /// is).
+    slow: Vec<(Option<String>, String, Duration)>,
 }
 
 struct State {
@@ -2142,7 +2169,12 @@ async fn handle(AxumState(conn): AxumState<Conn>, request: Request) -> Response 
             },
         ));
         let verdict = decide(&mut st, authorized, &method, &route, &params, &path);
-        let slow = st.faults.slow.iter().filter(|(part, _)| path.contains(part.as_str())).map(|(_, d)| *d).max();
+        let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(name, _)| name);
+        let slow = (st.faults.slow.iter())
+            .filter(|(h, part, _)| path.contains(part.as_str()) && h.as_deref().is_none_or(|h| h == host))
+            .map(|(_, _, d)| *d)
+            .max();
         (id, verdict, slow.unwrap_or_default().max(st.faults.latency))
     };
 
@@ -2216,6 +2248,17 @@ fn decide(
     {
         st.faults.conflict -= 1;
         return Some(Err(Failure::conflict(kind.res(), name)));
+    }
+    if let Route::Object { res: Res::Lease, ns, name } = route
+        && *method == Method::PUT
+        && st.faults.lease_edits > 0
+        && let Some(mut obj) = st.get(Res::Lease, ns, name).cloned()
+    {
+        st.faults.lease_edits -= 1;
+        obj["metadata"]["annotations"]["edited-by-hand"] = json!(st.rv.to_string());
+        if let Err(f) = st.update(Res::Lease, ns, name, obj, false) {
+            panic!("edit lease {ns}/{name}: {}", f.message);
+        }
     }
     if let Some(a) = route.attributes(method, params)
         && st.denied(a.verb, a.res.plural(), a.subresource)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqscale::config::{QueueSource, TargetRef};
 use sqscale::engine::{Counts, Pause, Time};
+use sqscale::leader::Leadership;
 use sqscale::source::{Attrs, QueueReader, SourceError, SourceErrorKind};
 use sqscale::workload::{ScaleTarget, TargetError, TargetErrorKind, TargetEvent, TargetView};
 
@@ -114,7 +115,13 @@ impl ScaleTarget for FakeTargets {
         Ok(())
     }
 
-    async fn set_last_active(&self, _ctx: Option<&str>, t: &TargetRef, at: Time) -> Result<(), TargetError> {
+    async fn set_last_active(
+        &self,
+        _ctx: Option<&str>,
+        t: &TargetRef,
+        at: Time,
+        _lead: &Leadership,
+    ) -> Result<(), TargetError> {
         let delay = *self.state_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         let mut objects = self.objects.lock().unwrap();
