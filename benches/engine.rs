@@ -29,6 +29,7 @@ fn policy(behavior: bool) -> Policy {
             activation_queue_length: 0,
             scale_on_in_flight: true,
             scale_on_delayed: false,
+            metric_type: Default::default(),
         }],
     }
 }
@@ -42,7 +43,9 @@ fn hour(policy: &Policy) -> u32 {
         let obs = Observation {
             replicas,
             status_replicas: replicas,
+            ready_replicas: replicas,
             pause: Pause::No,
+            overrides: Default::default(),
             queues: vec![Some(Counts { visible: backlog, in_flight: 3, delayed: 0 })],
         };
         let now = Time(i * 10_000);

@@ -43,10 +43,11 @@ pub fn signature(canonical_request: &str, amz_date: &str, region: &str, service:
 
 /// A scripted HTTP/1.1 server on 127.0.0.1: the `n`-th request (from 0) gets `answer(n)`,
 /// a status and an AWS JSON body, or no answer at all (`None`: the connection is held
-/// open and silent). Keeps each request's `User-Agent`.
+/// open and silent). Keeps each request's `User-Agent` and body.
 pub struct TinyServer {
     pub url: String,
     agents: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 type Answer = dyn Fn(usize) -> Option<(u16, String)> + Send + Sync;
@@ -57,13 +58,14 @@ impl TinyServer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let answer: std::sync::Arc<Answer> = std::sync::Arc::new(answer);
-        let seen = agents.clone();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, kept) = (agents.clone(), bodies.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(Self::serve(conn, answer.clone(), seen.clone()));
+                tokio::spawn(Self::serve(conn, answer.clone(), seen.clone(), kept.clone()));
             }
         });
-        TinyServer { url, agents }
+        TinyServer { url, agents, bodies }
     }
 
     /// The `User-Agent` of every request so far, in order.
@@ -71,10 +73,16 @@ impl TinyServer {
         self.agents.lock().unwrap().clone()
     }
 
+    /// The body of every request so far, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+
     async fn serve(
         mut conn: tokio::net::TcpStream,
         answer: std::sync::Arc<Answer>,
         seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        kept: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buf = Vec::new();
@@ -102,10 +110,12 @@ impl TinyServer {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
             buf.drain(..head_end + length);
             let n = {
                 let mut agents = seen.lock().unwrap();
                 agents.push(header("user-agent").unwrap_or_default());
+                kept.lock().unwrap().push(body);
                 agents.len() - 1
             };
             let Some((status, body)) = answer(n) else {

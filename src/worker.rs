@@ -274,7 +274,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             let mut obs = Observation {
                 replicas: view.replicas,
                 status_replicas: view.scale_status_replicas(),
+                ready_replicas: view.ready_replicas.unwrap_or(0),
                 pause: if rule.paused { Pause::Frozen } else { view.pause },
+                overrides: view.overrides.union(rule.overrides),
                 queues: queues.into_iter().map(Result::ok).collect(),
             };
             let mut round = 1;
@@ -292,7 +294,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                             debug!(rule = %rule.name, target = %rule.target, round, "the target changed under the write; deciding again");
                             self.adopt_last_active(&fresh, now);
                             (obs.replicas, obs.status_replicas) = (fresh.replicas, fresh.scale_status_replicas());
+                            obs.ready_replicas = fresh.ready_replicas.unwrap_or(0);
                             obs.pause = if rule.paused { Pause::Frozen } else { fresh.pause };
+                            obs.overrides = fresh.overrides.union(rule.overrides);
                             view = fresh;
                             report.scale_error = None;
                             continue;

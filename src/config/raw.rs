@@ -49,6 +49,8 @@ pub struct RawAws {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_path: Option<bool>,
 }
 
@@ -107,6 +109,12 @@ pub struct RawRule {
     pub idle_replica_count: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_scale_in: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_scale_out: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_activation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,4 +199,8 @@ pub struct RawTrigger {
     pub aws_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<String>,
 }

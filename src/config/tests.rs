@@ -345,3 +345,77 @@ fn the_write_budget_defaults_to_kedas_and_rejects_nonsense() {
     assert!(p.iter().any(|p| p.starts_with("[kubernetes]: burst (0)")), "{p:?}");
     assert!(problems(&format!("[kubernetes]\nqps = -1.0\n{}", one_rule("", ""))).len() == 1);
 }
+
+/// Issue 25, item 1: `external_id` beside `role_arn`, in `[aws]` and on a trigger. A
+/// trigger with a role of its own does not take `[aws]`'s ExternalId (it belongs to
+/// `[aws]`'s role); without any role it is an error naming the key. Before, the key was
+/// unknown.
+#[test]
+fn external_id_goes_with_its_role() {
+    let aws = "[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/shared\"\nexternal_id = \"shared-id\"\n";
+    let toml = format!(
+        "{aws}{}[[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/b\"\nrole_arn = \"arn:aws:iam::123456789012:role/own\"\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/c\"\nrole_arn = \"arn:aws:iam::123456789012:role/own\"\nexternal_id = \"own-id\"\n",
+        one_rule("", "")
+    );
+    let c = from_str(&toml).unwrap();
+    let ids: Vec<_> = c.rules[0].triggers.iter().map(|q| (q.role_arn.as_deref(), q.external_id.as_deref())).collect();
+    assert_eq!(
+        ids,
+        [
+            (Some("arn:aws:iam::123456789012:role/shared"), Some("shared-id")),
+            (Some("arn:aws:iam::123456789012:role/own"), None),
+            (Some("arn:aws:iam::123456789012:role/own"), Some("own-id")),
+        ]
+    );
+    assert_eq!(
+        c.rules[0].triggers[2].identity(),
+        "role arn:aws:iam::123456789012:role/own with an ExternalId, assumed from the default credential chain"
+    );
+    // `check` prints them resolved, and the printed file reads back the same.
+    let resolved = c.resolved_toml();
+    assert!(resolved.contains("external_id = \"own-id\""), "{resolved}");
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&format!("[aws]\nexternal_id = \"x1\"\n{}", one_rule("", "external_id = \"x\"")));
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p.iter().any(|m| m.starts_with("[aws]: external_id is set without role_arn")), "{p:#?}");
+    assert!(
+        p.iter().any(|m| m.starts_with("rule \"orders\": trigger 1: external_id is set without role_arn")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("external_id (\"x\") must be 2 to 1224 characters")), "{p:#?}");
+}
+
+/// Issue 25, items 2, 3 and 6: the one-way pauses and forced activation as rule keys
+/// (from `[defaults]` too), and `metric_type` on a trigger; `check` prints them resolved.
+/// Before, each was an unknown key.
+#[test]
+fn one_way_pauses_force_activation_and_metric_type() {
+    let toml = format!(
+        "[defaults]\npaused_scale_in = true\n{}",
+        one_rule("force_activation = true", "metric_type = \"Value\"")
+    );
+    let c = from_str(&toml).unwrap();
+    let r = &c.rules[0];
+    assert_eq!(
+        r.overrides,
+        crate::engine::Overrides { paused_scale_in: true, paused_scale_out: false, force_activation: true }
+    );
+    assert_eq!(r.policy.triggers[0].metric_type, crate::engine::MetricType::Value);
+    let resolved = c.resolved_toml();
+    for line in
+        ["paused_scale_in = true", "paused_scale_out = false", "force_activation = true", "metric_type = \"Value\""]
+    {
+        assert!(resolved.contains(line), "{line} in\n{resolved}");
+    }
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&one_rule("", "metric_type = \"Utilization\""));
+    assert_eq!(
+        p,
+        [
+            r#"rule "orders": trigger 1: metric_type ("Utilization") must be "AverageValue" or "Value" (an external metric has no Utilization)"#
+        ]
+    );
+}

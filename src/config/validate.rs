@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawDuration, RawRule, RawScalingRules, RawTrigger};
 use super::*;
 use crate::engine::hpa::{Behavior, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy, Tolerances};
-use crate::engine::{Fallback, FallbackBehavior, TriggerPolicy};
+use crate::engine::{Fallback, FallbackBehavior, MetricType, TriggerPolicy};
 
 /// KEDA's defaults (`../shared/spec/keda.md` §2.6).
 pub(super) mod defaults {
@@ -75,11 +75,18 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
     if let Some(arn) = &aws.role_arn {
         check_role_arn(&mut p, "[aws]", "role_arn", arn);
     }
+    if let Some(id) = &aws.external_id {
+        check_external_id(&mut p, "[aws]", id);
+        if aws.role_arn.is_none() {
+            p.add("[aws]", "external_id is set without role_arn: an ExternalId is only sent with AssumeRole of role_arn; set role_arn or remove external_id");
+        }
+    }
     let aws = AwsSettings {
         region: non_empty(&mut p, "[aws]", "region", aws.region),
         endpoint_url: aws.endpoint_url,
         profile: non_empty(&mut p, "[aws]", "profile", aws.profile),
         role_arn: aws.role_arn,
+        external_id: aws.external_id,
         direct_path: aws.direct_path.unwrap_or(true),
     };
 
@@ -434,6 +441,11 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         context: context.filter(|c| !c.is_empty()),
         polling_interval,
         paused: rule.paused.or(d.paused).unwrap_or(false),
+        overrides: crate::engine::Overrides {
+            paused_scale_in: rule.paused_scale_in.or(d.paused_scale_in).unwrap_or(false),
+            paused_scale_out: rule.paused_scale_out.or(d.paused_scale_out).unwrap_or(false),
+            force_activation: rule.force_activation.or(d.force_activation).unwrap_or(false),
+        },
         policy: Policy {
             min: min_u,
             max: max_u,
@@ -550,6 +562,14 @@ fn validate_trigger(
     if let Some(kind) = t.kind.as_deref().filter(|k| *k != "aws-sqs-queue") {
         p.add(at, format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""));
     }
+    let metric_type = match t.metric_type.as_deref() {
+        None | Some("AverageValue") => MetricType::AverageValue,
+        Some("Value") => MetricType::Value,
+        Some(other) => {
+            p.add(at, format!("metric_type ({other:?}) must be \"AverageValue\" or \"Value\" (an external metric has no Utilization)"));
+            MetricType::AverageValue
+        }
+    };
     let queue_length = t.queue_length.unwrap_or(defaults::QUEUE_LENGTH);
     if queue_length <= 0 {
         p.add(at, format!("queue_length ({queue_length}) must be greater than 0"));
@@ -581,6 +601,19 @@ fn validate_trigger(
     if let Some(arn) = &t.role_arn {
         check_role_arn(p, at, "role_arn", arn);
     }
+    // The ExternalId belongs to its role: a trigger's own role_arn does not take the one
+    // [aws] gives for [aws] role_arn.
+    let external_id = match (&t.role_arn, &t.external_id) {
+        (_, Some(id)) => {
+            check_external_id(p, at, id);
+            if role_arn.is_none() {
+                p.add(at, "external_id is set without role_arn (here or in [aws]): an ExternalId is only sent with AssumeRole of role_arn; set role_arn or remove external_id");
+            }
+            Some(id.clone())
+        }
+        (Some(_), None) => None,
+        (None, None) => aws.external_id.clone(),
+    };
     // The trigger's own aws_region, then the region an AWS queue URL names in its host
     // (the queue lives there, whatever [aws] says), then [aws] region, which is for
     // queue names and custom endpoints.
@@ -609,6 +642,7 @@ fn validate_trigger(
             activation_queue_length: t.activation_queue_length.unwrap_or(defaults::ACTIVATION_QUEUE_LENGTH),
             scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
             scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
+            metric_type,
         },
         QueueSource {
             url,
@@ -617,6 +651,7 @@ fn validate_trigger(
             endpoint,
             profile: aws.profile.clone(),
             role_arn,
+            external_id,
             direct: aws.direct_path,
         },
     ))
@@ -665,6 +700,19 @@ fn check_endpoint(p: &mut Problems, at: &str, key: &str, e: &str) {
     match url::Url::parse(e) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
         _ => p.add(at, format!("{key} ({e:?}) must be an http:// or https:// URL")),
+    }
+}
+
+/// STS's constraints on `ExternalId`: 2 to 1,224 characters of `[\w+=,.@:/-]`.
+fn check_external_id(p: &mut Problems, at: &str, id: &str) {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c);
+    if !(2..=1224).contains(&id.len()) || !id.chars().all(ok_char) {
+        p.add(
+            at,
+            format!(
+                "external_id ({id:?}) must be 2 to 1224 characters of letters, digits and _+=,.@:/- (STS's ExternalId)"
+            ),
+        );
     }
 }
 

@@ -68,6 +68,28 @@ pub struct TriggerPolicy {
     pub activation_queue_length: i64,
     pub scale_on_in_flight: bool,
     pub scale_on_delayed: bool,
+    /// The HPA target type KEDA gives the trigger's metric (`metricType`).
+    pub metric_type: MetricType,
+}
+
+/// `metricType` of a trigger: how the HPA turns the backlog into replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricType {
+    /// `ceil(backlog / queue_length)`: `queue_length` messages per replica (KEDA's default).
+    #[default]
+    AverageValue,
+    /// `queue_length` is a total: `ceil(backlog / queue_length * ready pods)`, which keeps
+    /// growing while the backlog stays above it (vector TV-36).
+    Value,
+}
+
+impl MetricType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::AverageValue => "AverageValue",
+            MetricType::Value => "Value",
+        }
+    }
 }
 
 impl TriggerPolicy {
@@ -153,6 +175,41 @@ impl Pause {
     }
 }
 
+/// One-way pauses and forced activation (KEDA's `paused-scale-in`, `paused-scale-out`
+/// and `force-activation` annotations, `../shared/spec/keda.md` §2.9): a rule key and an
+/// annotation on the target each suffice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// No step to zero or idle, and the HPA's scale-down is `Disabled`.
+    pub paused_scale_in: bool,
+    /// No activation from zero or idle, and the HPA's scale-up is `Disabled`.
+    pub paused_scale_out: bool,
+    /// Active whatever the queues say.
+    pub force_activation: bool,
+}
+
+impl Overrides {
+    /// Reads the annotations as KEDA's `getBoolAnnotation` does: absent is false, a value
+    /// that is not a Go bool is true.
+    pub fn from_annotations(scale_in: Option<&str>, scale_out: Option<&str>, force: Option<&str>) -> Overrides {
+        let truthy = |v: Option<&str>| v.is_some_and(|v| go_parse_bool(v) != Some(false));
+        Overrides {
+            paused_scale_in: truthy(scale_in),
+            paused_scale_out: truthy(scale_out),
+            force_activation: truthy(force),
+        }
+    }
+
+    /// Either one's setting.
+    pub fn union(self, other: Overrides) -> Overrides {
+        Overrides {
+            paused_scale_in: self.paused_scale_in || other.paused_scale_in,
+            paused_scale_out: self.paused_scale_out || other.paused_scale_out,
+            force_activation: self.force_activation || other.force_activation,
+        }
+    }
+}
+
 /// Go's `strconv.ParseBool`.
 fn go_parse_bool(v: &str) -> Option<bool> {
     match v {
@@ -171,7 +228,12 @@ pub struct Observation {
     /// object omits it), used only for the tolerance ratio, as the HPA does: with 0 the
     /// ratio is +Inf, no tolerance applies and the proposal is `ceil(backlog / target)`.
     pub status_replicas: u32,
+    /// The target's ready pods (`status.readyReplicas`): what a `Value` metric multiplies
+    /// its ratio by, as the HPA counts Running and Ready pods.
+    pub ready_replicas: u32,
     pub pause: Pause,
+    /// The rule's keys and the target's annotations, together.
+    pub overrides: Overrides,
     /// One entry per trigger, in rule order: the counts, or `None` if the poll failed.
     pub queues: Vec<Option<Counts>>,
 }
@@ -206,11 +268,13 @@ impl State {
     /// `storeScaleEvent` runs only after the HPA's own update succeeded. So KEDA's writes
     /// and failed patches never count against the `behavior` policies.
     pub fn record_scale(&mut self, policy: &Policy, decision: &Decision, now: Time) {
-        if let (Some(b), Some(to), Phase::Hpa) = (&policy.behavior, decision.write, decision.phase)
+        // The behavior the HPA ran with: a one-way pause gives a legacy rule one.
+        if let (Some(b), Some(to), Phase::Hpa) =
+            (effective_behavior(policy, decision.overrides), decision.write, decision.phase)
             && to != decision.current
         {
             hpa::store_scale_event(
-                b,
+                &b,
                 &mut self.scale_up_events,
                 &mut self.scale_down_events,
                 decision.current,
@@ -277,6 +341,10 @@ pub enum Reason {
     PollFailed,
     Paused,
     PausedReplicas,
+    /// `paused_scale_in` held the target where it would have scaled in.
+    PausedScaleIn,
+    /// `paused_scale_out` held the target where it would have scaled out.
+    PausedScaleOut,
     /// Holding at `idle_replica_count` while inactive.
     Idle,
     Unchanged,
@@ -301,6 +369,8 @@ impl Reason {
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
+            Reason::PausedScaleIn => "paused_scale_in",
+            Reason::PausedScaleOut => "paused_scale_out",
             Reason::Idle => "idle",
             Reason::Unchanged => "unchanged",
         }
@@ -331,6 +401,9 @@ pub struct Decision {
     /// What the queues ask for: the largest `ceil(backlog / queue_length)` over the
     /// triggers (after the tolerance), before stabilization, limits and clamps.
     pub proposal: Option<u32>,
+    /// The one-way pauses and forced activation in force (the HPA's `behavior`, and so
+    /// which scale events it keeps, depends on them).
+    pub overrides: Overrides,
 }
 
 impl Decision {
@@ -370,6 +443,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         active: false,
         backlog: None,
         proposal: None,
+        overrides: obs.overrides,
     };
 
     // 1. Pause. KEDA deletes the HPA while paused, so unpausing starts a fresh one.
@@ -396,7 +470,10 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
 
     // 2. Triggers.
     let triggers = evaluate_triggers(policy, &mut next, obs);
-    let is_active = triggers.iter().any(|t| t.active);
+    let held = obs.overrides;
+    // KEDA's `isActive || force-activation`: the executor's active branch, whatever the
+    // queues say; the HPA still sizes on them (raw 0 is clamped to max(min, 1)).
+    let is_active = triggers.iter().any(|t| t.active) || held.force_activation;
     let is_error = triggers.iter().any(|t| t.failed);
     let fallback_active = triggers.iter().any(|t| t.fallback);
     decision.active = is_active;
@@ -405,9 +482,18 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
 
     // 3. Phase K.
     let mut cooling_down = false;
+    // A step phase K would take but a one-way pause holds back (KEDA's executor returns
+    // early; the HPA then runs with that direction `Disabled`).
+    let mut held_back = None;
     let keda = if is_active {
         if (policy.idle.is_some() && r < policy.min) || r == 0 {
-            Some((policy.min.max(1), Reason::Activated))
+            if held.paused_scale_out {
+                // `scaleFromZeroOrIdle` returns before it scales or refreshes last-active.
+                held_back = Some(Reason::PausedScaleOut);
+                None
+            } else {
+                Some((policy.min.max(1), Reason::Activated))
+            }
         } else {
             if !is_error {
                 next.last_active = Some(now);
@@ -417,7 +503,11 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     } else if is_error {
         None
     } else if (policy.idle.is_some_and(|idle| r > idle)) || (r > 0 && policy.min == 0) {
-        if cooldown_expired(policy, &next, now) {
+        if held.paused_scale_in {
+            // `scaleToZeroOrIdle` returns at once: no cooldown runs either.
+            held_back = Some(Reason::PausedScaleIn);
+            None
+        } else if cooldown_expired(policy, &next, now) {
             let to = policy.idle.unwrap_or(policy.min);
             Some((to, if to == 0 { Reason::ScaledToZero } else { Reason::ScaledToIdle }))
         } else {
@@ -443,7 +533,9 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     // target back up to min (KEDA+HPA flap there, vector TV-14).
     let at_idle = policy.idle.is_some_and(|idle| r <= idle) && !is_active;
     if r == 0 || at_idle {
-        decision.reason = if at_idle && r > 0 {
+        decision.reason = if let Some(reason) = held_back {
+            reason
+        } else if at_idle && r > 0 {
             Reason::Idle
         } else if is_error {
             Reason::PollFailed
@@ -460,10 +552,36 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         Reason::Fallback
     } else if decision.write.is_none() && cooling_down {
         Reason::Cooldown
+    } else if let Some(held) = held_back.filter(|_| decision.write.is_none()) {
+        held
     } else {
         reason
     };
     (next, decision)
+}
+
+/// The `behavior` the HPA runs with: the rule's, with a direction KEDA's one-way pause
+/// annotation sets to `Disabled` (its `hpa.go`). With no `behavior` in the rule KEDA
+/// creates one for the pause, so the HPA leaves its legacy path for the API's defaults.
+fn effective_behavior<'a>(policy: &'a Policy, held: Overrides) -> Option<std::borrow::Cow<'a, Behavior>> {
+    use std::borrow::Cow;
+    if !held.paused_scale_in && !held.paused_scale_out {
+        return policy.behavior.as_deref().map(Cow::Borrowed);
+    }
+    let mut b = match policy.behavior.as_deref() {
+        Some(b) => b.clone(),
+        None => Behavior {
+            scale_up: hpa::ScalingRules::default_scale_up(),
+            scale_down: hpa::ScalingRules::default_scale_down(millis(policy.legacy_downscale_window)),
+        },
+    };
+    if held.paused_scale_in {
+        b.scale_down.select_policy = hpa::SelectPolicy::Disabled;
+    }
+    if held.paused_scale_out {
+        b.scale_up.select_policy = hpa::SelectPolicy::Disabled;
+    }
+    Some(Cow::Owned(b))
 }
 
 /// One trigger's part of a poll.
@@ -488,34 +606,58 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
         .zip(&obs.queues)
         .zip(next.failures.iter_mut())
         .map(|((trigger, counts), failures)| {
-            let propose = |q: u64| {
-                let usage = i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
-                let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
-                hpa::average_value_replicas(usage, target, status, policy.tolerances)
+            let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
+            let propose_milli = |usage: i64| match trigger.metric_type {
+                MetricType::AverageValue => Some(hpa::average_value_replicas(usage, target, status, policy.tolerances)),
+                MetricType::Value => {
+                    hpa::value_replicas(usage, target, obs.replicas, status, obs.ready_replicas, policy.tolerances)
+                }
             };
+            let propose = |q: u64| propose_milli(i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000));
             match counts {
                 Some(c) => {
                     *failures = 0;
                     let q = trigger.backlog(c);
+                    // A Value metric with no pods to count is the HPA's error: invalid.
                     TriggerResult {
                         backlog: q,
                         active: i128::from(q) > i128::from(trigger.activation_queue_length),
                         failed: false,
                         fallback: false,
-                        proposal: Some(propose(q)),
+                        proposal: propose(q),
                     }
                 }
                 None => {
                     *failures = failures.saturating_add(1);
                     match policy.fallback {
                         Some(fb) if *failures > fb.failure_threshold => {
-                            let q = trigger.queue_length.saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
-                            TriggerResult {
-                                backlog: q,
-                                active: true,
-                                failed: false,
-                                fallback: true,
-                                proposal: Some(propose(q)),
+                            let replicas = fb.replicas_for(obs.replicas);
+                            let q = trigger.queue_length.saturating_mul(u64::from(replicas));
+                            let proposal = match trigger.metric_type {
+                                MetricType::AverageValue => propose(q),
+                                // KEDA's synthetic Value metric is target * R / ready pods,
+                                // and an error when no pod is ready.
+                                MetricType::Value if obs.ready_replicas == 0 => None,
+                                MetricType::Value => propose_milli(
+                                    (target as f64 * f64::from(replicas) / f64::from(obs.ready_replicas)).round()
+                                        as i64,
+                                ),
+                            };
+                            match proposal {
+                                Some(p) => TriggerResult {
+                                    backlog: q,
+                                    active: true,
+                                    failed: false,
+                                    fallback: true,
+                                    proposal: Some(p),
+                                },
+                                None => TriggerResult {
+                                    backlog: 0,
+                                    active: false,
+                                    failed: true,
+                                    fallback: false,
+                                    proposal: None,
+                                },
                             }
                         }
                         _ => TriggerResult { backlog: 0, active: false, failed: true, fallback: false, proposal: None },
@@ -573,7 +715,8 @@ fn phase_h(
         return (r, Reason::PollFailed);
     }
 
-    let (stabilized, (to, limit)) = match &policy.behavior {
+    let behavior = effective_behavior(policy, obs.overrides);
+    let (stabilized, (to, limit)) = match behavior.as_deref() {
         None => {
             let s =
                 hpa::stabilize_legacy(&mut next.recommendations, desired, now, millis(policy.legacy_downscale_window));
@@ -587,6 +730,9 @@ fn phase_h(
         }
     };
     let reason = match limit {
+        // Held by a one-way pause, not by a rate.
+        Limit::ScaleUpLimit if obs.overrides.paused_scale_out && to == r => Reason::PausedScaleOut,
+        Limit::ScaleDownLimit if obs.overrides.paused_scale_in && to == r => Reason::PausedScaleIn,
         Limit::ScaleUpLimit | Limit::ScaleDownLimit => Reason::RateLimited,
         Limit::TooManyReplicas => Reason::AtMax,
         Limit::TooFewReplicas => Reason::AtMin,

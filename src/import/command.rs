@@ -102,6 +102,7 @@ pub fn main(args: Args) -> ExitCode {
                 endpoint_url: aws.endpoint_url.clone(),
                 profile: aws.profile.clone(),
                 role_arn: aws.role_arn.clone(),
+                external_id: aws.external_id.clone(),
                 direct_path: Some(aws.direct_path),
             }),
             ..import.config()

@@ -501,7 +501,8 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
             "scalingModifiers: sqscale has no formula; each trigger sizes the target and the largest wins".to_owned(),
         );
     }
-    let paused = convert_annotations(so, &target, &mut notes);
+    let annotated = convert_annotations(so, &target, &mut notes);
+    let key = |on: bool| on.then_some(true);
 
     let rule = RawRule {
         name: None,
@@ -513,7 +514,10 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         min_replica_count: min,
         max_replica_count: max,
         idle_replica_count: idle,
-        paused: paused.then_some(true),
+        paused: key(annotated.paused),
+        paused_scale_in: key(annotated.overrides.paused_scale_in),
+        paused_scale_out: key(annotated.overrides.paused_scale_out),
+        force_activation: key(annotated.overrides.force_activation),
         fallback,
         behavior,
         trigger: Some(triggers),
@@ -632,10 +636,19 @@ fn quantity(q: &Value) -> Option<f64> {
     }
 }
 
-/// The annotations of the ScaledObject: whether the rule starts paused; the rest are
-/// notes.
-fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<String>) -> bool {
-    let Some(annotations) = so.pointer("/metadata/annotations").and_then(Value::as_object) else { return false };
+/// What the ScaledObject's annotations ask for, as rule keys.
+#[derive(Default)]
+struct Annotated {
+    paused: bool,
+    overrides: crate::engine::Overrides,
+}
+
+/// The annotations of the ScaledObject: whether the rule starts paused, paused in one
+/// direction or forced active (KEDA's truthiness); `paused-replicas` is a note.
+fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<String>) -> Annotated {
+    let Some(annotations) = so.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return Annotated::default();
+    };
     let get = |k: &str| annotations.get(&format!("{ANNOTATION_PREFIX}{k}")).and_then(Value::as_str);
     // As kubectl takes it: `-n shop deployment/orders-worker`.
     let target = target.as_ref().map_or_else(String::new, |t| {
@@ -654,16 +667,12 @@ fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<S
             "annotation paused-replicas ({n}): the rule starts paused; to pin the target instead, remove `paused` and run `kubectl annotate {target} sqscale.io/paused-replicas={n}`"
         ));
     }
-    for (key, what) in [
-        ("paused-scale-in", "sqscale has no pause of one direction"),
-        ("paused-scale-out", "sqscale has no pause of one direction"),
-        ("force-activation", "sqscale activates on the queue only"),
-    ] {
-        if get(key).is_some_and(truthy) {
-            notes.push(format!("annotation {ANNOTATION_PREFIX}{key}: {what}"));
-        }
-    }
-    paused
+    let overrides = crate::engine::Overrides::from_annotations(
+        get("paused-scale-in"),
+        get("paused-scale-out"),
+        get("force-activation"),
+    );
+    Annotated { paused, overrides }
 }
 
 /// The `aws-sqs-queue` triggers as rule triggers, and the types of the others.
@@ -753,16 +762,21 @@ fn convert_trigger(
             ));
         }
     }
-    match str_at(t, "/metricType").filter(|m| !m.is_empty()) {
-        None | Some("AverageValue") => {}
-        Some(other) => notes.push(format!(
-            "{at}: metricType {other}: sqscale sizes as AverageValue does (ceil(backlog / queue_length) replicas)"
-        )),
-    }
-    let role_arn = t
+    let metric_type = match str_at(t, "/metricType").filter(|m| !m.is_empty()) {
+        None | Some("AverageValue") => None,
+        Some("Value") => Some("Value".to_owned()),
+        Some(other) => {
+            problems.push(format!(
+                "{at}: metricType {other}: KEDA accepts only AverageValue or Value for external metrics"
+            ));
+            None
+        }
+    };
+    let (role_arn, external_id) = t
         .get("authenticationRef")
         .filter(|r| !r.is_null())
-        .and_then(|r| authentication(r, at, namespace, auths, notes));
+        .map(|r| authentication(r, at, namespace, auths, notes))
+        .unwrap_or_default();
     if problems.len() > before {
         return None;
     }
@@ -776,12 +790,20 @@ fn convert_trigger(
         aws_region: get("awsRegion"),
         aws_endpoint: get("awsEndpoint"),
         role_arn,
+        external_id,
+        metric_type,
     })
 }
 
-/// The role a trigger's `authenticationRef` gives, noting everything else it holds:
-/// credentials are never copied.
-fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &mut Vec<String>) -> Option<String> {
+/// The role a trigger's `authenticationRef` gives, and the ExternalId that goes with it,
+/// noting everything else it holds: credentials are never copied.
+fn authentication(
+    r: &Value,
+    at: &str,
+    namespace: &str,
+    auths: &Auths,
+    notes: &mut Vec<String>,
+) -> (Option<String>, Option<String>) {
     let name = str_at(r, "/name").unwrap_or_default();
     let cluster = str_at(r, "/kind") == Some("ClusterTriggerAuthentication");
     let (found, what, secrets_in) = if cluster {
@@ -795,15 +817,26 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
     };
     let Some(auth) = found else {
         notes.push(format!(
-            "{at}: authenticationRef names {what}, which is not in the input: if it names a role, set role_arn on the trigger"
+            "{at}: authenticationRef names {what}, which is not in the input: if it names a role, set role_arn on the trigger (and external_id, if it has one)"
         ));
-        return None;
+        return (None, None);
     };
     let spec = auth.get("spec").cloned().unwrap_or(Value::Null);
     let mut role = None;
+    let mut external_id = None;
     match str_at(&spec, "/podIdentity/provider").unwrap_or_default() {
         "aws" => {
             role = str_at(&spec, "/podIdentity/roleArn").filter(|r| !r.is_empty()).map(str::to_owned);
+            // KEDA sends podIdentity.externalID with AssumeRole of podIdentity.roleArn
+            // only; a trust policy that asks for it refuses AssumeRole without it.
+            let id = str_at(&spec, "/podIdentity/externalID").filter(|r| !r.is_empty());
+            match (&role, id) {
+                (Some(_), Some(id)) => external_id = Some(id.to_owned()),
+                (None, Some(_)) => notes.push(format!(
+                    "{at}: {what} sets podIdentity.externalID without podIdentity.roleArn, so KEDA sends it with no AssumeRole; it is left out"
+                )),
+                _ => {}
+            }
             if str_at(&spec, "/podIdentity/identityOwner") == Some("workload") {
                 notes.push(format!(
                     "{at}: {what} uses the role of the target's ServiceAccount (identityOwner: workload): set role_arn to the role in its eks.amazonaws.com/role-arn annotation"
@@ -851,6 +884,9 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
                 "{at}: {what} takes awsRoleArn from the {place}, as {shown}, which import-keda does not read: set role_arn on the trigger to that role's ARN"
             )),
             "awsRoleArn" => {}
+            "awsExternalID" => notes.push(format!(
+                "{at}: {what} takes awsExternalID from the {place}, as {shown}, which import-keda does not read: set external_id on the trigger to that value (it goes with role_arn)"
+            )),
             "awsRegion" => notes.push(format!(
                 "{at}: {what} takes awsRegion from the {place}, which import-keda does not read: set aws_region on the trigger if the queue URL does not name the region"
             )),
@@ -866,5 +902,5 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
             params.join(", ")
         ));
     }
-    role
+    (role, external_id)
 }

@@ -290,24 +290,43 @@ fn what_cannot_carry_over_is_said_once_each() {
     for needle in [
         "restoreToOriginalReplicaCount",
         "scalingModifiers",
-        "trigger 1 (a): metricType Value",
         "trigger 1 (a): authenticationRef names TriggerAuthentication shop/missing, which is not in the input",
         "trigger 2 (b): authenticationRef names TriggerAuthentication shop/missing",
-        "annotation autoscaling.keda.sh/paused-scale-in",
-        // An annotation that is not a Go bool counts as true, as in KEDA.
-        "annotation autoscaling.keda.sh/paused-scale-out",
         "fallback with replicas 0",
     ] {
         assert_eq!(notes.iter().filter(|n| n.contains(needle)).count(), 1, "{needle:?} in {notes:?}");
     }
-    assert!(!notes.iter().any(|n| n.contains("force-activation")), "false is false: {notes:?}");
-    assert_eq!(notes.len(), 8, "{notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("annotation")), "the one-way pauses are keys now: {notes:?}");
+    assert_eq!(notes.len(), 5, "{notes:?}");
     let text = import.to_toml();
     let comments = text.lines().filter(|l| l.starts_with("# not carried over: ")).count();
     assert_eq!(comments, notes.len(), "{text}");
     let rule = &only_rule(&import).rule;
     assert!(rule.fallback.is_none());
+    // An annotation that is not a Go bool counts as true, as in KEDA; "false" is false.
+    assert_eq!((rule.paused_scale_in, rule.paused_scale_out, rule.force_activation), (Some(true), Some(true), None));
+    let types: Vec<_> = rule.trigger.as_ref().unwrap().iter().map(|t| t.metric_type.as_deref()).collect();
+    assert_eq!(types, [Some("Value"), None], "metricType Value is a key now");
     checked(&import);
+}
+
+/// Issue 25, items 2 and 3: KEDA's `paused-scale-in`, `paused-scale-out` and
+/// `force-activation` annotations on the ScaledObject become the rule keys of the same
+/// meaning (before, they were notes, and the rule scaled both ways).
+#[test]
+fn one_way_pauses_and_forced_activation_become_keys() {
+    let mut obj = simple("shop", "orders", json!({}));
+    obj["metadata"]["annotations"] = json!({
+        "autoscaling.keda.sh/paused-scale-in": "true",
+        "autoscaling.keda.sh/force-activation": "1"});
+    let import = run(&[obj]);
+    let rule = &only_rule(&import).rule;
+    assert_eq!((rule.paused_scale_in, rule.paused_scale_out, rule.force_activation), (Some(true), None, Some(true)));
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let c = checked(&import);
+    let o = c.rules[0].overrides;
+    assert_eq!((o.paused_scale_in, o.paused_scale_out, o.force_activation), (true, false, true));
+    assert!(import.to_toml().contains("paused_scale_in = true"), "{}", import.to_toml());
 }
 
 #[test]
@@ -562,4 +581,41 @@ fn names_from_files_cannot_break_the_file() {
     obj["spec"]["scaleTargetRef"]["name"] = json!("w");
     let import = run(&[obj]);
     assert_eq!(checked(&import).rules.len(), 1, "{}", import.to_toml());
+}
+
+/// Issue 25, item 1: `podIdentity.externalID` comes along with `podIdentity.roleArn`
+/// (before, it was dropped without a word, and every AssumeRole was then refused);
+/// `awsExternalID` kept in a Secret is named, not read.
+#[test]
+fn the_external_id_comes_with_the_role() {
+    let role = "arn:aws:iam::210987654321:role/cross-account-reader";
+    let spec = json!({"podIdentity": {"provider": "aws", "roleArn": role, "externalID": "keda-7f3a"}});
+    let import = with_auth(json!({"name": "cross"}), vec![auth("TriggerAuthentication", Some("shop"), "cross", spec)]);
+    let trigger = &only_rule(&import).rule.trigger.as_ref().unwrap()[0];
+    assert_eq!((trigger.role_arn.as_deref(), trigger.external_id.as_deref()), (Some(role), Some("keda-7f3a")));
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let c = checked(&import);
+    assert_eq!(c.rules[0].triggers[0].external_id.as_deref(), Some("keda-7f3a"));
+
+    // Without a role KEDA sends it nowhere: left out, and said.
+    let spec = json!({"podIdentity": {"provider": "aws", "externalID": "keda-7f3a"}});
+    let import = with_auth(json!({"name": "bare"}), vec![auth("TriggerAuthentication", Some("shop"), "bare", spec)]);
+    assert_eq!(only_rule(&import).rule.trigger.as_ref().unwrap()[0].external_id, None);
+    assert!(
+        import.messages()[0].contains("podIdentity.externalID without podIdentity.roleArn"),
+        "{:?}",
+        import.messages()
+    );
+
+    let spec = json!({"secretTargetRef": [
+        {"parameter": "awsRoleArn", "name": "aws", "key": "ROLE"},
+        {"parameter": "awsExternalID", "name": "aws", "key": "EXTERNAL_ID"}]});
+    let import = with_auth(json!({"name": "sec"}), vec![auth("TriggerAuthentication", Some("shop"), "sec", spec)]);
+    let messages = import.messages();
+    assert!(
+        messages.iter().any(|m| m
+            .contains("takes awsExternalID from the Secret aws in namespace shop, as awsExternalID (key EXTERNAL_ID)")
+            && m.contains("set external_id")),
+        "{messages:?}"
+    );
 }

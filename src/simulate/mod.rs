@@ -192,7 +192,9 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
                 replicas,
                 // Every write succeeds at once, pods included.
                 status_replicas: replicas,
+                ready_replicas: replicas,
                 pause: if rule.paused { Pause::Frozen } else { Pause::No },
+                overrides: rule.overrides,
                 queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
             };
             let (mut next, d) = engine::decide(&rule.policy, &state, &obs, t);

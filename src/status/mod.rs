@@ -522,6 +522,7 @@ mod tests {
             active: true,
             backlog: Some(30),
             proposal: Some(6),
+            overrides: Default::default(),
         };
         let a = o.record("a").unwrap();
         let report = |queues: Vec<Option<u64>>, queue_errors: Vec<String>| PollReport {

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::config::TargetRef;
-use crate::engine::{Pause, Time};
+use crate::engine::{Overrides, Pause, Time};
 
 /// The field manager of every write, so `kubectl` shows who changed the replicas.
 pub const FIELD_MANAGER: &str = "sqscale";
@@ -25,6 +25,12 @@ pub const LAST_ACTIVE: &str = "sqscale.io/last-active";
 pub const PAUSED: &str = "sqscale.io/paused";
 /// `"N"`: pin the target to N replicas.
 pub const PAUSED_REPLICAS: &str = "sqscale.io/paused-replicas";
+/// `"true"`: never scale in (KEDA's `paused-scale-in`).
+pub const PAUSED_SCALE_IN: &str = "sqscale.io/paused-scale-in";
+/// `"true"`: never scale out (KEDA's `paused-scale-out`).
+pub const PAUSED_SCALE_OUT: &str = "sqscale.io/paused-scale-out";
+/// `"true"`: active whatever the queues say (KEDA's `force-activation`).
+pub const FORCE_ACTIVATION: &str = "sqscale.io/force-activation";
 
 /// What a poll needs to know about the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +39,11 @@ pub struct TargetView {
     pub replicas: u32,
     /// `status.replicas`, when the object reports it (a Deployment omits it at 0).
     pub status_replicas: Option<u32>,
+    /// `status.readyReplicas` (omitted at 0): the pods a `Value` metric counts.
+    pub ready_replicas: Option<u32>,
     pub pause: Pause,
+    /// The one-way pauses and forced activation its annotations ask for.
+    pub overrides: Overrides,
     /// The stored last-active ([`state`]), or the `sqscale.io/last-active` annotation an
     /// older sqscale left on the target, whichever is newer.
     pub last_active: Option<Time>,
@@ -67,7 +77,13 @@ pub fn view_of<'a>(
     TargetView {
         replicas: spec_replicas.unwrap_or(1),
         status_replicas,
+        ready_replicas: None,
         pause: Pause::from_annotations(annotation(PAUSED), annotation(PAUSED_REPLICAS)),
+        overrides: Overrides::from_annotations(
+            annotation(PAUSED_SCALE_IN),
+            annotation(PAUSED_SCALE_OUT),
+            annotation(FORCE_ACTIVATION),
+        ),
         last_active: annotation(LAST_ACTIVE).and_then(parse_time),
         stored_last_active: None,
         resource_version,

@@ -243,6 +243,8 @@ async fn check_remote_reports_queue_target_and_rbac_per_rule() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].starts_with("ok    demo: queue ") && lines[0].contains("has 7 messages"), "{}", lines[0]);
     assert!(lines[0].contains("has 2 replicas"), "{}", lines[0]);
+    // Which identity reads the queue (issue 25: a role's trust policy may refuse one).
+    assert!(lines[0].contains("(read as the default credential chain)"), "{}", lines[0]);
     assert!(lines[1].starts_with("FAIL  ghost: ") && lines[1].contains("[not_found]"), "{}", lines[1]);
     // Per rule: get, list and watch the target; get and patch its scale; create events;
     // get, patch and create the state ConfigMap. Nothing on the whole object but reads.

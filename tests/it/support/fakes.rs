@@ -90,7 +90,9 @@ impl ScaleTarget for FakeTargets {
         Ok(TargetView {
             replicas: o.replicas,
             status_replicas: Some(o.replicas),
+            ready_replicas: Some(o.replicas),
             pause: o.pause,
+            overrides: Default::default(),
             last_active: o.last_active,
             // Everything this fake holds is stored by it.
             stored_last_active: o.last_active,
