@@ -155,6 +155,9 @@ pub struct Rule {
     pub paused: bool,
     /// `paused_scale_in`, `paused_scale_out`, `force_activation`.
     pub overrides: crate::engine::Overrides,
+    /// When the rule is removed (a reload), put the target back to the replicas it had
+    /// when the rule first took it (KEDA's `restoreToOriginalReplicaCount`).
+    pub restore_to_original_replica_count: bool,
     pub policy: Policy,
     /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
     pub triggers: Vec<QueueSource>,
@@ -469,6 +472,7 @@ impl Config {
                     paused_scale_in: Some(r.overrides.paused_scale_in),
                     paused_scale_out: Some(r.overrides.paused_scale_out),
                     force_activation: Some(r.overrides.force_activation),
+                    restore_to_original_replica_count: Some(r.restore_to_original_replica_count),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),

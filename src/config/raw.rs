@@ -116,6 +116,8 @@ pub struct RawRule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force_activation: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_to_original_replica_count: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behavior: Option<RawBehavior>,

@@ -446,6 +446,10 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             paused_scale_out: rule.paused_scale_out.or(d.paused_scale_out).unwrap_or(false),
             force_activation: rule.force_activation.or(d.force_activation).unwrap_or(false),
         },
+        restore_to_original_replica_count: rule
+            .restore_to_original_replica_count
+            .or(d.restore_to_original_replica_count)
+            .unwrap_or(false),
         policy: Policy {
             min: min_u,
             max: max_u,

@@ -274,6 +274,9 @@ fn group_of(api_version: &str) -> &str {
 struct Auths<'a> {
     namespaced: HashMap<(String, String), &'a Value>,
     cluster: HashMap<String, &'a Value>,
+    /// The Deployments and StatefulSets of the input, by (kind, namespace, name): where a
+    /// `queueURLFromEnv` may be read.
+    workloads: HashMap<(String, String, String), &'a Value>,
 }
 
 /// Imports every ScaledObject of `objects`.
@@ -287,6 +290,13 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
     for obj in objects {
         let api_version = str_at(obj, "/apiVersion").unwrap_or_default();
         let kind = str_at(obj, "/kind").unwrap_or_default();
+        if group_of(api_version) == "apps" && matches!(kind, "Deployment" | "StatefulSet") {
+            let name = str_at(obj, "/metadata/name").unwrap_or_default().to_owned();
+            let namespace =
+                str_at(obj, "/metadata/namespace").filter(|n| !n.is_empty()).unwrap_or(&options.default_namespace);
+            auths.workloads.insert((kind.to_owned(), namespace.to_owned(), name), obj);
+            continue;
+        }
         if group_of(api_version) != KEDA_GROUP {
             continue;
         }
@@ -490,12 +500,7 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         .pointer("/advanced/horizontalPodAutoscalerConfig/behavior")
         .filter(|b| !b.is_null())
         .map(|b| convert_behavior(b, &mut problems));
-    if spec.pointer("/advanced/restoreToOriginalReplicaCount").and_then(Value::as_bool) == Some(true) {
-        notes.push(
-            "restoreToOriginalReplicaCount: when the rule is removed, sqscale leaves the replicas where they are"
-                .to_owned(),
-        );
-    }
+    let restore = spec.pointer("/advanced/restoreToOriginalReplicaCount").and_then(Value::as_bool) == Some(true);
     if spec.pointer("/advanced/scalingModifiers").is_some_and(|m| !m.is_null()) {
         notes.push(
             "scalingModifiers: sqscale has no formula; each trigger sizes the target and the largest wins".to_owned(),
@@ -518,6 +523,7 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         paused_scale_in: key(annotated.overrides.paused_scale_in),
         paused_scale_out: key(annotated.overrides.paused_scale_out),
         force_activation: key(annotated.overrides.force_activation),
+        restore_to_original_replica_count: key(restore),
         fallback,
         behavior,
         trigger: Some(triggers),
@@ -685,6 +691,7 @@ fn convert_triggers(
 ) -> (Vec<RawTrigger>, Vec<String>) {
     let mut triggers = Vec::new();
     let mut others = Vec::new();
+    let env = env_source(spec, namespace, auths);
     let list = spec.get("triggers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, t) in list.iter().enumerate() {
         let kind = str_at(t, "/type").unwrap_or_default();
@@ -699,18 +706,51 @@ fn convert_triggers(
             Some(name) => format!("trigger {} ({name})", i + 1),
             None => format!("trigger {}", i + 1),
         };
-        if let Some(trigger) = convert_trigger(t, &at, namespace, auths, notes, problems) {
+        if let Some(trigger) = convert_trigger(t, &at, namespace, auths, env.as_ref(), notes, problems) {
             triggers.push(trigger);
         }
     }
     (triggers, others)
 }
 
+/// The container whose environment KEDA resolves `...FromEnv` in (`envSourceContainerName`,
+/// else the first), as found in the input: its literal values, and where they come from.
+struct EnvSource {
+    /// `container worker of Deployment shop/orders-worker`
+    place: String,
+    /// Literal `env` values; the last of a name wins, as in the pod. `None` for a
+    /// variable set by `valueFrom`, which import-keda cannot read.
+    values: HashMap<String, Option<String>>,
+}
+
+fn env_source(spec: &Value, namespace: &str, auths: &Auths) -> Option<EnvSource> {
+    let r = spec.get("scaleTargetRef")?;
+    let kind = str_at(r, "/kind").filter(|k| !k.is_empty()).unwrap_or("Deployment");
+    let name = str_at(r, "/name")?;
+    let workload = auths.workloads.get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))?;
+    let containers = workload.pointer("/spec/template/spec/containers")?.as_array()?;
+    let container = match str_at(r, "/envSourceContainerName").filter(|c| !c.is_empty()) {
+        Some(wanted) => containers.iter().find(|c| str_at(c, "/name") == Some(wanted))?,
+        None => containers.first()?,
+    };
+    let values = container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((str_at(e, "/name")?.to_owned(), str_at(e, "/value").map(str::to_owned))))
+        .collect();
+    let place = format!("container {} of {kind} {namespace}/{name}", str_at(container, "/name").unwrap_or_default());
+    Some(EnvSource { place, values })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn convert_trigger(
     t: &Value,
     at: &str,
     namespace: &str,
     auths: &Auths,
+    env: Option<&EnvSource>,
     notes: &mut Vec<String>,
     problems: &mut Vec<String>,
 ) -> Option<RawTrigger> {
@@ -746,12 +786,22 @@ fn convert_trigger(
     };
     let scale_on_in_flight = boolean("scaleOnInFlight");
     let scale_on_delayed = boolean("scaleOnDelayed");
-    let queue_url = get("queueURL");
+    let mut queue_url = get("queueURL");
     if queue_url.is_none() {
         match get("queueURLFromEnv") {
-            Some(env) => problems.push(format!(
-                "{at}: queueURLFromEnv: the queue URL is in the environment variable {env} of the target's container, which import-keda does not read; set queue_url by hand"
-            )),
+            // KEDA trims the value and takes an empty one as missing.
+            Some(var) => match env.and_then(|e| Some((e, e.values.get(&var)?.as_deref()?.trim()))) {
+                Some((e, value)) if !value.is_empty() => {
+                    notes.push(format!(
+                        "{at}: queueURLFromEnv: queue_url is the value of {var} in the {} of the input; if it changes there, change it here",
+                        e.place
+                    ));
+                    queue_url = Some(value.to_owned());
+                }
+                _ => problems.push(format!(
+                    "{at}: queueURLFromEnv: the queue URL is in the environment variable {var} of the target's container, which import-keda does not read unless the input holds the target with a literal value for it; set queue_url by hand"
+                )),
+            },
             None => problems.push(format!("{at}: queueURL is missing")),
         }
     }
@@ -775,7 +825,7 @@ fn convert_trigger(
     let (role_arn, external_id) = t
         .get("authenticationRef")
         .filter(|r| !r.is_null())
-        .map(|r| authentication(r, at, namespace, auths, notes))
+        .map(|r| authentication(r, at, namespace, get("identityOwner").as_deref(), auths, notes))
         .unwrap_or_default();
     if problems.len() > before {
         return None;
@@ -801,6 +851,7 @@ fn authentication(
     r: &Value,
     at: &str,
     namespace: &str,
+    identity_owner: Option<&str>,
     auths: &Auths,
     notes: &mut Vec<String>,
 ) -> (Option<String>, Option<String>) {
@@ -824,7 +875,11 @@ fn authentication(
     let spec = auth.get("spec").cloned().unwrap_or(Value::Null);
     let mut role = None;
     let mut external_id = None;
-    match str_at(&spec, "/podIdentity/provider").unwrap_or_default() {
+    let provider = str_at(&spec, "/podIdentity/provider").unwrap_or_default();
+    // Without `podIdentity.provider: aws`, `identityOwner: operator` makes KEDA read with
+    // the operator's own credentials: it assumes no awsRoleArn (`GetAwsAuthorization`).
+    let operator = provider != "aws" && identity_owner == Some("operator");
+    match provider {
         "aws" => {
             role = str_at(&spec, "/podIdentity/roleArn").filter(|r| !r.is_empty()).map(str::to_owned);
             // KEDA sends podIdentity.externalID with AssumeRole of podIdentity.roleArn
@@ -880,6 +935,9 @@ fn authentication(
             None => parameter.clone(),
         };
         match parameter.as_str() {
+            "awsRoleArn" if operator => notes.push(format!(
+                "{at}: {what} takes awsRoleArn from the {place}, but with identityOwner: operator KEDA does not assume it: it reads the queue as the KEDA operator's own identity. sqscale reads as its own: give that identity sqs:GetQueueAttributes on the queue, as the operator's has (no role_arn)"
+            )),
             "awsRoleArn" if role.is_none() => notes.push(format!(
                 "{at}: {what} takes awsRoleArn from the {place}, as {shown}, which import-keda does not read: set role_arn on the trigger to that role's ARN"
             )),

@@ -288,7 +288,6 @@ fn what_cannot_carry_over_is_said_once_each() {
     let import = run(&[obj]);
     let notes = &only_rule(&import).notes;
     for needle in [
-        "restoreToOriginalReplicaCount",
         "scalingModifiers",
         "trigger 1 (a): authenticationRef names TriggerAuthentication shop/missing, which is not in the input",
         "trigger 2 (b): authenticationRef names TriggerAuthentication shop/missing",
@@ -297,7 +296,7 @@ fn what_cannot_carry_over_is_said_once_each() {
         assert_eq!(notes.iter().filter(|n| n.contains(needle)).count(), 1, "{needle:?} in {notes:?}");
     }
     assert!(!notes.iter().any(|n| n.contains("annotation")), "the one-way pauses are keys now: {notes:?}");
-    assert_eq!(notes.len(), 5, "{notes:?}");
+    assert_eq!(notes.len(), 4, "{notes:?}");
     let text = import.to_toml();
     let comments = text.lines().filter(|l| l.starts_with("# not carried over: ")).count();
     assert_eq!(comments, notes.len(), "{text}");
@@ -307,6 +306,7 @@ fn what_cannot_carry_over_is_said_once_each() {
     assert_eq!((rule.paused_scale_in, rule.paused_scale_out, rule.force_activation), (Some(true), Some(true), None));
     let types: Vec<_> = rule.trigger.as_ref().unwrap().iter().map(|t| t.metric_type.as_deref()).collect();
     assert_eq!(types, [Some("Value"), None], "metricType Value is a key now");
+    assert_eq!(rule.restore_to_original_replica_count, Some(true), "so is restoreToOriginalReplicaCount");
     checked(&import);
 }
 
@@ -618,4 +618,74 @@ fn the_external_id_comes_with_the_role() {
             && m.contains("set external_id")),
         "{messages:?}"
     );
+}
+
+/// Issue 25, item 8: `queueURLFromEnv` is read from the target in the input, with a
+/// literal `env` value in `envSourceContainerName`'s container (or the first), and the
+/// rule says where it came from. Without one (not in the input, `valueFrom`, empty), the
+/// rule is refused as before.
+#[test]
+fn queue_url_from_the_targets_environment() {
+    let from_env = |container: Option<&str>| {
+        let mut r = json!({"name": "orders-worker"});
+        if let Some(c) = container {
+            r["envSourceContainerName"] = json!(c);
+        }
+        so(
+            "shop",
+            "orders",
+            json!({"scaleTargetRef": r, "triggers": [sqs_trigger(json!({"queueURLFromEnv": "QUEUE_URL"}))]}),
+        )
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders-worker", "namespace": "shop"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "sidecar", "env": [{"name": "QUEUE_URL", "value": "https://sqs.eu-west-1.amazonaws.com/1/side"}]},
+            {"name": "worker", "env": [
+                {"name": "QUEUE_URL", "value": "https://sqs.eu-west-1.amazonaws.com/1/old"},
+                {"name": "QUEUE_URL", "value": " https://sqs.eu-west-1.amazonaws.com/1/orders "},
+                {"name": "OTHER", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}});
+    let url = |import: &Import| only_rule(import).rule.trigger.as_ref().unwrap()[0].queue_url.clone();
+
+    let import = run(&[from_env(Some("worker")), deployment.clone()]);
+    assert_eq!(url(&import).as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/orders"));
+    let notes = &only_rule(&import).notes;
+    assert!(
+        notes.iter().any(|n| n
+            .contains("queue_url is the value of QUEUE_URL in the container worker of Deployment shop/orders-worker")),
+        "{notes:?}"
+    );
+    checked(&import);
+    // No container named: the first.
+    let import = run(&[from_env(None), deployment.clone()]);
+    assert_eq!(url(&import).as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/side"));
+
+    // Not in the input, or set by valueFrom: refused, as before.
+    let import = run(&[from_env(Some("worker"))]);
+    assert!(import.rules.is_empty() && import.rejected[0].reasons[0].contains("set queue_url by hand"));
+    let mut secret = deployment;
+    secret["spec"]["template"]["spec"]["containers"][1]["env"] =
+        json!([{"name": "QUEUE_URL", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]);
+    let import = run(&[from_env(Some("worker")), secret]);
+    assert!(import.rules.is_empty(), "{:?}", import.messages());
+}
+
+/// Issue 25, item 9: with `identityOwner: operator` (and no `podIdentity.provider: aws`)
+/// KEDA ignores awsRoleArn and reads as the operator: the advice says that instead of
+/// telling the user to set role_arn to a role KEDA never used.
+#[test]
+fn identity_owner_operator_ignores_the_role() {
+    let spec = json!({"secretTargetRef": [{"parameter": "awsRoleArn", "name": "aws", "key": "ROLE"}]});
+    let mut t = sqs_trigger(json!({"queueURL": QUEUE, "identityOwner": "operator"}));
+    t["authenticationRef"] = json!({"name": "op"});
+    let objects = vec![
+        so("shop", "orders", json!({"scaleTargetRef": {"name": "w"}, "triggers": [t]})),
+        auth("TriggerAuthentication", Some("shop"), "op", spec),
+    ];
+    let import = run(&objects);
+    let messages = import.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].contains("with identityOwner: operator KEDA does not assume it"), "{messages:?}");
+    assert!(!messages[0].contains("set role_arn"), "{messages:?}");
+    assert_eq!(role_of(&import), None);
 }

@@ -146,6 +146,30 @@ pub trait ScaleTarget: Send + Sync + 'static {
         at: Time,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
+    /// The replica count the target had when a rule with
+    /// `restore_to_original_replica_count` first took it, kept in sqscale's state
+    /// ([`state`]) so a restart does not lose it. Adapters that keep no state have none.
+    fn original_replicas(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+    ) -> impl Future<Output = Result<Option<u32>, TargetError>> + Send {
+        let _ = (context, target);
+        async { Ok(None) }
+    }
+
+    /// Stores the original replica count (see [`ScaleTarget::original_replicas`]), or
+    /// forgets it (`None`).
+    fn set_original_replicas(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+        replicas: Option<u32>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        let _ = (context, target, replicas);
+        async { Ok(()) }
+    }
+
     /// Records a Kubernetes Event on the target (best effort).
     fn publish(
         &self,

@@ -45,6 +45,15 @@ pub fn key(t: &TargetRef) -> String {
     format!("{}.{}.{}", t.kind.as_str().to_ascii_lowercase(), t.namespace, t.name)
 }
 
+/// The key of the replica count `t` had when a rule with `restore_to_original_replica_count`
+/// first took it (KEDA's `status.originalReplicaCount`): [`key`] behind this prefix, which
+/// is no kind, so [`target_of`] never takes it for a last-active key.
+const ORIGINAL_PREFIX: &str = "original-replicas.";
+
+pub fn original_key(t: &TargetRef) -> String {
+    format!("{ORIGINAL_PREFIX}{}", key(t))
+}
+
 /// The target a key names (see [`key`]); `None` for a key sqscale did not write.
 /// Namespaces are DNS labels (no dot); a name may hold dots, so it is the rest.
 fn target_of(key: &str) -> Option<(TargetKind, &str, &str)> {
@@ -131,7 +140,8 @@ pub enum StateError {
 /// A write waiting for the next PATCH, and who waits for its outcome.
 #[derive(Default)]
 struct Batch {
-    data: BTreeMap<String, String>,
+    /// `None` removes the key (a merge patch with `null`).
+    data: BTreeMap<String, Option<String>>,
     waiters: Vec<oneshot::Sender<Result<(), StateError>>>,
 }
 
@@ -150,6 +160,8 @@ pub struct Store {
     /// `loaded`, readable without the lock: `u64::MAX` before the first read.
     loaded_at: AtomicU64,
     values: Mutex<Times>,
+    /// The original replica counts, by [`key`] (few: only rules that restore have one).
+    originals: Mutex<HashMap<String, u32>>,
     batch: Mutex<Batch>,
     wake: Notify,
 }
@@ -165,6 +177,7 @@ impl Store {
             loaded: Default::default(),
             loaded_at: AtomicU64::new(u64::MAX),
             values: Default::default(),
+            originals: Default::default(),
             batch: Default::default(),
             wake: Notify::new(),
         })
@@ -183,6 +196,27 @@ impl Store {
             Box::pin(self.load_once(wanted)).await?;
         }
         Ok(lock(&self.values).get(t))
+    }
+
+    /// The stored original replica count of `t` (see [`original_key`]), read as
+    /// [`Store::get`] reads.
+    pub async fn original(&self, t: &TargetRef) -> Result<Option<u32>, StateError> {
+        let wanted = self.wanted.load(Ordering::Acquire);
+        if self.loaded_at.load(Ordering::Acquire) != wanted {
+            Box::pin(self.load_once(wanted)).await?;
+        }
+        Ok(lock(&self.originals).get(&key(t)).copied())
+    }
+
+    /// Stores `t`'s original replica count, or removes it (`None`), in the next PATCH.
+    pub async fn set_original(&self, t: &TargetRef, replicas: Option<u32>) -> Result<(), StateError> {
+        self.put(original_key(t), replicas.map(|n| n.to_string())).await?;
+        let mut originals = lock(&self.originals);
+        match replicas {
+            Some(n) => originals.insert(key(t), n),
+            None => originals.remove(&key(t)),
+        };
+        Ok(())
     }
 
     /// The next [`Store::get`] reads the ConfigMap again (what was read is kept, and
@@ -211,6 +245,17 @@ impl Store {
         let data = read.and_then(|cm| cm.data).unwrap_or_default();
         let mut values = lock(&self.values);
         for (k, v) in data {
+            if let Some(target) = k.strip_prefix(ORIGINAL_PREFIX) {
+                match (target_of(target), v.trim().parse::<u32>()) {
+                    (Some(_), Ok(n)) => {
+                        lock(&self.originals).insert(target.to_owned(), n);
+                    }
+                    _ => {
+                        tracing::warn!(configmap = %self.name(), key = %k, value = %v, "not an original replica count; ignored")
+                    }
+                }
+                continue;
+            }
             match (target_of(&k), parse_time(&v)) {
                 (Some((kind, namespace, name)), Some(at)) => values.merge(kind, namespace, name, at),
                 (None, _) => tracing::warn!(configmap = %self.name(), key = %k, "not a key sqscale writes; ignored"),
@@ -226,20 +271,22 @@ impl Store {
     /// out together in the next one; this returns when the PATCH carrying `at` is
     /// answered (or the adapter's timeout passes).
     pub async fn set(&self, t: &TargetRef, at: Time) -> Result<(), StateError> {
+        self.put(key(t), Some(format_time(at))).await?;
+        lock(&self.values).set(t, at);
+        Ok(())
+    }
+
+    /// Writes (or, with `None`, removes) one key in the next PATCH and waits for it.
+    async fn put(&self, key: String, value: Option<String>) -> Result<(), StateError> {
         let (done, outcome) = oneshot::channel();
         {
             let mut batch = lock(&self.batch);
-            batch.data.insert(key(t), format_time(at));
+            batch.data.insert(key, value);
             batch.waiters.push(done);
         }
         self.wake.notify_one();
         match tokio::time::timeout(self.timeout, outcome).await {
-            Ok(Ok(result)) => {
-                if result.is_ok() {
-                    lock(&self.values).set(t, at);
-                }
-                result
-            }
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StateError::WriterStopped(self.name())),
             Err(_) => Err(StateError::WriteTimeout(self.name(), self.timeout.as_secs_f64())),
         }
@@ -271,7 +318,7 @@ impl Store {
     }
 
     /// A merge patch of `data` into the ConfigMap, creating it when it is missing.
-    async fn write(&self, data: &BTreeMap<String, String>) -> Result<(), StateError> {
+    async fn write(&self, data: &BTreeMap<String, Option<String>>) -> Result<(), StateError> {
         let failed = |e| StateError::Write(self.name(), Arc::new(KubeFailure(e)));
         let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
         let body = serde_json::json!({ "data": data });
@@ -299,7 +346,8 @@ impl Store {
                     labels: Some([("app.kubernetes.io/name".to_owned(), "sqscale".to_owned())].into()),
                     ..ObjectMeta::default()
                 },
-                data: Some(data.clone()),
+                // Created: a key to remove is simply not there.
+                data: Some(data.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect()),
                 ..ConfigMap::default()
             };
             let post = PostParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
@@ -329,6 +377,10 @@ mod tests {
         assert_eq!(target_of("deployment.shop.api.v2"), Some((TargetKind::Deployment, "shop", "api.v2")));
         assert_eq!(target_of("configmap.shop.x"), None);
         assert_eq!(target_of("deployment.shop"), None);
+        // An original replica count's key is never a last-active key.
+        let original = original_key(&t);
+        assert_eq!(original, "original-replicas.statefulset.shop.orders-worker");
+        assert_eq!(target_of(&original), None);
     }
 
     /// Looked up by the target's names; the newer time wins; the kinds do not mix.

@@ -60,6 +60,8 @@ pub struct FakeTargets {
     pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
     /// The targets passed to each `retain` (a reload), as `context/Kind/namespace/name`.
     pub retained: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The stored original replica counts, by target name (the state ConfigMap's).
+    pub originals: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl FakeTargets {
@@ -121,6 +123,24 @@ impl ScaleTarget for FakeTargets {
         tokio::time::sleep(delay).await;
         let mut objects = self.objects.lock().unwrap();
         objects.get_mut(&t.name).ok_or_else(|| Self::missing(t))?.last_active = Some(at);
+        Ok(())
+    }
+
+    async fn original_replicas(&self, _ctx: Option<&str>, t: &TargetRef) -> Result<Option<u32>, TargetError> {
+        Ok(self.originals.lock().unwrap().get(&t.name).copied())
+    }
+
+    async fn set_original_replicas(
+        &self,
+        _ctx: Option<&str>,
+        t: &TargetRef,
+        replicas: Option<u32>,
+    ) -> Result<(), TargetError> {
+        let mut originals = self.originals.lock().unwrap();
+        match replicas {
+            Some(n) => originals.insert(t.name.clone(), n),
+            None => originals.remove(&t.name),
+        };
         Ok(())
     }
 
