@@ -25,12 +25,14 @@ fn policy(behavior: bool) -> Policy {
         legacy_downscale_window: Duration::from_secs(300),
         tolerances: Tolerances::default(),
         triggers: vec![TriggerPolicy {
+            name: None,
             queue_length: 5,
             activation_queue_length: 0,
             scale_on_in_flight: true,
             scale_on_delayed: false,
             metric_type: Default::default(),
         }],
+        modifiers: None,
     }
 }
 

@@ -473,6 +473,12 @@ impl Config {
                     paused_scale_out: Some(r.overrides.paused_scale_out),
                     force_activation: Some(r.overrides.force_activation),
                     restore_to_original_replica_count: Some(r.restore_to_original_replica_count),
+                    scaling_modifiers: r.policy.modifiers.as_ref().map(|m| RawScalingModifiers {
+                        formula: Some(m.formula.source().to_owned()),
+                        target: Some(m.target),
+                        activation_target: Some(m.activation_target),
+                        metric_type: Some(m.metric_type.as_str().to_owned()),
+                    }),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),
@@ -489,6 +495,7 @@ impl Config {
                             .zip(&r.triggers)
                             .map(|(t, q)| RawTrigger {
                                 kind: Some("aws-sqs-queue".to_owned()),
+                                name: t.name.clone(),
                                 queue_url: Some(q.display().to_owned()),
                                 queue_length: Some(t.queue_length as i64),
                                 activation_queue_length: Some(t.activation_queue_length),

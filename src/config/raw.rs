@@ -118,6 +118,8 @@ pub struct RawRule {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore_to_original_replica_count: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling_modifiers: Option<RawScalingModifiers>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behavior: Option<RawBehavior>,
@@ -181,10 +183,25 @@ pub struct RawPolicy {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table with formula, target, activation_target and metric_type")]
+pub struct RawScalingModifiers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formula: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_target: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(expecting = "a [[rule.trigger]] table")]
 pub struct RawTrigger {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -419,3 +419,41 @@ fn one_way_pauses_force_activation_and_metric_type() {
         ]
     );
 }
+
+/// Issue 25, item 4: `scaling_modifiers` over named triggers, the formula compiled and
+/// run once at load (KEDA's validation): a syntax error, an unknown trigger name, a
+/// missing target are `check` errors naming the rule, all at once. Before, unknown keys.
+#[test]
+fn scaling_modifiers_are_validated_at_load() {
+    let rule = |modifiers: &str| {
+        format!(
+            "[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\n{modifiers}\n\
+             [[rule.trigger]]\nname = \"q1\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/a\"\n\
+             [[rule.trigger]]\nname = \"q2\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/b\"\n"
+        )
+    };
+    let c = from_str(&rule("scaling_modifiers = { formula = \"q1 > 2 ? q1 + q2 : 0\", target = 10 }")).unwrap();
+    let m = c.rules[0].policy.modifiers.as_ref().unwrap();
+    assert_eq!((m.formula.source(), m.target, m.activation_target), ("q1 > 2 ? q1 + q2 : 0", 10.0, 0.0));
+    assert_eq!(c.rules[0].policy.triggers[1].name.as_deref(), Some("q2"));
+    let resolved = c.resolved_toml();
+    assert!(resolved.contains("formula = \"q1 > 2 ? q1 + q2 : 0\""), "{resolved}");
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&rule("scaling_modifiers = { formula = \"q1 + q3\", metric_type = \"Utilization\" }"));
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("rule \"orders\": scaling_modifiers.formula (\"q1 + q3\"):") && m.contains("q3")),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&"rule \"orders\": scaling_modifiers.target is required when scaling_modifiers is set".to_owned()),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.metric_type (\"Utilization\")")), "{p:#?}");
+    let p = problems(&rule("scaling_modifiers = { formula = \"q1 +\", target = 0 }"));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.formula (\"q1 +\")")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.target (0) must be a number greater than 0")), "{p:#?}");
+}

@@ -432,6 +432,46 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         }
     }
 
+    let mut seen_names = std::collections::HashSet::new();
+    for n in triggers.iter().filter_map(|t| t.name.as_deref()) {
+        if !seen_names.insert(n) {
+            p.add(at, format!("trigger name {n:?} is used twice; trigger names must be unique within a rule"));
+        }
+    }
+    let modifiers = rule.scaling_modifiers.as_ref().or(d.scaling_modifiers.as_ref()).and_then(|m| {
+        let formula = m.formula.as_deref().filter(|f| !f.trim().is_empty());
+        if formula.is_none() {
+            p.add(at, "scaling_modifiers.formula is required when scaling_modifiers is set");
+        }
+        let target = match m.target {
+            None => {
+                p.add(at, "scaling_modifiers.target is required when scaling_modifiers is set");
+                None
+            }
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                p.add(at, format!("scaling_modifiers.target ({t}) must be a number greater than 0"));
+                None
+            }
+            Some(t) => Some(t),
+        };
+        let activation_target = m.activation_target.unwrap_or(0.0);
+        if !activation_target.is_finite() {
+            p.add(at, format!("scaling_modifiers.activation_target ({activation_target}) must be a number"));
+        }
+        let metric_type = metric_type(p, at, "scaling_modifiers.metric_type", m.metric_type.as_deref());
+        // The trigger names are the formula's variables; it runs once at load, as
+        // KEDA's validation does, so an unknown name or a syntax error is found here.
+        let formula = formula.and_then(|f| {
+            let names = triggers.iter().filter_map(|t| t.name.as_deref());
+            crate::engine::formula::Formula::compile(f, names)
+                .map_err(|e| {
+                    p.add(at, format!("scaling_modifiers.formula ({f:?}): {}", crate::error::chain(&e)));
+                })
+                .ok()
+        });
+        Some(Box::new(crate::engine::Modifiers { formula: formula?, target: target?, activation_target, metric_type }))
+    });
+
     if p.0.len() > before {
         return None;
     }
@@ -461,6 +501,7 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             legacy_downscale_window: defaults::DOWNSCALE_STABILIZATION,
             tolerances,
             triggers,
+            modifiers,
         },
         triggers: sources,
     })
@@ -566,14 +607,10 @@ fn validate_trigger(
     if let Some(kind) = t.kind.as_deref().filter(|k| *k != "aws-sqs-queue") {
         p.add(at, format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""));
     }
-    let metric_type = match t.metric_type.as_deref() {
-        None | Some("AverageValue") => MetricType::AverageValue,
-        Some("Value") => MetricType::Value,
-        Some(other) => {
-            p.add(at, format!("metric_type ({other:?}) must be \"AverageValue\" or \"Value\" (an external metric has no Utilization)"));
-            MetricType::AverageValue
-        }
-    };
+    let metric_type = metric_type(p, at, "metric_type", t.metric_type.as_deref());
+    if t.name.as_deref() == Some("") {
+        p.add(at, "name is empty; remove it or give a value");
+    }
     let queue_length = t.queue_length.unwrap_or(defaults::QUEUE_LENGTH);
     if queue_length <= 0 {
         p.add(at, format!("queue_length ({queue_length}) must be greater than 0"));
@@ -647,6 +684,7 @@ fn validate_trigger(
             scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
             scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
             metric_type,
+            name: t.name.clone().filter(|n| !n.is_empty()),
         },
         QueueSource {
             url,
@@ -659,6 +697,23 @@ fn validate_trigger(
             direct: aws.direct_path,
         },
     ))
+}
+
+/// `metric_type` of a trigger or of `scaling_modifiers`.
+fn metric_type(p: &mut Problems, at: &str, key: &str, raw: Option<&str>) -> MetricType {
+    match raw {
+        None | Some("AverageValue") => MetricType::AverageValue,
+        Some("Value") => MetricType::Value,
+        Some(other) => {
+            p.add(
+                at,
+                format!(
+                    "{key} ({other:?}) must be \"AverageValue\" or \"Value\" (an external metric has no Utilization)"
+                ),
+            );
+            MetricType::AverageValue
+        }
+    }
 }
 
 /// Why a `queue_url` names no queue.

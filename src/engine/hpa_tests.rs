@@ -175,6 +175,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
         triggers: triggers
             .into_iter()
             .map(|t| crate::engine::TriggerPolicy {
+                name: None,
                 queue_length: t,
                 activation_queue_length: 0,
                 scale_on_in_flight: true,
@@ -182,6 +183,7 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
                 metric_type: crate::engine::MetricType::AverageValue,
             })
             .collect(),
+        modifiers: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! The references are `../shared/spec/keda.md` (phase K) and `../shared/spec/hpa.md`
 //! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
 
+pub mod formula;
 pub mod hpa;
 
 use std::time::Duration;
@@ -57,11 +58,28 @@ pub struct Policy {
     pub tolerances: Tolerances,
     /// One entry per trigger, in rule order; observations use the same order.
     pub triggers: Vec<TriggerPolicy>,
+    /// `scaling_modifiers`: one composite metric instead of one per trigger.
+    pub modifiers: Option<Box<Modifiers>>,
+}
+
+/// KEDA's `scalingModifiers` (`../shared/spec/keda.md` §2.11): a formula over the named
+/// triggers' metrics gives one composite metric, which alone decides activity and what
+/// the HPA proposes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Modifiers {
+    pub formula: formula::Formula,
+    /// The composite's target: per replica (AverageValue) or in total (Value).
+    pub target: f64,
+    /// Active when the composite is strictly above it.
+    pub activation_target: f64,
+    pub metric_type: MetricType,
 }
 
 /// The per-trigger numbers of an `aws-sqs-queue` trigger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TriggerPolicy {
+    /// The trigger's `name`: its variable in a `scaling_modifiers` formula.
+    pub name: Option<String>,
     /// `queue_length`: messages per replica (the HPA AverageValue target), > 0.
     pub queue_length: u64,
     /// `activation_queue_length`: active when the backlog is strictly above it.
@@ -470,6 +488,11 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
 
     // 2. Triggers.
     let triggers = evaluate_triggers(policy, &mut next, obs);
+    let backlog = triggers.iter().filter(|t| !t.failed && !t.fallback).map(|t| t.backlog).reduce(u64::saturating_add);
+    let triggers = match &policy.modifiers {
+        Some(m) => vec![composite(policy, m, &triggers, obs)],
+        None => triggers,
+    };
     let held = obs.overrides;
     // KEDA's `isActive || force-activation`: the executor's active branch, whatever the
     // queues say; the HPA still sizes on them (raw 0 is clamped to max(min, 1)).
@@ -477,8 +500,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     let is_error = triggers.iter().any(|t| t.failed);
     let fallback_active = triggers.iter().any(|t| t.fallback);
     decision.active = is_active;
-    decision.backlog =
-        triggers.iter().filter(|t| !t.failed && !t.fallback).map(|t| t.backlog).reduce(u64::saturating_add);
+    decision.backlog = backlog;
 
     // 3. Phase K.
     let mut cooling_down = false;
@@ -666,6 +688,49 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation) -> Ve
             }
         })
         .collect()
+}
+
+/// KEDA's `composite-metric`: the formula over the triggers' metrics, one metric for the
+/// HPA, and the only one activity looks at (strictly above `activation_target`). A failed
+/// trigger makes it fail (KEDA: `isActive = !isError && ...`); with the fallback in
+/// effect the formula is skipped and the composite is `target * R`. A formula that fails
+/// at run time fails the poll: nothing scales in on it.
+fn composite(policy: &Policy, m: &Modifiers, triggers: &[TriggerResult], obs: &Observation) -> TriggerResult {
+    let failed = TriggerResult { backlog: 0, active: false, failed: true, fallback: false, proposal: None };
+    if triggers.iter().any(|t| t.failed) {
+        return failed;
+    }
+    let fallback = triggers.iter().any(|t| t.fallback);
+    let value = if fallback {
+        m.target * f64::from(policy.fallback.map_or(0, |fb| fb.replicas_for(obs.replicas)))
+    } else {
+        let vars =
+            policy.triggers.iter().zip(triggers).filter_map(|(p, t)| Some((p.name.as_deref()?, t.backlog as f64)));
+        match m.formula.eval(vars) {
+            // KEDA reports NaN, infinities and negative values as 0 (since 2.20.2).
+            Ok(v) if v.is_finite() => v.max(0.0),
+            Ok(_) => 0.0,
+            Err(_) => return failed,
+        }
+    };
+    // In milli-units, as KEDA hands metrics (and the target) to the HPA.
+    let usage = (value * 1000.0).round() as i64;
+    let target = (m.target * 1000.0) as i64;
+    let proposal = match m.metric_type {
+        MetricType::AverageValue => {
+            Some(hpa::average_value_replicas(usage, target, obs.status_replicas, policy.tolerances))
+        }
+        MetricType::Value => {
+            hpa::value_replicas(usage, target, obs.replicas, obs.status_replicas, obs.ready_replicas, policy.tolerances)
+        }
+    };
+    TriggerResult {
+        backlog: value.ceil() as u64,
+        active: value > m.activation_target,
+        failed: false,
+        fallback,
+        proposal,
+    }
 }
 
 fn proposal(triggers: &[TriggerResult]) -> Option<u32> {

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 fn trigger(queue_length: u64, activation: i64) -> TriggerPolicy {
     TriggerPolicy {
+        name: None,
         queue_length,
         activation_queue_length: activation,
         scale_on_in_flight: true,
@@ -28,6 +29,7 @@ fn policy() -> Policy {
         legacy_downscale_window: Duration::ZERO,
         tolerances: Tolerances::default(),
         triggers: vec![trigger(5, 0)],
+        modifiers: None,
     }
 }
 
@@ -451,8 +453,44 @@ fn tv25_annotation_parsing() {
     assert_eq!(sim.poll(10, Some(100)).replicas(), 2);
 }
 
-// TV-32 (scalingModifiers) and TV-35 (restoreToOriginalReplicaCount) are not in the
-// engine: see the README's "Where sqscale decides differently".
+// TV-35 (restoreToOriginalReplicaCount) acts when a rule is removed, outside the
+// engine: tests/it/supervisor.rs.
+
+/// TV-32 (scalingModifiers): triggers q1 and q2, formula `q1 + q2`, target 10,
+/// activation target 5, M=10. The composite alone decides activity (5 is not above 5;
+/// the triggers' own activation thresholds do not count) and sizes the target; a failed
+/// trigger makes the rule inactive whatever the other says.
+#[test]
+fn tv32_scaling_modifiers() {
+    let p = with(|p| {
+        p.max = 10;
+        p.triggers = vec![trigger(5, 0), trigger(7, 0)];
+        p.triggers[0].name = Some("q1".to_owned());
+        p.triggers[1].name = Some("q2".to_owned());
+        p.modifiers = Some(Box::new(Modifiers {
+            formula: formula::Formula::compile("q1 + q2", ["q1", "q2"]).unwrap(),
+            target: 10.0,
+            activation_target: 5.0,
+            metric_type: MetricType::AverageValue,
+        }));
+    });
+    let q = |a: u64, b: u64| vec![visible(a), visible(b)];
+    let mut sim = Sim::new(p.clone(), 0);
+    let d = sim.poll_all(0, q(3, 2));
+    assert_eq!((d.replicas(), d.active), (0, false));
+    let d = sim.poll_all(10, q(3, 3));
+    assert_eq!((d.replicas(), d.active, d.reason), (1, true, Reason::Activated));
+    assert_eq!(sim.poll_all(20, q(3, 3)).replicas(), 1, "raw ceil(6 / 10) = 1");
+    assert_eq!(sim.poll_all(30, q(40, 20)).replicas(), 4, "raw 6, limit 4");
+    assert_eq!(sim.poll_all(40, q(40, 20)).replicas(), 6);
+    let d = sim.poll_all(50, vec![None, visible(1000)]);
+    assert_eq!((d.replicas(), d.active), (6, false), "q1 failed: inactive, nothing moves");
+    // Without the modifiers each trigger sizes on its own: max(ceil(43 / 5), ceil(20 / 7)).
+    let mut plain = Sim::new(with(|p| p.triggers = vec![trigger(5, 0), trigger(7, 0)]), 9);
+    assert_eq!(plain.poll_all(0, q(43, 20)).proposal, Some(9));
+    let mut sim = Sim::new(p, 9);
+    assert_eq!(sim.poll_all(0, q(43, 20)).proposal, Some(7), "ceil((43 + 20) / 10)");
+}
 
 /// TV-36 (`metric_type = "Value"`, explosive growth): T=5, M=20, r=2, ready = r, Q=30
 /// throughout. The ratio is 30 / 5 = 6 at every poll and multiplies the ready pods:

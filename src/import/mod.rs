@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::Value;
 
 use crate::config::raw::{
-    RawBehavior, RawConfig, RawDuration, RawFallback, RawPolicy, RawRule, RawScalingRules, RawTarget, RawTrigger,
+    RawBehavior, RawConfig, RawDuration, RawFallback, RawPolicy, RawRule, RawScalingModifiers, RawScalingRules,
+    RawTarget, RawTrigger,
 };
 
 /// KEDA's API group; objects of any other group are not KEDA's and are passed over.
@@ -501,11 +502,10 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         .filter(|b| !b.is_null())
         .map(|b| convert_behavior(b, &mut problems));
     let restore = spec.pointer("/advanced/restoreToOriginalReplicaCount").and_then(Value::as_bool) == Some(true);
-    if spec.pointer("/advanced/scalingModifiers").is_some_and(|m| !m.is_null()) {
-        notes.push(
-            "scalingModifiers: sqscale has no formula; each trigger sizes the target and the largest wins".to_owned(),
-        );
-    }
+    let scaling_modifiers = spec
+        .pointer("/advanced/scalingModifiers")
+        .filter(|m| !m.is_null())
+        .map(|m| convert_modifiers(m, &mut problems));
     let annotated = convert_annotations(so, &target, &mut notes);
     let key = |on: bool| on.then_some(true);
 
@@ -524,11 +524,31 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         paused_scale_out: key(annotated.overrides.paused_scale_out),
         force_activation: key(annotated.overrides.force_activation),
         restore_to_original_replica_count: key(restore),
+        scaling_modifiers,
         fallback,
         behavior,
         trigger: Some(triggers),
     };
     Converted { rule: Some(rule), notes, problems }
+}
+
+/// `advanced.scalingModifiers`: KEDA's strings (`target: "10"`) as numbers.
+fn convert_modifiers(m: &Value, problems: &mut Vec<String>) -> RawScalingModifiers {
+    let mut number = |field: &str| match m.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(v) => v.as_str().and_then(|s| s.trim().parse::<f64>().ok()).or_else(|| {
+            problems.push(format!("advanced.scalingModifiers.{field} ({v}) is not a number"));
+            None
+        }),
+    };
+    RawScalingModifiers {
+        target: number("target"),
+        activation_target: number("activationTarget"),
+        formula: str_at(m, "/formula").map(str::to_owned),
+        metric_type: str_at(m, "/metricType").filter(|t| !t.is_empty()).map(str::to_owned),
+    }
 }
 
 fn convert_target(spec: &Value, namespace: &str, problems: &mut Vec<String>) -> Option<RawTarget> {
@@ -575,7 +595,7 @@ fn convert_fallback(spec: &Value, notes: &mut Vec<String>, problems: &mut Vec<St
     let behavior = match str_at(f, "/behavior").filter(|b| !b.is_empty()) {
         Some("scalingModifiers") => {
             notes.push(
-                "fallback.behavior scalingModifiers: sqscale has no formula; the fallback replicas apply as with static"
+                "fallback.behavior scalingModifiers (failed triggers passed to the formula as nil) is not supported; the fallback replicas apply as with static"
                     .to_owned(),
             );
             None
@@ -832,6 +852,7 @@ fn convert_trigger(
     }
     Some(RawTrigger {
         kind: Some(SQS_TRIGGER.to_owned()),
+        name: str_at(t, "/name").filter(|n| !n.is_empty()).map(str::to_owned),
         queue_url,
         queue_length,
         activation_queue_length,
