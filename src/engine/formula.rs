@@ -26,16 +26,30 @@ impl std::fmt::Debug for Formula {
 /// Why a formula does not compile or does not give a number.
 #[derive(Debug, thiserror::Error)]
 pub enum FormulaError {
-    #[error("{}", first_line(.0))]
-    Expr(#[from] expr::Error),
+    /// Not a source: the message says it all on one line (see [`describe`]).
+    #[error("{}", describe(.0))]
+    Expr(expr::Error),
     #[error("gives {0}, not a number")]
     NotANumber(String),
 }
 
-/// The parser's message up to its source snippet (the caller names the formula).
-fn first_line(e: &expr::Error) -> String {
+impl From<expr::Error> for FormulaError {
+    fn from(e: expr::Error) -> FormulaError {
+        FormulaError::Expr(e)
+    }
+}
+
+/// The error on one line: a syntax error's multi-line snippet (` --> 1:23`, the source,
+/// a caret, `= expected expr`) becomes `expected expr at 1:23` (the caller names the
+/// formula).
+fn describe(e: &expr::Error) -> String {
     let text = e.to_string();
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "|").collect::<Vec<_>>().join(" ")
+    let at = text.lines().find_map(|l| l.trim().strip_prefix("--> "));
+    let what = text.lines().find_map(|l| l.trim().strip_prefix("= "));
+    match (at, what) {
+        (Some(at), Some(what)) => format!("{what} at {at}"),
+        _ => text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "),
+    }
 }
 
 impl Formula {
@@ -97,7 +111,7 @@ mod tests {
     fn bad_formulas_fail_to_compile() {
         let err = |f: &str| Formula::compile(f, ["q1"]).unwrap_err().to_string();
         assert!(err("q1 + q3").contains("unknown variable: q3"), "{}", err("q1 + q3"));
-        assert!(err("q1 +").contains("expected"), "{}", err("q1 +"));
+        assert_eq!(err("q1 > 1 ? q1 :"), "expected expr at 1:14");
         assert_eq!(err("q1 > 1"), "gives false, not a number");
         assert!(Formula::compile("q1 * 2", ["q1"]).is_ok());
     }
