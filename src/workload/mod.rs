@@ -220,6 +220,14 @@ mod tests {
         assert_eq!(v.scale_status_replicas(), 0);
         let v = view_of(count(&json!(5)), count(&json!(null)), |_| None, None);
         assert_eq!((v.replicas, v.scale_status_replicas()), (5, 0));
+        assert_eq!(v.overrides, Overrides::default());
+
+        // The one-way pauses and forced activation, read as KEDA reads its annotations.
+        ann.insert(PAUSED_SCALE_IN.to_owned(), "true".to_owned());
+        ann.insert(FORCE_ACTIVATION.to_owned(), "yes".to_owned());
+        ann.insert(PAUSED_SCALE_OUT.to_owned(), "false".to_owned());
+        let v = view_of(count(&json!(2)), None, |k| ann.get(k).map(String::as_str), None);
+        assert_eq!(v.overrides, Overrides { paused_scale_in: true, paused_scale_out: false, force_activation: true });
     }
 
     #[test]

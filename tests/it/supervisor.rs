@@ -611,3 +611,23 @@ async fn a_dry_run_neither_records_nor_restores() {
     assert_eq!((w.targets.replicas("b"), w.targets.get("b").writes.len()), (3, 0));
     assert_eq!(w.targets.originals.lock().unwrap().get("b"), Some(&1));
 }
+
+/// Issue 25, items 2 and 3 through the worker: the rule's `paused_scale_in` holds a
+/// target the empty queue would take to zero, and `force_activation` activates one at
+/// zero whatever the queue says.
+#[tokio::test(start_paused = true)]
+async fn rule_keys_pause_scale_in_and_force_activation() {
+    let w = World::new();
+    w.queues.set("qa", Some(0));
+    w.queues.set("qb", Some(0));
+    w.targets.add("a", 3);
+    w.targets.add("b", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(
+        config(&[rule("a", "qa", "paused_scale_in = true"), rule("b", "qb", "force_activation = true")]),
+        w.deps(false),
+    );
+    after_poll(start, 60).await;
+    assert_eq!((w.targets.replicas("a"), w.targets.get("a").writes.len()), (3, 0), "held: no step to zero");
+    assert_eq!(w.targets.get("b").writes, [1], "activated from zero, and kept there");
+}
