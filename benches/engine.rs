@@ -29,12 +29,15 @@ fn policy(behavior: bool) -> Policy {
         tolerances: Tolerances::default(),
         activation_polls: 1,
         triggers: vec![TriggerPolicy {
+            name: None,
             queue_length: 5,
             activation_queue_length: 0,
             scale_on_in_flight: true,
             scale_on_delayed: false,
+            metric_type: Default::default(),
         }],
         schedules: Box::default(),
+        modifiers: None,
     }
 }
 
@@ -47,7 +50,9 @@ fn hour(policy: &Policy) -> u32 {
         let obs = Observation {
             replicas,
             status_replicas: replicas,
+            ready_replicas: replicas,
             pause: Pause::No,
+            overrides: Default::default(),
             queues: vec![Some(Counts { visible: backlog, in_flight: 3, delayed: 0 })],
         };
         let now = Time(i * 10_000);
@@ -109,7 +114,9 @@ fn round(config: &sqscale::config::Config, groups: &sqscale::group::Groups, stat
         let obs = Observation {
             replicas: 2,
             status_replicas: 2,
+            ready_replicas: 2,
             pause: Pause::No,
+            overrides: Default::default(),
             queues: vec![Some(Counts { visible: backlog, in_flight: 0, delayed: 0 })],
         };
         let (_, d) = decide(&rule.policy, state, &obs, Time(10_000));

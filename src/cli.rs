@@ -186,9 +186,13 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
         let mut problems = Vec::new();
         let mut facts = Vec::new();
         for (t, q) in rule.policy.triggers.iter().zip(&rule.triggers) {
+            // Whose credentials read it: a role's trust policy (an ExternalId it asks
+            // for) is the usual reason one trigger reads and another does not.
             match sqs.read(q, Attrs::of(t)).await {
-                Ok(c) => facts.push(format!("queue {} has {} messages", q.name, t.backlog(&c))),
-                Err(e) => problems.push(format!("{e} [{}]", e.kind())),
+                Ok(c) => {
+                    facts.push(format!("queue {} has {} messages (read as {})", q.name, t.backlog(&c), q.identity()))
+                }
+                Err(e) => problems.push(format!("{e} [{}] (read as {})", e.kind(), q.identity())),
             }
         }
         match kube.read(ctx, &rule.target).await {

@@ -130,6 +130,23 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         self.workers.insert(rule.name.clone(), Running { rule, cancel, task });
     }
 
+    /// Once `old`'s worker has stopped (its poll in flight may still write), puts its
+    /// target back to the original replica count. Tracked as a worker is: a shutdown
+    /// waits for it, and the context's lease is kept until it is done.
+    fn restore_after(&self, old: Running) {
+        let ctx = old.rule.context.clone();
+        let lead = self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(ctx.as_deref()));
+        let deps = self.deps.clone();
+        let work = async move {
+            let _ = old.task.await;
+            worker::restore_original(&old.rule, &deps, &lead).await;
+        };
+        match self.leader.as_ref().and_then(|l| l.users(ctx.as_deref())) {
+            Some(users) => drop(self.tracker.spawn(users.track_future(work))),
+            None => drop(self.tracker.spawn(work)),
+        }
+    }
+
     /// Tells the electors which kube contexts `rules` use.
     fn set_contexts(&mut self, rules: &[Arc<Rule>]) {
         if let Some(leader) = &mut self.leader {
@@ -209,8 +226,15 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             })
             .collect();
         let removed = self.workers.len();
-        for (_, running) in self.workers.drain() {
-            running.cancel.cancel();
+        let gone: Vec<Running> = self.workers.drain().map(|(_, r)| r).collect();
+        for old in gone {
+            old.cancel.cancel();
+            // KEDA's finalizer: a removed rule that restores puts its target back, unless
+            // a rule of the new file scales the same target.
+            let retaken = running.iter().any(|r| r.context == old.rule.context && r.target == old.rule.target);
+            if old.rule.restore_to_original_replica_count && !retaken {
+                self.restore_after(old);
+            }
         }
         self.workers = keep;
         self.deps.queues.set_needs(&running);

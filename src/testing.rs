@@ -43,10 +43,11 @@ pub fn signature(canonical_request: &str, amz_date: &str, region: &str, service:
 
 /// A scripted HTTP/1.1 server on 127.0.0.1: the `n`-th request (from 0) gets `answer(n)`,
 /// a status and an AWS JSON body, or no answer at all (`None`: the connection is held
-/// open and silent). Keeps each request's head (lower-cased).
+/// open and silent). Keeps each request's head (lower-cased) and body.
 pub struct TinyServer {
     pub url: String,
-    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Per request, its head and its body.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 type Answer = dyn Fn(usize) -> Option<(u16, String)> + Send + Sync;
@@ -82,14 +83,19 @@ impl TinyServer {
 
     /// The header `name` (lower case) of every request so far, in order.
     pub fn header(&self, name: &str) -> Vec<Option<String>> {
-        self.heads.lock().unwrap().iter().map(|head| header_in(head, name)).collect()
+        self.heads.lock().unwrap().iter().map(|(head, _)| header_in(head, name)).collect()
+    }
+
+    /// The body of every request so far, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.heads.lock().unwrap().iter().map(|(_, body)| body.clone()).collect()
     }
 
     async fn serve(
         mut conn: tokio::net::TcpStream,
         answer: std::sync::Arc<Answer>,
         headers: std::sync::Arc<str>,
-        seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
     ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut buf = Vec::new();
@@ -114,10 +120,11 @@ impl TinyServer {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
+            let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
             buf.drain(..head_end + length);
             let n = {
                 let mut heads = seen.lock().unwrap();
-                heads.push(head);
+                heads.push((head, body));
                 heads.len() - 1
             };
             let Some((status, body)) = answer(n) else {

@@ -193,6 +193,8 @@ struct Worker<Q, T> {
     events: TaskTracker,
     /// The last turn was skipped as a cold standby.
     standing_by: bool,
+    /// The target's original replica count is stored (`restore_to_original_replica_count`).
+    original_recorded: bool,
 }
 
 impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
@@ -212,6 +214,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             scale_failures: Streak::default(),
             events: TaskTracker::new(),
             standing_by: false,
+            original_recorded: false,
         }
     }
 
@@ -258,6 +261,10 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         if let Some(mut view) = view {
             self.read_failures.ok();
             self.adopt_last_active(&view, now);
+            if rule.restore_to_original_replica_count && !self.original_recorded {
+                // Before this poll can write: the count sqscale found, not one it made.
+                Box::pin(self.record_original(view.replicas)).await;
+            }
             let queues = self.read_queues().await;
             match queues.iter().find_map(|r| r.as_ref().err()) {
                 Some(e) => {
@@ -274,7 +281,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             let mut obs = Observation {
                 replicas: view.replicas,
                 status_replicas: view.scale_status_replicas(),
+                ready_replicas: view.ready_replicas.unwrap_or(0),
                 pause: if rule.paused { Pause::Frozen } else { view.pause },
+                overrides: view.overrides.union(rule.overrides),
                 queues: queues.into_iter().map(Result::ok).collect(),
             };
             let mut round = 1;
@@ -293,7 +302,9 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
                             debug!(rule = %rule.name, target = %rule.target, round, "the target changed under the write; deciding again");
                             self.adopt_last_active(&fresh, now);
                             (obs.replicas, obs.status_replicas) = (fresh.replicas, fresh.scale_status_replicas());
+                            obs.ready_replicas = fresh.ready_replicas.unwrap_or(0);
                             obs.pause = if rule.paused { Pause::Frozen } else { fresh.pause };
+                            obs.overrides = fresh.overrides.union(rule.overrides);
                             view = fresh;
                             report.scale_error = None;
                             continue;
@@ -491,6 +502,33 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         }
     }
 
+    /// Stores the target's replica count as its original, unless one is stored already
+    /// (by an earlier run, or another instance): KEDA records `originalReplicaCount` once,
+    /// when it first finds the target. Only where writes are allowed (not in a dry run,
+    /// not on a standby: the leader records it).
+    async fn record_original(&mut self, replicas: u32) {
+        let Some(budget) = self.write_budget() else {
+            return;
+        };
+        let (ctx, target) = (self.rule.context.as_deref(), &self.rule.target);
+        let stored = match self.deps.targets.original_replicas(ctx, target).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(rule = %self.rule.name, target = %target, error = %e, kind = e.kind(), "reading the original replica count failed");
+                return;
+            }
+        };
+        if stored.is_none() {
+            let write = self.deps.targets.set_original_replicas(ctx, target, Some(replicas), &self.lead);
+            if let Err(e) = bounded(target, budget, write).await {
+                warn!(rule = %self.rule.name, target = %target, error = %e, kind = e.kind(), "recording the original replica count failed");
+                return;
+            }
+            info!(rule = %self.rule.name, target = %target, replicas, "recorded the original replica count, restored when the rule is removed");
+        }
+        self.original_recorded = true;
+    }
+
     /// Reads every trigger's queue concurrently.
     async fn read_queues(&self) -> Vec<Result<Counts, SourceError>> {
         let triggers = &self.rule.policy.triggers;
@@ -517,6 +555,50 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             warn!(rule = %rule.name, target = %rule.target, error = %e, kind = e.kind(), "reading the queue failed");
         }
         result
+    }
+}
+
+/// Puts the target of a removed rule back to its original replica count (KEDA's
+/// finalizer with `restoreToOriginalReplicaCount`), then forgets that count, so a rule
+/// added later records the count of its own time. Called once the rule's worker has
+/// stopped; a failure is logged, as KEDA logs it.
+pub async fn restore_original<Q, T: ScaleTarget>(rule: &Rule, deps: &Deps<Q, T>, lead: &Leadership) {
+    let (ctx, target) = (rule.context.as_deref(), &rule.target);
+    let original = match deps.targets.original_replicas(ctx, target).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            info!(rule = %rule.name, target = %target, "removed; no original replica count stored, so the target stays as it is");
+            return;
+        }
+        Err(e) => {
+            warn!(rule = %rule.name, target = %target, error = %e, kind = e.kind(), "removed; reading the original replica count failed, so the target stays as it is");
+            return;
+        }
+    };
+    let budget = || if deps.dry_run { None } else { lead.budget(deps.call_timeout) };
+    if budget().is_none() {
+        info!(rule = %rule.name, target = %target, to = original, "removed; would restore the original replica count, but may not write (dry run or standby)");
+        return;
+    }
+    let view = match deps.targets.read_fresh(ctx, target).await {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(rule = %rule.name, target = %target, error = %e, kind = e.kind(), "removed; reading the target failed, so it stays as it is");
+            return;
+        }
+    };
+    if view.replicas != original {
+        let Some(left) = budget() else { return };
+        let write = deps.targets.scale(ctx, target, original, view.resource_version.as_deref());
+        if let Err(e) = bounded(target, left, write).await {
+            warn!(rule = %rule.name, target = %target, error = %e, kind = e.kind(), to = original, "removed; restoring the original replica count failed");
+            return;
+        }
+        info!(rule = %rule.name, target = %target, from = view.replicas, to = original, "removed; restored the original replica count");
+    }
+    let Some(left) = budget() else { return };
+    if let Err(e) = bounded(target, left, deps.targets.set_original_replicas(ctx, target, None, lead)).await {
+        warn!(rule = %rule.name, target = %target, error = %e, kind = e.kind(), "forgetting the original replica count failed");
     }
 }
 

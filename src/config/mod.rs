@@ -93,6 +93,8 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
+    /// The ExternalId sent with AssumeRole of `role_arn` (its trust policy may ask for one).
+    pub external_id: Option<String>,
     /// Poll with the direct `GetQueueAttributes` path (`true`, the default) or only
     /// through the SDK.
     pub direct_path: bool,
@@ -100,7 +102,14 @@ pub struct AwsSettings {
 
 impl Default for AwsSettings {
     fn default() -> Self {
-        AwsSettings { region: None, endpoint_url: None, profile: None, role_arn: None, direct_path: true }
+        AwsSettings {
+            region: None,
+            endpoint_url: None,
+            profile: None,
+            role_arn: None,
+            external_id: None,
+            direct_path: true,
+        }
     }
 }
 
@@ -165,6 +174,11 @@ pub struct Rule {
     pub group: Option<String>,
     /// Within its group, free capacity goes to higher priority first.
     pub priority: i32,
+    /// `paused_scale_in`, `paused_scale_out`, `force_activation`.
+    pub overrides: crate::engine::Overrides,
+    /// When the rule is removed (a reload), put the target back to the replicas it had
+    /// when the rule first took it (KEDA's `restoreToOriginalReplicaCount`).
+    pub restore_to_original_replica_count: bool,
     pub policy: Policy,
     /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
     pub triggers: Vec<QueueSource>,
@@ -218,6 +232,8 @@ pub struct QueueSource {
     pub endpoint: Option<String>,
     pub profile: Option<String>,
     pub role_arn: Option<String>,
+    /// The ExternalId AssumeRole of `role_arn` sends; never set without `role_arn`.
+    pub external_id: Option<String>,
     /// `[aws] direct_path`.
     pub direct: bool,
 }
@@ -226,6 +242,21 @@ impl QueueSource {
     /// The queue as people name it: its URL if known, else its name.
     pub fn display(&self) -> &str {
         self.url.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whose credentials read the queue, as `check --remote` says it: the role assumed
+    /// (and whether an ExternalId goes with it; the value itself is not shown), from
+    /// which credentials.
+    pub fn identity(&self) -> String {
+        let base = match &self.profile {
+            Some(p) => format!("profile {p:?}"),
+            None => "the default credential chain".to_owned(),
+        };
+        match (&self.role_arn, &self.external_id) {
+            (Some(role), Some(_)) => format!("role {role} with an ExternalId, assumed from {base}"),
+            (Some(role), None) => format!("role {role}, assumed from {base}"),
+            (None, _) => base,
+        }
     }
 }
 
@@ -431,6 +462,7 @@ impl Config {
                 endpoint_url: self.aws.endpoint_url.clone(),
                 profile: self.aws.profile.clone(),
                 role_arn: self.aws.role_arn.clone(),
+                external_id: self.aws.external_id.clone(),
                 direct_path: Some(self.aws.direct_path),
             }),
             server: Some(RawServer { listen: Some(self.server.listen.map(|a| a.to_string()).unwrap_or_default()) }),
@@ -470,6 +502,16 @@ impl Config {
                     activation_polls: Some(i64::from(r.policy.activation_polls)),
                     group: r.group.clone(),
                     priority: r.group.as_ref().map(|_| i64::from(r.priority)),
+                    paused_scale_in: Some(r.overrides.paused_scale_in),
+                    paused_scale_out: Some(r.overrides.paused_scale_out),
+                    force_activation: Some(r.overrides.force_activation),
+                    restore_to_original_replica_count: Some(r.restore_to_original_replica_count),
+                    scaling_modifiers: r.policy.modifiers.as_ref().map(|m| RawScalingModifiers {
+                        formula: Some(m.formula.source().to_owned()),
+                        target: Some(m.target),
+                        activation_target: Some(m.activation_target),
+                        metric_type: Some(m.metric_type.as_str().to_owned()),
+                    }),
                     fallback: r.policy.fallback.map(|f| RawFallback {
                         failure_threshold: Some(i64::from(f.failure_threshold)),
                         replicas: Some(i64::from(f.replicas)),
@@ -490,6 +532,7 @@ impl Config {
                             .zip(&r.triggers)
                             .map(|(t, q)| RawTrigger {
                                 kind: Some("aws-sqs-queue".to_owned()),
+                                name: t.name.clone(),
                                 queue_url: Some(q.display().to_owned()),
                                 queue_length: Some(t.queue_length as i64),
                                 activation_queue_length: Some(t.activation_queue_length),
@@ -498,6 +541,8 @@ impl Config {
                                 aws_region: Some(q.region.clone()),
                                 aws_endpoint: q.endpoint.clone(),
                                 role_arn: q.role_arn.clone(),
+                                external_id: q.external_id.clone(),
+                                metric_type: Some(t.metric_type.as_str().to_owned()),
                             })
                             .collect(),
                     ),

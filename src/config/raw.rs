@@ -61,6 +61,8 @@ pub struct RawAws {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub direct_path: Option<bool>,
 }
 
@@ -125,6 +127,16 @@ pub struct RawRule {
     pub group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_scale_in: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_scale_out: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_activation: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_to_original_replica_count: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling_modifiers: Option<RawScalingModifiers>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<RawFallback>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -212,10 +224,25 @@ pub struct RawPolicy {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a table with formula, target, activation_target and metric_type")]
+pub struct RawScalingModifiers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formula: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_target: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(expecting = "a [[rule.trigger]] table")]
 pub struct RawTrigger {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,4 +259,8 @@ pub struct RawTrigger {
     pub aws_endpoint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<String>,
 }

@@ -457,3 +457,115 @@ fn a_write_budget_past_what_the_limiter_keeps_is_a_problem() {
     let c = from_str(&format!("[kubernetes]\nqps = 0.001\nburst = 1000000\n{}", one_rule("", ""))).unwrap();
     crate::workload::kube::WriteLimit::new(c.kubernetes.qps, c.kubernetes.burst);
 }
+
+/// Issue 25, item 1: `external_id` beside `role_arn`, in `[aws]` and on a trigger. A
+/// trigger with a role of its own does not take `[aws]`'s ExternalId (it belongs to
+/// `[aws]`'s role); without any role it is an error naming the key. Before, the key was
+/// unknown.
+#[test]
+fn external_id_goes_with_its_role() {
+    let aws = "[aws]\nrole_arn = \"arn:aws:iam::123456789012:role/shared\"\nexternal_id = \"shared-id\"\n";
+    let toml = format!(
+        "{aws}{}[[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/b\"\nrole_arn = \"arn:aws:iam::123456789012:role/own\"\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/c\"\nrole_arn = \"arn:aws:iam::123456789012:role/own\"\nexternal_id = \"own-id\"\n",
+        one_rule("", "")
+    );
+    let c = from_str(&toml).unwrap();
+    let ids: Vec<_> = c.rules[0].triggers.iter().map(|q| (q.role_arn.as_deref(), q.external_id.as_deref())).collect();
+    assert_eq!(
+        ids,
+        [
+            (Some("arn:aws:iam::123456789012:role/shared"), Some("shared-id")),
+            (Some("arn:aws:iam::123456789012:role/own"), None),
+            (Some("arn:aws:iam::123456789012:role/own"), Some("own-id")),
+        ]
+    );
+    assert_eq!(
+        c.rules[0].triggers[2].identity(),
+        "role arn:aws:iam::123456789012:role/own with an ExternalId, assumed from the default credential chain"
+    );
+    // `check` prints them resolved, and the printed file reads back the same.
+    let resolved = c.resolved_toml();
+    assert!(resolved.contains("external_id = \"own-id\""), "{resolved}");
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&format!("[aws]\nexternal_id = \"x1\"\n{}", one_rule("", "external_id = \"x\"")));
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(p.iter().any(|m| m.starts_with("[aws]: external_id is set without role_arn")), "{p:#?}");
+    assert!(
+        p.iter().any(|m| m.starts_with("rule \"orders\": trigger 1: external_id is set without role_arn")),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("external_id (\"x\") must be 2 to 1224 characters")), "{p:#?}");
+}
+
+/// Issue 25, items 2, 3 and 6: the one-way pauses and forced activation as rule keys
+/// (from `[defaults]` too), and `metric_type` on a trigger; `check` prints them resolved.
+/// Before, each was an unknown key.
+#[test]
+fn one_way_pauses_force_activation_and_metric_type() {
+    let toml = format!(
+        "[defaults]\npaused_scale_in = true\n{}",
+        one_rule("force_activation = true", "metric_type = \"Value\"")
+    );
+    let c = from_str(&toml).unwrap();
+    let r = &c.rules[0];
+    assert_eq!(
+        r.overrides,
+        crate::engine::Overrides { paused_scale_in: true, paused_scale_out: false, force_activation: true }
+    );
+    assert_eq!(r.policy.triggers[0].metric_type, crate::engine::MetricType::Value);
+    let resolved = c.resolved_toml();
+    for line in
+        ["paused_scale_in = true", "paused_scale_out = false", "force_activation = true", "metric_type = \"Value\""]
+    {
+        assert!(resolved.contains(line), "{line} in\n{resolved}");
+    }
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&one_rule("", "metric_type = \"Utilization\""));
+    assert_eq!(
+        p,
+        [
+            r#"rule "orders": trigger 1: metric_type ("Utilization") must be "AverageValue" or "Value" (an external metric has no Utilization)"#
+        ]
+    );
+}
+
+/// Issue 25, item 4: `scaling_modifiers` over named triggers, the formula compiled and
+/// run once at load (KEDA's validation): a syntax error, an unknown trigger name, a
+/// missing target are `check` errors naming the rule, all at once. Before, unknown keys.
+#[test]
+fn scaling_modifiers_are_validated_at_load() {
+    let rule = |modifiers: &str| {
+        format!(
+            "[[rule]]\nname = \"orders\"\ntarget = {{ name = \"w\" }}\n{modifiers}\n\
+             [[rule.trigger]]\nname = \"q1\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/a\"\n\
+             [[rule.trigger]]\nname = \"q2\"\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/b\"\n"
+        )
+    };
+    let c = from_str(&rule("scaling_modifiers = { formula = \"q1 > 2 ? q1 + q2 : 0\", target = 10 }")).unwrap();
+    let m = c.rules[0].policy.modifiers.as_ref().unwrap();
+    assert_eq!((m.formula.source(), m.target, m.activation_target), ("q1 > 2 ? q1 + q2 : 0", 10.0, 0.0));
+    assert_eq!(c.rules[0].policy.triggers[1].name.as_deref(), Some("q2"));
+    let resolved = c.resolved_toml();
+    assert!(resolved.contains("formula = \"q1 > 2 ? q1 + q2 : 0\""), "{resolved}");
+    assert_eq!(from_str(&resolved).unwrap(), c);
+
+    let p = problems(&rule("scaling_modifiers = { formula = \"q1 + q3\", metric_type = \"Utilization\" }"));
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("rule \"orders\": scaling_modifiers.formula (\"q1 + q3\"):") && m.contains("q3")),
+        "{p:#?}"
+    );
+    assert!(
+        p.contains(&"rule \"orders\": scaling_modifiers.target is required when scaling_modifiers is set".to_owned()),
+        "{p:#?}"
+    );
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.metric_type (\"Utilization\")")), "{p:#?}");
+    let p = problems(&rule("scaling_modifiers = { formula = \"q1 +\", target = 0 }"));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.formula (\"q1 +\")")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("scaling_modifiers.target (0) must be a number greater than 0")), "{p:#?}");
+}

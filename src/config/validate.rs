@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawDuration, RawRule, RawScalingRules, RawTrigger};
 use super::*;
 use crate::engine::hpa::{Behavior, PolicyKind, ScalingPolicy, ScalingRules, SelectPolicy, Tolerances};
-use crate::engine::{Fallback, FallbackBehavior, TriggerPolicy};
+use crate::engine::{Fallback, FallbackBehavior, MetricType, TriggerPolicy};
 
 /// KEDA's defaults (`../shared/spec/keda.md` §2.6).
 pub(super) mod defaults {
@@ -81,11 +81,18 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
     if let Some(arn) = &aws.role_arn {
         check_role_arn(&mut p, "[aws]", "role_arn", arn);
     }
+    if let Some(id) = &aws.external_id {
+        check_external_id(&mut p, "[aws]", id);
+        if aws.role_arn.is_none() {
+            p.add("[aws]", "external_id is set without role_arn: an ExternalId is only sent with AssumeRole of role_arn; set role_arn or remove external_id");
+        }
+    }
     let aws = AwsSettings {
         region: non_empty(&mut p, "[aws]", "region", aws.region),
         endpoint_url: aws.endpoint_url,
         profile: non_empty(&mut p, "[aws]", "profile", aws.profile),
         role_arn: aws.role_arn,
+        external_id: aws.external_id,
         direct_path: aws.direct_path.unwrap_or(true),
     };
 
@@ -544,6 +551,45 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
 
     let raw_schedules = rule.schedule.as_deref().or(d.schedule.as_deref()).unwrap_or_default();
     let schedules = schedule::validate(p, at, raw_schedules, min, max);
+    let mut seen_names = std::collections::HashSet::new();
+    for n in triggers.iter().filter_map(|t| t.name.as_deref()) {
+        if !seen_names.insert(n) {
+            p.add(at, format!("trigger name {n:?} is used twice; trigger names must be unique within a rule"));
+        }
+    }
+    let modifiers = rule.scaling_modifiers.as_ref().or(d.scaling_modifiers.as_ref()).and_then(|m| {
+        let formula = m.formula.as_deref().filter(|f| !f.trim().is_empty());
+        if formula.is_none() {
+            p.add(at, "scaling_modifiers.formula is required when scaling_modifiers is set");
+        }
+        let target = match m.target {
+            None => {
+                p.add(at, "scaling_modifiers.target is required when scaling_modifiers is set");
+                None
+            }
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                p.add(at, format!("scaling_modifiers.target ({t}) must be a number greater than 0"));
+                None
+            }
+            Some(t) => Some(t),
+        };
+        let activation_target = m.activation_target.unwrap_or(0.0);
+        if !activation_target.is_finite() {
+            p.add(at, format!("scaling_modifiers.activation_target ({activation_target}) must be a number"));
+        }
+        let metric_type = metric_type(p, at, "scaling_modifiers.metric_type", m.metric_type.as_deref());
+        // The trigger names are the formula's variables; it runs once at load, as
+        // KEDA's validation does, so an unknown name or a syntax error is found here.
+        let formula = formula.and_then(|f| {
+            let names = triggers.iter().filter_map(|t| t.name.as_deref());
+            crate::engine::formula::Formula::compile(f, names)
+                .map_err(|e| {
+                    p.add(at, format!("scaling_modifiers.formula ({f:?}): {}", crate::error::chain(&e)));
+                })
+                .ok()
+        });
+        Some(Box::new(crate::engine::Modifiers { formula: formula?, target: target?, activation_target, metric_type }))
+    });
 
     if p.0.len() > before {
         return None;
@@ -556,6 +602,15 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
         paused: rule.paused.or(d.paused).unwrap_or(false),
         group,
         priority,
+        overrides: crate::engine::Overrides {
+            paused_scale_in: rule.paused_scale_in.or(d.paused_scale_in).unwrap_or(false),
+            paused_scale_out: rule.paused_scale_out.or(d.paused_scale_out).unwrap_or(false),
+            force_activation: rule.force_activation.or(d.force_activation).unwrap_or(false),
+        },
+        restore_to_original_replica_count: rule
+            .restore_to_original_replica_count
+            .or(d.restore_to_original_replica_count)
+            .unwrap_or(false),
         policy: Policy {
             min: min_u,
             max: max_u,
@@ -569,6 +624,7 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             activation_polls,
             triggers,
             schedules,
+            modifiers,
         },
         triggers: sources,
     })
@@ -674,6 +730,10 @@ fn validate_trigger(
     if let Some(kind) = t.kind.as_deref().filter(|k| *k != "aws-sqs-queue") {
         p.add(at, format!("type ({kind:?}) is not supported; the only trigger type is \"aws-sqs-queue\""));
     }
+    let metric_type = metric_type(p, at, "metric_type", t.metric_type.as_deref());
+    if t.name.as_deref() == Some("") {
+        p.add(at, "name is empty; remove it or give a value");
+    }
     let queue_length = t.queue_length.unwrap_or(defaults::QUEUE_LENGTH);
     if queue_length <= 0 {
         p.add(at, format!("queue_length ({queue_length}) must be greater than 0"));
@@ -705,6 +765,19 @@ fn validate_trigger(
     if let Some(arn) = &t.role_arn {
         check_role_arn(p, at, "role_arn", arn);
     }
+    // The ExternalId belongs to its role: a trigger's own role_arn does not take the one
+    // [aws] gives for [aws] role_arn.
+    let external_id = match (&t.role_arn, &t.external_id) {
+        (_, Some(id)) => {
+            check_external_id(p, at, id);
+            if role_arn.is_none() {
+                p.add(at, "external_id is set without role_arn (here or in [aws]): an ExternalId is only sent with AssumeRole of role_arn; set role_arn or remove external_id");
+            }
+            Some(id.clone())
+        }
+        (Some(_), None) => None,
+        (None, None) => aws.external_id.clone(),
+    };
     // The trigger's own aws_region, then the region an AWS queue URL names in its host
     // (the queue lives there, whatever [aws] says), then [aws] region, which is for
     // queue names and custom endpoints.
@@ -733,6 +806,8 @@ fn validate_trigger(
             activation_queue_length: t.activation_queue_length.unwrap_or(defaults::ACTIVATION_QUEUE_LENGTH),
             scale_on_in_flight: t.scale_on_in_flight.unwrap_or(true),
             scale_on_delayed: t.scale_on_delayed.unwrap_or(false),
+            metric_type,
+            name: t.name.clone().filter(|n| !n.is_empty()),
         },
         QueueSource {
             url,
@@ -741,9 +816,27 @@ fn validate_trigger(
             endpoint,
             profile: aws.profile.clone(),
             role_arn,
+            external_id,
             direct: aws.direct_path,
         },
     ))
+}
+
+/// `metric_type` of a trigger or of `scaling_modifiers`.
+fn metric_type(p: &mut Problems, at: &str, key: &str, raw: Option<&str>) -> MetricType {
+    match raw {
+        None | Some("AverageValue") => MetricType::AverageValue,
+        Some("Value") => MetricType::Value,
+        Some(other) => {
+            p.add(
+                at,
+                format!(
+                    "{key} ({other:?}) must be \"AverageValue\" or \"Value\" (an external metric has no Utilization)"
+                ),
+            );
+            MetricType::AverageValue
+        }
+    }
 }
 
 /// Why a `queue_url` names no queue.
@@ -789,6 +882,19 @@ fn check_endpoint(p: &mut Problems, at: &str, key: &str, e: &str) {
     match url::Url::parse(e) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
         _ => p.add(at, format!("{key} ({e:?}) must be an http:// or https:// URL")),
+    }
+}
+
+/// STS's constraints on `ExternalId`: 2 to 1,224 characters of `[\w+=,.@:/-]`.
+fn check_external_id(p: &mut Problems, at: &str, id: &str) {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c);
+    if !(2..=1224).contains(&id.len()) || !id.chars().all(ok_char) {
+        p.add(
+            at,
+            format!(
+                "external_id ({id:?}) must be 2 to 1224 characters of letters, digits and _+=,.@:/- (STS's ExternalId)"
+            ),
+        );
     }
 }
 

@@ -44,6 +44,33 @@ pub fn average_value_replicas(usage: i64, target: i64, status_replicas: u32, tol
     if proposal > f64::from(i32::MAX) { i32::MAX as u32 } else { proposal.max(0.0) as u32 }
 }
 
+/// `GetExternalMetricReplicas`: the replica proposal for a Value target, where
+/// `target` is a total, not per pod. With replicas the proposal scales the ready pods by
+/// the ratio (so it can shrink a target whose pods are not ready, vector T12); from zero
+/// it is the ratio itself, without tolerance. `None` when the target has replicas but no
+/// pods at all (the HPA's "no pods returned by selector": the metric is invalid).
+pub fn value_replicas(
+    usage: i64,
+    target: i64,
+    spec_replicas: u32,
+    status_replicas: u32,
+    ready_pods: u32,
+    tol: Tolerances,
+) -> Option<u32> {
+    let ratio = usage as f64 / target as f64;
+    let cap = |p: f64| if p > f64::from(i32::MAX) { i32::MAX as u32 } else { p.max(0.0) as u32 };
+    if spec_replicas == 0 {
+        return Some(cap(ratio.ceil()));
+    }
+    if tol.is_within(ratio) {
+        return Some(spec_replicas);
+    }
+    if status_replicas == 0 {
+        return None;
+    }
+    Some(cap((ratio * f64::from(ready_pods)).ceil()))
+}
+
 /// One entry of the recommendation history (`timestampedRecommendation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recommendation {

@@ -142,8 +142,18 @@ fn t11_sqs_default_behavior() {
     assert_eq!(limit_with_behavior(6, 10, 1, 20, &up, &[], &b, later).0, 10);
 }
 
-// T12 and T13 are Value targets; T14 is the branch choice between Value and AverageValue.
-// sqscale scales SQS on AverageValue only, so the Value calculator does not exist here.
+/// T12 and T13: the Value target (`GetExternalMetricReplicas`).
+#[test]
+fn t12_t13_value_target() {
+    let tol = Tolerances::default();
+    assert_eq!(value_replicas(milli(8.6), milli(4.4), 3, 3, 1, tol), Some(2));
+    assert_eq!(value_replicas(milli(8.6), milli(8.888), 3, 3, 3, tol), Some(3));
+    // From zero: the ratio, no tolerance.
+    assert_eq!(value_replicas(milli(10.5), milli(10.0), 0, 0, 0, tol), Some(2));
+    // Replicas but no pods: the HPA's error.
+    assert_eq!(value_replicas(milli(30.0), milli(5.0), 2, 0, 0, tol), None);
+}
+
 #[test]
 fn t14_average_value_is_the_only_branch() {
     assert_eq!(average_value_replicas(3_700_000, 100_000, 35, Tolerances { up: 0.05, down: 0.5 }), 37);
@@ -166,13 +176,16 @@ fn engine_policy(min: u32, max: u32, triggers: Vec<u64>) -> crate::engine::Polic
         triggers: triggers
             .into_iter()
             .map(|t| crate::engine::TriggerPolicy {
+                name: None,
                 queue_length: t,
                 activation_queue_length: 0,
                 scale_on_in_flight: true,
                 scale_on_delayed: false,
+                metric_type: crate::engine::MetricType::AverageValue,
             })
             .collect(),
         schedules: Box::default(),
+        modifiers: None,
     }
 }
 
@@ -180,7 +193,9 @@ fn observe(replicas: u32, queues: &[Option<u64>]) -> crate::engine::Observation 
     crate::engine::Observation {
         replicas,
         status_replicas: replicas,
+        ready_replicas: replicas,
         pause: crate::engine::Pause::No,
+        overrides: crate::engine::Overrides::default(),
         queues: queues.iter().map(|q| q.map(|v| crate::engine::Counts { visible: v, ..Default::default() })).collect(),
     }
 }

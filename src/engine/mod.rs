@@ -6,6 +6,7 @@
 //! The references are `../shared/spec/keda.md` (phase K) and `../shared/spec/hpa.md`
 //! (phase H); every vector of both is a test in `tests.rs` and `hpa_tests.rs`.
 
+pub mod formula;
 pub mod group;
 pub mod hpa;
 pub mod job;
@@ -68,17 +69,56 @@ pub struct Policy {
     /// `[[rule.schedule]]`: windows whose values apply over `min`, `max` and `paused`
     /// while they are open (see [`schedule`]). Boxed: most rules have none.
     pub schedules: Box<[schedule::Schedule]>,
+    /// `scaling_modifiers`: one composite metric instead of one per trigger.
+    pub modifiers: Option<Box<Modifiers>>,
+}
+
+/// KEDA's `scalingModifiers` (`../shared/spec/keda.md` §2.11): a formula over the named
+/// triggers' metrics gives one composite metric, which alone decides activity and what
+/// the HPA proposes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Modifiers {
+    pub formula: formula::Formula,
+    /// The composite's target: per replica (AverageValue) or in total (Value).
+    pub target: f64,
+    /// Active when the composite is strictly above it.
+    pub activation_target: f64,
+    pub metric_type: MetricType,
 }
 
 /// The per-trigger numbers of an `aws-sqs-queue` trigger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TriggerPolicy {
+    /// The trigger's `name`: its variable in a `scaling_modifiers` formula.
+    pub name: Option<String>,
     /// `queue_length`: messages per replica (the HPA AverageValue target), > 0.
     pub queue_length: u64,
     /// `activation_queue_length`: active when the backlog is strictly above it.
     pub activation_queue_length: i64,
     pub scale_on_in_flight: bool,
     pub scale_on_delayed: bool,
+    /// The HPA target type KEDA gives the trigger's metric (`metricType`).
+    pub metric_type: MetricType,
+}
+
+/// `metricType` of a trigger: how the HPA turns the backlog into replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricType {
+    /// `ceil(backlog / queue_length)`: `queue_length` messages per replica (KEDA's default).
+    #[default]
+    AverageValue,
+    /// `queue_length` is a total: `ceil(backlog / queue_length * ready pods)`, which keeps
+    /// growing while the backlog stays above it (vector TV-36).
+    Value,
+}
+
+impl MetricType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::AverageValue => "AverageValue",
+            MetricType::Value => "Value",
+        }
+    }
 }
 
 impl TriggerPolicy {
@@ -170,6 +210,41 @@ impl Pause {
     }
 }
 
+/// One-way pauses and forced activation (KEDA's `paused-scale-in`, `paused-scale-out`
+/// and `force-activation` annotations, `../shared/spec/keda.md` §2.9): a rule key and an
+/// annotation on the target each suffice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// No step to zero or idle, and the HPA's scale-down is `Disabled`.
+    pub paused_scale_in: bool,
+    /// No activation from zero or idle, and the HPA's scale-up is `Disabled`.
+    pub paused_scale_out: bool,
+    /// Active whatever the queues say.
+    pub force_activation: bool,
+}
+
+impl Overrides {
+    /// Reads the annotations as KEDA's `getBoolAnnotation` does: absent is false, a value
+    /// that is not a Go bool is true.
+    pub fn from_annotations(scale_in: Option<&str>, scale_out: Option<&str>, force: Option<&str>) -> Overrides {
+        let truthy = |v: Option<&str>| v.is_some_and(|v| go_parse_bool(v) != Some(false));
+        Overrides {
+            paused_scale_in: truthy(scale_in),
+            paused_scale_out: truthy(scale_out),
+            force_activation: truthy(force),
+        }
+    }
+
+    /// Either one's setting.
+    pub fn union(self, other: Overrides) -> Overrides {
+        Overrides {
+            paused_scale_in: self.paused_scale_in || other.paused_scale_in,
+            paused_scale_out: self.paused_scale_out || other.paused_scale_out,
+            force_activation: self.force_activation || other.force_activation,
+        }
+    }
+}
+
 /// Go's `strconv.ParseBool`.
 fn go_parse_bool(v: &str) -> Option<bool> {
     match v {
@@ -188,7 +263,12 @@ pub struct Observation {
     /// object omits it), used only for the tolerance ratio, as the HPA does: with 0 the
     /// ratio is +Inf, no tolerance applies and the proposal is `ceil(backlog / target)`.
     pub status_replicas: u32,
+    /// The target's ready pods (`status.readyReplicas`): what a `Value` metric multiplies
+    /// its ratio by, as the HPA counts Running and Ready pods.
+    pub ready_replicas: u32,
     pub pause: Pause,
+    /// The rule's keys and the target's annotations, together.
+    pub overrides: Overrides,
     /// One entry per trigger, in rule order: the counts, or `None` if the poll failed.
     pub queues: Vec<Option<Counts>>,
 }
@@ -235,11 +315,13 @@ impl State {
     /// `storeScaleEvent` runs only after the HPA's own update succeeded. So KEDA's writes
     /// and failed patches never count against the `behavior` policies.
     pub fn record_scale(&mut self, policy: &Policy, decision: &Decision, now: Time) {
-        if let (Some(b), Some(to), Phase::Hpa) = (&policy.behavior, decision.write, decision.phase)
+        // The behavior the HPA ran with: a one-way pause gives a legacy rule one.
+        if let (Some(b), Some(to), Phase::Hpa) =
+            (effective_behavior(policy, decision.overrides), decision.write, decision.phase)
             && to != decision.current
         {
             hpa::store_scale_event(
-                b,
+                &b,
                 &mut self.scale_up_events,
                 &mut self.scale_down_events,
                 decision.current,
@@ -316,6 +398,10 @@ pub enum Reason {
     PollFailed,
     Paused,
     PausedReplicas,
+    /// `paused_scale_in` held the target where it would have scaled in.
+    PausedScaleIn,
+    /// `paused_scale_out` held the target where it would have scaled out.
+    PausedScaleOut,
     /// Holding at `idle_replica_count` while inactive.
     Idle,
     Unchanged,
@@ -344,6 +430,8 @@ impl Reason {
             Reason::PollFailed => "poll_failed",
             Reason::Paused => "paused",
             Reason::PausedReplicas => "paused_replicas",
+            Reason::PausedScaleIn => "paused_scale_in",
+            Reason::PausedScaleOut => "paused_scale_out",
             Reason::Idle => "idle",
             Reason::Unchanged => "unchanged",
         }
@@ -376,6 +464,9 @@ pub struct Decision {
     pub proposal: Option<u32>,
     /// The schedule windows open at this poll and what they imposed, if any is open.
     pub schedule: Option<schedule::Override>,
+    /// The one-way pauses and forced activation in force (the HPA's `behavior`, and so
+    /// which scale events it keeps, depends on them).
+    pub overrides: Overrides,
 }
 
 impl Decision {
@@ -440,6 +531,7 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         backlog: None,
         proposal: None,
         schedule: scheduled,
+        overrides: obs.overrides,
     };
 
     // 1. Pause. KEDA deletes the HPA while paused, so unpausing starts a fresh one. The
@@ -469,7 +561,16 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
 
     // 2. Triggers.
     let triggers = evaluate_triggers(policy, &mut next, obs, now);
-    let is_active = triggers.iter().any(|t| t.active);
+    let backlog =
+        triggers.iter().filter(|t| !t.failed && !t.fallback && !t.stale).map(|t| t.backlog).reduce(u64::saturating_add);
+    let triggers = match &policy.modifiers {
+        Some(m) => vec![composite(policy, m, &triggers, obs)],
+        None => triggers,
+    };
+    let held = obs.overrides;
+    // KEDA's `isActive || force-activation`: the executor's active branch, whatever the
+    // queues say; the HPA still sizes on them (raw 0 is clamped to max(min, 1)).
+    let is_active = triggers.iter().any(|t| t.active) || held.force_activation;
     let is_error = triggers.iter().any(|t| t.failed);
     let fallback_active = triggers.iter().any(|t| t.fallback);
     // A last good reading may scale out but is not news: like a failure, it neither
@@ -477,19 +578,25 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     let stale = triggers.iter().any(|t| t.stale);
     let unsure = is_error || stale;
     decision.active = is_active;
-    decision.backlog =
-        triggers.iter().filter(|t| !t.failed && !t.fallback && !t.stale).map(|t| t.backlog).reduce(u64::saturating_add);
+    decision.backlog = backlog;
 
     // 3. Phase K. Activation waits for `activation_polls` consecutive active polls; any
     // other poll starts the count again.
     let activating = is_active && ((b.idle.is_some() && r < b.min) || r == 0);
     next.active_polls = if activating { next.active_polls.saturating_add(1) } else { 0 };
     let mut cooling_down = false;
+    // A step phase K would take but a one-way pause holds back (KEDA's executor returns
+    // early; the HPA then runs with that direction `Disabled`).
+    let mut held_back = None;
     // A window's floor is the calendar's, not the queues': it holds on failed polls and
-    // does not wait for the debounce.
+    // does not wait for the debounce. A one-way pause of scale-out holds it back too.
     let below_scheduled_floor = b.min_scheduled && r < b.min;
     let keda = if is_active {
-        if activating && next.active_polls < policy.activation_polls && !below_scheduled_floor {
+        if activating && held.paused_scale_out {
+            // `scaleFromZeroOrIdle` returns before it scales or refreshes last-active.
+            held_back = Some(Reason::PausedScaleOut);
+            None
+        } else if activating && next.active_polls < policy.activation_polls && !below_scheduled_floor {
             decision.reason = Reason::ActivationPending;
             decision.proposal = proposal(&triggers);
             return (next, decision);
@@ -502,12 +609,16 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
             }
             None
         }
-    } else if below_scheduled_floor {
+    } else if below_scheduled_floor && !held.paused_scale_out {
         Some((b.min, Reason::ScaledToMin))
     } else if unsure {
         None
     } else if (b.idle.is_some_and(|idle| r > idle)) || (r > 0 && b.min == 0) {
-        if cooldown_expired(policy, &next, now) {
+        if held.paused_scale_in {
+            // `scaleToZeroOrIdle` returns at once: no cooldown runs either.
+            held_back = Some(Reason::PausedScaleIn);
+            None
+        } else if cooldown_expired(policy, &next, now) {
             let to = b.idle.unwrap_or(b.min);
             Some((to, if to == 0 { Reason::ScaledToZero } else { Reason::ScaledToIdle }))
         } else {
@@ -533,7 +644,9 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
     // target back up to min (KEDA+HPA flap there, vector TV-14).
     let at_idle = b.idle.is_some_and(|idle| r <= idle) && !is_active;
     if r == 0 || at_idle {
-        decision.reason = if at_idle && r > 0 {
+        decision.reason = if let Some(reason) = held_back {
+            reason
+        } else if at_idle && r > 0 {
             Reason::Idle
         } else if is_error {
             Reason::PollFailed
@@ -554,6 +667,8 @@ pub fn decide(policy: &Policy, state: &State, obs: &Observation, now: Time) -> (
         Reason::LastKnown
     } else if decision.write.is_none() && cooling_down {
         Reason::Cooldown
+    } else if let Some(held) = held_back.filter(|_| decision.write.is_none()) {
+        held
     } else {
         b.credit(reason)
     };
@@ -599,6 +714,30 @@ impl Bounds {
     }
 }
 
+/// The `behavior` the HPA runs with: the rule's, with a direction KEDA's one-way pause
+/// annotation sets to `Disabled` (its `hpa.go`). With no `behavior` in the rule KEDA
+/// creates one for the pause, so the HPA leaves its legacy path for the API's defaults.
+fn effective_behavior<'a>(policy: &'a Policy, held: Overrides) -> Option<std::borrow::Cow<'a, Behavior>> {
+    use std::borrow::Cow;
+    if !held.paused_scale_in && !held.paused_scale_out {
+        return policy.behavior.as_deref().map(Cow::Borrowed);
+    }
+    let mut b = match policy.behavior.as_deref() {
+        Some(b) => b.clone(),
+        None => Behavior {
+            scale_up: hpa::ScalingRules::default_scale_up(),
+            scale_down: hpa::ScalingRules::default_scale_down(millis(policy.legacy_downscale_window)),
+        },
+    };
+    if held.paused_scale_in {
+        b.scale_down.select_policy = hpa::SelectPolicy::Disabled;
+    }
+    if held.paused_scale_out {
+        b.scale_up.select_policy = hpa::SelectPolicy::Disabled;
+    }
+    Some(Cow::Owned(b))
+}
+
 /// One trigger's part of a poll.
 struct TriggerResult {
     /// The backlog, real or (with the fallback) synthetic.
@@ -640,11 +779,14 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
         .zip(next.failures.iter_mut())
         .map(|((trigger, counts), failures)| {
             let last_good = last_good.next();
-            let propose = |q: u64| {
-                let usage = i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
-                let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
-                hpa::average_value_replicas(usage, target, status, policy.tolerances)
+            let target = i64::try_from(trigger.queue_length).unwrap_or(i64::MAX / 1000) * 1000;
+            let propose_milli = |usage: i64| match trigger.metric_type {
+                MetricType::AverageValue => Some(hpa::average_value_replicas(usage, target, status, policy.tolerances)),
+                MetricType::Value => {
+                    hpa::value_replicas(usage, target, obs.replicas, status, obs.ready_replicas, policy.tolerances)
+                }
             };
+            let propose = |q: u64| propose_milli(i64::try_from(q).unwrap_or(i64::MAX / 1000).saturating_mul(1000));
             match counts {
                 Some(c) => {
                     *failures = 0;
@@ -652,13 +794,14 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
                         *slot = Some(Reading { at: now, counts: *c });
                     }
                     let q = trigger.backlog(c);
+                    // A Value metric with no pods to count is the HPA's error: invalid.
                     TriggerResult {
                         backlog: q,
                         active: i128::from(q) > i128::from(trigger.activation_queue_length),
                         failed: false,
                         fallback: false,
                         stale: false,
-                        proposal: Some(propose(q)),
+                        proposal: propose(q),
                     }
                 }
                 None => {
@@ -674,17 +817,38 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
                                     failed: false,
                                     fallback: false,
                                     stale: true,
-                                    proposal: Some(propose(q)),
+                                    proposal: propose(q),
                                 };
                             }
-                            let q = trigger.queue_length.saturating_mul(u64::from(fb.replicas_for(obs.replicas)));
-                            TriggerResult {
-                                backlog: q,
-                                active: true,
-                                failed: false,
-                                fallback: true,
-                                stale: false,
-                                proposal: Some(propose(q)),
+                            let replicas = fb.replicas_for(obs.replicas);
+                            let q = trigger.queue_length.saturating_mul(u64::from(replicas));
+                            let proposal = match trigger.metric_type {
+                                MetricType::AverageValue => propose(q),
+                                // KEDA's synthetic Value metric is target * R / ready pods,
+                                // and an error when no pod is ready.
+                                MetricType::Value if obs.ready_replicas == 0 => None,
+                                MetricType::Value => propose_milli(
+                                    (target as f64 * f64::from(replicas) / f64::from(obs.ready_replicas)).round()
+                                        as i64,
+                                ),
+                            };
+                            match proposal {
+                                Some(p) => TriggerResult {
+                                    backlog: q,
+                                    active: true,
+                                    failed: false,
+                                    fallback: true,
+                                    stale: false,
+                                    proposal: Some(p),
+                                },
+                                None => TriggerResult {
+                                    backlog: 0,
+                                    active: false,
+                                    failed: true,
+                                    fallback: false,
+                                    stale: false,
+                                    proposal: None,
+                                },
                             }
                         }
                         _ => TriggerResult {
@@ -700,6 +864,52 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
             }
         })
         .collect()
+}
+
+/// KEDA's `composite-metric`: the formula over the triggers' metrics, one metric for the
+/// HPA, and the only one activity looks at (strictly above `activation_target`). A failed
+/// trigger makes it fail (KEDA: `isActive = !isError && ...`); with the fallback in
+/// effect the formula is skipped and the composite is `target * R`. A formula that fails
+/// at run time fails the poll: nothing scales in on it.
+fn composite(policy: &Policy, m: &Modifiers, triggers: &[TriggerResult], obs: &Observation) -> TriggerResult {
+    let failed =
+        TriggerResult { backlog: 0, active: false, failed: true, fallback: false, stale: false, proposal: None };
+    if triggers.iter().any(|t| t.failed) {
+        return failed;
+    }
+    let fallback = triggers.iter().any(|t| t.fallback);
+    let value = if fallback {
+        m.target * f64::from(policy.fallback.map_or(0, |fb| fb.replicas_for(obs.replicas)))
+    } else {
+        let vars =
+            policy.triggers.iter().zip(triggers).filter_map(|(p, t)| Some((p.name.as_deref()?, t.backlog as f64)));
+        match m.formula.eval(vars) {
+            // KEDA reports NaN, infinities and negative values as 0 (since 2.20.2).
+            Ok(v) if v.is_finite() => v.max(0.0),
+            Ok(_) => 0.0,
+            Err(_) => return failed,
+        }
+    };
+    // In milli-units, as KEDA hands metrics (and the target) to the HPA.
+    let usage = (value * 1000.0).round() as i64;
+    let target = (m.target * 1000.0) as i64;
+    let proposal = match m.metric_type {
+        MetricType::AverageValue => {
+            Some(hpa::average_value_replicas(usage, target, obs.status_replicas, policy.tolerances))
+        }
+        MetricType::Value => {
+            hpa::value_replicas(usage, target, obs.replicas, obs.status_replicas, obs.ready_replicas, policy.tolerances)
+        }
+    };
+    TriggerResult {
+        backlog: value.ceil() as u64,
+        active: value > m.activation_target,
+        failed: false,
+        fallback,
+        // On a last good reading of any trigger, the composite is no fresher.
+        stale: triggers.iter().any(|t| t.stale),
+        proposal,
+    }
 }
 
 fn proposal(triggers: &[TriggerResult]) -> Option<u32> {
@@ -754,7 +964,8 @@ fn phase_h(
         return (r, Reason::LastKnown);
     }
 
-    let (stabilized, (to, limit)) = match &policy.behavior {
+    let behavior = effective_behavior(policy, obs.overrides);
+    let (stabilized, (to, limit)) = match behavior.as_deref() {
         None => {
             let s =
                 hpa::stabilize_legacy(&mut next.recommendations, desired, now, millis(policy.legacy_downscale_window));
@@ -768,6 +979,9 @@ fn phase_h(
         }
     };
     let reason = match limit {
+        // Held by a one-way pause, not by a rate.
+        Limit::ScaleUpLimit if obs.overrides.paused_scale_out && to == r => Reason::PausedScaleOut,
+        Limit::ScaleDownLimit if obs.overrides.paused_scale_in && to == r => Reason::PausedScaleIn,
         Limit::ScaleUpLimit | Limit::ScaleDownLimit => Reason::RateLimited,
         Limit::TooManyReplicas => Reason::AtMax,
         Limit::TooFewReplicas => Reason::AtMin,

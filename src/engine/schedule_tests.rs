@@ -171,12 +171,15 @@ fn policy(schedules: Vec<Schedule>) -> Policy {
         tolerances: Default::default(),
         activation_polls: 1,
         triggers: vec![TriggerPolicy {
+            name: None,
             queue_length: 5,
             activation_queue_length: 0,
             scale_on_in_flight: true,
             scale_on_delayed: false,
+            metric_type: crate::engine::MetricType::AverageValue,
         }],
         schedules: schedules.into(),
+        modifiers: None,
     }
 }
 
@@ -194,7 +197,14 @@ impl Sim {
 
     fn poll(&mut self, now: Time, backlog: Option<u64>) -> crate::engine::Decision {
         let queues = vec![backlog.map(|visible| Counts { visible, ..Counts::default() })];
-        let obs = Observation { replicas: self.replicas, status_replicas: self.replicas, pause: Pause::No, queues };
+        let obs = Observation {
+            replicas: self.replicas,
+            status_replicas: self.replicas,
+            ready_replicas: self.replicas,
+            pause: Pause::No,
+            overrides: Default::default(),
+            queues,
+        };
         let (next, d) = decide(&self.policy, &self.state, &obs, now);
         self.state = next;
         if let Some(to) = d.write {

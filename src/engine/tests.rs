@@ -8,10 +8,12 @@ use proptest::prelude::*;
 
 fn trigger(queue_length: u64, activation: i64) -> TriggerPolicy {
     TriggerPolicy {
+        name: None,
         queue_length,
         activation_queue_length: activation,
         scale_on_in_flight: true,
         scale_on_delayed: false,
+        metric_type: MetricType::AverageValue,
     }
 }
 
@@ -29,6 +31,7 @@ fn policy() -> Policy {
         activation_polls: 1,
         triggers: vec![trigger(5, 0)],
         schedules: Box::default(),
+        modifiers: None,
     }
 }
 
@@ -42,11 +45,12 @@ struct Sim {
     state: State,
     replicas: u32,
     pause: Pause,
+    overrides: Overrides,
 }
 
 impl Sim {
     fn new(policy: Policy, replicas: u32) -> Sim {
-        Sim { policy, state: State::new(Time(0)), replicas, pause: Pause::No }
+        Sim { policy, state: State::new(Time(0)), replicas, pause: Pause::No, overrides: Overrides::default() }
     }
 
     fn last_active(mut self, t: i64) -> Sim {
@@ -55,7 +59,14 @@ impl Sim {
     }
 
     fn poll_all(&mut self, t: i64, queues: Vec<Option<Counts>>) -> Decision {
-        let obs = Observation { replicas: self.replicas, status_replicas: self.replicas, pause: self.pause, queues };
+        let obs = Observation {
+            replicas: self.replicas,
+            status_replicas: self.replicas,
+            ready_replicas: self.replicas,
+            pause: self.pause,
+            overrides: self.overrides,
+            queues,
+        };
         let now = Time::from_secs(t);
         let (next, d) = decide(&self.policy, &self.state, &obs, now);
         self.state = next;
@@ -444,10 +455,176 @@ fn tv25_annotation_parsing() {
     assert_eq!(sim.poll(10, Some(100)).replicas(), 2);
 }
 
-// TV-26 to TV-28 (paused-scale-in, paused-scale-out, force-activation) are KEDA
-// annotations the contract does not carry over; TV-32 (scalingModifiers), TV-35
-// (restoreToOriginalReplicaCount) and TV-36 (metricType Value) are not supported: sqscale
-// scales on AverageValue only, as the spec recommends for SQS.
+// TV-35 (restoreToOriginalReplicaCount) acts when a rule is removed, outside the
+// engine: tests/it/supervisor.rs.
+
+/// TV-32 (scalingModifiers): triggers q1 and q2, formula `q1 + q2`, target 10,
+/// activation target 5, M=10. The composite alone decides activity (5 is not above 5;
+/// the triggers' own activation thresholds do not count) and sizes the target; a failed
+/// trigger makes the rule inactive whatever the other says.
+#[test]
+fn tv32_scaling_modifiers() {
+    let p = with(|p| {
+        p.max = 10;
+        p.triggers = vec![trigger(5, 0), trigger(7, 0)];
+        p.triggers[0].name = Some("q1".to_owned());
+        p.triggers[1].name = Some("q2".to_owned());
+        p.modifiers = Some(Box::new(Modifiers {
+            formula: formula::Formula::compile("q1 + q2", ["q1", "q2"]).unwrap(),
+            target: 10.0,
+            activation_target: 5.0,
+            metric_type: MetricType::AverageValue,
+        }));
+    });
+    let q = |a: u64, b: u64| vec![visible(a), visible(b)];
+    let mut sim = Sim::new(p.clone(), 0);
+    let d = sim.poll_all(0, q(3, 2));
+    assert_eq!((d.replicas(), d.active), (0, false));
+    let d = sim.poll_all(10, q(3, 3));
+    assert_eq!((d.replicas(), d.active, d.reason), (1, true, Reason::Activated));
+    assert_eq!(sim.poll_all(20, q(3, 3)).replicas(), 1, "raw ceil(6 / 10) = 1");
+    assert_eq!(sim.poll_all(30, q(40, 20)).replicas(), 4, "raw 6, limit 4");
+    assert_eq!(sim.poll_all(40, q(40, 20)).replicas(), 6);
+    let d = sim.poll_all(50, vec![None, visible(1000)]);
+    assert_eq!((d.replicas(), d.active), (6, false), "q1 failed: inactive, nothing moves");
+    // Without the modifiers each trigger sizes on its own: max(ceil(43 / 5), ceil(20 / 7)).
+    let mut plain = Sim::new(with(|p| p.triggers = vec![trigger(5, 0), trigger(7, 0)]), 9);
+    assert_eq!(plain.poll_all(0, q(43, 20)).proposal, Some(9));
+    let mut sim = Sim::new(p, 9);
+    assert_eq!(sim.poll_all(0, q(43, 20)).proposal, Some(7), "ceil((43 + 20) / 10)");
+}
+
+/// TV-36 (`metric_type = "Value"`, explosive growth): T=5, M=20, r=2, ready = r, Q=30
+/// throughout. The ratio is 30 / 5 = 6 at every poll and multiplies the ready pods:
+/// 12 (limit 4), 24 (limit 8), 48 (limit 16), then max 20. AverageValue settles at 6.
+#[test]
+fn tv36_metric_type_value_keeps_growing() {
+    let value = |p: &mut Policy| {
+        p.max = 20;
+        p.triggers[0].metric_type = MetricType::Value;
+    };
+    let mut sim = Sim::new(with(value), 2);
+    let polls = [(0, Some(30)), (10, Some(30)), (20, Some(30)), (30, Some(30)), (40, Some(30))];
+    assert_eq!(sim.run(&polls), [4, 8, 16, 20, 20]);
+    let mut sim = Sim::new(with(|p| p.max = 20), 2);
+    assert_eq!(sim.run(&polls), [4, 6, 6, 6, 6]);
+}
+
+/// Upstream `TestReplicaCalcScaleUpCMExternalIgnoresUnreadyPods` (T12): a Value target
+/// counts ready pods, so 3 replicas with 1 ready and a ratio of 1.95 propose 2; T13
+/// (ratio 0.968) holds; with no pods at all the metric is invalid and nothing changes.
+#[test]
+fn value_metric_counts_ready_pods() {
+    let p = with(|p| {
+        p.triggers[0].queue_length = 44;
+        p.triggers[0].metric_type = MetricType::Value;
+    });
+    let obs = |replicas, status, ready, q| Observation {
+        replicas,
+        status_replicas: status,
+        ready_replicas: ready,
+        pause: Pause::No,
+        overrides: Overrides::default(),
+        queues: vec![visible(q)],
+    };
+    let decide_on = |o: &Observation| decide(&p, &State::new(Time(0)), o, Time(0)).1;
+    let d = decide_on(&obs(3, 3, 1, 86));
+    assert_eq!((d.proposal, d.replicas()), (Some(2), 2), "ceil(1.95 * 1)");
+    // Within the tolerance: the spec replicas.
+    assert_eq!(decide_on(&obs(3, 3, 1, 43)).replicas(), 3);
+    // 3 replicas, no pods yet: the HPA cannot count them; nothing moves.
+    let d = decide_on(&obs(3, 0, 0, 200));
+    assert_eq!((d.proposal, d.replicas(), d.reason), (None, 3, Reason::PollFailed));
+}
+
+fn held(paused_scale_in: bool, paused_scale_out: bool, force_activation: bool) -> Overrides {
+    Overrides { paused_scale_in, paused_scale_out, force_activation }
+}
+
+/// TV-26, and KEDA's `TestNoScaleToMinReplicasWhenNotActiveAndPauseScaleInAnnotationSet`
+/// (10 replicas, min 0, inactive: held at 10): no step to zero, no HPA scale-down; the
+/// HPA may still scale up. KEDA's `hpa.go` gives the HPA a `behavior` for the pause (the
+/// scale-down `Disabled`), so a rule without one leaves the legacy path for the API's
+/// defaults: from 3 the step is max(3 + 4, 2 * 3) = 7, not the legacy max(2 * 3, 4) = 6
+/// the spec's table shows.
+#[test]
+fn tv26_paused_scale_in() {
+    let mut sim = Sim::new(with(|p| p.legacy_downscale_window = Duration::from_secs(300)), 10).last_active(-1000);
+    sim.overrides = held(true, false, false);
+    for t in [0, 10, 100, 1000] {
+        let d = sim.poll(t, Some(0));
+        assert_eq!((d.replicas(), d.reason), (10, Reason::PausedScaleIn), "t={t}");
+    }
+    // The HPA does not scale in either: 10 asks for 2.
+    let d = sim.poll(1010, Some(10));
+    assert_eq!((d.replicas(), d.reason), (10, Reason::PausedScaleIn));
+
+    let mut sim = Sim::new(policy(), 3).last_active(-1000);
+    sim.overrides = held(true, false, false);
+    assert_eq!(sim.poll(0, Some(0)).replicas(), 3);
+    let d = sim.poll(10, Some(100));
+    assert_eq!((d.replicas(), d.reason), (7, Reason::RateLimited));
+    // Lifted: the HPA (window 0 here) steps down to 1, and the cooldown, from the last
+    // active poll (t=10), ends at t=40.
+    sim.overrides = Overrides::default();
+    assert_eq!(sim.run(&[(20, Some(0)), (40, Some(0))]), [1, 0]);
+}
+
+/// TV-27: no activation from zero (held at 0, last-active untouched), no HPA scale-up;
+/// the step to zero still happens.
+#[test]
+fn tv27_paused_scale_out() {
+    let mut sim = Sim::new(policy(), 0);
+    sim.overrides = held(false, true, false);
+    let d = sim.poll(0, Some(100));
+    assert_eq!((d.replicas(), d.reason, d.active), (0, Reason::PausedScaleOut, true));
+    assert_eq!(sim.state.last_active, None, "KEDA's scaleFromZeroOrIdle returns before it records anything");
+
+    let mut sim = Sim::new(policy(), 2);
+    sim.overrides = held(false, true, false);
+    let d = sim.poll(0, Some(100));
+    assert_eq!((d.replicas(), d.reason), (2, Reason::PausedScaleOut));
+    // Scale-in is not paused: the HPA (window 0 here) steps down to 1 and the cooldown,
+    // from t=0, ends at t=30.
+    assert_eq!(sim.run(&[(10, Some(0)), (20, Some(0)), (30, Some(0))]), [1, 1, 0]);
+
+    // Below min it is still raised to min: KEDA's step to min and the HPA's precheck
+    // are not scale-outs the pause holds.
+    let mut sim = Sim::new(with(|p| p.min = 2), 0);
+    sim.overrides = held(false, true, false);
+    assert_eq!(sim.poll(0, Some(0)).replicas(), 2);
+}
+
+/// TV-28: active whatever the queues say: from zero to max(min, 1), last-active kept
+/// fresh, the HPA's raw 0 clamped to 1, never to zero while it is set.
+#[test]
+fn tv28_force_activation() {
+    let mut sim = Sim::new(policy(), 0);
+    sim.overrides = held(false, false, true);
+    let d = sim.poll(0, Some(0));
+    assert_eq!((d.replicas(), d.reason, d.active), (1, Reason::Activated, true));
+    assert_eq!(sim.run(&[(10, Some(0)), (40, Some(0)), (100, Some(0))]), [1, 1, 1]);
+    assert_eq!(sim.state.last_active, Some(Time::from_secs(100)));
+    // The HPA still sizes on the queue.
+    assert_eq!(sim.poll(110, Some(20)).replicas(), 4);
+    // Lifted: inactive, a cooldown (30 s) from the last active poll, then zero.
+    sim.overrides = Overrides::default();
+    assert_eq!(sim.run(&[(120, Some(0)), (140, Some(0))]), [1, 0]);
+
+    let mut sim = Sim::new(with(|p| p.min = 3), 0);
+    sim.overrides = held(false, false, true);
+    assert_eq!(sim.poll(0, Some(0)).replicas(), 3);
+}
+
+/// The annotations read as KEDA reads its own (absent false, not a Go bool true), and a
+/// rule key and an annotation each suffice.
+#[test]
+fn overrides_from_annotations_and_keys() {
+    let a = Overrides::from_annotations(Some("true"), Some("false"), Some("yes"));
+    assert_eq!(a, held(true, false, true));
+    assert_eq!(Overrides::from_annotations(None, Some("0"), None), Overrides::default());
+    assert_eq!(a.union(held(false, true, false)), held(true, true, true));
+}
 
 #[test]
 fn tv29_hpa_tolerance_inclusive() {
@@ -633,6 +810,7 @@ fn which_writes_are_scale_events() {
         backlog: None,
         proposal: None,
         schedule: None,
+        overrides: Overrides::default(),
     };
     let p = with(|p| p.behavior = one_pod_per_minute());
     let mut state = State::new(Time(0));
@@ -729,8 +907,14 @@ fn pause_forgets_the_hpa_phase() {
 #[test]
 fn missing_status_replicas_is_zero() {
     let p = with(|p| p.max = 10);
-    let obs =
-        |status| Observation { replicas: 5, status_replicas: status, pause: Pause::No, queues: vec![visible(26)] };
+    let obs = |status| Observation {
+        replicas: 5,
+        status_replicas: status,
+        ready_replicas: status,
+        pause: Pause::No,
+        overrides: Overrides::default(),
+        queues: vec![visible(26)],
+    };
     let (_, d) = decide(&p, &State::new(Time(0)), &obs(0), Time(0));
     assert_eq!((d.proposal, d.write, d.reason), (Some(6), Some(6), Reason::ScaledUp));
     let (_, d) = decide(&p, &State::new(Time(0)), &obs(5), Time(0));
@@ -866,7 +1050,14 @@ proptest! {
             let _ = sim.poll(i as i64 * 10, *q);
         }
         let (lo, hi) = (a.min(b), a.max(b));
-        let obs = |q| Observation { replicas: sim.replicas, status_replicas: sim.replicas, pause: Pause::No, queues: vec![visible(q)] };
+        let obs = |q| Observation {
+            replicas: sim.replicas,
+            status_replicas: sim.replicas,
+            ready_replicas: sim.replicas,
+            pause: Pause::No,
+            overrides: Overrides::default(),
+            queues: vec![visible(q)],
+        };
         let now = Time::from_secs(history.len() as i64 * 10);
         let (_, d_lo) = decide(&sim.policy, &sim.state, &obs(lo), now);
         let (_, d_hi) = decide(&sim.policy, &sim.state, &obs(hi), now);

@@ -102,6 +102,7 @@ pub fn main(args: Args) -> ExitCode {
                 endpoint_url: aws.endpoint_url.clone(),
                 profile: aws.profile.clone(),
                 role_arn: aws.role_arn.clone(),
+                external_id: aws.external_id.clone(),
                 direct_path: Some(aws.direct_path),
             }),
             ..import.config()
@@ -264,6 +265,42 @@ fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), ReadError>
             }
         }
         objects.extend(cluster);
+        // The targets whose environment holds a trigger's queue URL (`queueURLFromEnv`):
+        // read when allowed; without them the rule says to set queue_url by hand.
+        let mut targets = Vec::new();
+        for so in objects.iter().filter(|o| o.get("kind").and_then(Value::as_str) == Some("ScaledObject")) {
+            let from_env =
+                so.pointer("/spec/triggers").and_then(Value::as_array).into_iter().flatten().any(|t| {
+                    t.pointer("/metadata/queueURLFromEnv").is_some() && t.pointer("/metadata/queueURL").is_none()
+                });
+            let (Some(ns), Some(name)) = (
+                so.pointer("/metadata/namespace").and_then(Value::as_str),
+                so.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let kind = so.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str).unwrap_or("Deployment");
+            let plural = match kind {
+                "Deployment" => "deployments",
+                "StatefulSet" => "statefulsets",
+                _ => continue,
+            };
+            if !from_env {
+                continue;
+            }
+            let ar = ApiResource {
+                group: "apps".to_owned(),
+                version: "v1".to_owned(),
+                api_version: "apps/v1".to_owned(),
+                kind: kind.to_owned(),
+                plural: plural.to_owned(),
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+            if let Ok(Ok(Some(o))) = tokio::time::timeout(CALL_TIMEOUT, api.get_opt(name)).await {
+                targets.push(object(o, &ar));
+            }
+        }
+        objects.extend(targets);
         let options = Options { default_namespace: namespace.unwrap_or_else(|| "default".to_owned()) };
         Ok((objects, options, origin))
     })

@@ -18,7 +18,8 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::Value;
 
 use crate::config::raw::{
-    RawBehavior, RawConfig, RawDuration, RawFallback, RawPolicy, RawRule, RawScalingRules, RawTarget, RawTrigger,
+    RawBehavior, RawConfig, RawDuration, RawFallback, RawPolicy, RawRule, RawScalingModifiers, RawScalingRules,
+    RawTarget, RawTrigger,
 };
 
 /// KEDA's API group; objects of any other group are not KEDA's and are passed over.
@@ -274,6 +275,9 @@ fn group_of(api_version: &str) -> &str {
 struct Auths<'a> {
     namespaced: HashMap<(String, String), &'a Value>,
     cluster: HashMap<String, &'a Value>,
+    /// The Deployments and StatefulSets of the input, by (kind, namespace, name): where a
+    /// `queueURLFromEnv` may be read.
+    workloads: HashMap<(String, String, String), &'a Value>,
 }
 
 /// Imports every ScaledObject of `objects`.
@@ -287,6 +291,13 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
     for obj in objects {
         let api_version = str_at(obj, "/apiVersion").unwrap_or_default();
         let kind = str_at(obj, "/kind").unwrap_or_default();
+        if group_of(api_version) == "apps" && matches!(kind, "Deployment" | "StatefulSet") {
+            let name = str_at(obj, "/metadata/name").unwrap_or_default().to_owned();
+            let namespace =
+                str_at(obj, "/metadata/namespace").filter(|n| !n.is_empty()).unwrap_or(&options.default_namespace);
+            auths.workloads.insert((kind.to_owned(), namespace.to_owned(), name), obj);
+            continue;
+        }
         if group_of(api_version) != KEDA_GROUP {
             continue;
         }
@@ -490,18 +501,13 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         .pointer("/advanced/horizontalPodAutoscalerConfig/behavior")
         .filter(|b| !b.is_null())
         .map(|b| convert_behavior(b, &mut problems));
-    if spec.pointer("/advanced/restoreToOriginalReplicaCount").and_then(Value::as_bool) == Some(true) {
-        notes.push(
-            "restoreToOriginalReplicaCount: when the rule is removed, sqscale leaves the replicas where they are"
-                .to_owned(),
-        );
-    }
-    if spec.pointer("/advanced/scalingModifiers").is_some_and(|m| !m.is_null()) {
-        notes.push(
-            "scalingModifiers: sqscale has no formula; each trigger sizes the target and the largest wins".to_owned(),
-        );
-    }
-    let paused = convert_annotations(so, &target, &mut notes);
+    let restore = spec.pointer("/advanced/restoreToOriginalReplicaCount").and_then(Value::as_bool) == Some(true);
+    let scaling_modifiers = spec
+        .pointer("/advanced/scalingModifiers")
+        .filter(|m| !m.is_null())
+        .map(|m| convert_modifiers(m, &mut problems));
+    let annotated = convert_annotations(so, &target, &mut notes);
+    let key = |on: bool| on.then_some(true);
 
     let rule = RawRule {
         name: None,
@@ -513,7 +519,12 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         min_replica_count: min,
         max_replica_count: max,
         idle_replica_count: idle,
-        paused: paused.then_some(true),
+        paused: key(annotated.paused),
+        paused_scale_in: key(annotated.overrides.paused_scale_in),
+        paused_scale_out: key(annotated.overrides.paused_scale_out),
+        force_activation: key(annotated.overrides.force_activation),
+        restore_to_original_replica_count: key(restore),
+        scaling_modifiers,
         activation_polls: None,
         group: None,
         priority: None,
@@ -523,6 +534,25 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
         schedule: None,
     };
     Converted { rule: Some(rule), notes, problems }
+}
+
+/// `advanced.scalingModifiers`: KEDA's strings (`target: "10"`) as numbers.
+fn convert_modifiers(m: &Value, problems: &mut Vec<String>) -> RawScalingModifiers {
+    let mut number = |field: &str| match m.get(field) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(v) => v.as_str().and_then(|s| s.trim().parse::<f64>().ok()).or_else(|| {
+            problems.push(format!("advanced.scalingModifiers.{field} ({v}) is not a number"));
+            None
+        }),
+    };
+    RawScalingModifiers {
+        target: number("target"),
+        activation_target: number("activationTarget"),
+        formula: str_at(m, "/formula").map(str::to_owned),
+        metric_type: str_at(m, "/metricType").filter(|t| !t.is_empty()).map(str::to_owned),
+    }
 }
 
 fn convert_target(spec: &Value, namespace: &str, problems: &mut Vec<String>) -> Option<RawTarget> {
@@ -569,7 +599,7 @@ fn convert_fallback(spec: &Value, notes: &mut Vec<String>, problems: &mut Vec<St
     let behavior = match str_at(f, "/behavior").filter(|b| !b.is_empty()) {
         Some("scalingModifiers") => {
             notes.push(
-                "fallback.behavior scalingModifiers: sqscale has no formula; the fallback replicas apply as with static"
+                "fallback.behavior scalingModifiers (failed triggers passed to the formula as nil) is not supported; the fallback replicas apply as with static"
                     .to_owned(),
             );
             None
@@ -636,10 +666,19 @@ fn quantity(q: &Value) -> Option<f64> {
     }
 }
 
-/// The annotations of the ScaledObject: whether the rule starts paused; the rest are
-/// notes.
-fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<String>) -> bool {
-    let Some(annotations) = so.pointer("/metadata/annotations").and_then(Value::as_object) else { return false };
+/// What the ScaledObject's annotations ask for, as rule keys.
+#[derive(Default)]
+struct Annotated {
+    paused: bool,
+    overrides: crate::engine::Overrides,
+}
+
+/// The annotations of the ScaledObject: whether the rule starts paused, paused in one
+/// direction or forced active (KEDA's truthiness); `paused-replicas` is a note.
+fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<String>) -> Annotated {
+    let Some(annotations) = so.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return Annotated::default();
+    };
     let get = |k: &str| annotations.get(&format!("{ANNOTATION_PREFIX}{k}")).and_then(Value::as_str);
     // As kubectl takes it: `-n shop deployment/orders-worker`.
     let target = target.as_ref().map_or_else(String::new, |t| {
@@ -658,16 +697,12 @@ fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<S
             "annotation paused-replicas ({n}): the rule starts paused; to pin the target instead, remove `paused` and run `kubectl annotate {target} sqscale.io/paused-replicas={n}`"
         ));
     }
-    for (key, what) in [
-        ("paused-scale-in", "sqscale has no pause of one direction"),
-        ("paused-scale-out", "sqscale has no pause of one direction"),
-        ("force-activation", "sqscale activates on the queue only"),
-    ] {
-        if get(key).is_some_and(truthy) {
-            notes.push(format!("annotation {ANNOTATION_PREFIX}{key}: {what}"));
-        }
-    }
-    paused
+    let overrides = crate::engine::Overrides::from_annotations(
+        get("paused-scale-in"),
+        get("paused-scale-out"),
+        get("force-activation"),
+    );
+    Annotated { paused, overrides }
 }
 
 /// The `aws-sqs-queue` triggers as rule triggers, and the types of the others.
@@ -680,6 +715,7 @@ fn convert_triggers(
 ) -> (Vec<RawTrigger>, Vec<String>) {
     let mut triggers = Vec::new();
     let mut others = Vec::new();
+    let env = env_source(spec, namespace, auths);
     let list = spec.get("triggers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, t) in list.iter().enumerate() {
         let kind = str_at(t, "/type").unwrap_or_default();
@@ -694,18 +730,51 @@ fn convert_triggers(
             Some(name) => format!("trigger {} ({name})", i + 1),
             None => format!("trigger {}", i + 1),
         };
-        if let Some(trigger) = convert_trigger(t, &at, namespace, auths, notes, problems) {
+        if let Some(trigger) = convert_trigger(t, &at, namespace, auths, env.as_ref(), notes, problems) {
             triggers.push(trigger);
         }
     }
     (triggers, others)
 }
 
+/// The container whose environment KEDA resolves `...FromEnv` in (`envSourceContainerName`,
+/// else the first), as found in the input: its literal values, and where they come from.
+struct EnvSource {
+    /// `container worker of Deployment shop/orders-worker`
+    place: String,
+    /// Literal `env` values; the last of a name wins, as in the pod. `None` for a
+    /// variable set by `valueFrom`, which import-keda cannot read.
+    values: HashMap<String, Option<String>>,
+}
+
+fn env_source(spec: &Value, namespace: &str, auths: &Auths) -> Option<EnvSource> {
+    let r = spec.get("scaleTargetRef")?;
+    let kind = str_at(r, "/kind").filter(|k| !k.is_empty()).unwrap_or("Deployment");
+    let name = str_at(r, "/name")?;
+    let workload = auths.workloads.get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))?;
+    let containers = workload.pointer("/spec/template/spec/containers")?.as_array()?;
+    let container = match str_at(r, "/envSourceContainerName").filter(|c| !c.is_empty()) {
+        Some(wanted) => containers.iter().find(|c| str_at(c, "/name") == Some(wanted))?,
+        None => containers.first()?,
+    };
+    let values = container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((str_at(e, "/name")?.to_owned(), str_at(e, "/value").map(str::to_owned))))
+        .collect();
+    let place = format!("container {} of {kind} {namespace}/{name}", str_at(container, "/name").unwrap_or_default());
+    Some(EnvSource { place, values })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn convert_trigger(
     t: &Value,
     at: &str,
     namespace: &str,
     auths: &Auths,
+    env: Option<&EnvSource>,
     notes: &mut Vec<String>,
     problems: &mut Vec<String>,
 ) -> Option<RawTrigger> {
@@ -741,12 +810,22 @@ fn convert_trigger(
     };
     let scale_on_in_flight = boolean("scaleOnInFlight");
     let scale_on_delayed = boolean("scaleOnDelayed");
-    let queue_url = get("queueURL");
+    let mut queue_url = get("queueURL");
     if queue_url.is_none() {
         match get("queueURLFromEnv") {
-            Some(env) => problems.push(format!(
-                "{at}: queueURLFromEnv: the queue URL is in the environment variable {env} of the target's container, which import-keda does not read; set queue_url by hand"
-            )),
+            // KEDA trims the value and takes an empty one as missing.
+            Some(var) => match env.and_then(|e| Some((e, e.values.get(&var)?.as_deref()?.trim()))) {
+                Some((e, value)) if !value.is_empty() => {
+                    notes.push(format!(
+                        "{at}: queueURLFromEnv: queue_url is the value of {var} in the {} of the input; if it changes there, change it here",
+                        e.place
+                    ));
+                    queue_url = Some(value.to_owned());
+                }
+                _ => problems.push(format!(
+                    "{at}: queueURLFromEnv: the queue URL is in the environment variable {var} of the target's container, which import-keda does not read unless the input holds the target with a literal value for it; set queue_url by hand"
+                )),
+            },
             None => problems.push(format!("{at}: queueURL is missing")),
         }
     }
@@ -757,21 +836,27 @@ fn convert_trigger(
             ));
         }
     }
-    match str_at(t, "/metricType").filter(|m| !m.is_empty()) {
-        None | Some("AverageValue") => {}
-        Some(other) => notes.push(format!(
-            "{at}: metricType {other}: sqscale sizes as AverageValue does (ceil(backlog / queue_length) replicas)"
-        )),
-    }
-    let role_arn = t
+    let metric_type = match str_at(t, "/metricType").filter(|m| !m.is_empty()) {
+        None | Some("AverageValue") => None,
+        Some("Value") => Some("Value".to_owned()),
+        Some(other) => {
+            problems.push(format!(
+                "{at}: metricType {other}: KEDA accepts only AverageValue or Value for external metrics"
+            ));
+            None
+        }
+    };
+    let (role_arn, external_id) = t
         .get("authenticationRef")
         .filter(|r| !r.is_null())
-        .and_then(|r| authentication(r, at, namespace, auths, notes));
+        .map(|r| authentication(r, at, namespace, get("identityOwner").as_deref(), auths, notes))
+        .unwrap_or_default();
     if problems.len() > before {
         return None;
     }
     Some(RawTrigger {
         kind: Some(SQS_TRIGGER.to_owned()),
+        name: str_at(t, "/name").filter(|n| !n.is_empty()).map(str::to_owned),
         queue_url,
         queue_length,
         activation_queue_length,
@@ -780,12 +865,21 @@ fn convert_trigger(
         aws_region: get("awsRegion"),
         aws_endpoint: get("awsEndpoint"),
         role_arn,
+        external_id,
+        metric_type,
     })
 }
 
-/// The role a trigger's `authenticationRef` gives, noting everything else it holds:
-/// credentials are never copied.
-fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &mut Vec<String>) -> Option<String> {
+/// The role a trigger's `authenticationRef` gives, and the ExternalId that goes with it,
+/// noting everything else it holds: credentials are never copied.
+fn authentication(
+    r: &Value,
+    at: &str,
+    namespace: &str,
+    identity_owner: Option<&str>,
+    auths: &Auths,
+    notes: &mut Vec<String>,
+) -> (Option<String>, Option<String>) {
     let name = str_at(r, "/name").unwrap_or_default();
     let cluster = str_at(r, "/kind") == Some("ClusterTriggerAuthentication");
     let (found, what, secrets_in) = if cluster {
@@ -799,15 +893,30 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
     };
     let Some(auth) = found else {
         notes.push(format!(
-            "{at}: authenticationRef names {what}, which is not in the input: if it names a role, set role_arn on the trigger"
+            "{at}: authenticationRef names {what}, which is not in the input: if it names a role, set role_arn on the trigger (and external_id, if it has one)"
         ));
-        return None;
+        return (None, None);
     };
     let spec = auth.get("spec").cloned().unwrap_or(Value::Null);
     let mut role = None;
-    match str_at(&spec, "/podIdentity/provider").unwrap_or_default() {
+    let mut external_id = None;
+    let provider = str_at(&spec, "/podIdentity/provider").unwrap_or_default();
+    // Without `podIdentity.provider: aws`, `identityOwner: operator` makes KEDA read with
+    // the operator's own credentials: it assumes no awsRoleArn (`GetAwsAuthorization`).
+    let operator = provider != "aws" && identity_owner == Some("operator");
+    match provider {
         "aws" => {
             role = str_at(&spec, "/podIdentity/roleArn").filter(|r| !r.is_empty()).map(str::to_owned);
+            // KEDA sends podIdentity.externalID with AssumeRole of podIdentity.roleArn
+            // only; a trust policy that asks for it refuses AssumeRole without it.
+            let id = str_at(&spec, "/podIdentity/externalID").filter(|r| !r.is_empty());
+            match (&role, id) {
+                (Some(_), Some(id)) => external_id = Some(id.to_owned()),
+                (None, Some(_)) => notes.push(format!(
+                    "{at}: {what} sets podIdentity.externalID without podIdentity.roleArn, so KEDA sends it with no AssumeRole; it is left out"
+                )),
+                _ => {}
+            }
             if str_at(&spec, "/podIdentity/identityOwner") == Some("workload") {
                 notes.push(format!(
                     "{at}: {what} uses the role of the target's ServiceAccount (identityOwner: workload): set role_arn to the role in its eks.amazonaws.com/role-arn annotation"
@@ -851,10 +960,16 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
             None => parameter.clone(),
         };
         match parameter.as_str() {
+            "awsRoleArn" if operator => notes.push(format!(
+                "{at}: {what} takes awsRoleArn from the {place}, but with identityOwner: operator KEDA does not assume it: it reads the queue as the KEDA operator's own identity. sqscale reads as its own: give that identity sqs:GetQueueAttributes on the queue, as the operator's has (no role_arn)"
+            )),
             "awsRoleArn" if role.is_none() => notes.push(format!(
                 "{at}: {what} takes awsRoleArn from the {place}, as {shown}, which import-keda does not read: set role_arn on the trigger to that role's ARN"
             )),
             "awsRoleArn" => {}
+            "awsExternalID" => notes.push(format!(
+                "{at}: {what} takes awsExternalID from the {place}, as {shown}, which import-keda does not read: set external_id on the trigger to that value (it goes with role_arn)"
+            )),
             "awsRegion" => notes.push(format!(
                 "{at}: {what} takes awsRegion from the {place}, which import-keda does not read: set aws_region on the trigger if the queue URL does not name the region"
             )),
@@ -870,5 +985,5 @@ fn authentication(r: &Value, at: &str, namespace: &str, auths: &Auths, notes: &m
             params.join(", ")
         ));
     }
-    role
+    (role, external_id)
 }

@@ -288,26 +288,49 @@ fn what_cannot_carry_over_is_said_once_each() {
     let import = run(&[obj]);
     let notes = &only_rule(&import).notes;
     for needle in [
-        "restoreToOriginalReplicaCount",
-        "scalingModifiers",
-        "trigger 1 (a): metricType Value",
         "trigger 1 (a): authenticationRef names TriggerAuthentication shop/missing, which is not in the input",
         "trigger 2 (b): authenticationRef names TriggerAuthentication shop/missing",
-        "annotation autoscaling.keda.sh/paused-scale-in",
-        // An annotation that is not a Go bool counts as true, as in KEDA.
-        "annotation autoscaling.keda.sh/paused-scale-out",
         "fallback with replicas 0",
     ] {
         assert_eq!(notes.iter().filter(|n| n.contains(needle)).count(), 1, "{needle:?} in {notes:?}");
     }
-    assert!(!notes.iter().any(|n| n.contains("force-activation")), "false is false: {notes:?}");
-    assert_eq!(notes.len(), 8, "{notes:?}");
+    assert!(!notes.iter().any(|n| n.contains("annotation")), "the one-way pauses are keys now: {notes:?}");
+    assert_eq!(notes.len(), 3, "{notes:?}");
     let text = import.to_toml();
     let comments = text.lines().filter(|l| l.starts_with("# not carried over: ")).count();
     assert_eq!(comments, notes.len(), "{text}");
     let rule = &only_rule(&import).rule;
     assert!(rule.fallback.is_none());
+    // An annotation that is not a Go bool counts as true, as in KEDA; "false" is false.
+    assert_eq!((rule.paused_scale_in, rule.paused_scale_out, rule.force_activation), (Some(true), Some(true), None));
+    let types: Vec<_> = rule.trigger.as_ref().unwrap().iter().map(|t| t.metric_type.as_deref()).collect();
+    assert_eq!(types, [Some("Value"), None], "metricType Value is a key now");
+    assert_eq!(rule.restore_to_original_replica_count, Some(true), "so is restoreToOriginalReplicaCount");
+    assert_eq!(
+        rule.scaling_modifiers.as_ref().and_then(|m| m.formula.as_deref()),
+        Some("a + b"),
+        "and scalingModifiers"
+    );
     checked(&import);
+}
+
+/// Issue 25, items 2 and 3: KEDA's `paused-scale-in`, `paused-scale-out` and
+/// `force-activation` annotations on the ScaledObject become the rule keys of the same
+/// meaning (before, they were notes, and the rule scaled both ways).
+#[test]
+fn one_way_pauses_and_forced_activation_become_keys() {
+    let mut obj = simple("shop", "orders", json!({}));
+    obj["metadata"]["annotations"] = json!({
+        "autoscaling.keda.sh/paused-scale-in": "true",
+        "autoscaling.keda.sh/force-activation": "1"});
+    let import = run(&[obj]);
+    let rule = &only_rule(&import).rule;
+    assert_eq!((rule.paused_scale_in, rule.paused_scale_out, rule.force_activation), (Some(true), None, Some(true)));
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let c = checked(&import);
+    let o = c.rules[0].overrides;
+    assert_eq!((o.paused_scale_in, o.paused_scale_out, o.force_activation), (true, false, true));
+    assert!(import.to_toml().contains("paused_scale_in = true"), "{}", import.to_toml());
 }
 
 #[test]
@@ -562,4 +585,141 @@ fn names_from_files_cannot_break_the_file() {
     obj["spec"]["scaleTargetRef"]["name"] = json!("w");
     let import = run(&[obj]);
     assert_eq!(checked(&import).rules.len(), 1, "{}", import.to_toml());
+}
+
+/// Issue 25, item 1: `podIdentity.externalID` comes along with `podIdentity.roleArn`
+/// (before, it was dropped without a word, and every AssumeRole was then refused);
+/// `awsExternalID` kept in a Secret is named, not read.
+#[test]
+fn the_external_id_comes_with_the_role() {
+    let role = "arn:aws:iam::210987654321:role/cross-account-reader";
+    let spec = json!({"podIdentity": {"provider": "aws", "roleArn": role, "externalID": "keda-7f3a"}});
+    let import = with_auth(json!({"name": "cross"}), vec![auth("TriggerAuthentication", Some("shop"), "cross", spec)]);
+    let trigger = &only_rule(&import).rule.trigger.as_ref().unwrap()[0];
+    assert_eq!((trigger.role_arn.as_deref(), trigger.external_id.as_deref()), (Some(role), Some("keda-7f3a")));
+    assert!(import.messages().is_empty(), "{:?}", import.messages());
+    let c = checked(&import);
+    assert_eq!(c.rules[0].triggers[0].external_id.as_deref(), Some("keda-7f3a"));
+
+    // Without a role KEDA sends it nowhere: left out, and said.
+    let spec = json!({"podIdentity": {"provider": "aws", "externalID": "keda-7f3a"}});
+    let import = with_auth(json!({"name": "bare"}), vec![auth("TriggerAuthentication", Some("shop"), "bare", spec)]);
+    assert_eq!(only_rule(&import).rule.trigger.as_ref().unwrap()[0].external_id, None);
+    assert!(
+        import.messages()[0].contains("podIdentity.externalID without podIdentity.roleArn"),
+        "{:?}",
+        import.messages()
+    );
+
+    let spec = json!({"secretTargetRef": [
+        {"parameter": "awsRoleArn", "name": "aws", "key": "ROLE"},
+        {"parameter": "awsExternalID", "name": "aws", "key": "EXTERNAL_ID"}]});
+    let import = with_auth(json!({"name": "sec"}), vec![auth("TriggerAuthentication", Some("shop"), "sec", spec)]);
+    let messages = import.messages();
+    assert!(
+        messages.iter().any(|m| m
+            .contains("takes awsExternalID from the Secret aws in namespace shop, as awsExternalID (key EXTERNAL_ID)")
+            && m.contains("set external_id")),
+        "{messages:?}"
+    );
+}
+
+/// Issue 25, item 8: `queueURLFromEnv` is read from the target in the input, with a
+/// literal `env` value in `envSourceContainerName`'s container (or the first), and the
+/// rule says where it came from. Without one (not in the input, `valueFrom`, empty), the
+/// rule is refused as before.
+#[test]
+fn queue_url_from_the_targets_environment() {
+    let from_env = |container: Option<&str>| {
+        let mut r = json!({"name": "orders-worker"});
+        if let Some(c) = container {
+            r["envSourceContainerName"] = json!(c);
+        }
+        so(
+            "shop",
+            "orders",
+            json!({"scaleTargetRef": r, "triggers": [sqs_trigger(json!({"queueURLFromEnv": "QUEUE_URL"}))]}),
+        )
+    };
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders-worker", "namespace": "shop"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "sidecar", "env": [{"name": "QUEUE_URL", "value": "https://sqs.eu-west-1.amazonaws.com/1/side"}]},
+            {"name": "worker", "env": [
+                {"name": "QUEUE_URL", "value": "https://sqs.eu-west-1.amazonaws.com/1/old"},
+                {"name": "QUEUE_URL", "value": " https://sqs.eu-west-1.amazonaws.com/1/orders "},
+                {"name": "OTHER", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}});
+    let url = |import: &Import| only_rule(import).rule.trigger.as_ref().unwrap()[0].queue_url.clone();
+
+    let import = run(&[from_env(Some("worker")), deployment.clone()]);
+    assert_eq!(url(&import).as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/orders"));
+    let notes = &only_rule(&import).notes;
+    assert!(
+        notes.iter().any(|n| n
+            .contains("queue_url is the value of QUEUE_URL in the container worker of Deployment shop/orders-worker")),
+        "{notes:?}"
+    );
+    checked(&import);
+    // No container named: the first.
+    let import = run(&[from_env(None), deployment.clone()]);
+    assert_eq!(url(&import).as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/1/side"));
+
+    // Not in the input, or set by valueFrom: refused, as before.
+    let import = run(&[from_env(Some("worker"))]);
+    assert!(import.rules.is_empty() && import.rejected[0].reasons[0].contains("set queue_url by hand"));
+    let mut secret = deployment;
+    secret["spec"]["template"]["spec"]["containers"][1]["env"] =
+        json!([{"name": "QUEUE_URL", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]);
+    let import = run(&[from_env(Some("worker")), secret]);
+    assert!(import.rules.is_empty(), "{:?}", import.messages());
+}
+
+/// Issue 25, item 9: with `identityOwner: operator` (and no `podIdentity.provider: aws`)
+/// KEDA ignores awsRoleArn and reads as the operator: the advice says that instead of
+/// telling the user to set role_arn to a role KEDA never used.
+#[test]
+fn identity_owner_operator_ignores_the_role() {
+    let spec = json!({"secretTargetRef": [{"parameter": "awsRoleArn", "name": "aws", "key": "ROLE"}]});
+    let mut t = sqs_trigger(json!({"queueURL": QUEUE, "identityOwner": "operator"}));
+    t["authenticationRef"] = json!({"name": "op"});
+    let objects = vec![
+        so("shop", "orders", json!({"scaleTargetRef": {"name": "w"}, "triggers": [t]})),
+        auth("TriggerAuthentication", Some("shop"), "op", spec),
+    ];
+    let import = run(&objects);
+    let messages = import.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].contains("with identityOwner: operator KEDA does not assume it"), "{messages:?}");
+    assert!(!messages[0].contains("set role_arn"), "{messages:?}");
+    assert_eq!(role_of(&import), None);
+}
+
+/// Issue 25, item 4: `advanced.scalingModifiers` and the trigger names come along
+/// (KEDA's string target as a number); a formula over a trigger that is left out (cron)
+/// does not check, so the rule is shown commented out with why.
+#[test]
+fn scaling_modifiers_come_along() {
+    let spec = |formula: &str| {
+        json!({"scaleTargetRef": {"name": "w"},
+               "advanced": {"scalingModifiers": {"formula": formula, "target": "10", "activationTarget": "5"}},
+               "triggers": [
+                   {"type": "aws-sqs-queue", "name": "a", "metadata": {"queueURL": QUEUE}},
+                   {"type": "aws-sqs-queue", "name": "b", "metadata": {"queueURL": QUEUE}},
+                   {"type": "cron", "name": "c", "metadata": {"start": "0 8 * * *"}}]})
+    };
+    let import = run(&[so("shop", "orders", spec("a + b"))]);
+    let rule = &only_rule(&import).rule;
+    let m = rule.scaling_modifiers.as_ref().unwrap();
+    assert_eq!((m.formula.as_deref(), m.target, m.activation_target), (Some("a + b"), Some(10.0), Some(5.0)));
+    assert!(!import.messages().iter().any(|n| n.contains("scalingModifiers")), "{:?}", import.messages());
+    let c = checked(&import);
+    assert_eq!(c.rules[0].policy.triggers[0].name.as_deref(), Some("a"));
+
+    let import = run(&[so("shop", "orders", spec("a + c"))]);
+    assert!(import.rules.is_empty());
+    assert!(
+        import.rejected[0].reasons.iter().any(|r| r.contains("scaling_modifiers.formula")),
+        "{:?}",
+        import.rejected
+    );
 }

@@ -203,7 +203,9 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
             replicas: *replicas,
             // Every write succeeds at once, pods included.
             status_replicas: *replicas,
+            ready_replicas: *replicas,
             pause: if rule.paused { Pause::Frozen } else { Pause::No },
+            overrides: rule.overrides,
             queues: rule.triggers.iter().map(|q| trace.at(&q.name, t)).collect(),
         };
         // The engine decides on the calendar (`--start` + t): schedules open there.

@@ -41,6 +41,7 @@ struct ClientKey {
     endpoint: Option<String>,
     profile: Option<String>,
     role_arn: Option<String>,
+    external_id: Option<String>,
 }
 
 impl ClientKey {
@@ -50,6 +51,7 @@ impl ClientKey {
             endpoint: q.endpoint.clone(),
             profile: q.profile.clone(),
             role_arn: q.role_arn.clone(),
+            external_id: q.external_id.clone(),
         }
     }
 
@@ -59,6 +61,7 @@ impl ClientKey {
             && self.endpoint == q.endpoint
             && self.profile == q.profile
             && self.role_arn == q.role_arn
+            && self.external_id == q.external_id
     }
 }
 
@@ -191,11 +194,12 @@ impl Sqs {
                 Some(_) => &self.loader(&ClientKey { endpoint: None, ..key.clone() }).load().await,
                 None => base,
             };
-            let provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
-                .session_name("sqscale")
-                .configure(sts)
-                .build()
-                .await;
+            let mut provider = aws_config::sts::AssumeRoleProvider::builder(arn.clone()).session_name("sqscale");
+            // A role whose trust policy asks for an ExternalId refuses AssumeRole without it.
+            if let Some(id) = &key.external_id {
+                provider = provider.external_id(id.clone());
+            }
+            let provider = provider.configure(sts).build().await;
             credentials = Some(SharedCredentialsProvider::new(provider));
         }
         // One cache for both paths: the SDK client's own identity cache then asks this
@@ -406,6 +410,7 @@ mod tests {
             endpoint: Some(endpoint.to_owned()),
             profile: None,
             role_arn: None,
+            external_id: None,
             direct: true,
         }
     }
@@ -475,6 +480,44 @@ mod tests {
             assert_eq!(total_fallbacks(&sqs), 0);
         }
         assert!(general.agents().is_empty(), "{:?}", general.agents());
+    }
+
+    /// A role's ExternalId goes with AssumeRole (a trust policy that asks for one refuses
+    /// AssumeRole without it), and none goes without one. Before, `external_id` was not
+    /// a key and AssumeRole never carried one.
+    #[tokio::test]
+    async fn assume_role_sends_the_external_id() {
+        const ASSUMED: &str = "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleResult>\
+            <Credentials><AccessKeyId>ASIATEST</AccessKeyId><SecretAccessKey>secret</SecretAccessKey>\
+            <SessionToken>token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>\
+            <AssumedRoleUser><AssumedRoleId>AROATEST:sqscale</AssumedRoleId>\
+            <Arn>arn:aws:sts::123456789012:assumed-role/reader/sqscale</Arn></AssumedRoleUser>\
+            </AssumeRoleResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleResponse>";
+        for external_id in [Some("ext-1234"), None] {
+            // One server for STS and SQS: the first request is AssumeRole, the rest reads.
+            let server =
+                TinyServer::start(|n| Some((200, if n == 0 { ASSUMED.to_owned() } else { COUNTS.to_owned() }))).await;
+            let q = QueueSource {
+                endpoint: None,
+                role_arn: Some("arn:aws:iam::123456789012:role/reader".to_owned()),
+                external_id: external_id.map(str::to_owned),
+                ..queue(&server.url)
+            };
+            let sqs = Sqs::new(Duration::from_secs(5));
+            let key = ClientKey::of(&q);
+            let credentials = Credentials::new("AKID", "SECRET", None, None, "test");
+            let base = sqs.loader(&key).credentials_provider(credentials).endpoint_url(&server.url).load().await;
+            let endpoint = sqs.endpoint_of(&key, &base).await;
+            lock(&sqs.clients).push((key, endpoint));
+            assert_eq!(sqs.read(&q, Attrs::default()).await.unwrap().visible, 7);
+            let bodies = server.bodies();
+            assert!(bodies[0].contains("Action=AssumeRole"), "{bodies:?}");
+            assert!(bodies[0].contains("RoleSessionName=sqscale"), "{bodies:?}");
+            match external_id {
+                Some(id) => assert!(bodies[0].contains(&format!("ExternalId={id}")), "{bodies:?}"),
+                None => assert!(!bodies[0].contains("ExternalId"), "{bodies:?}"),
+            }
+        }
     }
 
     /// `[aws] direct_path = false`: only the SDK asks.

@@ -575,6 +575,7 @@ mod tests {
             backlog: Some(30),
             proposal: Some(6),
             schedule: None,
+            overrides: Default::default(),
         };
         let a = o.record("a").unwrap();
         let report = |queues: Vec<Option<u64>>, queue_errors: Vec<String>| PollReport {

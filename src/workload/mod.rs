@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::config::TargetRef;
-use crate::engine::{Pause, Time};
+use crate::engine::{Overrides, Pause, Time};
 use crate::leader::Leadership;
 use state::Running;
 
@@ -27,6 +27,12 @@ pub const LAST_ACTIVE: &str = "sqscale.io/last-active";
 pub const PAUSED: &str = "sqscale.io/paused";
 /// `"N"`: pin the target to N replicas.
 pub const PAUSED_REPLICAS: &str = "sqscale.io/paused-replicas";
+/// `"true"`: never scale in (KEDA's `paused-scale-in`).
+pub const PAUSED_SCALE_IN: &str = "sqscale.io/paused-scale-in";
+/// `"true"`: never scale out (KEDA's `paused-scale-out`).
+pub const PAUSED_SCALE_OUT: &str = "sqscale.io/paused-scale-out";
+/// `"true"`: active whatever the queues say (KEDA's `force-activation`).
+pub const FORCE_ACTIVATION: &str = "sqscale.io/force-activation";
 
 /// What a poll needs to know about the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +41,11 @@ pub struct TargetView {
     pub replicas: u32,
     /// `status.replicas`, when the object reports it (a Deployment omits it at 0).
     pub status_replicas: Option<u32>,
+    /// `status.readyReplicas` (omitted at 0): the pods a `Value` metric counts.
+    pub ready_replicas: Option<u32>,
     pub pause: Pause,
+    /// The one-way pauses and forced activation its annotations ask for.
+    pub overrides: Overrides,
     /// The stored last-active ([`state`]), or the `sqscale.io/last-active` annotation an
     /// older sqscale left on the target, whichever is newer.
     pub last_active: Option<Time>,
@@ -69,7 +79,13 @@ pub fn view_of<'a>(
     TargetView {
         replicas: spec_replicas.unwrap_or(1),
         status_replicas,
+        ready_replicas: None,
         pause: Pause::from_annotations(annotation(PAUSED), annotation(PAUSED_REPLICAS)),
+        overrides: Overrides::from_annotations(
+            annotation(PAUSED_SCALE_IN),
+            annotation(PAUSED_SCALE_OUT),
+            annotation(FORCE_ACTIVATION),
+        ),
         last_active: annotation(LAST_ACTIVE).and_then(parse_time),
         stored_last_active: None,
         resource_version,
@@ -134,6 +150,31 @@ pub trait ScaleTarget: Send + Sync + 'static {
         lead: &Leadership,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
+    /// The replica count the target had when a rule with
+    /// `restore_to_original_replica_count` first took it, kept in sqscale's state
+    /// ([`state`]) so a restart does not lose it. Adapters that keep no state have none.
+    fn original_replicas(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+    ) -> impl Future<Output = Result<Option<u32>, TargetError>> + Send {
+        let _ = (context, target);
+        async { Ok(None) }
+    }
+
+    /// Stores the original replica count (see [`ScaleTarget::original_replicas`]), or
+    /// forgets it (`None`), if `lead` still allows it when the write is sent.
+    fn set_original_replicas(
+        &self,
+        context: Option<&str>,
+        target: &TargetRef,
+        replicas: Option<u32>,
+        lead: &Leadership,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send {
+        let _ = (context, target, replicas, lead);
+        async { Ok(()) }
+    }
+
     /// Records a Kubernetes Event on the target (best effort).
     fn publish(
         &self,
@@ -191,6 +232,14 @@ mod tests {
         assert_eq!(v.scale_status_replicas(), 0);
         let v = view_of(count(&json!(5)), count(&json!(null)), |_| None, None);
         assert_eq!((v.replicas, v.scale_status_replicas()), (5, 0));
+        assert_eq!(v.overrides, Overrides::default());
+
+        // The one-way pauses and forced activation, read as KEDA reads its annotations.
+        ann.insert(PAUSED_SCALE_IN.to_owned(), "true".to_owned());
+        ann.insert(FORCE_ACTIVATION.to_owned(), "yes".to_owned());
+        ann.insert(PAUSED_SCALE_OUT.to_owned(), "false".to_owned());
+        let v = view_of(count(&json!(2)), None, |k| ann.get(k).map(String::as_str), None);
+        assert_eq!(v.overrides, Overrides { paused_scale_in: true, paused_scale_out: false, force_activation: true });
     }
 
     #[test]

@@ -66,6 +66,15 @@ pub fn key(t: &TargetRef) -> String {
     format!("{}.{}.{}", t.kind.as_str().to_ascii_lowercase(), t.namespace, t.name)
 }
 
+/// The key of the replica count `t` had when a rule with `restore_to_original_replica_count`
+/// first took it (KEDA's `status.originalReplicaCount`): [`key`] behind this prefix, which
+/// is no kind, so [`target_of`] never takes it for a last-active key.
+const ORIGINAL_PREFIX: &str = "original-replicas.";
+
+pub fn original_key(t: &TargetRef) -> String {
+    format!("{ORIGINAL_PREFIX}{}", key(t))
+}
+
 /// The target a key names (see [`key`]); `None` for a key sqscale did not write.
 /// Namespaces are DNS labels (no dot); a name may hold dots, so it is the rest.
 fn target_of(key: &str) -> Option<(TargetKind, &str, &str)> {
@@ -187,10 +196,19 @@ pub enum StateError {
     Throttled(String, f64),
 }
 
+/// What a write stores under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Value {
+    /// A target's last-active (never written over a newer one).
+    LastActive(Time),
+    /// A target's original replica count, or (`None`) its removal.
+    Original(Option<u32>),
+}
+
 /// A write waiting for the next PATCH, and who waits for its outcome.
 struct Write {
     key: String,
-    at: Time,
+    value: Value,
     /// Whether this instance may write the context's state: checked right before the
     /// PATCH, which must also end within what it allows.
     lead: Leadership,
@@ -219,6 +237,8 @@ struct Batch {
 struct Outgoing {
     data: BTreeMap<String, Option<String>>,
     written: Vec<(String, Time)>,
+    /// Original replica counts written (or removed), by [`key`].
+    originals: Vec<(String, Option<u32>)>,
     removed: Vec<String>,
     waiters: Vec<oneshot::Sender<Result<(), StateError>>>,
     /// The [`Keep`] the removals came from (taken off the batch once they are done).
@@ -307,6 +327,8 @@ pub struct Store {
     /// Keys in sqscale's form whose value was not a time: not in `values`, but removed
     /// like any other key no rule uses.
     unparsed: Mutex<BTreeSet<String>>,
+    /// The original replica counts, by [`key`] (few: only rules that restore have one).
+    originals: Mutex<HashMap<String, u32>>,
     batch: Mutex<Batch>,
     wake: Notify,
     /// The context, as [`Sizes`] names it.
@@ -335,6 +357,7 @@ impl Store {
             loaded_at: AtomicU64::new(u64::MAX),
             values: Default::default(),
             unparsed: Default::default(),
+            originals: Default::default(),
             batch: Default::default(),
             wake: Notify::new(),
             context: context.to_owned(),
@@ -356,6 +379,27 @@ impl Store {
             Box::pin(self.load_once(wanted)).await?;
         }
         Ok(lock(&self.values).get(t))
+    }
+
+    /// The stored original replica count of `t` (see [`original_key`]), read as
+    /// [`Store::get`] reads.
+    pub async fn original(&self, t: &TargetRef) -> Result<Option<u32>, StateError> {
+        let wanted = self.wanted.load(Ordering::Acquire);
+        if self.loaded_at.load(Ordering::Acquire) != wanted {
+            Box::pin(self.load_once(wanted)).await?;
+        }
+        Ok(lock(&self.originals).get(&key(t)).copied())
+    }
+
+    /// Stores `t`'s original replica count, or removes it (`None`), in the next PATCH,
+    /// fenced by `lead` as every state write.
+    pub async fn set_original(
+        &self,
+        t: &TargetRef,
+        replicas: Option<u32>,
+        lead: &Leadership,
+    ) -> Result<(), StateError> {
+        self.queue(original_key(t), Value::Original(replicas), lead).await
     }
 
     /// The next [`Store::get`] reads the ConfigMap again (what was read is kept, and
@@ -401,6 +445,17 @@ impl Store {
         let mut values = lock(&self.values);
         let mut unparsed = lock(&self.unparsed);
         for (k, v) in data {
+            if let Some(target) = k.strip_prefix(ORIGINAL_PREFIX) {
+                match (target_of(target), v.trim().parse::<u32>()) {
+                    (Some(_), Ok(n)) => {
+                        lock(&self.originals).insert(target.to_owned(), n);
+                    }
+                    _ => {
+                        tracing::warn!(configmap = %self.name(), key = %k, value = %v, "not an original replica count; ignored")
+                    }
+                }
+                continue;
+            }
             match (target_of(&k), parse_time(&v)) {
                 (Some((kind, namespace, name)), Some(at)) => values.merge(kind, namespace, name, at),
                 (None, _) => tracing::warn!(configmap = %self.name(), key = %k, "not a key sqscale writes; ignored"),
@@ -434,8 +489,13 @@ impl Store {
     /// timeout passes; a write given up on is not sent). A time older than the one
     /// stored is not written (see [`Store::stale`]).
     pub async fn set(&self, t: &TargetRef, at: Time, lead: &Leadership) -> Result<(), StateError> {
+        self.queue(key(t), Value::LastActive(at), lead).await
+    }
+
+    /// Queues one write for the next PATCH and waits for its outcome.
+    async fn queue(&self, key: String, value: Value, lead: &Leadership) -> Result<(), StateError> {
         let (done, outcome) = oneshot::channel();
-        lock(&self.batch).writes.push(Write { key: key(t), at, lead: lead.clone(), done });
+        lock(&self.batch).writes.push(Write { key, value, lead: lead.clone(), done });
         self.wake.notify_one();
         match tokio::time::timeout(self.timeout, outcome).await {
             Ok(Ok(result)) => result,
@@ -534,6 +594,7 @@ impl Store {
         let mut patch = Outgoing {
             data: BTreeMap::new(),
             written: Vec::new(),
+            originals: Vec::new(),
             removed: Vec::new(),
             waiters: Vec::new(),
             keep: None,
@@ -553,15 +614,26 @@ impl Store {
                 let _ = w.done.send(Err(StateError::NotLeading(self.name())));
                 continue;
             };
-            if self.stale(&values, &w.key, w.at, now) || patch.written.iter().any(|(k, at)| *k == w.key && *at > w.at) {
-                tracing::debug!(configmap = %self.name(), key = %w.key, last_active = %format_time(w.at), "a newer last-active is stored; not written");
+            let at = match w.value {
+                Value::LastActive(at) => at,
+                Value::Original(replicas) => {
+                    patch.budget = patch.budget.min(budget);
+                    patch.data.insert(w.key.clone(), replicas.map(|n| n.to_string()));
+                    let target = w.key.strip_prefix(ORIGINAL_PREFIX).unwrap_or(&w.key).to_owned();
+                    patch.originals.push((target, replicas));
+                    patch.waiters.push(w.done);
+                    continue;
+                }
+            };
+            if self.stale(&values, &w.key, at, now) || patch.written.iter().any(|(k, t)| *k == w.key && *t > at) {
+                tracing::debug!(configmap = %self.name(), key = %w.key, last_active = %format_time(at), "a newer last-active is stored; not written");
                 let _ = w.done.send(Ok(()));
                 continue;
             }
             patch.budget = patch.budget.min(budget);
-            patch.data.insert(w.key.clone(), Some(format_time(w.at)));
+            patch.data.insert(w.key.clone(), Some(format_time(at)));
             patch.written.retain(|(k, _)| *k != w.key);
-            patch.written.push((w.key, w.at));
+            patch.written.push((w.key, at));
             patch.waiters.push(w.done);
         }
         let loaded = self.loaded_at.load(Ordering::Acquire) != u64::MAX;
@@ -609,6 +681,14 @@ impl Store {
                 values.set(&TargetRef { kind, namespace: namespace.to_owned(), name: name.to_owned() }, *at);
             }
         }
+        let mut originals = lock(&self.originals);
+        for (k, replicas) in &patch.originals {
+            match replicas {
+                Some(n) => originals.insert(k.clone(), *n),
+                None => originals.remove(k),
+            };
+        }
+        drop(originals);
         let mut unparsed = lock(&self.unparsed);
         for k in &patch.removed {
             if let Some((kind, namespace, name)) = target_of(k) {
@@ -694,6 +774,10 @@ mod tests {
         assert_eq!(target_of("deployment.shop.api.v2"), Some((TargetKind::Deployment, "shop", "api.v2")));
         assert_eq!(target_of("configmap.shop.x"), None);
         assert_eq!(target_of("deployment.shop"), None);
+        // An original replica count's key is never a last-active key.
+        let original = original_key(&t);
+        assert_eq!(original, "original-replicas.statefulset.shop.orders-worker");
+        assert_eq!(target_of(&original), None);
     }
 
     /// Looked up by the target's names; the newer time wins; the kinds do not mix.

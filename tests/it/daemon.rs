@@ -490,6 +490,7 @@ async fn a_direct_miss_is_asked_again_through_the_sdk_which_names_the_error() {
         endpoint: Some(proxy.url()),
         profile: None,
         role_arn: None,
+        external_id: None,
         direct: true,
     };
     let reader = Sqs::new(Duration::from_secs(5));

@@ -856,6 +856,31 @@ async fn the_stored_state_is_read_again_when_this_instance_starts_to_lead() {
     assert_eq!(gets, 2);
 }
 
+/// Issue 25, item 5: the original replica count of a rule that restores is kept in the
+/// state ConfigMap beside last-active, so a restarted daemon (a new adapter) reads it
+/// back; forgetting it removes its key and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_replica_count_is_kept_in_the_state_configmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let target = TargetRef { kind: sqscale::config::TargetKind::Deployment, name: "demo".into(), namespace: NS.into() };
+    let adapter = Kube::new(Some(kubeconfig.clone()), None, Duration::from_secs(5));
+    assert_eq!(adapter.original_replicas(None, &target).await.unwrap(), None);
+    adapter.set_last_active(None, &target, Time(1_795_000_000_000), &Leadership::unelected()).await.unwrap();
+    adapter.set_original_replicas(None, &target, Some(3), &Leadership::unelected()).await.unwrap();
+    let data = || kube.config_map("sqscale", "sqscale-state").unwrap()["data"].clone();
+    assert_eq!(data()["original-replicas.deployment.default.demo"], "3", "{}", data());
+
+    let restarted = Kube::new(Some(kubeconfig), None, Duration::from_secs(5));
+    assert_eq!(restarted.original_replicas(None, &target).await.unwrap(), Some(3));
+    let view = restarted.read(None, &target).await.unwrap();
+    assert_eq!(view.last_active, Some(Time(1_795_000_000_000)), "the count is no time, nor hides one");
+    restarted.set_original_replicas(None, &target, None, &Leadership::unelected()).await.unwrap();
+    assert!(data().get("original-replicas.deployment.default.demo").is_none(), "{}", data());
+    assert!(data().get("deployment.default.demo").is_some(), "{}", data());
+    assert_eq!(restarted.original_replicas(None, &target).await.unwrap(), None);
+}
+
 /// Last-active writes that arrive in a stream (a busy fleet refreshing its times) go out
 /// together, at most one PATCH a second: each PATCH is answered with the whole ConfigMap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -243,6 +243,8 @@ async fn check_remote_reports_queue_target_and_rbac_per_rule() {
     assert_eq!(lines.len(), 2, "{stdout}");
     assert!(lines[0].starts_with("ok    demo: queue ") && lines[0].contains("has 7 messages"), "{}", lines[0]);
     assert!(lines[0].contains("has 2 replicas"), "{}", lines[0]);
+    // Which identity reads the queue (issue 25: a role's trust policy may refuse one).
+    assert!(lines[0].contains("(read as the default credential chain)"), "{}", lines[0]);
     assert!(lines[1].starts_with("FAIL  ghost: ") && lines[1].contains("[not_found]"), "{}", lines[1]);
     // Per rule: get, list and watch the target; get and patch its scale; create events;
     // get, patch and create the state ConfigMap. Nothing on the whole object but reads.
@@ -324,6 +326,36 @@ async fn checked_rules(dir: &Path, text: &str) -> Vec<(String, String, Option<St
             )
         })
         .collect()
+}
+
+/// Issue 25, item 8, from the cluster: a trigger's `queueURLFromEnv` is read from the
+/// target's pod template (one GET of the target), and the rule says where it came from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_keda_reads_queue_url_from_env_from_the_clusters_target() {
+    use crate::support::fake_kube::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let kube = crate::support::fake_kube::FakeKube::start().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig);
+    let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/orders";
+    kube.add_deployment("default", "orders-worker", 1);
+    kube.set_env(Kind::Deployment, "default", "orders-worker", "QUEUE_URL", url);
+    let trigger = serde_json::json!({"type": "aws-sqs-queue", "metadata": {"queueURLFromEnv": "QUEUE_URL"}});
+    kube.add_keda(keda_object(
+        "ScaledObject",
+        Some("default"),
+        "orders",
+        serde_json::json!({"scaleTargetRef": {"name": "orders-worker"}, "triggers": [trigger]}),
+    ));
+    let args = ["import-keda", "--kubeconfig", kubeconfig.to_str().unwrap()];
+    let (code, stdout, stderr) = sqscale_off_runtime(&args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("queue_url = \"{url}\"")), "{stdout}");
+    assert!(
+        stderr.contains("queue_url is the value of QUEUE_URL in the container app of Deployment default/orders-worker"),
+        "{stderr}"
+    );
+    assert_eq!(kube.count("GET", "/apis/apps/v1/namespaces/default/deployments/orders-worker"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,6 +423,16 @@ async fn a_burst_of_reloads_reads_the_file_once() {
         Ok(again.clone())
     };
     let daemon = tokio::spawn(supervisor::run(cfg, w.deps(false), rx, load, Duration::from_secs(5)));
+    // The load runs on a thread of its own, which the paused clock does not wait for:
+    // without this, the clock jumps the second below at once and the shutdown may come
+    // before the thread has even started (0 loads, the reload abandoned).
+    for _ in 0..10_000 {
+        if loads.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
     sleep(Duration::from_secs(1)).await;
     tx.send(Control::Shutdown).await.unwrap();
     assert_eq!(daemon.await.unwrap(), Ok(()));
@@ -537,4 +547,97 @@ async fn a_last_active_time_in_the_future_is_taken_as_now() {
     assert!(written < hour_ahead, "the clamped time is written back: {written:?}");
     after_poll(start, 30).await;
     assert_eq!(w.targets.replicas("demo"), 0, "30 s after the first poll, not an hour and 30 s");
+}
+
+/// Issue 25, item 5 (TV-35): a removed rule with `restore_to_original_replica_count`
+/// puts its target back to the replicas it had when the rule first took it (3; the rule
+/// took it to 5), and forgets that count. Before, a removed rule always left the target
+/// as it was (`removed_rules_stop_and_leave_their_target_alone` is the `false` case).
+#[tokio::test(start_paused = true)]
+async fn a_removed_rule_that_restores_puts_its_target_back() {
+    let w = World::new();
+    w.queues.set("qa", Some(0));
+    w.queues.set("qb", Some(50));
+    w.targets.add("a", 0);
+    w.targets.add("b", 3);
+    let restore = "restore_to_original_replica_count = true";
+    let start = tokio::time::Instant::now();
+    let mut sup = Supervisor::start(config(&[rule("a", "qa", ""), rule("b", "qb", restore)]), w.deps(false));
+    after_poll(start, 10).await;
+    assert_eq!(w.targets.replicas("b"), 5);
+    assert_eq!(w.targets.originals.lock().unwrap().get("b"), Some(&3), "recorded before the first write");
+    let outcome = sup.reload(Ok(config(&[rule("a", "qa", "")])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 1, changed: 0, unchanged: 1 });
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.targets.replicas("b"), 3);
+    assert_eq!(w.targets.get("b").writes, [5, 3]);
+    assert!(w.targets.originals.lock().unwrap().is_empty(), "forgotten once restored");
+    // A rule added again records the count of its own time.
+    sup.reload(Ok(config(&[rule("a", "qa", ""), rule("b", "qb", restore)])));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.targets.originals.lock().unwrap().get("b"), Some(&3));
+}
+
+/// The original count is stored (the state ConfigMap, here the fake's), so a restart
+/// does not lose it: the new daemon finds the target at 5 and still restores 3.
+#[tokio::test(start_paused = true)]
+async fn the_original_count_survives_a_restart() {
+    let w = World::new();
+    w.queues.set("qa", Some(0));
+    w.queues.set("qb", Some(50));
+    w.targets.add("a", 0);
+    w.targets.add("b", 3);
+    let both = config(&[rule("a", "qa", ""), rule("b", "qb", "restore_to_original_replica_count = true")]);
+    let start = tokio::time::Instant::now();
+    let (tx, rx) = mpsc::channel(4);
+    let daemon =
+        tokio::spawn(supervisor::run(both.clone(), w.deps(false), rx, || unreachable!(), Duration::from_secs(5)));
+    after_poll(start, 10).await;
+    tx.send(Control::Shutdown).await.unwrap();
+    assert_eq!(daemon.await.unwrap(), Ok(()));
+    assert_eq!(w.targets.replicas("b"), 5, "a shutdown restores nothing");
+
+    let mut sup = Supervisor::start(both, w.deps(false));
+    sleep(Duration::from_secs(15)).await;
+    assert_eq!(w.targets.originals.lock().unwrap().get("b"), Some(&3), "kept, not replaced by 5");
+    sup.reload(Ok(config(&[rule("a", "qa", "")])));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(w.targets.replicas("b"), 3);
+}
+
+/// A dry run records nothing and restores nothing.
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_neither_records_nor_restores() {
+    let w = World::new();
+    w.queues.set("qb", Some(50));
+    w.targets.add("b", 3);
+    w.targets.originals.lock().unwrap().insert("b".to_owned(), 1);
+    let start = tokio::time::Instant::now();
+    let mut sup =
+        Supervisor::start(config(&[rule("b", "qb", "restore_to_original_replica_count = true")]), w.deps(true));
+    after_poll(start, 10).await;
+    sup.reload(Ok(config(&[rule("a", "qa", "")])));
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!((w.targets.replicas("b"), w.targets.get("b").writes.len()), (3, 0));
+    assert_eq!(w.targets.originals.lock().unwrap().get("b"), Some(&1));
+}
+
+/// Issue 25, items 2 and 3 through the worker: the rule's `paused_scale_in` holds a
+/// target the empty queue would take to zero, and `force_activation` activates one at
+/// zero whatever the queue says.
+#[tokio::test(start_paused = true)]
+async fn rule_keys_pause_scale_in_and_force_activation() {
+    let w = World::new();
+    w.queues.set("qa", Some(0));
+    w.queues.set("qb", Some(0));
+    w.targets.add("a", 3);
+    w.targets.add("b", 0);
+    let start = tokio::time::Instant::now();
+    let _sup = Supervisor::start(
+        config(&[rule("a", "qa", "paused_scale_in = true"), rule("b", "qb", "force_activation = true")]),
+        w.deps(false),
+    );
+    after_poll(start, 60).await;
+    assert_eq!((w.targets.replicas("a"), w.targets.get("a").writes.len()), (3, 0), "held: no step to zero");
+    assert_eq!(w.targets.get("b").writes, [1], "activated from zero, and kept there");
 }

@@ -32,6 +32,9 @@ pub(super) struct Scalable {
 struct Replicas {
     #[serde(default)]
     replicas: serde_json::Value,
+    /// In `status` only: what a `Value` metric counts as ready pods.
+    #[serde(default, rename = "readyReplicas")]
+    ready_replicas: serde_json::Value,
 }
 
 impl kube::Resource for Scalable {
@@ -64,6 +67,7 @@ impl kube::Resource for Scalable {
 pub(super) struct Seen {
     replicas: Option<u32>,
     status_replicas: Option<u32>,
+    ready_replicas: Option<u32>,
     resource_version: Option<Arc<str>>,
     /// The `sqscale.io/` annotations only (usually none, and then no allocation).
     annotations: Vec<(String, String)>,
@@ -75,9 +79,11 @@ impl Seen {
         let meta = obj.metadata;
         let annotations =
             meta.annotations.unwrap_or_default().into_iter().filter(|(k, _)| k.starts_with("sqscale.io/"));
+        let status = obj.status.unwrap_or_default();
         let seen = Seen {
             replicas: obj.spec.and_then(|s| count(&s.replicas)),
-            status_replicas: obj.status.and_then(|s| count(&s.replicas)),
+            status_replicas: count(&status.replicas),
+            ready_replicas: count(&status.ready_replicas),
             resource_version: meta.resource_version.map(Arc::from),
             annotations: annotations.collect(),
         };
@@ -86,7 +92,8 @@ impl Seen {
 
     pub(super) fn view(&self) -> TargetView {
         let annotation = |k: &str| self.annotations.iter().find(|(name, _)| name == k).map(|(_, v)| v.as_str());
-        view_of(self.replicas, self.status_replicas, annotation, self.resource_version.clone())
+        let view = view_of(self.replicas, self.status_replicas, annotation, self.resource_version.clone());
+        TargetView { ready_replicas: self.ready_replicas, ..view }
     }
 }
 
@@ -278,7 +285,7 @@ mod tests {
                 "managedFields": [{"manager": "kubectl"}]
             },
             "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}},
-            "status": {"replicas": 2, "readyReplicas": 2}
+            "status": {"replicas": 2, "readyReplicas": 1}
         });
         let annotations = full["metadata"]["annotations"].as_object().unwrap().clone();
         let want = view_of(
@@ -287,6 +294,8 @@ mod tests {
             |k| annotations.get(k).and_then(|v| v.as_str()),
             Some("42".into()),
         );
+        // The ready pods, which a `Value` metric counts.
+        let want = TargetView { ready_replicas: Some(1), ..want };
         let (name, seen) = Seen::of(serde_json::from_value(full).unwrap());
         assert_eq!(name, "worker");
         assert_eq!(seen.view(), want);

@@ -90,6 +90,22 @@ impl ScaleTarget for Kube {
         Kube::keep_state(self, rules, lead);
     }
 
+    async fn original_replicas(&self, context: Option<&str>, t: &TargetRef) -> Result<Option<u32>, TargetError> {
+        let connection = self.connection(context).await.map_err(|e| e.at(t))?;
+        Box::pin(connection.state.original(t)).await.map_err(|e| state_error(t, e))
+    }
+
+    async fn set_original_replicas(
+        &self,
+        context: Option<&str>,
+        t: &TargetRef,
+        replicas: Option<u32>,
+        lead: &Leadership,
+    ) -> Result<(), TargetError> {
+        let connection = self.connection(context).await.map_err(|e| e.at(t))?;
+        connection.state.set_original(t, replicas, lead).await.map_err(|e| state_error(t, e))
+    }
+
     async fn publish(&self, context: Option<&str>, t: &TargetRef, event: &TargetEvent) -> Result<(), TargetError> {
         let recorder = self.connection(context).await.map_err(|e| e.at(t))?.recorder.clone();
         let reference = ObjectReference {

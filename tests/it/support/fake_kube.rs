@@ -271,6 +271,16 @@ impl FakeKube {
         });
     }
 
+    /// Sets a literal `env` value in the first container of the pod template, as another
+    /// writer would. Panics if missing.
+    pub fn set_env(&self, kind: Kind, ns: &str, name: &str, var: &str, value: &str) {
+        self.external_write(kind, ns, name, |obj| {
+            let container = &mut obj["spec"]["template"]["spec"]["containers"][0];
+            let env = container.as_object_mut().expect("container").entry("env").or_insert_with(|| json!([]));
+            env.as_array_mut().expect("env").push(json!({"name": var, "value": value}));
+        });
+    }
+
     fn external_write(&self, kind: Kind, ns: &str, name: &str, change: impl FnOnce(&mut Value)) {
         let mut st = self.shared.lock();
         let mut obj = st.get(kind.res(), ns, name).cloned().unwrap_or_else(|| panic!("no {kind:?} {ns}/{name}"));

@@ -61,6 +61,8 @@ pub struct FakeTargets {
     pub events: Arc<Mutex<Vec<(String, TargetEvent)>>>,
     /// The targets passed to each `retain` (a reload), as `context/Kind/namespace/name`.
     pub retained: Arc<Mutex<Vec<Vec<String>>>>,
+    /// The stored original replica counts, by target name (the state ConfigMap's).
+    pub originals: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl FakeTargets {
@@ -91,7 +93,9 @@ impl ScaleTarget for FakeTargets {
         Ok(TargetView {
             replicas: o.replicas,
             status_replicas: Some(o.replicas),
+            ready_replicas: Some(o.replicas),
             pause: o.pause,
+            overrides: Default::default(),
             last_active: o.last_active,
             // Everything this fake holds is stored by it.
             stored_last_active: o.last_active,
@@ -126,6 +130,25 @@ impl ScaleTarget for FakeTargets {
         tokio::time::sleep(delay).await;
         let mut objects = self.objects.lock().unwrap();
         objects.get_mut(&t.name).ok_or_else(|| Self::missing(t))?.last_active = Some(at);
+        Ok(())
+    }
+
+    async fn original_replicas(&self, _ctx: Option<&str>, t: &TargetRef) -> Result<Option<u32>, TargetError> {
+        Ok(self.originals.lock().unwrap().get(&t.name).copied())
+    }
+
+    async fn set_original_replicas(
+        &self,
+        _ctx: Option<&str>,
+        t: &TargetRef,
+        replicas: Option<u32>,
+        _lead: &Leadership,
+    ) -> Result<(), TargetError> {
+        let mut originals = self.originals.lock().unwrap();
+        match replicas {
+            Some(n) => originals.insert(t.name.clone(), n),
+            None => originals.remove(&t.name),
+        };
         Ok(())
     }
 
