@@ -13,6 +13,7 @@ mod fake_kube;
 mod faults;
 mod fuzz;
 mod leader;
+mod package;
 mod process;
 mod secrets;
 mod supervisor;
