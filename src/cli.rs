@@ -117,6 +117,33 @@ enum Command {
     },
     /// Turn KEDA ScaledObjects (from files, or listed from the cluster) into a rule file.
     ImportKeda(crate::import::command::Args),
+    /// Print the completion script for SHELL on standard output.
+    ///
+    /// The Debian package installs them; elsewhere, for example:
+    /// `sqscale completions bash > /usr/share/bash-completion/completions/sqscale`,
+    /// `sqscale completions zsh > /usr/local/share/zsh/site-functions/_sqscale`,
+    /// `sqscale completions fish > ~/.config/fish/completions/sqscale.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, sqscale(1) and one per command, into DIR.
+    ///
+    /// Hidden: a build step (scripts/package), not something an operator runs. The pages
+    /// come from these definitions, so they say what --help says.
+    #[command(hide = true)]
+    Man {
+        /// The folder; created if missing.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The command line as clap sees it: what `--help`, the man pages and the completions
+/// are made from.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Parses the arguments, runs the command, and returns its exit code.
@@ -135,7 +162,58 @@ pub fn main() -> ExitCode {
             simulate(&config.config, &trace, options)
         }
         Command::ImportKeda(args) => crate::import::command::main(args),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man(&dir),
     }
+}
+
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    // Into a buffer first: clap_complete panics on a failed write (a closed pipe), and a
+    // failed write is an error message here, not a panic.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "sqscale", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the {shell} completions: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn man(dir: &Path) -> ExitCode {
+    // The pages' date: SOURCE_DATE_EPOCH (scripts/package sets it to the last commit's
+    // time, so that two builds of one commit make the same pages), else today.
+    let date = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) => match epoch.trim().parse().ok().and_then(|s| jiff::Timestamp::from_second(s).ok()) {
+            Some(t) => t,
+            None => {
+                eprintln!("error: SOURCE_DATE_EPOCH {epoch:?}: not a number of seconds since 1970");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        Err(_) => jiff::Timestamp::now(),
+    };
+    match std::fs::create_dir_all(dir).and_then(|()| write_man_pages(dir, &date.strftime("%Y-%m-%d").to_string())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing the man pages to {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// sqscale(1) and a page per command that `--help` lists. `clap_mangen::generate_to`
+/// does the same but leaves the date out, and then man reads the source as the date.
+fn write_man_pages(dir: &Path, date: &str) -> std::io::Result<()> {
+    let mut cli = command().disable_help_subcommand(true);
+    cli.build();
+    let source = format!("sqscale {}", env!("CARGO_PKG_VERSION"));
+    let commands = cli.get_subcommands().filter(|c| !c.is_hide_set()).cloned();
+    for page in std::iter::once(cli.clone()).chain(commands) {
+        clap_mangen::Man::new(page).date(date).source(&source).manual("sqscale manual").generate_to(dir)?;
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {

@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod fuzz;
 mod leader;
+mod package;
 mod process;
 mod readme;
 mod schedule;
