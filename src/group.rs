@@ -1,6 +1,7 @@
 //! The groups' ledger: what each member of a `[[group]]` runs and wants, shared by the
 //! rules' workers (and `simulate`'s loop), so that a member's scale-up is granted only
-//! from the group's free capacity ([`crate::engine::group::allocate`] decides how much).
+//! from the group's free capacity ([`crate::engine::group::allocate`] decides how much;
+//! [`crate::engine::group::share_of`] is its answer for one member, in one scan).
 //!
 //! Members poll on their own schedules; the ledger keeps what each one reported last,
 //! so a member that polls now is weighed against the others' latest wants: a member of
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::config::{Group, Rule};
-use crate::engine::group::{Member, allocate};
+use crate::engine::group::{Member, share_of};
 use crate::sync::lock;
 
 /// What a member reported at its last poll.
@@ -131,19 +132,14 @@ impl Groups {
         let allocated = if ledger.members.values().any(|m| m.current.is_none()) {
             member.keeps()
         } else {
-            let members: Vec<Member> = ledger
-                .members
-                .iter()
-                .map(|(name, m)| Member {
-                    name,
-                    priority: m.priority,
-                    current: m.current.unwrap_or(0),
-                    min: m.min,
-                    want: m.want,
-                })
-                .collect();
-            let at = ledger.members.keys().position(|n| *n == rule.name).expect("the member is in its ledger");
-            allocate(ledger.max_replicas, &members)[at]
+            let members = ledger.members.iter().map(|(name, m)| Member {
+                name,
+                priority: m.priority,
+                current: m.current.unwrap_or(0),
+                min: m.min,
+                want: m.want,
+            });
+            share_of(ledger.max_replicas, members, &member)
         };
         let me = ledger.members.get_mut(&rule.name).expect("the member is in its ledger");
         me.denied = claim - allocated;

@@ -753,6 +753,12 @@ struct TriggerResult {
     proposal: Option<u32>,
 }
 
+impl TriggerResult {
+    /// A trigger whose metric is invalid: it counts for nothing and holds scale-in.
+    const FAILED: TriggerResult =
+        TriggerResult { backlog: 0, active: false, failed: true, fallback: false, stale: false, proposal: None };
+}
+
 fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: Time) -> Vec<TriggerResult> {
     let n = policy.triggers.len();
     next.failures.resize(n, 0);
@@ -841,24 +847,10 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
                                     stale: false,
                                     proposal: Some(p),
                                 },
-                                None => TriggerResult {
-                                    backlog: 0,
-                                    active: false,
-                                    failed: true,
-                                    fallback: false,
-                                    stale: false,
-                                    proposal: None,
-                                },
+                                None => TriggerResult::FAILED,
                             }
                         }
-                        _ => TriggerResult {
-                            backlog: 0,
-                            active: false,
-                            failed: true,
-                            fallback: false,
-                            stale: false,
-                            proposal: None,
-                        },
+                        _ => TriggerResult::FAILED,
                     }
                 }
             }
@@ -872,8 +864,7 @@ fn evaluate_triggers(policy: &Policy, next: &mut State, obs: &Observation, now: 
 /// effect the formula is skipped and the composite is `target * R`. A formula that fails
 /// at run time fails the poll: nothing scales in on it.
 fn composite(policy: &Policy, m: &Modifiers, triggers: &[TriggerResult], obs: &Observation) -> TriggerResult {
-    let failed =
-        TriggerResult { backlog: 0, active: false, failed: true, fallback: false, stale: false, proposal: None };
+    let failed = TriggerResult::FAILED;
     if triggers.iter().any(|t| t.failed) {
         return failed;
     }
