@@ -10,11 +10,12 @@
 //! already run replicas that count against the cap. No I/O and no clock: one lock,
 //! held for the arithmetic only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::config::{Group, Rule};
 use crate::engine::group::{Member, share_of};
+use crate::engine::{Decision, Phase, Reason};
 use crate::sync::lock;
 
 /// What a member reported at its last poll.
@@ -77,7 +78,7 @@ pub struct MemberStatus {
 /// Every group of the running rule file.
 #[derive(Debug, Default)]
 pub struct Groups {
-    ledgers: Mutex<HashMap<String, Ledger>>,
+    ledgers: Mutex<BTreeMap<String, Ledger>>,
 }
 
 impl Groups {
@@ -147,6 +148,23 @@ impl Groups {
         Grant { replicas: step.min(allocated), denied: me.denied }
     }
 
+    /// `d`, a member's decision, as its group allows it: a step up beyond what the group
+    /// grants is cut to the grant (reason `group_capped`). A pause is the operator's word
+    /// and is never cut; a rule in no group is not asked about. The worker and
+    /// `simulate` both decide through here.
+    pub fn limit(&self, rule: &Rule, mut d: Decision) -> Decision {
+        if rule.group.is_none() || d.phase == Phase::Pause {
+            return d;
+        }
+        let (min, _) = d.bounds(&rule.policy);
+        let grant = self.grant(rule, d.current, d.replicas(), d.claim(&rule.policy), min);
+        if grant.replicas < d.replicas() {
+            d.write = (grant.replicas != d.current).then_some(grant.replicas);
+            d.reason = Reason::GroupCapped;
+        }
+        d
+    }
+
     /// The member now runs `replicas` (its write went through, or it was read so).
     pub fn ran(&self, rule: &Rule, replicas: u32) {
         let Some(group) = &rule.group else { return };
@@ -158,7 +176,7 @@ impl Groups {
     /// Every group, by name.
     pub fn statuses(&self) -> Vec<GroupStatus> {
         let ledgers = lock(&self.ledgers);
-        let mut out: Vec<GroupStatus> = ledgers
+        ledgers
             .iter()
             .map(|(name, l)| GroupStatus {
                 group: name.clone(),
@@ -184,9 +202,7 @@ impl Groups {
                 },
                 note: None,
             })
-            .collect();
-        out.sort_by(|a, b| a.group.cmp(&b.group));
-        out
+            .collect()
     }
 }
 

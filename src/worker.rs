@@ -289,7 +289,7 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
             let mut round = 1;
             decision = loop {
                 let (next, d) = engine::decide(&rule.policy, &self.state, &obs, now);
-                let d = self.within_group(d);
+                let d = self.deps.observer.groups().limit(&rule, d);
                 let written = self.apply(&d, &view, &mut report).await;
                 // A 409: the target changed between the read and the write (a `kubectl
                 // scale`, a pause annotation). Resending the same count would overwrite
@@ -333,23 +333,6 @@ impl<Q: QueueReader, T: ScaleTarget> Worker<Q, T> {
         if let Some(active) = report.decision.map(|d| d.active) {
             self.persist_last_active(active).await;
         }
-    }
-
-    /// The decision as the rule's `[[group]]` allows it: a scale-up beyond what the
-    /// group can grant is cut to the grant (reason `group_capped`). A pause is the
-    /// operator's word and is never cut; nothing else is asked of a rule in no group.
-    fn within_group(&self, mut d: engine::Decision) -> engine::Decision {
-        if self.rule.group.is_none() || d.phase == engine::Phase::Pause {
-            return d;
-        }
-        let (min, _) = d.bounds(&self.rule.policy);
-        let claim = d.claim(&self.rule.policy);
-        let grant = self.deps.observer.groups().grant(&self.rule, d.current, d.replicas(), claim, min);
-        if grant.replicas < d.replicas() {
-            d.write = (grant.replicas != d.current).then_some(grant.replicas);
-            d.reason = Reason::GroupCapped;
-        }
-        d
     }
 
     /// Writes the decision to the target (unless dry run) and logs it.

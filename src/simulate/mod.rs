@@ -210,15 +210,8 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
         };
         // The engine decides on the calendar (`--start` + t): schedules open there.
         let now = Time(options.start.0.saturating_add(t.0));
-        let (mut next, mut d) = engine::decide(&rule.policy, state, &obs, now);
-        if rule.group.is_some() && d.phase != engine::Phase::Pause {
-            let (min, _) = d.bounds(&rule.policy);
-            let grant = groups.grant(rule, d.current, d.replicas(), d.claim(&rule.policy), min);
-            if grant.replicas < d.replicas() {
-                d.write = (grant.replicas != d.current).then_some(grant.replicas);
-                d.reason = Reason::GroupCapped;
-            }
-        }
+        let (mut next, d) = engine::decide(&rule.policy, state, &obs, now);
+        let d = groups.limit(rule, d);
         if let Some(to) = d.write {
             next.record_scale(&rule.policy, &d, now);
             groups.ran(rule, to);
