@@ -4,14 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn sqscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sqscale"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("SQSCALE_CONFIG")
-        .output()
-        .expect("run sqscale")
-}
+use crate::support::process::sqscale;
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

@@ -3,11 +3,9 @@
 //! `--help`. The package itself is built, installed and purged by scripts/test-package.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn sqscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sqscale")).args(args).output().expect("run sqscale")
-}
+use crate::support::process::sqscale;
 
 /// Each command `sqscale --help` lists, with the long flags its own `--help` lists.
 fn visible_commands() -> Vec<(String, Vec<String>)> {

@@ -3,7 +3,8 @@
 //! against the fake API server, polling every second.
 
 use std::path::Path;
-use std::process::{Command, Output};
+
+use crate::support::process::sqscale;
 use std::time::Duration;
 
 use crate::support::daemon::{Daemon, cluster, demo_rule, header, wait_until, write};
@@ -11,15 +12,6 @@ use crate::support::fake_kube::Kind;
 use crate::support::sqs;
 
 const NS: &str = "default";
-
-fn sqscale(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sqscale"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("SQSCALE_CONFIG")
-        .output()
-        .expect("run sqscale")
-}
 
 /// Polls the daemon's one rule has made (0 until the rule is loaded).
 fn polls(daemon: &Daemon) -> u64 {

@@ -93,3 +93,14 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (code, body)
 }
+
+/// Runs `sqscale` with `args` to its end, from the repository (so `config/...` paths
+/// resolve), without an inherited `SQSCALE_CONFIG`.
+pub fn sqscale(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("SQSCALE_CONFIG")
+        .output()
+        .expect("run sqscale")
+}
