@@ -40,6 +40,8 @@ pub struct Config {
     /// `[[group]]`: shared capacities, in file order.
     pub groups: Vec<Group>,
     pub rules: Vec<Rule>,
+    /// `[[job]]`: job rules (KEDA's ScaledJob), in file order.
+    pub jobs: Vec<JobRule>,
 }
 
 /// A capacity shared by the rules (and, later, job rules) that name it.
@@ -182,6 +184,88 @@ pub struct Rule {
     pub policy: Policy,
     /// Where each trigger reads; `policy.triggers` holds the numbers, in the same order.
     pub triggers: Vec<QueueSource>,
+}
+
+/// One validated `[[job]]`: KEDA's ScaledJob. Each poll reads its queues and creates
+/// batch/v1 Jobs from its template (`../shared/spec/scaledjob.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRule {
+    pub name: String,
+    /// Where its Jobs are created (and counted).
+    pub namespace: String,
+    /// Kube context; `None` uses `[kubernetes] context`.
+    pub context: Option<String>,
+    pub polling_interval: Duration,
+    /// The Job manifest its Jobs are made from, as read at start or at the last reload.
+    pub template: std::sync::Arc<JobTemplate>,
+    /// `[job.rollout]`: what a changed template does to the Jobs of the old one.
+    pub rollout: Rollout,
+    /// The `[[group]]` whose capacity this job rule shares (running Jobs count), if any.
+    pub group: Option<String>,
+    /// Within its group, free capacity goes to higher priority first.
+    pub priority: i32,
+    /// `pending_pod_conditions`: a Job is pending until one of its pods has every one of
+    /// these condition types True; empty: until a pod is Running or Succeeded (spec §4).
+    pub pending_pod_conditions: Vec<String>,
+    /// The numbers the engine decides with (paused, limits, strategy, triggers).
+    pub policy: crate::engine::job::JobPolicy,
+    /// Per trigger, in the order of `policy.triggers`: the backlog's parts it counts
+    /// (`scale_on_in_flight`, `scale_on_delayed`) and its name; `queue_length` and
+    /// `activation_queue_length` are the engine's copies in `policy.triggers`.
+    pub trigger_policies: Vec<crate::engine::TriggerPolicy>,
+    /// Where each trigger reads, in the same order.
+    pub triggers: Vec<QueueSource>,
+    /// `[[job.schedule]]`: windows that change min/max/paused while open.
+    pub schedules: Vec<crate::engine::schedule::Schedule>,
+}
+
+/// A job rule's template: a batch/v1 Job manifest read from a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobTemplate {
+    /// The file it was read from (absolute, or as given relative to the rule file).
+    pub path: PathBuf,
+    /// The Job to create, as JSON: the manifest with `metadata` cut down to its labels
+    /// and annotations, `spec.template.spec.restartPolicy` defaulted to `OnFailure`.
+    /// sqscale's labels, `generateName` and namespace are added at create time.
+    pub job: serde_json::Value,
+    /// The hash of the normalised Job (spec and the kept metadata; not the file's bytes):
+    /// the value of the `sqscale.io/template-hash` label. A change of it is a rollout.
+    pub hash: String,
+}
+
+/// `[job.rollout]` (spec §7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub strategy: RolloutStrategy,
+    pub propagation_policy: Propagation,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// Delete the Jobs of the old template (running, pending and finished) at start or
+    /// reload, before the first poll of the new one. KEDA's unset / `immediate`.
+    #[default]
+    Default,
+    /// Let the old template's Jobs finish; they still count.
+    Gradual,
+}
+
+/// A delete's `propagationPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    Background,
+    Foreground,
+}
+
+impl Propagation {
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Propagation::Background => "Background",
+            Propagation::Foreground => "Foreground",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

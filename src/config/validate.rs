@@ -167,7 +167,8 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
 
     let groups = validate_groups(&mut p, raw, &rules);
 
-    if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, groups, rules }) } else { Err(p.0) }
+    let jobs = Vec::new();
+    if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, groups, rules, jobs }) } else { Err(p.0) }
 }
 
 /// `[[group]]`s: named, unique, with a cap of at least 1 that their members' minimums

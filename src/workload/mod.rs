@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod eks;
 pub mod error;
+pub mod jobs;
 pub mod kube;
 pub mod state;
 
