@@ -233,9 +233,16 @@ fn check(path: &Path, remote: bool, kubeconfig: Option<PathBuf>) -> ExitCode {
     // at the edge, and the windows computed from it.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     print!("{}", config::windows_report(&config.rules, crate::engine::Time(now.as_millis() as i64), 3));
-    eprintln!("{}: ok, {} rule{}", path.display(), config.rules.len(), if config.rules.len() == 1 { "" } else { "s" });
+    print!("{}", config::jobs_report(&config.jobs));
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let (rules, jobs) = (config.rules.len(), config.jobs.len());
+    let job_rules = if jobs == 0 { String::new() } else { format!(", {jobs} job rule{}", plural(jobs)) };
+    eprintln!("{}: ok, {rules} rule{}{job_rules}", path.display(), plural(rules));
     // Standard output stays the resolved file: warnings go to standard error.
     for warning in config::insecure_settings(&config, kubeconfig.as_deref()) {
+        eprintln!("warning: {warning}");
+    }
+    for warning in config::job_warnings(&config.jobs) {
         eprintln!("warning: {warning}");
     }
     if !remote {
@@ -395,6 +402,9 @@ fn run(path: &Path, kubeconfig: Option<PathBuf>, dry_run: bool, grace: Duration,
     };
     for warning in config::insecure_settings(&config, kubeconfig.as_deref()) {
         tracing::warn!("insecure setting: {warning}");
+    }
+    for warning in config::job_warnings(&config.jobs) {
+        tracing::warn!("job rule: {warning}");
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

@@ -116,6 +116,10 @@ pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Contr
     let load = move || {
         config::load_compact(&config_path).map(|mut c| {
             name_contexts(&mut c, &named_by);
+            // As at start (cli::run): a reload may bring a new pairing.
+            for warning in config::job_warnings(&c.jobs) {
+                tracing::warn!("job rule: {warning}");
+            }
             c
         })
     };

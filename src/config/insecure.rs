@@ -35,14 +35,16 @@ pub fn insecure_settings(config: &Config, kubeconfig: Option<&Path>) -> Vec<Stri
             found.push(format!("[aws] endpoint_url {e:?} {plain}"));
         }
     }
-    for rule in &config.rules {
-        for (i, q) in rule.triggers.iter().enumerate() {
+    let triggers = config.rules.iter().map(|r| (format!("rule {:?}", r.name), &r.triggers));
+    let triggers = triggers.chain(config.jobs.iter().map(|j| (format!("job {:?}", j.name), &j.triggers)));
+    for (owner, queues) in triggers {
+        for (i, q) in queues.iter().enumerate() {
             // Each endpoint once: a trigger that inherits [aws] endpoint_url is covered.
             if let Some(e) = q.endpoint.as_deref()
                 && endpoints.insert(e)
                 && plain_http_off_host(e)
             {
-                found.push(format!("rule {:?}: trigger {}: aws_endpoint {e:?} {plain}", rule.name, i + 1));
+                found.push(format!("{owner}: trigger {}: aws_endpoint {e:?} {plain}", i + 1));
             }
         }
     }

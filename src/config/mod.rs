@@ -10,6 +10,7 @@
 pub mod file;
 mod insecure;
 pub mod raw;
+pub mod template;
 mod validate;
 
 use std::fmt;
@@ -21,7 +22,7 @@ use figment::providers::{Env, Format, Toml};
 
 use crate::engine::Policy;
 pub use insecure::insecure_settings;
-pub use validate::{QueueUrlError, queue_name_from_url, windows_report};
+pub use validate::{QueueUrlError, job_warnings, jobs_report, queue_name_from_url, windows_report};
 
 /// The default rule file, after `--config` and `$SQSCALE_CONFIG`.
 pub const DEFAULT_PATH: &str = "/etc/sqscale/sqscale.toml";
@@ -375,7 +376,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = file::read(path, file::READ_DEADLINE)
         .map_err(|e| ConfigErrors { origin: origin.clone(), problems: vec![crate::error::chain(&e)] })?;
     let figment = Figment::new().merge(Toml::string(&text)).merge(env_overrides());
-    extract(figment, origin)
+    // A job rule's template is taken from the rule file's folder, and read afresh at
+    // every load: a reload with a broken template fails, and the old rules stay.
+    let base = path.parent().unwrap_or(Path::new("")).to_owned();
+    extract(figment, origin, &|given: &Path| template::load(given, &base))
 }
 
 /// [`load`], run on a thread of its own, keeping a copy made by the caller's thread.
@@ -408,9 +412,26 @@ pub fn listen_of(path: &Path) -> Option<std::net::SocketAddr> {
     figment.merge(env_overrides()).find_value("server.listen").ok()?.as_str()?.parse().ok()
 }
 
-/// Validates a rule file given as a string (no environment): what tests call.
+/// Validates a rule file given as a string (no environment): what tests call. Job
+/// rules' templates are taken from the current directory.
 pub fn from_str(toml: &str) -> Result<Config, ConfigErrors> {
-    extract(Figment::new().merge(Toml::string(toml)), "<string>".to_owned())
+    from_str_at(toml, Path::new(""))
+}
+
+/// [`from_str`], with job rules' templates taken from the folder `base`.
+pub fn from_str_at(toml: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    extract(Figment::new().merge(Toml::string(toml)), "<string>".to_owned(), &|given: &Path| {
+        template::load(given, base)
+    })
+}
+
+/// [`from_str`], with each job rule's template given in memory by its `template` key:
+/// what `import-keda` checks its output with before it writes the template files.
+pub(crate) fn from_str_with_templates(
+    toml: &str,
+    templates: &dyn Fn(&Path) -> Result<JobTemplate, template::TemplateError>,
+) -> Result<Config, ConfigErrors> {
+    extract(Figment::new().merge(Toml::string(toml)), "<string>".to_owned(), templates)
 }
 
 fn env_overrides() -> Env {
@@ -435,16 +456,16 @@ impl<'de> serde::Deserialize<'de> for Checked {
     }
 }
 
-fn extract(figment: Figment, origin: String) -> Result<Config, ConfigErrors> {
+fn extract(figment: Figment, origin: String, templates: validate::Templates<'_>) -> Result<Config, ConfigErrors> {
     let checked: Checked = figment.extract().map_err(|e| {
-        let names = rule_names(&figment);
+        let names = Names { rule: names_of(&figment, "rule"), job: names_of(&figment, "job") };
         ConfigErrors {
             origin: origin.clone(),
             problems: e.into_iter().map(|e| describe_figment_error(e, &names)).collect(),
         }
     })?;
     let mut problems: Vec<String> = checked.unknown.iter().map(|p| describe_unknown_key(&checked.raw, p)).collect();
-    match validate::validate(&checked.raw) {
+    match validate::validate(&checked.raw, templates) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors { origin, problems }),
         Err(more) => {
@@ -454,14 +475,18 @@ fn extract(figment: Figment, origin: String) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// `rule.0.min_replica` -> `rule "orders": unknown key min_replica`.
+/// `rule.0.min_replica` -> `rule "orders": unknown key min_replica`; the same for
+/// `job.0...` -> `job "encode": ...`.
 fn describe_unknown_key(raw: &raw::RawConfig, path: &str) -> String {
     let mut parts = path.split('.');
-    if parts.next() == Some("rule")
-        && let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok())
-    {
+    let table = parts.next();
+    if let Some(i) = parts.next().and_then(|i| i.parse::<usize>().ok()) {
         let rest: Vec<_> = parts.collect();
-        return format!("{}: unknown key {}", validate::rule_label(raw, i), render_path(&rest));
+        match table {
+            Some("rule") => return format!("{}: unknown key {}", validate::rule_label(raw, i), render_path(&rest)),
+            Some("job") => return format!("{}: unknown key {}", validate::job_label(raw, i), render_path(&rest)),
+            _ => {}
+        }
     }
     format!("unknown key {}", render_path(&path.split('.').collect::<Vec<_>>()))
 }
@@ -483,24 +508,30 @@ fn render_path(parts: &[&str]) -> String {
     out
 }
 
-/// The `name` of each `[[rule]]`, read from the untyped tree: a type error elsewhere in
-/// a rule should still be reported under the rule's name.
-fn rule_names(figment: &Figment) -> Vec<Option<String>> {
-    let Ok(figment::value::Value::Array(_, rules)) = figment.find_value("rule") else { return Vec::new() };
-    rules.iter().map(|r| r.as_dict().and_then(|d| d.get("name")).and_then(|n| n.as_str()).map(str::to_owned)).collect()
+/// The `name` of each `[[rule]]` and `[[job]]`, read from the untyped tree: a type error
+/// elsewhere in one should still be reported under its name.
+struct Names {
+    rule: Vec<Option<String>>,
+    job: Vec<Option<String>>,
 }
 
-fn describe_figment_error(e: figment::Error, names: &[Option<String>]) -> String {
+fn names_of(figment: &Figment, table: &str) -> Vec<Option<String>> {
+    let Ok(figment::value::Value::Array(_, items)) = figment.find_value(table) else { return Vec::new() };
+    items.iter().map(|r| r.as_dict().and_then(|d| d.get("name")).and_then(|n| n.as_str()).map(str::to_owned)).collect()
+}
+
+fn describe_figment_error(e: figment::Error, names: &Names) -> String {
     let parts: Vec<&str> = e.path.iter().map(String::as_str).collect();
     let source = match &e.metadata {
         Some(md) if md.name.contains("environment") => format!(" (from {})", md.name),
         _ => String::new(),
     };
     // `rule.0.min_replica_count` -> `rule "orders": min_replica_count`.
-    if let ["rule", index, rest @ ..] = parts.as_slice()
-        && let Some(Some(name)) = index.parse::<usize>().ok().and_then(|i| names.get(i))
-    {
-        return format!("rule {name:?}: {}: {}{source}", render_path(rest), e.kind);
+    if let [table @ ("rule" | "job"), index, rest @ ..] = parts.as_slice() {
+        let list = if *table == "rule" { &names.rule } else { &names.job };
+        if let Some(Some(name)) = index.parse::<usize>().ok().and_then(|i| list.get(i)) {
+            return format!("{table} {name:?}: {}: {}{source}", render_path(rest), e.kind);
+        }
     }
     let key = render_path(&parts);
     if key.is_empty() { format!("{}{source}", e.kind) } else { format!("{key}: {}{source}", e.kind) }
@@ -646,6 +677,7 @@ impl Config {
                     }),
                 })
                 .collect(),
+            job: self.jobs.iter().map(resolved_job).collect(),
         };
         // Serializing plain structs of strings, numbers and tables cannot fail.
         toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
@@ -660,5 +692,92 @@ fn fallback_behavior_name(b: crate::engine::FallbackBehavior) -> &'static str {
         CurrentReplicasIfHigher => "currentReplicasIfHigher",
         CurrentReplicasIfLower => "currentReplicasIfLower",
         LastKnown { .. } => "lastKnown",
+    }
+}
+
+/// A job rule with every default written out; the template path as the rule file gave it.
+fn resolved_job(j: &JobRule) -> raw::RawJob {
+    use crate::engine::job::{MultipleScalersCalculation, ScalingStrategy};
+    use raw::*;
+    let secs = |d: Duration| Some(RawDuration::Text(validate::fmt_duration(d)));
+    let p = &j.policy;
+    let (strategy, deduction, percentage) = match p.strategy {
+        ScalingStrategy::Default => ("default", None, None),
+        ScalingStrategy::Accurate => ("accurate", None, None),
+        ScalingStrategy::Eager => ("eager", None, None),
+        ScalingStrategy::Custom { queue_length_deduction, running_job_percentage } => {
+            ("custom", Some(queue_length_deduction), Some(running_job_percentage))
+        }
+    };
+    let calculation = match p.multiple_scalers_calculation {
+        MultipleScalersCalculation::Max => "max",
+        MultipleScalersCalculation::Min => "min",
+        MultipleScalersCalculation::Avg => "avg",
+        MultipleScalersCalculation::Sum => "sum",
+    };
+    RawJob {
+        name: Some(j.name.clone()),
+        namespace: Some(j.namespace.clone()),
+        template: Some(j.template.path.display().to_string()),
+        context: j.context.clone(),
+        polling_interval: secs(j.polling_interval),
+        min_replica_count: Some(i64::from(p.min_replica_count)),
+        max_replica_count: p.max_replica_count.map(i64::from),
+        successful_jobs_history_limit: Some(i64::from(p.successful_jobs_history_limit)),
+        failed_jobs_history_limit: Some(i64::from(p.failed_jobs_history_limit)),
+        finished_job_grace: secs(p.finished_job_grace),
+        paused: Some(p.paused),
+        group: j.group.clone(),
+        priority: j.group.as_ref().map(|_| i64::from(j.priority)),
+        scaling_strategy: Some(RawJobScalingStrategy {
+            strategy: Some(strategy.to_owned()),
+            custom_scaling_queue_length_deduction: deduction,
+            custom_scaling_running_job_percentage: percentage,
+            pending_pod_conditions: Some(j.pending_pod_conditions.clone()),
+            multiple_scalers_calculation: Some(calculation.to_owned()),
+        }),
+        rollout: Some(RawJobRollout {
+            strategy: Some(
+                match j.rollout.strategy {
+                    RolloutStrategy::Default => "default",
+                    RolloutStrategy::Gradual => "gradual",
+                }
+                .to_owned(),
+            ),
+            propagation_policy: Some(j.rollout.propagation_policy.as_str().to_lowercase()),
+        }),
+        trigger: Some(
+            j.trigger_policies
+                .iter()
+                .zip(&j.triggers)
+                .map(|(t, q)| RawTrigger {
+                    kind: Some("aws-sqs-queue".to_owned()),
+                    name: t.name.clone(),
+                    queue_url: Some(q.display().to_owned()),
+                    queue_length: Some(t.queue_length as i64),
+                    activation_queue_length: Some(t.activation_queue_length),
+                    scale_on_in_flight: Some(t.scale_on_in_flight),
+                    scale_on_delayed: Some(t.scale_on_delayed),
+                    aws_region: Some(q.region.clone()),
+                    aws_endpoint: q.endpoint.clone(),
+                    role_arn: q.role_arn.clone(),
+                    external_id: q.external_id.clone(),
+                    metric_type: None,
+                })
+                .collect(),
+        ),
+        schedule: (!j.schedules.is_empty()).then(|| {
+            j.schedules
+                .iter()
+                .map(|s| RawSchedule {
+                    cron: Some(s.pattern.clone()),
+                    timezone: Some(s.timezone.clone()),
+                    duration: secs(s.duration),
+                    min_replica_count: s.min.map(i64::from),
+                    max_replica_count: s.max.map(i64::from),
+                    paused: s.paused.then_some(true),
+                })
+                .collect()
+        }),
     }
 }

@@ -24,6 +24,9 @@ pub struct RawConfig {
     pub group: Vec<RawGroup>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rule: Vec<RawRule>,
+    /// `[[job]]`: job rules (KEDA's ScaledJob).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub job: Vec<RawJob>,
 }
 
 /// `[[group]]`: a capacity shared by the rules that name it.
@@ -263,4 +266,74 @@ pub struct RawTrigger {
     pub external_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric_type: Option<String>,
+}
+
+/// `[[job]]`: a job rule, KEDA's ScaledJob with its fields in snake_case
+/// (`../shared/contract.md`, "Job rules"). `[defaults]` does not apply to it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [[job]] table")]
+pub struct RawJob {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The Job manifest's file, relative to the rule file's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub successful_jobs_history_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_jobs_history_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_job_grace: Option<RawDuration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling_strategy: Option<RawJobScalingStrategy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RawJobRollout>,
+    /// As `[[rule.trigger]]`; `metric_type` is rejected (KEDA rejects `metricType` on a
+    /// ScaledJob's triggers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Vec<RawTrigger>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Vec<RawSchedule>>,
+}
+
+/// `[job.scaling_strategy]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [job.scaling_strategy] table")]
+pub struct RawJobScalingStrategy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_scaling_queue_length_deduction: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_scaling_running_job_percentage: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_pod_conditions: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiple_scalers_calculation: Option<String>,
+}
+
+/// `[job.rollout]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(expecting = "a [job.rollout] table")]
+pub struct RawJobRollout {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation_policy: Option<String>,
 }

@@ -1,7 +1,11 @@
 //! Raw rule file -> [`Config`]: KEDA's defaults and KEDA's validation, every problem
 //! collected with the rule and key it belongs to.
 
+mod job;
 mod schedule;
+
+pub use job::{job_warnings, jobs_report};
+pub(super) use job::{Templates, job_label};
 
 pub use schedule::windows_report;
 
@@ -46,7 +50,7 @@ impl Problems {
     }
 }
 
-pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
+pub(super) fn validate(raw: &RawConfig, templates: Templates<'_>) -> Result<Config, Vec<String>> {
     let mut p = Problems(Vec::new());
 
     let kubernetes = raw.kubernetes.clone().unwrap_or_default();
@@ -129,8 +133,8 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         }
     }
 
-    if raw.rule.is_empty() {
-        p.0.push("no [[rule]] defined: the file must define at least one rule".to_owned());
+    if raw.rule.is_empty() && raw.job.is_empty() {
+        p.0.push("no [[rule]] or [[job]] defined: the file must define at least one".to_owned());
     }
     let mut rules = Vec::new();
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -165,16 +169,16 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<String>> {
         }
     }
 
-    let groups = validate_groups(&mut p, raw, &rules);
+    let jobs = job::validate(&mut p, raw, &aws, templates);
+    let groups = validate_groups(&mut p, raw, &rules, &jobs);
 
-    let jobs = Vec::new();
     if p.0.is_empty() { Ok(Config { kubernetes, aws, server, leader_election, groups, rules, jobs }) } else { Err(p.0) }
 }
 
 /// `[[group]]`s: named, unique, with a cap of at least 1 that their members' minimums
 /// fit in (the allocation grants every member its min: `engine::group`); every rule's
-/// `group` names one of them.
-fn validate_groups(p: &mut Problems, raw: &RawConfig, rules: &[Rule]) -> Vec<super::Group> {
+/// and job rule's `group` names one of them.
+fn validate_groups(p: &mut Problems, raw: &RawConfig, rules: &[Rule], jobs: &[JobRule]) -> Vec<super::Group> {
     let mut groups: Vec<super::Group> = Vec::new();
     for (i, g) in raw.group.iter().enumerate() {
         let at = match &g.name {
@@ -218,11 +222,29 @@ fn validate_groups(p: &mut Problems, raw: &RawConfig, rules: &[Rule]) -> Vec<sup
             p.add(&format!("rule {:?}", rule.name), format!("group ({g:?}) is not a [[group]] of this file"));
         }
     }
+    for job in jobs {
+        if let Some(g) = &job.group
+            && !raw.group.iter().any(|raw| raw.name.as_deref() == Some(g))
+        {
+            p.add(&format!("job {:?}", job.name), format!("group ({g:?}) is not a [[group]] of this file"));
+        }
+    }
     for g in &groups {
-        let members: Vec<&Rule> = rules.iter().filter(|r| r.group.as_deref() == Some(&g.name)).collect();
-        let mins: u64 = members.iter().map(|r| u64::from(r.policy.min)).sum();
+        // A job rule's standby Jobs (its min) run whatever the queue says: they hold
+        // group capacity as a rule's minimum replicas do.
+        let members: Vec<(&str, u32)> = rules
+            .iter()
+            .filter(|r| r.group.as_deref() == Some(&g.name))
+            .map(|r| (r.name.as_str(), r.policy.min))
+            .chain(
+                jobs.iter()
+                    .filter(|j| j.group.as_deref() == Some(&g.name))
+                    .map(|j| (j.name.as_str(), j.policy.effective_min())),
+            )
+            .collect();
+        let mins: u64 = members.iter().map(|(_, min)| u64::from(*min)).sum();
         if mins > u64::from(g.max_replicas) {
-            let each: Vec<String> = members.iter().map(|r| format!("{} {}", r.name, r.policy.min)).collect();
+            let each: Vec<String> = members.iter().map(|(name, min)| format!("{name} {min}")).collect();
             p.add(
                 &format!("group {:?}", g.name),
                 format!(
