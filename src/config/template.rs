@@ -207,3 +207,147 @@ fn yaml_message(s: &str) -> String {
         _ => first.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{TemplateError, load, parse};
+
+    const JOB: &str = "\
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: encode
+  namespace: media
+  uid: 0b4f
+  resourceVersion: \"12\"
+  labels:
+    app: encode
+  annotations:
+    team: media
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      containers:
+        - name: encode
+          image: example/encode:1
+          args: [\"--fast\"]
+status:
+  active: 1
+";
+
+    fn error(text: &str) -> TemplateError {
+        parse(text, Path::new("jobs/encode.yaml")).expect_err("template should be refused")
+    }
+
+    /// The metadata is cut to labels and annotations, the status dropped, an unset
+    /// restartPolicy made OnFailure; the hash is 10 hex digits, a label value.
+    #[test]
+    fn a_job_is_normalised() {
+        let t = parse(JOB, Path::new("jobs/encode.yaml")).unwrap();
+        assert_eq!(t.path, Path::new("jobs/encode.yaml"));
+        assert_eq!(
+            t.job["metadata"],
+            serde_json::json!({"labels": {"app": "encode"}, "annotations": {"team": "media"}})
+        );
+        assert!(t.job.get("status").is_none());
+        assert_eq!(t.job["spec"]["backoffLimit"], 2);
+        assert_eq!(t.job["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
+        assert_eq!(t.hash.len(), 10);
+        assert!(t.hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{}", t.hash);
+    }
+
+    /// A Job saved with `kubectl get -o yaml` carries the Job controller's selector and
+    /// pod labels; they are left out (creating a Job with them fails), and then it hashes
+    /// as the manifest it came from.
+    #[test]
+    fn a_saved_job_loses_the_controllers_selector_and_labels() {
+        let saved = JOB.replace(
+            "  template:\n",
+            "  selector:\n    matchLabels:\n      batch.kubernetes.io/controller-uid: 0b4f\n  template:\n    metadata:\n      labels:\n        batch.kubernetes.io/controller-uid: 0b4f\n        controller-uid: 0b4f\n        job-name: encode\n        batch.kubernetes.io/job-name: encode\n        app: encode\n",
+        );
+        let t = parse(&saved, Path::new("x.yaml")).unwrap();
+        assert!(t.job["spec"].get("selector").is_none());
+        assert_eq!(t.job["spec"]["template"]["metadata"]["labels"], serde_json::json!({"app": "encode"}));
+    }
+
+    /// Reformatting is not a rollout (spec §12.6): another key order, flow style,
+    /// comments, quotes and the dropped metadata give the same hash; a change of the spec
+    /// or of a label gives another.
+    #[test]
+    fn the_hash_follows_the_job_not_the_file() {
+        let hash = |text: &str| parse(text, Path::new("x.yaml")).unwrap().hash;
+        let base = hash(JOB);
+        let reformatted = "\
+# the encoder
+kind: 'Job'
+apiVersion: \"batch/v1\"
+spec:
+  template: {spec: {containers: [{image: example/encode:1, name: encode, args: [--fast]}]}}
+  backoffLimit: 2   # twice
+metadata: {annotations: {team: media}, labels: {app: encode}, name: other-name}
+";
+        assert_eq!(hash(reformatted), base);
+        assert_eq!(hash(&JOB.replace("restartPolicy", "x")), base, "no restartPolicy either way");
+        assert_eq!(
+            hash(&JOB.replace("      containers:", "      restartPolicy: OnFailure\n      containers:")),
+            base,
+            "OnFailure written out is the default"
+        );
+        assert_ne!(hash(&JOB.replace("backoffLimit: 2", "backoffLimit: 3")), base, "spec");
+        assert_ne!(hash(&JOB.replace("app: encode", "app: encode2")), base, "label");
+        assert_ne!(hash(&JOB.replace("team: media", "team: video")), base, "annotation");
+    }
+
+    /// What the Job API would refuse, or what is no Job at all, is refused with the file
+    /// and, where known, the line.
+    #[test]
+    fn unsuitable_templates_are_refused_with_file_and_line() {
+        let e = error("apiVersion: batch/v1\nkind: Job\nspec:\n  template: [\n");
+        assert_eq!((e.path.as_path(), e.line.is_some()), (Path::new("jobs/encode.yaml"), true), "{e}");
+        assert!(e.to_string().starts_with("jobs/encode.yaml line "), "{e}");
+
+        let e = error("apiVersion: batch/v1\nkind: Job\nspec:\n  backoffLimit: 1\n   bad: indent\n");
+        assert!(e.line.is_some(), "{e}");
+
+        let e = error(&JOB.replace("kind: Job", "kind: CronJob"));
+        assert_eq!(e.to_string(), "jobs/encode.yaml line 2: kind is \"CronJob\": a template is a batch/v1 Job");
+        let e = error(&JOB.replace("batch/v1", "apps/v1"));
+        assert_eq!(e.to_string(), "jobs/encode.yaml line 1: apiVersion is \"apps/v1\": a template is a batch/v1 Job");
+        let e = error(&JOB.replace("      containers:", "      restartPolicy: Always\n      containers:"));
+        assert_eq!(
+            e.to_string(),
+            "jobs/encode.yaml line 16: spec.template.spec.restartPolicy is \"Always\": a Job's pods take only OnFailure or Never (the Job API rejects Always)"
+        );
+        let e = error("apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec: {}\n");
+        assert_eq!(
+            e.to_string(),
+            "jobs/encode.yaml: spec.template.spec.containers is missing or empty: a Job needs a container"
+        );
+        let e = error(&JOB.replace("backoffLimit: 2", "backoffLimit: many"));
+        assert!(e.to_string().starts_with("jobs/encode.yaml: not a valid batch/v1 Job: invalid type"), "{e}");
+        let e = error(&format!("{JOB}---\n{JOB}"));
+        assert_eq!(e.to_string(), "jobs/encode.yaml: holds 2 YAML documents; a template is one batch/v1 Job");
+        let e = error("- a\n- b\n");
+        assert_eq!(e.to_string(), "jobs/encode.yaml: is not a mapping: a template is a batch/v1 Job manifest");
+    }
+
+    /// A missing file names the path as resolved against the rule file's folder; an
+    /// endless one stops at the reader's cap.
+    #[test]
+    fn a_missing_or_endless_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(Path::new("jobs/none.yaml"), dir.path()).unwrap_err();
+        assert_eq!(e.path, dir.path().join("jobs/none.yaml"));
+        assert!(e.message.starts_with("No such file"), "{e}");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        let e = load(Path::new("zero.yaml"), dir.path()).unwrap_err();
+        assert_eq!(e.message, "larger than 16 MiB: not a Job manifest");
+        let absolute = dir.path().join("abs.yaml");
+        std::fs::write(&absolute, JOB).unwrap();
+        let t = load(&absolute, Path::new("/elsewhere")).unwrap();
+        assert_eq!(t.path, absolute, "an absolute path is taken as it is");
+    }
+}

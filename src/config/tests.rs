@@ -113,7 +113,43 @@ fn a_missing_file_is_an_error_not_an_empty_config() {
 
 #[test]
 fn an_empty_file_has_no_rules() {
-    assert_eq!(problems(""), ["no [[rule]] defined: the file must define at least one rule"]);
+    assert_eq!(problems(""), ["no [[rule]] or [[job]] defined: the file must define at least one"]);
+}
+
+/// A job rule's template is taken from the rule file's folder and read at each load: a
+/// template broken after start fails the next load (a reload), naming the file and the
+/// line, so the running rules stay; fixed, it loads again with its new hash.
+#[test]
+fn load_reads_the_template_beside_the_rule_file_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    let template = dir.path().join("jobs/encode.yaml");
+    let good = "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers:\n        - name: encode\n          image: example/encode:1\n";
+    std::fs::write(&template, good).unwrap();
+    let rules = dir.path().join("sqscale.toml");
+    std::fs::write(
+        &rules,
+        "[[job]]\nname = \"encode\"\ntemplate = \"jobs/encode.yaml\"\n[[job.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/encode\"\n",
+    )
+    .unwrap();
+    let first = load(&rules).unwrap();
+    assert_eq!(first.jobs[0].template.path, Path::new("jobs/encode.yaml"), "as given");
+    assert_eq!(first.jobs[0].template.job["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
+
+    std::fs::write(&template, good.replace("      containers:", "      restartPolicy: Always\n      containers:")).unwrap();
+    let e = load(&rules).unwrap_err();
+    assert_eq!(e.origin, rules.display().to_string());
+    assert_eq!(e.problems.len(), 1, "{e}");
+    let expect = format!("job \"encode\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"", template.display());
+    assert!(e.problems[0].starts_with(&expect), "{e}");
+
+    std::fs::write(&template, good.replace("encode:1", "encode:2")).unwrap();
+    let again = load(&rules).unwrap();
+    assert_ne!(again.jobs[0].template.hash, first.jobs[0].template.hash, "a new image is a new template");
+
+    std::fs::remove_file(&template).unwrap();
+    let e = load(&rules).unwrap_err();
+    assert!(e.problems[0].starts_with(&format!("job \"encode\": template {}: No such file", template.display())), "{e}");
 }
 
 #[test]

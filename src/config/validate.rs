@@ -222,11 +222,12 @@ fn validate_groups(p: &mut Problems, raw: &RawConfig, rules: &[Rule], jobs: &[Jo
             p.add(&format!("rule {:?}", rule.name), format!("group ({g:?}) is not a [[group]] of this file"));
         }
     }
-    for job in jobs {
+    // Of every job rule, valid or not: one problem more is said at once.
+    for (i, job) in raw.job.iter().enumerate() {
         if let Some(g) = &job.group
             && !raw.group.iter().any(|raw| raw.name.as_deref() == Some(g))
         {
-            p.add(&format!("job {:?}", job.name), format!("group ({g:?}) is not a [[group]] of this file"));
+            p.add(&job_label(raw, i), format!("group ({g:?}) is not a [[group]] of this file"));
         }
     }
     for g in &groups {

@@ -305,3 +305,261 @@ pub fn jobs_report(jobs: &[JobRule]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::config::{Propagation, RolloutStrategy, from_str};
+    use crate::engine::job::{MultipleScalersCalculation, ScalingStrategy};
+
+    const TEMPLATE: &str = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: encode\n  labels:\n    app: encode\nspec:\n  template:\n    spec:\n      containers:\n        - name: encode\n          image: example/encode:1\n";
+    const QUEUE: &str = "https://sqs.eu-west-1.amazonaws.com/123/encode";
+
+    /// A folder holding a valid template, `encode.yaml`; its absolute path.
+    fn template_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("encode.yaml");
+        std::fs::write(&path, TEMPLATE).unwrap();
+        (dir, path)
+    }
+
+    /// One `[[job]]` named encode with `extra` keys, its template at `template`, and one
+    /// trigger with `trigger_extra`.
+    fn job(template: &std::path::Path, extra: &str, trigger_extra: &str) -> String {
+        format!(
+            "[[job]]\nname = \"encode\"\ntemplate = {:?}\n{extra}\n[[job.trigger]]\nqueue_url = \"{QUEUE}\"\n{trigger_extra}\n",
+            template.display().to_string()
+        )
+    }
+
+    fn problems(toml: &str) -> Vec<String> {
+        from_str(toml).expect_err("config should be invalid").problems
+    }
+
+    /// A file of job rules alone is valid, and every key takes KEDA's default (spec §2.1):
+    /// polling 30 s, min 0, max unset, history limits 100, grace 0, the default strategy
+    /// with max over triggers, rollout default/background, namespace default.
+    #[test]
+    fn every_key_has_its_default() {
+        let (_dir, path) = template_dir();
+        let c = from_str(&job(&path, "", "")).unwrap();
+        assert!(c.rules.is_empty());
+        let j = &c.jobs[0];
+        assert_eq!((j.name.as_str(), j.namespace.as_str(), j.context.as_deref()), ("encode", "default", None));
+        assert_eq!(j.polling_interval, Duration::from_secs(30));
+        let p = &j.policy;
+        assert_eq!((p.min_replica_count, p.max_replica_count), (0, None));
+        assert_eq!((p.successful_jobs_history_limit, p.failed_jobs_history_limit), (100, 100));
+        assert_eq!(p.finished_job_grace, Duration::ZERO);
+        assert!(!p.paused);
+        assert_eq!(p.strategy, ScalingStrategy::Default);
+        assert_eq!(p.multiple_scalers_calculation, MultipleScalersCalculation::Max);
+        assert_eq!((j.rollout.strategy, j.rollout.propagation_policy), (RolloutStrategy::Default, Propagation::Background));
+        assert!(j.pending_pod_conditions.is_empty());
+        assert_eq!((j.group.as_deref(), j.priority), (None, 0));
+        assert!(j.schedules.is_empty());
+        assert_eq!(p.triggers.len(), 1);
+        assert_eq!((p.triggers[0].queue_length, p.triggers[0].activation_queue_length), (5, 0));
+        let t = &j.trigger_policies[0];
+        assert_eq!((t.scale_on_in_flight, t.scale_on_delayed), (true, false));
+        assert_eq!((j.triggers[0].name.as_str(), j.triggers[0].region.as_str()), ("encode", "eu-west-1"));
+        assert_eq!(j.template.path, path);
+        assert_eq!(j.template.job["metadata"]["labels"]["app"], "encode");
+    }
+
+    /// Every key of the contract's example is read into the job rule.
+    #[test]
+    fn every_key_is_read() {
+        let (_dir, path) = template_dir();
+        let toml = format!(
+            "[[group]]\nname = \"gpu\"\nmax_replicas = 20\n{}",
+            job(
+                &path,
+                "namespace = \"media\"\ncontext = \"other\"\npolling_interval = \"10s\"\nmin_replica_count = 2\nmax_replica_count = 8\n\
+                 successful_jobs_history_limit = 3\nfailed_jobs_history_limit = 0\nfinished_job_grace = 60\npaused = true\ngroup = \"gpu\"\npriority = 7\n\
+                 [job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_queue_length_deduction = -2\ncustom_scaling_running_job_percentage = 0.5\n\
+                 pending_pod_conditions = [\"Ready\", \"PodScheduled\"]\nmultiple_scalers_calculation = \"sum\"\n\
+                 [job.rollout]\nstrategy = \"gradual\"\npropagation_policy = \"foreground\"\n\
+                 [[job.schedule]]\ncron = \"0 8 * * *\"\nduration = \"1h\"\nmin_replica_count = 4\n",
+                "queue_length = 1\nactivation_queue_length = 2\nscale_on_in_flight = false\nscale_on_delayed = true\nname = \"q\"",
+            )
+        );
+        let c = from_str(&toml).unwrap();
+        let j = &c.jobs[0];
+        assert_eq!((j.namespace.as_str(), j.context.as_deref()), ("media", Some("other")));
+        assert_eq!(j.polling_interval, Duration::from_secs(10));
+        let p = &j.policy;
+        assert_eq!((p.min_replica_count, p.max_replica_count), (2, Some(8)));
+        assert_eq!((p.successful_jobs_history_limit, p.failed_jobs_history_limit), (3, 0));
+        assert_eq!(p.finished_job_grace, Duration::from_secs(60));
+        assert!(p.paused);
+        assert_eq!(p.strategy, ScalingStrategy::Custom { queue_length_deduction: -2, running_job_percentage: 0.5 });
+        assert_eq!(p.multiple_scalers_calculation, MultipleScalersCalculation::Sum);
+        assert_eq!(j.pending_pod_conditions, ["Ready", "PodScheduled"]);
+        assert_eq!((j.rollout.strategy, j.rollout.propagation_policy), (RolloutStrategy::Gradual, Propagation::Foreground));
+        assert_eq!((j.group.as_deref(), j.priority), (Some("gpu"), 7));
+        assert_eq!((j.schedules.len(), j.schedules[0].min), (1, Some(4)));
+        assert_eq!((p.triggers[0].queue_length, p.triggers[0].activation_queue_length), (1, 2));
+        let t = &j.trigger_policies[0];
+        assert_eq!((t.scale_on_in_flight, t.scale_on_delayed, t.name.as_deref()), (false, true, Some("q")));
+        // The resolved form reads back to the same rules, the template path as given.
+        let resolved = c.resolved_toml();
+        assert!(resolved.contains(&format!("template = {:?}", path.display().to_string())), "{resolved}");
+        assert_eq!(from_str(&resolved).unwrap(), c, "{resolved}");
+    }
+
+    /// The defaults written out read back to the same job rule; a custom strategy
+    /// without a percentage is the default strategy (KEDA's rule, spec §12.7).
+    #[test]
+    fn the_resolved_form_of_a_job_reads_back() {
+        let (_dir, path) = template_dir();
+        let c = from_str(&job(&path, "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_queue_length_deduction = 3", "")).unwrap();
+        assert_eq!(c.jobs[0].policy.strategy, ScalingStrategy::Default);
+        let resolved = c.resolved_toml();
+        for line in ["[[job]]", "polling_interval = \"30s\"", "successful_jobs_history_limit = 100", "strategy = \"default\"", "multiple_scalers_calculation = \"max\"", "propagation_policy = \"background\"", "pending_pod_conditions = []", "finished_job_grace = \"0s\""] {
+            assert!(resolved.contains(line), "{line} in\n{resolved}");
+        }
+        assert!(!resolved.contains("max_replica_count"), "unset stays unset: {resolved}");
+        assert_eq!(from_str(&resolved).unwrap(), c);
+    }
+
+    /// Every problem of every job rule at once, each naming the job rule and its key.
+    #[test]
+    fn every_problem_is_named() {
+        let (dir, path) = template_dir();
+        let missing = dir.path().join("missing.yaml");
+        let toml = format!(
+            "{}{}{}[[job]]\ntemplate = {:?}\n",
+            job(
+                &path,
+                "namespace = \"Media\"\ncontext = \"\"\npolling_interval = 0\nmin_replica_count = 5\nmax_replica_count = 3\n\
+                 successful_jobs_history_limit = -1\nfailed_jobs_history_limit = -2\nfinished_job_grace = \"soon\"\ngroup = \"none\"\n\
+                 [job.scaling_strategy]\nstrategy = \"Eager\"\ncustom_scaling_running_job_percentage = 0.5\nmultiple_scalers_calculation = \"mean\"\npending_pod_conditions = [\"\"]\n\
+                 [job.rollout]\nstrategy = \"immediate\"\npropagation_policy = \"Orphan\"",
+                "queue_length = 0\nmetric_type = \"Value\"",
+            ),
+            job(&missing, "priority = 3\nmax_replica_count = 0", ""),
+            job(&path, "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_running_job_percentage = nan", ""),
+            path.display().to_string(),
+        );
+        let p = problems(&toml);
+        let expect = [
+            "job \"encode\": namespace (\"Media\") is not a valid namespace name".to_owned(),
+            "job \"encode\": context is empty".to_owned(),
+            "job \"encode\": polling_interval (0s) must be at least 1s".to_owned(),
+            "job \"encode\": finished_job_grace (\"soon\") is not a duration".to_owned(),
+            "job \"encode\": min_replica_count (5) is greater than max_replica_count (3)".to_owned(),
+            "job \"encode\": successful_jobs_history_limit (-1) must be between 0 and".to_owned(),
+            "job \"encode\": failed_jobs_history_limit (-2) must be between 0 and".to_owned(),
+            "job \"encode\": scaling_strategy.strategy (\"Eager\") must be \"default\", \"custom\", \"accurate\" or \"eager\"".to_owned(),
+            "job \"encode\": scaling_strategy.custom_scaling_running_job_percentage applies only to strategy = \"custom\"".to_owned(),
+            "job \"encode\": scaling_strategy.pending_pod_conditions holds an empty condition type".to_owned(),
+            "job \"encode\": scaling_strategy.multiple_scalers_calculation (\"mean\") must be".to_owned(),
+            "job \"encode\": rollout.strategy (\"immediate\") must be \"default\" or \"gradual\"".to_owned(),
+            "job \"encode\": rollout.propagation_policy (\"Orphan\") must be".to_owned(),
+            "job \"encode\": trigger 1: metric_type (\"Value\") cannot be set on a job rule's trigger".to_owned(),
+            "job \"encode\": trigger 1: queue_length (0) must be greater than 0".to_owned(),
+            "job \"encode\": name is already used by job #1; job names must be unique".to_owned(),
+            format!("job \"encode\": template {}: No such file", missing.display()),
+            "job \"encode\": max_replica_count (0) must be between 1 and".to_owned(),
+            "job \"encode\": priority applies only to a job rule with a group".to_owned(),
+            "job \"encode\": name is already used by job #1".to_owned(),
+            "job \"encode\": scaling_strategy.custom_scaling_running_job_percentage (NaN) must be a finite number".to_owned(),
+            "job #4: name is required".to_owned(),
+            "job #4: at least one [[job.trigger]] is required".to_owned(),
+            "job \"encode\": group (\"none\") is not a [[group]] of this file".to_owned(),
+        ];
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(&expect) {
+            assert!(got.starts_with(want.as_str()), "{got:?} does not start with {want:?}\n{p:#?}");
+        }
+    }
+
+    /// Unknown keys anywhere in a job rule, and a value of the wrong type, are named
+    /// under the job rule's name.
+    #[test]
+    fn unknown_keys_and_type_errors_name_the_job() {
+        let (_dir, path) = template_dir();
+        let toml = job(
+            &path,
+            "max_replicas = 3\n[job.scaling_strategy]\nstrategy = \"eager\"\nqueue_deduction = 1\n[job.rollout]\npolicy = \"x\"",
+            "queueLength = 2",
+        );
+        assert_eq!(
+            problems(&toml),
+            [
+                "job \"encode\": unknown key max_replicas",
+                "job \"encode\": unknown key rollout.policy",
+                "job \"encode\": unknown key scaling_strategy.queue_deduction",
+                "job \"encode\": unknown key trigger[0].queueLength",
+            ]
+        );
+        let p = problems(&job(&path, "min_replica_count = \"two\"", ""));
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].starts_with("job \"encode\": min_replica_count: invalid type"), "{p:#?}");
+    }
+
+    /// A job rule's `group` must be a [[group]], and its minimum counts in the group's
+    /// check with the rules' minimums.
+    #[test]
+    fn job_minimums_count_in_their_group() {
+        let (_dir, path) = template_dir();
+        let rule = "[[rule]]\nname = \"web\"\ntarget = { name = \"w\" }\nmin_replica_count = 3\ngroup = \"gpu\"\n[[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/web\"\n";
+        let toml = format!("[[group]]\nname = \"gpu\"\nmax_replicas = 4\n{rule}{}", job(&path, "group = \"gpu\"\nmin_replica_count = 2", ""));
+        assert_eq!(
+            problems(&toml),
+            ["group \"gpu\": its members' min_replica_count add up to 5 (web 3, encode 2), above max_replicas (4)"]
+        );
+        let fits = toml.replace("max_replicas = 4", "max_replicas = 5");
+        assert_eq!(from_str(&fits).unwrap().jobs[0].group.as_deref(), Some("gpu"));
+    }
+
+    /// The pairings spec §5.5 flags, one warning per trigger, none for the others.
+    #[test]
+    fn strategy_pairings_are_warned_about() {
+        let (_dir, path) = template_dir();
+        let with = |strategy: &str, in_flight: bool| {
+            let c = from_str(&job(
+                &path,
+                &format!("[job.scaling_strategy]\nstrategy = \"{strategy}\"\ncustom_scaling_running_job_percentage = 1.0")
+                    .replace("\ncustom_scaling_running_job_percentage = 1.0", if strategy == "custom" { "\ncustom_scaling_running_job_percentage = 1.0" } else { "" }),
+                &format!("scale_on_in_flight = {in_flight}"),
+            ))
+            .unwrap();
+            super::job_warnings(&c.jobs)
+        };
+        let accurate = with("accurate", true);
+        assert_eq!(accurate.len(), 1);
+        assert!(accurate[0].starts_with("job \"encode\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"), "{accurate:?}");
+        assert!(with("eager", true)[0].contains("strategy \"eager\" with scale_on_in_flight = true over-creates"));
+        assert!(with("default", false)[0].contains("strategy \"default\" with scale_on_in_flight = false under-creates"));
+        for (s, f) in [("default", true), ("accurate", false), ("eager", false), ("custom", true), ("custom", false)] {
+            assert!(with(s, f).is_empty(), "{s} {f}");
+        }
+    }
+
+    /// `check` prints each job rule's cap: max when min <= max, 100 + min when max is
+    /// unset (spec §2.2, V11), and no total for custom.
+    #[test]
+    fn the_report_gives_each_job_rules_cap() {
+        let (_dir, path) = template_dir();
+        let toml = format!(
+            "{}{}{}",
+            job(&path, "max_replica_count = 10\nmin_replica_count = 1", ""),
+            job(&path, "min_replica_count = 5", "").replace("\"encode\"\n", "\"standby\"\n"),
+            job(&path, "max_replica_count = 20\n[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_running_job_percentage = 0.5", "")
+                .replace("\"encode\"\n", "\"custom\"\n"),
+        );
+        let c = from_str(&toml).unwrap();
+        assert_eq!(
+            super::jobs_report(&c.jobs),
+            "# job \"encode\": at most 10 unfinished Jobs (M = 9, min = 1)\n\
+             # job \"standby\": at most 105 unfinished Jobs (M = 100, min = 5; max_replica_count unset: M is 100 whatever the min)\n\
+             # job \"custom\": strategy custom: each poll creates at most M = 20 Jobs, the total is not capped (min = 0)\n"
+        );
+        let with_report = format!("{}{}", c.resolved_toml(), super::jobs_report(&c.jobs));
+        assert_eq!(from_str(&with_report).unwrap(), c, "still a rule file");
+    }
+}
