@@ -118,6 +118,60 @@ fn a_qps_past_the_limiters_range_exits_78_in_check_and_run() {
     }
 }
 
+/// The example job rule checks: its resolved form (the template path as written), its
+/// cap as a comment, the count of job rules, and no warning; standard output checks
+/// again as the same file.
+#[test]
+fn check_accepts_the_example_job_rule_and_prints_its_cap() {
+    let out = sqscale(&["check", "--config", "config/jobs.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    for needle in [
+        "[[job]]",
+        "name = \"video-encode\"",
+        "template = \"jobs/encode.yaml\"",
+        "successful_jobs_history_limit = 5",
+        "multiple_scalers_calculation = \"max\"",
+        "# job \"video-encode\": at most 4 unfinished Jobs (M = 4, min = 0)",
+    ] {
+        assert!(stdout.contains(needle), "{needle} in\n{stdout}");
+    }
+    let err = stderr(&out);
+    assert!(err.contains("config/jobs.toml: ok, 0 rules, 1 job rule"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+/// A job rule's template that the Job API would refuse makes `check` exit 78, naming the
+/// template's file and line; a strategy paired badly with its trigger is a warning on
+/// standard error.
+#[test]
+fn check_of_a_bad_template_exits_78_and_a_bad_pairing_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    let template = "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      restartPolicy: Always\n      containers:\n        - name: a\n          image: busybox\n";
+    write(&dir.path().join("jobs"), "a.yaml", template);
+    let rules = "[[job]]\nname = \"a\"\ntemplate = \"jobs/a.yaml\"\n[job.scaling_strategy]\nstrategy = \"accurate\"\n[[job.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/a\"\n";
+    let path = write(dir.path(), "sqscale.toml", rules);
+    let out = sqscale(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    let file = dir.path().join("jobs/a.yaml");
+    assert!(
+        err.contains(&format!("job \"a\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"", file.display())),
+        "{err}"
+    );
+
+    write(&dir.path().join("jobs"), "a.yaml", &template.replace("Always", "Never"));
+    let out = sqscale(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: job \"a\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"),
+        "{err}"
+    );
+    assert!(!String::from_utf8(out.stdout).unwrap().contains("warning"), "warnings stay off standard output");
+}
+
 #[test]
 fn check_of_a_missing_file_exits_78() {
     let out = sqscale(&["check", "--config", "/nonexistent/sqscale.toml"]);
