@@ -115,7 +115,8 @@ enum Command {
         #[arg(long, value_name = "RFC3339", default_value = "1970-01-01T00:00:00Z", value_parser = parse_start)]
         start: crate::engine::Time,
     },
-    /// Turn KEDA ScaledObjects (from files, or listed from the cluster) into a rule file.
+    /// Turn KEDA ScaledObjects and ScaledJobs (from files, or listed from the cluster) into a
+    /// rule file, and each ScaledJob's Job into a template file.
     ImportKeda(crate::import::command::Args),
     /// Print the completion script for SHELL on standard output.
     ///

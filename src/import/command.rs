@@ -21,8 +21,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Files of KEDA objects, YAML (any number of documents, `kind: List`) or JSON; `-`
-    /// reads standard input. Without files, the ScaledObjects, TriggerAuthentications and
-    /// ClusterTriggerAuthentications are listed from the cluster.
+    /// reads standard input. Without files, the ScaledObjects, ScaledJobs,
+    /// TriggerAuthentications and ClusterTriggerAuthentications are listed from the cluster.
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Kubeconfig (default: $KUBECONFIG, ~/.kube/config, in-cluster).
@@ -45,6 +45,12 @@ pub struct Args {
     /// the rules.
     #[arg(long, value_name = "CONFIG", conflicts_with = "output")]
     diff: Option<PathBuf>,
+    /// Where each ScaledJob's Job template is written, as `<job rule>.yaml` (default: the
+    /// folder of --output, else the current directory). The rule file names each one
+    /// relative to its own folder: with output on standard output, save the rule file in
+    /// the current directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "diff")]
+    template_dir: Option<PathBuf>,
 }
 
 /// Runs the command; returns its exit code.
@@ -70,17 +76,22 @@ pub fn main(args: Args) -> ExitCode {
             }
         }
     };
-    let import = super::import(&objects, &options);
+    let mut import = super::import(&objects, &options);
     for message in import.messages() {
         eprintln!("warning: {message}");
     }
-    if import.rules.is_empty() {
-        eprintln!("error: {origin}: no rule imported: no ScaledObject with a usable {} trigger", super::SQS_TRIGGER);
+    if import.rules.is_empty() && import.jobs.is_empty() {
+        eprintln!(
+            "error: {origin}: no rule imported: no ScaledObject or ScaledJob with a usable {} trigger",
+            super::SQS_TRIGGER
+        );
         return ExitCode::from(EX_DATAERR);
     }
+    let templates = template_dir(&args);
+    import.place_templates(&templates.named_as);
     let text = import.to_toml();
     // What is printed must be what `sqscale check` takes: a failure here is a bug.
-    if let Err(e) = crate::config::from_str(&text) {
+    if let Err(e) = import.check() {
         eprintln!("error: the imported rules do not validate (a bug in import-keda): {e}");
         return ExitCode::FAILURE;
     }
@@ -111,6 +122,12 @@ pub fn main(args: Args) -> ExitCode {
             eprintln!("error: the imported rules with the [aws] settings of {}: {e}", path.display());
             ExitCode::FAILURE
         };
+        // Rules only: the imported job rules' templates are not written with --diff.
+        let placed = crate::config::raw::RawConfig { job: Vec::new(), ..placed };
+        if placed.rule.is_empty() {
+            eprintln!("error: --diff compares rules, and the input gives job rules only");
+            return ExitCode::from(EX_DATAERR);
+        }
         let placed = match toml::to_string(&placed) {
             Ok(text) => match crate::config::from_str(&text) {
                 Ok(c) => c,
@@ -123,6 +140,10 @@ pub fn main(args: Args) -> ExitCode {
             let _ = writeln!(out, "{line}");
         }
         return ExitCode::SUCCESS;
+    }
+    if let Err(e) = write_templates(&import, &templates.dir) {
+        eprintln!("error: {}", crate::error::chain(&e));
+        return ExitCode::FAILURE;
     }
     let (written, to) = match &args.output {
         Some(path) => (std::fs::write(path, &text), path.display().to_string()),
@@ -137,10 +158,62 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
+/// Where the templates go, and how the rule file names that folder.
+struct TemplateDir {
+    /// The folder the files are written to.
+    dir: PathBuf,
+    /// The same folder as the rule file's `template` keys give it: relative to the
+    /// output's folder when inside it, else as given (relative to the current directory,
+    /// where a rule file on standard output is saved).
+    named_as: PathBuf,
+}
+
+fn template_dir(args: &Args) -> TemplateDir {
+    let output_dir = args.output.as_deref().map(|o| match o.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    });
+    match (&args.template_dir, output_dir) {
+        (None, Some(out)) => TemplateDir { dir: out, named_as: PathBuf::new() },
+        (None, None) => TemplateDir { dir: PathBuf::from("."), named_as: PathBuf::new() },
+        (Some(dir), None) => TemplateDir { dir: dir.clone(), named_as: dir.clone() },
+        (Some(dir), Some(out)) => {
+            let named_as = relative_to(dir, &out).unwrap_or_else(|| std::path::absolute(dir).unwrap_or(dir.clone()));
+            TemplateDir { dir: dir.clone(), named_as }
+        }
+    }
+}
+
+/// `dir` as a path from `base`, when `dir` lies inside it.
+fn relative_to(dir: &std::path::Path, base: &std::path::Path) -> Option<PathBuf> {
+    let dir = std::path::absolute(dir).ok()?;
+    let base = std::path::absolute(base).ok()?;
+    dir.strip_prefix(&base).ok().map(std::path::Path::to_owned)
+}
+
+/// Writes each job rule's template into `dir` (created if missing).
+fn write_templates(import: &Import, dir: &std::path::Path) -> Result<(), ReadError> {
+    if import.jobs.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ReadError::File(dir.display().to_string(), e))?;
+    for j in &import.jobs {
+        let path = dir.join(&j.file);
+        std::fs::write(&path, &j.template).map_err(|e| ReadError::File(path.display().to_string(), e))?;
+        eprintln!("{}: the Job template of {}", path.display(), j.source);
+    }
+    Ok(())
+}
+
 fn summary(import: &Import, origin: &str) {
     let n = import.rules.len();
     let rejected = import.rejected.len();
     let mut line = format!("{origin}: {n} rule{} imported", if n == 1 { "" } else { "s" });
+    match import.jobs.len() {
+        0 => {}
+        1 => line.push_str(", 1 job rule"),
+        j => line.push_str(&format!(", {j} job rules")),
+    }
     if rejected > 0 {
         line.push_str(&format!(", {rejected} ScaledObject{} not", if rejected == 1 { "" } else { "s" }));
     }
@@ -241,6 +314,15 @@ fn from_cluster(args: &Args) -> Result<(Vec<Value>, Options, String), ReadError>
             }
         };
         let mut objects = list("ScaledObject", "scaledobjects").await?;
+        // ScaledJobs too, where this identity may list them: one allowed ScaledObjects
+        // only still imports those.
+        match list("ScaledJob", "scaledjobs").await {
+            Ok(jobs) => objects.extend(jobs),
+            Err(e @ (ReadError::Forbidden(..) | ReadError::NotServed(..))) => {
+                eprintln!("warning: ScaledJobs not imported: {}", crate::error::chain(&e));
+            }
+            Err(e) => return Err(e),
+        }
         objects.extend(list("TriggerAuthentication", "triggerauthentications").await?);
         let mut wanted: Vec<&str> = objects
             .iter()

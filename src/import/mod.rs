@@ -10,12 +10,15 @@
 
 pub mod command;
 pub mod diff;
+mod job;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
+
+pub use job::ImportedJob;
 
 use crate::config::raw::{
     RawBehavior, RawConfig, RawDuration, RawFallback, RawPolicy, RawRule, RawScalingModifiers, RawScalingRules,
@@ -158,6 +161,8 @@ pub struct Import {
     pub rejected: Vec<Rejected>,
     /// About the input as a whole (objects passed over, duplicates).
     pub warnings: Vec<String>,
+    /// One entry per ScaledJob that gives a valid job rule, in input order.
+    pub jobs: Vec<ImportedJob>,
 }
 
 #[derive(Clone, Debug)]
@@ -179,7 +184,38 @@ pub struct Rejected {
 impl Import {
     /// The rules as a rule file's raw form.
     pub fn config(&self) -> RawConfig {
-        RawConfig { rule: self.rules.iter().map(|r| r.rule.clone()).collect(), ..Default::default() }
+        RawConfig {
+            rule: self.rules.iter().map(|r| r.rule.clone()).collect(),
+            job: self.jobs.iter().map(|j| j.job.clone()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Points each job rule's `template` key at its file in `dir`, as the rule file will
+    /// name it (relative to the rule file's folder, or absolute).
+    pub fn place_templates(&mut self, dir: &std::path::Path) {
+        for j in &mut self.jobs {
+            let path = dir.join(&j.file);
+            let path = path.strip_prefix(".").unwrap_or(&path);
+            j.job.template = Some(path.display().to_string());
+        }
+    }
+
+    /// The rule file [`Import::to_toml`] prints, validated as `sqscale check` would once
+    /// the templates are written: each job rule's template taken from memory.
+    pub fn check(&self) -> Result<crate::config::Config, crate::config::ConfigErrors> {
+        let templates = |given: &std::path::Path| {
+            let found = self.jobs.iter().find(|j| j.job.template.as_deref().map(std::path::Path::new) == Some(given));
+            match found {
+                Some(j) => crate::config::template::parse(&j.template, given),
+                None => Err(crate::config::template::TemplateError {
+                    path: given.to_owned(),
+                    line: None,
+                    message: "not a template import-keda wrote".to_owned(),
+                }),
+            }
+        };
+        crate::config::from_str_with_templates(&self.to_toml(), &templates)
     }
 
     /// Everything to say on standard error, each once.
@@ -188,6 +224,10 @@ impl Import {
         for r in &self.rules {
             let name = r.rule.name.as_deref().unwrap_or_default();
             out.extend(r.notes.iter().map(|n| format!("rule {name:?} ({}): {n}", r.source)));
+        }
+        for j in &self.jobs {
+            let name = j.job.name.as_deref().unwrap_or_default();
+            out.extend(j.notes.iter().map(|n| format!("job rule {name:?} ({}): {n}", j.source)));
         }
         for r in &self.rejected {
             out.push(format!("{}: no rule: {}", r.source, r.reasons.join("; ")));
@@ -200,8 +240,13 @@ impl Import {
     /// one could be built.
     pub fn to_toml(&self) -> String {
         let n = self.rules.len();
+        let jobs = match self.jobs.len() {
+            0 => String::new(),
+            1 => " and 1 job rule".to_owned(),
+            j => format!(" and {j} job rules"),
+        };
         let mut out = format!(
-            "# Imported from KEDA by `sqscale import-keda`: {n} rule{}.\n\
+            "# Imported from KEDA by `sqscale import-keda`: {n} rule{}{jobs}.\n\
              # Next: `sqscale check --remote`, then `sqscale run --dry-run` next to KEDA (README,\n\
              # \"Migrating from KEDA\"). Comments above a rule say what did not carry over.\n",
             if n == 1 { "" } else { "s" }
@@ -213,6 +258,15 @@ impl Import {
                 out.push_str(&comment(&format!("not carried over: {note}")));
             }
             out.push_str(&rule_toml(&r.rule));
+        }
+        for j in &self.jobs {
+            out.push('\n');
+            out.push_str(&comment(&j.source));
+            for note in &j.notes {
+                out.push_str(&comment(&format!("not carried over: {note}")));
+            }
+            let one = RawConfig { job: vec![j.job.clone()], ..Default::default() };
+            out.push_str(&toml::to_string(&one).unwrap_or_else(|e| format!("# cannot render the job rule: {e}\n")));
         }
         for r in &self.rejected {
             out.push('\n');
@@ -288,6 +342,7 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
     // list) is one ScaledObject; the later one wins.
     let mut scaled: Vec<((String, String), &Value)> = Vec::new();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
+    let mut scaled_jobs: Vec<((String, String), &Value)> = Vec::new();
     for obj in objects {
         let api_version = str_at(obj, "/apiVersion").unwrap_or_default();
         let kind = str_at(obj, "/kind").unwrap_or_default();
@@ -327,9 +382,19 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
             "ClusterTriggerAuthentication" => {
                 auths.cluster.insert(name, obj);
             }
-            "ScaledJob" => result.warnings.push(format!(
-                "ScaledJob {namespace}/{name}: passed over: sqscale scales Deployments and StatefulSets, not Jobs"
-            )),
+            "ScaledJob" => {
+                let key = (namespace.to_owned(), name);
+                match scaled_jobs.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => {
+                        result.warnings.push(format!(
+                            "ScaledJob {}/{} appears more than once in the input; the last one is used",
+                            key.0, key.1
+                        ));
+                        slot.1 = obj;
+                    }
+                    None => scaled_jobs.push((key, obj)),
+                }
+            }
             _ => {}
         }
     }
@@ -381,7 +446,68 @@ pub fn import(objects: &[Value], options: &Options) -> Import {
             result.rejected.push(Rejected { source, rule: Some(rule), reasons });
         }
     }
+    import_jobs(&scaled_jobs, &auths, &mut result);
     result
+}
+
+/// Each ScaledJob as a job rule with its template, named uniquely among job rules (a
+/// name found in two namespaces prefixed with its namespace); one that does not validate
+/// is rejected with why.
+fn import_jobs(scaled_jobs: &[((String, String), &Value)], auths: &Auths, result: &mut Import) {
+    let mut namespaces_of: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for ((ns, name), _) in scaled_jobs {
+        namespaces_of.entry(name.as_str()).or_default().insert(ns.as_str());
+    }
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    for ((ns, name), obj) in scaled_jobs {
+        let source = format!("ScaledJob {ns}/{name}");
+        let wanted = if namespaces_of[name.as_str()].len() > 1 { format!("{ns}-{name}") } else { name.clone() };
+        let mut converted = job::convert(obj, ns, auths);
+        let (Some(mut raw), Some(manifest)) = (converted.job.take(), converted.template.take()) else {
+            result.rejected.push(Rejected { source, rule: None, reasons: dedup(converted.problems) });
+            continue;
+        };
+        let job_name = unique_name(&wanted, &mut taken, &mut converted.notes);
+        raw.name = Some(job_name.clone());
+        let file = format!("{job_name}.yaml");
+        raw.template = Some(file.clone());
+        let template = match job::template_text(&source, &manifest) {
+            Ok(text) => text,
+            Err(e) => {
+                converted.problems.push(format!("its jobTargetRef cannot be written as YAML: {e}"));
+                String::new()
+            }
+        };
+        let imported = ImportedJob { source, job: raw, file, template, notes: Vec::new() };
+        if converted.problems.is_empty() {
+            converted.problems = validate_job_alone(&imported);
+        }
+        if converted.problems.is_empty() {
+            result.jobs.push(ImportedJob { notes: dedup(converted.notes), ..imported });
+        } else {
+            taken.remove(&job_name);
+            let mut reasons = dedup(converted.problems);
+            reasons.extend(dedup(converted.notes));
+            result.rejected.push(Rejected { source: imported.source, rule: None, reasons });
+        }
+    }
+}
+
+/// The problems `sqscale check` finds in the job rule and its template alone, without
+/// the `job "x": ` prefix.
+fn validate_job_alone(j: &ImportedJob) -> Vec<String> {
+    let alone = Import { jobs: vec![j.clone()], ..Default::default() };
+    match alone.check() {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| match p.split_once(": ") {
+                Some((head, rest)) if head.starts_with("job ") => rest.to_owned(),
+                _ => p,
+            })
+            .collect(),
+    }
 }
 
 fn dedup(items: Vec<String>) -> Vec<String> {
@@ -452,7 +578,8 @@ fn convert(so: &Value, namespace: &str, auths: &Auths) -> Converted {
     let mut problems = Vec::new();
     let spec = so.get("spec").cloned().unwrap_or(Value::Null);
 
-    let (triggers, other_types) = convert_triggers(&spec, namespace, auths, &mut notes, &mut problems);
+    let env = env_source(&spec, namespace, auths);
+    let (triggers, other_types) = convert_triggers(&spec, namespace, auths, env, &mut notes, &mut problems);
     if triggers.is_empty() {
         let why = if other_types.is_empty() {
             format!("it has no {SQS_TRIGGER} trigger")
@@ -706,16 +833,17 @@ fn convert_annotations(so: &Value, target: &Option<RawTarget>, notes: &mut Vec<S
 }
 
 /// The `aws-sqs-queue` triggers as rule triggers, and the types of the others.
+/// `env` is the container `...FromEnv` parameters are read in, if the input holds it.
 fn convert_triggers(
     spec: &Value,
     namespace: &str,
     auths: &Auths,
+    env: Option<EnvSource>,
     notes: &mut Vec<String>,
     problems: &mut Vec<String>,
 ) -> (Vec<RawTrigger>, Vec<String>) {
     let mut triggers = Vec::new();
     let mut others = Vec::new();
-    let env = env_source(spec, namespace, auths);
     let list = spec.get("triggers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     for (i, t) in list.iter().enumerate() {
         let kind = str_at(t, "/type").unwrap_or_default();

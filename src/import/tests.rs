@@ -723,3 +723,171 @@ fn scaling_modifiers_come_along() {
         import.rejected
     );
 }
+
+// === ScaledJobs ===
+
+fn sj(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledJob",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A ScaledJob's `jobTargetRef`: one container, `encode`, with `env`.
+fn job_target(env: Value) -> Value {
+    json!({"backoffLimit": 2, "template": {"spec": {"containers": [
+        {"name": "sidecar", "image": "example/sidecar:1"},
+        {"name": "encode", "image": "example/encode:1", "env": env}]}}})
+}
+
+fn only_job(import: &Import) -> &ImportedJob {
+    assert_eq!(import.jobs.len(), 1, "{:?}", import.messages());
+    &import.jobs[0]
+}
+
+/// Every field of the ScaledJob table (spec §2.1) carried over; the rule file and its
+/// template, written to a folder, load as `sqscale run` would load them.
+#[test]
+fn a_full_scaled_job_round_trips_through_load() {
+    let mut scaled = sj(
+        "media",
+        "encode",
+        json!({
+            "jobTargetRef": job_target(json!([{"name": "QUEUE", "value": "https://sqs.eu-west-1.amazonaws.com/123456789012/encode"}])),
+            "envSourceContainerName": "encode",
+            "pollingInterval": 10,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 1,
+            "minReplicaCount": 1,
+            "maxReplicaCount": 8,
+            "rollout": {"strategy": "gradual", "propagationPolicy": "foreground"},
+            "scalingStrategy": {"strategy": "custom", "customScalingQueueLengthDeduction": 1,
+                                "customScalingRunningJobPercentage": "0.5",
+                                "pendingPodConditions": ["Ready", "PodScheduled"],
+                                "multipleScalersCalculation": "sum"},
+            "triggers": [{"type": "aws-sqs-queue", "name": "q", "metadata": {
+                "queueURLFromEnv": "QUEUE", "queueLength": "2", "activationQueueLength": "1",
+                "scaleOnInFlight": "true"}}]
+        }),
+    );
+    scaled["metadata"]["labels"] = json!({"team": "media", "internal": "x"});
+    scaled["metadata"]["annotations"] = json!({
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        "scaledjob.keda.sh/job-excluded-labels": "internal",
+        "autoscaling.keda.sh/paused": "true",
+        "owner": "video-team"});
+    let mut import = run(&[scaled]);
+    let j = only_job(&import);
+    assert_eq!((j.source.as_str(), j.file.as_str()), ("ScaledJob media/encode", "encode.yaml"));
+    assert_eq!(
+        j.notes,
+        ["trigger 1 (q): queueURLFromEnv: queue_url is the value of QUEUE in the container encode of the job template of ScaledJob media/encode of the input; if it changes there, change it here"]
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    import.place_templates(std::path::Path::new("jobs"));
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    std::fs::write(dir.path().join("jobs/encode.yaml"), &import.jobs[0].template).unwrap();
+    std::fs::write(dir.path().join("sqscale.toml"), import.to_toml()).unwrap();
+    let c = config::load(&dir.path().join("sqscale.toml")).unwrap_or_else(|e| panic!("{e}\n{}", import.to_toml()));
+    assert_eq!(c, import.check().unwrap(), "what check saw is what loads");
+    let r = &c.jobs[0];
+    assert_eq!((r.name.as_str(), r.namespace.as_str()), ("encode", "media"));
+    assert_eq!(r.template.path, std::path::Path::new("jobs/encode.yaml"));
+    assert_eq!(r.polling_interval, std::time::Duration::from_secs(10));
+    let p = &r.policy;
+    assert_eq!((p.min_replica_count, p.max_replica_count), (1, Some(8)));
+    assert_eq!((p.successful_jobs_history_limit, p.failed_jobs_history_limit), (3, 1));
+    assert!(p.paused);
+    assert_eq!(
+        p.strategy,
+        crate::engine::job::ScalingStrategy::Custom { queue_length_deduction: 1, running_job_percentage: 0.5 }
+    );
+    assert_eq!(p.multiple_scalers_calculation, crate::engine::job::MultipleScalersCalculation::Sum);
+    assert_eq!(r.pending_pod_conditions, ["Ready", "PodScheduled"]);
+    assert_eq!(r.rollout.strategy, config::RolloutStrategy::Gradual);
+    assert_eq!(r.rollout.propagation_policy, config::Propagation::Foreground);
+    assert_eq!((p.triggers[0].queue_length, p.triggers[0].activation_queue_length), (2, 1));
+    assert_eq!(r.triggers[0].url.as_deref(), Some("https://sqs.eu-west-1.amazonaws.com/123456789012/encode"));
+    assert_eq!(r.trigger_policies[0].name.as_deref(), Some("q"));
+    // The template: jobTargetRef as its spec; the ScaledJob's labels less the excluded
+    // one, its annotations less kubectl's and KEDA's.
+    let job = &r.template.job;
+    assert_eq!(job["metadata"], json!({"labels": {"team": "media"}, "annotations": {"owner": "video-team"}}));
+    assert_eq!(job["spec"]["backoffLimit"], 2);
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][1]["name"], "encode");
+    assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
+}
+
+/// What KEDA accepts and the rule file does not is converted as spec §12 decides, and
+/// said: min > max becomes min = max (§12.3); a percentage that does not parse is the
+/// default strategy (§12.7); `rolloutStrategy` wins over `rollout.strategy`, and
+/// `immediate` is `default`.
+#[test]
+fn scaled_job_values_keda_takes_are_converted_and_said() {
+    let spec = |extra: Value| {
+        let mut spec = json!({"jobTargetRef": job_target(json!([])),
+                              "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        sj("shop", "orders", spec)
+    };
+    let import = run(&[spec(json!({"minReplicaCount": 5, "maxReplicaCount": 2,
+        "scalingStrategy": {"strategy": "custom", "customScalingQueueLengthDeduction": 3,
+                            "customScalingRunningJobPercentage": "half"},
+        "rolloutStrategy": "immediate", "rollout": {"strategy": "gradual"}}))]);
+    let j = only_job(&import);
+    assert_eq!(j.job.min_replica_count, Some(2));
+    let notes = j.notes.join("\n");
+    assert!(notes.contains("minReplicaCount (5) is greater than maxReplicaCount (2): KEDA then keeps 2 standby Jobs and allows up to 4 in all; min_replica_count is set to 2"), "{notes}");
+    assert!(notes.contains("customScalingRunningJobPercentage \"half\" is not a finite number: KEDA then uses the default strategy"), "{notes}");
+    assert!(notes.contains("rolloutStrategy \"immediate\" wins over rollout.strategy \"gradual\""), "{notes}");
+    let c = import.check().unwrap();
+    assert_eq!(c.jobs[0].policy.strategy, crate::engine::job::ScalingStrategy::Default);
+    assert_eq!(c.jobs[0].rollout.strategy, config::RolloutStrategy::Default);
+    assert_eq!(c.jobs[0].policy.min_replica_count, 2);
+    assert!(import.messages().iter().any(|m| m.starts_with("job rule \"orders\" (ScaledJob shop/orders): minReplicaCount")));
+    assert!(import.to_toml().contains("# not carried over: minReplicaCount (5)"), "{}", import.to_toml());
+}
+
+/// A ScaledJob KEDA never ran (metricType on a trigger), one without a Job, and one
+/// whose Job the API would refuse give no job rule, each with why; a ScaledObject beside
+/// them still imports.
+#[test]
+fn unusable_scaled_jobs_are_rejected_with_why() {
+    let mut with_metric = sqs_trigger(json!({"queueURL": QUEUE}));
+    with_metric["metricType"] = json!("Value");
+    let mut always = job_target(json!([]));
+    always["template"]["spec"]["restartPolicy"] = json!("Always");
+    let import = run(&[
+        sj("a", "metric", json!({"jobTargetRef": job_target(json!([])), "triggers": [with_metric]})),
+        sj("a", "nojob", json!({"triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]})),
+        sj("a", "always", json!({"jobTargetRef": always, "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]})),
+        sj("a", "zero", json!({"jobTargetRef": job_target(json!([])), "triggers": [sqs_trigger(json!({"queueURL": QUEUE, "queueLength": "0"}))]})),
+        simple("a", "orders", json!({})),
+    ]);
+    assert!(import.jobs.is_empty());
+    assert_eq!(import.rules.len(), 1);
+    let why: Vec<String> = import.rejected.iter().map(|r| format!("{}: {}", r.source, r.reasons.join("; "))).collect();
+    assert_eq!(why.len(), 4, "{why:#?}");
+    assert!(why[0].starts_with("ScaledJob a/metric: trigger 1: metricType is set, and KEDA rejects metricType"), "{why:#?}");
+    assert!(why[1].starts_with("ScaledJob a/nojob: spec.jobTargetRef is missing"), "{why:#?}");
+    assert!(why[2].starts_with("ScaledJob a/always: template always.yaml line "), "{why:#?}");
+    assert!(why[2].contains("restartPolicy is \"Always\""), "{why:#?}");
+    assert!(why[3].starts_with("ScaledJob a/zero: trigger 1: queue_length (0) must be greater than 0"), "{why:#?}");
+    assert!(checked(&import).jobs.is_empty());
+}
+
+/// Only a ScaledJob in the input is enough for a rule file of job rules alone; the
+/// defaults stay unset, so `check` fills in KEDA's.
+#[test]
+fn a_minimal_scaled_job_takes_the_defaults() {
+    let import = run(&[sj("default", "work", json!({"jobTargetRef": job_target(json!([])),
+        "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]}))]);
+    let j = only_job(&import);
+    assert!(j.notes.is_empty(), "{:?}", j.notes);
+    assert!(j.job.scaling_strategy.is_none() && j.job.rollout.is_none() && j.job.max_replica_count.is_none());
+    let c = import.check().unwrap();
+    assert!(c.rules.is_empty());
+    assert_eq!(c.jobs[0].policy.max_replica_count, None);
+    assert_eq!(c.jobs[0].template.job["metadata"], json!({}));
+}
