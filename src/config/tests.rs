@@ -136,11 +136,15 @@ fn load_reads_the_template_beside_the_rule_file_each_time() {
     assert_eq!(first.jobs[0].template.path, Path::new("jobs/encode.yaml"), "as given");
     assert_eq!(first.jobs[0].template.job["spec"]["template"]["spec"]["restartPolicy"], "OnFailure");
 
-    std::fs::write(&template, good.replace("      containers:", "      restartPolicy: Always\n      containers:")).unwrap();
+    std::fs::write(&template, good.replace("      containers:", "      restartPolicy: Always\n      containers:"))
+        .unwrap();
     let e = load(&rules).unwrap_err();
     assert_eq!(e.origin, rules.display().to_string());
     assert_eq!(e.problems.len(), 1, "{e}");
-    let expect = format!("job \"encode\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"", template.display());
+    let expect = format!(
+        "job \"encode\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"",
+        template.display()
+    );
     assert!(e.problems[0].starts_with(&expect), "{e}");
 
     std::fs::write(&template, good.replace("encode:1", "encode:2")).unwrap();
@@ -149,7 +153,10 @@ fn load_reads_the_template_beside_the_rule_file_each_time() {
 
     std::fs::remove_file(&template).unwrap();
     let e = load(&rules).unwrap_err();
-    assert!(e.problems[0].starts_with(&format!("job \"encode\": template {}: No such file", template.display())), "{e}");
+    assert!(
+        e.problems[0].starts_with(&format!("job \"encode\": template {}: No such file", template.display())),
+        "{e}"
+    );
 }
 
 #[test]

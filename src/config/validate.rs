@@ -4,8 +4,8 @@
 mod job;
 mod schedule;
 
-pub use job::{job_warnings, jobs_report};
 pub(super) use job::{Templates, job_label};
+pub use job::{job_warnings, jobs_report};
 
 pub use schedule::windows_report;
 

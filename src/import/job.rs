@@ -72,7 +72,8 @@ pub(super) fn convert(sj: &Value, namespace: &str, auths: &Auths) -> Converted {
             other_types.join(", ")
         ));
     }
-    let triggers: Vec<_> = triggers.into_iter().map(|t| crate::config::raw::RawTrigger { metric_type: None, ..t }).collect();
+    let triggers: Vec<_> =
+        triggers.into_iter().map(|t| crate::config::raw::RawTrigger { metric_type: None, ..t }).collect();
 
     let mut int = |field: &str| -> Option<i64> {
         match spec.get(field) {
@@ -102,10 +103,8 @@ pub(super) fn convert(sj: &Value, namespace: &str, auths: &Auths) -> Converted {
     let rollout = rollout(&spec, &mut notes);
 
     let annotations = sj.pointer("/metadata/annotations").and_then(Value::as_object);
-    let paused = annotations
-        .and_then(|a| a.get("autoscaling.keda.sh/paused"))
-        .and_then(Value::as_str)
-        .is_some_and(truthy);
+    let paused =
+        annotations.and_then(|a| a.get("autoscaling.keda.sh/paused")).and_then(Value::as_str).is_some_and(truthy);
     for key in annotations.into_iter().flat_map(|a| a.keys()) {
         if key.starts_with(super::ANNOTATION_PREFIX) && key != "autoscaling.keda.sh/paused" {
             notes.push(format!("annotation {key}: ScaledJobs have no such setting; left out"));
@@ -188,9 +187,10 @@ fn strategy(spec: &Value, notes: &mut Vec<String>, problems: &mut Vec<String>) -
         }
         (None, None)
     };
-    let pending_pod_conditions = s.get("pendingPodConditions").and_then(Value::as_array).map(|list| {
-        list.iter().filter_map(|c| c.as_str()).map(str::to_owned).collect::<Vec<_>>()
-    });
+    let pending_pod_conditions = s
+        .get("pendingPodConditions")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().filter_map(|c| c.as_str()).map(str::to_owned).collect::<Vec<_>>());
     Some(RawJobScalingStrategy {
         strategy: name,
         custom_scaling_queue_length_deduction: deduction,
@@ -245,7 +245,9 @@ fn manifest(sj: &Value, target: &Value) -> Value {
         .into_iter()
         .flatten()
         .filter(|(k, _)| {
-            k.as_str() != LAST_APPLIED && !k.starts_with(super::ANNOTATION_PREFIX) && !k.starts_with("scaledjob.keda.sh/")
+            k.as_str() != LAST_APPLIED
+                && !k.starts_with(super::ANNOTATION_PREFIX)
+                && !k.starts_with("scaledjob.keda.sh/")
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();

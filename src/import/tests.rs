@@ -779,7 +779,9 @@ fn a_full_scaled_job_round_trips_through_load() {
     assert_eq!((j.source.as_str(), j.file.as_str()), ("ScaledJob media/encode", "encode.yaml"));
     assert_eq!(
         j.notes,
-        ["trigger 1 (q): queueURLFromEnv: queue_url is the value of QUEUE in the container encode of the job template of ScaledJob media/encode of the input; if it changes there, change it here"]
+        [
+            "trigger 1 (q): queueURLFromEnv: queue_url is the value of QUEUE in the container encode of the job template of ScaledJob media/encode of the input; if it changes there, change it here"
+        ]
     );
 
     let dir = tempfile::tempdir().unwrap();
@@ -839,13 +841,20 @@ fn scaled_job_values_keda_takes_are_converted_and_said() {
     assert_eq!(j.job.min_replica_count, Some(2));
     let notes = j.notes.join("\n");
     assert!(notes.contains("minReplicaCount (5) is greater than maxReplicaCount (2): KEDA then keeps 2 standby Jobs and allows up to 4 in all; min_replica_count is set to 2"), "{notes}");
-    assert!(notes.contains("customScalingRunningJobPercentage \"half\" is not a finite number: KEDA then uses the default strategy"), "{notes}");
+    assert!(
+        notes.contains(
+            "customScalingRunningJobPercentage \"half\" is not a finite number: KEDA then uses the default strategy"
+        ),
+        "{notes}"
+    );
     assert!(notes.contains("rolloutStrategy \"immediate\" wins over rollout.strategy \"gradual\""), "{notes}");
     let c = import.check().unwrap();
     assert_eq!(c.jobs[0].policy.strategy, crate::engine::job::ScalingStrategy::Default);
     assert_eq!(c.jobs[0].rollout.strategy, config::RolloutStrategy::Default);
     assert_eq!(c.jobs[0].policy.min_replica_count, 2);
-    assert!(import.messages().iter().any(|m| m.starts_with("job rule \"orders\" (ScaledJob shop/orders): minReplicaCount")));
+    assert!(
+        import.messages().iter().any(|m| m.starts_with("job rule \"orders\" (ScaledJob shop/orders): minReplicaCount"))
+    );
     assert!(import.to_toml().contains("# not carried over: minReplicaCount (5)"), "{}", import.to_toml());
 }
 
@@ -862,14 +871,21 @@ fn unusable_scaled_jobs_are_rejected_with_why() {
         sj("a", "metric", json!({"jobTargetRef": job_target(json!([])), "triggers": [with_metric]})),
         sj("a", "nojob", json!({"triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]})),
         sj("a", "always", json!({"jobTargetRef": always, "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]})),
-        sj("a", "zero", json!({"jobTargetRef": job_target(json!([])), "triggers": [sqs_trigger(json!({"queueURL": QUEUE, "queueLength": "0"}))]})),
+        sj(
+            "a",
+            "zero",
+            json!({"jobTargetRef": job_target(json!([])), "triggers": [sqs_trigger(json!({"queueURL": QUEUE, "queueLength": "0"}))]}),
+        ),
         simple("a", "orders", json!({})),
     ]);
     assert!(import.jobs.is_empty());
     assert_eq!(import.rules.len(), 1);
     let why: Vec<String> = import.rejected.iter().map(|r| format!("{}: {}", r.source, r.reasons.join("; "))).collect();
     assert_eq!(why.len(), 4, "{why:#?}");
-    assert!(why[0].starts_with("ScaledJob a/metric: trigger 1: metricType is set, and KEDA rejects metricType"), "{why:#?}");
+    assert!(
+        why[0].starts_with("ScaledJob a/metric: trigger 1: metricType is set, and KEDA rejects metricType"),
+        "{why:#?}"
+    );
     assert!(why[1].starts_with("ScaledJob a/nojob: spec.jobTargetRef is missing"), "{why:#?}");
     assert!(why[2].starts_with("ScaledJob a/always: template always.yaml line "), "{why:#?}");
     assert!(why[2].contains("restartPolicy is \"Always\""), "{why:#?}");
@@ -881,8 +897,12 @@ fn unusable_scaled_jobs_are_rejected_with_why() {
 /// defaults stay unset, so `check` fills in KEDA's.
 #[test]
 fn a_minimal_scaled_job_takes_the_defaults() {
-    let import = run(&[sj("default", "work", json!({"jobTargetRef": job_target(json!([])),
-        "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]}))]);
+    let import = run(&[sj(
+        "default",
+        "work",
+        json!({"jobTargetRef": job_target(json!([])),
+        "triggers": [sqs_trigger(json!({"queueURL": QUEUE}))]}),
+    )]);
     let j = only_job(&import);
     assert!(j.notes.is_empty(), "{:?}", j.notes);
     assert!(j.job.scaling_strategy.is_none() && j.job.rollout.is_none() && j.job.max_replica_count.is_none());

@@ -157,7 +157,10 @@ fn check_of_a_bad_template_exits_78_and_a_bad_pairing_warns() {
     let err = stderr(&out);
     let file = dir.path().join("jobs/a.yaml");
     assert!(
-        err.contains(&format!("job \"a\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"", file.display())),
+        err.contains(&format!(
+            "job \"a\": template {} line 6: spec.template.spec.restartPolicy is \"Always\"",
+            file.display()
+        )),
         "{err}"
     );
 
@@ -166,7 +169,9 @@ fn check_of_a_bad_template_exits_78_and_a_bad_pairing_warns() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("warning: job \"a\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"),
+        err.contains(
+            "warning: job \"a\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"
+        ),
         "{err}"
     );
     assert!(!String::from_utf8(out.stdout).unwrap().contains("warning"), "warnings stay off standard output");
@@ -728,6 +733,54 @@ fn import_keda_of_the_demo_story_checks_as_config_demo_toml() {
     assert_eq!(rule_names(&imported), ["aws-sqs-queue-scaledobject"]);
     imported["rule"].as_array_mut().unwrap()[0].as_table_mut().unwrap()["name"] = "demo-worker".into();
     assert_eq!(imported, demo);
+}
+
+const SCALED_JOB: &str = r#"
+apiVersion: keda.sh/v1alpha1
+kind: ScaledJob
+metadata: {name: encode, namespace: media, labels: {team: media}}
+spec:
+  maxReplicaCount: 4
+  jobTargetRef:
+    backoffLimit: 1
+    template:
+      spec:
+        restartPolicy: Never
+        containers:
+        - {name: encode, image: "example/encode:1"}
+  triggers:
+  - type: aws-sqs-queue
+    metadata: {queueURL: "https://sqs.eu-west-1.amazonaws.com/123456789012/encode", queueLength: "1"}
+"#;
+
+/// A ScaledJob becomes a job rule whose template is written under --template-dir and
+/// named from the output's folder; `check` of the output accepts both. Without
+/// --template-dir the template goes beside the output.
+#[test]
+fn import_keda_writes_a_scaled_jobs_template_that_check_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "keda.yaml", SCALED_JOB);
+    let out_path = dir.path().join("sqscale.toml").display().to_string();
+    let templates = dir.path().join("jobs").display().to_string();
+    let out = sqscale(&["import-keda", &input, "--output", &out_path, "--template-dir", &templates]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{templates}/encode.yaml: the Job template of ScaledJob media/encode")), "{err}");
+    assert!(err.contains("0 rules imported, 1 job rule"), "{err}");
+    let written = std::fs::read_to_string(dir.path().join("jobs/encode.yaml")).unwrap();
+    assert!(written.starts_with("# The Job template of ScaledJob media/encode"), "{written}");
+    let checked = resolved(&out_path);
+    let job = &checked["job"][0];
+    assert_eq!(job["template"].as_str(), Some("jobs/encode.yaml"), "relative to the rule file");
+    assert_eq!(job["namespace"].as_str(), Some("media"));
+    assert_eq!(job["max_replica_count"].as_integer(), Some(4));
+
+    let beside = tempfile::tempdir().unwrap();
+    let out_path = beside.path().join("rules.toml").display().to_string();
+    let out = sqscale(&["import-keda", &input, "--output", &out_path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(beside.path().join("encode.yaml").is_file());
+    assert_eq!(resolved(&out_path)["job"][0]["template"].as_str(), Some("encode.yaml"));
 }
 
 const MIXED: &str = r#"

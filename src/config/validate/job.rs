@@ -73,7 +73,10 @@ fn one(p: &mut Problems, at: &str, job: &RawJob, aws: &AwsSettings, templates: T
     }
     let template = match job.template.as_deref() {
         None | Some("") => {
-            p.add(at, "template is required: the file of a batch/v1 Job manifest, e.g. template = \"jobs/encode.yaml\"");
+            p.add(
+                at,
+                "template is required: the file of a batch/v1 Job manifest, e.g. template = \"jobs/encode.yaml\"",
+            );
             None
         }
         Some(t) => templates(Path::new(t)).map_err(|e| p.add(at, format!("template {e}"))).ok(),
@@ -117,7 +120,10 @@ fn one(p: &mut Problems, at: &str, job: &RawJob, aws: &AwsSettings, templates: T
         Some("eager") => Some(ScalingStrategy::Eager),
         Some("custom") => {
             if let Some(pct) = s.custom_scaling_running_job_percentage.filter(|p| !p.is_finite()) {
-                p.add(at, format!("scaling_strategy.custom_scaling_running_job_percentage ({pct}) must be a finite number"));
+                p.add(
+                    at,
+                    format!("scaling_strategy.custom_scaling_running_job_percentage ({pct}) must be a finite number"),
+                );
             }
             // KEDA's rule: without a percentage, custom is the default strategy (§12.7).
             Some(ScalingStrategy::custom(
@@ -293,7 +299,8 @@ pub fn jobs_report(jobs: &[JobRule]) -> String {
     for job in jobs {
         let p = &job.policy;
         let (m, min) = (p.effective_max(), p.effective_min());
-        let unset = if p.max_replica_count.is_none() { "; max_replica_count unset: M is 100 whatever the min" } else { "" };
+        let unset =
+            if p.max_replica_count.is_none() { "; max_replica_count unset: M is 100 whatever the min" } else { "" };
         let line = match p.strategy {
             ScalingStrategy::Custom { .. } => format!(
                 "# job {:?}: strategy custom: each poll creates at most M = {m} Jobs, the total is not capped (min = {min}{unset})\n",
@@ -356,7 +363,10 @@ mod tests {
         assert!(!p.paused);
         assert_eq!(p.strategy, ScalingStrategy::Default);
         assert_eq!(p.multiple_scalers_calculation, MultipleScalersCalculation::Max);
-        assert_eq!((j.rollout.strategy, j.rollout.propagation_policy), (RolloutStrategy::Default, Propagation::Background));
+        assert_eq!(
+            (j.rollout.strategy, j.rollout.propagation_policy),
+            (RolloutStrategy::Default, Propagation::Background)
+        );
         assert!(j.pending_pod_conditions.is_empty());
         assert_eq!((j.group.as_deref(), j.priority), (None, 0));
         assert!(j.schedules.is_empty());
@@ -398,7 +408,10 @@ mod tests {
         assert_eq!(p.strategy, ScalingStrategy::Custom { queue_length_deduction: -2, running_job_percentage: 0.5 });
         assert_eq!(p.multiple_scalers_calculation, MultipleScalersCalculation::Sum);
         assert_eq!(j.pending_pod_conditions, ["Ready", "PodScheduled"]);
-        assert_eq!((j.rollout.strategy, j.rollout.propagation_policy), (RolloutStrategy::Gradual, Propagation::Foreground));
+        assert_eq!(
+            (j.rollout.strategy, j.rollout.propagation_policy),
+            (RolloutStrategy::Gradual, Propagation::Foreground)
+        );
         assert_eq!((j.group.as_deref(), j.priority), (Some("gpu"), 7));
         assert_eq!((j.schedules.len(), j.schedules[0].min), (1, Some(4)));
         assert_eq!((p.triggers[0].queue_length, p.triggers[0].activation_queue_length), (1, 2));
@@ -415,10 +428,24 @@ mod tests {
     #[test]
     fn the_resolved_form_of_a_job_reads_back() {
         let (_dir, path) = template_dir();
-        let c = from_str(&job(&path, "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_queue_length_deduction = 3", "")).unwrap();
+        let c = from_str(&job(
+            &path,
+            "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_queue_length_deduction = 3",
+            "",
+        ))
+        .unwrap();
         assert_eq!(c.jobs[0].policy.strategy, ScalingStrategy::Default);
         let resolved = c.resolved_toml();
-        for line in ["[[job]]", "polling_interval = \"30s\"", "successful_jobs_history_limit = 100", "strategy = \"default\"", "multiple_scalers_calculation = \"max\"", "propagation_policy = \"background\"", "pending_pod_conditions = []", "finished_job_grace = \"0s\""] {
+        for line in [
+            "[[job]]",
+            "polling_interval = \"30s\"",
+            "successful_jobs_history_limit = 100",
+            "strategy = \"default\"",
+            "multiple_scalers_calculation = \"max\"",
+            "propagation_policy = \"background\"",
+            "pending_pod_conditions = []",
+            "finished_job_grace = \"0s\"",
+        ] {
             assert!(resolved.contains(line), "{line} in\n{resolved}");
         }
         assert!(!resolved.contains("max_replica_count"), "unset stays unset: {resolved}");
@@ -441,7 +468,11 @@ mod tests {
                 "queue_length = 0\nmetric_type = \"Value\"",
             ),
             job(&missing, "priority = 3\nmax_replica_count = 0", ""),
-            job(&path, "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_running_job_percentage = nan", ""),
+            job(
+                &path,
+                "[job.scaling_strategy]\nstrategy = \"custom\"\ncustom_scaling_running_job_percentage = nan",
+                ""
+            ),
             path.display().to_string(),
         );
         let p = problems(&toml);
@@ -507,7 +538,10 @@ mod tests {
     fn job_minimums_count_in_their_group() {
         let (_dir, path) = template_dir();
         let rule = "[[rule]]\nname = \"web\"\ntarget = { name = \"w\" }\nmin_replica_count = 3\ngroup = \"gpu\"\n[[rule.trigger]]\nqueue_url = \"https://sqs.eu-west-1.amazonaws.com/123/web\"\n";
-        let toml = format!("[[group]]\nname = \"gpu\"\nmax_replicas = 4\n{rule}{}", job(&path, "group = \"gpu\"\nmin_replica_count = 2", ""));
+        let toml = format!(
+            "[[group]]\nname = \"gpu\"\nmax_replicas = 4\n{rule}{}",
+            job(&path, "group = \"gpu\"\nmin_replica_count = 2", "")
+        );
         assert_eq!(
             problems(&toml),
             ["group \"gpu\": its members' min_replica_count add up to 5 (web 3, encode 2), above max_replicas (4)"]
@@ -523,8 +557,13 @@ mod tests {
         let with = |strategy: &str, in_flight: bool| {
             let c = from_str(&job(
                 &path,
-                &format!("[job.scaling_strategy]\nstrategy = \"{strategy}\"\ncustom_scaling_running_job_percentage = 1.0")
-                    .replace("\ncustom_scaling_running_job_percentage = 1.0", if strategy == "custom" { "\ncustom_scaling_running_job_percentage = 1.0" } else { "" }),
+                &format!(
+                    "[job.scaling_strategy]\nstrategy = \"{strategy}\"\ncustom_scaling_running_job_percentage = 1.0"
+                )
+                .replace(
+                    "\ncustom_scaling_running_job_percentage = 1.0",
+                    if strategy == "custom" { "\ncustom_scaling_running_job_percentage = 1.0" } else { "" },
+                ),
                 &format!("scale_on_in_flight = {in_flight}"),
             ))
             .unwrap();
@@ -532,9 +571,16 @@ mod tests {
         };
         let accurate = with("accurate", true);
         assert_eq!(accurate.len(), 1);
-        assert!(accurate[0].starts_with("job \"encode\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"), "{accurate:?}");
+        assert!(
+            accurate[0].starts_with(
+                "job \"encode\": trigger 1: strategy \"accurate\" with scale_on_in_flight = true over-creates"
+            ),
+            "{accurate:?}"
+        );
         assert!(with("eager", true)[0].contains("strategy \"eager\" with scale_on_in_flight = true over-creates"));
-        assert!(with("default", false)[0].contains("strategy \"default\" with scale_on_in_flight = false under-creates"));
+        assert!(
+            with("default", false)[0].contains("strategy \"default\" with scale_on_in_flight = false under-creates")
+        );
         for (s, f) in [("default", true), ("accurate", false), ("eager", false), ("custom", true), ("custom", false)] {
             assert!(with(s, f).is_empty(), "{s} {f}");
         }
