@@ -396,13 +396,21 @@ async fn import_keda_lists_the_cluster() {
     let rules = checked_rules(dir.path(), &stdout).await;
     let own = |n: &str, ns: &str, r: &str| (n.to_owned(), ns.to_owned(), Some(r.to_owned()));
     assert_eq!(rules, [own("orders", "shop", shop_role), own("payments", "shop", shared_role)]);
-    // Only reads, and only of keda.sh: ScaledObjects and TriggerAuthentications listed in the
-    // namespace, the ClusterTriggerAuthentication named by a trigger read by name.
+    // The fake serves no ScaledJobs (a 404, as a cluster whose KEDA predates them): said,
+    // and the ScaledObjects still import.
+    assert!(
+        stderr.contains("warning: ScaledJobs not imported: listing scaledjobs.keda.sh in namespace shop (context fake): the API server does not serve it"),
+        "{stderr}"
+    );
+    // Only reads, and only of keda.sh: ScaledObjects, ScaledJobs and TriggerAuthentications
+    // listed in the namespace, the ClusterTriggerAuthentication named by a trigger read by
+    // name.
     let paths: Vec<String> = kube.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
     assert_eq!(
         paths,
         [
             "GET /apis/keda.sh/v1alpha1/namespaces/shop/scaledobjects",
+            "GET /apis/keda.sh/v1alpha1/namespaces/shop/scaledjobs",
             "GET /apis/keda.sh/v1alpha1/namespaces/shop/triggerauthentications",
             "GET /apis/keda.sh/v1alpha1/clustertriggerauthentications/shared",
         ]
