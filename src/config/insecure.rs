@@ -142,4 +142,28 @@ mod tests {
             assert_eq!(plain_http_off_host(endpoint), off, "{endpoint}");
         }
     }
+
+    /// A job rule's trigger reads SQS as a rule's does: its plain-http endpoint is said,
+    /// naming the job rule.
+    #[test]
+    fn a_job_rules_plain_http_endpoint_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("t.yaml");
+        std::fs::write(
+            &template,
+            "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers: [{name: a, image: b}]\n",
+        )
+        .unwrap();
+        let toml = format!(
+            "[[job]]\nname = \"encode\"\ntemplate = {:?}\n[[job.trigger]]\nqueue_url = \"http://10.0.0.5:4566/000000000000/q\"\naws_region = \"us-east-1\"\naws_endpoint = \"http://10.0.0.5:4566\"\n",
+            template.display().to_string()
+        );
+        let config = crate::config::from_str(&toml).unwrap();
+        let found = insecure_settings(&config, Some(Path::new("/nonexistent/kubeconfig")));
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].starts_with("job \"encode\": trigger 1: aws_endpoint \"http://10.0.0.5:4566\" is plain http://"),
+            "{found:#?}"
+        );
+    }
 }
