@@ -32,6 +32,15 @@
 // Each integration-test crate includes `mod support;` and uses a different part of this helper.
 #![allow(dead_code)]
 
+// A path of its own: `tests/bench_daemon.rs` includes this file by `#[path]` too.
+#[path = "fake_kube/batch.rs"]
+mod batch;
+
+pub use batch::{
+    CONTROLLER_UID, JOB_NAME, JobCounts, JobEvent, JobRecord, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME, Propagation,
+    Store, finished,
+};
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
@@ -123,6 +132,8 @@ pub struct FakeKube {
     addr: SocketAddr,
     ca_pem: String,
     server: JoinHandle<()>,
+    /// The garbage collector: removes the pods of deleted Jobs (see [`batch::collect_garbage`]).
+    gc: JoinHandle<()>,
 }
 
 impl FakeKube {
@@ -147,7 +158,8 @@ impl FakeKube {
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared { state: Mutex::new(State::new(random_token())), addr });
         let server = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
-        FakeKube { shared, addr, ca_pem, server }
+        let gc = tokio::spawn(batch::garbage_collector(shared.clone()));
+        FakeKube { shared, addr, ca_pem, server, gc }
     }
 
     /// Stops the server: the listener closes and every open connection (and watch) is cut.
@@ -529,6 +541,7 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.abort();
+        self.gc.abort();
     }
 }
 
@@ -595,6 +608,10 @@ enum Res {
     CoreEvent,
     /// core `v1` ConfigMap
     ConfigMap,
+    /// `batch/v1` Job
+    Job,
+    /// core `v1` Pod
+    Pod,
     /// `keda.sh/v1alpha1` custom resources
     ScaledObject,
     TriggerAuthentication,
@@ -603,13 +620,15 @@ enum Res {
 }
 
 impl Res {
-    const ALL: [Res; 9] = [
+    const ALL: [Res; 11] = [
         Res::Deployment,
         Res::StatefulSet,
         Res::Lease,
         Res::Event,
         Res::CoreEvent,
         Res::ConfigMap,
+        Res::Job,
+        Res::Pod,
         Res::ScaledObject,
         Res::TriggerAuthentication,
         Res::ClusterTriggerAuthentication,
@@ -620,7 +639,8 @@ impl Res {
             Res::Deployment | Res::StatefulSet => "apps",
             Res::Lease => "coordination.k8s.io",
             Res::Event => "events.k8s.io",
-            Res::CoreEvent | Res::ConfigMap => "",
+            Res::CoreEvent | Res::ConfigMap | Res::Pod => "",
+            Res::Job => "batch",
             Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh",
         }
     }
@@ -634,7 +654,8 @@ impl Res {
             Res::Deployment | Res::StatefulSet => "apps/v1",
             Res::Lease => "coordination.k8s.io/v1",
             Res::Event => "events.k8s.io/v1",
-            Res::CoreEvent | Res::ConfigMap => "v1",
+            Res::CoreEvent | Res::ConfigMap | Res::Pod => "v1",
+            Res::Job => "batch/v1",
             Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh/v1alpha1",
         }
     }
@@ -656,6 +677,8 @@ impl Res {
             Res::Lease => "Lease",
             Res::Event | Res::CoreEvent => "Event",
             Res::ConfigMap => "ConfigMap",
+            Res::Job => "Job",
+            Res::Pod => "Pod",
             Res::ScaledObject => "ScaledObject",
             Res::TriggerAuthentication => "TriggerAuthentication",
             Res::ClusterTriggerAuthentication => "ClusterTriggerAuthentication",
@@ -669,6 +692,8 @@ impl Res {
             Res::Lease => "leases",
             Res::Event | Res::CoreEvent => "events",
             Res::ConfigMap => "configmaps",
+            Res::Job => "jobs",
+            Res::Pod => "pods",
             Res::ScaledObject => "scaledobjects",
             Res::TriggerAuthentication => "triggerauthentications",
             Res::ClusterTriggerAuthentication => "clustertriggerauthentications",
@@ -926,6 +951,13 @@ struct State {
     changes: watch::Sender<u64>,
     /// Bumped by `close_watches`.
     closes: watch::Sender<u64>,
+    /// Like `changes`, for the fake's own controllers (the garbage collector, the test Job
+    /// controller), so they do not count as open watches.
+    notify: watch::Sender<u64>,
+    /// Jobs created, finished and deleted, in order (see [`FakeKube::job_history`]).
+    job_log: Vec<batch::JobRecord>,
+    /// How long the garbage collector waits before it acts on a change.
+    gc_delay: Duration,
 }
 
 impl State {
@@ -945,6 +977,9 @@ impl State {
             requests: Vec::new(),
             changes: watch::Sender::new(100),
             closes: watch::Sender::new(0),
+            notify: watch::Sender::new(100),
+            job_log: Vec::new(),
+            gc_delay: batch::GC_DELAY,
         }
     }
 
@@ -967,6 +1002,9 @@ impl State {
         };
         self.objects.insert(key, Stored { obj: obj.clone(), seq });
         let change = if prev.is_some() { Change::Modified } else { Change::Added };
+        if res == Res::Job {
+            batch::record_job_write(self, ns, prev.as_ref().map(|(o, _)| o), &obj);
+        }
         self.log.push(LogEntry {
             rv: self.rv,
             res,
@@ -976,6 +1014,7 @@ impl State {
             prev: prev.map(|(o, _)| o),
         });
         self.changes.send_replace(self.rv);
+        self.notify.send_replace(self.rv);
         obj
     }
 
@@ -993,7 +1032,11 @@ impl State {
             obj: obj.clone(),
             prev: None,
         });
+        if res == Res::Job {
+            batch::record_job_deleted(self, ns, &obj);
+        }
         self.changes.send_replace(self.rv);
+        self.notify.send_replace(self.rv);
         Some(obj)
     }
 
@@ -1028,7 +1071,13 @@ impl State {
                     )],
                 ));
             }
+            // As `names.SimpleNameGenerator`: the prefix is cut to 58 characters, so the name
+            // fits 63; a generated name that is taken is generated again (RetryGenerateName).
+            let prefix: String = prefix.chars().take(58).collect();
             name = format!("{prefix}{}", random_suffix());
+            while self.get(res, ns, &name).is_some() {
+                name = format!("{prefix}{}", random_suffix());
+            }
             meta.insert("name".into(), json!(name));
         }
         if self.get(res, ns, &name).is_some() {
@@ -1047,6 +1096,12 @@ impl State {
         }
         if let Some(kind) = res.workload() {
             finish_workload(kind, &mut body, None)?;
+        }
+        if res == Res::Job {
+            batch::finish_job(&mut body, None)?;
+        }
+        if res == Res::Pod {
+            batch::finish_pod(&mut body, None)?;
         }
         if dry_run {
             return Ok(body);
@@ -1106,8 +1161,19 @@ impl State {
         if res == Res::ConfigMap {
             finish_config_map(&mut new, name)?;
         }
+        if res == Res::Job {
+            batch::finish_job(&mut new, Some(&cur))?;
+        }
+        if res == Res::Pod {
+            batch::finish_pod(&mut new, Some(&cur))?;
+        }
         // Nothing changed: the real server skips the etcd write (no new resourceVersion).
         if new == cur || dry_run {
+            return Ok(new);
+        }
+        // The last finalizer of an object being deleted is gone: it is deleted now.
+        if batch::deletion_done(&new) {
+            self.remove(res, ns, name);
             return Ok(new);
         }
         Ok(self.commit(res, ns, name, new))
@@ -1170,7 +1236,7 @@ impl State {
 
     /// LIST, with label/field selectors and `limit`/`continue` pagination.
     fn list(&self, res: Res, ns: Option<&str>, params: &Params) -> Result<Value, Failure> {
-        let selector = Selector::from_params(params)?;
+        let selector = Selector::from_params(res, params)?;
         let start: Option<(String, String)> = match params.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => Some(decode_continue(token)?),
             None => None,
@@ -1526,12 +1592,13 @@ enum LabelReq {
 #[derive(Default)]
 struct Selector {
     labels: Vec<LabelReq>,
-    /// (field, equal?, value); only `metadata.name` and `metadata.namespace`.
+    /// (field, equal?, value): `metadata.name` and `metadata.namespace`, and the fields the
+    /// real server adds for some kinds ([`batch::field_labels`]).
     fields: Vec<(String, bool, String)>,
 }
 
 impl Selector {
-    fn from_params(params: &Params) -> Result<Selector, Failure> {
+    fn from_params(res: Res, params: &Params) -> Result<Selector, Failure> {
         let mut selector = Selector::default();
         if let Some(s) = params.get("labelSelector") {
             for term in split_terms(s) {
@@ -1550,7 +1617,10 @@ impl Selector {
                     return Err(Failure::bad_request(format!("invalid selector: '{term}'; can't understand '{term}'")));
                 };
                 let field = field.trim();
-                if field != "metadata.name" && field != "metadata.namespace" {
+                if field != "metadata.name"
+                    && field != "metadata.namespace"
+                    && !batch::field_labels(res).contains(&field)
+                {
                     return Err(Failure::bad_request(format!("field label not supported: {field}")));
                 }
                 selector.fields.push((field.to_owned(), eq, value.trim().to_owned()));
@@ -1571,8 +1641,11 @@ impl Selector {
             LabelReq::NotExists(k) => label(k).is_none(),
         });
         let fields_ok = self.fields.iter().all(|(field, eq, value)| {
-            let actual = meta_str(obj, field.trim_start_matches("metadata."));
-            (actual == value) == *eq
+            let actual = match field.strip_prefix("metadata.") {
+                Some(meta) => meta_str(obj, meta).to_owned(),
+                None => batch::field_value(obj, field),
+            };
+            (actual == *value) == *eq
         });
         labels_ok && fields_ok
     }
@@ -1891,6 +1964,12 @@ enum Route {
         ns: String,
         name: String,
     },
+    /// The `/status` subresource of a Job or Pod.
+    Status {
+        res: Res,
+        ns: String,
+        name: String,
+    },
     AccessReview,
     Unknown(String),
 }
@@ -1963,13 +2042,19 @@ impl Route {
                 Some(kind) => Route::Scale { kind, ns: (*ns).to_owned(), name: (*name).to_owned() },
                 None => unknown(),
             },
+            ["namespaces", ns, plural, name, "status"] => match lookup(plural) {
+                Some(res @ (Res::Job | Res::Pod)) => {
+                    Route::Status { res, ns: (*ns).to_owned(), name: (*name).to_owned() }
+                }
+                _ => unknown(),
+            },
             _ => unknown(),
         }
     }
 
     fn res(&self) -> Option<Res> {
         match self {
-            Route::Collection { res, .. } | Route::Object { res, .. } => Some(*res),
+            Route::Collection { res, .. } | Route::Object { res, .. } | Route::Status { res, .. } => Some(*res),
             Route::Scale { kind, .. } => Some(kind.res()),
             _ => None,
         }
@@ -1977,7 +2062,7 @@ impl Route {
 
     fn name(&self) -> Option<&str> {
         match self {
-            Route::Object { name, .. } | Route::Scale { name, .. } => Some(name),
+            Route::Object { name, .. } | Route::Scale { name, .. } | Route::Status { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -2015,6 +2100,13 @@ impl Route {
                 ns: Some(ns),
                 name: Some(name),
             }),
+            Route::Status { res, ns, name } => Some(Attributes {
+                verb: verb_for_object(method)?,
+                res: *res,
+                subresource: "status",
+                ns: Some(ns),
+                name: Some(name),
+            }),
             _ => None,
         }
     }
@@ -2029,9 +2121,10 @@ fn discovery_api(addr: SocketAddr) -> Value {
 }
 
 /// Every API group the fake serves, with its one version.
-const GROUPS: [(&str, &str); 5] = [
+const GROUPS: [(&str, &str); 6] = [
     ("apps", "v1"),
     ("authorization.k8s.io", "v1"),
+    ("batch", "v1"),
     ("coordination.k8s.io", "v1"),
     ("events.k8s.io", "v1"),
     ("keda.sh", "v1alpha1"),
@@ -2063,6 +2156,15 @@ fn discovery_resources(group: &str, version: &str) -> Value {
             "kind": res.kind(),
             "verbs": all_verbs,
         }));
+        if matches!(res, Res::Job | Res::Pod) {
+            resources.push(json!({
+                "name": format!("{}/status", res.plural()),
+                "singularName": "",
+                "namespaced": true,
+                "kind": res.kind(),
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if res.workload().is_some() {
             resources.push(json!({
                 "name": format!("{}/scale", res.plural()),
@@ -2352,6 +2454,24 @@ fn serve_api(
             }
             ok(st.client_update(res, &ns, &name, patched, dry)?)
         }
+        (Route::Object { res: res @ (Res::Job | Res::Pod), ns, name }, Method::DELETE) => {
+            batch::delete(shared, res, &ns, &name, params, body)
+        }
+        (Route::Status { res, ns, name }, Method::GET) => {
+            let st = shared.lock();
+            ok(st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?)
+        }
+        (Route::Status { res, ns, name }, Method::PUT) => {
+            check_json_body(content_type)?;
+            let new = parse_json(body)?;
+            ok(shared.lock().write_status(res, &ns, &name, &new, dry)?)
+        }
+        (Route::Status { res, ns, name }, Method::PATCH) => {
+            let mut st = shared.lock();
+            let cur = st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?;
+            let patched = apply_patch(&cur, content_type, body)?;
+            ok(st.write_status(res, &ns, &name, &patched, dry)?)
+        }
         (Route::Object { res, ns, name }, Method::DELETE) => {
             let mut st = shared.lock();
             let cur = st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?;
@@ -2504,7 +2624,7 @@ struct WatchStream {
 }
 
 fn start_watch(shared: &Arc<Shared>, res: Res, ns: Option<String>, params: &Params) -> Result<Response, Failure> {
-    let selector = Selector::from_params(params)?;
+    let selector = Selector::from_params(res, params)?;
     let bookmarks = params.flag("allowWatchBookmarks");
     let initial_events = params.flag("sendInitialEvents");
     if initial_events && (params.get("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks) {
