@@ -37,8 +37,7 @@
 mod batch;
 
 pub use batch::{
-    CONTROLLER_UID, JOB_NAME, JobCounts, JobEvent, JobRecord, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME, Propagation,
-    Store, finished,
+    CONTROLLER_UID, JOB_NAME, JobCounts, JobEvent, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME, Propagation, Store, finished,
 };
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
