@@ -8,6 +8,16 @@
 //! * `coordination.k8s.io/v1` Leases, `events.k8s.io/v1` Events and core `v1` Events (the same verbs).
 //! * Core `v1` ConfigMaps (the same verbs), validated as the real server does: keys, string values,
 //!   and at most 1 MiB of data.
+//! * `batch/v1` Jobs and core `v1` Pods (the same verbs, and the `/status` subresource: GET, PUT,
+//!   PATCH), with the real server's defaulting, validation and deletion ([`batch`]): a Job gets
+//!   `completions`/`parallelism` 1, `backoffLimit` 6, the generated selector
+//!   (`batch.kubernetes.io/controller-uid: <uid>`) and the labels `controller-uid`,
+//!   `batch.kubernetes.io/controller-uid`, `job-name`, `batch.kubernetes.io/job-name` on its pod
+//!   template (and on itself if it has none); 422 Invalid for a `restartPolicy` other than
+//!   `OnFailure`/`Never` (a missing one defaults to `Always`), no containers, an invalid name or
+//!   label, a selector that is not the generated one, a changed template. A new Pod is `Pending`.
+//!   Field selectors `status.successful` (Jobs) and `status.phase`, `spec.nodeName`, ... (Pods).
+//!   Nothing runs them unless a test starts the Job controller (`tests/it/support/jobs.rs`).
 //! * `authorization.k8s.io/v1` SelfSubjectAccessReviews, `/version`, discovery (`/api`, `/apis`, ...).
 //! * KEDA's custom resources `keda.sh/v1alpha1`: ScaledObjects and TriggerAuthentications
 //!   (namespaced) and ClusterTriggerAuthentications (cluster-scoped: `/apis/keda.sh/v1alpha1/
@@ -26,6 +36,16 @@
 //!   items of custom resources, single objects and watch events do.
 //! * Deployments and StatefulSets "roll out" instantly: `status` always mirrors `spec.replicas`, with
 //!   zero counts left out where the real API types use `omitempty`.
+//! * POST with `metadata.generateName` and no name names the object `<generateName><5 random
+//!   lowercase alphanumerics>` (the prefix cut to 58 characters; a taken name is generated again).
+//! * DELETE of a Job or Pod honours `propagationPolicy` (query parameter or `DeleteOptions` body,
+//!   also `orphanDependents`, `preconditions` and `dryRun`): `Background` removes the Job at once
+//!   and a garbage collector its pods shortly after ([`FakeKube::set_gc_delay`]); `Foreground`
+//!   sets `deletionTimestamp` and the `foregroundDeletion` finalizer, deletes the pods, then the
+//!   Job; `Orphan` (also batch/v1's default when none is given, with the real `Warning` header)
+//!   takes the Job out of its pods' `ownerReferences`, then deletes it. An object whose last
+//!   finalizer is removed while it is being deleted is deleted.
+//! * A PUT or PATCH of a Job or Pod keeps the stored `status`: status is written through `/status`.
 //!
 //! Known deviations are listed in the doc of [`FakeKube`].
 
@@ -115,7 +135,8 @@ pub struct Captured {
 /// * No server-side apply: `application/apply-patch+yaml` gets 415 UnsupportedMediaType. A strategic
 ///   merge patch is applied as a JSON merge patch (lists are replaced, `$patch` directives dropped).
 /// * No `managedFields`, no admission, and validation only where it matters here (replicas >= 0,
-///   names, required fields of `events.k8s.io/v1` Events, ConfigMap keys, values and size).
+///   names, required fields of `events.k8s.io/v1` Events, ConfigMap keys, values and size, what
+///   [`batch::finish_job`] and [`batch::finish_pod`] list for Jobs and Pods).
 ///   Immutable fields such as `spec.selector` can be changed, and so can the data of a
 ///   ConfigMap with `immutable: true`.
 /// * Status: a write to `spec.replicas` updates `status` in the same write (one resourceVersion,
@@ -126,6 +147,13 @@ pub struct Captured {
 /// * Authorization: every request with the right token is allowed unless [`FakeKube::deny`] says
 ///   otherwise; a missing token gets 401 rather than being treated as `system:anonymous`.
 /// * HTTP/1.1 only (ALPN `http/1.1`); kube uses HTTP/1.1 anyway.
+/// * Jobs and Pods: no built-in Job controller, scheduler or kubelet: Jobs get pods and status only
+///   from the test Job controller (`tests/it/support/jobs.rs`), which has deviations of its own.
+///   A deleted Pod is gone at once (no graceful termination, no `terminating` count), and pods
+///   carry no `batch.kubernetes.io/job-tracking` finalizer. The garbage collector only knows
+///   Jobs owning Pods. A Job's template is immutable even while suspended (the real server
+///   lets a suspended Job's scheduling fields change). `status.phase`/`spec.nodeName` and the
+///   other pod field selectors compare the stored value as a string.
 pub struct FakeKube {
     shared: Arc<Shared>,
     addr: SocketAddr,

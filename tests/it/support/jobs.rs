@@ -255,20 +255,14 @@ fn owned_by(pod: &Value, uid: &str) -> bool {
 /// a TTL runs out).
 async fn run(inner: Arc<Inner>) {
     let mut changes = inner.store.changes();
-    let mut containers: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut containers: HashMap<String, Container> = HashMap::new();
     loop {
         changes.borrow_and_update();
         let behaviour = inner.behaviour();
         let pods = inner.store.pods(None);
         // A pod that is gone takes its container with it (its messages stay in flight).
         let live: HashSet<&str> = pods.iter().map(|p| meta(p, "uid")).collect();
-        containers.retain(|uid, task| {
-            let keep = live.contains(uid.as_str());
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        containers.retain(|uid, _| live.contains(uid.as_str()));
         let mut wake: Option<Duration> = None;
         for job in inner.store.jobs(None).iter().filter(|j| behaviour.runs(j)) {
             if let Some(due) = sync_job(&inner, job, &pods, &mut containers) {
@@ -318,7 +312,7 @@ fn sync_job(
     inner: &Arc<Inner>,
     job: &Value,
     pods: &[Value],
-    containers: &mut HashMap<String, JoinHandle<()>>,
+    containers: &mut HashMap<String, Container>,
 ) -> Option<Duration> {
     let (ns, name, uid) = (meta(job, "namespace"), meta(job, "name"), meta(job, "uid"));
     let store = &inner.store;
@@ -430,7 +424,7 @@ fn ttl(store: &Store, job: &Value, failed: bool) -> Option<Duration> {
 }
 
 /// Creates one pod of `job` and starts its lifecycle; false if the create was refused.
-fn create_pod(inner: &Arc<Inner>, job: &Value, containers: &mut HashMap<String, JoinHandle<()>>) -> bool {
+fn create_pod(inner: &Arc<Inner>, job: &Value, containers: &mut HashMap<String, Container>) -> bool {
     let (ns, name, uid) = (meta(job, "namespace"), meta(job, "name"), meta(job, "uid"));
     let template = &job["spec"]["template"];
     let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
@@ -480,8 +474,18 @@ fn create_pod(inner: &Arc<Inner>, job: &Value, containers: &mut HashMap<String, 
     };
     let uid = pod.uid.clone();
     let inner = inner.clone();
-    containers.insert(uid, tokio::spawn(async move { run_pod(inner, pod).await.unwrap_or_default() }));
+    containers.insert(uid, Container(tokio::spawn(async move { run_pod(inner, pod).await.unwrap_or_default() })));
     true
+}
+
+/// A pod's running life (its [`run_pod`] task), killed when dropped: when its pod is gone,
+/// or with the controller.
+struct Container(JoinHandle<()>);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct PodRef {
