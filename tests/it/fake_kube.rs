@@ -16,7 +16,9 @@ use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, ObjectReference, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -1568,4 +1570,42 @@ async fn a_backlog_empties_with_per_job_counts_and_the_history_shows_concurrency
     assert_eq!(job["status"]["completionTime"], "2026-01-01T00:00:00Z");
     assert_eq!(fake.complete_jobs("media"), 4);
     assert!(fake.pods_of("media", &old).is_empty(), "planted Jobs outside the selector get no pods");
+}
+
+#[tokio::test]
+async fn job_delete_options_in_the_query_preconditions_and_the_default_warning() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let api: Api<Job> = Api::namespaced(client.clone(), "media");
+    let names: Vec<String> = (0..3).map(|_| fake.create_job("media", job_manifest("q-", json!(null)))).collect();
+    let delete = |name: &str, query: &str| {
+        let uri = format!("/apis/batch/v1/namespaces/media/jobs/{name}{query}");
+        axum::http::Request::delete(uri).body(kube::client::Body::from(Vec::new())).unwrap()
+    };
+
+    // kubectl's form: the policy in the query; no warning.
+    let response = client.send(delete(&names[0], "?propagationPolicy=Background")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("warning").is_none());
+    assert!(fake.job("media", &names[0]).is_none());
+
+    // An unknown policy: 422, nothing deleted.
+    let response = client.send(delete(&names[1], "?propagationPolicy=Sideways")).await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert!(fake.job("media", &names[1]).is_some());
+
+    // A UID precondition that does not match: 409 Conflict, nothing deleted.
+    let preconditions = Preconditions { uid: Some("not-its-uid".into()), resource_version: None };
+    let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
+    let status = api_error(api.delete(&names[1], &params).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(status.message.contains("Precondition failed: UID in precondition: not-its-uid"), "{}", status.message);
+    assert!(fake.job("media", &names[1]).is_some());
+
+    // No policy: orphaned, with the real server's warning.
+    let response = client.send(delete(&names[2], "")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let warning = response.headers()["warning"].to_str().unwrap().to_owned();
+    assert!(warning.contains("child pods are preserved by default when jobs are deleted"), "{warning}");
+    assert!(wait_until(Duration::from_secs(5), || fake.job("media", &names[2]).is_none()).await);
 }
