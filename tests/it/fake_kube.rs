@@ -1609,3 +1609,21 @@ async fn job_delete_options_in_the_query_preconditions_and_the_default_warning()
     assert!(warning.contains("child pods are preserved by default when jobs are deleted"), "{warning}");
     assert!(wait_until(Duration::from_secs(5), || fake.job("media", &names[2]).is_none()).await);
 }
+
+#[tokio::test]
+async fn a_new_controller_takes_over_the_pods_of_a_stopped_one() {
+    let fake = FakeKube::start().await;
+    let first = JobController::start(&fake, None, Behaviour::default().work(Duration::from_secs(3600))).await;
+    let name = fake.create_job("media", job_manifest("long-", json!(null)));
+    let running = || pods_named_for(&fake, "media", &name).first().is_some_and(|p| pod_phase(p) == "Running");
+    assert!(wait_until(Duration::from_secs(5), running).await, "{:#?}", fake.pods("media"));
+    first.stop();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(running(), "a stopped controller leaves its pods as they are");
+
+    let second = JobController::start(&fake, None, Behaviour::default().work(Duration::from_millis(100))).await;
+    assert!(wait_until(Duration::from_secs(5), || fake.complete_jobs("media") == 1).await, "{:#?}", fake.jobs("media"));
+    assert_eq!(second.stats().pods_created, 0, "the running pod was taken over, not replaced");
+    assert_eq!(pods_named_for(&fake, "media", &name).len(), 1);
+}

@@ -268,6 +268,16 @@ async fn run(inner: Arc<Inner>) {
             if let Some(due) = sync_job(&inner, job, &pods, &mut containers) {
                 wake = Some(wake.map_or(due, |w| w.min(due)));
             }
+            // Pods left by a controller stopped since (or created by a test) are taken over.
+            let uid = meta(job, "uid");
+            for pod in pods.iter().filter(|p| owned_by(p, uid) && meta(p, "namespace") == meta(job, "namespace")) {
+                if matches!(phase(pod), "Pending" | "Running")
+                    && !deleting(pod)
+                    && !containers.contains_key(meta(pod, "uid"))
+                {
+                    start(&inner, job, pod, &mut containers);
+                }
+            }
         }
         let ttl = async move {
             match wake {
@@ -460,6 +470,13 @@ fn create_pod(inner: &Arc<Inner>, job: &Value, containers: &mut HashMap<String, 
         }
     };
     inner.stats().pods_created += 1;
+    start(inner, job, &created, containers);
+    true
+}
+
+/// Starts the life of `pod` of `job` (from its current phase: a pod created by a controller
+/// stopped since is taken over).
+fn start(inner: &Arc<Inner>, job: &Value, pod: &Value, containers: &mut HashMap<String, Container>) {
     let messages = job
         .pointer("/spec/template/spec/containers/0/env")
         .and_then(Value::as_array)
@@ -467,15 +484,15 @@ fn create_pod(inner: &Arc<Inner>, job: &Value, containers: &mut HashMap<String, 
         .and_then(|e| e["value"].as_str())
         .and_then(|v| v.parse::<u32>().ok());
     let pod = PodRef {
-        ns: ns.to_owned(),
-        name: meta(&created, "name").to_owned(),
-        uid: meta(&created, "uid").to_owned(),
+        ns: meta(pod, "namespace").to_owned(),
+        name: meta(pod, "name").to_owned(),
+        uid: meta(pod, "uid").to_owned(),
         messages,
+        running: phase(pod) == "Running",
     };
     let uid = pod.uid.clone();
     let inner = inner.clone();
     containers.insert(uid, Container(tokio::spawn(async move { run_pod(inner, pod).await.unwrap_or_default() })));
-    true
 }
 
 /// A pod's running life (its [`run_pod`] task), killed when dropped: when its pod is gone,
@@ -494,6 +511,8 @@ struct PodRef {
     uid: String,
     /// The Job's own messages per container, if it says.
     messages: Option<u32>,
+    /// Already running (taken over from a controller stopped since): straight to the work.
+    running: bool,
 }
 
 impl PodRef {
@@ -520,10 +539,24 @@ fn container_statuses(pod: &Value, state: Value, ready: bool) -> Value {
 /// One pod's life: scheduling, running, the container's work, its exit. `None` once the
 /// pod is gone.
 async fn run_pod(inner: Arc<Inner>, pod: PodRef) -> Option<()> {
-    let store = &inner.store;
     let created = tokio::time::Instant::now();
     let mut behaviour_changed = inner.behaviour_changed.subscribe();
-    // Scheduling.
+    if !pod.running {
+        schedule(&inner, &pod, created, &mut behaviour_changed).await?;
+    }
+    let exit_code = work(&inner, &pod).await;
+    finish(&inner, &pod, exit_code).await
+}
+
+/// Pending until the scheduling delay has passed (forever while the behaviour says stuck),
+/// then scheduled and Running.
+async fn schedule(
+    inner: &Arc<Inner>,
+    pod: &PodRef,
+    created: tokio::time::Instant,
+    behaviour_changed: &mut watch::Receiver<u64>,
+) -> Option<()> {
+    let store = &inner.store;
     loop {
         behaviour_changed.borrow_and_update();
         match inner.behaviour().scheduling_delay {
@@ -568,9 +601,12 @@ async fn run_pod(inner: Arc<Inner>, pod: PodRef) -> Option<()> {
         status.insert("startTime".into(), json!(at));
         status.insert("containerStatuses".into(), statuses);
     })?;
+    Some(())
+}
 
-    let exit_code = work(&inner, &pod).await;
-
+/// Ends a pod's life: its container exited with `exit_code`.
+async fn finish(inner: &Arc<Inner>, pod: &PodRef, exit_code: i32) -> Option<()> {
+    let store = &inner.store;
     let at = now();
     pod.write(store, |p| {
         let (phase, reason) = if exit_code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
