@@ -1,18 +1,24 @@
 //! Self-test of the fake Kubernetes API server (`tests/it/support/fake_kube.rs`), driven by the real `kube` client.
 
+use crate::support::daemon::wait_until;
 use crate::support::fake_kube;
+use crate::support::jobs::{Behaviour, JobController};
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fake_kube::{FakeKube, Kind, write_multi_kubeconfig};
+use fake_kube::{FakeKube, JobCounts, JobEvent, Kind, write_multi_kubeconfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::autoscaling::v1::Scale;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, ObjectReference};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, ObjectReference, Pod};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -1013,4 +1019,611 @@ async fn keda_custom_resources_list_get_and_discovery() {
         "{}",
         status.message
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// batch/v1 Jobs and core Pods, and the test Job controller (tests/it/support/jobs.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A Job manifest as a user writes one: `generateName`, one container, `restartPolicy: Never`.
+fn job_manifest(generate_name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"generateName": generate_name, "labels": labels},
+        "spec": {"template": {
+            "metadata": {"labels": {"app": "worker"}},
+            "spec": {"containers": [{"name": "work", "image": "busybox:1.36"}], "restartPolicy": "Never"},
+        }},
+    })
+}
+
+fn job_from(manifest: Value) -> Job {
+    serde_json::from_value(manifest).expect("a Job manifest")
+}
+
+fn labels(job: &Job) -> BTreeMap<String, String> {
+    job.metadata.labels.clone().unwrap_or_default()
+}
+
+fn condition_types(job: &Job) -> Vec<(String, String)> {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    conditions.into_iter().map(|c| (c.type_, c.status)).collect()
+}
+
+fn pod_phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Messages visible and in flight in `url`.
+async fn queue_counts(url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = crate::support::sqs::client()
+        .await
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes().expect("attributes");
+    let n = |a: A| attrs[&a].parse::<u64>().expect("a count");
+    (n(A::ApproximateNumberOfMessages), n(A::ApproximateNumberOfMessagesNotVisible))
+}
+
+#[tokio::test]
+async fn jobs_get_generated_names_and_the_real_defaults() {
+    let fake = FakeKube::start().await;
+    let api: Api<Job> = Api::namespaced(client(&fake).await, "media");
+
+    let created = api.create(&PostParams::default(), &job_from(job_manifest("encode-", json!(null)))).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    let suffix = name.strip_prefix("encode-").expect("the generateName prefix");
+    assert_eq!(suffix.len(), 5, "{name}");
+    assert!(suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{name}");
+    let uid = created.metadata.uid.clone().expect("uid");
+    assert!(created.metadata.creation_timestamp.is_some());
+    assert_eq!(created.metadata.generation, Some(1));
+    let spec = created.spec.clone().unwrap();
+    assert_eq!((spec.completions, spec.parallelism, spec.backoff_limit), (Some(1), Some(1), Some(6)));
+    assert_eq!((spec.suspend, spec.completion_mode.as_deref()), (Some(false), Some("NonIndexed")));
+    let selector = spec.selector.unwrap().match_labels.unwrap();
+    assert_eq!(selector, BTreeMap::from([("batch.kubernetes.io/controller-uid".to_owned(), uid.clone())]));
+    let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+    let want = BTreeMap::from([
+        ("app".to_owned(), "worker".to_owned()),
+        ("batch.kubernetes.io/controller-uid".to_owned(), uid.clone()),
+        ("batch.kubernetes.io/job-name".to_owned(), name.clone()),
+        ("controller-uid".to_owned(), uid.clone()),
+        ("job-name".to_owned(), name.clone()),
+    ]);
+    assert_eq!(template_labels, want);
+    assert_eq!(labels(&created), want, "a Job without labels gets its template's");
+    assert_eq!(created.status, Some(Default::default()), "status: {{}}");
+    let pod_spec = spec.template.spec.unwrap();
+    assert_eq!(pod_spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod_spec.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(api.get(&name).await.unwrap(), created);
+
+    // A Job with labels of its own keeps just those.
+    let own = json!({"app.kubernetes.io/managed-by": "sqscale", "sqscale.io/job": "encode"});
+    let created = api.create(&PostParams::default(), &job_from(job_manifest("encode-", own))).await.unwrap();
+    assert_eq!(labels(&created).keys().collect::<Vec<_>>(), ["app.kubernetes.io/managed-by", "sqscale.io/job"]);
+
+    // A long generateName is cut to 58 characters, so the name fits a label value.
+    let long = format!("{}-", "a".repeat(70));
+    let created = api.create(&PostParams::default(), &job_from(job_manifest(&long, json!(null)))).await.unwrap();
+    let name = created.metadata.name.unwrap();
+    assert_eq!(name.len(), 63);
+    assert!(name.starts_with(&"a".repeat(58)));
+
+    // Without name or generateName: 422.
+    let mut manifest = job_manifest("", json!(null));
+    manifest["metadata"] = json!({});
+    let status = api_error(api.create(&PostParams::default(), &job_from(manifest)).await);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+
+    // The same over a cluster-wide list, and fake.jobs().
+    let all: Api<Job> = Api::all(client(&fake).await);
+    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 3);
+    assert_eq!(fake.jobs("media").len(), 3);
+    assert!(fake.jobs("other").is_empty());
+}
+
+#[tokio::test]
+async fn jobs_the_real_server_refuses_are_422() {
+    let fake = FakeKube::start().await;
+    let api: Api<Job> = Api::namespaced(client(&fake).await, "default");
+    let create = |manifest: Value| {
+        let api = api.clone();
+        async move { api_error(api.create(&PostParams::default(), &job_from(manifest)).await) }
+    };
+    let named = |name: &str| {
+        let mut m = job_manifest("", json!(null));
+        m["metadata"]["name"] = json!(name);
+        m
+    };
+
+    // restartPolicy missing (defaulted to Always) or Always.
+    let mut manifest = named("bad");
+    manifest["spec"]["template"]["spec"].as_object_mut().unwrap().remove("restartPolicy");
+    let status = create(manifest).await;
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        status.message,
+        "Job.batch \"bad\" is invalid: spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+    );
+    let details = status.details.unwrap();
+    assert_eq!((details.name.as_str(), details.group.as_str(), details.kind.as_str()), ("bad", "batch", "Job"));
+    assert_eq!(details.causes[0].reason, "FieldValueNotSupported");
+    assert_eq!(details.causes[0].field, "spec.template.spec.restartPolicy");
+    let mut manifest = named("always");
+    manifest["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+    assert!(
+        create(manifest)
+            .await
+            .message
+            .ends_with("Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"")
+    );
+
+    // No template at all: no containers, and the defaulted restartPolicy.
+    let mut manifest = named("empty");
+    manifest["spec"] = json!({});
+    let status = create(manifest).await;
+    assert_eq!(status.code, 422);
+    let fields: Vec<String> = status.details.unwrap().causes.into_iter().map(|c| c.field).collect();
+    assert_eq!(fields, ["spec.template.spec.containers", "spec.template.spec.restartPolicy"]);
+
+    // An invalid name, an invalid label value.
+    let status = create(named("Not_A_Name")).await;
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("metadata.name: Invalid value: \"Not_A_Name\": a lowercase RFC 1123 subdomain"),
+        "{}",
+        status.message
+    );
+    let status = create(job_manifest("ok-", json!({"sqscale.io/job": "has space"}))).await;
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("metadata.labels: Invalid value: \"has space\": a valid label must be"),
+        "{}",
+        status.message
+    );
+
+    // A template copied from another Job (its controller-uid and selector): not auto-generated.
+    let mut manifest = named("copied");
+    manifest["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "0000"}});
+    manifest["spec"]["template"]["metadata"]["labels"]["controller-uid"] = json!("0000");
+    let status = create(manifest).await;
+    assert_eq!(status.code, 422);
+    assert!(status.message.contains("`selector` not auto-generated"), "{}", status.message);
+    assert!(
+        status.message.contains("spec.template.metadata.labels[controller-uid]: Invalid value: \"0000\""),
+        "{}",
+        status.message
+    );
+
+    assert!(fake.jobs("default").is_empty(), "nothing refused was stored");
+
+    // The template of a Job is immutable; its labels are not.
+    let name = fake.create_job("default", job_manifest("edit-", json!({"a": "1"})));
+    let patch =
+        Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "work", "image": "busybox:2"}]}}}}));
+    let status = api_error(api.patch(&name, &PatchParams::default(), &patch).await);
+    assert_eq!(status.code, 422);
+    assert!(
+        status.message.contains("spec.template: Invalid value") && status.message.contains("field is immutable"),
+        "{}",
+        status.message
+    );
+    let patched = api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "2"}}})))
+        .await
+        .unwrap();
+    assert_eq!(labels(&patched)["a"], "2");
+    // A client cannot write status through the Job itself (only through /status).
+    let patch = Patch::Merge(json!({"status": {"succeeded": 1}}));
+    let patched = api.patch(&name, &PatchParams::default(), &patch).await.unwrap();
+    assert_eq!(patched.status.unwrap().succeeded, None);
+    let patched = api.patch_status(&name, &PatchParams::default(), &patch).await.unwrap();
+    assert_eq!(patched.status.unwrap().succeeded, Some(1));
+}
+
+#[tokio::test]
+async fn jobs_and_pods_list_and_watch_by_label() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "media");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "media");
+    let a = fake.create_job("media", job_manifest("a-", json!({"sqscale.io/job": "a"})));
+    fake.create_job("media", job_manifest("a-", json!({"sqscale.io/job": "a"})));
+    fake.create_job("media", job_manifest("b-", json!({"sqscale.io/job": "b"})));
+    fake.create_job("other", job_manifest("a-", json!({"sqscale.io/job": "a"})));
+
+    let listed = jobs.list(&ListParams::default().labels("sqscale.io/job=a")).await.unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let all: Api<Job> = Api::all(client.clone());
+    assert_eq!(all.list(&ListParams::default().labels("sqscale.io/job=a")).await.unwrap().items.len(), 3);
+    assert_eq!(
+        all.list(&ListParams::default().labels("sqscale.io/job in (a,b)").limit(2)).await.unwrap().items.len(),
+        2
+    );
+    assert_eq!(jobs.list(&ListParams::default().fields("status.successful=0")).await.unwrap().items.len(), 3);
+    let rv = listed.metadata.resource_version.unwrap();
+
+    // A watch from the list's resourceVersion sees the selector's changes only.
+    let mut events =
+        jobs.watch(&WatchParams::default().labels("sqscale.io/job=a").timeout(10), &rv).await.unwrap().boxed();
+    let c = fake.create_job("media", job_manifest("a-", json!({"sqscale.io/job": "a"})));
+    fake.create_job("media", job_manifest("b-", json!({"sqscale.io/job": "b"})));
+    match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Added(job) => assert_eq!(job.metadata.name.as_deref(), Some(c.as_str())),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    // Relabelled out of the selector: DELETED for this watch.
+    jobs.patch(&a, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"sqscale.io/job": "z"}}})))
+        .await
+        .unwrap();
+    match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Deleted(job) => assert_eq!(job.metadata.name.as_deref(), Some(a.as_str())),
+        other => panic!("expected DELETED, got {other:?}"),
+    }
+    fake.set_job_condition("media", &c, "Complete", "True", None);
+    match next(&mut events).await.unwrap().unwrap() {
+        WatchEvent::Modified(job) => {
+            assert_eq!(condition_types(&job), [("Complete".to_owned(), "True".to_owned())]);
+            assert!(job.status.unwrap().completion_time.is_some());
+        }
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+
+    // Pods: POST with generateName, Pending at once, selectors on labels and status.phase.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "p-", "labels": {"sqscale.io/job": "a"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "restartPolicy": "Never"},
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = created.status.clone().unwrap();
+    assert_eq!((status.phase.as_deref(), status.qos_class.as_deref()), (Some("Pending"), Some("BestEffort")));
+    assert_eq!(created.spec.as_ref().unwrap().containers[0].image_pull_policy.as_deref(), Some("Always"));
+    let mut pod_events =
+        pods.watch(&WatchParams::default().labels("sqscale.io/job=a").timeout(10), "0").await.unwrap().boxed();
+    assert!(matches!(next(&mut pod_events).await.unwrap().unwrap(), WatchEvent::Added(_)));
+    let name = created.metadata.name.clone().unwrap();
+    assert_eq!(pods.list(&ListParams::default().fields("status.phase=Pending")).await.unwrap().items.len(), 1);
+    assert_eq!(pods.list(&ListParams::default().fields("status.phase=Running")).await.unwrap().items.len(), 0);
+    assert_eq!(pods.list(&ListParams::default().labels("sqscale.io/job=b")).await.unwrap().items.len(), 0);
+    let status = api_error(pods.list(&ListParams::default().fields("status.bogus=1")).await);
+    assert_eq!(status.code, 400);
+    // A pod's spec cannot change; deleting one answers with the pod.
+    let patch = Patch::Merge(json!({"spec": {"restartPolicy": "OnFailure"}}));
+    assert_eq!(api_error(pods.patch(&name, &PatchParams::default(), &patch).await).code, 422);
+    let deleted = pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deleted = deleted.left().expect("a pod DELETE answers the pod");
+    assert_eq!(deleted.metadata.name.as_deref(), Some(name.as_str()));
+    assert!(matches!(next(&mut pod_events).await.unwrap().unwrap(), WatchEvent::Deleted(_)));
+
+    // Compaction ends a Job watch from an old resourceVersion with 410 Expired.
+    fake.compact_watch_history();
+    let mut events = jobs.watch(&WatchParams::default().timeout(5), &rv).await.unwrap().boxed();
+    match next(&mut events).await.unwrap() {
+        Ok(WatchEvent::Error(status)) | Err(kube::Error::Api(status)) => assert_eq!(status.code, 410),
+        other => panic!("expected 410 Expired, got {other:?}"),
+    }
+}
+
+/// The names of the pods in `ns` that belong to Job `job` (by their `job-name` label).
+fn pods_named_for(fake: &FakeKube, ns: &str, job: &str) -> Vec<Value> {
+    fake.pods(ns).into_iter().filter(|p| p.pointer("/metadata/labels/job-name") == Some(&json!(job))).collect()
+}
+
+#[tokio::test]
+async fn deleting_jobs_honours_propagation_policy() {
+    let fake = FakeKube::start().await;
+    let api: Api<Job> = Api::namespaced(client(&fake).await, "media");
+    // Pods that stay Pending, so only the deletion removes them.
+    let _controller = JobController::start(&fake, None, Behaviour::default().stuck()).await;
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let name = fake.create_job("media", job_manifest("d-", json!({"sqscale.io/job": "d"})));
+        names.push(name);
+    }
+    let each_has_a_pod = || names.iter().all(|n| pods_named_for(&fake, "media", n).len() == 1);
+    assert!(wait_until(Duration::from_secs(10), each_has_a_pod).await, "{:#?}", fake.pods("media"));
+    let [background, foreground, orphan, default] = &names[..] else { unreachable!() };
+    let pod = &pods_named_for(&fake, "media", background)[0];
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str(), owner["controller"].as_bool()),
+        (Some("Job"), Some(background.as_str()), Some(true))
+    );
+
+    // Background: the Job at once (a Status), its pod shortly after.
+    let deleted = api.delete(background, &DeleteParams::background()).await.unwrap();
+    let status = deleted.right().expect("a Status");
+    assert_eq!(status.details.unwrap().name, *background);
+    assert_eq!(api_error(api.get(background).await).code, 404);
+    assert!(wait_until(Duration::from_secs(5), || pods_named_for(&fake, "media", background).is_empty()).await);
+
+    // Foreground: marked, pods deleted, then the Job.
+    let deleted = api.delete(foreground, &DeleteParams::foreground()).await.unwrap();
+    let job = deleted.left().expect("the Job being deleted");
+    assert!(job.metadata.deletion_timestamp.is_some());
+    assert_eq!(job.metadata.finalizers, Some(vec!["foregroundDeletion".to_owned()]));
+    assert!(wait_until(Duration::from_secs(5), || fake.job("media", foreground).is_none()).await);
+    assert!(pods_named_for(&fake, "media", foreground).is_empty(), "its pods went first");
+
+    // Orphan: the Job goes, its pod stays without an owner.
+    let deleted = api.delete(orphan, &DeleteParams::orphan()).await.unwrap();
+    let job = deleted.left().expect("the Job being deleted");
+    assert_eq!(job.metadata.finalizers, Some(vec!["orphan".to_owned()]));
+    assert!(wait_until(Duration::from_secs(5), || fake.job("media", orphan).is_none()).await);
+    let left = pods_named_for(&fake, "media", orphan);
+    assert_eq!(left.len(), 1);
+    assert!(left[0]["metadata"].get("ownerReferences").is_none(), "{:#}", left[0]);
+
+    // No policy: batch/v1's default is Orphan too (with the real server's warning).
+    assert!(api.delete(default, &DeleteParams::default()).await.unwrap().is_left());
+    assert!(wait_until(Duration::from_secs(5), || fake.job("media", default).is_none()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pods_named_for(&fake, "media", default).len(), 1, "the default orphans the pods");
+
+    // Deleting a missing Job: 404 NotFound Status.
+    let status = api_error(api.delete(background, &DeleteParams::background()).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(status.message, format!("jobs.batch \"{background}\" not found"));
+
+    // The history saw all four created and deleted.
+    let history = fake.job_history();
+    assert_eq!(history.iter().filter(|r| r.event == JobEvent::Created).count(), 4);
+    assert_eq!(history.iter().filter(|r| r.event == JobEvent::Deleted).count(), 4);
+    assert_eq!(fake.writes_to("jobs"), 5, "four DELETEs and the 404");
+}
+
+#[tokio::test]
+async fn a_job_works_off_one_message_and_completes() {
+    let fake = FakeKube::start().await;
+    let url = crate::support::sqs::queue("jobfake").await;
+    crate::support::sqs::send(&url, 3).await;
+    let client = client(&fake).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "media");
+    let pods: Api<Pod> = Api::namespaced(client, "media");
+    let mut job_events = jobs.watch(&WatchParams::default().timeout(30), "0").await.unwrap().boxed();
+    let mut pod_events = pods.watch(&WatchParams::default().timeout(30), "0").await.unwrap().boxed();
+    let controller = JobController::start(&fake, Some(url.clone()), Behaviour::default()).await;
+
+    let created = jobs.create(&PostParams::default(), &job_from(job_manifest("encode-", json!(null)))).await.unwrap();
+    let name = created.metadata.name.unwrap();
+    // What watchers see: the Job active, then SuccessCriteriaMet, then Complete.
+    let mut seen = Vec::new();
+    loop {
+        let Some(Ok(event)) = next(&mut job_events).await else { panic!("the Job watch ended: {seen:?}") };
+        let job = match event {
+            WatchEvent::Added(job) | WatchEvent::Modified(job) => job,
+            other => panic!("unexpected {other:?}"),
+        };
+        let status = job.status.clone().unwrap_or_default();
+        seen.push((status.active, status.succeeded, condition_types(&job)));
+        if finished_condition(&job) {
+            assert!(status.completion_time.is_some() && status.start_time.is_some());
+            break;
+        }
+    }
+    let yes = |t: &str| (t.to_owned(), "True".to_owned());
+    assert!(seen.contains(&(Some(1), None, vec![])), "{seen:?}");
+    assert!(seen.contains(&(None, Some(1), vec![yes("SuccessCriteriaMet")])), "{seen:?}");
+    assert_eq!(seen.last().unwrap(), &(None, Some(1), vec![yes("SuccessCriteriaMet"), yes("Complete")]));
+
+    // Its pod went Pending -> Running -> Succeeded, each step a watch event.
+    let mut phases = Vec::new();
+    while phases.last().map(String::as_str) != Some("Succeeded") {
+        let Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) = next(&mut pod_events).await else {
+            panic!("the pod watch ended: {phases:?}")
+        };
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["job-name"], name);
+        assert!(pod.metadata.name.as_ref().unwrap().starts_with(&format!("{name}-")));
+        let phase = pod.status.unwrap().phase.unwrap();
+        if phases.last() != Some(&phase) {
+            phases.push(phase);
+        }
+    }
+    assert_eq!(phases, ["Pending", "Running", "Succeeded"]);
+    let pod = &pods_named_for(&fake, "media", &name)[0];
+    assert_eq!(pod_phase(pod), "Succeeded");
+    assert_eq!(pod["spec"]["nodeName"], "fake-node");
+
+    assert_eq!(queue_counts(&url).await, (2, 0), "one message worked off, two left");
+    let stats = controller.stats();
+    assert_eq!((stats.pods_created, stats.received, stats.deleted), (1, 1, 1));
+    assert_eq!(fake.job_counts("media"), JobCounts { running: 0, pending: 0, complete: 1, failed: 0 });
+    let history: Vec<JobEvent> = fake.job_history().into_iter().map(|r| r.event).collect();
+    assert_eq!(history, [JobEvent::Created, JobEvent::Finished { failed: false }]);
+}
+
+fn finished_condition(job: &Job) -> bool {
+    condition_types(job).iter().any(|(t, s)| (t == "Complete" || t == "Failed") && s == "True")
+}
+
+#[tokio::test]
+async fn a_failing_job_ends_failed_after_its_backoff_limit() {
+    let fake = FakeKube::start().await;
+    let url = crate::support::sqs::queue("jobfake").await;
+    crate::support::sqs::send(&url, 1).await;
+    let controller = JobController::start(&fake, Some(url.clone()), Behaviour::default().failing()).await;
+    let mut manifest = job_manifest("crash-", json!(null));
+    manifest["spec"]["backoffLimit"] = json!(1);
+    let name = fake.create_job("media", manifest);
+
+    assert!(wait_until(Duration::from_secs(15), || fake.failed_jobs("media") == 1).await, "{:#?}", fake.jobs("media"));
+    let job: Job = serde_json::from_value(fake.job("media", &name).unwrap()).unwrap();
+    let yes = |t: &str| (t.to_owned(), "True".to_owned());
+    assert_eq!(condition_types(&job), [yes("FailureTarget"), yes("Failed")]);
+    let status = job.status.unwrap();
+    assert_eq!((status.failed, status.succeeded, status.active), (Some(2), None, None), "the first pod and one retry");
+    assert!(status.completion_time.is_none(), "completionTime is for success only");
+    let reason = status.conditions.unwrap()[1].reason.clone();
+    assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
+    let pods = pods_named_for(&fake, "media", &name);
+    assert_eq!(pods.iter().map(pod_phase).collect::<Vec<_>>(), ["Failed", "Failed"]);
+    // The failed containers deleted nothing: the message is still in the queue.
+    let (visible, in_flight) = queue_counts(&url).await;
+    assert_eq!(visible + in_flight, 1);
+    assert_eq!(controller.stats().deleted, 0);
+}
+
+#[tokio::test]
+async fn a_stuck_job_stays_pending_until_it_is_scheduled() {
+    let fake = FakeKube::start().await;
+    let url = crate::support::sqs::queue("jobfake").await;
+    crate::support::sqs::send(&url, 1).await;
+    let controller = JobController::start(&fake, Some(url.clone()), Behaviour::default().stuck()).await;
+    let name = fake.create_job("media", job_manifest("stuck-", json!(null)));
+
+    let unschedulable = || {
+        pods_named_for(&fake, "media", &name).first().is_some_and(|p| {
+            p["status"]["conditions"][0]["reason"] == "Unschedulable"
+                && p["status"]["conditions"][0]["status"] == "False"
+        })
+    };
+    assert!(wait_until(Duration::from_secs(5), unschedulable).await, "{:#?}", fake.pods("media"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pods = pods_named_for(&fake, "media", &name);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pod_phase(&pods[0]), "Pending");
+    assert_eq!(fake.job_counts("media"), JobCounts { running: 1, pending: 1, complete: 0, failed: 0 });
+    let status = &fake.job("media", &name).unwrap()["status"];
+    assert_eq!((status["active"].as_i64(), status["ready"].as_i64()), (Some(1), Some(0)));
+    assert_eq!(queue_counts(&url).await, (1, 0), "nothing received");
+
+    // Scheduled at last: it runs and completes.
+    controller.set_behaviour(Behaviour::default());
+    assert!(wait_until(Duration::from_secs(10), || fake.complete_jobs("media") == 1).await);
+    assert_eq!(queue_counts(&url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn suspended_jobs_get_no_pods_and_an_empty_queue_still_completes() {
+    let fake = FakeKube::start().await;
+    let url = crate::support::sqs::queue("jobfake").await;
+    let controller = JobController::start(&fake, Some(url), Behaviour::default()).await;
+    let api: Api<Job> = Api::namespaced(client(&fake).await, "media");
+    let mut manifest = job_manifest("later-", json!(null));
+    manifest["spec"]["suspend"] = json!(true);
+    manifest["spec"]["ttlSecondsAfterFinished"] = json!(0);
+    let name = fake.create_job("media", manifest);
+
+    let suspended = || fake.job("media", &name).unwrap()["status"]["conditions"][0]["type"] == "Suspended";
+    assert!(wait_until(Duration::from_secs(5), suspended).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fake.pods("media").is_empty(), "a suspended Job gets no pods");
+    assert_eq!(controller.stats().pods_created, 0);
+
+    // Resumed: it runs, finds nothing, completes (as a worker exiting 0), and its TTL of 0
+    // deletes it, and the garbage collector its pod.
+    let patched =
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": false}}))).await.unwrap();
+    assert_eq!(patched.metadata.generation, Some(2));
+    let gone = || fake.job("media", &name).is_none() && fake.pods("media").is_empty();
+    assert!(wait_until(Duration::from_secs(10), gone).await, "{:#?}", fake.jobs("media"));
+    let events: Vec<JobEvent> = fake.job_history().into_iter().map(|r| r.event).collect();
+    assert_eq!(events, [JobEvent::Created, JobEvent::Finished { failed: false }, JobEvent::Deleted]);
+    let stats = controller.stats();
+    assert_eq!((stats.pods_created, stats.found_nothing, stats.received), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn a_backlog_empties_with_per_job_counts_and_the_history_shows_concurrency() {
+    let fake = FakeKube::start().await;
+    let url = crate::support::sqs::queue("jobfake").await;
+    crate::support::sqs::send(&url, 5).await;
+    // Two rules' Jobs: only `sqscale.io/job=big` runs here, taking MESSAGES_PER_JOB = 2.
+    let behaviour = Behaviour::default().only("sqscale.io/job", "big").work(Duration::from_millis(300));
+    let controller = JobController::start(&fake, Some(url.clone()), behaviour).await;
+    let mut manifest = job_manifest("big-", json!({"sqscale.io/job": "big"}));
+    manifest["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{"name": "MESSAGES_PER_JOB", "value": "2"}]);
+    for _ in 0..3 {
+        fake.create_job("media", manifest.clone());
+    }
+    let other = fake.create_job("media", job_manifest("small-", json!({"sqscale.io/job": "small"})));
+
+    assert!(
+        wait_until(Duration::from_secs(15), || fake.complete_jobs("media") == 3).await,
+        "{:#?}",
+        fake.jobs("media")
+    );
+    assert_eq!(queue_counts(&url).await, (0, 0), "2 + 2 + 1 messages");
+    assert_eq!((controller.stats().received, controller.stats().deleted), (5, 5));
+    assert!(fake.pods_of("media", &other).is_empty(), "not this controller's Job");
+    assert_eq!(fake.job_counts("media"), JobCounts { running: 1, pending: 1, complete: 3, failed: 0 });
+    assert_eq!(fake.job_creations("media").len(), 4);
+    assert_eq!(fake.max_jobs_at_once("media", "sqscale.io/job=big"), 3);
+    assert_eq!(fake.max_jobs_at_once("media", "sqscale.io/job=small"), 1);
+    assert_eq!(fake.max_jobs_at_once("media", ""), 4);
+
+    // A planted finished Job of an old template, finished long ago, counts as complete.
+    let old = fake.create_job("media", job_manifest("old-", json!({"sqscale.io/template-hash": "old"})));
+    let long_ago: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    fake.set_job_condition("media", &old, "Complete", "True", Some(long_ago));
+    let job = fake.job("media", &old).unwrap();
+    assert_eq!(job["status"]["completionTime"], "2026-01-01T00:00:00Z");
+    assert_eq!(fake.complete_jobs("media"), 4);
+    assert!(fake.pods_of("media", &old).is_empty(), "planted Jobs outside the selector get no pods");
+}
+
+#[tokio::test]
+async fn job_delete_options_in_the_query_preconditions_and_the_default_warning() {
+    let fake = FakeKube::start().await;
+    let client = client(&fake).await;
+    let api: Api<Job> = Api::namespaced(client.clone(), "media");
+    let names: Vec<String> = (0..3).map(|_| fake.create_job("media", job_manifest("q-", json!(null)))).collect();
+    let delete = |name: &str, query: &str| {
+        let uri = format!("/apis/batch/v1/namespaces/media/jobs/{name}{query}");
+        axum::http::Request::delete(uri).body(kube::client::Body::from(Vec::new())).unwrap()
+    };
+
+    // kubectl's form: the policy in the query; no warning.
+    let response = client.send(delete(&names[0], "?propagationPolicy=Background")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("warning").is_none());
+    assert!(fake.job("media", &names[0]).is_none());
+
+    // An unknown policy: 422, nothing deleted.
+    let response = client.send(delete(&names[1], "?propagationPolicy=Sideways")).await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert!(fake.job("media", &names[1]).is_some());
+
+    // A UID precondition that does not match: 409 Conflict, nothing deleted.
+    let preconditions = Preconditions { uid: Some("not-its-uid".into()), resource_version: None };
+    let params = DeleteParams { preconditions: Some(preconditions), ..DeleteParams::background() };
+    let status = api_error(api.delete(&names[1], &params).await);
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    assert!(status.message.contains("Precondition failed: UID in precondition: not-its-uid"), "{}", status.message);
+    assert!(fake.job("media", &names[1]).is_some());
+
+    // No policy: orphaned, with the real server's warning.
+    let response = client.send(delete(&names[2], "")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let warning = response.headers()["warning"].to_str().unwrap().to_owned();
+    assert!(warning.contains("child pods are preserved by default when jobs are deleted"), "{warning}");
+    assert!(wait_until(Duration::from_secs(5), || fake.job("media", &names[2]).is_none()).await);
+}
+
+#[tokio::test]
+async fn a_new_controller_takes_over_the_pods_of_a_stopped_one() {
+    let fake = FakeKube::start().await;
+    let first = JobController::start(&fake, None, Behaviour::default().work(Duration::from_secs(3600))).await;
+    let name = fake.create_job("media", job_manifest("long-", json!(null)));
+    let running = || pods_named_for(&fake, "media", &name).first().is_some_and(|p| pod_phase(p) == "Running");
+    assert!(wait_until(Duration::from_secs(5), running).await, "{:#?}", fake.pods("media"));
+    first.stop();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(running(), "a stopped controller leaves its pods as they are");
+
+    let second = JobController::start(&fake, None, Behaviour::default().work(Duration::from_millis(100))).await;
+    assert!(wait_until(Duration::from_secs(5), || fake.complete_jobs("media") == 1).await, "{:#?}", fake.jobs("media"));
+    assert_eq!(second.stats().pods_created, 0, "the running pod was taken over, not replaced");
+    assert_eq!(pods_named_for(&fake, "media", &name).len(), 1);
 }

@@ -8,6 +8,16 @@
 //! * `coordination.k8s.io/v1` Leases, `events.k8s.io/v1` Events and core `v1` Events (the same verbs).
 //! * Core `v1` ConfigMaps (the same verbs), validated as the real server does: keys, string values,
 //!   and at most 1 MiB of data.
+//! * `batch/v1` Jobs and core `v1` Pods (the same verbs, and the `/status` subresource: GET, PUT,
+//!   PATCH), with the real server's defaulting, validation and deletion ([`batch`]): a Job gets
+//!   `completions`/`parallelism` 1, `backoffLimit` 6, the generated selector
+//!   (`batch.kubernetes.io/controller-uid: <uid>`) and the labels `controller-uid`,
+//!   `batch.kubernetes.io/controller-uid`, `job-name`, `batch.kubernetes.io/job-name` on its pod
+//!   template (and on itself if it has none); 422 Invalid for a `restartPolicy` other than
+//!   `OnFailure`/`Never` (a missing one defaults to `Always`), no containers, an invalid name or
+//!   label, a selector that is not the generated one, a changed template. A new Pod is `Pending`.
+//!   Field selectors `status.successful` (Jobs) and `status.phase`, `spec.nodeName`, ... (Pods).
+//!   Nothing runs them unless a test starts the Job controller (`tests/it/support/jobs.rs`).
 //! * `authorization.k8s.io/v1` SelfSubjectAccessReviews, `/version`, discovery (`/api`, `/apis`, ...).
 //! * KEDA's custom resources `keda.sh/v1alpha1`: ScaledObjects and TriggerAuthentications
 //!   (namespaced) and ClusterTriggerAuthentications (cluster-scoped: `/apis/keda.sh/v1alpha1/
@@ -26,11 +36,29 @@
 //!   items of custom resources, single objects and watch events do.
 //! * Deployments and StatefulSets "roll out" instantly: `status` always mirrors `spec.replicas`, with
 //!   zero counts left out where the real API types use `omitempty`.
+//! * POST with `metadata.generateName` and no name names the object `<generateName><5 random
+//!   lowercase alphanumerics>` (the prefix cut to 58 characters; a taken name is generated again).
+//! * DELETE of a Job or Pod honours `propagationPolicy` (query parameter or `DeleteOptions` body,
+//!   also `orphanDependents`, `preconditions` and `dryRun`): `Background` removes the Job at once
+//!   and a garbage collector its pods shortly after ([`FakeKube::set_gc_delay`]); `Foreground`
+//!   sets `deletionTimestamp` and the `foregroundDeletion` finalizer, deletes the pods, then the
+//!   Job; `Orphan` (also batch/v1's default when none is given, with the real `Warning` header)
+//!   takes the Job out of its pods' `ownerReferences`, then deletes it. An object whose last
+//!   finalizer is removed while it is being deleted is deleted.
+//! * A PUT or PATCH of a Job or Pod keeps the stored `status`: status is written through `/status`.
 //!
 //! Known deviations are listed in the doc of [`FakeKube`].
 
 // Each integration-test crate includes `mod support;` and uses a different part of this helper.
 #![allow(dead_code)]
+
+// A path of its own: `tests/bench_daemon.rs` includes this file by `#[path]` too.
+#[path = "fake_kube/batch.rs"]
+mod batch;
+
+pub use batch::{
+    CONTROLLER_UID, JOB_NAME, JobCounts, JobEvent, LEGACY_CONTROLLER_UID, LEGACY_JOB_NAME, Propagation, Store, finished,
+};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -107,7 +135,8 @@ pub struct Captured {
 /// * No server-side apply: `application/apply-patch+yaml` gets 415 UnsupportedMediaType. A strategic
 ///   merge patch is applied as a JSON merge patch (lists are replaced, `$patch` directives dropped).
 /// * No `managedFields`, no admission, and validation only where it matters here (replicas >= 0,
-///   names, required fields of `events.k8s.io/v1` Events, ConfigMap keys, values and size).
+///   names, required fields of `events.k8s.io/v1` Events, ConfigMap keys, values and size, what
+///   [`batch::finish_job`] and [`batch::finish_pod`] list for Jobs and Pods).
 ///   Immutable fields such as `spec.selector` can be changed, and so can the data of a
 ///   ConfigMap with `immutable: true`.
 /// * Status: a write to `spec.replicas` updates `status` in the same write (one resourceVersion,
@@ -118,11 +147,20 @@ pub struct Captured {
 /// * Authorization: every request with the right token is allowed unless [`FakeKube::deny`] says
 ///   otherwise; a missing token gets 401 rather than being treated as `system:anonymous`.
 /// * HTTP/1.1 only (ALPN `http/1.1`); kube uses HTTP/1.1 anyway.
+/// * Jobs and Pods: no built-in Job controller, scheduler or kubelet: Jobs get pods and status only
+///   from the test Job controller (`tests/it/support/jobs.rs`), which has deviations of its own.
+///   A deleted Pod is gone at once (no graceful termination, no `terminating` count), and pods
+///   carry no `batch.kubernetes.io/job-tracking` finalizer. The garbage collector only knows
+///   Jobs owning Pods. A Job's template is immutable even while suspended (the real server
+///   lets a suspended Job's scheduling fields change). `status.phase`/`spec.nodeName` and the
+///   other pod field selectors compare the stored value as a string.
 pub struct FakeKube {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
     server: JoinHandle<()>,
+    /// The garbage collector: removes the pods of deleted Jobs (see [`batch::collect_garbage`]).
+    gc: JoinHandle<()>,
 }
 
 impl FakeKube {
@@ -147,7 +185,8 @@ impl FakeKube {
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared { state: Mutex::new(State::new(random_token())), addr });
         let server = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
-        FakeKube { shared, addr, ca_pem, server }
+        let gc = tokio::spawn(batch::garbage_collector(shared.clone()));
+        FakeKube { shared, addr, ca_pem, server, gc }
     }
 
     /// Stops the server: the listener closes and every open connection (and watch) is cut.
@@ -529,6 +568,7 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.abort();
+        self.gc.abort();
     }
 }
 
@@ -595,6 +635,10 @@ enum Res {
     CoreEvent,
     /// core `v1` ConfigMap
     ConfigMap,
+    /// `batch/v1` Job
+    Job,
+    /// core `v1` Pod
+    Pod,
     /// `keda.sh/v1alpha1` custom resources
     ScaledObject,
     TriggerAuthentication,
@@ -603,13 +647,15 @@ enum Res {
 }
 
 impl Res {
-    const ALL: [Res; 9] = [
+    const ALL: [Res; 11] = [
         Res::Deployment,
         Res::StatefulSet,
         Res::Lease,
         Res::Event,
         Res::CoreEvent,
         Res::ConfigMap,
+        Res::Job,
+        Res::Pod,
         Res::ScaledObject,
         Res::TriggerAuthentication,
         Res::ClusterTriggerAuthentication,
@@ -620,7 +666,8 @@ impl Res {
             Res::Deployment | Res::StatefulSet => "apps",
             Res::Lease => "coordination.k8s.io",
             Res::Event => "events.k8s.io",
-            Res::CoreEvent | Res::ConfigMap => "",
+            Res::CoreEvent | Res::ConfigMap | Res::Pod => "",
+            Res::Job => "batch",
             Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh",
         }
     }
@@ -634,7 +681,8 @@ impl Res {
             Res::Deployment | Res::StatefulSet => "apps/v1",
             Res::Lease => "coordination.k8s.io/v1",
             Res::Event => "events.k8s.io/v1",
-            Res::CoreEvent | Res::ConfigMap => "v1",
+            Res::CoreEvent | Res::ConfigMap | Res::Pod => "v1",
+            Res::Job => "batch/v1",
             Res::ScaledObject | Res::TriggerAuthentication | Res::ClusterTriggerAuthentication => "keda.sh/v1alpha1",
         }
     }
@@ -656,6 +704,8 @@ impl Res {
             Res::Lease => "Lease",
             Res::Event | Res::CoreEvent => "Event",
             Res::ConfigMap => "ConfigMap",
+            Res::Job => "Job",
+            Res::Pod => "Pod",
             Res::ScaledObject => "ScaledObject",
             Res::TriggerAuthentication => "TriggerAuthentication",
             Res::ClusterTriggerAuthentication => "ClusterTriggerAuthentication",
@@ -669,6 +719,8 @@ impl Res {
             Res::Lease => "leases",
             Res::Event | Res::CoreEvent => "events",
             Res::ConfigMap => "configmaps",
+            Res::Job => "jobs",
+            Res::Pod => "pods",
             Res::ScaledObject => "scaledobjects",
             Res::TriggerAuthentication => "triggerauthentications",
             Res::ClusterTriggerAuthentication => "clustertriggerauthentications",
@@ -926,6 +978,13 @@ struct State {
     changes: watch::Sender<u64>,
     /// Bumped by `close_watches`.
     closes: watch::Sender<u64>,
+    /// Like `changes`, for the fake's own controllers (the garbage collector, the test Job
+    /// controller), so they do not count as open watches.
+    notify: watch::Sender<u64>,
+    /// Jobs created, finished and deleted, in order (see [`FakeKube::job_history`]).
+    job_log: Vec<batch::JobRecord>,
+    /// How long the garbage collector waits before it acts on a change.
+    gc_delay: Duration,
 }
 
 impl State {
@@ -945,6 +1004,9 @@ impl State {
             requests: Vec::new(),
             changes: watch::Sender::new(100),
             closes: watch::Sender::new(0),
+            notify: watch::Sender::new(100),
+            job_log: Vec::new(),
+            gc_delay: batch::GC_DELAY,
         }
     }
 
@@ -967,6 +1029,9 @@ impl State {
         };
         self.objects.insert(key, Stored { obj: obj.clone(), seq });
         let change = if prev.is_some() { Change::Modified } else { Change::Added };
+        if res == Res::Job {
+            batch::record_job_write(self, ns, prev.as_ref().map(|(o, _)| o), &obj);
+        }
         self.log.push(LogEntry {
             rv: self.rv,
             res,
@@ -976,6 +1041,7 @@ impl State {
             prev: prev.map(|(o, _)| o),
         });
         self.changes.send_replace(self.rv);
+        self.notify.send_replace(self.rv);
         obj
     }
 
@@ -993,7 +1059,11 @@ impl State {
             obj: obj.clone(),
             prev: None,
         });
+        if res == Res::Job {
+            batch::record_job_deleted(self, ns, &obj);
+        }
         self.changes.send_replace(self.rv);
+        self.notify.send_replace(self.rv);
         Some(obj)
     }
 
@@ -1028,7 +1098,13 @@ impl State {
                     )],
                 ));
             }
+            // As `names.SimpleNameGenerator`: the prefix is cut to 58 characters, so the name
+            // fits 63; a generated name that is taken is generated again (RetryGenerateName).
+            let prefix: String = prefix.chars().take(58).collect();
             name = format!("{prefix}{}", random_suffix());
+            while self.get(res, ns, &name).is_some() {
+                name = format!("{prefix}{}", random_suffix());
+            }
             meta.insert("name".into(), json!(name));
         }
         if self.get(res, ns, &name).is_some() {
@@ -1047,6 +1123,12 @@ impl State {
         }
         if let Some(kind) = res.workload() {
             finish_workload(kind, &mut body, None)?;
+        }
+        if res == Res::Job {
+            batch::finish_job(&mut body, None)?;
+        }
+        if res == Res::Pod {
+            batch::finish_pod(&mut body, None)?;
         }
         if dry_run {
             return Ok(body);
@@ -1106,8 +1188,19 @@ impl State {
         if res == Res::ConfigMap {
             finish_config_map(&mut new, name)?;
         }
+        if res == Res::Job {
+            batch::finish_job(&mut new, Some(&cur))?;
+        }
+        if res == Res::Pod {
+            batch::finish_pod(&mut new, Some(&cur))?;
+        }
         // Nothing changed: the real server skips the etcd write (no new resourceVersion).
         if new == cur || dry_run {
+            return Ok(new);
+        }
+        // The last finalizer of an object being deleted is gone: it is deleted now.
+        if batch::deletion_done(&new) {
+            self.remove(res, ns, name);
             return Ok(new);
         }
         Ok(self.commit(res, ns, name, new))
@@ -1170,7 +1263,7 @@ impl State {
 
     /// LIST, with label/field selectors and `limit`/`continue` pagination.
     fn list(&self, res: Res, ns: Option<&str>, params: &Params) -> Result<Value, Failure> {
-        let selector = Selector::from_params(params)?;
+        let selector = Selector::from_params(res, params)?;
         let start: Option<(String, String)> = match params.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => Some(decode_continue(token)?),
             None => None,
@@ -1526,12 +1619,13 @@ enum LabelReq {
 #[derive(Default)]
 struct Selector {
     labels: Vec<LabelReq>,
-    /// (field, equal?, value); only `metadata.name` and `metadata.namespace`.
+    /// (field, equal?, value): `metadata.name` and `metadata.namespace`, and the fields the
+    /// real server adds for some kinds ([`batch::field_labels`]).
     fields: Vec<(String, bool, String)>,
 }
 
 impl Selector {
-    fn from_params(params: &Params) -> Result<Selector, Failure> {
+    fn from_params(res: Res, params: &Params) -> Result<Selector, Failure> {
         let mut selector = Selector::default();
         if let Some(s) = params.get("labelSelector") {
             for term in split_terms(s) {
@@ -1550,7 +1644,10 @@ impl Selector {
                     return Err(Failure::bad_request(format!("invalid selector: '{term}'; can't understand '{term}'")));
                 };
                 let field = field.trim();
-                if field != "metadata.name" && field != "metadata.namespace" {
+                if field != "metadata.name"
+                    && field != "metadata.namespace"
+                    && !batch::field_labels(res).contains(&field)
+                {
                     return Err(Failure::bad_request(format!("field label not supported: {field}")));
                 }
                 selector.fields.push((field.to_owned(), eq, value.trim().to_owned()));
@@ -1571,8 +1668,11 @@ impl Selector {
             LabelReq::NotExists(k) => label(k).is_none(),
         });
         let fields_ok = self.fields.iter().all(|(field, eq, value)| {
-            let actual = meta_str(obj, field.trim_start_matches("metadata."));
-            (actual == value) == *eq
+            let actual = match field.strip_prefix("metadata.") {
+                Some(meta) => meta_str(obj, meta).to_owned(),
+                None => batch::field_value(obj, field),
+            };
+            (actual == *value) == *eq
         });
         labels_ok && fields_ok
     }
@@ -1891,6 +1991,12 @@ enum Route {
         ns: String,
         name: String,
     },
+    /// The `/status` subresource of a Job or Pod.
+    Status {
+        res: Res,
+        ns: String,
+        name: String,
+    },
     AccessReview,
     Unknown(String),
 }
@@ -1963,13 +2069,19 @@ impl Route {
                 Some(kind) => Route::Scale { kind, ns: (*ns).to_owned(), name: (*name).to_owned() },
                 None => unknown(),
             },
+            ["namespaces", ns, plural, name, "status"] => match lookup(plural) {
+                Some(res @ (Res::Job | Res::Pod)) => {
+                    Route::Status { res, ns: (*ns).to_owned(), name: (*name).to_owned() }
+                }
+                _ => unknown(),
+            },
             _ => unknown(),
         }
     }
 
     fn res(&self) -> Option<Res> {
         match self {
-            Route::Collection { res, .. } | Route::Object { res, .. } => Some(*res),
+            Route::Collection { res, .. } | Route::Object { res, .. } | Route::Status { res, .. } => Some(*res),
             Route::Scale { kind, .. } => Some(kind.res()),
             _ => None,
         }
@@ -1977,7 +2089,7 @@ impl Route {
 
     fn name(&self) -> Option<&str> {
         match self {
-            Route::Object { name, .. } | Route::Scale { name, .. } => Some(name),
+            Route::Object { name, .. } | Route::Scale { name, .. } | Route::Status { name, .. } => Some(name),
             _ => None,
         }
     }
@@ -2015,6 +2127,13 @@ impl Route {
                 ns: Some(ns),
                 name: Some(name),
             }),
+            Route::Status { res, ns, name } => Some(Attributes {
+                verb: verb_for_object(method)?,
+                res: *res,
+                subresource: "status",
+                ns: Some(ns),
+                name: Some(name),
+            }),
             _ => None,
         }
     }
@@ -2029,9 +2148,10 @@ fn discovery_api(addr: SocketAddr) -> Value {
 }
 
 /// Every API group the fake serves, with its one version.
-const GROUPS: [(&str, &str); 5] = [
+const GROUPS: [(&str, &str); 6] = [
     ("apps", "v1"),
     ("authorization.k8s.io", "v1"),
+    ("batch", "v1"),
     ("coordination.k8s.io", "v1"),
     ("events.k8s.io", "v1"),
     ("keda.sh", "v1alpha1"),
@@ -2063,6 +2183,15 @@ fn discovery_resources(group: &str, version: &str) -> Value {
             "kind": res.kind(),
             "verbs": all_verbs,
         }));
+        if matches!(res, Res::Job | Res::Pod) {
+            resources.push(json!({
+                "name": format!("{}/status", res.plural()),
+                "singularName": "",
+                "namespaced": true,
+                "kind": res.kind(),
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
         if res.workload().is_some() {
             resources.push(json!({
                 "name": format!("{}/scale", res.plural()),
@@ -2352,6 +2481,24 @@ fn serve_api(
             }
             ok(st.client_update(res, &ns, &name, patched, dry)?)
         }
+        (Route::Object { res: res @ (Res::Job | Res::Pod), ns, name }, Method::DELETE) => {
+            batch::delete(shared, res, &ns, &name, params, body)
+        }
+        (Route::Status { res, ns, name }, Method::GET) => {
+            let st = shared.lock();
+            ok(st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?)
+        }
+        (Route::Status { res, ns, name }, Method::PUT) => {
+            check_json_body(content_type)?;
+            let new = parse_json(body)?;
+            ok(shared.lock().write_status(res, &ns, &name, &new, dry)?)
+        }
+        (Route::Status { res, ns, name }, Method::PATCH) => {
+            let mut st = shared.lock();
+            let cur = st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?;
+            let patched = apply_patch(&cur, content_type, body)?;
+            ok(st.write_status(res, &ns, &name, &patched, dry)?)
+        }
         (Route::Object { res, ns, name }, Method::DELETE) => {
             let mut st = shared.lock();
             let cur = st.get(res, &ns, &name).cloned().ok_or_else(|| Failure::not_found(res, &name))?;
@@ -2504,7 +2651,7 @@ struct WatchStream {
 }
 
 fn start_watch(shared: &Arc<Shared>, res: Res, ns: Option<String>, params: &Params) -> Result<Response, Failure> {
-    let selector = Selector::from_params(params)?;
+    let selector = Selector::from_params(res, params)?;
     let bookmarks = params.flag("allowWatchBookmarks");
     let initial_events = params.flag("sendInitialEvents");
     if initial_events && (params.get("resourceVersionMatch") != Some("NotOlderThan") || !bookmarks) {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fake_kube;
 pub mod fakes;
 pub mod forward_proxy;
+pub mod jobs;
 pub mod moto;
 pub mod process;
 pub mod proxy;
