@@ -117,7 +117,8 @@ enum Command {
         /// pending and never fails).
         #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
         job_duration: f64,
-        /// Also draw backlog and replicas over time as an SVG chart.
+        /// Also draw backlog and replicas (a job rule's: its running Jobs) over time as an
+        /// SVG chart.
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
         /// The calendar time of the trace's time 0, for schedules (RFC 3339, e.g.
