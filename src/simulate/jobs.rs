@@ -11,7 +11,12 @@ use crate::config::JobRule;
 use crate::engine::Time;
 use crate::engine::job::{self as engine, JobStatus, JobView, Snapshot};
 
-use super::{Options, Row, RowReason, Trace};
+use super::{Options, Row, RowReason, RunError, Trace};
+
+/// The most Jobs a virtual cluster holds, finished ones included. Each poll looks at
+/// every one; `custom` (whose total has no cap) or a large min with long Jobs could
+/// otherwise grow it without end.
+pub(super) const MAX_JOBS: usize = 10_000;
 
 /// One Job of the virtual cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +56,7 @@ impl<'a> Timeline<'a> {
     }
 
     /// The poll at trace time `t` (the engine's clock reads `--start + t`).
-    pub(super) fn poll(&mut self, trace: &Trace, options: &Options, t: Time) -> Row {
+    pub(super) fn poll(&mut self, trace: &Trace, options: &Options, t: Time) -> Result<Row, RunError> {
         let job = self.job;
         let now = Time(options.start.0.saturating_add(t.0));
         // Each trigger's backlog counts in-flight and delayed messages as it says; a
@@ -72,12 +77,15 @@ impl<'a> Timeline<'a> {
         drop(snapshot);
         self.cluster.retain(|j| !deleted.contains(&j.name));
         let ends = Time(now.0.saturating_add(options.job_duration_ms()));
+        if self.cluster.len().saturating_add(decision.create as usize) > MAX_JOBS {
+            return Err(RunError::TooManyJobs(job.name.clone(), t.0 / 1000));
+        }
         for _ in 0..decision.create {
             self.created += 1;
             self.cluster.push(VirtualJob { name: format!("{}-{}", job.name, self.created), started: now, ends });
         }
 
-        Row {
+        Ok(Row {
             time: t,
             rule: job.name.clone(),
             backlog: decision.backlog,
@@ -85,7 +93,7 @@ impl<'a> Timeline<'a> {
             desired: Some(decision.create),
             replicas: self.unfinished(now),
             reason: RowReason::Job(decision.reason),
-        }
+        })
     }
 
     /// The Jobs started and not yet ended at `now`.

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::{Options, RowReason, Trace, format_time, run_all, write_csv};
+use super::super::{Options, RowReason, RunError, Trace, format_time, run_all, write_csv};
 use crate::config::{JobRule, JobTemplate, QueueSource, Rollout};
 use crate::engine::job::{JobPolicy, JobReason, JobTrigger, MultipleScalersCalculation, ScalingStrategy};
 use crate::engine::{MetricType, Time, TriggerPolicy};
@@ -247,7 +247,7 @@ fn the_history_cleanup_keeps_the_newest_finished_jobs() {
     let options = options(0, 15);
     let mut timeline = super::Timeline::new(&job);
     for t in [0, 10, 20, 30, 40] {
-        let row = timeline.poll(&trace, &options, Time::from_secs(t));
+        let row = timeline.poll(&trace, &options, Time::from_secs(t)).unwrap();
         assert!(row.replicas <= 3, "at {t}: {row:?}");
     }
     // Created: j-1..3 at 0 (end 15), j-4..6 at 20 (end 35), j-7..9 at 40. At 20 the
@@ -301,4 +301,19 @@ fn the_chart_draws_job_rules() {
     for text in ["Jobs running (encode)", "replicas (demo-worker)", "backlog (encode)", "replicas, Jobs running"] {
         assert!(svg.contains(text), "missing {text:?}");
     }
+}
+
+/// A virtual cluster that would outgrow [`super::MAX_JOBS`] ends the run with an error
+/// naming the job rule and the time, rather than slowing every later poll: here `custom`
+/// (no total cap) adds 100 Jobs a second that never end.
+#[test]
+fn a_cluster_that_grows_without_end_is_an_error() {
+    let job = job_rule("flood").with(|j| {
+        j.polling_interval = Duration::from_secs(1);
+        j.policy.max_replica_count = None;
+        j.policy.strategy = ScalingStrategy::Custom { queue_length_deduction: 0, running_job_percentage: 0.0 };
+    });
+    let err = run_all(&[], &[&job], &trace("0,q,5000,0,0\n"), &options(3600, 1_000_000)).unwrap_err();
+    assert_eq!(err, RunError::TooManyJobs("flood".to_owned(), 100));
+    assert!(err.to_string().contains("more than 10000 Jobs at 100s"), "{err}");
 }

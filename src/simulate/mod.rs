@@ -212,6 +212,11 @@ pub enum RunError {
     UnknownJobQueue(String, String),
     #[error("rule {0:?} would poll {1} times up to {2}s; give an earlier --until")]
     TooLong(String, i64, i64),
+    #[error(
+        "job rule {0:?} would keep more than {max} Jobs at {1}s; give an earlier --until or a shorter --job-duration",
+        max = jobs::MAX_JOBS
+    )]
+    TooManyJobs(String, i64),
 }
 
 /// Replays `trace` through every rule in `rules`: [`run_all`] without job rules.
@@ -247,11 +252,15 @@ pub fn run_all(rules: &[&Rule], jobs: &[&JobRule], trace: &Trace, options: &Opti
     }
 
     let mut rows = replay_rules(rules, trace, options, until);
+    // A job rule's polls depend on nothing but its own Jobs: one at a time.
     for job in jobs {
         let mut timeline = jobs::Timeline::new(job);
         let step = step_ms(job.polling_interval);
-        let polls = std::iter::successors(Some(0i64), |t| t.checked_add(step).filter(|n| *n <= until.0));
-        rows.extend(polls.map(|t| timeline.poll(trace, options, Time(t))));
+        let mut t = Some(0i64);
+        while let Some(now) = t {
+            rows.push(timeline.poll(trace, options, Time(now))?);
+            t = now.checked_add(step).filter(|n| *n <= until.0);
+        }
     }
     // Stable: a rule and a job rule of the same name keep that order.
     rows.sort_by(|a, b| (a.time, &a.rule).cmp(&(b.time, &b.rule)));
