@@ -92,22 +92,33 @@ enum Command {
         config: ConfigArg,
     },
     /// Replay a queue-length trace through the decision engine and print the timeline CSV.
+    ///
+    /// Rules and job rules alike. A job rule's Jobs run in a virtual cluster: each one
+    /// runs --job-duration seconds and then completes; none is ever pending or failed.
+    /// Its rows give the Jobs created in the poll as `desired` and its unfinished Jobs
+    /// as `replicas`.
     Simulate {
         #[command(flatten)]
         config: ConfigArg,
         /// Trace CSV: time,queue,visible,in_flight,delayed.
         #[arg(long, value_name = "CSV")]
         trace: PathBuf,
-        /// Simulate only this rule (default: every rule).
+        /// Simulate only this rule or job rule (default: every rule and job rule).
         #[arg(long, value_name = "NAME")]
         rule: Option<String>,
         /// Last poll time in seconds (default: the trace's end plus time to settle).
         #[arg(long, value_name = "SECONDS")]
         until: Option<f64>,
-        /// Replicas before the first poll (default: each rule's min_replica_count).
+        /// Replicas before the first poll (default: each rule's min_replica_count). Job
+        /// rules start with no Jobs.
         #[arg(long, value_name = "N")]
         initial_replicas: Option<u32>,
-        /// Also draw backlog and replicas over time as an SVG chart.
+        /// How long each Job of a job rule runs before it is Complete (it is never
+        /// pending and never fails).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        job_duration: f64,
+        /// Also draw backlog and replicas (a job rule's: its running Jobs) over time as an
+        /// SVG chart.
         #[arg(long, value_name = "OUT.svg")]
         chart: Option<PathBuf>,
         /// The calendar time of the trace's time 0, for schedules (RFC 3339, e.g.
@@ -157,9 +168,15 @@ pub fn main() -> ExitCode {
         Command::Check { config, remote, kubeconfig } => check(&config.config, remote, kubeconfig),
         Command::Status { server, config } => status(server, &config.config),
         Command::Health { server, config } => health(server, &config.config),
-        Command::Simulate { config, trace, rule, until, initial_replicas, chart, start } => {
-            let options =
-                SimulateArgs { rule: rule.as_deref(), until, initial_replicas, chart: chart.as_deref(), start };
+        Command::Simulate { config, trace, rule, until, initial_replicas, job_duration, chart, start } => {
+            let options = SimulateArgs {
+                rule: rule.as_deref(),
+                until,
+                initial_replicas,
+                job_duration,
+                chart: chart.as_deref(),
+                start,
+            };
             simulate(&config.config, &trace, options)
         }
         Command::ImportKeda(args) => crate::import::command::main(args),
@@ -314,24 +331,28 @@ struct SimulateArgs<'a> {
     rule: Option<&'a str>,
     until: Option<f64>,
     initial_replicas: Option<u32>,
+    job_duration: f64,
     chart: Option<&'a Path>,
     start: crate::engine::Time,
 }
 
 fn simulate(path: &Path, trace_path: &Path, args: SimulateArgs<'_>) -> ExitCode {
-    let SimulateArgs { rule, until, initial_replicas, chart, start } = args;
+    let SimulateArgs { rule, until, initial_replicas, job_duration, chart, start } = args;
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let rules: Vec<_> = config.rules.iter().filter(|r| rule.is_none_or(|n| r.name == n)).collect();
-    if rules.is_empty() {
+    let jobs: Vec<_> = config.jobs.iter().filter(|j| rule.is_none_or(|n| j.name == n)).collect();
+    if rules.is_empty() && jobs.is_empty() {
         let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        let job_names: Vec<_> = config.jobs.iter().map(|j| j.name.as_str()).collect();
         eprintln!(
-            "error: --rule {:?}: no such rule in {} (rules: {})",
+            "error: --rule {:?}: no such rule or job rule in {} (rules: {}; job rules: {})",
             rule.unwrap_or_default(),
             path.display(),
-            names.join(", ")
+            names.join(", "),
+            job_names.join(", ")
         );
         return ExitCode::from(EX_USAGE);
     }
@@ -339,6 +360,12 @@ fn simulate(path: &Path, trace_path: &Path, args: SimulateArgs<'_>) -> ExitCode 
         eprintln!("error: --until {u}: must be a number of seconds >= 0");
         return ExitCode::from(EX_USAGE);
     }
+    // At most 1e10 s, as trace times: a longer Job outlives any timeline.
+    if !(0.0..=1e10).contains(&job_duration) {
+        eprintln!("error: --job-duration {job_duration}: must be a number of seconds between 0 and 1e10");
+        return ExitCode::from(EX_USAGE);
+    }
+    let job_duration = Duration::from_millis((job_duration * 1000.0).round() as u64);
     let file = match std::fs::File::open(trace_path) {
         Ok(f) => f,
         Err(e) => {
@@ -358,8 +385,9 @@ fn simulate(path: &Path, trace_path: &Path, args: SimulateArgs<'_>) -> ExitCode 
         initial_replicas,
         start,
         groups: config.groups.clone(),
+        job_duration,
     };
-    let rows = match simulate::run(&rules, &trace, &options) {
+    let rows = match simulate::run_all(&rules, &jobs, &trace, &options) {
         Ok(rows) => rows,
         Err(e) => {
             eprintln!("error: {}: {e}", trace_path.display());

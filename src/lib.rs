@@ -15,7 +15,8 @@
 //! - [`engine`]: the pure decision engine (KEDA's phase, `engine::hpa` the HPA's
 //!   arithmetic): no I/O, no clock reads, no logging.
 //! - [`simulate`]: replays a queue-length trace through the engine on a virtual clock;
-//!   `simulate::chart` draws it.
+//!   `simulate::jobs` runs a job rule's Jobs in a virtual cluster, `simulate::chart`
+//!   draws it.
 //! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules: a pure core,
 //!   `command` reads files or the cluster, `diff` compares with an existing file.
 //! - [`supervisor`]: one worker per rule, reloads applied as a diff, the drain on shutdown.

@@ -1,11 +1,16 @@
 //! `--chart OUT.svg`: backlog (left axis, messages) and replicas (right axis) over time,
-//! one pair of step lines per rule, drawn with plotters.
+//! one pair of step lines per rule, drawn with plotters. A job rule's pair is its backlog
+//! and its unfinished Jobs, on the same axes.
 
 use std::collections::BTreeMap;
 
 use plotters::prelude::*;
 
-use super::Row;
+use super::{Row, RowReason};
+
+/// A line's owner: a rule's or a job rule's name (the two may share one), and whether
+/// it is a job rule.
+type Owner<'a> = (&'a str, bool);
 
 /// plotters could not draw the chart (its backends' errors are boxed).
 #[derive(Debug, thiserror::Error)]
@@ -14,9 +19,9 @@ pub struct ChartError(#[source] Box<dyn std::error::Error>);
 
 /// Renders the timeline as an SVG document.
 pub fn render(rows: &[Row]) -> Result<String, ChartError> {
-    let mut by_rule: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    let mut by_rule: BTreeMap<Owner<'_>, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        by_rule.entry(r.rule.as_str()).or_default().push(r);
+        by_rule.entry((r.rule.as_str(), matches!(r.reason, RowReason::Job(_)))).or_default().push(r);
     }
     let secs = |r: &Row| r.time.0 as f64 / 1000.0;
     let x_max = rows.iter().map(secs).fold(1.0, f64::max);
@@ -30,7 +35,7 @@ pub fn render(rows: &[Row]) -> Result<String, ChartError> {
 
 fn draw(
     svg: &mut String,
-    by_rule: &BTreeMap<&str, Vec<&Row>>,
+    by_rule: &BTreeMap<Owner<'_>, Vec<&Row>>,
     x_max: f64,
     backlog_max: f64,
     replicas_max: f64,
@@ -54,13 +59,19 @@ fn draw(
         .y_label_formatter(&whole)
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    chart.configure_secondary_axes().y_desc("replicas").y_label_formatter(&whole).draw()?;
+    let right_axis = match (by_rule.keys().any(|k| !k.1), by_rule.keys().any(|k| k.1)) {
+        (true, true) => "replicas, Jobs running",
+        (false, true) => "Jobs running",
+        _ => "replicas",
+    };
+    chart.configure_secondary_axes().y_desc(right_axis).y_label_formatter(&whole).draw()?;
 
-    for (i, (rule, rows)) in by_rule.iter().enumerate() {
+    for (i, (&(rule, is_job), rows)) in by_rule.iter().enumerate() {
         let backlog_color = Palette99::pick(2 * i + 4).to_rgba();
         let replicas_color = Palette99::pick(2 * i).to_rgba();
         let secs = |r: &Row| r.time.0 as f64 / 1000.0;
         let suffix = if by_rule.len() > 1 { format!(" ({rule})") } else { String::new() };
+        let replicas_label = if is_job { "Jobs running" } else { "replicas" };
 
         // Polls that failed have no backlog: the line breaks there rather than
         // pretending the queue was empty.
@@ -83,7 +94,7 @@ fn draw(
         }
         chart
             .draw_secondary_series(std::iter::empty::<PathElement<(f64, f64)>>())?
-            .label(format!("replicas{suffix}"))
+            .label(format!("{replicas_label}{suffix}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], replicas_color.stroke_width(3)));
     }
     chart

@@ -2,16 +2,19 @@
 //! daemon, on a virtual clock, and print the timeline.
 //!
 //! The trace is a step function per queue: the last row at or before a poll's time is in
-//! effect (no row yet means an empty queue). Each rule polls at 0, P, 2P, ... like the
-//! daemon, and every write succeeds at once.
+//! effect (no row yet means an empty queue). Each rule and each job rule polls at 0, P,
+//! 2P, ... like the daemon, and every write succeeds at once. Job rules create Jobs in a
+//! virtual cluster ([`jobs`]).
 
 pub mod chart;
+mod jobs;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 
-use crate::config::Rule;
+use crate::config::{JobRule, Rule};
+use crate::engine::job::JobReason;
 use crate::engine::{self, Counts, Observation, Pause, Reason, State, Time};
 use crate::group::Groups;
 
@@ -127,20 +130,42 @@ impl Trace {
     }
 }
 
-/// One row of the timeline: one poll of one rule.
+/// One row of the timeline: one poll of one rule or job rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub time: Time,
+    /// The rule's or the job rule's name.
     pub rule: String,
     pub backlog: Option<u64>,
     pub active: bool,
+    /// A rule: the replicas it asked for. A job rule: the Jobs created in this poll.
     pub desired: Option<u32>,
+    /// A rule: the target's replicas after the poll. A job rule: its unfinished Jobs.
     pub replicas: u32,
-    pub reason: Reason,
+    pub reason: RowReason,
 }
 
+/// The engine's reason for a row, a rule's or a job rule's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowReason {
+    Rule(Reason),
+    Job(JobReason),
+}
+
+impl RowReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowReason::Rule(r) => r.as_str(),
+            RowReason::Job(r) => r.as_str(),
+        }
+    }
+}
+
+/// How long each simulated Job runs unless `--job-duration` says otherwise.
+pub const DEFAULT_JOB_DURATION: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Options of one simulation run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Last poll time; `None` lets each run settle after the trace ends.
     pub until: Option<Time>,
@@ -151,11 +176,31 @@ pub struct Options {
     pub start: Time,
     /// The rule file's `[[group]]`s: members share them as in the daemon.
     pub groups: Vec<crate::config::Group>,
+    /// `--job-duration`: how long each Job of a job rule runs before it is Complete.
+    pub job_duration: std::time::Duration,
 }
 
-/// A rule's polling interval in virtual milliseconds, at least 1.
-fn step_ms(rule: &Rule) -> i64 {
-    i64::try_from(rule.polling_interval.as_millis()).unwrap_or(i64::MAX).max(1)
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            until: None,
+            initial_replicas: None,
+            start: Time::default(),
+            groups: Vec::new(),
+            job_duration: DEFAULT_JOB_DURATION,
+        }
+    }
+}
+
+impl Options {
+    fn job_duration_ms(&self) -> i64 {
+        i64::try_from(self.job_duration.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// A polling interval in virtual milliseconds, at least 1.
+fn step_ms(polling_interval: std::time::Duration) -> i64 {
+    i64::try_from(polling_interval.as_millis()).unwrap_or(i64::MAX).max(1)
 }
 
 /// Why a trace cannot be replayed through the rules.
@@ -163,31 +208,67 @@ fn step_ms(rule: &Rule) -> i64 {
 pub enum RunError {
     #[error("rule {0:?} reads queue {1:?}, which has no row in the trace (select other rules with --rule)")]
     UnknownQueue(String, String),
+    #[error("job rule {0:?} reads queue {1:?}, which has no row in the trace (select other rules with --rule)")]
+    UnknownJobQueue(String, String),
     #[error("rule {0:?} would poll {1} times up to {2}s; give an earlier --until")]
     TooLong(String, i64, i64),
+    #[error(
+        "job rule {0:?} would keep more than {max} Jobs at {1}s; give an earlier --until or a shorter --job-duration",
+        max = jobs::MAX_JOBS
+    )]
+    TooManyJobs(String, i64),
 }
 
-/// Replays `trace` through every rule in `rules`. Fails if a rule reads a queue the
-/// trace never mentions (a typo there would silently read as an empty queue).
+/// Replays `trace` through every rule in `rules`: [`run_all`] without job rules.
 pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>, RunError> {
+    run_all(rules, &[], trace, options)
+}
+
+/// Replays `trace` through every rule in `rules` and every job rule in `jobs`: their rows
+/// in time order, then by name. Fails if one reads a queue the trace never mentions (a
+/// typo there would silently read as an empty queue).
+pub fn run_all(rules: &[&Rule], jobs: &[&JobRule], trace: &Trace, options: &Options) -> Result<Vec<Row>, RunError> {
     for rule in rules {
-        for q in &rule.triggers {
-            if !trace.has(&q.name) {
-                return Err(RunError::UnknownQueue(rule.name.clone(), q.name.clone()));
-            }
+        if let Some(q) = rule.triggers.iter().find(|q| !trace.has(&q.name)) {
+            return Err(RunError::UnknownQueue(rule.name.clone(), q.name.clone()));
+        }
+    }
+    for job in jobs {
+        if let Some(q) = job.triggers.iter().find(|q| !trace.has(&q.name)) {
+            return Err(RunError::UnknownJobQueue(job.name.clone(), q.name.clone()));
         }
     }
     let until = options.until.unwrap_or_else(|| {
-        let settle = rules.iter().map(|r| settle_time(r)).max().unwrap_or_default();
-        Time(trace.end().0.saturating_add(settle))
+        let rules = rules.iter().map(|r| settle_time(r));
+        let jobs = jobs.iter().map(|j| jobs::settle_time(j, options));
+        Time(trace.end().0.saturating_add(rules.chain(jobs).max().unwrap_or_default()))
     });
-    for rule in rules {
-        let polls = until.0 / step_ms(rule) + 1;
+    let intervals = rules.iter().map(|r| (&r.name, r.polling_interval));
+    for (name, interval) in intervals.chain(jobs.iter().map(|j| (&j.name, j.polling_interval))) {
+        let polls = until.0 / step_ms(interval) + 1;
         if polls > 10_000_000 {
-            return Err(RunError::TooLong(rule.name.clone(), polls, until.0 / 1000));
+            return Err(RunError::TooLong(name.clone(), polls, until.0 / 1000));
         }
     }
 
+    let mut rows = replay_rules(rules, trace, options, until);
+    // A job rule's polls depend on nothing but its own Jobs: one at a time.
+    for job in jobs {
+        let mut timeline = jobs::Timeline::new(job);
+        let step = step_ms(job.polling_interval);
+        let mut t = Some(0i64);
+        while let Some(now) = t {
+            rows.push(timeline.poll(trace, options, Time(now))?);
+            t = now.checked_add(step).filter(|n| *n <= until.0);
+        }
+    }
+    // Stable: a rule and a job rule of the same name keep that order.
+    rows.sort_by(|a, b| (a.time, &a.rule).cmp(&(b.time, &b.rule)));
+    Ok(rows)
+}
+
+/// The rules' polls up to `until`.
+fn replay_rules(rules: &[&Rule], trace: &Trace, options: &Options, until: Time) -> Vec<Row> {
     // Polls in time order across the rules (ties in the rules' order), so that members
     // of a group weigh each other's latest wants as the daemon's workers do.
     let groups = Groups::default();
@@ -225,13 +306,13 @@ pub fn run(rules: &[&Rule], trace: &Trace, options: &Options) -> Result<Vec<Row>
             active: d.active,
             desired: d.proposal,
             replicas: *replicas,
-            reason: d.reason,
+            reason: RowReason::Rule(d.reason),
         });
-        if let Some(next) = t.0.checked_add(step_ms(rule)).filter(|n| *n <= until.0) {
+        if let Some(next) = t.0.checked_add(step_ms(rule.polling_interval)).filter(|n| *n <= until.0) {
             due.push(Reverse((Time(next), i)));
         }
     }
-    Ok(rows)
+    rows
 }
 
 /// How long after the trace ends a rule needs to settle: its cooldown (to zero or idle),

@@ -86,7 +86,7 @@ fn failed_polls_show_as_poll_failed_and_hold() {
     )
     .unwrap();
     let last = rows.last().unwrap();
-    assert_eq!((last.replicas, last.reason, last.backlog), (5, Reason::PollFailed, None));
+    assert_eq!((last.replicas, last.reason, last.backlog), (5, RowReason::Rule(Reason::PollFailed), None));
 }
 
 /// The demo rule debounced (`activation_polls = 3`) and with a `lastKnown` fallback:

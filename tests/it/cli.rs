@@ -229,6 +229,25 @@ fn simulate_with_an_invalid_config_exits_78_and_unknown_rule_64() {
     assert!(stderr(&out).contains("rules: demo-worker"), "{}", stderr(&out));
 }
 
+/// `--job-duration` is a number of seconds from 0 to 1e10 (exit 64 otherwise), and a
+/// rule file without job rules replays as before with it.
+#[test]
+fn simulate_takes_a_job_duration() {
+    let args = ["simulate", "--config", "config/demo.toml", "--trace", "config/traces/demo.csv"];
+    for bad in ["-1", "NaN", "1e11", "soon"] {
+        let out = sqscale(&[&args[..], &[&format!("--job-duration={bad}")]].concat());
+        let code = out.status.code();
+        // clap refuses what is not a number (2); sqscale what is out of range (64).
+        assert!(code == Some(64) || (bad == "soon" && code == Some(2)), "{bad}: {code:?} {}", stderr(&out));
+        assert!(stderr(&out).contains("--job-duration"), "{bad}: {}", stderr(&out));
+    }
+    let out = sqscale(&[&args[..], &["--job-duration", "20"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let replicas: Vec<&str> = stdout.lines().skip(1).map(|l| l.split(',').nth(5).unwrap()).collect();
+    assert_eq!(replicas, ["1", "4", "5", "5", "5", "5", "0", "0", "0", "0"], "{stdout}");
+}
+
 fn sqscale_with(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sqscale"))
         .args(args)
