@@ -60,6 +60,9 @@ pub struct Behaviour {
     pub visibility_timeout: Option<Duration>,
     /// Only Jobs with all these labels run here (`None`: all Jobs).
     pub labels: Option<Vec<(String, String)>>,
+    /// The queue's region: moto keeps queues per region, and a queue URL on 127.0.0.1
+    /// does not say which (default `us-east-1`, as `support::sqs`).
+    pub region: String,
 }
 
 impl Default for Behaviour {
@@ -71,6 +74,7 @@ impl Default for Behaviour {
             messages_per_job: 1,
             visibility_timeout: None,
             labels: None,
+            region: "us-east-1".to_owned(),
         }
     }
 }
@@ -104,6 +108,12 @@ impl Behaviour {
 
     pub fn visibility_timeout(mut self, timeout: Duration) -> Behaviour {
         self.visibility_timeout = Some(timeout);
+        self
+    }
+
+    /// The region of the queue the containers read.
+    pub fn region(mut self, region: &str) -> Behaviour {
+        self.region = region.to_owned();
         self
     }
 
@@ -168,7 +178,7 @@ impl JobController {
     /// containers work off its messages; without, they only wait the work duration.
     pub async fn start(fake: &FakeKube, queue_url: Option<String>, behaviour: Behaviour) -> JobController {
         let sqs = match queue_url {
-            Some(url) => Some((sqs_client(&url).await, url)),
+            Some(url) => Some((sqs_client(&url, &behaviour.region).await, url)),
             None => None,
         };
         let inner = Arc::new(Inner {
@@ -206,7 +216,7 @@ impl Drop for JobController {
 }
 
 /// A client of the moto server that serves `queue_url`: only one on this machine.
-async fn sqs_client(queue_url: &str) -> Client {
+async fn sqs_client(queue_url: &str, region: &str) -> Client {
     let url = url::Url::parse(queue_url).unwrap_or_else(|e| panic!("queue URL {queue_url}: {e}"));
     let host = url.host_str().unwrap_or_default();
     assert!(
@@ -216,7 +226,7 @@ async fn sqs_client(queue_url: &str) -> Client {
     let endpoint = format!("{}://{}:{}", url.scheme(), host, url.port_or_known_default().unwrap_or(80));
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
+        .region(aws_config::Region::new(region.to_owned()))
         .credentials_provider(Credentials::new("test", "test", None, None, "static"))
         .load()
         .await;

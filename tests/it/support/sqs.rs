@@ -61,3 +61,19 @@ pub async fn send_with(c: &Client, url: &str, n: usize) {
 pub async fn purge(url: &str) {
     client().await.purge_queue().queue_url(url).send().await.expect("purge");
 }
+
+/// The queue's (visible, in flight) messages, as `GetQueueAttributes` reports them.
+pub async fn counts(c: &Client, url: &str) -> (u64, u64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = c
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("get queue attributes");
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    let n = |a: A| attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (n(A::ApproximateNumberOfMessages), n(A::ApproximateNumberOfMessagesNotVisible))
+}
