@@ -472,6 +472,7 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
             }
             print!("{}", crate::status::table(&status.rules));
             print!("{}", crate::status::group_lines(&status.groups));
+            print!("{}", crate::status::job_lines(&status.jobs, &status.orphaned_jobs));
             for g in &status.groups {
                 if let Some(note) = &g.note {
                     eprintln!("note: group {}: {note}", g.group);
