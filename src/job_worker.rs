@@ -157,10 +157,10 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
             .collect();
         let propagation = rule.rollout.propagation_policy;
         let (deleted, error) = self.delete_all(&old, propagation).await;
-        if deleted > 0 || error.is_some() {
-            if let Some(record) = &self.record {
-                self.deps.observer.job_rolled_out(record, now, deleted, error.as_ref().map(|e| e.to_string()));
-            }
+        if (deleted > 0 || error.is_some())
+            && let Some(record) = &self.record
+        {
+            self.deps.observer.job_rolled_out(record, now, deleted, error.as_ref().map(|e| e.to_string()));
         }
         match error {
             None if deleted as usize == old.len() => {

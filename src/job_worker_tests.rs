@@ -126,7 +126,11 @@ impl JobTarget for FakeJobs {
         }
         if s.fail_creates {
             let message = "jobs.batch is forbidden: User \"sqscale\" cannot create resource \"jobs\"";
-            return Err(TargetError::new(format!("Jobs of {}/{}", rule.namespace, rule.name), TargetErrorKind::Forbidden, message));
+            return Err(TargetError::new(
+                format!("Jobs of {}/{}", rule.namespace, rule.name),
+                TargetErrorKind::Forbidden,
+                message,
+            ));
         }
         s.created += 1;
         let name = format!("{}-{}", rule.name, s.created);
@@ -156,7 +160,11 @@ impl JobTarget for FakeJobs {
         let mut s = self.0.lock().unwrap();
         s.deletes.push((name.to_owned(), propagation));
         if s.fail_delete.as_deref() == Some(name) {
-            return Err(TargetError::new(format!("Job {name}"), TargetErrorKind::ServerError, "etcdserver: request timed out"));
+            return Err(TargetError::new(
+                format!("Job {name}"),
+                TargetErrorKind::ServerError,
+                "etcdserver: request timed out",
+            ));
         }
         s.jobs.retain(|(r, j)| !(*r == rule.name && j.name == name));
         Ok(())
@@ -171,7 +179,9 @@ impl JobTarget for FakeJobs {
             s.jobs
                 .iter()
                 .filter(|(r, _)| !running.iter().any(|j| j.name == *r))
-                .map(|(r, j)| ("jobs".to_owned(), r.clone(), j.name.clone(), !matches!(j.status, JobStatus::Unfinished { .. })))
+                .map(|(r, j)| {
+                    ("jobs".to_owned(), r.clone(), j.name.clone(), !matches!(j.status, JobStatus::Unfinished { .. }))
+                })
                 .collect()
         })
     }
@@ -187,7 +197,13 @@ impl ScaleTarget for FakeJobs {
         Err(TargetError::new(t.to_string(), TargetErrorKind::NotFound, "no targets in this test"))
     }
 
-    async fn set_last_active(&self, _: Option<&str>, _: &TargetRef, _: Time, _: &Leadership) -> Result<(), TargetError> {
+    async fn set_last_active(
+        &self,
+        _: Option<&str>,
+        _: &TargetRef,
+        _: Time,
+        _: &Leadership,
+    ) -> Result<(), TargetError> {
         Ok(())
     }
 
@@ -325,12 +341,9 @@ async fn the_cap_holds_over_many_polls_as_jobs_finish() {
 #[tokio::test(start_paused = true)]
 async fn each_strategy_creates_what_the_spec_says() {
     let custom = ScalingStrategy::Custom { queue_length_deduction: 1, running_job_percentage: 0.5 };
-    for (strategy, want) in [
-        (ScalingStrategy::Default, 2),
-        (custom, 3),
-        (ScalingStrategy::Accurate, 4),
-        (ScalingStrategy::Eager, 5),
-    ] {
+    for (strategy, want) in
+        [(ScalingStrategy::Default, 2), (custom, 3), (ScalingStrategy::Accurate, 4), (ScalingStrategy::Eager, 5)]
+    {
         let deps = Arc::new(fakes(false));
         let mut rule = job_rule("encode", "q", 10);
         rule.policy.strategy = strategy;
@@ -463,13 +476,16 @@ async fn a_rollout_deletes_the_old_templates_jobs_with_the_rules_propagation() {
         jobs.add("encode", "encode-old-done", "h0", JobStatus::Complete, Some(1_000));
         jobs.add("encode", "encode-current", "h1", JobStatus::Unfinished { pending: false }, None);
         jobs.with(|s| {
-            s.jobs.push(("encode".to_owned(), SeenJob {
-                name: "encode-unlabelled".to_owned(),
-                template_hash: None,
-                status: JobStatus::Failed,
-                finished_at: None,
-                created_at: None,
-            }))
+            s.jobs.push((
+                "encode".to_owned(),
+                SeenJob {
+                    name: "encode-unlabelled".to_owned(),
+                    template_hash: None,
+                    status: JobStatus::Failed,
+                    finished_at: None,
+                    created_at: None,
+                },
+            ))
         });
         deps.queues.inner().set("q", 0, 0);
     };

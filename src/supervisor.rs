@@ -13,16 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigErrors, JobRule, KubernetesSettings, LeaderElection, Rule, RolloutStrategy, ServerSettings};
+use crate::config::{
+    Config, ConfigErrors, JobRule, KubernetesSettings, LeaderElection, RolloutStrategy, Rule, ServerSettings,
+};
 use crate::engine::State;
+use crate::job_worker;
 use crate::leader::{Electors, Leadership};
 use crate::signals::Control;
 use crate::source::QueueReader;
-use crate::job_worker;
 use crate::worker::{self, Deps};
-use std::sync::atomic::{AtomicBool, Ordering};
 use crate::workload::ScaleTarget;
 use crate::workload::jobs::JobTarget;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a reload went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,7 +136,14 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
     /// Starts the task of job rule `rule`; with `previous` (cancelled already), only once
     /// that task has ended, so two never create side by side. `rollout`: a rollout is
     /// owed before the first poll.
-    fn spawn_job(&mut self, rule: Arc<JobRule>, start: Instant, rules: usize, previous: Option<RunningJob>, rollout: bool) {
+    fn spawn_job(
+        &mut self,
+        rule: Arc<JobRule>,
+        start: Instant,
+        rules: usize,
+        previous: Option<RunningJob>,
+        rollout: bool,
+    ) {
         let cancel = self.root.child_token();
         let first_poll = start + job_start_offset(&rule, rules);
         let lead = self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(rule.context.as_deref()));
@@ -347,7 +356,10 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
             self.spawn_job(rule, start, n, previous, rollout);
         }
         let [jobs_added, jobs_removed, jobs_changed, jobs_unchanged] = job_outcome;
-        info!(added, removed, changed, unchanged, jobs_added, jobs_removed, jobs_changed, jobs_unchanged, "rules reloaded");
+        info!(
+            added,
+            removed, changed, unchanged, jobs_added, jobs_removed, jobs_changed, jobs_unchanged, "rules reloaded"
+        );
         ReloadOutcome::Applied {
             added: added + jobs_added,
             removed: removed + jobs_removed,

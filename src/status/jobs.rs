@@ -139,7 +139,9 @@ impl JobRecord {
 
     fn status(&self) -> JobRuleStatus {
         let r = &self.rule;
-        let timed = |e: &Option<(Time, String)>| e.as_ref().map(|(at, e)| TimedError { at: format_time(*at), error: e.clone() });
+        let timed = |e: &Option<(Time, String)>| {
+            e.as_ref().map(|(at, e)| TimedError { at: format_time(*at), error: e.clone() })
+        };
         JobRuleStatus {
             name: r.name.clone(),
             namespace: r.namespace.clone(),
@@ -147,7 +149,12 @@ impl JobRecord {
             paused: r.policy.paused,
             last_poll: self.last_poll.map(format_time),
             next_poll: self.next_poll.map(format_time),
-            backlog: r.triggers.iter().zip(&self.backlog).filter_map(|(q, b)| Some((q.display().to_owned(), (*b)?))).collect(),
+            backlog: r
+                .triggers
+                .iter()
+                .zip(&self.backlog)
+                .filter_map(|(q, b)| Some((q.display().to_owned(), (*b)?)))
+                .collect(),
             active: self.active,
             running: self.counts.map(|c| c.counted()),
             pending: self.counts.map(|c| c.pending),
@@ -365,7 +372,8 @@ pub fn job_lines(jobs: &[JobRuleStatus], orphans: &[OrphanedJob]) -> String {
     let mut out = String::new();
     for j in jobs {
         let n = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        let backlog: Vec<String> = j.backlog.values().map(|b| b.map_or_else(|| "?".to_owned(), |b| b.to_string())).collect();
+        let backlog: Vec<String> =
+            j.backlog.values().map(|b| b.map_or_else(|| "?".to_owned(), |b| b.to_string())).collect();
         let backlog = if backlog.is_empty() { "-".to_owned() } else { backlog.join("+") };
         out.push_str(&format!(
             "job {} ({}): backlog {backlog}, running {} of {}, pending {}, created {} (last poll {}), deleted {}+{}, {}",
@@ -380,7 +388,9 @@ pub fn job_lines(jobs: &[JobRuleStatus], orphans: &[OrphanedJob]) -> String {
             j.deleted.rollout,
             if j.paused { "paused" } else { j.last_reason.as_deref().unwrap_or("not polled yet") },
         ));
-        for (what, e) in [("poll", &j.last_poll_error), ("create", &j.last_create_error), ("delete", &j.last_delete_error)] {
+        for (what, e) in
+            [("poll", &j.last_poll_error), ("create", &j.last_create_error), ("delete", &j.last_delete_error)]
+        {
             if let Some(e) = e {
                 out.push_str(&format!("; last {what} error at {}: {}", e.at, e.error));
             }
@@ -389,7 +399,10 @@ pub fn job_lines(jobs: &[JobRuleStatus], orphans: &[OrphanedJob]) -> String {
     }
     for o in orphans {
         let state = if o.finished { "finished" } else { "running" };
-        out.push_str(&format!("orphaned Job {}/{} of removed job rule {} ({state})\n", o.namespace, o.name, o.job_rule));
+        out.push_str(&format!(
+            "orphaned Job {}/{} of removed job rule {} ({state})\n",
+            o.namespace, o.name, o.job_rule
+        ));
     }
     out
 }
