@@ -91,13 +91,15 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
     async fn turn(&mut self) {
         let now = self.deps.clock.now();
         let next_poll = Time(now.0 + self.rule.polling_interval.as_millis() as i64);
-        if self.rule.policy.paused {
+        let rule = self.rule.clone();
+        let policy = policy_at(&rule, now);
+        if policy.paused {
             // Spec §8: no SQS call, no create, no delete, no rollout (it waits for the
             // reload that unpauses, which keeps the owed flag).
             self.report(JobPollReport {
                 at: now,
                 next_poll,
-                decision: Some(job::decide(&self.rule.policy, &[], None, now)),
+                decision: Some(job::decide(&policy, &[], None, now)),
                 ..JobPollReport::default()
             });
             return;
@@ -114,7 +116,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
             }
             return;
         }
-        self.poll(now, next_poll).await;
+        self.poll(&policy, now, next_poll).await;
     }
 
     /// Pays an owed rollout (spec §7, §12.6): with the `default` strategy, deletes every
@@ -179,7 +181,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
         }
     }
 
-    async fn poll(&mut self, now: Time, next_poll: Time) {
+    async fn poll(&mut self, policy: &job::JobPolicy, now: Time, next_poll: Time) {
         let started = Instant::now();
         let rule = self.rule.clone();
         let mut report = JobPollReport { at: now, next_poll, ..JobPollReport::default() };
@@ -202,7 +204,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
             }
         };
         let view = snapshot.as_ref().map(JobsSnapshot::view);
-        let decision = job::decide(&rule.policy, &report.queues, view.as_ref(), now);
+        let decision = job::decide(policy, &report.queues, view.as_ref(), now);
         report.decision = Some(decision);
 
         if let Some(view) = &view {
@@ -212,7 +214,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
                 debug!(job = %rule.name, reason = %decision.reason, backlog = decision.backlog, "creating no Jobs");
             }
             // Spec §4.1: every poll, active or not, after the creates.
-            let old = job::cleanup(&rule.policy, view, now);
+            let old = job::cleanup(policy, view, now);
             if !old.is_empty() {
                 let (deleted, error) = self.delete_all(&old, Propagation::Background).await;
                 report.deleted = deleted;
@@ -335,6 +337,25 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
         }
         result
     }
+}
+
+/// The rule's policy at `now`: its own, or with the open `[[job.schedule]]` windows'
+/// min, max and pause in force (the largest min, the smallest max, any pause), as a
+/// rule's schedules apply. A window's min above the max in force is taken down to it:
+/// the rule file rejects min > max, and KEDA's arithmetic for it (a cap of 2 × max)
+/// would surprise a schedule's author.
+fn policy_at(rule: &JobRule, now: Time) -> std::borrow::Cow<'_, job::JobPolicy> {
+    let Some(o) = crate::engine::schedule::in_force(&rule.schedules, now) else {
+        return std::borrow::Cow::Borrowed(&rule.policy);
+    };
+    let mut policy = rule.policy.clone();
+    policy.max_replica_count = o.max.or(policy.max_replica_count);
+    policy.min_replica_count = o.min.unwrap_or(policy.min_replica_count);
+    if let Some(max) = policy.max_replica_count {
+        policy.min_replica_count = policy.min_replica_count.min(max);
+    }
+    policy.paused |= o.paused;
+    std::borrow::Cow::Owned(policy)
 }
 
 /// Runs a write for at most `budget`; past it the write is abandoned.

@@ -672,3 +672,37 @@ async fn a_job_task_is_small() {
     println!("turn future: {size} bytes");
     assert!(size <= 1536, "a job rule's turn future is {size} bytes");
 }
+
+/// An open `[[job.schedule]]` window's max caps the creates and its pause stops the
+/// polls, as a rule's schedules do; with the window closed, the rule's own numbers.
+#[tokio::test(start_paused = true)]
+async fn an_open_schedule_window_sets_the_max_and_the_pause() {
+    use crate::engine::schedule::{Schedule, parse_cron, time_zone};
+    let window = |max: Option<u32>, paused: bool| Schedule {
+        pattern: "* * * * *".to_owned(),
+        cron: parse_cron("* * * * *").unwrap(),
+        timezone: "UTC".to_owned(),
+        tz: time_zone("UTC").unwrap(),
+        duration: Duration::from_secs(3600),
+        min: None,
+        max,
+        paused,
+    };
+    let deps = Arc::new(fakes(false));
+    deps.queues.inner().set("q", 5, 0);
+    let mut rule = job_rule("encode", "q", 10);
+    rule.schedules = vec![window(Some(2), false)];
+    let mut w = worker(rule.clone(), &deps, Leadership::unelected(), false);
+    tick(&mut w).await;
+    assert_eq!(deps.targets.with(|s| s.create_calls), 2, "the window's max");
+
+    rule.schedules = vec![window(None, true)];
+    let deps = Arc::new(fakes(false));
+    deps.queues.inner().set("q", 5, 0);
+    let mut w = worker(rule.clone(), &deps, Leadership::unelected(), false);
+    tick(&mut w).await;
+    assert_eq!((deps.queues.inner().reads(), deps.targets.with(|s| s.create_calls)), (0, 0), "paused by the window");
+
+    rule.schedules.clear();
+    assert!(matches!(policy_at(&rule, Time(0)), std::borrow::Cow::Borrowed(_)), "no window: the rule's own");
+}
