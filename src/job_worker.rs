@@ -208,10 +208,14 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
         report.decision = Some(decision);
 
         if let Some(view) = &view {
-            if decision.create > 0 {
-                self.create(decision, &mut report).await;
+            let create = self.granted(policy, &decision);
+            if create > 0 {
+                self.create(create, &decision, &mut report).await;
             } else {
                 debug!(job = %rule.name, reason = %decision.reason, backlog = decision.backlog, "creating no Jobs");
+            }
+            if let Some(counts) = decision.counts {
+                self.deps.observer.groups().ran_jobs(&rule, counts.counted().saturating_add(report.created));
             }
             // Spec §4.1: every poll, active or not, after the creates.
             let old = job::cleanup(policy, view, now);
@@ -237,12 +241,12 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
     /// reported, and the rest are still tried, as KEDA does; none is tried again in
     /// this poll (the next poll decides again, on counts that include what this one
     /// created). A lease that runs out ends the creates (spec §12.10).
-    async fn create(&mut self, decision: job::JobDecision, report: &mut JobPollReport) {
+    async fn create(&mut self, n: u32, decision: &job::JobDecision, report: &mut JobPollReport) {
         let rule = self.rule.clone();
-        for _ in 0..decision.create {
+        for _ in 0..n {
             let Some(budget) = self.write_budget() else {
                 if report.created + report.create_failures == 0 {
-                    debug!(job = %rule.name, create = decision.create, reason = %decision.reason, "not leading (or a dry run): creating no Jobs");
+                    debug!(job = %rule.name, create = n, reason = %decision.reason, "not leading (or a dry run): creating no Jobs");
                 } else {
                     info!(job = %rule.name, created = report.created, "the lease ran out: the poll's other creates are left to the next leader");
                 }
@@ -262,6 +266,23 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
             }
         }
         info!(job = %rule.name, created = report.created, failed = report.create_failures, reason = %decision.reason, backlog = decision.backlog, "created Jobs");
+    }
+
+    /// What of `decision.create` the rule's `[[group]]` grants (all of it outside a
+    /// group): its unfinished Jobs are its replicas in the group's ledger, and its
+    /// creates a step up weighed against the other members' (item 5 of issue 24).
+    fn granted(&self, policy: &job::JobPolicy, decision: &job::JobDecision) -> u32 {
+        let Some(counts) = decision.counts else { return 0 };
+        if self.rule.group.is_none() {
+            return decision.create;
+        }
+        let running = counts.counted();
+        let grant =
+            self.deps.observer.groups().grant_jobs(&self.rule, running, decision.create, policy.effective_min());
+        if grant.replicas < decision.create {
+            debug!(job = %self.rule.name, create = decision.create, granted = grant.replicas, denied = grant.denied, "group_capped");
+        }
+        grant.replicas.min(decision.create)
     }
 
     /// Deletes `names` in order with `propagation`, stopping at the first failure (KEDA's

@@ -706,3 +706,48 @@ async fn an_open_schedule_window_sets_the_max_and_the_pause() {
     rule.schedules.clear();
     assert!(matches!(policy_at(&rule, Time(0)), std::borrow::Cow::Borrowed(_)), "no window: the rule's own");
 }
+
+/// Job rules in a `[[group]]`: their unfinished Jobs are their replicas in its ledger,
+/// and their creates are a step up the group must grant. Nobody grows until every
+/// member has reported; then the higher priority takes the free capacity first, and
+/// the group's Jobs never exceed its max.
+#[tokio::test(start_paused = true)]
+async fn a_job_rule_in_a_group_creates_what_the_group_grants() {
+    let deps = Arc::new(fakes(false));
+    deps.queues.inner().set("qa", 10, 0);
+    deps.queues.inner().set("qb", 10, 0);
+    let (mut a, mut b) = (job_rule("a", "qa", 10), job_rule("b", "qb", 10));
+    (a.group, a.priority, b.group) = (Some("gpu".to_owned()), 10, Some("gpu".to_owned()));
+    let group = crate::config::Group { name: "gpu".to_owned(), max_replicas: 6 };
+    deps.observer.groups().configure_with_jobs(&[group], [], [&a, &b]);
+    let mut wa = worker(a, &deps, Leadership::unelected(), false);
+    // `worker` loads one record at a time: b's record replaces a's, so report to both.
+    let rb = Arc::new(b);
+    deps.observer.jobs_loaded(&[wa.rule.clone(), rb.clone()]);
+    deps.queues.set_needs_of(&[], &[wa.rule.clone(), rb.clone()]);
+    wa.record = deps.observer.job_record("a");
+    let mut wb = JobWorker::new(rb, deps.clone(), Leadership::unelected(), Arc::new(AtomicBool::new(false)));
+
+    wa.turn().await;
+    assert_eq!(deps.targets.unfinished("a"), 0, "b has not reported yet");
+    wb.turn().await;
+    assert_eq!(deps.targets.unfinished("b"), 0, "a's claim comes first");
+    tokio::time::advance(INTERVAL).await;
+    wa.turn().await;
+    assert_eq!(deps.targets.unfinished("a"), 6, "the group's free capacity");
+    wb.turn().await;
+    assert_eq!(deps.targets.unfinished("b"), 0);
+    let status = &deps.observer.groups().statuses()[0];
+    assert_eq!(status.replicas, 6);
+    let members: Vec<(&str, Option<u32>)> = status.members.iter().map(|m| (m.rule.as_str(), m.replicas)).collect();
+    assert_eq!(members, [("job a", Some(6)), ("job b", Some(0))]);
+
+    // Two of a's Jobs finish: b (lower priority) may take them once a's claim is met.
+    deps.targets.finish("a", 2, 1_000);
+    deps.queues.inner().set("qa", 4, 0);
+    tokio::time::advance(INTERVAL).await;
+    wa.turn().await;
+    wb.turn().await;
+    assert_eq!(deps.targets.unfinished("a") + deps.targets.unfinished("b"), 6, "never above the group's max");
+    assert_eq!(deps.targets.unfinished("b"), 2);
+}

@@ -95,7 +95,7 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
         deps.queues.set_needs_of(&rules, &jobs);
         deps.observer.rules_loaded(&rules);
         deps.observer.jobs_loaded(&jobs);
-        deps.observer.groups().configure(&groups, rules.iter().map(|r| &**r));
+        deps.observer.groups().configure_with_jobs(&groups, rules.iter().map(|r| &**r), jobs.iter().map(|j| &**j));
         let mut s = Supervisor {
             deps: Arc::new(deps),
             kubernetes,
@@ -329,7 +329,11 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
         self.deps.queues.set_needs_of(&running, &jobs.running);
         self.deps.observer.rules_loaded(&running);
         self.deps.observer.jobs_loaded(&jobs.running);
-        self.deps.observer.groups().configure(&new.groups, running.iter().map(|r| &**r));
+        self.deps.observer.groups().configure_with_jobs(
+            &new.groups,
+            running.iter().map(|r| &**r),
+            jobs.running.iter().map(|j| &**j),
+        );
         self.set_contexts(&running, &jobs.running);
         for name in &restarted {
             self.deps.observer.rule_restarted(name);
