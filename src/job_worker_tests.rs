@@ -751,3 +751,49 @@ async fn a_job_rule_in_a_group_creates_what_the_group_grants() {
     assert_eq!(deps.targets.unfinished("a") + deps.targets.unfinished("b"), 6, "never above the group's max");
     assert_eq!(deps.targets.unfinished("b"), 2);
 }
+
+/// What `/status` serves of a job rule is what `sqscale status` reads and prints: one
+/// line per job rule with its counts, reason and last errors, then the orphaned Jobs.
+#[tokio::test(start_paused = true)]
+async fn status_shows_a_job_rule_as_sqscale_status_prints_it() {
+    let deps = Arc::new(fakes(false));
+    deps.queues.inner().set("q", 3, 2);
+    deps.targets.add("encode", "encode-a", "h1", JobStatus::Unfinished { pending: false }, None);
+    deps.targets.add("gone", "gone-1", "h1", JobStatus::Complete, Some(1_000));
+    let mut w = worker(job_rule("encode", "q", 4), &deps, Leadership::unelected(), false);
+    tick(&mut w).await;
+    deps.queues.inner().set("q", 6, 3);
+    tick(&mut w).await;
+    deps.observer.set_orphans({
+        let jobs = deps.targets.clone();
+        let rule = w.rule.clone();
+        move || {
+            jobs.orphaned_jobs(&[&*rule])
+                .into_iter()
+                .map(|(namespace, job_rule, name, finished)| crate::status::OrphanedJob {
+                    namespace,
+                    job_rule,
+                    name,
+                    finished,
+                })
+                .collect()
+        }
+    });
+    let body =
+        json!({"rules": [], "jobs": deps.observer.job_statuses(), "orphaned_jobs": deps.observer.orphaned_jobs()});
+    let status: crate::status::Status = serde_json::from_value(body).unwrap();
+    let j = &status.jobs[0];
+    // Poll 1: 5 messages (3 visible, 2 in flight), 1 Job: 3 more, to the cap of 4.
+    assert_eq!((j.created_total, j.created_last_poll, j.running, j.pending), (3, 0, Some(4), Some(3)));
+    assert_eq!(j.last_reason.as_deref(), Some("at_max"));
+    let lines = crate::status::job_lines(&status.jobs, &status.orphaned_jobs);
+    assert!(
+        lines.starts_with(
+            "job encode (jobs): backlog 9, running 4 of 4, pending 3, created 3 (last poll 0), deleted 0+0, at_max"
+        ),
+        "{lines}"
+    );
+    // Poll 2 created nothing: at the cap already, so no create was even tried.
+    assert_eq!(deps.targets.with(|s| s.create_calls), 3);
+    assert!(lines.contains("orphaned Job jobs/gone-1 of removed job rule gone (finished)"), "{lines}");
+}

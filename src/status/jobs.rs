@@ -373,7 +373,7 @@ pub fn job_lines(jobs: &[JobRuleStatus], orphans: &[OrphanedJob]) -> String {
     for j in jobs {
         let n = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         let backlog: Vec<String> =
-            j.backlog.values().map(|b| b.map_or_else(|| "?".to_owned(), |b| b.to_string())).collect();
+            j.backlog.values().map(|b| b.map_or_else(|| "error".to_owned(), |b| b.to_string())).collect();
         let backlog = if backlog.is_empty() { "-".to_owned() } else { backlog.join("+") };
         out.push_str(&format!(
             "job {} ({}): backlog {backlog}, running {} of {}, pending {}, created {} (last poll {}), deleted {}+{}, {}",
