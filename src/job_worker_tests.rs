@@ -633,13 +633,27 @@ async fn a_reload_keeps_unchanged_job_rules_and_leaves_a_removed_ones_jobs() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(polls("a"), Some(2), "on its old schedule");
 
-    let mut a2 = a.clone();
+    // A change of another key (the max) restarts the job rule but kills nothing, even
+    // a Job of another template (spec §12.6).
+    jobs.add("a", "a-h0", "h0", JobStatus::Unfinished { pending: false }, None);
+    let mut a_max = a.clone();
+    a_max.policy.max_replica_count = Some(5);
+    let outcome = sup.reload(Ok(config(vec![a_max.clone()])));
+    assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(polls("a"), Some(3), "the changed rule polls at once");
+    assert!(jobs.with(|s| s.deletes.is_empty()), "no rollout for a change of the max");
+
+    let mut a2 = a_max.clone();
     a2.template = Arc::new(JobTemplate { hash: "h2".to_owned(), ..(*a.template).clone() });
     let outcome = sup.reload(Ok(config(vec![a2])));
     assert_eq!(outcome, ReloadOutcome::Applied { added: 0, removed: 0, changed: 1, unchanged: 0 });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(jobs.with(|s| s.deletes.clone()), [("a-old".to_owned(), Propagation::Background)]);
-    assert_eq!(polls("a"), Some(3), "the changed rule polls at once, after its rollout");
+    assert_eq!(
+        jobs.with(|s| s.deletes.clone()),
+        [("a-old".to_owned(), Propagation::Background), ("a-h0".to_owned(), Propagation::Background)]
+    );
+    assert_eq!(polls("a"), Some(4), "the changed template polls at once, after its rollout");
     let (_tx, mut rx) = tokio::sync::mpsc::channel(1);
     sup.shutdown(Duration::from_secs(5), &mut rx).await.unwrap();
 }

@@ -116,7 +116,7 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
         }
         for rule in jobs {
             // At start the running Jobs may come from any older template (spec §7).
-            let owed = rule.rollout.strategy == RolloutStrategy::Default;
+            let owed = Arc::new(AtomicBool::new(rule.rollout.strategy == RolloutStrategy::Default));
             s.spawn_job(rule, start, n, None, owed);
         }
         info!(rules = s.workers.len(), jobs = s.jobs.len(), dry_run = s.deps.dry_run, "started");
@@ -134,21 +134,21 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
     }
 
     /// Starts the task of job rule `rule`; with `previous` (cancelled already), only once
-    /// that task has ended, so two never create side by side. `rollout`: a rollout is
-    /// owed before the first poll.
+    /// that task has ended, so two never create side by side. `rollout`: whether a
+    /// rollout is owed before the first poll, a flag the task clears once it is paid
+    /// (shared with the task it replaces when the template is the same).
     fn spawn_job(
         &mut self,
         rule: Arc<JobRule>,
         start: Instant,
         rules: usize,
         previous: Option<RunningJob>,
-        rollout: bool,
+        rollout: Arc<AtomicBool>,
     ) {
         let cancel = self.root.child_token();
         let first_poll = start + job_start_offset(&rule, rules);
         let lead = self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(rule.context.as_deref()));
-        let owed = Arc::new(AtomicBool::new(rollout));
-        let run = job_worker::run(rule.clone(), self.deps.clone(), lead, cancel.clone(), first_poll, owed.clone());
+        let run = job_worker::run(rule.clone(), self.deps.clone(), lead, cancel.clone(), first_poll, rollout.clone());
         let work: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match previous {
             None => Box::pin(run),
             Some(previous) => Box::pin(async move {
@@ -162,7 +162,7 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
             Some(users) => self.tracker.spawn(users.track_future(work)),
             None => self.tracker.spawn(work),
         };
-        self.jobs.insert(rule.name.clone(), RunningJob { rule, cancel, task, rollout: owed });
+        self.jobs.insert(rule.name.clone(), RunningJob { rule, cancel, task, rollout });
     }
 
     /// Tells the Jobs adapter which job rules run (its caches follow them), and the
@@ -394,8 +394,16 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
                 Some(running) => {
                     counts[2] += 1;
                     running.cancel.cancel();
-                    let changed = running.rule.template.hash != rule.template.hash;
-                    let owed = owes && (changed || running.rollout.load(Ordering::Acquire));
+                    // The same template: the old task's flag goes on (it may still pay
+                    // the rollout before it stops); a new one: a rollout is owed.
+                    let owed = if running.rule.template.hash == rule.template.hash {
+                        running.rollout.clone()
+                    } else {
+                        Arc::new(AtomicBool::new(owes))
+                    };
+                    if !owes {
+                        owed.store(false, Ordering::Release);
+                    }
                     let rule = Arc::new(rule);
                     reload.restarted.push(rule.name.clone());
                     reload.start.push((rule.clone(), Some(running), owed));
@@ -404,7 +412,7 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
                 None => {
                     counts[0] += 1;
                     let rule = Arc::new(rule);
-                    reload.start.push((rule.clone(), None, owes));
+                    reload.start.push((rule.clone(), None, Arc::new(AtomicBool::new(owes))));
                     rule
                 }
             };
@@ -577,7 +585,7 @@ struct JobReload {
     /// Every job rule that runs after the reload.
     running: Vec<Arc<JobRule>>,
     /// The tasks to start: the rule, the task it replaces, whether a rollout is owed.
-    start: Vec<(Arc<JobRule>, Option<RunningJob>, bool)>,
+    start: Vec<(Arc<JobRule>, Option<RunningJob>, Arc<AtomicBool>)>,
     /// The names of changed job rules.
     restarted: Vec<String>,
     /// The names of removed job rules.
