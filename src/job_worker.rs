@@ -147,6 +147,14 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
             }
             Err(e) => {
                 warn!(job = %rule.name, error = %e, kind = e.kind(), "reading the Jobs for the rollout failed; trying again next poll");
+                // Shown and counted as a poll's failed read: no poll happens meanwhile.
+                self.report(JobPollReport {
+                    at: now,
+                    next_poll: Time(now.0 + rule.polling_interval.as_millis() as i64),
+                    read_errors: vec![e.to_string()],
+                    kubernetes_errors: 1,
+                    ..JobPollReport::default()
+                });
                 return false;
             }
         };
