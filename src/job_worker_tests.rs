@@ -54,6 +54,8 @@ struct Jobs {
     /// (job rule, Job), in creation order.
     jobs: Vec<(String, SeenJob)>,
     untrusted: bool,
+    /// The Jobs cannot be read at all.
+    fail_reads: bool,
     fail_creates: bool,
     create_calls: u32,
     created: u32,
@@ -110,6 +112,9 @@ impl FakeJobs {
 impl JobTarget for FakeJobs {
     async fn jobs(&self, rule: &JobRule) -> Result<Option<JobsSnapshot>, TargetError> {
         let s = self.0.lock().unwrap();
+        if s.fail_reads {
+            return Err(TargetError::new("Jobs of jobs/encode", TargetErrorKind::Unreachable, "connection refused"));
+        }
         if s.untrusted {
             return Ok(None);
         }
@@ -810,4 +815,47 @@ async fn status_shows_a_job_rule_as_sqscale_status_prints_it() {
     // Poll 2 created nothing: at the cap already, so no create was even tried.
     assert_eq!(deps.targets.with(|s| s.create_calls), 3);
     assert!(lines.contains("orphaned Job jobs/gone-1 of removed job rule gone (finished)"), "{lines}");
+}
+
+/// A failed queue read creates nothing (a Job cannot be taken back) but cleanup still
+/// runs; both kinds of failed read count under the job rule's name; a cold standby
+/// reads nothing at all until it leads.
+#[tokio::test(start_paused = true)]
+async fn failed_reads_create_nothing_and_a_cold_standby_reads_nothing() {
+    let deps = Arc::new(fakes(false));
+    let mut rule = job_rule("encode", "q", 10);
+    rule.policy.successful_jobs_history_limit = 0;
+    deps.targets.add("encode", "encode-done", "h1", JobStatus::Complete, Some(1_000));
+    // "q" is not set: its reads fail.
+    let (switch, lead) = LeadSwitch::new(Standby::Cold);
+    let mut w = worker(rule, &deps, lead, false);
+    tick(&mut w).await;
+    assert_eq!(deps.queues.inner().reads(), 0, "a cold standby reads no queue");
+    assert_eq!(deps.observer.job_statuses()[0].polls, 0);
+
+    switch.lead_for(Duration::from_secs(600));
+    tick(&mut w).await;
+    assert_eq!(deps.queues.inner().reads(), 1);
+    assert_eq!(deps.targets.with(|s| (s.create_calls, s.deletes.len())), (0, 1), "no create, the cleanup");
+    let status = &deps.observer.job_statuses()[0];
+    assert_eq!(status.last_reason.as_deref(), Some("poll_failed"));
+    assert!(status.last_poll_error.as_ref().is_some_and(|e| e.error.contains("scripted failure")), "{status:?}");
+    assert_eq!(status.backlog.values().copied().collect::<Vec<_>>(), [None]);
+    let m = deps.observer.encode_metrics();
+    assert_eq!(
+        series(&m, "sqscale_poll_errors_total{"),
+        ["sqscale_poll_errors_total{job=\"encode\",source=\"sqs\"} 1"]
+    );
+
+    // The Jobs cannot be read: nothing is created or deleted on a guess.
+    deps.queues.inner().set("q", 4, 0);
+    deps.targets.add("encode", "encode-done-2", "h1", JobStatus::Complete, Some(2_000));
+    deps.targets.with(|s| s.fail_reads = true);
+    tick(&mut w).await;
+    assert_eq!(deps.targets.with(|s| (s.create_calls, s.deletes.len())), (0, 1));
+    let status = &deps.observer.job_statuses()[0];
+    assert_eq!(status.last_reason.as_deref(), Some("counts_untrusted"));
+    assert!(status.last_poll_error.as_ref().is_some_and(|e| e.error.contains("connection refused")), "{status:?}");
+    let m = deps.observer.encode_metrics();
+    assert!(m.contains("sqscale_poll_errors_total{job=\"encode\",source=\"kubernetes\"} 1"), "{m}");
 }
