@@ -23,6 +23,8 @@ use crate::workload::{ScaleTarget, TargetEvent, TargetView};
 struct FakeQueues {
     counts: Mutex<HashMap<String, Option<(u64, u64)>>>,
     reads: Mutex<u32>,
+    /// What each read asked for.
+    attrs: Mutex<Vec<Attrs>>,
 }
 
 impl FakeQueues {
@@ -36,8 +38,9 @@ impl FakeQueues {
 }
 
 impl QueueReader for FakeQueues {
-    async fn read(&self, q: &QueueSource, _attrs: Attrs) -> Result<Counts, SourceError> {
+    async fn read(&self, q: &QueueSource, attrs: Attrs) -> Result<Counts, SourceError> {
         *self.reads.lock().unwrap() += 1;
+        self.attrs.lock().unwrap().push(attrs);
         match self.counts.lock().unwrap().get(&q.name).copied().flatten() {
             Some((visible, in_flight)) => Ok(Counts { visible, in_flight, delayed: 0 }),
             None => Err(SourceError::new(&q.name, SourceErrorKind::Unreachable, "scripted failure")),
@@ -858,4 +861,36 @@ async fn failed_reads_create_nothing_and_a_cold_standby_reads_nothing() {
     assert!(status.last_poll_error.as_ref().is_some_and(|e| e.error.contains("connection refused")), "{status:?}");
     let m = deps.observer.encode_metrics();
     assert!(m.contains("sqscale_poll_errors_total{job=\"encode\",source=\"kubernetes\"} 1"), "{m}");
+}
+
+/// A rule and a job rule reading one queue share its slot: one read a round serves
+/// both, and it fetches what either counts (the job rule's in-flight messages here).
+#[tokio::test(start_paused = true)]
+async fn a_rule_and_a_job_rule_on_one_queue_share_its_reads() {
+    let deps = fakes(false);
+    let rules: Vec<Arc<crate::config::Rule>> = crate::config::from_str(
+        "[[rule]]\nname = \"r\"\ntarget = { kind = \"Deployment\", name = \"d\" }\n\
+         [[rule.trigger]]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\nqueue_length = 5\n\
+         scale_on_in_flight = false\n",
+    )
+    .unwrap()
+    .rules
+    .into_iter()
+    .map(Arc::new)
+    .collect();
+    let mut job = job_rule("encode", "q", 10);
+    // The rule's queue, as the rule file resolves it.
+    job.triggers = rules[0].triggers.clone();
+    let job = Arc::new(job);
+    deps.queues.set_needs_of(&rules, std::slice::from_ref(&job));
+    let (a, b) = (deps.queues.slot(&rules[0], 0), deps.queues.job_slot(&job, 0));
+    assert!(Arc::ptr_eq(&a, &b), "one slot for the queue");
+    deps.queues.inner().set("q", 3, 2);
+    let rule_read = deps.queues.read(&a, &rules[0].triggers[0], Attrs::default()).await.unwrap();
+    let job_read = deps.queues.read(&b, &job.triggers[0], Attrs::of(&job.trigger_policies[0])).await.unwrap();
+    assert_eq!(deps.queues.inner().reads(), 1, "one read for both");
+    let asked = deps.queues.inner().attrs.lock().unwrap().clone();
+    assert_eq!(asked, [Attrs { in_flight: true, delayed: false }], "the rule's read fetched the job rule's part too");
+    assert_eq!(rule_read, job_read);
+    assert_eq!(job.trigger_policies[0].backlog(&job_read), 5, "in flight counted for the job rule");
 }
