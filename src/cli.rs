@@ -509,8 +509,12 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
             if let Some(election) = &status.leader_election {
                 print!("{}", crate::status::election_lines(election));
             }
-            print!("{}", crate::status::table(&status.rules));
+            // A file of job rules alone has no rules' table.
+            if !status.rules.is_empty() || status.jobs.is_empty() {
+                print!("{}", crate::status::table(&status.rules));
+            }
             print!("{}", crate::status::group_lines(&status.groups));
+            print!("{}", crate::status::job_lines(&status.jobs, &status.orphaned_jobs));
             for g in &status.groups {
                 if let Some(note) = &g.note {
                     eprintln!("note: group {}: {note}", g.group);

@@ -74,6 +74,8 @@ pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Contr
     // Build every context's client now: a broken kubeconfig is a start-up error,
     // not a warning on every poll.
     let mut contexts: Vec<Option<&str>> = config.rules.iter().map(|r| r.context.as_deref()).collect();
+    contexts.extend(config.jobs.iter().map(|j| j.context.as_deref()));
+    contexts.sort_unstable();
     contexts.dedup();
     for context in contexts {
         kube.client(context).await?;
@@ -134,12 +136,16 @@ pub async fn run(config: Config, options: Options, control: mpsc::Receiver<Contr
     Ok(outcome?)
 }
 
-/// Gives every rule its kube context by name (`[kubernetes] context`, else the
+/// Gives every rule and job rule its kube context by name (`[kubernetes] context`, else the
 /// kubeconfig's current-context; `None` only in a cluster without a kubeconfig), so a rule
 /// that names the default context and a rule that names none share one client, one
 /// watch per namespace and kind, and one elector on the Lease.
 fn name_contexts(config: &mut Config, kube: &Kube) {
     for rule in &mut config.rules {
+        let name = kube.context_key(rule.context.as_deref());
+        rule.context = (!name.is_empty()).then(|| name.to_owned());
+    }
+    for rule in &mut config.jobs {
         let name = kube.context_key(rule.context.as_deref());
         rule.context = (!name.is_empty()).then(|| name.to_owned());
     }

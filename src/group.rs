@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::config::{Group, Rule};
+use crate::config::{Group, JobRule, Rule};
 use crate::engine::group::{Member, share_of};
 use crate::engine::{Decision, Phase, Reason};
 use crate::sync::lock;
@@ -75,6 +75,11 @@ pub struct MemberStatus {
     pub denied: u32,
 }
 
+/// A job rule's name in its group's ledger.
+fn job_member(name: &str) -> String {
+    format!("job {name}")
+}
+
 /// Every group of the running rule file.
 #[derive(Debug, Default)]
 pub struct Groups {
@@ -86,25 +91,55 @@ impl Groups {
     /// reload). A member that stays in its group keeps what it reported; a new one
     /// must report before anyone in its group scales up again.
     pub fn configure<'a>(&self, groups: &[Group], rules: impl IntoIterator<Item = &'a Rule>) {
+        self.configure_with_jobs(groups, rules, []);
+    }
+
+    /// [`Groups::configure`], with job rules among the members: a job rule's replicas
+    /// are its unfinished Jobs, and it is listed as `job <name>` (a job rule may share
+    /// a rule's name).
+    pub fn configure_with_jobs<'a>(
+        &self,
+        groups: &[Group],
+        rules: impl IntoIterator<Item = &'a Rule>,
+        jobs: impl IntoIterator<Item = &'a JobRule>,
+    ) {
         let mut ledgers = lock(&self.ledgers);
         let mut old = std::mem::take(&mut *ledgers);
         for g in groups {
             ledgers.insert(g.name.clone(), Ledger { max_replicas: g.max_replicas, members: BTreeMap::new() });
         }
-        for rule in rules {
-            let Some(group) = &rule.group else { continue };
+        let members =
+            rules.into_iter().map(|r| (r.name.clone(), &r.group, &r.context, r.priority, r.policy.min)).chain(
+                jobs.into_iter()
+                    .map(|j| (job_member(&j.name), &j.group, &j.context, j.priority, j.policy.effective_min())),
+            );
+        for (name, group, context, priority, min) in members {
+            let Some(group) = group else { continue };
             let Some(ledger) = ledgers.get_mut(group) else { continue };
-            let kept = old.get_mut(group).and_then(|l| l.members.remove(&rule.name));
+            let kept = old.get_mut(group).and_then(|l| l.members.remove(&name));
             let (current, want, denied) = kept.map_or((None, 0, 0), |s| (s.current, s.want, s.denied));
-            let seen = Seen {
-                context: rule.context.clone(),
-                priority: rule.priority,
-                min: rule.policy.min,
-                current,
-                want,
-                denied,
-            };
-            ledger.members.insert(rule.name.clone(), seen);
+            let seen = Seen { context: context.clone(), priority, min, current, want, denied };
+            ledger.members.insert(name, seen);
+        }
+    }
+
+    /// How many of the `create` Jobs job rule `rule` decided on its group lets it
+    /// create, with `running` Jobs unfinished now (KEDA's running count) and `min` its
+    /// min in force: its creates are its step up, weighed against the other members as
+    /// a rule's are. A job rule in no group creates what it decided. Report what it
+    /// runs after the creates with [`Groups::ran_jobs`].
+    pub fn grant_jobs(&self, rule: &JobRule, running: u32, create: u32, min: u32) -> Grant {
+        let Some(group) = &rule.group else { return Grant { replicas: create, denied: 0 } };
+        let want = running.saturating_add(create);
+        let grant = self.grant_member(group, &job_member(&rule.name), running, want, want, min);
+        Grant { replicas: grant.replicas.saturating_sub(running), denied: grant.denied }
+    }
+
+    /// Job rule `rule` now runs `running` unfinished Jobs (after its creates).
+    pub fn ran_jobs(&self, rule: &JobRule, running: u32) {
+        let Some(group) = &rule.group else { return };
+        if let Some(me) = lock(&self.ledgers).get_mut(group).and_then(|l| l.members.get_mut(&job_member(&rule.name))) {
+            me.current = Some(running);
         }
     }
 
@@ -117,14 +152,20 @@ impl Groups {
     pub fn grant(&self, rule: &Rule, current: u32, step: u32, claim: u32, min: u32) -> Grant {
         let unlimited = Grant { replicas: step, denied: 0 };
         let Some(group) = &rule.group else { return unlimited };
+        self.grant_member(group, &rule.name, current, step, claim, min)
+    }
+
+    /// [`Groups::grant`] for the member `name` of `group`.
+    fn grant_member(&self, group: &str, name: &str, current: u32, step: u32, claim: u32, min: u32) -> Grant {
+        let unlimited = Grant { replicas: step, denied: 0 };
         let mut ledgers = lock(&self.ledgers);
         let Some(ledger) = ledgers.get_mut(group) else { return unlimited };
-        let Some(me) = ledger.members.get_mut(&rule.name) else { return unlimited };
+        let Some(me) = ledger.members.get_mut(name) else { return unlimited };
         let claim = claim.max(step);
         me.current = Some(current);
         me.want = claim;
         me.min = min;
-        let member = Member { name: &rule.name, priority: me.priority, current, min: me.min, want: claim };
+        let member = Member { name, priority: me.priority, current, min: me.min, want: claim };
         if member.asks() == 0 {
             // Holding, scaling in, or rising to its min: nothing to weigh.
             me.denied = 0;
@@ -142,7 +183,7 @@ impl Groups {
             });
             share_of(ledger.max_replicas, members, &member)
         };
-        let me = ledger.members.get_mut(&rule.name).expect("the member is in its ledger");
+        let me = ledger.members.get_mut(name).expect("the member is in its ledger");
         me.denied = claim - allocated;
         // `allocated` is at least what the member keeps, so the step is never cut below it.
         Grant { replicas: step.min(allocated), denied: me.denied }

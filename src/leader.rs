@@ -239,6 +239,33 @@ impl Leadership {
     }
 }
 
+/// A leadership a unit test decides (on tokio's clock): leading for a while, or lost.
+#[cfg(test)]
+pub(crate) struct LeadSwitch {
+    publish: watch::Sender<Lead>,
+    clock: Clock,
+}
+
+#[cfg(test)]
+impl LeadSwitch {
+    /// A switch and the [`Leadership`] it drives, a standby of `standby` to begin with.
+    pub(crate) fn new(standby: Standby) -> (LeadSwitch, Leadership) {
+        let (clock, _) = Clock::test();
+        let (publish, lead) = watch::channel(Lead::Standby);
+        (LeadSwitch { publish, clock: clock.clone() }, Leadership::elected(lead, standby, clock))
+    }
+
+    /// Holds the lease for `d` from now.
+    pub(crate) fn lead_for(&self, d: Duration) {
+        self.publish.send_replace(Lead::Until(self.clock.now() + d));
+    }
+
+    /// Another instance leads.
+    pub(crate) fn lose(&self) {
+        self.publish.send_replace(Lead::Standby);
+    }
+}
+
 /// Why a round of the election failed (it is tried again on the next round).
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

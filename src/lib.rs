@@ -19,8 +19,11 @@
 //!   draws it.
 //! - [`import`]: `sqscale import-keda`, KEDA ScaledObjects to rules: a pure core,
 //!   `command` reads files or the cluster, `diff` compares with an existing file.
-//! - [`supervisor`]: one worker per rule, reloads applied as a diff, the drain on shutdown.
+//! - [`supervisor`]: one worker per rule and one task per job rule, reloads applied as
+//!   a diff (of both kinds), the drain on shutdown.
 //! - [`worker`]: one task per rule: read the target and the queues, decide, write.
+//! - [`job_worker`]: one task per job rule: read the queues and one snapshot of its
+//!   Jobs, decide, create Jobs, clean up the history; the rollout of a changed template.
 //! - [`leader`]: Lease election per kube context. Each context's elector publishes on a
 //!   `watch` channel; every worker holds its context's [`leader::Leadership`] and writes
 //!   only within what it last said.
@@ -32,7 +35,8 @@
 //!   writes, `kube::access` the permissions and the access review), `auth` refreshing
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
-//! - [`status`]: each rule's record, readiness and health; `status::metrics` the
+//! - [`status`]: each rule's and job rule's record (`status::jobs`), readiness and
+//!   health; `status::metrics` the
 //!   Prometheus side, `status::leadership` the election as `/status` and
 //!   `sqscale_is_leader` show it, `status::client` the `sqscale status` and `sqscale health` client.
 //! - [`server`]: the HTTP listener for `/metrics`, `/healthz`, `/readyz` and `/status`.
@@ -58,6 +62,7 @@ pub mod engine;
 pub mod error;
 pub mod group;
 pub mod import;
+pub mod job_worker;
 pub mod leader;
 pub mod proxy;
 pub mod server;

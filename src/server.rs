@@ -157,6 +157,14 @@ async fn status(State(o): State<Arc<Observer>>) -> Response {
     if !groups.is_empty() {
         body["groups"] = serde_json::json!(groups);
     }
+    let jobs = o.job_statuses();
+    if !jobs.is_empty() {
+        body["jobs"] = serde_json::json!(jobs);
+    }
+    let orphans = o.orphaned_jobs();
+    if !orphans.is_empty() {
+        body["orphaned_jobs"] = serde_json::json!(orphans);
+    }
     axum::Json(body).into_response()
 }
 

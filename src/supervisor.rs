@@ -13,13 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigErrors, KubernetesSettings, LeaderElection, Rule, ServerSettings};
+use crate::config::{
+    Config, ConfigErrors, JobRule, KubernetesSettings, LeaderElection, RolloutStrategy, Rule, ServerSettings,
+};
 use crate::engine::State;
+use crate::job_worker;
 use crate::leader::{Electors, Leadership};
 use crate::signals::Control;
 use crate::source::QueueReader;
 use crate::worker::{self, Deps};
 use crate::workload::ScaleTarget;
+use crate::workload::jobs::JobTarget;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How a reload went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +46,15 @@ pub enum Aborted {
     Deadline,
 }
 
+/// A job rule's running task.
+struct RunningJob {
+    rule: Arc<JobRule>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    /// A rollout is owed (see [`job_worker::run`]): shared with the task, which clears it.
+    rollout: Arc<AtomicBool>,
+}
+
 struct Running {
     rule: Arc<Rule>,
     cancel: CancellationToken,
@@ -58,13 +72,15 @@ pub struct Supervisor<Q, T> {
     server: ServerSettings,
     leader_election: LeaderElection,
     workers: HashMap<String, Running>,
+    /// One task per job rule, by name.
+    jobs: HashMap<String, RunningJob>,
     tracker: TaskTracker,
     root: CancellationToken,
     /// With leader election: an elector per kube context the rules use.
     leader: Option<Electors>,
 }
 
-impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
+impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`.
     pub fn start(config: Config, deps: Deps<Q, T>) -> Self {
         Supervisor::start_electing(config, deps, None)
@@ -73,29 +89,101 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// Starts a worker for every rule of `config`, and with `leader`, an elector for
     /// every kube context they use.
     pub fn start_electing(config: Config, deps: Deps<Q, T>, leader: Option<Electors>) -> Self {
-        let Config { kubernetes, server, leader_election, groups, rules, .. } = config;
+        let Config { kubernetes, server, leader_election, groups, rules, jobs, .. } = config;
         let rules: Vec<Arc<Rule>> = rules.into_iter().map(Arc::new).collect();
-        deps.queues.set_needs(&rules);
+        let jobs: Vec<Arc<JobRule>> = jobs.into_iter().map(Arc::new).collect();
+        deps.queues.set_needs_of(&rules, &jobs);
         deps.observer.rules_loaded(&rules);
-        deps.observer.groups().configure(&groups, rules.iter().map(|r| &**r));
+        deps.observer.jobs_loaded(&jobs);
+        deps.observer.groups().configure_with_jobs(&groups, rules.iter().map(|r| &**r), jobs.iter().map(|j| &**j));
         let mut s = Supervisor {
             deps: Arc::new(deps),
             kubernetes,
             server,
             leader_election,
             workers: HashMap::new(),
+            jobs: HashMap::new(),
             tracker: TaskTracker::new(),
             root: CancellationToken::new(),
             leader,
         };
-        s.set_contexts(&rules);
+        s.set_contexts(&rules, &jobs);
         s.keep_state(&rules);
-        let (n, start) = (rules.len(), Instant::now());
+        s.watch_jobs(&jobs);
+        let (n, start) = (rules.len() + jobs.len(), Instant::now());
         for rule in rules {
             s.spawn(rule, start, n, None);
         }
-        info!(rules = s.workers.len(), dry_run = s.deps.dry_run, "started");
+        for rule in jobs {
+            // At start the running Jobs may come from any older template (spec §7).
+            let owed = Arc::new(AtomicBool::new(rule.rollout.strategy == RolloutStrategy::Default));
+            s.spawn_job(rule, start, n, None, owed);
+        }
+        info!(rules = s.workers.len(), jobs = s.jobs.len(), dry_run = s.deps.dry_run, "started");
         s
+    }
+
+    /// How many job rules run.
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The running job rule called `name`.
+    pub fn job_rule(&self, name: &str) -> Option<&JobRule> {
+        self.jobs.get(name).map(|r| &*r.rule)
+    }
+
+    /// Starts the task of job rule `rule`; with `previous` (cancelled already), only once
+    /// that task has ended, so two never create side by side. `rollout`: whether a
+    /// rollout is owed before the first poll, a flag the task clears once it is paid
+    /// (shared with the task it replaces when the template is the same).
+    fn spawn_job(
+        &mut self,
+        rule: Arc<JobRule>,
+        start: Instant,
+        rules: usize,
+        previous: Option<RunningJob>,
+        rollout: Arc<AtomicBool>,
+    ) {
+        let cancel = self.root.child_token();
+        let first_poll = start + job_start_offset(&rule, rules);
+        let lead = self.leader.as_ref().map_or_else(Leadership::unelected, |l| l.leadership(rule.context.as_deref()));
+        let run = job_worker::run(rule.clone(), self.deps.clone(), lead, cancel.clone(), first_poll, rollout.clone());
+        let work: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match previous {
+            None => Box::pin(run),
+            Some(previous) => Box::pin(async move {
+                if let Err(e) = previous.task.await {
+                    warn!(job = %previous.rule.name, error = %e, "the previous task of this job rule failed");
+                }
+                run.await
+            }),
+        };
+        let task = match self.leader.as_ref().and_then(|l| l.users(rule.context.as_deref())) {
+            Some(users) => self.tracker.spawn(users.track_future(work)),
+            None => self.tracker.spawn(work),
+        };
+        self.jobs.insert(rule.name.clone(), RunningJob { rule, cancel, task, rollout });
+    }
+
+    /// Tells the Jobs adapter which job rules run (its caches follow them), and the
+    /// observer where to ask for the Jobs of job rules that no longer run.
+    fn watch_jobs(&self, jobs: &[Arc<JobRule>]) {
+        let refs: Vec<&JobRule> = jobs.iter().map(|r| &**r).collect();
+        self.deps.targets.watch_jobs(&refs);
+        let (targets, running) = (self.deps.targets.clone(), jobs.to_vec());
+        self.deps.observer.set_orphans(move || {
+            let refs: Vec<&JobRule> = running.iter().map(|r| &**r).collect();
+            targets
+                .orphaned_jobs(&refs)
+                .into_iter()
+                .map(|(namespace, job_rule, name, finished)| crate::status::OrphanedJob {
+                    namespace,
+                    job_rule,
+                    name,
+                    finished,
+                })
+                .collect()
+        });
     }
 
     /// How many rules run.
@@ -147,10 +235,10 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
         }
     }
 
-    /// Tells the electors which kube contexts `rules` use.
-    fn set_contexts(&mut self, rules: &[Arc<Rule>]) {
+    /// Tells the electors which kube contexts `rules` and `jobs` use.
+    fn set_contexts(&mut self, rules: &[Arc<Rule>], jobs: &[Arc<JobRule>]) {
         if let Some(leader) = &mut self.leader {
-            leader.set_contexts(rules.iter().map(|r| r.context.clone()));
+            leader.set_contexts(rules.iter().map(|r| r.context.clone()).chain(jobs.iter().map(|j| j.context.clone())));
         }
     }
 
@@ -237,28 +325,121 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
             }
         }
         self.workers = keep;
-        self.deps.queues.set_needs(&running);
+        let (jobs, job_outcome) = self.diff_jobs(new.jobs);
+        self.deps.queues.set_needs_of(&running, &jobs.running);
         self.deps.observer.rules_loaded(&running);
-        self.deps.observer.groups().configure(&new.groups, running.iter().map(|r| &**r));
-        self.set_contexts(&running);
+        self.deps.observer.jobs_loaded(&jobs.running);
+        self.deps.observer.groups().configure_with_jobs(
+            &new.groups,
+            running.iter().map(|r| &**r),
+            jobs.running.iter().map(|j| &**j),
+        );
+        self.set_contexts(&running, &jobs.running);
         for name in &restarted {
             self.deps.observer.rule_restarted(name);
         }
+        for name in &jobs.restarted {
+            self.deps.observer.job_rule_restarted(name);
+        }
+        self.log_orphans(&jobs);
+        self.watch_jobs(&jobs.running);
         // What is kept for targets no rule reads any more (the watches) goes.
         let used: Vec<(Option<&str>, &crate::config::TargetRef)> =
             running.iter().map(|r| (r.context.as_deref(), &r.target)).collect();
         self.deps.targets.retain(&used);
         drop(used);
         self.keep_state(&running);
-        let (n, start) = (running.len(), Instant::now());
+        let (n, start) = (running.len() + jobs.running.len(), Instant::now());
         for rule in running {
             if !self.workers.contains_key(&rule.name) {
                 let previous = handed_over.remove(&rule.name);
                 self.spawn(rule, start, n, previous);
             }
         }
-        info!(added, removed, changed, unchanged, "rules reloaded");
-        ReloadOutcome::Applied { added, removed, changed, unchanged }
+        for (rule, previous, rollout) in jobs.start {
+            self.spawn_job(rule, start, n, previous, rollout);
+        }
+        let [jobs_added, jobs_removed, jobs_changed, jobs_unchanged] = job_outcome;
+        info!(
+            added,
+            removed, changed, unchanged, jobs_added, jobs_removed, jobs_changed, jobs_unchanged, "rules reloaded"
+        );
+        ReloadOutcome::Applied {
+            added: added + jobs_added,
+            removed: removed + jobs_removed,
+            changed: changed + jobs_changed,
+            unchanged: unchanged + jobs_unchanged,
+        }
+    }
+
+    /// Job rules are matched by name, like rules: an unchanged one keeps running (its
+    /// schedule and its task); a changed one restarts on the new rule once its task has
+    /// stopped, owing a rollout if the template hash changed (or the old task still
+    /// owed one: a paused rule's, say); a removed one stops and its Jobs are left to
+    /// finish (spec §12.5); an added one starts, owing a rollout as at start.
+    /// Returns the reload's job rules and `[added, removed, changed, unchanged]`.
+    fn diff_jobs(&mut self, new: Vec<JobRule>) -> (JobReload, [usize; 4]) {
+        let mut reload = JobReload::default();
+        let mut counts = [0; 4];
+        let mut keep = HashMap::new();
+        for rule in new {
+            let owes = rule.rollout.strategy == RolloutStrategy::Default;
+            let rule = match self.jobs.remove(&rule.name) {
+                Some(running) if *running.rule == rule => {
+                    counts[3] += 1;
+                    let rule = running.rule.clone();
+                    keep.insert(rule.name.clone(), running);
+                    rule
+                }
+                Some(running) => {
+                    counts[2] += 1;
+                    running.cancel.cancel();
+                    // The same template: the old task's flag goes on (it may still pay
+                    // the rollout before it stops); a new one: a rollout is owed.
+                    let owed = if running.rule.template.hash == rule.template.hash {
+                        running.rollout.clone()
+                    } else {
+                        Arc::new(AtomicBool::new(owes))
+                    };
+                    if !owes {
+                        owed.store(false, Ordering::Release);
+                    }
+                    let rule = Arc::new(rule);
+                    reload.restarted.push(rule.name.clone());
+                    reload.start.push((rule.clone(), Some(running), owed));
+                    rule
+                }
+                None => {
+                    counts[0] += 1;
+                    let rule = Arc::new(rule);
+                    reload.start.push((rule.clone(), None, Arc::new(AtomicBool::new(owes))));
+                    rule
+                }
+            };
+            reload.running.push(rule);
+        }
+        counts[1] = self.jobs.len();
+        for (name, old) in self.jobs.drain() {
+            old.cancel.cancel();
+            info!(job = %name, namespace = %old.rule.namespace, "job rule removed: its Jobs are left to finish");
+            reload.removed.push(name);
+        }
+        self.jobs = keep;
+        (reload, counts)
+    }
+
+    /// Logs, once, the unfinished Jobs of the job rules `reload` removed: nothing will
+    /// count or clean them up any more, and `status` lists them as orphaned.
+    fn log_orphans(&self, reload: &JobReload) {
+        if reload.removed.is_empty() {
+            return;
+        }
+        let running: Vec<&JobRule> = reload.running.iter().map(|r| &**r).collect();
+        for (namespace, job_rule, name, finished) in self.deps.targets.orphaned_jobs(&running) {
+            if !finished && reload.removed.contains(&job_rule) {
+                info!(job = %job_rule, %namespace, name, "left running: its job rule was removed");
+            }
+        }
     }
 
     /// The keys of `[kubernetes]`, `[server]` and `[leader_election]` that `new` sets
@@ -297,7 +478,7 @@ impl<Q: QueueReader, T: ScaleTarget> Supervisor<Q, T> {
     /// stop a write may still be on its way, so the leases are kept and expire on
     /// their own.
     pub async fn shutdown(self, grace: Duration, control: &mut mpsc::Receiver<Control>) -> Result<(), Aborted> {
-        info!(rules = self.workers.len(), "shutting down");
+        info!(rules = self.workers.len(), jobs = self.jobs.len(), "shutting down");
         self.root.cancel();
         self.tracker.close();
         let drained = drain(&self.tracker, grace, control).await;
@@ -376,17 +557,39 @@ pub const START_GRID: Duration = Duration::from_millis(8);
 /// at once (as KEDA's do), a big file spreads evenly. The offset comes from the rule's
 /// first queue, so rules reading one queue stay in step and share one read per round.
 pub fn start_offset(rule: &Rule, rules: usize) -> Duration {
+    offset(rule.polling_interval, rule.triggers.first(), rules)
+}
+
+fn offset(polling_interval: Duration, first_queue: Option<&crate::config::QueueSource>, rules: usize) -> Duration {
     use std::hash::{Hash, Hasher};
-    let window = rule.polling_interval.min(Duration::from_millis(rules as u64)).as_millis() as u64;
+    let window = polling_interval.min(Duration::from_millis(rules as u64)).as_millis() as u64;
     if window <= 1 {
         return Duration::ZERO;
     }
     // DefaultHasher::new() uses fixed keys: the same queue gets the same offset in
     // every run and on every host.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    rule.triggers.first().map(|q| q.display()).hash(&mut h);
+    first_queue.map(|q| q.display()).hash(&mut h);
     let grid = START_GRID.as_millis() as u64;
     Duration::from_millis(h.finish() % window / grid * grid)
+}
+
+/// When a job rule polls first, after it starts: as [`start_offset`] for rules.
+pub fn job_start_offset(rule: &JobRule, rules: usize) -> Duration {
+    offset(rule.polling_interval, rule.triggers.first(), rules)
+}
+
+/// What a reload does to the job rules ([`Supervisor::diff_jobs`]).
+#[derive(Default)]
+struct JobReload {
+    /// Every job rule that runs after the reload.
+    running: Vec<Arc<JobRule>>,
+    /// The tasks to start: the rule, the task it replaces, whether a rollout is owed.
+    start: Vec<(Arc<JobRule>, Option<RunningJob>, Arc<AtomicBool>)>,
+    /// The names of changed job rules.
+    restarted: Vec<String>,
+    /// The names of removed job rules.
+    removed: Vec<String>,
 }
 
 /// A reload that produced no configuration, as the rule file's problem.
@@ -396,7 +599,7 @@ fn failed_load(why: &str) -> ConfigErrors {
 
 /// Runs the daemon until [`Control::Shutdown`]: starts the rules, reloads on
 /// [`Control::Reload`] with `load`, then drains within `grace`.
-pub async fn run<Q: QueueReader, T: ScaleTarget>(
+pub async fn run<Q: QueueReader, T: ScaleTarget + JobTarget>(
     config: Config,
     deps: Deps<Q, T>,
     control: mpsc::Receiver<Control>,
@@ -408,7 +611,7 @@ pub async fn run<Q: QueueReader, T: ScaleTarget>(
 
 /// [`run`], with leader election when `leader` is given: its electors follow the kube
 /// contexts of the running rules, and stop after the drain.
-pub async fn run_electing<Q: QueueReader, T: ScaleTarget>(
+pub async fn run_electing<Q: QueueReader, T: ScaleTarget + JobTarget>(
     config: Config,
     deps: Deps<Q, T>,
     leader: Option<Electors>,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{QueueSource, Rule};
+use crate::config::{JobRule, QueueSource, Rule};
 use crate::engine::{Counts, TriggerPolicy};
 use crate::sync::lock;
 
@@ -144,10 +144,27 @@ pub struct Shared<R> {
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
 }
 
+/// A rule or a job rule reading a queue, and the trigger's index in it: a slot names
+/// its queue through it.
+#[derive(Clone)]
+enum Owner {
+    Rule(Arc<Rule>, usize),
+    Job(Arc<JobRule>, usize),
+}
+
+impl Owner {
+    fn queue(&self) -> Option<&QueueSource> {
+        match self {
+            Owner::Rule(rule, i) => rule.triggers.get(*i),
+            Owner::Job(rule, i) => rule.triggers.get(*i),
+        }
+    }
+}
+
 /// One queue's shared reads.
 pub struct Slot {
-    /// A rule reading this queue, and the trigger's index in it.
-    owner: Mutex<(Arc<Rule>, usize)>,
+    /// A rule (or job rule) reading this queue, and the trigger's index in it.
+    owner: Mutex<Owner>,
     /// What the rules reading this queue need, together.
     needs: Mutex<Attrs>,
     /// The last read; its lock is held while a read is in flight.
@@ -155,13 +172,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(needs: Attrs, rule: &Arc<Rule>, trigger: usize) -> Slot {
-        Slot { owner: Mutex::new((rule.clone(), trigger)), needs: Mutex::new(needs), last: Default::default() }
+    fn new(needs: Attrs, owner: Owner) -> Slot {
+        Slot { owner: Mutex::new(owner), needs: Mutex::new(needs), last: Default::default() }
     }
 
     fn reads(&self, queue: &QueueSource) -> bool {
-        let owner = lock(&self.owner);
-        owner.0.triggers.get(owner.1) == Some(queue)
+        lock(&self.owner).queue() == Some(queue)
     }
 }
 
@@ -187,23 +203,36 @@ impl<R: QueueReader> Shared<R> {
 
     /// Records which attributes each queue's readers need; called on start and reload.
     pub fn set_needs(&self, rules: &[Arc<Rule>]) {
-        let mut needs: HashMap<u64, (Attrs, &Arc<Rule>, usize)> = HashMap::new();
+        self.set_needs_of(rules, &[]);
+    }
+
+    /// [`Shared::set_needs`] for rules and job rules together: a queue read by both
+    /// is one slot, read once a round for all of them.
+    pub fn set_needs_of(&self, rules: &[Arc<Rule>], jobs: &[Arc<JobRule>]) {
+        let mut needs: HashMap<u64, (Attrs, Owner)> = HashMap::new();
+        let mut need = |q: &QueueSource, a: Attrs, owner: &dyn Fn() -> Owner| {
+            needs.entry(key(q)).and_modify(|n| n.0 = n.0.union(a)).or_insert_with(|| (a, owner()));
+        };
         for rule in rules {
             for (i, (t, q)) in rule.policy.triggers.iter().zip(&rule.triggers).enumerate() {
-                let a = Attrs::of(t);
-                needs.entry(key(q)).and_modify(|n| n.0 = n.0.union(a)).or_insert((a, rule, i));
+                need(q, Attrs::of(t), &|| Owner::Rule(rule.clone(), i));
+            }
+        }
+        for rule in jobs {
+            for (i, (t, q)) in rule.trigger_policies.iter().zip(&rule.triggers).enumerate() {
+                need(q, Attrs::of(t), &|| Owner::Job(rule.clone(), i));
             }
         }
         let mut slots = lock(&self.slots);
         slots.retain(|k, _| needs.contains_key(k));
-        for (k, (a, rule, i)) in needs {
+        for (k, (a, owner)) in needs {
             match slots.get(&k) {
                 Some(slot) => {
                     *lock(&slot.needs) = a;
-                    *lock(&slot.owner) = (rule.clone(), i);
+                    *lock(&slot.owner) = owner;
                 }
                 None => {
-                    slots.insert(k, Arc::new(Slot::new(a, rule, i)));
+                    slots.insert(k, Arc::new(Slot::new(a, owner)));
                 }
             }
         }
@@ -211,8 +240,17 @@ impl<R: QueueReader> Shared<R> {
 
     /// The slot of `rule`'s trigger `i`, shared with every rule reading the same queue.
     pub fn slot(&self, rule: &Arc<Rule>, i: usize) -> Arc<Slot> {
-        let queue = &rule.triggers[i];
-        let new = || Arc::new(Slot::new(Attrs::of(&rule.policy.triggers[i]), rule, i));
+        self.slot_for(&rule.triggers[i], Attrs::of(&rule.policy.triggers[i]), || Owner::Rule(rule.clone(), i))
+    }
+
+    /// The slot of job rule `rule`'s trigger `i`, shared with every rule and job rule
+    /// reading the same queue.
+    pub fn job_slot(&self, rule: &Arc<JobRule>, i: usize) -> Arc<Slot> {
+        self.slot_for(&rule.triggers[i], Attrs::of(&rule.trigger_policies[i]), || Owner::Job(rule.clone(), i))
+    }
+
+    fn slot_for(&self, queue: &QueueSource, attrs: Attrs, owner: impl FnOnce() -> Owner) -> Arc<Slot> {
+        let new = || Arc::new(Slot::new(attrs, owner()));
         match lock(&self.slots).entry(key(queue)) {
             Entry::Occupied(slot) if slot.get().reads(queue) => slot.get().clone(),
             // Two queues with one 64-bit hash: this one reads on its own.

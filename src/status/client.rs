@@ -20,6 +20,12 @@ pub struct Status {
     /// The `[[group]]`s (absent from older daemons, and without groups).
     #[serde(default)]
     pub groups: Vec<crate::group::GroupStatus>,
+    /// The `[[job]]` rules (absent from older daemons).
+    #[serde(default)]
+    pub jobs: Vec<JobRuleStatus>,
+    /// Jobs of job rules that no longer run (absent from older daemons).
+    #[serde(default)]
+    pub orphaned_jobs: Vec<OrphanedJob>,
 }
 
 /// Why `sqscale status` or `sqscale health` got no good answer from the daemon.

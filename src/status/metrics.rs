@@ -15,13 +15,15 @@ pub(super) struct Metrics {
     pub(super) poll_duration: Histogram,
     pub(super) reloads: Family<ResultLabels, Counter>,
     pub(super) rules: Gauge,
+    pub(super) job_rules: Gauge,
     pub(super) is_leader: Gauge,
     pub(super) sqs_fallbacks: crate::source::sqs::Fallbacks,
 }
 
-/// The per-rule families, rendered from the records when scraped.
+/// The per-rule families, rendered from the records when scraped (the job rules'
+/// failed reads and writes among them, in `sqscale_poll_errors_total{job,source}`).
 #[derive(Debug)]
-pub(super) struct RuleMetrics(pub(super) Records);
+pub(super) struct RuleMetrics(pub(super) Records, pub(super) super::jobs::JobRecords);
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,9 +83,28 @@ impl Collector for RuleMetrics {
             "direction",
             &|r| vec![("up", r.scales[UP]), ("down", r.scales[DOWN])],
         )?;
-        counted(&mut encoder, "sqscale_poll_errors", "Failed reads, by source (sqs or kubernetes)", "source", &|r| {
-            vec![("sqs", r.errors[SQS]), ("kubernetes", r.errors[KUBERNETES])]
-        })?;
+        {
+            // One family for rules (`rule`) and job rules (`job`): a job rule may share
+            // a rule's name, and its own label keeps the two series apart.
+            let help = "Failed reads and writes, by source (sqs or kubernetes)";
+            let mut family = encoder.encode_descriptor("sqscale_poll_errors", help, None, MetricType::Counter)?;
+            for r in rules.iter().map(|r| lock(&r.0)) {
+                for (source, n) in [("sqs", r.errors[SQS]), ("kubernetes", r.errors[KUBERNETES])] {
+                    if n > 0 {
+                        let labels = [("rule", r.rule.name.as_str()), ("source", source)];
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+            for r in lock(&self.1).iter().map(|r| lock(&r.0)) {
+                for (source, n) in [("sqs", r.errors[SQS]), ("kubernetes", r.errors[KUBERNETES])] {
+                    if n > 0 {
+                        let labels = [("job", r.rule.name.as_str()), ("source", source)];
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
         counted(&mut encoder, "sqscale_decisions", "Poll outcomes, by decision reason", "reason", &|r| {
             r.decisions.iter().map(|(reason, n)| (reason.as_str(), *n)).collect()
         })

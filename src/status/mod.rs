@@ -7,10 +7,12 @@
 //! report, the workers ask); [`client`] is `sqscale status` and `sqscale health`.
 
 mod client;
+mod jobs;
 mod leadership;
 mod metrics;
 
 pub use client::{AskError, Status, check_health, election_lines, fetch, group_lines, table};
+pub use jobs::{DeletedJobs, JobPollReport, JobRecordHandle, JobRuleStatus, OrphanedJob, TimedError, job_lines};
 use leadership::Campaign;
 pub use leadership::{ContextLead, ElectionStatus};
 use metrics::{Metrics, ProcessCollector, ResultLabels, RuleMetrics};
@@ -253,6 +255,10 @@ pub struct Observer {
     state_sizes: Arc<crate::workload::state::Sizes>,
     /// The `[[group]]` ledgers the workers ask for capacity; shown here.
     groups: Arc<crate::group::Groups>,
+    /// Every job rule's record, sorted by name.
+    jobs: jobs::JobRecords,
+    /// Where the orphaned Jobs are asked for (see [`Observer::set_orphans`]).
+    orphans: Mutex<Option<jobs::Orphans>>,
 }
 
 impl Default for Observer {
@@ -267,6 +273,7 @@ impl Observer {
             poll_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             reloads: Family::default(),
             rules: Gauge::default(),
+            job_rules: Gauge::default(),
             is_leader: Gauge::default(),
             sqs_fallbacks: crate::source::sqs::fallbacks(),
         };
@@ -275,7 +282,9 @@ impl Observer {
         let m = &metrics;
         r.register("sqscale_poll_duration_seconds", "Time one poll of one rule takes", m.poll_duration.clone());
         r.register("sqscale_config_reloads", "Rule file reloads, by result", m.reloads.clone());
+        // `[[rule]]`s only, as before job rules existed; job rules have their own gauge.
         r.register("sqscale_rules", "Rules running", m.rules.clone());
+        r.register("sqscale_job_rules", "Job rules running", m.job_rules.clone());
         r.register(
             "sqscale_sqs_fallbacks",
             "Direct GetQueueAttributes calls asked again through the AWS SDK, by reason",
@@ -286,7 +295,9 @@ impl Observer {
             "Build information",
             Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
-        r.register_collector(Box::new(RuleMetrics(rules.clone())));
+        let jobs = jobs::JobRecords::default();
+        r.register_collector(Box::new(RuleMetrics(rules.clone(), jobs.clone())));
+        r.register_collector(Box::new(jobs::JobMetrics(jobs.clone())));
         let groups = Arc::new(crate::group::Groups::default());
         r.register_collector(Box::new(metrics::GroupMetrics(groups.clone())));
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -300,6 +311,8 @@ impl Observer {
             restart_required: Mutex::default(),
             state_sizes: Arc::default(),
             groups,
+            jobs,
+            orphans: Mutex::default(),
         }
     }
 
@@ -454,12 +467,13 @@ impl Observer {
 
     /// Whether every rule has finished at least one poll.
     pub fn first_round(&self) -> Result<(), NotReady> {
-        let rules = lock(&self.rules);
-        if rules.is_empty() {
+        let (rules, jobs) = (lock(&self.rules), lock(&self.jobs));
+        if rules.is_empty() && jobs.is_empty() {
             return Err(NotReady::NoRules);
         }
-        let waiting: Vec<String> =
+        let mut waiting: Vec<String> =
             rules.iter().map(|r| lock(&r.0)).filter(|r| !r.polled).map(|r| r.rule.name.clone()).collect();
+        waiting.extend(jobs.iter().map(|r| lock(&r.0)).filter(|r| !r.polled).map(|r| format!("job {}", r.rule.name)));
         if waiting.is_empty() { Ok(()) } else { Err(NotReady::FirstPoll(waiting)) }
     }
 
@@ -477,12 +491,19 @@ impl Observer {
     /// without finishing a poll.
     pub fn health(&self, slack: Duration) -> Result<(), NotReady> {
         let now = Instant::now();
-        let stuck: Vec<(String, u64)> = lock(&self.rules)
+        let mut stuck: Vec<(String, u64)> = lock(&self.rules)
             .iter()
             .map(|r| lock(&r.0))
             .filter(|r| now.duration_since(r.since) > 2 * r.rule.polling_interval + slack)
             .map(|r| (r.rule.name.clone(), now.duration_since(r.since).as_secs()))
             .collect();
+        stuck.extend(
+            lock(&self.jobs)
+                .iter()
+                .map(|r| lock(&r.0))
+                .filter(|r| now.duration_since(r.since) > 2 * r.rule.polling_interval + slack)
+                .map(|r| (format!("job {}", r.rule.name), now.duration_since(r.since).as_secs())),
+        );
         if stuck.is_empty() { Ok(()) } else { Err(NotReady::Stuck(stuck)) }
     }
 

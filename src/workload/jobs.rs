@@ -108,3 +108,9 @@ pub trait JobTarget: Send + Sync + 'static {
         Vec::new()
     }
 }
+
+/// The job rules' half of the Kubernetes adapter is built beside this port (its own
+/// branch); until it lands, `Kube` answers with the port's defaults (no Jobs), which the
+/// job workers report as a failed read and never act on.
+// MERGE: drop this impl when `src/workload/kube/jobs.rs` (the real one) is merged.
+impl JobTarget for crate::workload::kube::Kube {}

@@ -99,6 +99,9 @@ struct Outcome {
 
 type FaultLog = Arc<Mutex<Vec<Outcome>>>;
 
+/// No Jobs: these faults are the `/scale` port's.
+impl sqscale::workload::jobs::JobTarget for Armed {}
+
 impl ScaleTarget for Armed {
     async fn read(&self, ctx: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
         self.kube.read(ctx, t).await

@@ -12,6 +12,7 @@ use sqscale::status::Observer;
 use sqscale::supervisor::{self, Aborted};
 use sqscale::worker::{Clock, Deps};
 use sqscale::workload::ScaleTarget;
+use sqscale::workload::jobs::JobTarget;
 use sqscale::workload::kube::Kube;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -35,11 +36,11 @@ impl Daemon {
 
     /// Starts on the rule file at `config` with `targets` (the real adapter, or the real
     /// adapter wrapped), the real SQS adapter and the system clock.
-    pub fn start_with<T: ScaleTarget>(config: &Path, targets: T) -> Daemon {
+    pub fn start_with<T: ScaleTarget + JobTarget>(config: &Path, targets: T) -> Daemon {
         Daemon::spawn(sqscale::config::load(config).expect("valid rule file"), config, targets)
     }
 
-    fn spawn<T: ScaleTarget>(cfg: Config, config: &Path, targets: T) -> Daemon {
+    fn spawn<T: ScaleTarget + JobTarget>(cfg: Config, config: &Path, targets: T) -> Daemon {
         let observer = Arc::new(Observer::new());
         let deps = Deps {
             queues: Arc::new(Shared::new(Sqs::new(TIMEOUT).with_fallbacks(observer.sqs_fallbacks()))),

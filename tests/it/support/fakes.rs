@@ -87,6 +87,9 @@ impl FakeTargets {
     }
 }
 
+/// No Jobs: the port's defaults (the job rules' own fake is in the unit tests).
+impl sqscale::workload::jobs::JobTarget for FakeTargets {}
+
 impl ScaleTarget for FakeTargets {
     async fn read(&self, _ctx: Option<&str>, t: &TargetRef) -> Result<TargetView, TargetError> {
         let o = self.objects.lock().unwrap().get(&t.name).cloned().ok_or_else(|| Self::missing(t))?;
