@@ -169,22 +169,17 @@ fn no_request(handle: &mut Mock) -> bool {
     futures::FutureExt::now_or_never(handle.next_request()).flatten().is_none()
 }
 
-/// The first read starts the two watches (one list each, with sqscale's label
-/// selectors) and waits for them; a create POSTs the manifest with sqscale's field
-/// manager and returns the generated name; the Job counts as created-unseen until the
-/// watch shows it, then as itself; once synced, reads make no request.
-#[tokio::test]
-async fn a_created_job_counts_until_the_watch_shows_it_and_reads_cost_no_request() {
-    let (kube, mut handle) = adapter();
-    let kube = Arc::new(kube);
-    let r = rule("encode");
+/// Reads `r`'s Jobs for the first time: answers the two lists (empty) and holds the two
+/// watches that follow (returned by kind, `Job` and `Pod`, unanswered), then checks the
+/// read's answer: no Jobs.
+async fn sync(kube: &Arc<Kube>, r: &JobRule, handle: &mut Mock) -> HashMap<&'static str, SendResponse<Response<Body>>> {
     let read = {
         let (kube, r) = (kube.clone(), r.clone());
         tokio::spawn(async move { kube.jobs(&r).await })
     };
     let mut watches = HashMap::new();
     while watches.len() < 2 {
-        let (method, path, query, _, send) = next(&mut handle).await;
+        let (method, path, query, _, send) = next(handle).await;
         assert_eq!(method, "GET");
         let (kind, selector) = match path.as_str() {
             "/apis/batch/v1/namespaces/media/jobs" => ("Job", "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsqscale"),
@@ -196,14 +191,41 @@ async fn a_created_job_counts_until_the_watch_shows_it_and_reads_cost_no_request
             // Held open, silent: nothing changes.
             watches.insert(kind, send);
         } else {
-            send.send_response(answer(
-                200,
-                json!({"kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": []}),
-            ));
+            send.send_response(list(kind));
         }
     }
     let snapshot = read.await.unwrap().unwrap().expect("both watches have listed");
     assert_eq!(snapshot, JobsSnapshot::default());
+    watches
+}
+
+/// An empty list of `kind`.
+fn list(kind: &str) -> Response<Body> {
+    answer(200, json!({"kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": []}))
+}
+
+/// Reads `r`'s Jobs until `done` holds of the answer (at most five seconds).
+async fn read_until(kube: &Kube, r: &JobRule, done: impl Fn(&Option<JobsSnapshot>) -> bool) -> Option<JobsSnapshot> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = kube.jobs(r).await.unwrap();
+        if done(&s) || tokio::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The first read starts the two watches (one list each, with sqscale's label
+/// selectors) and waits for them; a create POSTs the manifest with sqscale's field
+/// manager and returns the generated name; the Job counts as created-unseen until the
+/// watch shows it, then as itself; once synced, reads make no request.
+#[tokio::test]
+async fn a_created_job_counts_until_the_watch_shows_it_and_reads_cost_no_request() {
+    let (kube, mut handle) = adapter();
+    let kube = Arc::new(kube);
+    let r = rule("encode");
+    let mut watches = sync(&kube, &r, &mut handle).await;
 
     let create = {
         let (kube, r) = (kube.clone(), r.clone());
@@ -227,18 +249,32 @@ async fn a_created_job_counts_until_the_watch_shows_it_and_reads_cost_no_request
     // The watch shows the Job: one Job (pending: no pod yet), no longer created-unseen.
     let event = json!({"type": "ADDED", "object": created});
     watches.remove("Job").unwrap().send_response(answer_text(200, format!("{event}\n")));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let seen = loop {
-        let s = kube.jobs(&r).await.unwrap().unwrap();
-        if !s.jobs.is_empty() || tokio::time::Instant::now() > deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let seen = read_until(&kube, &r, |s| s.as_ref().is_some_and(|s| !s.jobs.is_empty())).await.unwrap();
     assert_eq!(seen.created_unseen, 0);
     let got: Vec<(&str, JobStatus, Option<&str>)> =
         seen.jobs.iter().map(|j| (j.name.as_str(), j.status, j.template_hash.as_deref())).collect();
     assert_eq!(got, [("encode-x7k2p", JobStatus::Unfinished { pending: true }, Some("h1"))]);
+    drop(watches);
+}
+
+/// A broken watch makes the counts untrusted until it has listed again, from scratch
+/// (spec §10.5a): no read in between gives counts.
+#[tokio::test]
+async fn a_broken_watch_gives_no_counts_until_it_has_listed_again() {
+    let (kube, mut handle) = adapter();
+    let kube = Arc::new(kube);
+    let r = rule("encode");
+    let mut watches = sync(&kube, &r, &mut handle).await;
+    let pods = watches.remove("Pod").unwrap();
+    pods.send_response(answer(500, status(500, "InternalError", "etcdserver: leader changed")));
+    assert_eq!(read_until(&kube, &r, Option::is_none).await, None, "counts from a broken watch");
+    // After a backoff, the pods are listed again (not watched from where they were).
+    let (method, path, query, _, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/media/pods"));
+    assert!(!query.contains("watch=true"), "{query}");
+    assert_eq!(kube.jobs(&r).await.unwrap(), None, "while listing");
+    send.send_response(list("Pod"));
+    assert_eq!(read_until(&kube, &r, Option::is_some).await, Some(JobsSnapshot::default()));
     drop(watches);
 }
 
