@@ -6,7 +6,10 @@
 //! Counts are only given out while both watches are in step with the API server: from
 //! their first complete list until a watch breaks, and again once it has listed anew
 //! (spec §10.5a). A broken watch always lists again, rather than resuming, so "in step"
-//! is known by an event of our own (`InitDone`), never guessed from silence.
+//! is known by an event of our own (`InitDone`), never guessed from silence. Until it
+//! has, reads report why it broke; an expired resource version (410, routine on a long
+//! watch) is no failure: the watch lists again at once, and reads find no counts
+//! meanwhile.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +26,10 @@ use super::display_context;
 use crate::config::JobRule;
 use crate::engine::Time;
 use crate::engine::job::JobStatus;
+use crate::error::chain;
 use crate::sync::lock;
+use crate::workload::TargetErrorKind;
+use crate::workload::error::{KubeFailure, kind_of};
 use crate::workload::jobs::{JOB_LABEL, JobsSnapshot, MANAGED_BY, SeenJob, TEMPLATE_HASH};
 use crate::workload::parse_time;
 
@@ -336,13 +342,20 @@ pub(super) struct Side<T> {
     pub(super) map: Mutex<HashMap<String, T>>,
     /// True from a complete list until the watch breaks.
     pub(super) ready: AtomicBool,
+    /// Why the watch broke, until it has listed again: what a read reports meanwhile.
+    failure: Mutex<Option<(TargetErrorKind, String)>>,
     /// True once the first list has succeeded or failed (a first read waits for it).
     settled: tokio::sync::watch::Sender<bool>,
 }
 
 impl<T> Default for Side<T> {
     fn default() -> Self {
-        Side { map: Mutex::default(), ready: AtomicBool::new(false), settled: tokio::sync::watch::Sender::new(false) }
+        Side {
+            map: Mutex::default(),
+            ready: AtomicBool::new(false),
+            failure: Mutex::default(),
+            settled: tokio::sync::watch::Sender::new(false),
+        }
     }
 }
 
@@ -442,6 +455,11 @@ impl JobCache {
             let _ = pods.wait_for(|s| *s).await;
         };
         let _ = tokio::time::timeout(timeout, both).await;
+    }
+
+    /// Why a watch is broken, if one is (until it has listed again).
+    pub(super) fn failure(&self) -> Option<(TargetErrorKind, String)> {
+        lock(&self.jobs.failure).clone().or_else(|| lock(&self.pods.failure).clone())
     }
 
     /// Whether both watches are in step with the API server.
@@ -551,7 +569,7 @@ async fn keep<K, T>(
     T: Send + 'static,
 {
     let mut backoff = watcher::DefaultBackoff::default();
-    loop {
+    'watch: loop {
         let events = watcher(api.clone(), config.clone());
         futures::pin_mut!(events);
         let mut listing: Option<HashMap<String, T>> = None;
@@ -572,6 +590,7 @@ async fn keep<K, T>(
                     hook(Happened::Listed(&map));
                     drop(map);
                     side.ready.store(true, Ordering::SeqCst);
+                    *lock(&side.failure) = None;
                     side.settled.send_replace(true);
                     backoff = watcher::DefaultBackoff::default();
                 }
@@ -595,12 +614,21 @@ async fn keep<K, T>(
                     map.remove(&name);
                     hook(Happened::Deleted(&name));
                 }
+                Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    // The resource version expired (the API server's window moved on):
+                    // routine on a long watch, not a failure. List again at once.
+                    side.ready.store(false, Ordering::SeqCst);
+                    tracing::debug!(watch = %what, "watch expired; listing again");
+                    continue 'watch;
+                }
                 Err(e) => {
+                    let (kind, message) = failure_of(&what, e);
                     if side.ready.swap(false, Ordering::SeqCst) {
-                        tracing::warn!(watch = %what, error = %e, "watch failed; no Job is created or deleted there until it has listed again");
+                        tracing::warn!(error = %message, kind = kind.as_str(), "watch failed");
                     } else {
-                        tracing::debug!(watch = %what, error = %e, "watch failed again");
+                        tracing::debug!(error = %message, kind = kind.as_str(), "watch failed again");
                     }
+                    *lock(&side.failure) = Some((kind, message));
                     side.settled.send_replace(true);
                     break;
                 }
@@ -608,6 +636,25 @@ async fn keep<K, T>(
         }
         tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(30))).await;
     }
+}
+
+/// A watch's failure in sqscale's words: its kind, and what failed, in the API's words.
+fn failure_of(what: &str, e: watcher::Error) -> (TargetErrorKind, String) {
+    let (step, error) = match e {
+        watcher::Error::InitialListFailed(e) => ("listing", e),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watching", e),
+        watcher::Error::WatchError(status) => ("watching", kube::Error::Api(status)),
+        watcher::Error::NoResourceVersion => {
+            let message = format!("watching {what}: an event without metadata.resourceVersion");
+            return (TargetErrorKind::Other, message);
+        }
+    };
+    let kind = kind_of(&error);
+    let message = format!(
+        "{step} {what} failed (no Job is created or deleted there until it has listed again): {}",
+        chain(&KubeFailure(error))
+    );
+    (kind, message)
 }
 
 #[cfg(test)]

@@ -164,7 +164,15 @@ impl JobTarget for Kube {
             // Boxed: taken once per namespace, and a poll's future is allocated whole.
             Box::pin(self.start_job_cache(context, &cache, rule)).await?;
         }
-        Ok(cache.snapshot(rule, Instant::now()))
+        match cache.snapshot(rule, Instant::now()) {
+            Some(snapshot) => Ok(Some(snapshot)),
+            None => match cache.failure() {
+                Some((kind, message)) => {
+                    Err(TargetError::new(job_ref(&rule.namespace, &format!("{}-*", rule.name)), kind, message))
+                }
+                None => Ok(None),
+            },
+        }
     }
 
     async fn create_job(&self, rule: &JobRule, lead: &Leadership) -> Result<String, TargetError> {

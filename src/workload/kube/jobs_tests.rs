@@ -204,13 +204,15 @@ fn list(kind: &str) -> Response<Body> {
     answer(200, json!({"kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": []}))
 }
 
-/// Reads `r`'s Jobs until `done` holds of the answer (at most five seconds).
+/// Reads `r`'s Jobs until `done` holds of an answer (at most five seconds).
 async fn read_until(kube: &Kube, r: &JobRule, done: impl Fn(&Option<JobsSnapshot>) -> bool) -> Option<JobsSnapshot> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let s = kube.jobs(r).await.unwrap();
-        if done(&s) || tokio::time::Instant::now() > deadline {
-            return s;
+        // An error (a watch still failing) is not done either.
+        let s = kube.jobs(r).await;
+        match s {
+            Ok(s) if done(&s) => return s,
+            _ => assert!(tokio::time::Instant::now() < deadline, "still {s:?}"),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -258,7 +260,8 @@ async fn a_created_job_counts_until_the_watch_shows_it_and_reads_cost_no_request
 }
 
 /// A broken watch makes the counts untrusted until it has listed again, from scratch
-/// (spec §10.5a): no read in between gives counts.
+/// (spec §10.5a): reads in between give its error, never counts. An expired watch (410)
+/// is no error: it lists again at once, and reads meanwhile find no counts.
 #[tokio::test]
 async fn a_broken_watch_gives_no_counts_until_it_has_listed_again() {
     let (kube, mut handle) = adapter();
@@ -267,15 +270,37 @@ async fn a_broken_watch_gives_no_counts_until_it_has_listed_again() {
     let mut watches = sync(&kube, &r, &mut handle).await;
     let pods = watches.remove("Pod").unwrap();
     pods.send_response(answer(500, status(500, "InternalError", "etcdserver: leader changed")));
-    assert_eq!(read_until(&kube, &r, Option::is_none).await, None, "counts from a broken watch");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let e = loop {
+        match kube.jobs(&r).await {
+            Err(e) => break e,
+            Ok(s) => assert!(tokio::time::Instant::now() < deadline, "still {s:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(e.kind(), "server_error");
+    assert!(e.to_string().starts_with("Job/media/encode-*: watching pods of Jobs in kube context \"test\"/media failed (no Job is created or deleted there until it has listed again): etcdserver: leader changed (InternalError, 500)"), "{e}");
     // After a backoff, the pods are listed again (not watched from where they were).
     let (method, path, query, _, send) = next(&mut handle).await;
     assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/media/pods"));
     assert!(!query.contains("watch=true"), "{query}");
-    assert_eq!(kube.jobs(&r).await.unwrap(), None, "while listing");
+    assert!(kube.jobs(&r).await.is_err(), "counts while listing");
     send.send_response(list("Pod"));
-    assert_eq!(read_until(&kube, &r, Option::is_some).await, Some(JobsSnapshot::default()));
-    drop(watches);
+    assert_eq!(read_until(&kube, &r, |s| s.is_some()).await, Some(JobsSnapshot::default()));
+
+    // The Jobs' watch expires: listed again at once, no counts (and no error) meanwhile.
+    let (method, path, query, _, pods) = next(&mut handle).await;
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/api/v1/namespaces/media/pods"));
+    assert!(query.contains("watch=true"), "{query}");
+    let expired = json!({"type": "ERROR", "object": status(410, "Expired", "too old resource version: 1 (7)")});
+    watches.remove("Job").unwrap().send_response(answer_text(200, format!("{expired}\n")));
+    let (method, path, query, _, send) = next(&mut handle).await;
+    assert_eq!((method.as_str(), path.as_str()), ("GET", "/apis/batch/v1/namespaces/media/jobs"));
+    assert!(!query.contains("watch=true"), "{query}");
+    assert_eq!(kube.jobs(&r).await.unwrap(), None, "counts while listing");
+    send.send_response(list("Job"));
+    assert_eq!(read_until(&kube, &r, |s| s.is_some()).await, Some(JobsSnapshot::default()));
+    drop((watches, pods));
 }
 
 /// An API error on create comes back in the API's words, naming the template, and the
