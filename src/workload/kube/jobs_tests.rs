@@ -479,3 +479,17 @@ fn a_job_rule_needs_jobs_and_pods_in_its_namespace() {
     ];
     assert_eq!(needs, want.map(|(a, g)| (a.to_owned(), g)));
 }
+
+/// A job poll awaits a read, a create or a delete inside its own future, which is
+/// allocated whole when the poll starts: each is small, its rare paths boxed.
+#[tokio::test]
+async fn the_ports_futures_are_small() {
+    let kube = Kube::new(None, Some("test".to_owned()), Duration::from_secs(1));
+    let (r, lead) = (rule("encode"), Leadership::unelected());
+    let read = std::mem::size_of_val(&kube.jobs(&r));
+    let create = std::mem::size_of_val(&kube.create_job(&r, &lead));
+    let delete = std::mem::size_of_val(&kube.delete_job(&r, "encode-a", Propagation::Background, &lead));
+    println!("jobs: {read} bytes, create_job: {create} bytes, delete_job: {delete} bytes");
+    assert!(read <= 128, "a read's future is {read} bytes");
+    assert!(create <= 640 && delete <= 640, "a write's future is {create} / {delete} bytes");
+}
