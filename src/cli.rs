@@ -316,6 +316,43 @@ async fn check_remote(config: &Config, kubeconfig: Option<PathBuf>) -> usize {
             println!("FAIL  {}: {}", rule.name, problems.join("; "));
         }
     }
+    failed + check_remote_jobs(config, &sqs, &kube).await
+}
+
+/// `check --remote` for the job rules: their queues, and each permission their Jobs
+/// and pods need ([`Kube::job_needs`]); one line per job rule.
+async fn check_remote_jobs(config: &Config, sqs: &Sqs, kube: &Kube) -> usize {
+    use crate::source::{Attrs, QueueReader};
+    let mut failed = 0;
+    for rule in &config.jobs {
+        let mut problems = Vec::new();
+        let mut facts = Vec::new();
+        for (t, q) in rule.trigger_policies.iter().zip(&rule.triggers) {
+            match sqs.read(q, Attrs::of(t)).await {
+                Ok(c) => {
+                    facts.push(format!("queue {} has {} messages (read as {})", q.name, t.backlog(&c), q.identity()))
+                }
+                Err(e) => problems.push(format!("{e} [{}] (read as {})", e.kind(), q.identity())),
+            }
+        }
+        for access in kube.job_needs(rule) {
+            match kube.may_for_jobs(rule, &access).await {
+                Ok(true) => {}
+                Ok(false) => problems.push(format!("not allowed to {access}")),
+                Err(e) => problems.push(format!("cannot check access ({access}): {e}")),
+            }
+        }
+        if problems.is_empty() {
+            facts.push(format!(
+                "may create, delete and watch Jobs and watch their pods in namespace {}",
+                rule.namespace
+            ));
+            println!("ok    job {}: {}", rule.name, facts.join("; "));
+        } else {
+            failed += 1;
+            println!("FAIL  job {}: {}", rule.name, problems.join("; "));
+        }
+    }
     failed
 }
 

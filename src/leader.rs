@@ -207,6 +207,12 @@ impl Leadership {
         Leadership::elected(watch::channel(Lead::Standby).1, standby, Clock::boot())
     }
 
+    /// A leadership whose lease is lost: no write may start (tests of fenced writes).
+    #[cfg(test)]
+    pub(crate) fn lost() -> Leadership {
+        Leadership::never(Standby::Warm)
+    }
+
     /// Whether, and until when, this instance may write now.
     pub fn lead(&self) -> Lead {
         self.lead_at().0

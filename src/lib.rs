@@ -32,7 +32,9 @@
 //!   hot path, `wire` the `GetQueueAttributes` format both use.
 //! - [`workload`]: the target port; `kube` the Kubernetes adapter (its client per
 //!   context, `kube::cache` the watch-backed caches, `kube::writes` the port's reads and
-//!   writes, `kube::access` the permissions and the access review), `auth` refreshing
+//!   writes, `kube::job_cache` and `kube::jobs` the job rules' watched Jobs and pods and
+//!   their creates and deletes, `kube::access` the permissions and the access review),
+//!   `jobs` the job rules' port, `auth` refreshing
 //!   bearer tokens, `eks` EKS tokens, `state` the last-active ConfigMap, `error` the
 //!   port's error and how kube errors are classified.
 //! - [`status`]: each rule's and job rule's record (`status::jobs`), readiness and

@@ -42,12 +42,16 @@ pub enum TargetErrorKind {
     Config,
     /// sqscale's own state ConfigMap could not be read or written.
     State,
+    /// Not sent: this instance does not hold its context's lease (or the lease is too
+    /// close to expiring for the write to end within it).
+    NotLeading,
     Other,
 }
 
 impl TargetErrorKind {
     /// The stable label: `not_found`, `forbidden`, `unauthorized`, `conflict`,
-    /// `throttled`, `server_error`, `timeout`, `unreachable`, `config`, `state` or `other`.
+    /// `throttled`, `server_error`, `timeout`, `unreachable`, `config`, `state`,
+    /// `not_leading` or `other`.
     pub fn as_str(self) -> &'static str {
         match self {
             TargetErrorKind::NotFound => "not_found",
@@ -60,6 +64,7 @@ impl TargetErrorKind {
             TargetErrorKind::Unreachable => "unreachable",
             TargetErrorKind::Config => "config",
             TargetErrorKind::State => "state",
+            TargetErrorKind::NotLeading => "not_leading",
             TargetErrorKind::Other => "other",
         }
     }
@@ -138,8 +143,9 @@ fn timed_out(e: &(dyn Error + 'static)) -> bool {
         || any_cause::<tokio::time::error::Elapsed>(e, |_| true)
 }
 
-/// A [`TargetError`] for a failed kube call: `what` failed, in the API's words.
-pub fn kube_error(t: &crate::config::TargetRef, what: &str, e: kube::Error) -> TargetError {
+/// A [`TargetError`] for a failed kube call about `t` (a target, or a Job's
+/// `Job/namespace/name`): `what` failed, in the API's words.
+pub fn kube_error(t: &(impl std::fmt::Display + ?Sized), what: &str, e: kube::Error) -> TargetError {
     let kind = kind_of(&e);
     let failure = KubeFailure(e);
     let message = format!("{what}: {}", crate::error::chain(&failure));

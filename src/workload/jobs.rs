@@ -63,6 +63,8 @@ pub trait JobTarget: Send + Sync + 'static {
     /// pending state read from their pods and the rule's `pending_pod_conditions`.
     /// `Ok(None)` while the counts cannot be trusted: the caches have not synced yet, or
     /// a watch broke and has not listed again (spec §10.5a). No API call once synced.
+    /// (The Kubernetes adapter gives the watch's error instead, as an `Err`, while a
+    /// watch is failing: a 403, an unreachable API server.)
     fn jobs(&self, rule: &JobRule) -> impl Future<Output = Result<Option<JobsSnapshot>, TargetError>> + Send {
         let _ = rule;
         async { Err(TargetError::new("jobs", TargetErrorKind::Other, "this adapter has no Jobs")) }
@@ -109,8 +111,3 @@ pub trait JobTarget: Send + Sync + 'static {
     }
 }
 
-/// The job rules' half of the Kubernetes adapter is built beside this port (its own
-/// branch); until it lands, `Kube` answers with the port's defaults (no Jobs), which the
-/// job workers report as a failed read and never act on.
-// MERGE: drop this impl when `src/workload/kube/jobs.rs` (the real one) is merged.
-impl JobTarget for crate::workload::kube::Kube {}

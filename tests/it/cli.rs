@@ -457,6 +457,19 @@ const TARGET_REQUESTS: &[Request] = &[
     ("patch", "events.k8s.io", "events", Some("orders-worker.187d5a7c2e1b9f00")),
 ];
 
+/// Every request on a job rule's namespace: create a Job from the template, delete the
+/// finished and old-template ones, the watch-backed counts of the Jobs and their pods.
+const JOB_REQUESTS: &[Request] = &[
+    ("create", "batch", "jobs", None),
+    ("delete", "batch", "jobs", Some("encode-x7k2p")),
+    ("get", "batch", "jobs", Some("encode-x7k2p")),
+    ("list", "batch", "jobs", None),
+    ("watch", "batch", "jobs", None),
+    ("get", "", "pods", Some("encode-x7k2p-9fz4q")),
+    ("list", "", "pods", None),
+    ("watch", "", "pods", None),
+];
+
 /// Every request on sqscale's own namespace: the state ConfigMap (get, create when
 /// missing, merge patch) and the Lease (get, create, update to renew, patch).
 const OWN_REQUESTS: &[Request] = &[
@@ -569,11 +582,12 @@ fn allows(grants: &[Grant], namespace: &str, (verb, group, resource, name): Requ
 }
 
 /// What is wrong with the grants of `yaml`: wildcards, a write verb on whole workloads,
-/// configmaps or leases cluster-wide or without resourceNames, and anything the daemon
-/// does not use.
+/// configmaps or leases cluster-wide or without resourceNames, Jobs or pods
+/// cluster-wide (creating a Job runs any pod), and anything the daemon does not use.
 fn excess(yaml: &str) -> Vec<String> {
     let used: Vec<(&str, &str, &str)> = TARGET_REQUESTS
         .iter()
+        .chain(JOB_REQUESTS)
         .chain(OWN_REQUESTS)
         .map(|(verb, group, resource, _)| (*verb, *group, *resource))
         .collect();
@@ -591,6 +605,9 @@ fn excess(yaml: &str) -> Vec<String> {
             for verb in &r.verbs {
                 if matches!(resource.as_str(), "deployments" | "statefulsets") && WRITE_VERBS.contains(&verb.as_str()) {
                     problems.push(format!("{}: {verb} on whole {resource}", g.from));
+                }
+                if matches!(resource.as_str(), "jobs" | "pods") && g.namespace.is_none() {
+                    problems.push(format!("{}: {verb} on {resource} in every namespace", g.from));
                 }
                 if matches!(resource.as_str(), "configmaps" | "leases") {
                     if g.namespace.is_none() {
@@ -626,6 +643,13 @@ fn rbac_yaml_grants_what_sqscale_uses_and_no_more() {
             assert!(allows(&grants, namespace, *request), "config/rbac.yaml does not allow {request:?} in {namespace}");
         }
     }
+    // Job rules' rights in the job rules' namespace (`media` in the file) only.
+    for request in JOB_REQUESTS {
+        assert!(allows(&grants, "media", *request), "config/rbac.yaml does not allow {request:?} in media");
+        for namespace in ["shop", "kube-system", OWN_NAMESPACE] {
+            assert!(!allows(&grants, namespace, *request), "config/rbac.yaml allows {request:?} in {namespace}");
+        }
+    }
     for request in OWN_REQUESTS {
         assert!(
             allows(&grants, OWN_NAMESPACE, *request),
@@ -645,7 +669,7 @@ fn rbac_namespace_yaml_grants_one_namespace_only() {
     assert_eq!(excess(&yaml), Vec::<String>::new());
     let grants = grants(&yaml);
     assert!(grants.iter().all(|g| g.namespace.is_some()), "no cluster-wide grant at all");
-    for request in TARGET_REQUESTS {
+    for request in TARGET_REQUESTS.iter().chain(JOB_REQUESTS) {
         assert!(allows(&grants, "shop", *request), "config/rbac-namespace.yaml does not allow {request:?} in shop");
         assert!(!allows(&grants, "billing", *request), "config/rbac-namespace.yaml allows {request:?} in billing");
     }
@@ -671,6 +695,9 @@ rules:
   - apiGroups: ["apps"]
     resources: ["*"]
     verbs: ["get"]
+  - apiGroups: ["batch"]
+    resources: ["jobs"]
+    verbs: ["create", "update"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -700,6 +727,8 @@ subjects: [{kind: ServiceAccount, name: sqscale, namespace: sqscale}]
         "ClusterRole sqscale: get on every one of the configmaps",
         "ClusterRole sqscale: wildcard \"*\"",
         "Role sqscale: update on every one of the leases",
+        "ClusterRole sqscale: create on jobs in every namespace",
+        "ClusterRole sqscale: update on jobs (\"batch\"), which sqscale never does",
     ] {
         assert!(problems.iter().any(|p| p == expected), "missing {expected:?} in {problems:#?}");
     }

@@ -4,7 +4,7 @@
 use kube::Api;
 
 use super::Kube;
-use crate::config::TargetRef;
+use crate::config::{JobRule, TargetRef};
 use crate::workload::TargetError;
 
 pub struct Access {
@@ -73,9 +73,42 @@ impl Kube {
         ]
     }
 
+    /// Everything the daemon does about a job rule, as permissions, in its namespace:
+    /// create and delete its Jobs, read and watch them (the watch-backed counts), and
+    /// read and watch their pods (pending). Nothing else: no update or patch of a Job,
+    /// no write of a pod.
+    pub fn job_needs(&self, rule: &JobRule) -> Vec<Access> {
+        let access = |verb, group, resource: &str| Access {
+            verb,
+            group,
+            resource: resource.to_owned(),
+            subresource: None,
+            namespace: rule.namespace.clone(),
+            name: None,
+        };
+        let jobs = ["create", "delete", "get", "list", "watch"].map(|verb| access(verb, "batch", "jobs"));
+        let pods = ["get", "list", "watch"].map(|verb| access(verb, "", "pods"));
+        jobs.into_iter().chain(pods).collect()
+    }
+
     /// Whether this identity is allowed `access`: a SelfSubjectAccessReview, which every
     /// authenticated user may make.
     pub async fn may(&self, context: Option<&str>, t: &TargetRef, access: &Access) -> Result<bool, TargetError> {
+        self.review(context, t, access).await
+    }
+
+    /// [`Kube::may`] for a job rule's `access` (an error names its Jobs).
+    pub async fn may_for_jobs(&self, rule: &JobRule, access: &Access) -> Result<bool, TargetError> {
+        let jobs = format!("Job/{}/{}-*", rule.namespace, rule.name);
+        self.review(rule.context.as_deref(), &jobs, access).await
+    }
+
+    async fn review(
+        &self,
+        context: Option<&str>,
+        t: &(impl std::fmt::Display + ?Sized),
+        access: &Access,
+    ) -> Result<bool, TargetError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
         };

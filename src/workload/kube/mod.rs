@@ -6,10 +6,14 @@
 //! This file holds the client of each context (its credentials, its write budget, its
 //! state ConfigMap and Event recorder); [`cache`] the watch-backed caches of the
 //! targets; [`writes`] the port's implementation (reads, `/scale` writes, state,
-//! Events); [`access`] the permissions the daemon needs and the access review.
+//! Events); [`job_cache`] and [`jobs`] the same for job rules (the watched Jobs and
+//! their pods; creating and deleting Jobs); [`access`] the permissions the daemon needs
+//! and the access review.
 
 mod access;
 mod cache;
+mod job_cache;
+mod jobs;
 mod writes;
 
 pub use access::Access;
@@ -96,6 +100,9 @@ pub struct Kube {
     /// Watch-backed caches of the targets, one per (context, namespace, kind), by
     /// namespace: a poll finds its cache without building a key.
     caches: Mutex<HashMap<String, Vec<Arc<Cache>>>>,
+    /// The Jobs and pods of job rules, one cache per (context, namespace), by namespace
+    /// ([`jobs`]).
+    job_caches: Mutex<HashMap<String, Vec<Arc<job_cache::JobCache>>>>,
     /// Each context's state ConfigMap size, for `/status`.
     state_sizes: Arc<Sizes>,
     /// The rules to keep state for ([`Store::keep`]), by context key, for contexts
@@ -149,7 +156,7 @@ impl KubeError {
     }
 
     /// This failure as the failure of a call about `t`.
-    fn at(self, t: &TargetRef) -> TargetError {
+    fn at(self, t: &(impl std::fmt::Display + ?Sized)) -> TargetError {
         TargetError::new(t.to_string(), self.kind(), chain(&self)).caused_by(self)
     }
 }
@@ -168,6 +175,7 @@ impl Kube {
             current_context: OnceLock::new(),
             contexts: Default::default(),
             caches: Default::default(),
+            job_caches: Default::default(),
             state_sizes: Default::default(),
             keep: Default::default(),
         }
@@ -401,7 +409,7 @@ impl Kube {
     /// has already woken the context's credential refresher: see [`super::auth`].)
     async fn call<T>(
         &self,
-        t: &TargetRef,
+        t: &(impl std::fmt::Display + ?Sized),
         what: &str,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<T, TargetError> {
@@ -412,7 +420,7 @@ impl Kube {
     async fn call_within<T>(
         &self,
         within: Duration,
-        t: &TargetRef,
+        t: &(impl std::fmt::Display + ?Sized),
         what: &str,
         fut: impl Future<Output = kube::Result<T>>,
     ) -> Result<T, TargetError> {
