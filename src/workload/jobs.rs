@@ -110,4 +110,3 @@ pub trait JobTarget: Send + Sync + 'static {
         Vec::new()
     }
 }
-
