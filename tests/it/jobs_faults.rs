@@ -488,7 +488,7 @@ async fn a_broken_template_on_reload_keeps_the_old_job_rule_creating() {
     assert!(rejected, "{}", read(&log));
     let logs = read(&log);
     let line = logs.lines().find(|l| l.contains("work.yaml")).unwrap_or_else(|| panic!("no template named:\n{logs}"));
-    assert!(line.contains("line"), "the line is named: {line}");
+    assert!(line.contains("work.yaml line 4"), "the file and line are named: {line}");
 
     sqs::send(&queue, 2).await;
     assert!(wait_until(Duration::from_secs(10), || created(&kube) == 3).await, "{}", read(&log));
