@@ -1,10 +1,11 @@
 //! Job rules when things fail, with the real adapters against the fake API server, the
 //! test Job controller and moto: the daemon killed with SIGKILL and started again, two
-//! instances under leader election and a failover, a queue that cannot be read, Jobs
-//! that cannot be listed after a broken watch, a removed job rule, `check --remote`
-//! allowed and denied, a broken template on reload, a rotated bearer token. In every case
-//! no Job is created twice for one message (the fake's creation log is the judge), never
-//! more than the max run at once, and the failure shows.
+//! instances under leader election and a failover, a queue that cannot be read and the
+//! SQS emulator killed and restarted, Jobs that cannot be listed after a broken watch, a
+//! removed job rule, `check --remote` allowed and denied, a broken template on reload, a
+//! rotated bearer token. In every case no Job is created twice for one message (the
+//! fake's creation log is the judge), never more than the max run at once, and the
+//! failure shows.
 //! Needs `SQS_ENDPOINT_URL` (scripts/test starts moto); job rules poll every second.
 
 use std::path::{Path, PathBuf};
@@ -283,6 +284,39 @@ async fn no_job_is_created_while_a_queue_cannot_be_read_and_creates_resume_after
     let s = job_status(&d, "work");
     assert_eq!(s.consecutive_failures, 0, "{s:?}");
     assert_eq!(s.running, Some(5), "{s:?}");
+    d.stop().await.unwrap();
+}
+
+/// The SQS emulator is killed with SIGKILL while 2 Jobs run: polls fail (`poll_failed`,
+/// the error in the status) and create nothing; it starts again, empty, the queue is made
+/// again and 4 messages arrive: the daemon reads it again with the same client and
+/// creates the 2 more Jobs the backlog asks for beside the 2 running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_created_again_after_the_sqs_endpoint_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kube, kubeconfig) = cluster(dir.path()).await;
+    let mut moto = crate::support::moto::Moto::start().await;
+    let queue = moto.create_queue("jobs-outage").await;
+    let _controller = JobController::start(&kube, None, Behaviour::default().work(Duration::from_secs(600))).await;
+    let cfg = in_process_config(dir.path(), &moto.url(), &job_rule("work", &queue, 10, ""));
+    sqs::send_with(&moto.client().await, &queue, 2).await;
+    let d = Daemon::start(&cfg, &kubeconfig).await;
+    assert!(wait_until(Duration::from_secs(15), || created(&kube) == 2).await, "{:?}", job_status(&d, "work"));
+
+    moto.kill().await;
+    let failed = || job_status(&d, "work").last_reason.as_deref() == Some("poll_failed");
+    assert!(wait_until(Duration::from_secs(15), failed).await, "{:?}", job_status(&d, "work"));
+    assert!(holds_for(Duration::from_secs(3), || created(&kube) == 2).await, "created during the outage");
+    let s = job_status(&d, "work");
+    assert!(s.last_poll_error.is_some() && s.backlog.values().all(Option::is_none), "{s:?}");
+
+    moto.restart().await;
+    assert_eq!(moto.create_queue("jobs-outage").await, queue);
+    sqs::send_with(&moto.client().await, &queue, 4).await;
+    assert!(wait_until(Duration::from_secs(20), || created(&kube) == 4).await, "{:?}", job_status(&d, "work"));
+    assert!(holds_for(Duration::from_secs(3), || created(&kube) == 4).await, "no more than the backlog");
+    let s = job_status(&d, "work");
+    assert_eq!((s.running, s.consecutive_failures), (Some(4), 0), "{s:?}");
     d.stop().await.unwrap();
 }
 
