@@ -13,6 +13,7 @@ mod fake_kube;
 mod faults;
 mod fleet;
 mod fuzz;
+mod jobs;
 mod leader;
 mod package;
 mod process;
