@@ -13,6 +13,7 @@ mod fake_kube;
 mod faults;
 mod fleet;
 mod fuzz;
+mod jobs;
 mod jobs_faults;
 mod leader;
 mod package;
