@@ -15,13 +15,16 @@ async fn reasons_until(daemon: &Daemon, limit: Duration, mut done: impl FnMut() 
     let mut seen: Vec<(u64, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
+        // Checked before the sample: a poll's write lands before its report, so a `done`
+        // read from the target is followed by one more sample that can hold that poll.
+        let finished = done();
         if let Some(s) = daemon.observer.statuses().into_iter().next()
             && let Some(reason) = s.last_reason
             && seen.last().is_none_or(|(polls, _)| *polls != s.polls)
         {
             seen.push((s.polls, reason));
         }
-        if done() {
+        if finished {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -42,7 +45,12 @@ async fn debounce_activates_on_the_third_active_poll() {
     let daemon = Daemon::start(&config, &kubeconfig).await;
     let replicas = || kube.replicas(Kind::Deployment, NS, "demo").unwrap();
 
-    let reasons = reasons_until(&daemon, Duration::from_secs(15), || replicas() > 0).await;
+    // Until the activating poll has reported (its patch lands before its report).
+    let activated = || {
+        replicas() > 0
+            && daemon.observer.statuses().first().and_then(|s| s.last_reason.clone()).as_deref() == Some("activated")
+    };
+    let reasons = reasons_until(&daemon, Duration::from_secs(15), activated).await;
     assert_eq!(reasons, ["activation_pending", "activation_pending", "activated"]);
     assert_eq!(kube.scale_history(Kind::Deployment, NS, "demo"), [1]);
     assert_eq!(daemon.stop().await, Ok(()));
