@@ -24,8 +24,8 @@
 //!   polls again;
 //! * the drain on SIGTERM.
 //!
-//! Each N runs the cases of `SQSCALE_BENCH_CASES` (default `idle,busy,tls-idle,tls-busy`),
-//! each with a daemon of its own:
+//! Each N runs the cases of `SQSCALE_BENCH_CASES` (default `idle,busy,tls-idle,tls-busy`;
+//! also `jobs-idle`, `jobs-busy`), each with a daemon of its own:
 //!
 //! * `idle`: everything above (empty queues, plain HTTP);
 //! * `busy`: every queue holds 10 messages from the start and every target runs the 2
@@ -37,9 +37,24 @@
 //! * `tls-idle`, `tls-busy`: the same over HTTPS. The SQS endpoint serves a fresh
 //!   self-signed certificate for 127.0.0.1, and the daemon trusts it (and only it)
 //!   through `SSL_CERT_FILE`, as it would a corporate CA.
+//! * `jobs-idle`, `jobs-busy` (issue 24): N job rules (`[[job]]`, one template file)
+//!   instead of rules, one queue each, spread round robin over 10 namespaces (`jobs-0`
+//!   ...), so the adapter's per-namespace Jobs and pods watches are exercised; no
+//!   Deployments. `jobs-idle`: empty queues, no Job. `jobs-busy`: every queue holds 2
+//!   messages at `queue_length = 1` and `max_replica_count = 2`, so each job rule
+//!   creates 2 Jobs in its first rounds; nothing runs them (no Job controller here), so
+//!   they stay unfinished and pending, and every later poll finds them in the watch
+//!   caches and creates nothing. The 2 x N creates take the default write budget's
+//!   time (`qps = 20`: 100 s at 1,000), so the window starts after a longer warm-up
+//!   (see [`Case::warm_up`]: 185 s more at 1,000 job rules). Both then print the Jobs created against those needed
+//!   (2 per job rule in `jobs-busy`), reload every job rule (`max_replica_count`
+//!   raised by one, the template unchanged: no rollout) and count the Jobs created and
+//!   the Kubernetes calls until each has polled again, then drain. Any Job beyond those
+//!   needed fails the run once the figures are printed. Kubernetes reads in the window
+//!   should be 0 (counts come from the watches) and writes 0 (no create at steady state).
 //!
-//! A busy case whose idle case over the same transport is also selected runs with it as
-//! a pair: the idle daemon starts a minute after the busy one's first round (see
+//! A busy case whose idle case (of the same kind, over the same transport) is also
+//! selected runs with it as a pair: the idle daemon starts a minute after the busy one's first round (see
 //! [`PAIR_STAGGER`]), warms up until the busy one's window, and both are measured over
 //! those same seconds, each for at least 80 s. The busy-against-idle CPU ratio then
 //! compares two daemons on one host at one time, not the host a few minutes apart; the
@@ -52,7 +67,9 @@
 //! runs on a thread and runtime of its own, so its CPU is read from
 //! `/proc/self/task/TID/stat`: far below a core means it keeps up and the figures are
 //! the daemon's; for a pair, "this process" serves both daemons). After the table: busy
-//! against idle over the same transport, CPU ratio and RSS difference in the same run.
+//! against idle over the same transport, CPU ratio and RSS difference in the same run,
+//! and job rules against rules at the same N (`jobs-idle` against `idle`, `jobs-busy`
+//! against `busy`: different windows, so the host's drift is in the CPU ratio).
 //!
 //! Knobs: `SQSCALE_BENCH_LOG` sets the daemon's `SQSCALE_LOG` (default `info`);
 //! `SQSCALE_BENCH_KEEP=1` keeps each size's rule file and daemon log.
@@ -66,6 +83,8 @@
 //! counted as the daemon's); the watch's own delivery delay is calibrated with writes
 //! to a Deployment no rule targets and printed, so it can be subtracted by eye.
 
+// Its re-exports of the Jobs helpers serve the integration tests; the bench uses a few.
+#[allow(unused_imports)]
 #[path = "it/support/fake_kube.rs"]
 mod fake_kube;
 
@@ -360,7 +379,8 @@ impl KubeCounts {
         self.by_kind.values().sum()
     }
 
-    /// Requests that change something at the API server (PATCH, POST, PUT, DELETE).
+    /// Requests that change something at the API server (PATCH, POST, PUT, DELETE: a
+    /// Job create is a write).
     fn writes(&self) -> u64 {
         self.by_kind
             .iter()
@@ -408,6 +428,12 @@ fn classify(method: &str, path: &str, query: Option<&str>) -> &'static str {
         "PATCH" if path.contains("/configmaps/") => "PATCH state",
         "POST" if path.ends_with("/configmaps") => "POST state",
         "GET" if path.contains("/configmaps") => "GET state",
+        // Job rules: the Jobs and pods watches' lists, and the Jobs' creates and deletes.
+        "GET" if path.ends_with("/jobs") => "LIST jobs",
+        "GET" if path.ends_with("/pods") => "LIST pods",
+        "GET" if path.contains("/jobs/") => "GET job",
+        "POST" if path.ends_with("/jobs") => "POST job",
+        "DELETE" if path.contains("/jobs/") => "DELETE job",
         "GET" => "GET other",
         _ => "other",
     }
@@ -616,13 +642,53 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
-fn rule_file(n: usize, sqs: &Sqs, listen: SocketAddr, kubeconfig: &Path, max: u32) -> String {
+/// Where job rule `i` creates its Jobs.
+fn job_namespace(i: usize) -> String {
+    format!("jobs-{}", i % JOB_NAMESPACES)
+}
+
+/// The job rules' template, beside the rule file: what `config/jobs/demo-job.yaml` holds.
+const JOB_TEMPLATE: &str = "bench-job.yaml";
+const JOB_TEMPLATE_TEXT: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  labels:
+    app.kubernetes.io/name: bench
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: work
+          image: public.ecr.aws/docker/library/busybox:1.36
+          command: ["sh", "-c", "echo working off one message; sleep 5"]
+"#;
+
+/// The rule file of `case`: `n` rules `r-i` on queue `q-i`, each sizing Deployment `d-i`,
+/// or (job cases) `n` job rules `j-i` on queue `q-i` in namespace `jobs-(i mod 10)`, at
+/// most `max` replicas or Jobs.
+fn rule_file(case: Case, n: usize, sqs: &Sqs, listen: SocketAddr, kubeconfig: &Path, max: u32) -> String {
     let mut text = format!(
-        "# {n} rules for tests/bench_daemon.rs\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
+        "# {n} {} for tests/bench_daemon.rs\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\n\
          [server]\nlisten = \"{listen}\"\n\n[kubernetes]\nkubeconfig = \"{}\"\n",
+        if case.jobs() { "job rules" } else { "rules" },
         sqs.url.lock().unwrap(),
         kubeconfig.display()
     );
+    if case.jobs() {
+        for i in 0..n {
+            let _ = write!(
+                text,
+                "\n[[job]]\nname = \"j-{i}\"\nnamespace = \"{}\"\ntemplate = \"{JOB_TEMPLATE}\"\n\
+                 polling_interval = 10\nmax_replica_count = {max}\n\
+                 [[job.trigger]]\nqueue_url = \"{}\"\nqueue_length = {JOBS_QUEUE_LENGTH}\n",
+                job_namespace(i),
+                sqs.queue_url(i)
+            );
+        }
+        return text;
+    }
     for i in 0..n {
         let _ = write!(
             text,
@@ -755,10 +821,21 @@ enum Case {
     Busy,
     TlsIdle,
     TlsBusy,
+    /// N job rules (`[[job]]`) instead of rules, spread over [`JOB_NAMESPACES`]
+    /// namespaces, every queue empty: no Job is created.
+    JobsIdle,
+    /// N job rules, every queue holding [`JOBS_BACKLOG`] messages at `queue_length = 1`
+    /// and `max_replica_count = 2`: each job rule creates 2 Jobs in its first rounds.
+    /// Nothing here runs Jobs (no Job controller), so they stay unfinished and pending,
+    /// and every later poll finds them and creates nothing.
+    JobsBusy,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [Case::Idle, Case::Busy, Case::TlsIdle, Case::TlsBusy];
+    /// Every case `SQSCALE_BENCH_CASES` may name.
+    const ALL: [Case; 6] = [Case::Idle, Case::Busy, Case::TlsIdle, Case::TlsBusy, Case::JobsIdle, Case::JobsBusy];
+    /// The cases run when `SQSCALE_BENCH_CASES` is unset.
+    const DEFAULT: [Case; 4] = [Case::Idle, Case::Busy, Case::TlsIdle, Case::TlsBusy];
 
     fn name(self) -> &'static str {
         match self {
@@ -766,27 +843,97 @@ impl Case {
             Case::Busy => "busy",
             Case::TlsIdle => "tls-idle",
             Case::TlsBusy => "tls-busy",
+            Case::JobsIdle => "jobs-idle",
+            Case::JobsBusy => "jobs-busy",
         }
     }
 
     fn busy(self) -> bool {
-        matches!(self, Case::Busy | Case::TlsBusy)
+        matches!(self, Case::Busy | Case::TlsBusy | Case::JobsBusy)
     }
 
     fn tls(self) -> bool {
         matches!(self, Case::TlsIdle | Case::TlsBusy)
     }
 
-    /// The case over the same transport with empty queues.
-    fn idle(self) -> Case {
-        if self.tls() { Case::TlsIdle } else { Case::Idle }
+    /// Job rules rather than rules.
+    fn jobs(self) -> bool {
+        matches!(self, Case::JobsIdle | Case::JobsBusy)
     }
 
-    /// The case over the same transport with busy queues.
+    /// The case of the same kind (rules or job rules) over the same transport with
+    /// empty queues.
+    fn idle(self) -> Case {
+        if self.jobs() {
+            Case::JobsIdle
+        } else if self.tls() {
+            Case::TlsIdle
+        } else {
+            Case::Idle
+        }
+    }
+
+    /// The case of the same kind over the same transport with busy queues.
     fn busy_twin(self) -> Case {
-        if self.tls() { Case::TlsBusy } else { Case::Busy }
+        if self.jobs() {
+            Case::JobsBusy
+        } else if self.tls() {
+            Case::TlsBusy
+        } else {
+            Case::Busy
+        }
+    }
+
+    /// How long after start-up its window starts, with `n` rules: one and a half
+    /// intervals, and for busy rules the HPA's downscale window ([`BUSY_WARM_UP`]). Busy
+    /// job rules keep no history, but their 2 x N creates take the write budget's time
+    /// (`[kubernetes] qps`, 20 a second by default: 100 s for 1,000 job rules), with a
+    /// quarter more and a minute to spare; and at least [`JOBS_BUSY_WARM_UP`], for the
+    /// idle half of a pair to start and warm up.
+    fn warm_up(self, n: usize) -> Duration {
+        let base = INTERVAL + INTERVAL / 2;
+        match self {
+            Case::Busy | Case::TlsBusy => base + BUSY_WARM_UP,
+            Case::JobsBusy => {
+                let creates = (self.jobs_needed() * n as u64) as f64 / DEFAULT_QPS * 1.25;
+                base + JOBS_BUSY_WARM_UP.max(Duration::from_secs(60) + Duration::from_secs_f64(creates))
+            }
+            _ => base,
+        }
+    }
+
+    /// The replicas each target runs from the start (rules only).
+    fn replicas(self) -> u32 {
+        if self.busy() && !self.jobs() { BUSY_REPLICAS } else { 0 }
+    }
+
+    /// The messages each queue holds from the start.
+    fn backlog(self) -> u64 {
+        match self {
+            Case::Busy | Case::TlsBusy => BUSY_BACKLOG,
+            Case::JobsBusy => JOBS_BACKLOG,
+            _ => 0,
+        }
+    }
+
+    /// The Jobs each job rule should create: what its backlog asks for.
+    fn jobs_needed(self) -> u64 {
+        if self == Case::JobsBusy { JOBS_BACKLOG.div_ceil(JOBS_QUEUE_LENGTH).min(JOBS_MAX.into()) } else { 0 }
     }
 }
+
+/// Job rules spread over this many namespaces (`jobs-0` ...), round robin: the Kubernetes
+/// adapter keeps one Jobs watch and one pods watch per namespace, shared by its job rules.
+const JOB_NAMESPACES: usize = 10;
+/// A busy job rule's queue: 2 messages at 1 message per Job, at most 2 Jobs.
+const JOBS_BACKLOG: u64 = 2;
+const JOBS_QUEUE_LENGTH: u64 = 1;
+const JOBS_MAX: u32 = 2;
+/// See [`Case::warm_up`]: past [`PAIR_STAGGER`] plus the idle half's start-up and its own
+/// one and a half intervals, with room for a 10,000-rule start-up.
+const JOBS_BUSY_WARM_UP: Duration = Duration::from_secs(90);
+/// The daemon's default `[kubernetes] qps`, which Job creates also spend.
+const DEFAULT_QPS: f64 = 20.0;
 
 /// A busy queue's backlog and its targets' replicas: 10 messages at `queue_length = 5`
 /// ask for exactly 2 (the HPA's ratio is 1.0), so nothing scales after start-up.
@@ -864,7 +1011,55 @@ struct Row {
     patch_n: usize,
     reload_ms: f64,
     problems_in_window: u64,
+    /// Job cases: the Jobs created against those needed.
+    jobs: Option<JobTally>,
     details: String,
+}
+
+/// The Jobs of a job case, as the fake API server recorded their creates.
+#[derive(Clone, Copy, Debug, Default)]
+struct JobTally {
+    /// What the backlogs ask for: [`Case::jobs_needed`] per job rule.
+    needed: u64,
+    /// Created by the end of the window, all told.
+    created: u64,
+    /// Created within the window (steady state: none).
+    in_window: u64,
+    /// Created from the reload's SIGHUP until each restarted job rule has polled again.
+    after_reload: u64,
+    /// Created over the whole run, up to the drain.
+    total: u64,
+    /// The most Jobs any one job rule holds at the end, and how many job rules hold more
+    /// than they need.
+    most_per_rule: u64,
+    rules_over: u64,
+}
+
+impl JobTally {
+    /// Jobs created beyond those needed (duplicates), or short of them.
+    fn excess(&self) -> i64 {
+        self.total as i64 - self.needed as i64
+    }
+}
+
+/// Per job rule (its `sqscale.io/job` label), the Jobs the fake holds in `jobs-0` ...
+fn jobs_per_rule(fake: &FakeKube) -> HashMap<String, u64> {
+    let mut per_rule: HashMap<String, u64> = HashMap::new();
+    for ns in 0..JOB_NAMESPACES {
+        for job in fake.jobs(&job_namespace(ns)) {
+            let rule = job["metadata"]["labels"]["sqscale.io/job"].as_str().unwrap_or("?").to_owned();
+            *per_rule.entry(rule).or_default() += 1;
+        }
+    }
+    per_rule
+}
+
+/// When each Job was created, in every job namespace.
+fn job_creations(fake: &FakeKube) -> Vec<Instant> {
+    (0..JOB_NAMESPACES)
+        .flat_map(|ns| fake.job_creations(&job_namespace(ns)))
+        .map(|(_, at)| Instant::from_std(at))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -887,22 +1082,23 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
     row.paired = lead.is_some() || follow.is_some();
     let dir = tempfile::tempdir().unwrap();
     let (sqs, sqs_server) = start_sqs(n, case.tls());
-    let replicas = if case.busy() { BUSY_REPLICAS } else { 0 };
-    if case.busy() {
+    if case.backlog() > 0 {
         for i in 0..n {
-            sqs.set_backlog(i, BUSY_BACKLOG);
+            sqs.set_backlog(i, case.backlog());
         }
     }
 
     let fake = Arc::new(FakeKube::start().await);
     let made = Instant::now();
-    for i in 0..n {
-        fake.add_deployment(NS, &format!("d-{i}"), replicas);
+    // Job rules target no Deployment; their Jobs are the daemon's to create.
+    let targets = if case.jobs() { 0 } else { n };
+    for i in 0..targets {
+        fake.add_deployment(NS, &format!("d-{i}"), case.replicas());
     }
     fake.add_deployment(NS, PROBE, 0);
     let kubeconfig = dir.path().join("kubeconfig");
     fake.write_kubeconfig(&kubeconfig);
-    let _ = writeln!(details, "fake API server: {n} Deployments created in {}", fmt_ms(ms(made.elapsed())));
+    let _ = writeln!(details, "fake API server: {targets} Deployments created in {}", fmt_ms(ms(made.elapsed())));
 
     let meter = Arc::new(KubeMeter { fake: fake.clone(), counts: Mutex::default() });
     let draining = {
@@ -924,7 +1120,9 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
         l.local_addr().unwrap()
     };
     let config = dir.path().join("sqscale.toml");
-    std::fs::write(&config, rule_file(n, &sqs, listen, &kubeconfig, MAX_REPLICAS)).unwrap();
+    std::fs::write(dir.path().join(JOB_TEMPLATE), JOB_TEMPLATE_TEXT).unwrap();
+    let max = if case.jobs() { JOBS_MAX } else { MAX_REPLICAS };
+    std::fs::write(&config, rule_file(case, n, &sqs, listen, &kubeconfig, max)).unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notes = listen_notify(&notify_path);
     let log = dir.path().join("sqscale.log");
@@ -1025,7 +1223,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
 
     // --- warm-up, then the idle window ---
     let warm = Instant::now();
-    let warmed = warm + INTERVAL + INTERVAL / 2 + if case.busy() { BUSY_WARM_UP } else { Duration::ZERO };
+    let warmed = warm + case.warm_up(n);
     if let Some(tx) = lead {
         let _ = tx.send(warmed);
     }
@@ -1138,6 +1336,27 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
     if !problems.is_empty() {
         let _ = writeln!(details, "daemon warnings/errors in the window: {problems:?}");
     }
+    if case.jobs() {
+        // No Deployment to patch: the backlog phase is the rule cases'.
+        (row.patch_p50, row.patch_p99) = (f64::NAN, f64::NAN);
+        let run = JobsRun {
+            child,
+            spawned,
+            sqs_server,
+            sqs,
+            fake,
+            meter,
+            watcher,
+            draining,
+            dir,
+            log,
+            config,
+            listen,
+            kubeconfig,
+            notes,
+        };
+        return run_jobs_tail(row, details, (w0, w1), run).await;
+    }
     if case != Case::Idle {
         (row.patch_p50, row.patch_p99, row.reload_ms) = (f64::NAN, f64::NAN, f64::NAN);
         // The steady cases end here: the backlog phase and the reload are the idle
@@ -1218,7 +1437,111 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
     );
 
     // --- reload every rule (max_replica_count changed) ---
-    std::fs::write(&config, rule_file(n, &sqs, listen, &kubeconfig, MAX_REPLICAS + 10)).unwrap();
+    std::fs::write(&config, rule_file(case, n, &sqs, listen, &kubeconfig, MAX_REPLICAS + 10)).unwrap();
+    reload(&mut row, &mut details, &sqs, n, child.id().unwrap(), &notes).await;
+
+    finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await
+}
+
+/// What a job case holds on to after its window.
+struct JobsRun {
+    child: tokio::process::Child,
+    spawned: Instant,
+    sqs_server: SqsServer,
+    sqs: Arc<Sqs>,
+    fake: Arc<FakeKube>,
+    meter: Arc<KubeMeter>,
+    watcher: tokio::task::JoinHandle<()>,
+    draining: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+    config: PathBuf,
+    listen: SocketAddr,
+    kubeconfig: PathBuf,
+    notes: Notes,
+}
+
+/// A job case after its window `(w0, w1)`, in place of the rule cases' backlog phase
+/// (there is no Deployment to patch): the Jobs created against those the backlogs ask
+/// for, then the reload of every job rule (`max_replica_count` raised by one; the
+/// template unchanged, so no rollout, and the backlog still asks for as many Jobs): the
+/// restarted job rules must find their Jobs in the caches, create none and read nothing.
+/// Then the drain.
+async fn run_jobs_tail(mut row: Row, mut details: String, (w0, w1): (Instant, Instant), run: JobsRun) -> Row {
+    let JobsRun {
+        child,
+        spawned,
+        sqs_server,
+        sqs,
+        fake,
+        meter,
+        watcher,
+        draining,
+        dir,
+        log,
+        config,
+        listen,
+        kubeconfig,
+        notes,
+    } = run;
+    let (n, case) = (row.rules, row.case);
+    let created = job_creations(&fake);
+    let mut tally = JobTally {
+        needed: case.jobs_needed() * n as u64,
+        created: created.iter().filter(|t| **t < w1).count() as u64,
+        in_window: created.iter().filter(|t| **t >= w0 && **t < w1).count() as u64,
+        ..JobTally::default()
+    };
+    let last = created.iter().filter(|t| **t < w1).max().map_or(f64::NAN, |t| ms(*t - spawned));
+    let first = created.iter().min().map_or(f64::NAN, |t| ms(*t - spawned));
+    let _ = writeln!(
+        details,
+        "Jobs: {} created by the end of the window for {} needed ({} per job rule; excess {:+}), {} of them in the \
+         window; first created {} after spawn, last {}",
+        tally.created,
+        tally.needed,
+        case.jobs_needed(),
+        tally.created as i64 - tally.needed as i64,
+        tally.in_window,
+        fmt_ms(first),
+        fmt_ms(last)
+    );
+
+    // --- reload every job rule (max_replica_count changed) ---
+    std::fs::write(&config, rule_file(case, n, &sqs, listen, &kubeconfig, JOBS_MAX + 1)).unwrap();
+    let k0 = meter.drain();
+    let hup = reload(&mut row, &mut details, &sqs, n, child.id().unwrap(), &notes).await;
+    let (k1, at) = (meter.drain(), Instant::now());
+    let kube = k1.minus(&k0);
+    let created = job_creations(&fake);
+    tally.after_reload = created.iter().filter(|t| **t >= hup).count() as u64;
+    tally.total = created.len() as u64;
+    let per_rule = jobs_per_rule(&fake);
+    tally.most_per_rule = per_rule.values().copied().max().unwrap_or(0);
+    tally.rules_over = per_rule.values().filter(|c| **c > case.jobs_needed()).count() as u64;
+    let _ = writeln!(
+        details,
+        "after the reload ({:.1} s from SIGHUP): {} Jobs created; Kubernetes calls {} ({} reads); \
+         the most Jobs held by one job rule {}, job rules holding more than {}: {}; excess over the whole run {:+}",
+        (at - hup).as_secs_f64(),
+        tally.after_reload,
+        kube.describe(1.0),
+        kube.reads(),
+        tally.most_per_rule,
+        case.jobs_needed(),
+        tally.rules_over,
+        tally.excess()
+    );
+    row.jobs = Some(tally);
+    drop(sqs);
+    finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await
+}
+
+/// SIGHUP with a rule file in which every rule changed (written by the caller): the
+/// time from RELOADING=1 to READY=1 on NOTIFY_SOCKET, and when each restarted rule (or
+/// job rule) polls again. Returns when the SIGHUP was sent.
+async fn reload(row: &mut Row, details: &mut String, sqs: &Sqs, n: usize, pid: u32, notes: &Notes) -> Instant {
+    let jobs = row.case.jobs();
     // A restarted rule whose queue was read less than 0.5 s before (the daemon's share
     // window) reuses that read and calls SQS only a round later. Rules polling in step
     // (few rules) would all do so if the SIGHUP followed their round, so wait for a
@@ -1233,7 +1556,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let hup = Instant::now();
-    signal(child.id().unwrap(), "-HUP");
+    signal(pid, "-HUP");
     let deadline = hup + Duration::from_secs(120);
     let mut reloading = None;
     let mut ready = None;
@@ -1257,8 +1580,9 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
                 .collect();
             let _ = writeln!(
                 details,
-                "reload of {n} changed rules: SIGHUP -> RELOADING=1 {}, RELOADING=1 -> READY=1 {}; \
+                "reload of {n} changed {}: SIGHUP -> RELOADING=1 {}, RELOADING=1 -> READY=1 {}; \
                  SIGHUP -> each rule's next SQS call: p50 {}, p90 {}, max {} ({} of {n} within 15 s)",
+                if jobs { "job rules" } else { "rules" },
                 fmt_ms(ms(r - hup)),
                 fmt_ms(row.reload_ms),
                 fmt_ms(quantile(&again, 0.5)),
@@ -1273,7 +1597,7 @@ async fn run_size(bin: &str, n: usize, window: Duration, case: Case, schedule: S
         }
     }
 
-    finish(row, details, child, sqs_server, fake, watcher, draining, dir, &log).await
+    hup
 }
 
 /// SIGTERM and the drain, then the servers stop.
@@ -1355,13 +1679,14 @@ async fn daemon_under_load() {
         .map_or(60, |s| s.trim().parse().expect("SQSCALE_BENCH_SECONDS: whole seconds"));
     let window = Duration::from_secs(seconds);
     let cases: Vec<Case> = std::env::var("SQSCALE_BENCH_CASES").map_or_else(
-        |_| Case::ALL.to_vec(),
+        |_| Case::DEFAULT.to_vec(),
         |v| {
             v.split(',')
                 .map(|c| {
                     let c = c.trim();
                     *Case::ALL.iter().find(|k| k.name() == c).unwrap_or_else(|| {
-                        panic!("SQSCALE_BENCH_CASES: {c:?} is not one of idle, busy, tls-idle, tls-busy")
+                        let all: Vec<&str> = Case::ALL.iter().map(|k| k.name()).collect();
+                        panic!("SQSCALE_BENCH_CASES: {c:?} is not one of {}", all.join(", "))
                     })
                 })
                 .collect()
@@ -1413,12 +1738,12 @@ async fn daemon_under_load() {
     }
 
     println!(
-        "| rules | case | start-up: every rule polled (/readyz 200) | RSS after warm-up | peak RSS (VmHWM) | CPU s/min (% of a core) | poll lateness p50 / p99 (max) | SQS calls / round | Kubernetes calls / round | Kubernetes reads / writes per rule per minute | replica changes in window | SQS endpoint CPU | SQS answer -> patch p50 / p99 (n) | reload (RELOADING -> READY) | warnings in window |"
+        "| rules | case | start-up: every rule polled (/readyz 200) | RSS after warm-up | peak RSS (VmHWM) | CPU s/min (% of a core) | poll lateness p50 / p99 (max) | SQS calls / round | Kubernetes calls / round | Kubernetes reads / writes per rule per minute | replica changes in window | SQS endpoint CPU | SQS answer -> patch p50 / p99 (n) | reload (RELOADING -> READY) | warnings in window | Jobs created / needed (in window; after reload) |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {} ({}) | {} | {} | {:.2} ({:.1}%) | {} / {} ({}) | {:.0} | {:.0} | {:.3} / {:.4} | {} | {:.1}% | {} / {} ({}) | {} | {} |",
+            "| {} | {} | {} ({}) | {} | {} | {:.2} ({:.1}%) | {} / {} ({}) | {:.0} | {:.0} | {:.3} / {:.4} | {} | {:.1}% | {} / {} ({}) | {} | {} | {} |",
             r.rules,
             r.case.name(),
             fmt_ms(r.first_round_ms),
@@ -1440,8 +1765,36 @@ async fn daemon_under_load() {
             fmt_ms(r.patch_p99),
             r.patch_n,
             fmt_ms(r.reload_ms),
-            r.problems_in_window
+            r.problems_in_window,
+            r.jobs.map_or_else(
+                || "-".to_owned(),
+                |j| format!("{} / {} ({}; {})", j.created, j.needed, j.in_window, j.after_reload)
+            )
         );
+    }
+    // Job rules against rules at the same N, same queues (empty, or busy). Not the same
+    // seconds: the host's drift is in the CPU ratio.
+    for jobs in rows.iter().filter(|r| r.case.jobs()) {
+        let twin = if jobs.case.busy() { Case::Busy } else { Case::Idle };
+        if let Some(rules) = rows.iter().find(|r| r.rules == jobs.rules && r.case == twin) {
+            println!(
+                "\n{} job rules ({}) against {} rules ({}): RSS {:+.1} MiB ({:+.2} KiB per job rule), peak {:+.1} MiB; \
+                 CPU x{:.2} (different windows); Kubernetes reads {:.3} against {:.3} and writes {:.4} against {:.4} \
+                 per rule per minute",
+                jobs.rules,
+                jobs.case.name(),
+                rules.rules,
+                rules.case.name(),
+                (jobs.rss_kib as f64 - rules.rss_kib as f64) / 1024.0,
+                (jobs.rss_kib as f64 - rules.rss_kib as f64) / jobs.rules as f64,
+                (jobs.hwm_kib as f64 - rules.hwm_kib as f64) / 1024.0,
+                jobs.cpu_s_per_min / rules.cpu_s_per_min,
+                jobs.kube_reads_per_rule_min,
+                rules.kube_reads_per_rule_min,
+                jobs.kube_writes_per_rule_min,
+                rules.kube_writes_per_rule_min
+            );
+        }
     }
     // Busy against idle over the same transport, in this run.
     for busy in rows.iter().filter(|r| r.case.busy()) {
@@ -1500,4 +1853,13 @@ async fn daemon_under_load() {
             (b.kube_per_round - a.kube_per_round) / extra
         );
     }
+    // A Job cannot be taken back: any Job beyond what the backlogs asked for is a
+    // duplicate, and fails the run (after the figures are out).
+    let excess: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.jobs.map(|j| (r, j)))
+        .filter(|(_, j)| j.excess() != 0 || j.rules_over > 0)
+        .map(|(r, j)| format!("{} {}: {:+} Jobs, {} job rules over", r.rules, r.case.name(), j.excess(), j.rules_over))
+        .collect();
+    assert!(excess.is_empty(), "job rules created other than the Jobs needed: {excess:?}");
 }
