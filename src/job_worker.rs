@@ -248,10 +248,15 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
     /// Creates `decision.create` Jobs one after another. A failed create is logged and
     /// reported, and the rest are still tried, as KEDA does; none is tried again in
     /// this poll (the next poll decides again, on counts that include what this one
-    /// created). A lease that runs out ends the creates (spec §12.10).
+    /// created). A lease that runs out ends the creates (spec §12.10), and so does a
+    /// throttled one (the context's `qps`/`burst` budget had no token within the call
+    /// timeout, or the API server answered 429): the next create would wait as long and
+    /// fail the same way, so it is left to the next poll. With a thousand job rules
+    /// starting at once, trying on doubled both the warnings and the polls' length
+    /// (PERFORMANCE.md).
     async fn create(&mut self, n: u32, decision: &job::JobDecision, report: &mut JobPollReport) {
         let rule = self.rule.clone();
-        for _ in 0..n {
+        for i in 0..n {
             let Some(budget) = self.write_budget() else {
                 if report.created + report.create_failures == 0 {
                     debug!(job = %rule.name, create = n, reason = %decision.reason, "not leading (or a dry run): creating no Jobs");
@@ -267,9 +272,15 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
                     debug!(job = %rule.name, name, "created a Job");
                 }
                 Err(e) => {
+                    let throttled = e.error_kind() == TargetErrorKind::Throttled;
+                    let left = n - i - 1;
                     warn!(job = %rule.name, error = %e, kind = e.kind(), "creating a Job failed");
                     report.create_failures += 1;
                     report.create_error = Some(e.to_string());
+                    if throttled && left > 0 {
+                        info!(job = %rule.name, left, "the write budget is spent: the poll's other creates wait for the next poll");
+                        break;
+                    }
                 }
             }
         }

@@ -60,6 +60,8 @@ struct Jobs {
     /// The Jobs cannot be read at all.
     fail_reads: bool,
     fail_creates: bool,
+    /// Creates fail as throttled (the write budget had no token in time).
+    throttle_creates: bool,
     create_calls: u32,
     created: u32,
     /// Every delete asked for: (Job, propagation).
@@ -131,6 +133,10 @@ impl JobTarget for FakeJobs {
         // The adapter's fence: nothing is sent without the lease.
         if lead.budget(Duration::from_secs(1)).is_none() {
             return Err(TargetError::new("jobs", TargetErrorKind::Other, "not leading"));
+        }
+        if s.throttle_creates {
+            let message = "creating a Job: no write allowed within 5s by [kubernetes] qps and burst";
+            return Err(TargetError::new("jobs", TargetErrorKind::Throttled, message));
         }
         if s.fail_creates {
             let message = "jobs.batch is forbidden: User \"sqscale\" cannot create resource \"jobs\"";
@@ -423,6 +429,25 @@ async fn a_failed_create_is_reported_and_tried_again_at_the_next_poll_only() {
     assert_eq!(deps.targets.with(|s| (s.create_calls, s.created)), (6, 3));
     let status = &deps.observer.job_statuses()[0];
     assert_eq!((status.created_total, status.last_create_error.as_ref()), (3, None));
+}
+
+/// A create throttled by the write budget ends the poll's creates: the next would wait
+/// as long for a token and fail the same way. The next poll tries again.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_create_leaves_the_polls_other_creates_to_the_next_poll() {
+    let deps = Arc::new(fakes(false));
+    deps.queues.inner().set("q", 3, 0);
+    deps.targets.with(|s| s.throttle_creates = true);
+    let mut w = worker(job_rule("encode", "q", 10), &deps, Leadership::unelected(), false);
+    w.turn().await;
+    assert_eq!(deps.targets.with(|s| s.create_calls), 1, "one throttled create, then none in this poll");
+    let status = &deps.observer.job_statuses()[0];
+    let error = status.last_create_error.as_ref().expect("the throttled create is shown");
+    assert!(error.error.contains("qps and burst"), "{error:?}");
+    tokio::time::advance(INTERVAL).await;
+    deps.targets.with(|s| s.throttle_creates = false);
+    w.turn().await;
+    assert_eq!(deps.targets.with(|s| (s.create_calls, s.created)), (4, 3), "the next poll creates all three");
 }
 
 /// A lease lost in the middle of a poll's creates ends them (spec §12.10): the next

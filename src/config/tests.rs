@@ -612,3 +612,32 @@ fn scaling_modifiers_are_validated_at_load() {
     assert!(p.iter().any(|m| m.contains("scaling_modifiers.formula (\"q1 +\")")), "{p:#?}");
     assert!(p.iter().any(|m| m.contains("scaling_modifiers.target (0) must be a number greater than 0")), "{p:#?}");
 }
+
+/// One load reads a template shared by many job rules once (and a failing one once,
+/// with the same error for each rule); a new load reads it again.
+#[test]
+fn a_template_shared_by_job_rules_is_read_once_per_load() {
+    use std::cell::Cell;
+    use std::path::Path;
+    let reads = Cell::new(0);
+    let read = |given: &Path| {
+        reads.set(reads.get() + 1);
+        super::template::parse(
+            "apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers: [{name: a, image: b}]\n",
+            given,
+        )
+    };
+    let once = super::read_once(read);
+    let first = once(Path::new("a.yaml")).unwrap();
+    for _ in 0..999 {
+        assert_eq!(once(Path::new("a.yaml")).unwrap(), first);
+    }
+    assert!(once(Path::new("b.yaml")).is_ok());
+    assert_eq!(reads.get(), 2, "one read per path");
+    let again = super::read_once(|given: &Path| {
+        reads.set(reads.get() + 1);
+        super::template::parse("kind: CronJob\n", given)
+    });
+    assert!(again(Path::new("a.yaml")).is_err() && again(Path::new("a.yaml")).is_err());
+    assert_eq!(reads.get(), 3, "a new load reads afresh, a failure once");
+}
