@@ -665,36 +665,10 @@ impl Config {
                             .triggers
                             .iter()
                             .zip(&r.triggers)
-                            .map(|(t, q)| RawTrigger {
-                                kind: Some("aws-sqs-queue".to_owned()),
-                                name: t.name.clone(),
-                                queue_url: Some(q.display().to_owned()),
-                                queue_length: Some(t.queue_length as i64),
-                                activation_queue_length: Some(t.activation_queue_length),
-                                scale_on_in_flight: Some(t.scale_on_in_flight),
-                                scale_on_delayed: Some(t.scale_on_delayed),
-                                aws_region: Some(q.region.clone()),
-                                aws_endpoint: q.endpoint.clone(),
-                                role_arn: q.role_arn.clone(),
-                                external_id: q.external_id.clone(),
-                                metric_type: Some(t.metric_type.as_str().to_owned()),
-                            })
+                            .map(|(t, q)| resolved_trigger(t, q, Some(t.metric_type.as_str().to_owned())))
                             .collect(),
                     ),
-                    schedule: (!r.policy.schedules.is_empty()).then(|| {
-                        r.policy
-                            .schedules
-                            .iter()
-                            .map(|s| RawSchedule {
-                                cron: Some(s.pattern.clone()),
-                                timezone: Some(s.timezone.clone()),
-                                duration: secs(s.duration),
-                                min_replica_count: s.min.map(i64::from),
-                                max_replica_count: s.max.map(i64::from),
-                                paused: s.paused.then_some(true),
-                            })
-                            .collect()
-                    }),
+                    schedule: resolved_schedules(&r.policy.schedules),
                 })
                 .collect(),
             job: self.jobs.iter().map(resolved_job).collect(),
@@ -702,6 +676,42 @@ impl Config {
         // Serializing plain structs of strings, numbers and tables cannot fail.
         toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
+}
+
+/// A trigger of a rule or a job rule as `check` prints it: every default filled in.
+/// `metric_type` is the rule's (a job rule's trigger has none: KEDA rejects it there).
+fn resolved_trigger(t: &crate::engine::TriggerPolicy, q: &QueueSource, metric_type: Option<String>) -> raw::RawTrigger {
+    raw::RawTrigger {
+        kind: Some("aws-sqs-queue".to_owned()),
+        name: t.name.clone(),
+        queue_url: Some(q.display().to_owned()),
+        queue_length: Some(t.queue_length as i64),
+        activation_queue_length: Some(t.activation_queue_length),
+        scale_on_in_flight: Some(t.scale_on_in_flight),
+        scale_on_delayed: Some(t.scale_on_delayed),
+        aws_region: Some(q.region.clone()),
+        aws_endpoint: q.endpoint.clone(),
+        role_arn: q.role_arn.clone(),
+        external_id: q.external_id.clone(),
+        metric_type,
+    }
+}
+
+/// The `[[rule.schedule]]` or `[[job.schedule]]` tables of `schedules`, none if empty.
+fn resolved_schedules(schedules: &[crate::engine::schedule::Schedule]) -> Option<Vec<raw::RawSchedule>> {
+    (!schedules.is_empty()).then(|| {
+        schedules
+            .iter()
+            .map(|s| raw::RawSchedule {
+                cron: Some(s.pattern.clone()),
+                timezone: Some(s.timezone.clone()),
+                duration: Some(raw::RawDuration::Text(validate::fmt_duration(s.duration))),
+                min_replica_count: s.min.map(i64::from),
+                max_replica_count: s.max.map(i64::from),
+                paused: s.paused.then_some(true),
+            })
+            .collect()
+    })
 }
 
 fn fallback_behavior_name(b: crate::engine::FallbackBehavior) -> &'static str {
@@ -766,38 +776,7 @@ fn resolved_job(j: &JobRule) -> raw::RawJob {
             ),
             propagation_policy: Some(j.rollout.propagation_policy.as_str().to_lowercase()),
         }),
-        trigger: Some(
-            j.trigger_policies
-                .iter()
-                .zip(&j.triggers)
-                .map(|(t, q)| RawTrigger {
-                    kind: Some("aws-sqs-queue".to_owned()),
-                    name: t.name.clone(),
-                    queue_url: Some(q.display().to_owned()),
-                    queue_length: Some(t.queue_length as i64),
-                    activation_queue_length: Some(t.activation_queue_length),
-                    scale_on_in_flight: Some(t.scale_on_in_flight),
-                    scale_on_delayed: Some(t.scale_on_delayed),
-                    aws_region: Some(q.region.clone()),
-                    aws_endpoint: q.endpoint.clone(),
-                    role_arn: q.role_arn.clone(),
-                    external_id: q.external_id.clone(),
-                    metric_type: None,
-                })
-                .collect(),
-        ),
-        schedule: (!j.schedules.is_empty()).then(|| {
-            j.schedules
-                .iter()
-                .map(|s| RawSchedule {
-                    cron: Some(s.pattern.clone()),
-                    timezone: Some(s.timezone.clone()),
-                    duration: secs(s.duration),
-                    min_replica_count: s.min.map(i64::from),
-                    max_replica_count: s.max.map(i64::from),
-                    paused: s.paused.then_some(true),
-                })
-                .collect()
-        }),
+        trigger: Some(j.trigger_policies.iter().zip(&j.triggers).map(|(t, q)| resolved_trigger(t, q, None)).collect()),
+        schedule: resolved_schedules(&j.schedules),
     }
 }

@@ -1057,19 +1057,7 @@ fn pod_phase(pod: &Value) -> &str {
 
 /// Messages visible and in flight in `url`.
 async fn queue_counts(url: &str) -> (u64, u64) {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let out = crate::support::sqs::client()
-        .await
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .expect("queue attributes");
-    let attrs = out.attributes().expect("attributes");
-    let n = |a: A| attrs[&a].parse::<u64>().expect("a count");
-    (n(A::ApproximateNumberOfMessages), n(A::ApproximateNumberOfMessagesNotVisible))
+    crate::support::sqs::counts(&crate::support::sqs::client().await, url).await
 }
 
 #[tokio::test]
