@@ -565,6 +565,12 @@ fn status(server: Option<String>, path: &Path) -> ExitCode {
                     s.bytes / 1024
                 );
             }
+            if let Some(r) = &status.reload_rejected {
+                eprintln!("note: the reload at {} was rejected; the rules from before run on. {}:", r.at, r.file);
+                for p in &r.problems {
+                    eprintln!("  {p}");
+                }
+            }
             if !status.restart_required.is_empty() {
                 eprintln!(
                     "note: changed in the rule file, applied only on restart: {}",

@@ -153,6 +153,9 @@ async fn status(State(o): State<Arc<Observer>>) -> Response {
     if let Some(election) = o.election() {
         body["leader_election"] = serde_json::json!(election);
     }
+    if let Some(rejected) = o.rejected_reload() {
+        body["reload_rejected"] = serde_json::json!(rejected);
+    }
     let groups = o.group_statuses();
     if !groups.is_empty() {
         body["groups"] = serde_json::json!(groups);

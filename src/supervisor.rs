@@ -270,7 +270,7 @@ impl<Q: QueueReader, T: ScaleTarget + JobTarget> Supervisor<Q, T> {
                 for problem in &e.problems {
                     error!(file = %e.origin, problem = %problem, "rule file invalid; keeping the running rules");
                 }
-                self.deps.observer.reload_rejected();
+                self.deps.observer.reload_rejected(&e, self.deps.clock.now());
                 return ReloadOutcome::Rejected(e.problems);
             }
         };

@@ -10,6 +10,10 @@ pub struct Status {
     /// Keys whose change waits for a restart (absent from older daemons).
     #[serde(default)]
     pub restart_required: Vec<String>,
+    /// The last reload, if it was rejected (absent when it applied, and from older
+    /// daemons).
+    #[serde(default)]
+    pub reload_rejected: Option<RejectedReload>,
     /// With leader election: who this instance is and who leads (absent from older
     /// daemons, and without leader election).
     #[serde(default)]

@@ -237,6 +237,14 @@ fn position(records: &[RecordHandle], name: &str) -> Option<usize> {
     records.binary_search_by(|r| lock(&r.0).rule.name.as_str().cmp(name)).ok()
 }
 
+/// A reload that kept the running rules: when, which file, and every problem found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RejectedReload {
+    pub at: String,
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
 /// The daemon's shared view of itself.
 pub struct Observer {
     registry: Registry,
@@ -251,6 +259,8 @@ pub struct Observer {
     election: Option<(String, Standby)>,
     /// Keys of the rule file changed by a reload that only a restart applies.
     restart_required: Mutex<Vec<String>>,
+    /// The last reload, if it was rejected (cleared by one that applies).
+    reload_rejected: Mutex<Option<RejectedReload>>,
     /// Each context's state ConfigMap size, reported by the Kubernetes adapter.
     state_sizes: Arc<crate::workload::state::Sizes>,
     /// The `[[group]]` ledgers the workers ask for capacity; shown here.
@@ -309,6 +319,7 @@ impl Observer {
             leadership: Mutex::default(),
             election: None,
             restart_required: Mutex::default(),
+            reload_rejected: Mutex::default(),
             state_sizes: Arc::default(),
             groups,
             jobs,
@@ -380,8 +391,21 @@ impl Observer {
     }
 
     /// A reload rejected the new file: the running rules and settings stay.
-    pub fn reload_rejected(&self) {
+    /// A reload found the rule file (or a job rule's template) invalid at `at` and kept
+    /// the running rules: `/status` and `sqscale status` say so, with every problem,
+    /// until a reload applies.
+    pub fn reload_rejected(&self, errors: &crate::config::ConfigErrors, at: Time) {
         self.metrics.reloads.get_or_create(&ResultLabels { result: "failure" }).inc();
+        *lock(&self.reload_rejected) = Some(RejectedReload {
+            at: format_time(at),
+            file: errors.origin.clone(),
+            problems: errors.problems.clone(),
+        });
+    }
+
+    /// The last reload, if it was rejected.
+    pub fn rejected_reload(&self) -> Option<RejectedReload> {
+        lock(&self.reload_rejected).clone()
     }
 
     /// A reload applied the new rules. `restart_required` lists the changed keys it
@@ -391,6 +415,7 @@ impl Observer {
         let result = if restart_required.is_empty() { "success" } else { "partial" };
         self.metrics.reloads.get_or_create(&ResultLabels { result }).inc();
         *lock(&self.restart_required) = restart_required;
+        *lock(&self.reload_rejected) = None;
     }
 
     /// The changed keys that wait for a restart (see [`Observer::reload_applied`]).

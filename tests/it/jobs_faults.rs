@@ -530,7 +530,37 @@ async fn a_broken_template_on_reload_keeps_the_old_job_rule_creating() {
     let after = hash(&kube);
     assert!(after.iter().all(|h| h == &before[0]), "the old template's Jobs: {after:?}");
     assert_eq!(job_deletes(&kube), 0, "no rollout");
-    assert_eq!(status_json(port).await["jobs"][0]["name"], "work");
+    let status = status_json(port).await;
+    assert_eq!(status["jobs"][0]["name"], "work");
+    // `/status` and `sqscale status` say the reload was rejected, and why.
+    let rejected = &status["reload_rejected"];
+    assert!(rejected["file"].as_str().is_some_and(|f| f.ends_with("a.toml")), "{status}");
+    assert!(rejected["problems"].to_string().contains("work.yaml line 4"), "{status}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqscale"))
+        .args(["status", "--server", &format!("http://127.0.0.1:{port}")])
+        .env_remove("SQSCALE_CONFIG")
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        notes.contains("was rejected; the rules from before run on") && notes.contains("work.yaml line 4"),
+        "{notes}"
+    );
+
+    // The template mended: the reload applies (the same template: no rollout), and the
+    // rejection is no longer shown.
+    write_template(dir.path());
+    signal(&child, "-HUP");
+    let mut cleared = false;
+    for _ in 0..100 {
+        if status_json(port).await.get("reload_rejected").is_none() {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cleared, "{}", read(&log));
+    assert_eq!(job_deletes(&kube), 0, "the mended template is the old one: no rollout");
 
     signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0), "{}", read(&log));
