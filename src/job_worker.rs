@@ -217,6 +217,10 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
 
         if let Some(view) = &view {
             let create = self.granted(policy, &decision);
+            if create < decision.create {
+                // What the poll reports is what it may do: the group's share, and why.
+                report.decision = Some(job::JobDecision { create, reason: job::JobReason::GroupCapped, ..decision });
+            }
             if create > 0 {
                 self.create(create, &decision, &mut report).await;
             } else {

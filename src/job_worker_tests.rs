@@ -784,6 +784,9 @@ async fn a_job_rule_in_a_group_creates_what_the_group_grants() {
     assert_eq!(deps.targets.unfinished("a"), 6, "the group's free capacity");
     wb.turn().await;
     assert_eq!(deps.targets.unfinished("b"), 0);
+    let reasons: Vec<Option<String>> = deps.observer.job_statuses().into_iter().map(|j| j.last_reason).collect();
+    // a asked for 10 and got 6, b asked for 10 and got none.
+    assert_eq!(reasons, [Some("group_capped".to_owned()), Some("group_capped".to_owned())]);
     let status = &deps.observer.groups().statuses()[0];
     assert_eq!(status.replicas, 6);
     let members: Vec<(&str, Option<u32>)> = status.members.iter().map(|m| (m.rule.as_str(), m.replicas)).collect();

@@ -257,6 +257,9 @@ pub enum JobReason {
     /// Active, but the strategy finds enough Jobs already (KEDA's "all requested jobs
     /// already exist").
     JobsExist,
+    /// The job rule's `[[group]]` granted fewer Jobs than the poll asked for (set by the
+    /// daemon, which holds the group's ledger; [`decide`] never returns it).
+    GroupCapped,
 }
 
 impl JobReason {
@@ -270,6 +273,7 @@ impl JobReason {
             JobReason::Created => "created",
             JobReason::AtMax => "at_max",
             JobReason::JobsExist => "jobs_exist",
+            JobReason::GroupCapped => "group_capped",
         }
     }
 }
