@@ -388,7 +388,8 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
 /// rule's schedules apply. A window's min above the max in force is taken down to it:
 /// the rule file rejects min > max, and KEDA's arithmetic for it (a cap of 2 × max)
 /// would surprise a schedule's author.
-fn policy_at(rule: &JobRule, now: Time) -> std::borrow::Cow<'_, job::JobPolicy> {
+/// `simulate` replays job rules with it too.
+pub(crate) fn policy_at(rule: &JobRule, now: Time) -> std::borrow::Cow<'_, job::JobPolicy> {
     let Some(o) = crate::engine::schedule::in_force(&rule.schedules, now) else {
         return std::borrow::Cow::Borrowed(&rule.policy);
     };

@@ -69,11 +69,12 @@ impl<'a> Timeline<'a> {
             .collect();
 
         let snapshot = Snapshot { jobs: self.cluster.iter().map(|j| j.view(now)).collect(), created_unseen: 0 };
-        let decision = engine::decide(&job.policy, &backlogs, Some(&snapshot), now);
+        // The open `[[job.schedule]]` windows' min, max and pause, as the daemon applies them.
+        let policy = crate::job_worker::policy_at(job, now);
+        let decision = engine::decide(&policy, &backlogs, Some(&snapshot), now);
         // Deleted after the creates, as the daemon does; the new Jobs are unfinished, so
         // the snapshot taken before them picks the same ones.
-        let deleted: Vec<String> =
-            engine::cleanup(&job.policy, &snapshot, now).into_iter().map(str::to_owned).collect();
+        let deleted: Vec<String> = engine::cleanup(&policy, &snapshot, now).into_iter().map(str::to_owned).collect();
         drop(snapshot);
         self.cluster.retain(|j| !deleted.contains(&j.name));
         let ends = Time(now.0.saturating_add(options.job_duration_ms()));

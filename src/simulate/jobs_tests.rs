@@ -317,3 +317,33 @@ fn a_cluster_that_grows_without_end_is_an_error() {
     assert_eq!(err, RunError::TooManyJobs("flood".to_owned(), 100));
     assert!(err.to_string().contains("more than 10000 Jobs at 100s"), "{err}");
 }
+
+/// A `[[job.schedule]]` window replays as the daemon applies it: open from 00:00 for
+/// 30 s with min 2, it tops an idle job rule up to 2 Jobs at once; once it has closed,
+/// the rule's own min of 0 creates nothing more.
+#[test]
+fn a_job_schedule_window_replays_as_the_daemon_applies_it() {
+    use crate::engine::schedule::{Schedule, parse_cron, time_zone};
+    let mut job = job_rule("nightly");
+    job.schedules = vec![Schedule {
+        pattern: "0 0 * * *".to_owned(),
+        cron: parse_cron("0 0 * * *").unwrap(),
+        timezone: "UTC".to_owned(),
+        tz: time_zone("UTC").unwrap(),
+        duration: Duration::from_secs(30),
+        min: Some(2),
+        max: None,
+        paused: false,
+    }];
+    let got = timeline(&job, &trace("0,q,0,0,0\n"), &options(60, 100));
+    let want: Vec<(String, u32, u32, &str)> = vec![
+        ("0".into(), 2, 2, "min_top_up"),
+        ("10".into(), 0, 2, "jobs_exist"),
+        ("20".into(), 0, 2, "jobs_exist"),
+        ("30".into(), 0, 2, "inactive"),
+        ("40".into(), 0, 2, "inactive"),
+        ("50".into(), 0, 2, "inactive"),
+        ("60".into(), 0, 2, "inactive"),
+    ];
+    assert_eq!(got, want);
+}
