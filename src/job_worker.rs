@@ -22,7 +22,7 @@ use crate::engine::job;
 use crate::leader::Leadership;
 use crate::source::{Attrs, QueueReader, Slot, SourceError, SourceErrorKind};
 use crate::status::{JobPollReport, JobRecordHandle};
-use crate::worker::Deps;
+use crate::worker::{Deps, bounded};
 use crate::workload::jobs::{JobTarget, JobsSnapshot};
 use crate::workload::{TargetError, TargetErrorKind};
 
@@ -270,7 +270,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
                 return;
             };
             let create = self.deps.targets.create_job(&rule, &self.lead);
-            match Box::pin(bounded(&rule, budget, create)).await {
+            match Box::pin(bounded(JobsOf(&rule), budget, create)).await {
                 Ok(name) => {
                     report.created += 1;
                     debug!(job = %rule.name, name, "created a Job");
@@ -319,7 +319,7 @@ impl<Q: QueueReader, T: JobTarget> JobWorker<Q, T> {
                 return (deleted, None);
             };
             let delete = self.deps.targets.delete_job(&rule, name, propagation, &self.lead);
-            match Box::pin(bounded(&rule, budget, delete)).await {
+            match Box::pin(bounded(JobsOf(&rule), budget, delete)).await {
                 Ok(()) => deleted += 1,
                 Err(e) => return (deleted, Some(e)),
             }
@@ -403,19 +403,13 @@ pub(crate) fn policy_at(rule: &JobRule, now: Time) -> std::borrow::Cow<'_, job::
     std::borrow::Cow::Owned(policy)
 }
 
-/// Runs a write for at most `budget`; past it the write is abandoned.
-async fn bounded<R>(
-    rule: &JobRule,
-    budget: Duration,
-    write: impl Future<Output = Result<R, TargetError>>,
-) -> Result<R, TargetError> {
-    tokio::time::timeout(budget, write).await.unwrap_or_else(|_| {
-        let message = format!(
-            "no answer within {}s (the call timeout, or the time left on the lease less its margin)",
-            budget.as_secs_f64()
-        );
-        Err(TargetError::new(format!("Jobs of {}/{}", rule.namespace, rule.name), TargetErrorKind::Timeout, message))
-    })
+/// A job rule's Jobs, as write errors name them: `Jobs of <namespace>/<name>`.
+struct JobsOf<'a>(&'a JobRule);
+
+impl std::fmt::Display for JobsOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Jobs of {}/{}", self.0.namespace, self.0.name)
+    }
 }
 
 #[cfg(test)]

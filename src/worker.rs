@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{Rule, TargetRef};
+use crate::config::Rule;
 use crate::engine::Reason;
 use crate::engine::{self, Counts, Observation, Pause, State, Time};
 use crate::leader::Leadership;
@@ -104,12 +104,13 @@ fn unix_ms_now() -> i64 {
 }
 
 /// Runs a write for at most `budget` (the call timeout, or less when the lease's write
-/// margin comes first); past it the write is abandoned.
-async fn bounded(
-    target: &TargetRef,
+/// margin comes first); past it the write is abandoned. `target` names what was written
+/// to (a rule's target, a job rule's Jobs), in the error only.
+pub(crate) async fn bounded<R>(
+    target: impl std::fmt::Display,
     budget: Duration,
-    write: impl Future<Output = Result<(), TargetError>>,
-) -> Result<(), TargetError> {
+    write: impl Future<Output = Result<R, TargetError>>,
+) -> Result<R, TargetError> {
     tokio::time::timeout(budget, write).await.unwrap_or_else(|_| {
         let message = format!(
             "no answer within {}s (the call timeout, or the time left on the lease less its margin)",

@@ -368,10 +368,10 @@ fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &AwsSettings) -> Option<Rule> {
-    let before = p.0.len();
-
-    let name = match rule.name.as_deref() {
+/// The `name` of a rule or a job rule: required, a DNS label (it names metrics, state
+/// keys and, for a job rule, its Jobs). `""` when missing.
+fn rule_name(p: &mut Problems, at: &str, name: Option<&str>) -> String {
+    match name {
         None => {
             p.add(at, "name is required");
             String::new()
@@ -381,7 +381,13 @@ fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &
             n.to_owned()
         }
         Some(n) => n.to_owned(),
-    };
+    }
+}
+
+fn validate_rule(p: &mut Problems, at: &str, rule: &RawRule, d: &RawRule, aws: &AwsSettings) -> Option<Rule> {
+    let before = p.0.len();
+
+    let name = rule_name(p, at, rule.name.as_deref());
 
     let target = match &rule.target {
         None => {

@@ -264,23 +264,12 @@ fn manifest(sj: &Value, target: &Value) -> Value {
 /// The container of the job template whose environment KEDA resolves `...FromEnv` in:
 /// `envSourceContainerName`, else the first.
 fn env_source(target: &Value, spec: &Value, namespace: &str, name: &str) -> Option<EnvSource> {
-    let containers = target.pointer("/template/spec/containers")?.as_array()?;
-    let container = match str_at(spec, "/envSourceContainerName").filter(|c| !c.is_empty()) {
-        Some(wanted) => containers.iter().find(|c| str_at(c, "/name") == Some(wanted))?,
-        None => containers.first()?,
-    };
-    let values = container
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((str_at(e, "/name")?.to_owned(), str_at(e, "/value").map(str::to_owned))))
-        .collect();
-    let place = format!(
-        "container {} of the job template of ScaledJob {namespace}/{name}",
-        str_at(container, "/name").unwrap_or_default()
-    );
-    Some(EnvSource { place, values })
+    let pod = target.pointer("/template/spec")?;
+    EnvSource::of(
+        pod,
+        str_at(spec, "/envSourceContainerName"),
+        &format!("the job template of ScaledJob {namespace}/{name}"),
+    )
 }
 
 /// The template file's text: a line saying where it came from, then the manifest.

@@ -880,20 +880,30 @@ fn env_source(spec: &Value, namespace: &str, auths: &Auths) -> Option<EnvSource>
     let kind = str_at(r, "/kind").filter(|k| !k.is_empty()).unwrap_or("Deployment");
     let name = str_at(r, "/name")?;
     let workload = auths.workloads.get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))?;
-    let containers = workload.pointer("/spec/template/spec/containers")?.as_array()?;
-    let container = match str_at(r, "/envSourceContainerName").filter(|c| !c.is_empty()) {
-        Some(wanted) => containers.iter().find(|c| str_at(c, "/name") == Some(wanted))?,
-        None => containers.first()?,
-    };
-    let values = container
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((str_at(e, "/name")?.to_owned(), str_at(e, "/value").map(str::to_owned))))
-        .collect();
-    let place = format!("container {} of {kind} {namespace}/{name}", str_at(container, "/name").unwrap_or_default());
-    Some(EnvSource { place, values })
+    let pod = workload.pointer("/spec/template/spec")?;
+    EnvSource::of(pod, str_at(r, "/envSourceContainerName"), &format!("{kind} {namespace}/{name}"))
+}
+
+impl EnvSource {
+    /// The literal `env` of the pod spec's container KEDA resolves `...FromEnv` in:
+    /// `envSourceContainerName` (`wanted`) if given, else the first; `owner` says whose
+    /// pod spec it is, for messages.
+    fn of(pod: &Value, wanted: Option<&str>, owner: &str) -> Option<EnvSource> {
+        let containers = pod.get("containers")?.as_array()?;
+        let container = match wanted.filter(|c| !c.is_empty()) {
+            Some(wanted) => containers.iter().find(|c| str_at(c, "/name") == Some(wanted))?,
+            None => containers.first()?,
+        };
+        let values = container
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((str_at(e, "/name")?.to_owned(), str_at(e, "/value").map(str::to_owned))))
+            .collect();
+        let place = format!("container {} of {owner}", str_at(container, "/name").unwrap_or_default());
+        Some(EnvSource { place, values })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -53,17 +53,7 @@ pub(super) fn validate(p: &mut Problems, raw: &RawConfig, aws: &AwsSettings, tem
 
 fn one(p: &mut Problems, at: &str, job: &RawJob, aws: &AwsSettings, templates: Templates<'_>) -> Option<JobRule> {
     let before = p.0.len();
-    let name = match job.name.as_deref() {
-        None => {
-            p.add(at, "name is required");
-            String::new()
-        }
-        Some(n) if !is_dns_label(n) => {
-            p.add(at, "name must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters");
-            n.to_owned()
-        }
-        Some(n) => n.to_owned(),
-    };
+    let name = super::rule_name(p, at, job.name.as_deref());
     let namespace = job.namespace.clone().unwrap_or_else(|| "default".to_owned());
     if !is_dns_label(&namespace) {
         p.add(at, format!("namespace ({namespace:?}) is not a valid namespace name"));
